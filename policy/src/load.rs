@@ -1,0 +1,424 @@
+//! Loading configuration from bytes, files and directories into a [`ConfigSet`].
+//!
+//! Two kinds of trouble are kept apart: a [`SourceError`] means an input could not be read
+//! as text at all (missing file, binary file, directory without YAML); a [`Diagnostic`]
+//! means the text was read and something in it is wrong. `fulcrumctl validate` exits 2 for
+//! the first and 1 for the second.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::diag::{Diagnostic, Finding, ObjectRef, Severity};
+use crate::path::FieldPath;
+use crate::resource::{DecodedObject, Outcome, Resource, decode_object};
+use crate::yaml::{Limits, Node, Value, parse_documents};
+
+/// File extensions read from directories.
+pub const YAML_EXTENSIONS: &[&str] = &["yaml", "yml", "json"];
+/// Deepest directory nesting followed.
+const MAX_DIR_DEPTH: usize = 32;
+
+/// An input that could not be read as configuration text.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The path does not exist.
+    #[error("{path}: no such file or directory")]
+    NotFound {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The file is not UTF-8 text (binary, or another encoding).
+    #[error("{path}: not a text file ({reason}); Fulcrum reads UTF-8 YAML or JSON")]
+    NotText {
+        /// The file.
+        path: PathBuf,
+        /// What gave it away.
+        reason: &'static str,
+    },
+    /// A directory holds no `.yaml`, `.yml` or `.json` file.
+    #[error("{path}: no .yaml, .yml or .json files in this directory")]
+    NoYaml {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// Reading failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The operating system's error.
+        source: io::Error,
+    },
+}
+
+/// What became of one object in the input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedObject {
+    /// File name (or the name given to the bytes).
+    pub source: String,
+    /// 1-based document number in the source.
+    pub document: usize,
+    /// Line where the object starts.
+    pub line: u32,
+    /// `Kind namespace/name`, when known.
+    pub object: Option<ObjectRef>,
+    /// Accepted, rejected or ignored.
+    pub outcome: Outcome,
+    /// Errors and warnings, in line order.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl LoadedObject {
+    /// True when the object was rejected.
+    pub fn is_rejected(&self) -> bool {
+        matches!(self.outcome, Outcome::Rejected)
+    }
+}
+
+/// Everything read from a set of inputs.
+#[derive(Debug, Default)]
+pub struct ConfigSet {
+    /// Every object, in input order.
+    pub objects: Vec<LoadedObject>,
+    /// Inputs that could not be read.
+    pub source_errors: Vec<SourceError>,
+    limits: Limits,
+}
+
+impl ConfigSet {
+    /// An empty set with the default limits.
+    pub fn new() -> Self {
+        ConfigSet::default()
+    }
+
+    /// An empty set with custom parse limits.
+    pub fn with_limits(limits: Limits) -> Self {
+        ConfigSet {
+            limits,
+            ..ConfigSet::default()
+        }
+    }
+
+    /// Reads `text` as configuration named `source`.
+    pub fn add_text(&mut self, source: &str, text: &str) {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let documents = match parse_documents(text, &self.limits) {
+            Ok(documents) => documents,
+            Err(problem) => {
+                self.objects.push(LoadedObject {
+                    source: source.to_string(),
+                    document: 0,
+                    line: problem.mark.line,
+                    object: None,
+                    outcome: Outcome::Rejected,
+                    diagnostics: vec![Diagnostic {
+                        severity: Severity::Error,
+                        source: source.to_string(),
+                        document: 0,
+                        line: problem.mark.line,
+                        object: None,
+                        path: FieldPath::root(),
+                        message: problem.message,
+                    }],
+                });
+                return;
+            }
+        };
+        for document in documents {
+            let yaml_problems: Vec<Finding> = document
+                .problems
+                .iter()
+                .map(|p| Finding::error(FieldPath::root(), p.message.clone()).at(p.mark))
+                .collect();
+            let items = list_items(&document.root);
+            for (i, node) in items.iter().enumerate() {
+                let mut decoded = decode_object(node);
+                if i == 0 && !yaml_problems.is_empty() {
+                    decoded.findings.extend(yaml_problems.iter().cloned());
+                    decoded.outcome = Outcome::Rejected;
+                }
+                self.push(source, document.index, node, decoded);
+            }
+        }
+    }
+
+    /// Reads `bytes` as configuration named `source`; refuses anything that is not UTF-8
+    /// text.
+    pub fn add_bytes(&mut self, source: &str, bytes: &[u8]) -> Result<(), SourceError> {
+        let text = as_text(bytes).map_err(|reason| SourceError::NotText {
+            path: PathBuf::from(source),
+            reason,
+        })?;
+        self.add_text(source, text);
+        Ok(())
+    }
+
+    /// Reads a file, or every YAML file under a directory (recursively, in name order,
+    /// skipping hidden entries). Problems reading an input are kept in `source_errors`.
+    pub fn add_path(&mut self, path: &Path) {
+        let metadata = match fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.source_errors.push(SourceError::NotFound {
+                    path: path.to_path_buf(),
+                });
+                return;
+            }
+            Err(source) => {
+                self.source_errors.push(SourceError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                });
+                return;
+            }
+        };
+        if metadata.is_dir() {
+            let mut files = Vec::new();
+            if let Err(source) = collect_yaml_files(path, 0, &mut files) {
+                self.source_errors.push(SourceError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                });
+                return;
+            }
+            if files.is_empty() {
+                self.source_errors.push(SourceError::NoYaml {
+                    path: path.to_path_buf(),
+                });
+            }
+            for file in files {
+                self.add_file(&file);
+            }
+        } else {
+            self.add_file(path);
+        }
+    }
+
+    fn add_file(&mut self, path: &Path) {
+        let limit = self.limits.max_bytes;
+        let bytes = match read_limited(path, limit) {
+            Ok(bytes) => bytes,
+            Err(source) => {
+                self.source_errors.push(SourceError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                });
+                return;
+            }
+        };
+        if let Err(e) = self.add_bytes(&path.display().to_string(), &bytes) {
+            self.source_errors.push(e);
+        }
+    }
+
+    fn push(&mut self, source: &str, document: usize, node: &Node, decoded: DecodedObject) {
+        let DecodedObject {
+            object,
+            outcome,
+            findings,
+        } = decoded;
+        let mut diagnostics: Vec<Diagnostic> = findings
+            .into_iter()
+            .map(|f| Diagnostic {
+                severity: f.severity,
+                source: source.to_string(),
+                document,
+                line: f.mark.map_or(node.mark.line, |m| m.line),
+                object: object.clone(),
+                path: f.path,
+                message: f.message,
+            })
+            .collect();
+        diagnostics.sort_by_key(|d| d.line);
+        self.objects.push(LoadedObject {
+            source: source.to_string(),
+            document,
+            line: node.mark.line,
+            object,
+            outcome,
+            diagnostics,
+        });
+    }
+
+    /// Checks that hold across resources: no object defined twice, no cluster name used
+    /// twice, no host with two FailoverPolicies. The later definition is rejected.
+    pub fn check_consistency(&mut self) {
+        let mut identities: BTreeMap<ObjectRef, (String, u32)> = BTreeMap::new();
+        let mut clusters: BTreeMap<String, ObjectRef> = BTreeMap::new();
+        let mut policies: BTreeMap<String, ObjectRef> = BTreeMap::new();
+        for loaded in &mut self.objects {
+            let Outcome::Accepted(resource) = &loaded.outcome else {
+                continue;
+            };
+            let me = resource.object_ref();
+            let mut problems = Vec::new();
+            match identities.get(&me) {
+                Some((file, line)) => problems.push((
+                    FieldPath::parse("metadata.name"),
+                    format!("{me} is already defined at {file}:{line}"),
+                )),
+                None => {
+                    identities.insert(me.clone(), (loaded.source.clone(), loaded.line));
+                }
+            }
+            match resource {
+                Resource::MeshCluster(o) => {
+                    let name = if o.spec.cluster_name.is_empty() {
+                        o.metadata.name.clone()
+                    } else {
+                        o.spec.cluster_name.clone()
+                    };
+                    if let Some(other) = clusters.get(&name) {
+                        problems.push((
+                            FieldPath::parse("spec.clusterName"),
+                            format!("the cluster name {name:?} is already used by {other}"),
+                        ));
+                    } else {
+                        clusters.insert(name, me.clone());
+                    }
+                }
+                Resource::FailoverPolicy(o) => {
+                    if let Some(other) = policies.get(&o.spec.host) {
+                        problems.push((
+                            FieldPath::parse("spec.host"),
+                            format!(
+                                "{other} already sets the failover policy of {:?}",
+                                o.spec.host
+                            ),
+                        ));
+                    } else {
+                        policies.insert(o.spec.host.clone(), me.clone());
+                    }
+                }
+                _ => {}
+            }
+            if problems.is_empty() {
+                continue;
+            }
+            for (path, message) in problems {
+                loaded.diagnostics.push(Diagnostic {
+                    severity: Severity::Error,
+                    source: loaded.source.clone(),
+                    document: loaded.document,
+                    line: loaded.line,
+                    object: Some(me.clone()),
+                    path,
+                    message,
+                });
+            }
+            loaded.outcome = Outcome::Rejected;
+        }
+    }
+
+    /// The accepted resources.
+    pub fn resources(&self) -> impl Iterator<Item = &Resource> {
+        self.objects.iter().filter_map(|o| match &o.outcome {
+            Outcome::Accepted(r) => Some(r),
+            _ => None,
+        })
+    }
+
+    /// Every diagnostic, in input order.
+    pub fn diagnostics(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.objects.iter().flat_map(|o| o.diagnostics.iter())
+    }
+
+    /// True when any object was rejected.
+    pub fn has_errors(&self) -> bool {
+        self.objects.iter().any(LoadedObject::is_rejected)
+    }
+}
+
+impl fmt::Display for ConfigSet {
+    /// A one-line summary: `4 accepted, 1 rejected, 2 ignored, 3 warnings`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count =
+            |pred: fn(&Outcome) -> bool| self.objects.iter().filter(|o| pred(&o.outcome)).count();
+        let warnings = self
+            .diagnostics()
+            .filter(|d| d.severity == Severity::Warning)
+            .count();
+        write!(
+            f,
+            "{} accepted, {} rejected, {} ignored, {} warning{}",
+            count(|o| matches!(o, Outcome::Accepted(_))),
+            count(|o| matches!(o, Outcome::Rejected)),
+            count(|o| matches!(o, Outcome::Ignored { .. })),
+            warnings,
+            if warnings == 1 { "" } else { "s" }
+        )
+    }
+}
+
+/// The objects of a document: the items of a `v1` `List`, or the document itself.
+fn list_items(root: &Node) -> Vec<&Node> {
+    let is_list = root
+        .get("kind")
+        .is_some_and(|e| matches!(&e.value.value, Value::Scalar(s) if s.text == "List"))
+        && root
+            .get("apiVersion")
+            .is_some_and(|e| matches!(&e.value.value, Value::Scalar(s) if s.text == "v1"));
+    if is_list
+        && let Some(items) = root.get("items")
+        && let Value::Sequence(items) = &items.value.value
+    {
+        return items.iter().collect();
+    }
+    vec![root]
+}
+
+fn as_text(bytes: &[u8]) -> Result<&str, &'static str> {
+    if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
+        return Err("it is UTF-16; save it as UTF-8");
+    }
+    if bytes.iter().take(8192).any(|b| *b == 0) {
+        return Err("it contains NUL bytes");
+    }
+    std::str::from_utf8(bytes).map_err(|_| "it is not valid UTF-8")
+}
+
+fn read_limited(path: &Path, limit: usize) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    file.take(limit as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("file is larger than the limit of {limit} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
+fn collect_yaml_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> io::Result<()> {
+    if depth > MAX_DIR_DEPTH {
+        return Ok(());
+    }
+    let mut entries: Vec<_> = fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        // Symlinked directories are not followed (no loops); symlinked files are read.
+        let file_type = entry.file_type()?;
+        if file_type.is_dir() {
+            collect_yaml_files(&path, depth + 1, out)?;
+        } else if has_yaml_extension(&path) && fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn has_yaml_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| YAML_EXTENSIONS.iter().any(|y| y.eq_ignore_ascii_case(e)))
+}
