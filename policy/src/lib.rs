@@ -38,6 +38,7 @@ pub mod decode;
 pub mod diag;
 pub mod duration;
 pub mod fulcrum;
+pub mod health;
 pub mod istio;
 pub mod load;
 pub mod locality;
@@ -45,6 +46,7 @@ pub mod path;
 pub mod percent;
 pub mod resource;
 pub mod validate;
+pub mod weights;
 pub mod yaml;
 
 pub use diag::{Diagnostic, ObjectRef, Severity};
