@@ -114,7 +114,8 @@ impl fmt::Display for Diagnostic {
         }
         match &self.object {
             Some(object) => write!(f, "{object}: ")?,
-            None => write!(f, "document {}: ", self.document)?,
+            None if self.document > 0 => write!(f, "document {}: ", self.document)?,
+            None => {}
         }
         if !self.path.is_root() {
             write!(f, "{}: ", self.path)?;

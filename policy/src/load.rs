@@ -131,7 +131,7 @@ impl ConfigSet {
             let yaml_problems: Vec<Finding> = document
                 .problems
                 .iter()
-                .map(|p| Finding::error(FieldPath::root(), p.message.clone()).at(p.mark))
+                .map(|p| Finding::error(p.path.clone(), p.message.clone()).at(p.mark))
                 .collect();
             let items = list_items(&document.root);
             for (i, node) in items.iter().enumerate() {
@@ -243,64 +243,76 @@ impl ConfigSet {
         });
     }
 
-    /// Checks that hold across resources: no object defined twice, no cluster name used
-    /// twice, no host with two FailoverPolicies. The later definition is rejected.
+    /// Checks that hold across resources, as `kubectl apply` would see them: an object
+    /// defined twice is a warning (the last definition wins); two different objects
+    /// claiming the same cluster name, or setting the failover policy of the same host,
+    /// is an error on the later one.
     pub fn check_consistency(&mut self) {
-        let mut identities: BTreeMap<ObjectRef, (String, u32)> = BTreeMap::new();
+        let mut last_definition: BTreeMap<ObjectRef, usize> = BTreeMap::new();
+        for (i, loaded) in self.objects.iter().enumerate() {
+            if let Outcome::Accepted(resource) = &loaded.outcome {
+                last_definition.insert(resource.object_ref(), i);
+            }
+        }
+        let mut first_seen: BTreeMap<ObjectRef, (String, u32)> = BTreeMap::new();
         let mut clusters: BTreeMap<String, ObjectRef> = BTreeMap::new();
         let mut policies: BTreeMap<String, ObjectRef> = BTreeMap::new();
-        for loaded in &mut self.objects {
+        for (i, loaded) in self.objects.iter_mut().enumerate() {
             let Outcome::Accepted(resource) = &loaded.outcome else {
                 continue;
             };
             let me = resource.object_ref();
             let mut problems = Vec::new();
-            match identities.get(&me) {
+            match first_seen.get(&me) {
                 Some((file, line)) => problems.push((
+                    Severity::Warning,
                     FieldPath::parse("metadata.name"),
-                    format!("{me} is already defined at {file}:{line}"),
+                    format!("{me} is also defined at {file}:{line}; the last definition wins"),
                 )),
                 None => {
-                    identities.insert(me.clone(), (loaded.source.clone(), loaded.line));
+                    first_seen.insert(me.clone(), (loaded.source.clone(), loaded.line));
                 }
             }
+            let superseded = last_definition.get(&me) != Some(&i);
             match resource {
-                Resource::MeshCluster(o) => {
+                Resource::MeshCluster(o) if !superseded => {
                     let name = if o.spec.cluster_name.is_empty() {
                         o.metadata.name.clone()
                     } else {
                         o.spec.cluster_name.clone()
                     };
-                    if let Some(other) = clusters.get(&name) {
-                        problems.push((
+                    match clusters.get(&name) {
+                        Some(other) => problems.push((
+                            Severity::Error,
                             FieldPath::parse("spec.clusterName"),
                             format!("the cluster name {name:?} is already used by {other}"),
-                        ));
-                    } else {
-                        clusters.insert(name, me.clone());
+                        )),
+                        None => {
+                            clusters.insert(name, me.clone());
+                        }
                     }
                 }
-                Resource::FailoverPolicy(o) => {
-                    if let Some(other) = policies.get(&o.spec.host) {
-                        problems.push((
-                            FieldPath::parse("spec.host"),
-                            format!(
-                                "{other} already sets the failover policy of {:?}",
-                                o.spec.host
-                            ),
-                        ));
-                    } else {
+                Resource::FailoverPolicy(o) if !superseded => match policies.get(&o.spec.host) {
+                    Some(other) => problems.push((
+                        Severity::Error,
+                        FieldPath::parse("spec.host"),
+                        format!(
+                            "{other} already sets the failover policy of {:?}",
+                            o.spec.host
+                        ),
+                    )),
+                    None => {
                         policies.insert(o.spec.host.clone(), me.clone());
                     }
-                }
+                },
                 _ => {}
             }
-            if problems.is_empty() {
-                continue;
-            }
-            for (path, message) in problems {
+            for (severity, path, message) in problems {
+                if severity == Severity::Error {
+                    loaded.outcome = Outcome::Rejected;
+                }
                 loaded.diagnostics.push(Diagnostic {
-                    severity: Severity::Error,
+                    severity,
                     source: loaded.source.clone(),
                     document: loaded.document,
                     line: loaded.line,
@@ -309,7 +321,6 @@ impl ConfigSet {
                     message,
                 });
             }
-            loaded.outcome = Outcome::Rejected;
         }
     }
 
@@ -421,4 +432,122 @@ fn has_yaml_extension(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| YAML_EXTENSIONS.iter().any(|y| y.eq_ignore_ascii_case(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> ConfigSet {
+        let mut config = ConfigSet::new();
+        config.add_text("test.yaml", text);
+        config.check_consistency();
+        config
+    }
+
+    fn messages(config: &ConfigSet) -> Vec<String> {
+        config.diagnostics().map(ToString::to_string).collect()
+    }
+
+    const CLUSTER: &str = "apiVersion: fulcrum.dev/v1alpha1\nkind: MeshCluster\n\
+                           metadata: {name: NAME}\nspec:\n  clusterName: CLUSTER\n  \
+                           locality: r/z\n  eastWestGateways: [{address: 127.0.0.1, port: 1}]\n";
+
+    fn cluster(name: &str, cluster_name: &str) -> String {
+        CLUSTER
+            .replace("NAME", name)
+            .replace("CLUSTER", cluster_name)
+    }
+
+    #[test]
+    fn a_redefined_object_is_a_warning_and_the_last_definition_wins() {
+        let config = load(&format!(
+            "{}---\n{}",
+            cluster("a", "east"),
+            cluster("a", "east")
+        ));
+        assert!(!config.has_errors(), "{:?}", messages(&config));
+        assert_eq!(
+            messages(&config),
+            [
+                "test.yaml:9: warning: MeshCluster default/a: metadata.name: MeshCluster \
+              default/a is also defined at test.yaml:1; the last definition wins"
+            ]
+        );
+    }
+
+    #[test]
+    fn two_clusters_claiming_one_name_is_an_error() {
+        let config = load(&format!(
+            "{}---\n{}",
+            cluster("a", "east"),
+            cluster("b", "east")
+        ));
+        assert!(config.has_errors());
+        assert_eq!(
+            messages(&config),
+            [
+                "test.yaml:9: MeshCluster default/b: spec.clusterName: the cluster name \"east\" \
+              is already used by MeshCluster default/a"
+            ]
+        );
+    }
+
+    #[test]
+    fn two_policies_for_one_host_is_an_error() {
+        let policy = |name: &str| {
+            format!(
+                "apiVersion: fulcrum.dev/v1alpha1\nkind: FailoverPolicy\nmetadata: {{name: {name}}}\n\
+                 spec: {{host: checkout.shop.svc.cluster.local}}\n"
+            )
+        };
+        let config = load(&format!("{}---\n{}", policy("one"), policy("two")));
+        let rejected: Vec<_> = config.objects.iter().filter(|o| o.is_rejected()).collect();
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].object.as_ref().unwrap().name, "two");
+    }
+
+    #[test]
+    fn list_items_are_objects_of_their_own() {
+        let config = load(
+            "apiVersion: v1\nkind: List\nitems:\n\
+             - {apiVersion: v1, kind: ConfigMap, metadata: {name: cm}}\n\
+             - {apiVersion: networking.istio.io/v1, kind: DestinationRule, metadata: {name: d}, \
+             spec: {host: d}}\n",
+        );
+        assert_eq!(config.objects.len(), 2);
+        assert!(matches!(config.objects[0].outcome, Outcome::Ignored { .. }));
+        assert_eq!(config.resources().count(), 1);
+        assert_eq!(config.objects[1].line, 5);
+    }
+
+    #[test]
+    fn duplicate_keys_reject_the_object_at_their_path() {
+        let config = load(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\n\
+             spec:\n  host: a\n  host: b\n",
+        );
+        assert!(config.has_errors());
+        assert_eq!(
+            messages(&config),
+            [
+                "test.yaml:6: DestinationRule default/d: spec.host: duplicate key \"host\" (first \
+              set at line 5); the first value is kept"
+            ]
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_text_are_refused() {
+        let mut config = ConfigSet::new();
+        assert!(matches!(
+            config.add_bytes("x", &[0xff, 0xfe, 0x41, 0x00]),
+            Err(SourceError::NotText { .. })
+        ));
+        assert!(matches!(
+            config.add_bytes("x", b"a: \xc3\x28"),
+            Err(SourceError::NotText { .. })
+        ));
+        assert!(config.objects.is_empty());
+    }
 }

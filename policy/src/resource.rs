@@ -338,6 +338,9 @@ fn peek_ref(root: &Node, kind: &str) -> Option<ObjectRef> {
 /// Decodes and validates one object.
 pub fn decode_object(root: &Node) -> DecodedObject {
     let mut d = Decoder::new();
+    if root.as_mapping().is_none() {
+        return rejected(root, None, Vec::new());
+    }
     let Some(mut fields) = Fields::open(root, &mut d) else {
         return rejected(root, None, d.into_findings());
     };

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use crate::path::FieldPath;
 use serde_saphyr::granit_parser::{self, Event, Parser, ScalarStyle, StructureStyle};
 
 /// Largest input accepted, in bytes. Kubernetes refuses objects above 3 MiB; a file holding
@@ -309,6 +310,8 @@ pub struct Document {
 pub struct YamlProblem {
     /// Where the problem is.
     pub mark: Mark,
+    /// The field it is about, when known (the document root otherwise).
+    pub path: FieldPath,
     /// What is wrong, for an operator.
     pub message: String,
 }
@@ -328,6 +331,7 @@ impl std::error::Error for YamlProblem {}
 pub fn parse_documents(text: &str, limits: &Limits) -> Result<Vec<Document>, YamlProblem> {
     if text.len() > limits.max_bytes {
         return Err(YamlProblem {
+            path: FieldPath::root(),
             mark: Mark { line: 1, column: 1 },
             message: format!(
                 "input is {} bytes, more than the limit of {} bytes",
@@ -344,6 +348,7 @@ pub fn parse_documents(text: &str, limits: &Limits) -> Result<Vec<Document>, Yam
     let mut builder = TreeBuilder::new(text, limits);
     for event in parser {
         let (event, span) = event.map_err(|e| YamlProblem {
+            path: FieldPath::root(),
             mark: Mark::from_marker(e.marker()),
             message: format!("YAML syntax error: {}", e.info()),
         })?;
@@ -420,6 +425,7 @@ impl<'t, 'l> TreeBuilder<'t, 'l> {
         self.nodes = self.nodes.saturating_add(n);
         if self.nodes > self.limits.max_nodes {
             return Err(YamlProblem {
+                path: FieldPath::root(),
                 mark,
                 message: format!(
                     "more than {} YAML nodes (aliases count at their expanded size); \
@@ -525,6 +531,7 @@ impl<'t, 'l> TreeBuilder<'t, 'l> {
             Event::Alias(id) => {
                 let Some(node) = self.anchors.get(&id).cloned() else {
                     return Err(YamlProblem {
+                        path: FieldPath::root(),
                         mark,
                         message: "alias refers to an anchor that is not complete yet \
                                   (recursive aliases are not supported)"
@@ -550,12 +557,14 @@ impl<'t, 'l> TreeBuilder<'t, 'l> {
         self.count(1, mark)?;
         if let Some(Frame::Mapping { key: None, .. }) = self.stack.last() {
             return Err(YamlProblem {
+                path: FieldPath::root(),
                 mark,
                 message: "mapping keys must be plain strings, not lists or mappings".to_string(),
             });
         }
         if self.stack.len() >= self.limits.max_depth {
             return Err(YamlProblem {
+                path: FieldPath::root(),
                 mark,
                 message: format!("nesting is deeper than {} levels", self.limits.max_depth),
             });
@@ -613,6 +622,7 @@ impl<'t, 'l> TreeBuilder<'t, 'l> {
                         Value::Sequence(items) => items,
                         Value::Scalar(_) => {
                             self.problems.push(YamlProblem {
+                                path: FieldPath::root(),
                                 mark: source.mark,
                                 message: "the merge key `<<` needs a mapping or a list of \
                                           mappings"
@@ -624,6 +634,7 @@ impl<'t, 'l> TreeBuilder<'t, 'l> {
                     for merged in sources {
                         let Value::Mapping(merged_entries) = merged.value else {
                             self.problems.push(YamlProblem {
+                                path: FieldPath::root(),
                                 mark: merged.mark,
                                 message: "the merge key `<<` needs a mapping or a list of \
                                           mappings"
@@ -649,8 +660,31 @@ impl<'t, 'l> TreeBuilder<'t, 'l> {
         }
     }
 
+    /// The field path of the value being read in the innermost mapping, for messages.
+    fn path_of_pending_value(&self) -> FieldPath {
+        let mut path = FieldPath::root();
+        for frame in &self.stack {
+            match frame {
+                Frame::Mapping {
+                    key: Some((k, _)), ..
+                } => path.push_field(k),
+                Frame::Sequence { items, .. } => path.push_index(items.len()),
+                Frame::Mapping { .. } => {}
+            }
+        }
+        path
+    }
+
     /// Adds a completed node to its parent, or finishes the document with it.
     fn add(&mut self, node: Node) -> Result<(), YamlProblem> {
+        let duplicate_path = match self.stack.last() {
+            Some(Frame::Mapping {
+                key: Some((k, _)),
+                entries,
+                ..
+            }) if entries.iter().any(|e| &e.key == k) => Some(self.path_of_pending_value()),
+            _ => None,
+        };
         match self.stack.last_mut() {
             None => {
                 if !node.is_null() {
@@ -673,6 +707,7 @@ impl<'t, 'l> TreeBuilder<'t, 'l> {
                 None => {
                     let Value::Scalar(scalar) = node.value else {
                         return Err(YamlProblem {
+                            path: FieldPath::root(),
                             mark: node.mark,
                             message: "mapping keys must be plain strings".to_string(),
                         });
@@ -684,6 +719,7 @@ impl<'t, 'l> TreeBuilder<'t, 'l> {
                         merges.push(node);
                     } else if let Some(first) = entries.iter().find(|e| e.key == text) {
                         problems.push(YamlProblem {
+                            path: duplicate_path.unwrap_or_default(),
                             mark: key_mark,
                             message: format!(
                                 "duplicate key {text:?} (first set at line {}); the first \
@@ -772,6 +808,7 @@ mod tests {
         let doc = &docs[0];
         assert_eq!(doc.problems.len(), 1);
         assert_eq!(doc.problems[0].mark.line, 3);
+        assert_eq!(doc.problems[0].path.to_string(), "a");
         assert!(doc.problems[0].message.contains("first set at line 1"));
         let a = &doc.root.get("a").unwrap().value;
         assert!(matches!(&a.value, Value::Scalar(s) if s.text == "1"));

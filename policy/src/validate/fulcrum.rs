@@ -76,7 +76,8 @@ pub(super) fn check_failover_policy(c: &mut Checker, spec: &FailoverPolicySpec) 
             ),
         ];
         for (field, recover, degrade) in pairs {
-            if recover >= degrade {
+            // Out-of-range thresholds are reported above; comparing them adds nothing.
+            if recover >= degrade && recover <= Percent::WHOLE && degrade <= Percent::WHOLE {
                 c.at("recover", |c| {
                     c.error_in(
                         field,
@@ -187,7 +188,9 @@ pub(super) fn check_mesh_cluster(c: &mut Checker, spec: &MeshClusterSpec, object
     } else {
         &spec.cluster_name
     };
-    if !names::is_namespace(cluster) {
+    // An invalid metadata.name is reported with the metadata; say it once.
+    let name_reported = spec.cluster_name.is_empty() && !names::is_dns1123_subdomain(cluster);
+    if !names::is_namespace(cluster) && !name_reported {
         let field = if spec.cluster_name.is_empty() {
             None
         } else {
