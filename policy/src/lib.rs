@@ -44,6 +44,7 @@ pub mod load;
 pub mod locality;
 pub mod path;
 pub mod percent;
+pub mod references;
 pub mod resource;
 pub mod validate;
 pub mod weights;

@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 
 use crate::diag::{Diagnostic, Finding, ObjectRef, Severity};
 use crate::path::FieldPath;
-use crate::resource::{DecodedObject, Outcome, Resource, decode_object};
-use crate::yaml::{Limits, Node, Value, parse_documents};
+use crate::references::{SubsetIndex, undefined_subsets};
+use crate::resource::{DecodedObject, Outcome, Resource, decode_object, mark_of};
+use crate::yaml::{Document, Limits, Node, Value, parse_documents};
 
 /// File extensions read from directories.
 pub const YAML_EXTENSIONS: &[&str] = &["yaml", "yml", "json"];
@@ -61,6 +62,8 @@ pub struct LoadedObject {
     pub source: String,
     /// 1-based document number in the source.
     pub document: usize,
+    /// Position in the document's `items` when the document is a `List`.
+    pub item: Option<usize>,
     /// Line where the object starts.
     pub line: u32,
     /// `Kind namespace/name`, when known.
@@ -86,6 +89,8 @@ pub struct ConfigSet {
     /// Inputs that could not be read.
     pub source_errors: Vec<SourceError>,
     limits: Limits,
+    /// The text of every source, to place findings that need several objects to see.
+    texts: BTreeMap<String, String>,
 }
 
 impl ConfigSet {
@@ -111,6 +116,7 @@ impl ConfigSet {
                 self.objects.push(LoadedObject {
                     source: source.to_string(),
                     document: 0,
+                    item: None,
                     line: problem.mark.line,
                     object: None,
                     outcome: Outcome::Rejected,
@@ -127,20 +133,25 @@ impl ConfigSet {
                 return;
             }
         };
+        self.texts.insert(source.to_string(), text.to_string());
         for document in documents {
             let yaml_problems: Vec<Finding> = document
                 .problems
                 .iter()
                 .map(|p| Finding::error(p.path.clone(), p.message.clone()).at(p.mark))
                 .collect();
-            let items = list_items(&document.root);
+            let (items, is_list) = match list_items(&document.root) {
+                Some(items) => (items, true),
+                None => (vec![&document.root], false),
+            };
             for (i, node) in items.iter().enumerate() {
                 let mut decoded = decode_object(node);
                 if i == 0 && !yaml_problems.is_empty() {
                     decoded.findings.extend(yaml_problems.iter().cloned());
                     decoded.outcome = Outcome::Rejected;
                 }
-                self.push(source, document.index, node, decoded);
+                let item = is_list.then_some(i);
+                self.push(source, document.index, item, node, decoded);
             }
         }
     }
@@ -214,7 +225,14 @@ impl ConfigSet {
         }
     }
 
-    fn push(&mut self, source: &str, document: usize, node: &Node, decoded: DecodedObject) {
+    fn push(
+        &mut self,
+        source: &str,
+        document: usize,
+        item: Option<usize>,
+        node: &Node,
+        decoded: DecodedObject,
+    ) {
         let DecodedObject {
             object,
             outcome,
@@ -236,6 +254,7 @@ impl ConfigSet {
         self.objects.push(LoadedObject {
             source: source.to_string(),
             document,
+            item,
             line: node.mark.line,
             object,
             outcome,
@@ -246,54 +265,91 @@ impl ConfigSet {
     /// Checks that hold across resources, as `kubectl apply` would see them: an object
     /// defined twice is a warning (the last definition wins); two different objects
     /// claiming the same cluster name, or setting the failover policy of the same host,
-    /// is an error on the later one.
+    /// is an error on the later one; a VirtualService naming a subset no DestinationRule
+    /// defines is a warning.
     pub fn check_consistency(&mut self) {
-        let mut last_definition: BTreeMap<ObjectRef, usize> = BTreeMap::new();
-        for (i, loaded) in self.objects.iter().enumerate() {
-            if let Outcome::Accepted(resource) = &loaded.outcome {
-                last_definition.insert(resource.object_ref(), i);
+        let found = self.cross_resource_findings();
+        let mut parsed = ParsedSources::default();
+        for (index, severity, path, message) in found {
+            let line = parsed.line(&self.texts, &self.limits, &self.objects[index], &path);
+            let loaded = &mut self.objects[index];
+            if severity == Severity::Error {
+                loaded.outcome = Outcome::Rejected;
             }
+            loaded.diagnostics.push(Diagnostic {
+                severity,
+                source: loaded.source.clone(),
+                document: loaded.document,
+                line,
+                object: loaded.object.clone(),
+                path,
+                message,
+            });
+            loaded.diagnostics.sort_by_key(|d| d.line);
         }
-        let mut first_seen: BTreeMap<ObjectRef, (String, u32)> = BTreeMap::new();
+    }
+
+    /// Every cross-resource finding, as (object index, severity, path, message).
+    fn cross_resource_findings(&self) -> Vec<(usize, Severity, FieldPath, String)> {
+        let accepted: Vec<(usize, &Resource)> = self
+            .objects
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| match &o.outcome {
+                Outcome::Accepted(r) => Some((i, r)),
+                _ => None,
+            })
+            .collect();
+        let last_definition: BTreeMap<ObjectRef, usize> =
+            accepted.iter().map(|(i, r)| (r.object_ref(), *i)).collect();
+        let is_final = |i: usize, r: &Resource| last_definition.get(&r.object_ref()) == Some(&i);
+
+        let mut found = Vec::new();
+        let mut first_seen: BTreeMap<ObjectRef, usize> = BTreeMap::new();
         let mut clusters: BTreeMap<String, ObjectRef> = BTreeMap::new();
-        let mut policies: BTreeMap<String, ObjectRef> = BTreeMap::new();
-        for (i, loaded) in self.objects.iter_mut().enumerate() {
-            let Outcome::Accepted(resource) = &loaded.outcome else {
-                continue;
-            };
+        let mut policies: BTreeMap<&str, ObjectRef> = BTreeMap::new();
+        let mut subsets = SubsetIndex::default();
+        for &(i, resource) in &accepted {
             let me = resource.object_ref();
-            let mut problems = Vec::new();
-            match first_seen.get(&me) {
-                Some((file, line)) => problems.push((
+            if let Some(&first) = first_seen.get(&me) {
+                let first = &self.objects[first];
+                found.push((
+                    i,
                     Severity::Warning,
                     FieldPath::parse("metadata.name"),
-                    format!("{me} is also defined at {file}:{line}; the last definition wins"),
-                )),
-                None => {
-                    first_seen.insert(me.clone(), (loaded.source.clone(), loaded.line));
-                }
+                    format!(
+                        "{me} is also defined at {}:{}; the last definition wins",
+                        first.source, first.line
+                    ),
+                ));
+            } else {
+                first_seen.insert(me.clone(), i);
             }
-            let superseded = last_definition.get(&me) != Some(&i);
+            if !is_final(i, resource) {
+                continue;
+            }
             match resource {
-                Resource::MeshCluster(o) if !superseded => {
+                Resource::MeshCluster(o) => {
                     let name = if o.spec.cluster_name.is_empty() {
                         o.metadata.name.clone()
                     } else {
                         o.spec.cluster_name.clone()
                     };
                     match clusters.get(&name) {
-                        Some(other) => problems.push((
+                        Some(other) => found.push((
+                            i,
                             Severity::Error,
                             FieldPath::parse("spec.clusterName"),
                             format!("the cluster name {name:?} is already used by {other}"),
                         )),
                         None => {
-                            clusters.insert(name, me.clone());
+                            clusters.insert(name, me);
                         }
                     }
                 }
-                Resource::FailoverPolicy(o) if !superseded => match policies.get(&o.spec.host) {
-                    Some(other) => problems.push((
+                Resource::FailoverPolicy(o) => match policies.get(o.spec.host.as_str()) {
+                    Some(other) => found.push((
+                        i,
                         Severity::Error,
                         FieldPath::parse("spec.host"),
                         format!(
@@ -302,26 +358,23 @@ impl ConfigSet {
                         ),
                     )),
                     None => {
-                        policies.insert(o.spec.host.clone(), me.clone());
+                        policies.insert(&o.spec.host, me);
                     }
                 },
+                Resource::DestinationRule(o) => subsets.add(&o.spec, &o.metadata.namespace),
                 _ => {}
             }
-            for (severity, path, message) in problems {
-                if severity == Severity::Error {
-                    loaded.outcome = Outcome::Rejected;
+        }
+        for &(i, resource) in &accepted {
+            if let Resource::VirtualService(o) = resource
+                && is_final(i, resource)
+            {
+                for (path, message) in undefined_subsets(&o.spec, &o.metadata.namespace, &subsets) {
+                    found.push((i, Severity::Warning, path, message));
                 }
-                loaded.diagnostics.push(Diagnostic {
-                    severity,
-                    source: loaded.source.clone(),
-                    document: loaded.document,
-                    line: loaded.line,
-                    object: Some(me.clone()),
-                    path,
-                    message,
-                });
             }
         }
+        found
     }
 
     /// The accepted resources.
@@ -364,8 +417,43 @@ impl fmt::Display for ConfigSet {
     }
 }
 
-/// The objects of a document: the items of a `v1` `List`, or the document itself.
-fn list_items(root: &Node) -> Vec<&Node> {
+/// Sources parsed again, once each, to find the line of a field named after loading.
+#[derive(Default)]
+struct ParsedSources {
+    documents: BTreeMap<String, Vec<Document>>,
+}
+
+impl ParsedSources {
+    fn line(
+        &mut self,
+        texts: &BTreeMap<String, String>,
+        limits: &Limits,
+        object: &LoadedObject,
+        path: &FieldPath,
+    ) -> u32 {
+        let documents = self
+            .documents
+            .entry(object.source.clone())
+            .or_insert_with(|| {
+                texts
+                    .get(&object.source)
+                    .and_then(|text| parse_documents(text, limits).ok())
+                    .unwrap_or_default()
+            });
+        let Some(document) = documents.iter().find(|d| d.index == object.document) else {
+            return object.line;
+        };
+        let node = match (object.item, list_items(&document.root)) {
+            (Some(i), Some(items)) => items.get(i).copied(),
+            (None, _) => Some(&document.root),
+            (Some(_), None) => None,
+        };
+        node.map_or(object.line, |n| mark_of(n, path).line)
+    }
+}
+
+/// The items of a `v1` `List` document, or `None` when the document is one object.
+fn list_items(root: &Node) -> Option<Vec<&Node>> {
     let is_list = root
         .get("kind")
         .is_some_and(|e| matches!(&e.value.value, Value::Scalar(s) if s.text == "List"))
@@ -376,9 +464,9 @@ fn list_items(root: &Node) -> Vec<&Node> {
         && let Some(items) = root.get("items")
         && let Value::Sequence(items) = &items.value.value
     {
-        return items.iter().collect();
+        return Some(items.iter().collect());
     }
-    vec![root]
+    None
 }
 
 fn as_text(bytes: &[u8]) -> Result<&str, &'static str> {
@@ -470,7 +558,7 @@ mod tests {
         assert_eq!(
             messages(&config),
             [
-                "test.yaml:9: warning: MeshCluster default/a: metadata.name: MeshCluster \
+                "test.yaml:11: warning: MeshCluster default/a: metadata.name: MeshCluster \
               default/a is also defined at test.yaml:1; the last definition wins"
             ]
         );
@@ -487,7 +575,7 @@ mod tests {
         assert_eq!(
             messages(&config),
             [
-                "test.yaml:9: MeshCluster default/b: spec.clusterName: the cluster name \"east\" \
+                "test.yaml:13: MeshCluster default/b: spec.clusterName: the cluster name \"east\" \
               is already used by MeshCluster default/a"
             ]
         );
@@ -505,6 +593,27 @@ mod tests {
         let rejected: Vec<_> = config.objects.iter().filter(|o| o.is_rejected()).collect();
         assert_eq!(rejected.len(), 1);
         assert_eq!(rejected[0].object.as_ref().unwrap().name, "two");
+    }
+
+    #[test]
+    fn undefined_subsets_are_warnings_at_their_field() {
+        let config = load(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+             metadata: {name: r, namespace: shop}\n\
+             spec: {host: reviews, subsets: [{name: v1}]}\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+             metadata: {name: r, namespace: shop}\nspec:\n  hosts: [reviews]\n  http:\n\
+             \x20 - route:\n    - destination:\n        host: reviews.shop.svc.cluster.local\n\
+             \x20       subset: v2\n",
+        );
+        assert!(!config.has_errors());
+        assert_eq!(
+            messages(&config),
+            ["test.yaml:15: warning: VirtualService shop/r: \
+              spec.http[0].route[0].destination.subset: subset \"v2\" of \
+              reviews.shop.svc.cluster.local is not defined by its DestinationRule (it \
+              defines: v1)"]
+        );
     }
 
     #[test]

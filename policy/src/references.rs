@@ -1,0 +1,159 @@
+//! References between resources: a VirtualService destination that names a subset no
+//! DestinationRule defines routes nowhere at runtime (Istio's analyzer reports it as
+//! IST0101). These are warnings: the other resources may live elsewhere.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::istio::{Destination, DestinationRuleSpec, VirtualServiceSpec};
+use crate::path::FieldPath;
+use crate::validate::names;
+
+/// Istio's default cluster domain, which short host names are qualified with.
+pub const DEFAULT_DOMAIN: &str = "cluster.local";
+
+/// Istio's `ResolveShortnameToFQDN`: a name without dots is a Kubernetes service in the
+/// resource's namespace; anything else (`*`, IPs, names with dots) is left as written.
+pub fn qualify_host(host: &str, namespace: &str) -> String {
+    if host.is_empty() || host == "*" || host.contains('.') || names::parse_ip(host).is_some() {
+        return host.to_string();
+    }
+    format!("{host}.{namespace}.svc.{DEFAULT_DOMAIN}")
+}
+
+/// The subsets DestinationRules define, by qualified host.
+#[derive(Debug, Default)]
+pub struct SubsetIndex {
+    by_host: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl SubsetIndex {
+    /// Adds the subsets of one DestinationRule.
+    pub fn add(&mut self, spec: &DestinationRuleSpec, namespace: &str) {
+        let subsets = self
+            .by_host
+            .entry(qualify_host(&spec.host, namespace))
+            .or_default();
+        subsets.extend(spec.subsets.iter().map(|s| s.name.clone()));
+    }
+
+    /// What is wrong with a reference to `subset` of `host`, if anything.
+    fn check(&self, host: &str, subset: &str) -> Option<String> {
+        let defining: Vec<(&String, &BTreeSet<String>)> = self
+            .by_host
+            .iter()
+            .filter(|(rule_host, _)| names::host_is_subset(host, rule_host))
+            .collect();
+        if defining.iter().any(|(_, subsets)| subsets.contains(subset)) {
+            return None;
+        }
+        if defining.is_empty() {
+            return Some(format!(
+                "subset {subset:?} of {host} is not defined: no DestinationRule for {host} \
+                 in the validated configuration"
+            ));
+        }
+        let known: BTreeSet<&String> = defining.iter().flat_map(|(_, s)| s.iter()).collect();
+        let known: Vec<&str> = known.into_iter().map(String::as_str).collect();
+        Some(format!(
+            "subset {subset:?} of {host} is not defined by its DestinationRule (it defines: {})",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        ))
+    }
+}
+
+/// Warnings for destinations of `spec` whose subsets are not defined, with their paths.
+pub fn undefined_subsets(
+    spec: &VirtualServiceSpec,
+    namespace: &str,
+    index: &SubsetIndex,
+) -> Vec<(FieldPath, String)> {
+    let mut out = Vec::new();
+    let mut visit = |path: String, d: &Destination| {
+        if d.subset.is_empty() {
+            return;
+        }
+        let host = qualify_host(&d.host, namespace);
+        if let Some(problem) = index.check(&host, &d.subset) {
+            out.push((FieldPath::parse(&format!("{path}.subset")), problem));
+        }
+    };
+    for (i, route) in spec.http.iter().enumerate() {
+        for (j, r) in route.route.iter().enumerate() {
+            visit(
+                format!("spec.http[{i}].route[{j}].destination"),
+                &r.destination,
+            );
+        }
+        if let Some(mirror) = &route.mirror {
+            visit(format!("spec.http[{i}].mirror"), mirror);
+        }
+        for (j, m) in route.mirrors.iter().enumerate() {
+            visit(
+                format!("spec.http[{i}].mirrors[{j}].destination"),
+                &m.destination,
+            );
+        }
+    }
+    for (i, route) in spec.tcp.iter().enumerate() {
+        for (j, r) in route.route.iter().enumerate() {
+            visit(
+                format!("spec.tcp[{i}].route[{j}].destination"),
+                &r.destination,
+            );
+        }
+    }
+    for (i, route) in spec.tls.iter().enumerate() {
+        for (j, r) in route.route.iter().enumerate() {
+            visit(
+                format!("spec.tls[{i}].route[{j}].destination"),
+                &r.destination,
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_names_are_qualified_like_istio() {
+        assert_eq!(
+            qualify_host("reviews", "default"),
+            "reviews.default.svc.cluster.local"
+        );
+        assert_eq!(qualify_host("reviews.default", "x"), "reviews.default");
+        assert_eq!(qualify_host("*", "x"), "*");
+        assert_eq!(qualify_host("10.0.0.1", "x"), "10.0.0.1");
+    }
+
+    #[test]
+    fn wildcard_rules_cover_matching_hosts() {
+        let mut index = SubsetIndex::default();
+        let rule = DestinationRuleSpec {
+            host: "*.shop.svc.cluster.local".into(),
+            subsets: vec![crate::istio::Subset {
+                name: "v1".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        index.add(&rule, "shop");
+        assert_eq!(index.check("checkout.shop.svc.cluster.local", "v1"), None);
+        assert!(
+            index
+                .check("checkout.shop.svc.cluster.local", "v2")
+                .is_some()
+        );
+        assert!(
+            index
+                .check("checkout.other.svc.cluster.local", "v1")
+                .is_some()
+        );
+    }
+}
