@@ -200,6 +200,20 @@ pub enum Resource {
     MeshCluster(Box<Object<MeshClusterSpec>>),
 }
 
+/// Runs `$body` with `$o` bound to the object, whatever its kind.
+macro_rules! with_object {
+    ($resource:expr, $o:ident => $body:expr) => {
+        match $resource {
+            Resource::VirtualService($o) => $body,
+            Resource::DestinationRule($o) => $body,
+            Resource::ServiceEntry($o) => $body,
+            Resource::WorkloadEntry($o) => $body,
+            Resource::FailoverPolicy($o) => $body,
+            Resource::MeshCluster($o) => $body,
+        }
+    };
+}
+
 impl Resource {
     /// The kind.
     pub fn kind(&self) -> Kind {
@@ -215,26 +229,12 @@ impl Resource {
 
     /// The metadata.
     pub fn meta(&self) -> &ObjectMeta {
-        match self {
-            Resource::VirtualService(o) => &o.metadata,
-            Resource::DestinationRule(o) => &o.metadata,
-            Resource::ServiceEntry(o) => &o.metadata,
-            Resource::WorkloadEntry(o) => &o.metadata,
-            Resource::FailoverPolicy(o) => &o.metadata,
-            Resource::MeshCluster(o) => &o.metadata,
-        }
+        with_object!(self, o => &o.metadata)
     }
 
     /// `group/version` as written.
     pub fn api_version(&self) -> &str {
-        match self {
-            Resource::VirtualService(o) => &o.api_version,
-            Resource::DestinationRule(o) => &o.api_version,
-            Resource::ServiceEntry(o) => &o.api_version,
-            Resource::WorkloadEntry(o) => &o.api_version,
-            Resource::FailoverPolicy(o) => &o.api_version,
-            Resource::MeshCluster(o) => &o.api_version,
-        }
+        with_object!(self, o => &o.api_version)
     }
 
     /// `Kind namespace/name`.
@@ -272,14 +272,7 @@ impl Serialize for Resource {
             .serialize(serializer)
         }
         let kind = self.kind();
-        match self {
-            Resource::VirtualService(o) => wire(kind, o, serializer),
-            Resource::DestinationRule(o) => wire(kind, o, serializer),
-            Resource::ServiceEntry(o) => wire(kind, o, serializer),
-            Resource::WorkloadEntry(o) => wire(kind, o, serializer),
-            Resource::FailoverPolicy(o) => wire(kind, o, serializer),
-            Resource::MeshCluster(o) => wire(kind, o, serializer),
-        }
+        with_object!(self, o => wire(kind, o, serializer))
     }
 }
 
@@ -375,37 +368,19 @@ pub fn decode_object(root: &Node) -> DecodedObject {
     }
 
     let metadata: ObjectMeta = fields.required(&mut d, "metadata");
+    let mut read = Spec {
+        api_version: &api_version,
+        metadata,
+        fields: &mut fields,
+        d: &mut d,
+    };
     let resource = match kind {
-        Kind::VirtualService => Resource::VirtualService(Box::new(Object {
-            api_version: api_version.clone(),
-            metadata,
-            spec: fields.required(&mut d, "spec"),
-        })),
-        Kind::DestinationRule => Resource::DestinationRule(Box::new(Object {
-            api_version: api_version.clone(),
-            metadata,
-            spec: fields.required(&mut d, "spec"),
-        })),
-        Kind::ServiceEntry => Resource::ServiceEntry(Box::new(Object {
-            api_version: api_version.clone(),
-            metadata,
-            spec: fields.required(&mut d, "spec"),
-        })),
-        Kind::WorkloadEntry => Resource::WorkloadEntry(Box::new(Object {
-            api_version: api_version.clone(),
-            metadata,
-            spec: fields.required(&mut d, "spec"),
-        })),
-        Kind::FailoverPolicy => Resource::FailoverPolicy(Box::new(Object {
-            api_version: api_version.clone(),
-            metadata,
-            spec: fields.required(&mut d, "spec"),
-        })),
-        Kind::MeshCluster => Resource::MeshCluster(Box::new(Object {
-            api_version: api_version.clone(),
-            metadata,
-            spec: fields.required(&mut d, "spec"),
-        })),
+        Kind::VirtualService => Resource::VirtualService(read.object()),
+        Kind::DestinationRule => Resource::DestinationRule(read.object()),
+        Kind::ServiceEntry => Resource::ServiceEntry(read.object()),
+        Kind::WorkloadEntry => Resource::WorkloadEntry(read.object()),
+        Kind::FailoverPolicy => Resource::FailoverPolicy(read.object()),
+        Kind::MeshCluster => Resource::MeshCluster(read.object()),
     };
     // Kubernetes keeps status on Istio objects; it says nothing about intent.
     fields.skip("status");
@@ -437,6 +412,25 @@ pub fn decode_object(root: &Node) -> DecodedObject {
         object,
         outcome,
         findings,
+    }
+}
+
+/// What every object of a kind is read from, once the kind is known.
+struct Spec<'a, 'n> {
+    api_version: &'a str,
+    metadata: ObjectMeta,
+    fields: &'a mut Fields<'n>,
+    d: &'a mut Decoder,
+}
+
+impl Spec<'_, '_> {
+    /// The object, with its `spec` read as `S`.
+    fn object<S: Decode>(&mut self) -> Box<Object<S>> {
+        Box::new(Object {
+            api_version: self.api_version.to_string(),
+            metadata: std::mem::take(&mut self.metadata),
+            spec: self.fields.required(self.d, "spec"),
+        })
     }
 }
 

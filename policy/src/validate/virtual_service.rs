@@ -185,7 +185,7 @@ fn http_route(c: &mut Checker, route: &HttpRoute, in_delegate: bool, applies_to_
     c.some("retries", &route.retries, retries);
     c.some("rewrite", &route.rewrite, rewrite);
     authority_rewrites(c, route);
-    route_destinations(c, &route.route);
+    weighted_destinations(c, &route.route, http_destination);
     c.some("directResponse", &route.direct_response, |c, response| {
         if !(200..=599).contains(&response.status) {
             c.error_in(
@@ -498,18 +498,24 @@ fn destination(c: &mut Checker, d: &Destination) {
     c.some("port", &d.port, |c, port| c.port("number", port.number));
 }
 
-fn route_destinations(c: &mut Checker, routes: &[HttpRouteDestination]) {
+/// Istio's `validateRouteDestinations` for HTTP, TCP and TLS routes alike: each
+/// destination valid, no negative weight, and not every weight zero.
+fn weighted_destinations<T>(
+    c: &mut Checker,
+    routes: &[T],
+    parts: impl Fn(&T) -> (&Destination, i32, Option<&Headers>),
+) {
     let mut total: i64 = 0;
     c.each("route", routes, |c, r| {
-        c.at("destination", |c| destination(c, &r.destination));
-        c.some("headers", &r.headers, header_operations);
-        if r.weight < 0 {
-            c.error_in(
-                "weight",
-                format!("weight {} must not be negative", r.weight),
-            );
+        let (dest, weight, headers) = parts(r);
+        c.at("destination", |c| destination(c, dest));
+        if let Some(h) = headers {
+            c.at("headers", |c| header_operations(c, h));
         }
-        total += i64::from(r.weight);
+        if weight < 0 {
+            c.error_in("weight", format!("weight {weight} must not be negative"));
+        }
+        total += i64::from(weight);
     });
     if routes.len() > 1 && total == 0 {
         c.error_in(
@@ -519,24 +525,12 @@ fn route_destinations(c: &mut Checker, routes: &[HttpRouteDestination]) {
     }
 }
 
-fn l4_destinations(c: &mut Checker, routes: &[RouteDestination]) {
-    let mut total: i64 = 0;
-    c.each("route", routes, |c, r| {
-        c.at("destination", |c| destination(c, &r.destination));
-        if r.weight < 0 {
-            c.error_in(
-                "weight",
-                format!("weight {} must not be negative", r.weight),
-            );
-        }
-        total += i64::from(r.weight);
-    });
-    if routes.len() > 1 && total == 0 {
-        c.error_in(
-            "route",
-            "the destination weights add up to 0, so no destination gets any traffic",
-        );
-    }
+fn http_destination(r: &HttpRouteDestination) -> (&Destination, i32, Option<&Headers>) {
+    (&r.destination, r.weight, r.headers.as_ref())
+}
+
+fn l4_destination(r: &RouteDestination) -> (&Destination, i32, Option<&Headers>) {
+    (&r.destination, r.weight, None)
 }
 
 fn redirect(c: &mut Checker, r: &HttpRedirect) {
@@ -683,7 +677,7 @@ fn tls_route(c: &mut Checker, route: &TlsRoute, hosts: &[String]) {
     if route.route.is_empty() {
         c.error_in("route", "a TLS route needs at least one destination");
     }
-    l4_destinations(c, &route.route);
+    weighted_destinations(c, &route.route, l4_destination);
 }
 
 fn tcp_route(c: &mut Checker, route: &TcpRoute) {
@@ -698,7 +692,7 @@ fn tcp_route(c: &mut Checker, route: &TcpRoute) {
     if route.route.is_empty() {
         c.error_in("route", "a TCP route needs at least one destination");
     }
-    l4_destinations(c, &route.route);
+    weighted_destinations(c, &route.route, l4_destination);
 }
 
 fn subnets(c: &mut Checker, subnets: &[String]) {
