@@ -32,13 +32,6 @@ impl Decoder {
         self.findings
     }
 
-    /// True once any error has been recorded.
-    pub fn has_errors(&self) -> bool {
-        self.findings
-            .iter()
-            .any(|f| f.severity == crate::diag::Severity::Error)
-    }
-
     /// Records an error at the current path.
     pub fn error(&mut self, mark: Mark, message: impl Into<String>) {
         self.findings
