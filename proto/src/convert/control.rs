@@ -2,7 +2,8 @@
 
 use fulcrum_policy::Locality;
 use fulcrum_policy::health::{
-    DestinationCounters, EndpointInventory, GatewayReachability, HealthReport, LatencySummary,
+    DestinationCounters, EndpointInventory, GatewayReachability, HealthReport, HealthReportError,
+    LatencySummary, MAX_REPORT_ENTRIES,
 };
 
 use super::common::{millis, to_millis};
@@ -68,12 +69,12 @@ impl TryFrom<&pb::HealthReport> for HealthReport {
     fn try_from(r: &pb::HealthReport) -> Result<Self, WireError> {
         // Refuse an oversized report before converting any of it.
         let entries = r.destinations.len() + r.inventory.len() + r.gateways.len();
-        if entries > fulcrum_policy::health::MAX_REPORT_ENTRIES {
+        if entries > MAX_REPORT_ENTRIES {
             return Err(WireError::invalid(
                 "destinations",
                 format!(
                     "the report has {entries} entries, more than the limit of {}",
-                    fulcrum_policy::health::MAX_REPORT_ENTRIES
+                    MAX_REPORT_ENTRIES
                 ),
             ));
         }
@@ -126,16 +127,12 @@ impl TryFrom<&pb::HealthReport> for HealthReport {
         };
         report.check().map_err(|e| {
             let field = match &e {
-                fulcrum_policy::health::HealthReportError::NoCluster => "cluster",
-                fulcrum_policy::health::HealthReportError::NoProxyId => "proxy_id",
-                fulcrum_policy::health::HealthReportError::BadInterval { .. } => "interval_ms",
-                fulcrum_policy::health::HealthReportError::TooLarge { .. } => "destinations",
-                fulcrum_policy::health::HealthReportError::InconsistentCounters { .. } => {
-                    "destinations"
-                }
-                fulcrum_policy::health::HealthReportError::InconsistentInventory { .. } => {
-                    "inventory"
-                }
+                HealthReportError::NoCluster => "cluster",
+                HealthReportError::NoProxyId => "proxy_id",
+                HealthReportError::BadInterval { .. } => "interval_ms",
+                HealthReportError::TooLarge { .. } => "destinations",
+                HealthReportError::InconsistentCounters { .. } => "destinations",
+                HealthReportError::InconsistentInventory { .. } => "inventory",
             };
             WireError::invalid(field, e.to_string())
         })?;
