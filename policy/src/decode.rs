@@ -19,12 +19,22 @@ use crate::yaml::{Entry, Mark, Node, Resolved, Value};
 pub struct Decoder {
     path: FieldPath,
     findings: Vec<Finding>,
+    strict: bool,
 }
 
 impl Decoder {
     /// A decoder positioned at the document root.
     pub fn new() -> Self {
         Decoder::default()
+    }
+
+    /// A decoder for formats Fulcrum owns outright (such as simulation scenarios), where an
+    /// unknown field is an error rather than a warning.
+    pub fn strict() -> Self {
+        Decoder {
+            strict: true,
+            ..Decoder::default()
+        }
     }
 
     /// The findings collected so far.
@@ -296,8 +306,9 @@ impl<'n> Fields<'n> {
         let _ = self.take(wire);
     }
 
-    /// Reports every key that was not read as an unknown field (a warning: Kubernetes
-    /// prunes unknown fields rather than rejecting the object).
+    /// Reports every key that was not read as an unknown field: a warning (Kubernetes
+    /// prunes unknown fields rather than rejecting the object), or an error for a strict
+    /// decoder.
     pub fn finish(self, d: &mut Decoder, known: &[&str]) {
         for (entry, read) in self.entries.iter().zip(self.read) {
             if read {
@@ -308,10 +319,17 @@ impl<'n> Fields<'n> {
                 None => String::new(),
             };
             d.in_field(&entry.key, |d| {
-                d.warn(
-                    entry.key_mark,
-                    format!("unknown field {:?} is ignored{hint}", entry.key),
-                )
+                if d.strict {
+                    d.error(
+                        entry.key_mark,
+                        format!("unknown field {:?}{hint}", entry.key),
+                    )
+                } else {
+                    d.warn(
+                        entry.key_mark,
+                        format!("unknown field {:?} is ignored{hint}", entry.key),
+                    )
+                }
             });
         }
     }

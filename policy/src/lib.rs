@@ -37,6 +37,7 @@
 pub mod decode;
 pub mod diag;
 pub mod duration;
+pub mod engine;
 pub mod fulcrum;
 pub mod health;
 pub mod istio;
@@ -46,6 +47,7 @@ pub mod path;
 pub mod percent;
 pub mod references;
 pub mod resource;
+pub mod scenario;
 pub mod validate;
 pub mod weights;
 pub mod yaml;

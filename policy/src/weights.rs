@@ -1,8 +1,9 @@
 //! Weight rows: how one service's traffic from one source locality is split over
 //! destination localities, in integer basis points, with the reason for every share.
 //!
-//! A row either is empty (no destination can take traffic) or its weights add up to
-//! exactly [`TOTAL_BASIS_POINTS`]. [`WeightRow::check`] enforces that, so a row that came
+//! A row either routes nothing (no entries, or every weight 0: no destination can take
+//! traffic, and the entries say why) or its weights add up to exactly
+//! [`TOTAL_BASIS_POINTS`]. [`WeightRow::check`] enforces that, so a row that came
 //! from a peer is refused rather than routed on.
 
 use std::collections::BTreeSet;
@@ -134,7 +135,7 @@ impl WeightRow {
     }
 
     /// Checks the row's invariants: a service, no destination twice, no weight above
-    /// 100%, and a total of exactly 100% unless the row is empty.
+    /// 100%, and a total of exactly 100% unless the row routes nothing (total 0).
     pub fn check(&self) -> Result<(), WeightRowError> {
         if self.service.is_empty() {
             return Err(WeightRowError::NoService);
@@ -154,7 +155,7 @@ impl WeightRow {
             }
         }
         let total = self.total_bp();
-        if !self.entries.is_empty() && total != u64::from(TOTAL_BASIS_POINTS) {
+        if total != 0 && total != u64::from(TOTAL_BASIS_POINTS) {
             return Err(WeightRowError::BadTotal { total });
         }
         Ok(())
@@ -194,6 +195,7 @@ mod tests {
             Ok(())
         );
         assert_eq!(row(vec![]).check(), Ok(()));
+        assert_eq!(row(vec![entry("a", 0), entry("b", 0)]).check(), Ok(()));
         assert_eq!(
             row(vec![entry("a", 7000), entry("b", 2999)]).check(),
             Err(WeightRowError::BadTotal { total: 9999 })

@@ -3,12 +3,14 @@
 //! Commands write to the writers they are given and return an [`Outcome`], so tests run
 //! them in-process and check both what they print and how they exit.
 
+mod simulate;
 mod validate;
 
 use std::io::Write;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+pub use simulate::SimulateArgs;
 pub use validate::ValidateArgs;
 
 /// How a command ended, and the exit code that tells scripts.
@@ -66,11 +68,19 @@ pub enum Command {
     /// when everything is valid (warnings allowed), 1 when anything is invalid, and 2 when
     /// an input cannot be read.
     Validate(ValidateArgs),
+    /// Replay a failover scenario through the engine against a configuration.
+    ///
+    /// Prints the weight table and its explanations after every step (JSON with -o json)
+    /// and checks the weights the scenario expects. Exits 0 when every expectation holds,
+    /// 1 when any fails (printing expected and actual), 2 when the configuration or the
+    /// scenario cannot be used.
+    Simulate(SimulateArgs),
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli, stdout: &mut dyn Write, stderr: &mut dyn Write) -> Outcome {
     match cli.command {
         Command::Validate(args) => validate::run(&args, stdout, stderr),
+        Command::Simulate(args) => simulate::run(&args, stdout, stderr),
     }
 }

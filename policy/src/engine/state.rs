@@ -1,0 +1,725 @@
+//! The engine's memory: health windows, endpoint inventory, cluster leases, reachability,
+//! drains and the damped verdicts. It is plain data (serde), so the coordinator can put it
+//! in a Raft snapshot, and every map is ordered, so it serialises to the same bytes on
+//! every replica.
+//!
+//! Two folds change it: [`apply_digest`] (what proxies saw) and [`tick`] (time passes:
+//! windows slide, verdicts step, leases expire). Neither reads a clock.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Duration;
+use crate::engine::topology::{ServiceTopology, Topology};
+use crate::engine::verdict::{Assessment, Cause, RateReading, Signal, VerdictState};
+use crate::engine::window::{BUCKET_MS, Counters, Window, bucket_of, buckets_for};
+use crate::fulcrum::{FailoverSettings, MAX_WINDOW};
+use crate::health::HealthReport;
+use crate::locality::Locality;
+use crate::weights::{Signals, TOTAL_BASIS_POINTS, Verdict};
+
+/// How long a cluster's last report vouches for its localities. Proxies report every
+/// second; three missed reports make its localities Unknown.
+pub const DEFAULT_REPORT_LEASE: Duration = Duration::from_secs(3);
+
+/// Most drains held at once; more are refused.
+pub const MAX_DRAINS: usize = 1_000;
+
+/// Engine-wide settings (per-service ones come from FailoverPolicy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineSettings {
+    /// See [`DEFAULT_REPORT_LEASE`].
+    pub report_lease: Duration,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            report_lease: DEFAULT_REPORT_LEASE,
+        }
+    }
+}
+
+/// Endpoint counts one cluster reported for one (service, locality).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    /// All endpoints.
+    pub total: u32,
+    /// Passing readiness.
+    pub ready: u32,
+    /// Ejected by the reporting proxies' outlier detection.
+    pub ejected: u32,
+}
+
+impl Inventory {
+    /// Endpoints that can take traffic: ready and not ejected.
+    pub fn available(&self) -> u32 {
+        self.ready.saturating_sub(self.ejected).min(self.total)
+    }
+}
+
+/// What the engine remembers about one service in one destination locality.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalityState {
+    /// Request outcomes, merged across every reporter.
+    pub window: Window,
+    /// Endpoint counts, per reporting cluster.
+    pub inventory: BTreeMap<String, Inventory>,
+    /// The damped verdict.
+    pub machine: VerdictState,
+    /// The verdict shown (adds Unknown and Drained to the machine's).
+    pub shown: Verdict,
+    /// When the shown verdict began.
+    pub shown_since_ms: u64,
+    /// The locality's health (available share x success rate), in basis points, as of the
+    /// last tick its cluster was heard from: frozen while Unknown.
+    pub health_bp: u32,
+    /// The machine's allowance at that time, frozen alike.
+    pub allowance_bp: u32,
+}
+
+impl LocalityState {
+    fn new(now_ms: u64) -> Self {
+        LocalityState {
+            window: Window::default(),
+            inventory: BTreeMap::new(),
+            machine: VerdictState::new(now_ms),
+            shown: Verdict::Healthy,
+            shown_since_ms: now_ms,
+            health_bp: TOTAL_BASIS_POINTS,
+            allowance_bp: TOTAL_BASIS_POINTS,
+        }
+    }
+}
+
+/// What the engine remembers about one service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceState {
+    /// Per destination locality.
+    pub localities: BTreeMap<Locality, LocalityState>,
+    /// Requests each source cluster sent to the service (for capacity).
+    pub demand: BTreeMap<String, Window>,
+}
+
+/// What the engine remembers about one reporting cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Leader time of its last report.
+    pub last_report_ms: u64,
+    /// Clusters whose east-west gateway it last reported unreachable.
+    pub unreachable: BTreeSet<String>,
+}
+
+/// What a drain takes out of service.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum DrainTarget {
+    /// Every locality of a cluster.
+    Cluster(String),
+    /// One locality.
+    Locality(Locality),
+}
+
+impl std::fmt::Display for DrainTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DrainTarget::Cluster(c) => write!(f, "cluster {c}"),
+            DrainTarget::Locality(l) => write!(f, "{l}"),
+        }
+    }
+}
+
+/// A manual drain.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Drain {
+    /// What it drains.
+    pub target: DrainTarget,
+    /// Only this service; every service when `None`.
+    pub service: Option<String>,
+    /// The operator's reason.
+    pub reason: String,
+    /// Leader time it began.
+    pub since_ms: u64,
+}
+
+/// Why a drain was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DrainError {
+    /// No reason given.
+    #[error("a drain needs a reason (it is shown in every explanation)")]
+    NoReason,
+    /// Too many drains.
+    #[error("{MAX_DRAINS} drains are already in place; undrain something first")]
+    TooMany,
+}
+
+/// One observed slice of traffic: a source cluster's requests toward a service in a
+/// destination locality, over one digest interval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficSample {
+    /// The service host.
+    pub service: String,
+    /// The reporting (source) cluster.
+    pub source_cluster: String,
+    /// The destination locality.
+    pub locality: Locality,
+    /// What happened.
+    pub counters: Counters,
+}
+
+/// Endpoint counts a cluster reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventorySample {
+    /// The reporting cluster.
+    pub cluster: String,
+    /// The service host.
+    pub service: String,
+    /// The endpoints' locality.
+    pub locality: Locality,
+    /// The counts.
+    pub inventory: Inventory,
+}
+
+/// Whether a cluster reached another's east-west gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReachabilitySample {
+    /// The probing cluster.
+    pub source_cluster: String,
+    /// The cluster whose gateway was probed.
+    pub target_cluster: String,
+    /// True when it answered.
+    pub reachable: bool,
+}
+
+/// Everything one coordinator node heard from proxies during one batching interval: the
+/// payload of one Raft entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthDigest {
+    /// Clusters heard from (renews their lease).
+    pub reporters: Vec<String>,
+    /// Traffic outcomes.
+    pub traffic: Vec<TrafficSample>,
+    /// Endpoint counts.
+    pub inventory: Vec<InventorySample>,
+    /// Gateway probes.
+    pub reachability: Vec<ReachabilitySample>,
+}
+
+impl HealthDigest {
+    /// Merges checked reports into one digest: counters of the same (service, source,
+    /// locality) add up; the newest inventory and probe per key win.
+    pub fn from_reports<'a>(reports: impl IntoIterator<Item = &'a HealthReport>) -> Self {
+        let mut reporters = BTreeSet::new();
+        let mut traffic: BTreeMap<(String, String, Locality), Counters> = BTreeMap::new();
+        let mut inventory = BTreeMap::new();
+        let mut reachability = BTreeMap::new();
+        for report in reports {
+            reporters.insert(report.cluster.clone());
+            for d in &report.destinations {
+                traffic
+                    .entry((
+                        d.service.clone(),
+                        report.cluster.clone(),
+                        d.locality.clone(),
+                    ))
+                    .or_default()
+                    .add(&Counters {
+                        requests: d.requests,
+                        http_5xx: d.http_5xx,
+                        gateway_errors: d.gateway_errors,
+                        connect_failures: d.connect_failures,
+                    });
+            }
+            for i in &report.inventory {
+                inventory.insert(
+                    (
+                        report.cluster.clone(),
+                        i.service.clone(),
+                        i.locality.clone(),
+                    ),
+                    Inventory {
+                        total: i.total,
+                        ready: i.ready,
+                        ejected: i.ejected,
+                    },
+                );
+            }
+            for g in &report.gateways {
+                reachability.insert((report.cluster.clone(), g.cluster.clone()), g.reachable);
+            }
+        }
+        HealthDigest {
+            reporters: reporters.into_iter().collect(),
+            traffic: traffic
+                .into_iter()
+                .map(
+                    |((service, source_cluster, locality), counters)| TrafficSample {
+                        service,
+                        source_cluster,
+                        locality,
+                        counters,
+                    },
+                )
+                .collect(),
+            inventory: inventory
+                .into_iter()
+                .map(
+                    |((cluster, service, locality), inventory)| InventorySample {
+                        cluster,
+                        service,
+                        locality,
+                        inventory,
+                    },
+                )
+                .collect(),
+            reachability: reachability
+                .into_iter()
+                .map(
+                    |((source_cluster, target_cluster), reachable)| ReachabilitySample {
+                        source_cluster,
+                        target_cluster,
+                        reachable,
+                    },
+                )
+                .collect(),
+        }
+    }
+}
+
+/// A verdict change, with the detail an operator needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Leader time, in milliseconds.
+    pub at_ms: u64,
+    /// The service.
+    pub service: String,
+    /// The destination locality.
+    pub locality: Locality,
+    /// The verdict before.
+    pub from: Verdict,
+    /// The verdict now.
+    pub to: Verdict,
+    /// Why, in words.
+    pub detail: String,
+}
+
+/// The engine's whole memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineState {
+    /// Leader time of the last fold, in milliseconds; never goes backwards.
+    pub now_ms: u64,
+    /// Engine-wide settings.
+    pub settings: EngineSettings,
+    /// Per service.
+    pub services: BTreeMap<String, ServiceState>,
+    /// Per reporting cluster.
+    pub clusters: BTreeMap<String, ClusterState>,
+    /// Manual drains, sorted.
+    pub drains: BTreeSet<Drain>,
+}
+
+impl EngineState {
+    /// An empty state.
+    pub fn new(settings: EngineSettings) -> Self {
+        EngineState {
+            settings,
+            ..EngineState::default()
+        }
+    }
+
+    fn advance(&mut self, now_ms: u64) -> u64 {
+        self.now_ms = self.now_ms.max(now_ms);
+        self.now_ms
+    }
+
+    /// Adds a drain (replacing one with the same target and service).
+    pub fn drain(
+        &mut self,
+        target: DrainTarget,
+        service: Option<String>,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<(), DrainError> {
+        if reason.trim().is_empty() {
+            return Err(DrainError::NoReason);
+        }
+        let now_ms = self.advance(now_ms);
+        let existing = self
+            .drains
+            .iter()
+            .find(|d| d.target == target && d.service == service)
+            .cloned();
+        if existing.is_none() && self.drains.len() >= MAX_DRAINS {
+            return Err(DrainError::TooMany);
+        }
+        let since_ms = existing.as_ref().map_or(now_ms, |d| d.since_ms);
+        if let Some(old) = existing {
+            self.drains.remove(&old);
+        }
+        self.drains.insert(Drain {
+            target,
+            service,
+            reason: reason.trim().to_string(),
+            since_ms,
+        });
+        Ok(())
+    }
+
+    /// Removes drains of `target` (for `service`, or every drain of it when `None`).
+    /// Returns how many were removed.
+    pub fn undrain(&mut self, target: &DrainTarget, service: Option<&str>, now_ms: u64) -> usize {
+        self.advance(now_ms);
+        let before = self.drains.len();
+        self.drains.retain(|d| {
+            !(&d.target == target && (service.is_none() || d.service.as_deref() == service))
+        });
+        before - self.drains.len()
+    }
+
+    /// The drain in force for a service's locality, if any.
+    pub fn drain_of(
+        &self,
+        topology: &Topology,
+        service: &str,
+        locality: &Locality,
+    ) -> Option<&Drain> {
+        self.drains.iter().find(|d| {
+            d.service.as_deref().is_none_or(|s| s == service)
+                && match &d.target {
+                    DrainTarget::Locality(l) => l == locality,
+                    DrainTarget::Cluster(c) => topology
+                        .clusters
+                        .get(c)
+                        .is_some_and(|info| &info.locality == locality),
+                }
+        })
+    }
+
+    /// True when the cluster's last report is within the lease.
+    pub fn is_leased(&self, cluster: &str) -> bool {
+        let lease = self.settings.report_lease.as_millis().max(0) as u64;
+        self.clusters
+            .get(cluster)
+            .is_some_and(|c| self.now_ms.saturating_sub(c.last_report_ms) <= lease)
+    }
+}
+
+/// Folds one digest into the state at leader time `now_ms`.
+pub fn apply_digest(state: &mut EngineState, digest: &HealthDigest, now_ms: u64) {
+    let now_ms = state.advance(now_ms);
+    let bucket = bucket_of(now_ms);
+    for cluster in &digest.reporters {
+        state
+            .clusters
+            .entry(cluster.clone())
+            .or_default()
+            .last_report_ms = now_ms;
+    }
+    for sample in &digest.traffic {
+        let service = state.services.entry(sample.service.clone()).or_default();
+        service
+            .localities
+            .entry(sample.locality.clone())
+            .or_insert_with(|| LocalityState::new(now_ms))
+            .window
+            .add(bucket, &sample.counters);
+        service
+            .demand
+            .entry(sample.source_cluster.clone())
+            .or_default()
+            .add(
+                bucket,
+                &Counters {
+                    requests: sample.counters.requests,
+                    ..Counters::default()
+                },
+            );
+    }
+    for sample in &digest.inventory {
+        state
+            .services
+            .entry(sample.service.clone())
+            .or_default()
+            .localities
+            .entry(sample.locality.clone())
+            .or_insert_with(|| LocalityState::new(now_ms))
+            .inventory
+            .insert(sample.cluster.clone(), sample.inventory);
+    }
+    for sample in &digest.reachability {
+        let cluster = state
+            .clusters
+            .entry(sample.source_cluster.clone())
+            .or_default();
+        if sample.reachable {
+            cluster.unreachable.remove(&sample.target_cluster);
+        } else {
+            cluster.unreachable.insert(sample.target_cluster.clone());
+        }
+    }
+}
+
+/// The rates of a window against a set of thresholds.
+fn readings(
+    counts: &Counters,
+    limits: &crate::fulcrum::SignalLimits,
+    span_ms: u64,
+    degrade: bool,
+) -> [RateReading; 3] {
+    let reading = |signal, part, limit: crate::percent::Percent| RateReading {
+        signal,
+        rate_bp: counts.rate_bp(part),
+        requests: counts.requests,
+        span_ms,
+        threshold_bp: limit.basis_points(),
+        degrade,
+    };
+    [
+        reading(Signal::Http5xx, counts.http_5xx, limits.http_5xx),
+        reading(
+            Signal::GatewayErrors,
+            counts.gateway_errors,
+            limits.gateway_errors,
+        ),
+        reading(
+            Signal::ConnectFailures,
+            counts.connect_failures,
+            limits.connect_failures,
+        ),
+    ]
+}
+
+/// Judges one locality's signals, before damping.
+pub fn assess(
+    window: &Window,
+    inventory: Inventory,
+    settings: &FailoverSettings,
+    now_ms: u64,
+) -> Assessment {
+    let last = bucket_of(now_ms);
+    let min_volume = u64::from(settings.min_request_volume);
+    let window_ms = settings.window.as_millis().max(0) as u64;
+    let whole = window.sum(last, buckets_for(window_ms));
+    let above_recover = if whole.requests >= min_volume.max(1) {
+        readings(&whole, &settings.recover, window_ms, false)
+            .into_iter()
+            .filter(|r| r.rate_bp > r.threshold_bp)
+            .max_by_key(|r| (r.rate_bp, std::cmp::Reverse(r.signal as u8)))
+    } else {
+        None
+    };
+    // Sustained failure: every bucket of the degrade span at or over the threshold, and
+    // enough requests in the span for the rate to mean something.
+    let span_buckets = buckets_for(settings.degrade_after.as_millis().max(0) as u64);
+    let span = window.sum(last, span_buckets);
+    let tripped = if span.requests >= min_volume.max(1) {
+        let span_ms = span_buckets * BUCKET_MS;
+        readings(&span, &settings.degrade, span_ms, true)
+            .into_iter()
+            .filter(|r| r.threshold_bp <= TOTAL_BASIS_POINTS)
+            .filter(|r| {
+                (0..span_buckets).all(|k| {
+                    let b = window.bucket(last.saturating_sub(k));
+                    let part = match r.signal {
+                        Signal::Http5xx => b.http_5xx,
+                        Signal::GatewayErrors => b.gateway_errors,
+                        Signal::ConnectFailures => b.connect_failures,
+                    };
+                    b.requests > 0 && b.rate_bp(part) >= r.threshold_bp
+                })
+            })
+            .max_by_key(|r| (r.rate_bp, std::cmp::Reverse(r.signal as u8)))
+    } else {
+        None
+    };
+    Assessment {
+        tripped,
+        above_recover,
+        no_ready_endpoints: inventory.total > 0 && inventory.available() == 0,
+    }
+}
+
+/// The inventory of a locality: what its clusters reported, or the configured endpoints
+/// (all assumed ready) when nobody has.
+pub fn inventory_of(state: &LocalityState, configured: u32) -> Inventory {
+    if state.inventory.is_empty() {
+        return Inventory {
+            total: configured,
+            ready: configured,
+            ejected: 0,
+        };
+    }
+    state
+        .inventory
+        .values()
+        .fold(Inventory::default(), |acc, i| Inventory {
+            total: acc.total.saturating_add(i.total),
+            ready: acc.ready.saturating_add(i.ready),
+            ejected: acc.ejected.saturating_add(i.ejected),
+        })
+}
+
+/// Health of a locality in basis points: the available share of endpoints times the
+/// success rate over the window (counted only above the minimum volume, and only when
+/// automatic failover is on).
+pub fn health_bp(
+    window: &Window,
+    inventory: Inventory,
+    settings: &FailoverSettings,
+    now_ms: u64,
+) -> u32 {
+    if inventory.total == 0 {
+        return 0;
+    }
+    let available = u64::from(inventory.available()) * u64::from(TOTAL_BASIS_POINTS)
+        / u64::from(inventory.total);
+    if !settings.auto_failover {
+        return available as u32;
+    }
+    let window_ms = settings.window.as_millis().max(0) as u64;
+    let whole = window.sum(bucket_of(now_ms), buckets_for(window_ms));
+    let success = if whole.requests >= u64::from(settings.min_request_volume).max(1) {
+        u64::from(TOTAL_BASIS_POINTS - whole.failure_bp())
+    } else {
+        u64::from(TOTAL_BASIS_POINTS)
+    };
+    (available * success / u64::from(TOTAL_BASIS_POINTS)) as u32
+}
+
+/// The signals a locality is judged on now: its endpoints and its window's counts.
+pub fn signals(
+    loc: &LocalityState,
+    inventory: Inventory,
+    settings: &FailoverSettings,
+    now_ms: u64,
+) -> Signals {
+    let window_ms = settings.window.as_millis().max(0) as u64;
+    let counts = loc.window.sum(bucket_of(now_ms), buckets_for(window_ms));
+    Signals {
+        ready_endpoints: inventory.available(),
+        total_endpoints: inventory.total,
+        requests: counts.requests,
+        http_5xx: counts.http_5xx,
+        gateway_errors: counts.gateway_errors,
+        connect_failures: counts.connect_failures,
+        window: settings.window,
+    }
+}
+
+/// Time passes: windows slide, verdicts step, leases expire. Returns the verdict changes.
+pub fn tick(state: &mut EngineState, topology: &Topology, now_ms: u64) -> Vec<Event> {
+    let now_ms = state.advance(now_ms);
+    // Forget services the configuration no longer has, so reports about unknown hosts
+    // cannot grow the state.
+    state
+        .services
+        .retain(|host, _| topology.services.contains_key(host));
+    let oldest_kept = bucket_of(now_ms).saturating_sub(buckets_for(MAX_WINDOW.as_millis() as u64));
+    let mut events = Vec::new();
+    let hosts: Vec<&String> = topology.services.keys().collect();
+    for host in hosts {
+        let service = &topology.services[host];
+        let drained: Vec<bool> = service
+            .localities
+            .iter()
+            .map(|d| state.drain_of(topology, host, &d.locality).is_some())
+            .collect();
+        let leased: Vec<bool> = service
+            .localities
+            .iter()
+            .map(|d| d.owners.is_empty() || d.owners.iter().any(|c| state.is_leased(c)))
+            .collect();
+        let entry = state.services.entry(host.clone()).or_default();
+        entry
+            .localities
+            .retain(|l, _| service.locality_index(l).is_some());
+        let window_keep = bucket_of(now_ms)
+            .saturating_sub(buckets_for(
+                service.settings.window.as_millis().max(0) as u64
+            ))
+            .max(oldest_kept);
+        for w in entry.demand.values_mut() {
+            w.trim(window_keep);
+        }
+        entry.demand.retain(|_, w| !w.is_empty());
+        for (i, dest) in service.localities.iter().enumerate() {
+            let loc = entry
+                .localities
+                .entry(dest.locality.clone())
+                .or_insert_with(|| LocalityState::new(now_ms));
+            let change = step_locality(
+                loc,
+                service,
+                dest.endpoints,
+                drained[i],
+                leased[i],
+                window_keep,
+                now_ms,
+            );
+            if let Some((from, to)) = change {
+                let signals = signals(
+                    loc,
+                    inventory_of(loc, dest.endpoints),
+                    &service.settings,
+                    now_ms,
+                );
+                events.push(Event {
+                    at_ms: now_ms,
+                    service: host.clone(),
+                    locality: dest.locality.clone(),
+                    from,
+                    to,
+                    detail: crate::engine::explain::verdict_detail(
+                        to,
+                        &loc.machine,
+                        &signals,
+                        &service.settings,
+                    ),
+                });
+            }
+        }
+    }
+    events
+}
+
+fn step_locality(
+    loc: &mut LocalityState,
+    service: &ServiceTopology,
+    configured: u32,
+    drained: bool,
+    leased: bool,
+    window_keep: u64,
+    now_ms: u64,
+) -> Option<(Verdict, Verdict)> {
+    loc.window.trim(window_keep);
+    let settings = &service.settings;
+    let inventory = inventory_of(loc, configured);
+    let assessment = assess(&loc.window, inventory, settings, now_ms);
+    loc.machine.step(&assessment, settings, now_ms);
+    let failed = loc.machine.verdict == Verdict::Failed;
+    if leased || failed {
+        loc.health_bp = health_bp(&loc.window, inventory, settings, now_ms);
+        loc.allowance_bp = loc.machine.allowance_bp();
+    }
+    let shown = if drained {
+        Verdict::Drained
+    } else if !leased && !failed {
+        Verdict::Unknown
+    } else {
+        loc.machine.verdict
+    };
+    if shown == loc.shown {
+        return None;
+    }
+    let from = loc.shown;
+    loc.shown = shown;
+    loc.shown_since_ms = now_ms;
+    Some((from, shown))
+}
+
+/// A cause that counts as the engine taking a locality out (as opposed to the locality
+/// having no endpoint to send to).
+pub fn is_engine_failure(machine: &VerdictState) -> bool {
+    machine.verdict == Verdict::Failed
+        && matches!(machine.cause, Cause::Rate(_) | Cause::HoldDown { .. })
+}

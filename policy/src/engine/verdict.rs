@@ -1,0 +1,318 @@
+//! The verdict of one (service, locality): a small state machine that degrades fast and
+//! recovers slowly.
+//!
+//! ```text
+//!   Healthy <-> Degraded          window failure rate above / back under the recover threshold
+//!   any -> Failed                 every bucket of the last `degradeAfter` at or over the
+//!                                 degrade threshold (with enough volume), or no ready endpoint
+//!   Failed -> Recovering          good for `recoverAfter` without a break (the hold-down)
+//!   Recovering -> Healthy         the ramp, `rampStep` per second, reaches 100%
+//! ```
+//!
+//! The gap between the degrade and the recover thresholds is the hysteresis: a locality
+//! that failed at 50% 5xx is not trusted again until it is under 10% for the whole
+//! hold-down. Unknown and Drained are not states of this machine; they are decided on top
+//! of it (see `engine::evaluate`), so the machine keeps learning while a cluster is silent.
+
+use serde::{Deserialize, Serialize};
+
+use crate::fulcrum::FailoverSettings;
+use crate::weights::{TOTAL_BASIS_POINTS, Verdict};
+
+/// Which failure signal a rate is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Signal {
+    /// Responses 500-599.
+    Http5xx,
+    /// Responses 502, 503, 504.
+    GatewayErrors,
+    /// Connect failures, resets, timeouts.
+    ConnectFailures,
+}
+
+impl Signal {
+    /// How the signal is written in explanations and in FailoverPolicy thresholds.
+    pub fn label(self) -> &'static str {
+        match self {
+            Signal::Http5xx => "5xx",
+            Signal::GatewayErrors => "gateway errors",
+            Signal::ConnectFailures => "connect failures",
+        }
+    }
+}
+
+/// A failure rate measured over a span, and the threshold it was compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RateReading {
+    /// The signal.
+    pub signal: Signal,
+    /// Its rate over the span, in basis points.
+    pub rate_bp: u32,
+    /// Requests in the span.
+    pub requests: u64,
+    /// The span, in milliseconds.
+    pub span_ms: u64,
+    /// The threshold it was compared with, in basis points.
+    pub threshold_bp: u32,
+    /// True for the degrade threshold (at or over it fails the locality); false for the
+    /// recover threshold (over it keeps the locality from being trusted).
+    pub degrade: bool,
+}
+
+/// Why a locality has its verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Cause {
+    /// Within every threshold (or too little traffic for a rate to count).
+    Nominal,
+    /// A rate crossed a threshold.
+    Rate(RateReading),
+    /// No endpoint is ready.
+    NoReadyEndpoints,
+    /// Healthy again since this time; waiting out `recoverAfter`.
+    HoldDown {
+        /// When the signals became good.
+        good_since_ms: u64,
+    },
+    /// Regaining share step by step.
+    Ramp,
+}
+
+/// What the signals say right now, before damping.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Assessment {
+    /// Sustained failure: every bucket of the degrade span at or over a degrade threshold.
+    pub tripped: Option<RateReading>,
+    /// The window's rate above a recover threshold (the hysteresis band or worse).
+    pub above_recover: Option<RateReading>,
+    /// Endpoints exist and none is ready.
+    pub no_ready_endpoints: bool,
+}
+
+/// The damped state of one (service, locality).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct VerdictState {
+    /// Healthy, Degraded, Failed or Recovering.
+    pub verdict: Verdict,
+    /// Leader time the verdict began, in milliseconds.
+    pub since_ms: u64,
+    /// Why.
+    pub cause: Cause,
+    /// While Recovering: the share of full weight allowed now, in basis points.
+    pub ramp_bp: u32,
+    /// Leader time of the last step, in milliseconds.
+    pub last_ms: u64,
+}
+
+impl VerdictState {
+    /// A locality nobody has said anything about yet: healthy.
+    pub fn new(now_ms: u64) -> Self {
+        VerdictState {
+            verdict: Verdict::Healthy,
+            since_ms: now_ms,
+            cause: Cause::Nominal,
+            ramp_bp: TOTAL_BASIS_POINTS,
+            last_ms: now_ms,
+        }
+    }
+
+    fn enter(&mut self, verdict: Verdict, cause: Cause, now_ms: u64) {
+        if self.verdict != verdict {
+            self.verdict = verdict;
+            self.since_ms = now_ms;
+        }
+        self.cause = cause;
+    }
+
+    /// Advances the machine to `now_ms` with what the signals say.
+    pub fn step(&mut self, input: &Assessment, settings: &FailoverSettings, now_ms: u64) {
+        let elapsed_ms = now_ms.saturating_sub(self.last_ms);
+        self.last_ms = now_ms.max(self.last_ms);
+        if input.no_ready_endpoints {
+            self.enter(Verdict::Failed, Cause::NoReadyEndpoints, now_ms);
+            return;
+        }
+        if let Some(reading) = input.tripped {
+            self.enter(Verdict::Failed, Cause::Rate(reading), now_ms);
+            return;
+        }
+        match self.verdict {
+            Verdict::Healthy | Verdict::Degraded => match input.above_recover {
+                Some(reading) => self.enter(Verdict::Degraded, Cause::Rate(reading), now_ms),
+                None => self.enter(Verdict::Healthy, Cause::Nominal, now_ms),
+            },
+            Verdict::Failed => match input.above_recover {
+                // Not good yet: the hold-down starts over.
+                Some(reading) => self.cause = Cause::Rate(reading),
+                None => {
+                    let good_since_ms = match self.cause {
+                        Cause::HoldDown { good_since_ms } => good_since_ms,
+                        _ => {
+                            self.cause = Cause::HoldDown {
+                                good_since_ms: now_ms,
+                            };
+                            now_ms
+                        }
+                    };
+                    let recover_after = settings.recover_after.as_millis().max(0) as u64;
+                    if now_ms.saturating_sub(good_since_ms) >= recover_after {
+                        self.start_ramp(settings, now_ms);
+                    }
+                }
+            },
+            Verdict::Recovering => {
+                if input.above_recover.is_some() {
+                    // The ramp pauses while the signals sit in the hysteresis band.
+                    return;
+                }
+                let step = u64::from(settings.ramp_step.basis_points());
+                let gained = step * elapsed_ms / 1_000;
+                let level = u64::from(self.ramp_bp) + gained;
+                if level >= u64::from(TOTAL_BASIS_POINTS) {
+                    self.enter(Verdict::Healthy, Cause::Nominal, now_ms);
+                    self.ramp_bp = TOTAL_BASIS_POINTS;
+                } else {
+                    self.ramp_bp = level as u32;
+                }
+            }
+            // Unknown and Drained are never states of the machine.
+            Verdict::Unknown | Verdict::Drained => {
+                self.enter(Verdict::Healthy, Cause::Nominal, now_ms)
+            }
+        }
+    }
+
+    fn start_ramp(&mut self, settings: &FailoverSettings, now_ms: u64) {
+        let step = settings
+            .ramp_step
+            .basis_points()
+            .clamp(1, TOTAL_BASIS_POINTS);
+        if step >= TOTAL_BASIS_POINTS {
+            self.enter(Verdict::Healthy, Cause::Nominal, now_ms);
+            self.ramp_bp = TOTAL_BASIS_POINTS;
+        } else {
+            self.enter(Verdict::Recovering, Cause::Ramp, now_ms);
+            self.ramp_bp = step;
+        }
+    }
+
+    /// The share of its full weight the locality may have now, in basis points: 0 when
+    /// Failed, the ramp while Recovering, all of it otherwise.
+    pub fn allowance_bp(&self) -> u32 {
+        match self.verdict {
+            Verdict::Failed => 0,
+            Verdict::Recovering => self.ramp_bp,
+            _ => TOTAL_BASIS_POINTS,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::duration::Duration;
+    use crate::percent::Percent;
+
+    fn settings() -> FailoverSettings {
+        FailoverSettings {
+            recover_after: Duration::from_secs(5),
+            ramp_step: Percent::from_percent(25),
+            ..FailoverSettings::default()
+        }
+    }
+
+    fn reading(rate: u32) -> RateReading {
+        RateReading {
+            signal: Signal::Http5xx,
+            rate_bp: rate * 100,
+            requests: 100,
+            span_ms: 1000,
+            threshold_bp: 5000,
+            degrade: true,
+        }
+    }
+
+    fn tripped() -> Assessment {
+        Assessment {
+            tripped: Some(reading(90)),
+            above_recover: Some(reading(90)),
+            no_ready_endpoints: false,
+        }
+    }
+
+    fn band() -> Assessment {
+        Assessment {
+            tripped: None,
+            above_recover: Some(reading(30)),
+            no_ready_endpoints: false,
+        }
+    }
+
+    #[test]
+    fn failure_is_immediate_once_tripped() {
+        let mut v = VerdictState::new(0);
+        v.step(&tripped(), &settings(), 1_000);
+        assert_eq!((v.verdict, v.since_ms), (Verdict::Failed, 1_000));
+        assert_eq!(v.allowance_bp(), 0);
+    }
+
+    #[test]
+    fn the_band_degrades_but_does_not_fail() {
+        let mut v = VerdictState::new(0);
+        v.step(&band(), &settings(), 1_000);
+        assert_eq!(v.verdict, Verdict::Degraded);
+        v.step(&Assessment::default(), &settings(), 2_000);
+        assert_eq!(v.verdict, Verdict::Healthy);
+    }
+
+    #[test]
+    fn recovery_waits_out_the_hold_down_then_ramps() {
+        let s = settings();
+        let mut v = VerdictState::new(0);
+        v.step(&tripped(), &s, 1_000);
+        for t in 2..=6 {
+            v.step(&Assessment::default(), &s, t * 1_000);
+            assert_eq!(v.verdict, Verdict::Failed, "at {t}s");
+        }
+        v.step(&Assessment::default(), &s, 7_000);
+        assert_eq!((v.verdict, v.ramp_bp), (Verdict::Recovering, 2_500));
+        v.step(&Assessment::default(), &s, 8_000);
+        assert_eq!(v.ramp_bp, 5_000);
+        v.step(&band(), &s, 9_000);
+        assert_eq!(v.ramp_bp, 5_000, "the band pauses the ramp");
+        v.step(&Assessment::default(), &s, 10_000);
+        v.step(&Assessment::default(), &s, 11_000);
+        assert_eq!(v.verdict, Verdict::Healthy);
+    }
+
+    #[test]
+    fn a_bad_moment_restarts_the_hold_down() {
+        let s = settings();
+        let mut v = VerdictState::new(0);
+        v.step(&tripped(), &s, 1_000);
+        v.step(&Assessment::default(), &s, 2_000);
+        v.step(&Assessment::default(), &s, 5_000);
+        v.step(&band(), &s, 6_000);
+        v.step(&Assessment::default(), &s, 7_000);
+        v.step(&Assessment::default(), &s, 11_000);
+        assert_eq!(v.verdict, Verdict::Failed, "good only since 7s");
+        v.step(&Assessment::default(), &s, 12_000);
+        assert_eq!(v.verdict, Verdict::Recovering);
+    }
+
+    #[test]
+    fn no_ready_endpoint_fails_at_once() {
+        let mut v = VerdictState::new(0);
+        v.step(
+            &Assessment {
+                no_ready_endpoints: true,
+                ..Assessment::default()
+            },
+            &settings(),
+            500,
+        );
+        assert_eq!(
+            (v.verdict, v.cause),
+            (Verdict::Failed, Cause::NoReadyEndpoints)
+        );
+    }
+}
