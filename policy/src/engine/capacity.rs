@@ -164,7 +164,7 @@ pub fn apply(
                     let e = &row.entries[k];
                     cut[k] == 0
                         && statuses[e.locality].takes_traffic()
-                        && statuses[e.locality].health_bp > 0
+                        && statuses[e.locality].health.bp() > 0
                         && matches!(e.note, EntryNote::Split | EntryNote::Ramp { .. })
                 })
                 .collect();
@@ -187,7 +187,7 @@ pub fn apply(
                         .iter()
                         .map(|&k| {
                             let e = &row.entries[k];
-                            1 + u64::from(e.weight_bp) + u64::from(statuses[e.locality].health_bp)
+                            1 + u64::from(e.weight_bp) + u64::from(statuses[e.locality].health.bp())
                         })
                         .collect();
                     for (k, part) in open.iter().zip(apportion(excess, &keys)) {

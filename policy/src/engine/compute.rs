@@ -19,7 +19,7 @@ use crate::engine::split::{
     distribute_weights, label_priority, locality_match,
 };
 use crate::engine::state::{
-    Drain, EngineState, Inventory, inventory_of, is_engine_failure, signals,
+    Drain, EngineState, Health, Inventory, inventory_of, is_engine_failure, signals,
 };
 use crate::engine::topology::{LocalityLb, Members, ServiceTopology, SubsetTopology, Topology};
 use crate::engine::verdict::Cause;
@@ -64,8 +64,8 @@ pub struct LocalityStatus {
     pub cause: Cause,
     /// What it was judged on.
     pub signals: Signals,
-    /// Health used for the split, in basis points.
-    pub health_bp: u32,
+    /// Health used for the split.
+    pub health: Health,
     /// Share of its full weight it may have (the ramp), in basis points.
     pub allowance_bp: u32,
     /// Whether it takes traffic.
@@ -325,13 +325,13 @@ fn standings(
                     ..Signals::default()
                 },
             };
-            let (mut verdict, since_ms, cause, health_bp, allowance_bp, engine_failure) = match loc
-            {
+            let configured = Health::full(dest.endpoints);
+            let (mut verdict, since_ms, cause, health, allowance_bp, engine_failure) = match loc {
                 Some(l) => (
                     l.shown,
                     l.shown_since_ms,
                     l.machine.cause,
-                    l.health_bp,
+                    l.health.unwrap_or(configured),
                     l.allowance_bp,
                     is_engine_failure(&l.machine),
                 ),
@@ -339,7 +339,7 @@ fn standings(
                     Verdict::Healthy,
                     0,
                     Cause::Nominal,
-                    TOTAL_BASIS_POINTS,
+                    configured,
                     TOTAL_BASIS_POINTS,
                     false,
                 ),
@@ -348,7 +348,7 @@ fn standings(
             let standing = if let Some(drain) = drain {
                 verdict = Verdict::Drained;
                 Standing::Drained(drain.clone())
-            } else if health_bp == 0
+            } else if health.bp() == 0
                 || (allowance_bp == 0 && (settings.auto_failover || !engine_failure))
             {
                 Standing::Removed
@@ -365,7 +365,7 @@ fn standings(
                 since_ms,
                 cause,
                 signals,
-                health_bp,
+                health,
                 allowance_bp: if settings.auto_failover {
                     allowance_bp
                 } else {
@@ -415,7 +415,7 @@ fn apply_guards(
     if settings.never_drain_last
         && !statuses
             .iter()
-            .any(|s| s.takes_traffic() && s.health_bp > 0)
+            .any(|s| s.takes_traffic() && s.health.bp() > 0)
     {
         // Keep the most recently removed localities that still have endpoints to serve.
         let latest = decided
@@ -436,12 +436,8 @@ fn apply_guards(
 fn hold(status: &mut LocalityStatus, guard: Guard) {
     status.standing = Standing::Held(guard);
     status.allowance_bp = TOTAL_BASIS_POINTS;
-    status.health_bp = if status.signals.total_endpoints == 0 {
-        0
-    } else {
-        (u64::from(status.signals.ready_endpoints) * u64::from(TOTAL_BASIS_POINTS)
-            / u64::from(status.signals.total_endpoints)) as u32
-    };
+    // Readiness alone: the error rate that took it out is what the guard overrides.
+    status.health.success_bp = TOTAL_BASIS_POINTS;
 }
 
 /// Localities a source cannot reach: every cluster owning them has its gateway reported
@@ -521,10 +517,18 @@ fn build_row(
 
     // Step 2: priorities (or distribute weights).
     let mut weights: Vec<u64> = subset.members.iter().map(Members::weight).collect();
+    // Envoy counts hosts: for the whole service that is the endpoint count its cluster
+    // reports (so ready/total stays exact); a subset counts its configured endpoints.
     let mut hosts: Vec<u64> = subset
         .members
         .iter()
-        .map(|m| m.endpoints.len() as u64)
+        .map(|m| {
+            if subset.name.is_empty() {
+                u64::from(statuses[m.locality].health.total)
+            } else {
+                m.endpoints.len() as u64
+            }
+        })
         .collect();
     match &subset.locality_lb {
         LocalityLb::Disabled | LocalityLb::Failover { enabled: false, .. } => {}
@@ -637,17 +641,17 @@ fn build_row(
     let mut ramping = false;
     for &k in &scratch.included {
         let status = &statuses[subset.members[k].locality];
-        let health_bp = if matches!(status.standing, Standing::Removed) {
+        let healthy = if matches!(status.standing, Standing::Removed) {
             0
         } else {
-            status.health_bp
+            status.health.healthy_units(hosts[k])
         };
-        ramping |= health_bp > 0 && status.allowance_bp < TOTAL_BASIS_POINTS;
+        ramping |= healthy > 0 && status.allowance_bp < TOTAL_BASIS_POINTS;
         scratch.candidates.push(Candidate {
             priority: entries[k].priority,
             weight: weights[k],
             hosts: hosts[k],
-            health_bp,
+            healthy,
         });
     }
     let full = split::split(&scratch.candidates, subset.panic_percent);
@@ -664,7 +668,7 @@ fn build_row(
         let mut without = scratch.candidates.clone();
         for (c, a) in without.iter_mut().zip(&allowance) {
             if *a < TOTAL_BASIS_POINTS {
-                c.health_bp = 0;
+                c.healthy = 0;
             }
         }
         let base = split::split(&without, subset.panic_percent);

@@ -183,8 +183,9 @@ pub struct Candidate {
     pub weight: u64,
     /// Endpoints, for the priority's health by host count.
     pub hosts: u64,
-    /// Healthy fraction of those hosts, in basis points (0..=10000).
-    pub health_bp: u32,
+    /// How many of them are healthy, in ten-thousandths of a host (a host that answers
+    /// 70% of requests counts as 7000), at most `hosts x 10000`.
+    pub healthy: u64,
 }
 
 /// What the split decided for each priority.
@@ -214,14 +215,18 @@ impl Split {
     }
 }
 
-/// Envoy's availability of a set of hosts: `min(100, 140 x healthy / total)`, whole percent.
-fn priority_health_percent(healthy_bp_hosts: u128, hosts: u128) -> u32 {
+/// Envoy's availability of a set of hosts: `min(100, 140 x healthy / total)`, whole percent
+/// (`healthy` in ten-thousandths of a host).
+fn priority_health_percent(healthy: u128, hosts: u128) -> u32 {
     if hosts == 0 {
         return 0;
     }
-    let value = u128::from(OVERPROVISIONING_PERCENT) * healthy_bp_hosts / (hosts * u128::from(BP));
+    let value = u128::from(OVERPROVISIONING_PERCENT) * healthy / (hosts * u128::from(BP));
     value.min(100) as u32
 }
+
+/// One unit of availability inside a priority: 10^12 is a locality at 100% or more.
+const AVAILABILITY_WHOLE: u128 = 1_000_000_000_000;
 
 /// Splits load over the candidates with Envoy's priority load, locality weighting and
 /// panic threshold (`panic_percent`; 0 disables panic), then rounds to basis points with
@@ -237,7 +242,7 @@ pub fn split(candidates: &[Candidate], panic_percent: u32) -> Split {
     for c in candidates {
         let p = c.priority as usize;
         hosts[p] += u128::from(c.hosts);
-        healthy[p] += u128::from(c.hosts) * u128::from(c.health_bp.min(TOTAL_BASIS_POINTS));
+        healthy[p] += u128::from(c.healthy.min(c.hosts * BP));
     }
     let mut priorities: Vec<PriorityOutcome> = (0..levels)
         .map(|p| PriorityOutcome {
@@ -247,16 +252,11 @@ pub fn split(candidates: &[Candidate], panic_percent: u32) -> Split {
         .collect();
     let total_health: u32 = priorities.iter().map(|p| p.health_percent).sum();
     let normalized = total_health.min(100);
-    // Healthy share in percent without the factor, for the panic test.
-    let healthy_percent = |p: usize| -> u128 {
-        if hosts[p] == 0 {
-            0
-        } else {
-            100 * healthy[p] / (hosts[p] * u128::from(BP))
-        }
-    };
+    // Panic: the healthy share, without the factor, below the threshold.
     let in_panic = |p: usize| {
-        panic_percent > 0 && hosts[p] > 0 && healthy_percent(p) < u128::from(panic_percent)
+        panic_percent > 0
+            && hosts[p] > 0
+            && 100 * healthy[p] < u128::from(panic_percent) * hosts[p] * u128::from(BP)
     };
 
     if normalized == 0 {
@@ -296,10 +296,15 @@ pub fn split(candidates: &[Candidate], panic_percent: u32) -> Split {
         .map(|c| {
             if priorities[c.priority as usize].panic {
                 u128::from(c.weight)
+            } else if c.hosts == 0 {
+                0
             } else {
-                let availability = (u128::from(OVERPROVISIONING_PERCENT)
-                    * u128::from(c.health_bp.min(TOTAL_BASIS_POINTS)))
-                .min(100 * u128::from(BP));
+                // weight x min(1, 1.4 x healthy / hosts), in units of 10^-12.
+                let availability = (u128::from(c.healthy.min(c.hosts * BP))
+                    * u128::from(OVERPROVISIONING_PERCENT)
+                    * AVAILABILITY_WHOLE
+                    / (100 * u128::from(c.hosts) * u128::from(BP)))
+                .min(AVAILABILITY_WHOLE);
                 u128::from(c.weight) * availability
             }
         })
@@ -393,12 +398,12 @@ mod tests {
         text.parse().unwrap()
     }
 
-    fn cand(priority: u32, weight: u64, hosts: u64, healthy_percent: u32) -> Candidate {
+    fn cand(priority: u32, weight: u64, hosts: u64, healthy_percent: u64) -> Candidate {
         Candidate {
             priority,
             weight,
             hosts,
-            health_bp: healthy_percent * 100,
+            healthy: hosts * healthy_percent * 100,
         }
     }
 
@@ -450,6 +455,28 @@ mod tests {
         let s = split(&[cand(0, 1, 2, 50), cand(0, 2, 2, 100)], 0);
         assert_eq!(percents(&s), vec![26, 74]);
         assert_eq!(s.total_bp(), 10_000);
+    }
+
+    #[test]
+    fn five_of_seven_ready_is_exactly_100_percent_with_the_factor() {
+        // 140 x 5 / 7 = 100: no spill, as Envoy computes it with host counts.
+        let s = split(&[cand_hosts(0, 7, 5), cand_hosts(1, 1, 1)], 0);
+        assert_eq!(s.weights_bp, vec![10_000, 0]);
+        let s = split(&[cand_hosts(0, 7, 5), cand_hosts(0, 7, 7)], 0);
+        assert_eq!(
+            s.weights_bp,
+            vec![5000, 5000],
+            "both localities fully available"
+        );
+    }
+
+    fn cand_hosts(priority: u32, hosts: u64, ready: u64) -> Candidate {
+        Candidate {
+            priority,
+            weight: 1,
+            hosts,
+            healthy: ready * 10_000,
+        }
     }
 
     #[test]

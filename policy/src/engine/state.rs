@@ -59,6 +59,53 @@ impl Inventory {
     }
 }
 
+/// How healthy a locality is: the endpoints that can take traffic, and the share of
+/// requests that succeed. Kept as integers so Envoy's host-count arithmetic stays exact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Health {
+    /// Endpoints ready and not ejected.
+    pub available: u32,
+    /// All endpoints.
+    pub total: u32,
+    /// Share of requests that succeed, basis points (10000 when too few to count).
+    pub success_bp: u32,
+}
+
+impl Health {
+    /// Every one of `total` endpoints ready, nothing failing.
+    pub fn full(total: u32) -> Self {
+        Health {
+            available: total,
+            total,
+            success_bp: TOTAL_BASIS_POINTS,
+        }
+    }
+
+    /// The healthy fraction, basis points.
+    pub fn bp(&self) -> u32 {
+        if self.total == 0 {
+            return 0;
+        }
+        (u64::from(self.available.min(self.total)) * u64::from(self.success_bp)
+            / u64::from(self.total)) as u32
+    }
+
+    /// Healthy hosts out of `hosts`, in ten-thousandths of a host (exact when `hosts` is
+    /// the locality's own endpoint count).
+    pub fn healthy_units(&self, hosts: u64) -> u64 {
+        if self.total == 0 {
+            return 0;
+        }
+        let available = u64::from(self.available.min(self.total));
+        let units = available * u64::from(self.success_bp.min(TOTAL_BASIS_POINTS));
+        if hosts == u64::from(self.total) {
+            units
+        } else {
+            (u128::from(hosts) * u128::from(units) / u128::from(self.total)) as u64
+        }
+    }
+}
+
 /// What the engine remembers about one service in one destination locality.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalityState {
@@ -72,9 +119,9 @@ pub struct LocalityState {
     pub shown: Verdict,
     /// When the shown verdict began.
     pub shown_since_ms: u64,
-    /// The locality's health (available share x success rate), in basis points, as of the
-    /// last tick its cluster was heard from: frozen while Unknown.
-    pub health_bp: u32,
+    /// The locality's health as of the last tick its cluster was heard from (frozen while
+    /// Unknown); `None` before the first tick.
+    pub health: Option<Health>,
     /// The machine's allowance at that time, frozen alike.
     pub allowance_bp: u32,
 }
@@ -87,7 +134,7 @@ impl LocalityState {
             machine: VerdictState::new(now_ms),
             shown: Verdict::Healthy,
             shown_since_ms: now_ms,
-            health_bp: TOTAL_BASIS_POINTS,
+            health: None,
             allowance_bp: TOTAL_BASIS_POINTS,
         }
     }
@@ -559,31 +606,26 @@ pub fn inventory_of(state: &LocalityState, configured: u32) -> Inventory {
         })
 }
 
-/// Health of a locality in basis points: the available share of endpoints times the
-/// success rate over the window (counted only above the minimum volume, and only when
-/// automatic failover is on).
-pub fn health_bp(
+/// Health of a locality: its available endpoints and the success rate over the window
+/// (counted only above the minimum volume, and only when automatic failover is on).
+pub fn health(
     window: &Window,
     inventory: Inventory,
     settings: &FailoverSettings,
     now_ms: u64,
-) -> u32 {
-    if inventory.total == 0 {
-        return 0;
-    }
-    let available = u64::from(inventory.available()) * u64::from(TOTAL_BASIS_POINTS)
-        / u64::from(inventory.total);
-    if !settings.auto_failover {
-        return available as u32;
-    }
+) -> Health {
     let window_ms = settings.window.as_millis().max(0) as u64;
     let whole = window.sum(bucket_of(now_ms), buckets_for(window_ms));
-    let success = if whole.requests >= u64::from(settings.min_request_volume).max(1) {
-        u64::from(TOTAL_BASIS_POINTS - whole.failure_bp())
-    } else {
-        u64::from(TOTAL_BASIS_POINTS)
-    };
-    (available * success / u64::from(TOTAL_BASIS_POINTS)) as u32
+    let counted = whole.requests >= u64::from(settings.min_request_volume).max(1);
+    Health {
+        available: inventory.available(),
+        total: inventory.total,
+        success_bp: if settings.auto_failover && counted {
+            TOTAL_BASIS_POINTS - whole.failure_bp()
+        } else {
+            TOTAL_BASIS_POINTS
+        },
+    }
 }
 
 /// The signals a locality is judged on now: its endpoints and its window's counts.
@@ -698,7 +740,7 @@ fn step_locality(
     loc.machine.step(&assessment, settings, now_ms);
     let failed = loc.machine.verdict == Verdict::Failed;
     if leased || failed {
-        loc.health_bp = health_bp(&loc.window, inventory, settings, now_ms);
+        loc.health = Some(health(&loc.window, inventory, settings, now_ms));
         loc.allowance_bp = loc.machine.allowance_bp();
     }
     let shown = if drained {
