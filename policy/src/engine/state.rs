@@ -579,10 +579,16 @@ pub fn assess(
     } else {
         None
     };
+    let counted = whole.requests >= min_volume.max(1);
     Assessment {
         tripped,
         above_recover,
         no_ready_endpoints: inventory.total > 0 && inventory.available() == 0,
+        success_bp: if settings.auto_failover && counted {
+            TOTAL_BASIS_POINTS - whole.failure_bp()
+        } else {
+            TOTAL_BASIS_POINTS
+        },
     }
 }
 
@@ -604,28 +610,6 @@ pub fn inventory_of(state: &LocalityState, configured: u32) -> Inventory {
             ready: acc.ready.saturating_add(i.ready),
             ejected: acc.ejected.saturating_add(i.ejected),
         })
-}
-
-/// Health of a locality: its available endpoints and the success rate over the window
-/// (counted only above the minimum volume, and only when automatic failover is on).
-pub fn health(
-    window: &Window,
-    inventory: Inventory,
-    settings: &FailoverSettings,
-    now_ms: u64,
-) -> Health {
-    let window_ms = settings.window.as_millis().max(0) as u64;
-    let whole = window.sum(bucket_of(now_ms), buckets_for(window_ms));
-    let counted = whole.requests >= u64::from(settings.min_request_volume).max(1);
-    Health {
-        available: inventory.available(),
-        total: inventory.total,
-        success_bp: if settings.auto_failover && counted {
-            TOTAL_BASIS_POINTS - whole.failure_bp()
-        } else {
-            TOTAL_BASIS_POINTS
-        },
-    }
 }
 
 /// The signals a locality is judged on now: its endpoints and its window's counts.
@@ -740,7 +724,11 @@ fn step_locality(
     loc.machine.step(&assessment, settings, now_ms);
     let failed = loc.machine.verdict == Verdict::Failed;
     if leased || failed {
-        loc.health = Some(health(&loc.window, inventory, settings, now_ms));
+        loc.health = Some(Health {
+            available: inventory.available(),
+            total: inventory.total,
+            success_bp: loc.machine.success_bp,
+        });
         loc.allowance_bp = loc.machine.allowance_bp();
     }
     let shown = if drained {

@@ -2,7 +2,8 @@
 //! recovers slowly.
 //!
 //! ```text
-//!   Healthy <-> Degraded          window failure rate above / back under the recover threshold
+//!   Healthy -> Degraded           window failure rate above the recover threshold
+//!   Degraded -> Healthy           good (under the recover threshold) for `recoverAfter`
 //!   any -> Failed                 every bucket of the last `degradeAfter` at or over the
 //!                                 degrade threshold (with enough volume), or no ready endpoint
 //!   Failed -> Recovering          good for `recoverAfter` without a break (the hold-down)
@@ -11,7 +12,9 @@
 //!
 //! The gap between the degrade and the recover thresholds is the hysteresis: a locality
 //! that failed at 50% 5xx is not trusted again until it is under 10% for the whole
-//! hold-down. Unknown and Drained are not states of this machine; they are decided on top
+//! hold-down. The success rate the weights scale by is damped the same way: it follows a
+//! worse window at once, and a better one only after `recoverAfter`, at the ramp's pace.
+//! Unknown and Drained are not states of this machine; they are decided on top
 //! of it (see `engine::evaluate`), so the machine keeps learning while a cluster is silent.
 
 use serde::{Deserialize, Serialize};
@@ -86,6 +89,9 @@ pub struct Assessment {
     pub above_recover: Option<RateReading>,
     /// Endpoints exist and none is ready.
     pub no_ready_endpoints: bool,
+    /// Share of requests that succeeded over the window, basis points (10000 when too
+    /// few requests to count, or when automatic failover is off).
+    pub success_bp: u32,
 }
 
 /// The damped state of one (service, locality).
@@ -99,6 +105,12 @@ pub struct VerdictState {
     pub cause: Cause,
     /// While Recovering: the share of full weight allowed now, in basis points.
     pub ramp_bp: u32,
+    /// The success rate the weights use, basis points: it follows the window down at once
+    /// but back up only after `recoverAfter` of good signals, by at most `rampStep` per
+    /// second, so weights do not chase a flapping error rate.
+    pub success_bp: u32,
+    /// Since when the signals have been good without a break (none now: `None`).
+    pub good_since_ms: Option<u64>,
     /// Leader time of the last step, in milliseconds.
     pub last_ms: u64,
 }
@@ -111,6 +123,8 @@ impl VerdictState {
             since_ms: now_ms,
             cause: Cause::Nominal,
             ramp_bp: TOTAL_BASIS_POINTS,
+            success_bp: TOTAL_BASIS_POINTS,
+            good_since_ms: Some(now_ms),
             last_ms: now_ms,
         }
     }
@@ -127,6 +141,28 @@ impl VerdictState {
     pub fn step(&mut self, input: &Assessment, settings: &FailoverSettings, now_ms: u64) {
         let elapsed_ms = now_ms.saturating_sub(self.last_ms);
         self.last_ms = now_ms.max(self.last_ms);
+        let good =
+            !input.no_ready_endpoints && input.tripped.is_none() && input.above_recover.is_none();
+        let good_since_ms = if good {
+            *self.good_since_ms.get_or_insert(now_ms)
+        } else {
+            self.good_since_ms = None;
+            now_ms
+        };
+        let recover_after = settings.recover_after.as_millis().max(0) as u64;
+        let trusted = good && now_ms.saturating_sub(good_since_ms) >= recover_after;
+        let ramp = |level: u32| {
+            let gained = u64::from(settings.ramp_step.basis_points()) * elapsed_ms / 1_000;
+            (u64::from(level) + gained).min(u64::from(TOTAL_BASIS_POINTS)) as u32
+        };
+
+        // The success rate the weights use: down at once, up only once trusted, ramped.
+        self.success_bp = if trusted {
+            input.success_bp.min(ramp(self.success_bp))
+        } else {
+            self.success_bp.min(input.success_bp)
+        };
+
         if input.no_ready_endpoints {
             self.enter(Verdict::Failed, Cause::NoReadyEndpoints, now_ms);
             return;
@@ -135,44 +171,34 @@ impl VerdictState {
             self.enter(Verdict::Failed, Cause::Rate(reading), now_ms);
             return;
         }
+        let hold_down = Cause::HoldDown { good_since_ms };
         match self.verdict {
             Verdict::Healthy | Verdict::Degraded => match input.above_recover {
                 Some(reading) => self.enter(Verdict::Degraded, Cause::Rate(reading), now_ms),
+                // Leaving Degraded takes the same hold-down as leaving Failed.
+                None if self.verdict == Verdict::Degraded && !trusted => self.cause = hold_down,
                 None => self.enter(Verdict::Healthy, Cause::Nominal, now_ms),
             },
             Verdict::Failed => match input.above_recover {
                 // Not good yet: the hold-down starts over.
                 Some(reading) => self.cause = Cause::Rate(reading),
-                None => {
-                    let good_since_ms = match self.cause {
-                        Cause::HoldDown { good_since_ms } => good_since_ms,
-                        _ => {
-                            self.cause = Cause::HoldDown {
-                                good_since_ms: now_ms,
-                            };
-                            now_ms
-                        }
-                    };
-                    let recover_after = settings.recover_after.as_millis().max(0) as u64;
-                    if now_ms.saturating_sub(good_since_ms) >= recover_after {
-                        self.start_ramp(settings, now_ms);
-                    }
+                None if trusted => {
+                    // The ramp is the damping from here: weights use today's success rate.
+                    self.success_bp = input.success_bp;
+                    self.start_ramp(settings, now_ms);
                 }
+                None => self.cause = hold_down,
             },
             Verdict::Recovering => {
                 if input.above_recover.is_some() {
                     // The ramp pauses while the signals sit in the hysteresis band.
                     return;
                 }
-                let step = u64::from(settings.ramp_step.basis_points());
-                let gained = step * elapsed_ms / 1_000;
-                let level = u64::from(self.ramp_bp) + gained;
-                if level >= u64::from(TOTAL_BASIS_POINTS) {
+                let level = ramp(self.ramp_bp);
+                if level >= TOTAL_BASIS_POINTS {
                     self.enter(Verdict::Healthy, Cause::Nominal, now_ms);
-                    self.ramp_bp = TOTAL_BASIS_POINTS;
-                } else {
-                    self.ramp_bp = level as u32;
                 }
+                self.ramp_bp = level;
             }
             // Unknown and Drained are never states of the machine.
             Verdict::Unknown | Verdict::Drained => {
@@ -236,6 +262,7 @@ mod tests {
             tripped: Some(reading(90)),
             above_recover: Some(reading(90)),
             no_ready_endpoints: false,
+            success_bp: 1_000,
         }
     }
 
@@ -244,6 +271,7 @@ mod tests {
             tripped: None,
             above_recover: Some(reading(30)),
             no_ready_endpoints: false,
+            success_bp: 7_000,
         }
     }
 
@@ -255,13 +283,46 @@ mod tests {
         assert_eq!(v.allowance_bp(), 0);
     }
 
+    fn good() -> Assessment {
+        Assessment {
+            success_bp: 10_000,
+            ..Assessment::default()
+        }
+    }
+
     #[test]
-    fn the_band_degrades_but_does_not_fail() {
+    fn the_band_degrades_but_does_not_fail_and_leaves_after_the_hold_down() {
         let mut v = VerdictState::new(0);
         v.step(&band(), &settings(), 1_000);
-        assert_eq!(v.verdict, Verdict::Degraded);
-        v.step(&Assessment::default(), &settings(), 2_000);
+        assert_eq!((v.verdict, v.success_bp), (Verdict::Degraded, 7_000));
+        v.step(&good(), &settings(), 2_000);
+        assert_eq!(v.verdict, Verdict::Degraded, "held down");
+        assert_eq!(v.success_bp, 7_000, "success held too");
+        v.step(&good(), &settings(), 7_000);
         assert_eq!(v.verdict, Verdict::Healthy);
+        assert_eq!(
+            v.success_bp, 10_000,
+            "trusted again: up to the window's rate"
+        )
+    }
+
+    #[test]
+    fn success_follows_worse_at_once_and_better_only_when_trusted() {
+        let s = settings();
+        let mut v = VerdictState::new(0);
+        let with = |rate: u32| Assessment {
+            success_bp: rate,
+            ..Assessment::default()
+        };
+        v.step(&band(), &s, 1_000);
+        v.step(&with(9_000), &s, 2_000);
+        assert_eq!(v.success_bp, 7_000);
+        v.step(&band(), &s, 3_000);
+        v.step(&with(9_500), &s, 4_000);
+        v.step(&with(9_500), &s, 8_000);
+        assert_eq!(v.success_bp, 7_000, "good only since 4s");
+        v.step(&with(9_500), &s, 9_000);
+        assert_eq!(v.success_bp, 9_500);
     }
 
     #[test]
@@ -270,17 +331,17 @@ mod tests {
         let mut v = VerdictState::new(0);
         v.step(&tripped(), &s, 1_000);
         for t in 2..=6 {
-            v.step(&Assessment::default(), &s, t * 1_000);
+            v.step(&good(), &s, t * 1_000);
             assert_eq!(v.verdict, Verdict::Failed, "at {t}s");
         }
-        v.step(&Assessment::default(), &s, 7_000);
+        v.step(&good(), &s, 7_000);
         assert_eq!((v.verdict, v.ramp_bp), (Verdict::Recovering, 2_500));
-        v.step(&Assessment::default(), &s, 8_000);
+        v.step(&good(), &s, 8_000);
         assert_eq!(v.ramp_bp, 5_000);
         v.step(&band(), &s, 9_000);
         assert_eq!(v.ramp_bp, 5_000, "the band pauses the ramp");
-        v.step(&Assessment::default(), &s, 10_000);
-        v.step(&Assessment::default(), &s, 11_000);
+        v.step(&good(), &s, 10_000);
+        v.step(&good(), &s, 11_000);
         assert_eq!(v.verdict, Verdict::Healthy);
     }
 
@@ -289,13 +350,13 @@ mod tests {
         let s = settings();
         let mut v = VerdictState::new(0);
         v.step(&tripped(), &s, 1_000);
-        v.step(&Assessment::default(), &s, 2_000);
-        v.step(&Assessment::default(), &s, 5_000);
+        v.step(&good(), &s, 2_000);
+        v.step(&good(), &s, 5_000);
         v.step(&band(), &s, 6_000);
-        v.step(&Assessment::default(), &s, 7_000);
-        v.step(&Assessment::default(), &s, 11_000);
+        v.step(&good(), &s, 7_000);
+        v.step(&good(), &s, 11_000);
         assert_eq!(v.verdict, Verdict::Failed, "good only since 7s");
-        v.step(&Assessment::default(), &s, 12_000);
+        v.step(&good(), &s, 12_000);
         assert_eq!(v.verdict, Verdict::Recovering);
     }
 
