@@ -14,7 +14,7 @@
 //! is reported as a [`Shortfall`]. Nothing is silently dropped: every row still sums to
 //! 10000.
 
-use crate::engine::compute::{EntryNote, LocalityStatus, Shortfall, SubsetRows};
+use crate::engine::compute::{EntryNote, LocalityStatus, Shortfall, Standing, SubsetRows};
 use crate::engine::split::apportion;
 use crate::engine::state::EngineState;
 use crate::engine::topology::ServiceTopology;
@@ -224,7 +224,17 @@ pub fn apply(
             let homes: Vec<u64> = row
                 .entries
                 .iter()
-                .map(|e| u64::from(e.priority == 0 && !matches!(e.note, EntryNote::Unreachable)))
+                .map(|e| {
+                    // Only hosts of the row: not drained, reachable, distributed to.
+                    u64::from(
+                        e.priority == 0
+                            && !matches!(statuses[e.locality].standing, Standing::Drained(_))
+                            && !matches!(
+                                e.note,
+                                EntryNote::Unreachable | EntryNote::NotDistributed
+                            ),
+                    )
+                })
                 .collect();
             let parts = apportion(excess, &homes);
             if parts.iter().all(|&p| p == 0) {

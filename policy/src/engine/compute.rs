@@ -663,40 +663,47 @@ fn build_row(
         let allowance: Vec<u32> = scratch
             .included
             .iter()
-            .map(|&k| statuses[subset.members[k].locality].allowance_bp)
+            .zip(&scratch.candidates)
+            .map(|(&k, c)| {
+                let a = statuses[subset.members[k].locality].allowance_bp;
+                // Only localities that can serve are ramping; the rest keep their split.
+                if c.healthy > 0 { a } else { TOTAL_BASIS_POINTS }
+            })
             .collect();
+        let ramps = |j: usize| allowance[j] < TOTAL_BASIS_POINTS;
         let mut without = scratch.candidates.clone();
-        for (c, a) in without.iter_mut().zip(&allowance) {
-            if *a < TOTAL_BASIS_POINTS {
+        for (j, c) in without.iter_mut().enumerate() {
+            if ramps(j) {
                 c.healthy = 0;
             }
         }
-        let base = split::split(&without, subset.panic_percent);
-        if base.total_bp() > 0 {
+        // Without panic: taking the recovering localities out is this blend's own
+        // device, not a reason to spread load over unhealthy hosts.
+        let base = split::split(&without, 0);
+        let rest: Vec<u64> = (0..allowance.len())
+            .map(|j| {
+                if ramps(j) {
+                    0
+                } else {
+                    u64::from(base.weights_bp[j])
+                }
+            })
+            .collect();
+        // Blend only when something else can carry the rest; otherwise the recovering
+        // localities are all there is.
+        if rest.iter().any(|&w| w > 0) {
             let mut taken = 0u32;
             for (j, a) in allowance.iter().enumerate() {
-                if *a < TOTAL_BASIS_POINTS {
+                if ramps(j) {
                     result[j] = (u64::from(full.weights_bp[j]) * u64::from(*a)
                         / u64::from(TOTAL_BASIS_POINTS)) as u32;
                     taken += result[j];
                     entries[scratch.included[j]].note = EntryNote::Ramp { allowance_bp: *a };
                 }
             }
-            let rest: Vec<u64> = base
-                .weights_bp
-                .iter()
-                .zip(&allowance)
-                .map(|(w, a)| {
-                    if *a < TOTAL_BASIS_POINTS {
-                        0
-                    } else {
-                        u64::from(*w)
-                    }
-                })
-                .collect();
             let parts = apportion(TOTAL_BASIS_POINTS - taken, &rest);
-            for (j, a) in allowance.iter().enumerate() {
-                if *a >= TOTAL_BASIS_POINTS {
+            for j in 0..allowance.len() {
+                if !ramps(j) {
                     result[j] = parts[j];
                 }
             }

@@ -103,8 +103,12 @@ pub struct VerdictState {
     pub since_ms: u64,
     /// Why.
     pub cause: Cause,
-    /// While Recovering: the share of full weight allowed now, in basis points.
+    /// While Recovering: the share of full weight allowed now, in basis points. It rises
+    /// in whole steps of `rampStep`, one per second of good signals, so no one-second
+    /// span ever sees more than one step.
     pub ramp_bp: u32,
+    /// While Recovering: milliseconds of good signals since the ramp began.
+    pub ramp_ms: u64,
     /// The success rate the weights use, basis points: it follows the window down at once
     /// but back up only after `recoverAfter` of good signals, by at most `rampStep` per
     /// second, so weights do not chase a flapping error rate.
@@ -123,6 +127,7 @@ impl VerdictState {
             since_ms: now_ms,
             cause: Cause::Nominal,
             ramp_bp: TOTAL_BASIS_POINTS,
+            ramp_ms: 0,
             success_bp: TOTAL_BASIS_POINTS,
             good_since_ms: Some(now_ms),
             last_ms: now_ms,
@@ -194,11 +199,15 @@ impl VerdictState {
                     // The ramp pauses while the signals sit in the hysteresis band.
                     return;
                 }
-                let level = ramp(self.ramp_bp);
-                if level >= TOTAL_BASIS_POINTS {
+                self.ramp_ms += elapsed_ms;
+                let step = u64::from(settings.ramp_step.basis_points().max(1));
+                let level = step * (1 + self.ramp_ms / 1_000);
+                if level >= u64::from(TOTAL_BASIS_POINTS) {
                     self.enter(Verdict::Healthy, Cause::Nominal, now_ms);
+                    self.ramp_bp = TOTAL_BASIS_POINTS;
+                } else {
+                    self.ramp_bp = level as u32;
                 }
-                self.ramp_bp = level;
             }
             // Unknown and Drained are never states of the machine.
             Verdict::Unknown | Verdict::Drained => {
@@ -218,6 +227,7 @@ impl VerdictState {
         } else {
             self.enter(Verdict::Recovering, Cause::Ramp, now_ms);
             self.ramp_bp = step;
+            self.ramp_ms = 0;
         }
     }
 
