@@ -89,7 +89,7 @@ fn entries(weights: &ServiceWeights, row: &SourceRow) -> Vec<(String, u32, u32)>
         .iter()
         .map(|e| {
             (
-                weights.localities[e.locality].locality.to_string(),
+                weights.destination(e.locality).to_string(),
                 e.priority,
                 e.weight_bp,
             )
@@ -329,12 +329,7 @@ fn subset_rows_use_only_the_subset_endpoints() {
     let got: Vec<(String, u32)> = v2.rows[0]
         .entries
         .iter()
-        .map(|e| {
-            (
-                weights.localities[e.locality].locality.to_string(),
-                e.weight_bp,
-            )
-        })
+        .map(|e| (weights.destination(e.locality).to_string(), e.weight_bp))
         .collect();
     assert_eq!(got, vec![("r2/z1".to_string(), 10_000)]);
 }

@@ -346,7 +346,7 @@ proptest! {
                         assert!(
                             !matches!(status.standing, Standing::Drained(_)),
                             "at {now}ms {} is drained but has {}bp from {}",
-                            status.locality, e.weight_bp, row.source
+                            weights.destination(e.locality), e.weight_bp, row.source
                         );
                         let panic = row.priorities.get(e.priority as usize).is_some_and(|p| p.panic);
                         assert!(
@@ -354,7 +354,7 @@ proptest! {
                                 || panic
                                 || matches!(e.note, EntryNote::Shed { .. }),
                             "at {now}ms {} has no ready endpoint but {}bp from {} ({:?})",
-                            status.locality, e.weight_bp, row.source, e.note
+                            weights.destination(e.locality), e.weight_bp, row.source, e.note
                         );
                     }
                 }
@@ -403,7 +403,7 @@ proptest! {
                 for subset in &w.subsets {
                     for row in &subset.rows {
                         for e in &row.entries {
-                            if w.localities[e.locality].locality == victim_locality {
+                            if *w.destination(e.locality) == victim_locality {
                                 at.insert((subset.subset.clone(), row.source.clone()), e.weight_bp);
                             }
                         }
@@ -563,7 +563,7 @@ fn home_weights(
         let w = row
             .entries
             .iter()
-            .find(|e| weights[0].localities[e.locality].locality == home)
+            .find(|e| *weights[0].destination(e.locality) == home)
             .map_or(0, |e| e.weight_bp);
         out.push((now_ms, w));
     }

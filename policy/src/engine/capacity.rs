@@ -54,7 +54,7 @@ impl Cap {
 fn demand(
     state: &EngineState,
     service: &ServiceTopology,
-    sources: &[(Locality, Vec<String>)],
+    sources: &[(&Locality, &[String])],
 ) -> Vec<u64> {
     let buckets = buckets_for(service.settings.window.as_millis().max(1) as u64);
     let last = bucket_of(state.now_ms);
@@ -81,7 +81,7 @@ pub fn apply(
     state: &EngineState,
     service: &ServiceTopology,
     statuses: &[LocalityStatus],
-    sources: &[(Locality, Vec<String>)],
+    sources: &[(&Locality, &[String])],
     subsets: &mut [SubsetRows],
 ) -> Vec<Shortfall> {
     let settings = &service.settings;
@@ -261,7 +261,7 @@ pub fn apply(
                         .filter(|(_, c)| **c > 0)
                         .map(|(e, _)| {
                             let limit = caps[e.locality].and_then(|c| c.limit_rps).unwrap_or(0);
-                            (statuses[e.locality].locality.clone(), limit)
+                            (service.localities[e.locality].locality.clone(), limit)
                         })
                         .collect(),
                 });

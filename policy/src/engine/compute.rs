@@ -13,15 +13,20 @@
 //! Rows hold numbers and small enums only; words are made on demand by `explain`, so
 //! recomputing a large mesh does not format a million strings.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use crate::engine::capacity;
 use crate::engine::split::{
     self, Candidate, LocalityMatch, PriorityOutcome, apportion, compact_priorities,
-    distribute_weights, label_priority, locality_match,
+    distribute_weights, label_priority, locality_match_ids,
 };
 use crate::engine::state::{
-    Drain, EngineState, Health, Inventory, inventory_of, is_engine_failure, signals,
+    Drain, EngineState, Health, Inventory, LocalityState, inventory_of, is_engine_failure, signals,
 };
-use crate::engine::topology::{LocalityLb, Members, ServiceTopology, SubsetTopology, Topology};
+use crate::engine::topology::{
+    LocalityIds, LocalityLb, Members, ServiceTopology, SubsetTopology, Topology,
+};
 use crate::engine::verdict::Cause;
 use crate::locality::Locality;
 use crate::weights::{Signals, TOTAL_BASIS_POINTS, Verdict};
@@ -44,18 +49,17 @@ pub enum Standing {
     /// It takes its share (its health may still reduce it).
     InService,
     /// An operator drained it.
-    Drained(Drain),
+    Drained(Box<Drain>),
     /// The engine took it out, or it has no endpoint to send to.
     Removed,
     /// It would be out, but a guard keeps it in service on its readiness alone.
     Held(Guard),
 }
 
-/// A destination locality of a service, as every row sees it.
+/// A destination locality of a service, as every row sees it. Its name is at the same
+/// index in [`ServiceWeights::destinations`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalityStatus {
-    /// The locality.
-    pub locality: Locality,
     /// The verdict shown.
     pub verdict: Verdict,
     /// When it began (leader time, ms).
@@ -101,22 +105,22 @@ pub enum PriorityWhy {
     Locality {
         /// The match.
         matched: LocalityMatch,
-        /// The failover rule that applied.
-        rule: Option<usize>,
+        /// The failover rule that applied, by index.
+        rule: Option<u16>,
     },
     /// From `failoverPriority` labels (and the locality, when `failover` is also set).
     Labels {
-        /// The first label that did not match.
-        mismatch: Option<usize>,
+        /// The first label that did not match, by index.
+        mismatch: Option<u16>,
         /// The locality part, when combined.
         matched: Option<LocalityMatch>,
-        /// The failover rule that applied.
-        rule: Option<usize>,
+        /// The failover rule that applied, by index.
+        rule: Option<u16>,
     },
     /// Weighted by the `distribute` rule with this locality weight.
     Distribute {
-        /// The weight it gave.
-        weight: u64,
+        /// The weight it gave (saturated at `u32::MAX`).
+        weight: u32,
     },
 }
 
@@ -214,7 +218,9 @@ pub struct ServiceWeights {
     pub service: String,
     /// `namespace/name` of its FailoverPolicy.
     pub policy: Option<String>,
-    /// Its destination localities.
+    /// Its destination localities' names; row entries and statuses index into it.
+    pub destinations: Arc<[Locality]>,
+    /// Its destination localities' standing, in the same order.
     pub localities: Vec<LocalityStatus>,
     /// Rows per subset, the whole service first.
     pub subsets: Vec<SubsetRows>,
@@ -223,19 +229,56 @@ pub struct ServiceWeights {
 }
 
 impl ServiceWeights {
+    /// The name of the destination locality at `index`.
+    pub fn destination(&self, index: usize) -> &Locality {
+        &self.destinations[index]
+    }
+
     /// The rows of a subset ("" for the whole service).
     pub fn subset(&self, name: &str) -> Option<&SubsetRows> {
         self.subsets.iter().find(|s| s.subset == name)
     }
 }
 
+impl Default for ServiceWeights {
+    fn default() -> Self {
+        ServiceWeights {
+            service: String::new(),
+            policy: None,
+            destinations: Arc::from(Vec::new()),
+            localities: Vec::new(),
+            subsets: Vec::new(),
+            shortfalls: Vec::new(),
+        }
+    }
+}
+
+impl Default for SourceRow {
+    fn default() -> Self {
+        SourceRow {
+            source: Locality::default(),
+            mode: RowMode::Failover,
+            priorities: Vec::new(),
+            entries: Vec::new(),
+        }
+    }
+}
+
 /// Computes every service's weights.
 pub fn compute(state: &EngineState, topology: &Topology) -> Vec<ServiceWeights> {
-    topology
-        .services
-        .values()
-        .map(|service| compute_service(state, topology, service))
-        .collect()
+    let mut out = Vec::new();
+    compute_into(state, topology, &mut out);
+    out
+}
+
+/// Computes every service's weights into `out`, reusing the memory of the tables already
+/// there: a coordinator that keeps its tables recomputes without allocating them again.
+pub fn compute_into(state: &EngineState, topology: &Topology, out: &mut Vec<ServiceWeights>) {
+    out.resize_with(topology.services.len(), ServiceWeights::default);
+    let mut scratch = Scratch::default();
+    for (service, weights) in topology.services.values().zip(out.iter_mut()) {
+        compute_service_with(state, topology, service, &mut scratch, weights);
+    }
 }
 
 /// Computes one service's weights.
@@ -244,55 +287,86 @@ pub fn compute_service(
     topology: &Topology,
     service: &ServiceTopology,
 ) -> ServiceWeights {
-    let localities = standings(state, topology, service);
-    let sources: Vec<(Locality, Vec<String>)> = if topology.sources.is_empty() {
+    let mut out = ServiceWeights::default();
+    compute_service_with(state, topology, service, &mut Scratch::default(), &mut out);
+    out
+}
+
+fn compute_service_with(
+    state: &EngineState,
+    topology: &Topology,
+    service: &ServiceTopology,
+    scratch: &mut Scratch,
+    out: &mut ServiceWeights,
+) {
+    if out.service != service.host {
+        out.service = service.host.clone();
+    }
+    out.policy.clone_from(&service.policy);
+    out.destinations = service.destinations.clone();
+    standings(state, topology, service, &mut out.localities);
+    let sources: Vec<RowSource> = if topology.sources.is_empty() {
         service
             .localities
             .iter()
-            .map(|d| (d.locality.clone(), d.owners.clone()))
+            .map(|d| RowSource {
+                locality: &d.locality,
+                ids: d.ids,
+                clusters: &d.owners,
+                labels: None,
+            })
             .collect()
     } else {
         topology
             .sources
             .iter()
-            .map(|s| (s.locality.clone(), s.clusters.clone()))
+            .map(|s| RowSource {
+                locality: &s.locality,
+                ids: s.ids,
+                clusters: &s.clusters,
+                labels: Some(&s.labels),
+            })
             .collect()
     };
-    let mut scratch = Scratch::default();
-    let mut subsets: Vec<SubsetRows> = service
-        .subsets
+    let unreachable: Vec<Vec<bool>> = sources
         .iter()
-        .map(|subset| SubsetRows {
-            subset: subset.name.clone(),
-            rows: sources
-                .iter()
-                .map(|(source, clusters)| {
-                    let unreachable = unreachable_from(state, service, source, clusters);
-                    let labels = topology
-                        .sources
-                        .iter()
-                        .find(|s| &s.locality == source)
-                        .map(|s| &s.labels);
-                    build_row(
-                        subset,
-                        &localities,
-                        source,
-                        labels,
-                        &unreachable,
-                        &mut scratch,
-                    )
-                })
-                .collect(),
-        })
+        .map(|source| unreachable_from(state, service, source))
         .collect();
-    let shortfalls = capacity::apply(state, service, &localities, &sources, &mut subsets);
-    ServiceWeights {
-        service: service.host.clone(),
-        policy: service.policy.clone(),
-        localities,
-        subsets,
-        shortfalls,
+    out.subsets.truncate(service.subsets.len());
+    out.subsets
+        .resize_with(service.subsets.len(), || SubsetRows {
+            subset: String::new(),
+            rows: Vec::new(),
+        });
+    for (subset, rows) in service.subsets.iter().zip(out.subsets.iter_mut()) {
+        if rows.subset != subset.name {
+            rows.subset = subset.name.clone();
+        }
+        rows.rows.resize_with(sources.len(), SourceRow::default);
+        rows.rows.truncate(sources.len());
+        for ((source, unreachable), row) in
+            sources.iter().zip(&unreachable).zip(rows.rows.iter_mut())
+        {
+            build_row(
+                service,
+                subset,
+                &out.localities,
+                source,
+                unreachable,
+                scratch,
+                row,
+            );
+        }
     }
+    let source_clusters: Vec<(&Locality, &[String])> =
+        sources.iter().map(|s| (s.locality, s.clusters)).collect();
+    out.shortfalls = capacity::apply(
+        state,
+        service,
+        &out.localities,
+        &source_clusters,
+        &mut out.subsets,
+    );
 }
 
 /// Step 1: the standing of every destination locality, guards included.
@@ -300,83 +374,116 @@ fn standings(
     state: &EngineState,
     topology: &Topology,
     service: &ServiceTopology,
-) -> Vec<LocalityStatus> {
+    statuses: &mut Vec<LocalityStatus>,
+) {
     let settings = &service.settings;
     let known = state.services.get(&service.host);
     let now_ms = state.now_ms;
-    let mut statuses: Vec<LocalityStatus> = service
-        .localities
-        .iter()
-        .map(|dest| {
-            let loc = known.and_then(|s| s.localities.get(&dest.locality));
-            let inventory = loc
-                .map(|l| inventory_of(l, dest.endpoints))
-                .unwrap_or(Inventory {
-                    total: dest.endpoints,
-                    ready: dest.endpoints,
-                    ejected: 0,
-                });
-            let signals = match loc {
-                Some(l) => signals(l, inventory, settings, now_ms),
-                None => Signals {
-                    ready_endpoints: inventory.available(),
-                    total_endpoints: inventory.total,
-                    window: settings.window,
-                    ..Signals::default()
-                },
-            };
-            let configured = Health::full(dest.endpoints);
-            let (mut verdict, since_ms, cause, health, allowance_bp, engine_failure) = match loc {
-                Some(l) => (
-                    l.shown,
-                    l.shown_since_ms,
-                    l.machine.cause,
-                    l.health.unwrap_or(configured),
-                    l.allowance_bp,
-                    is_engine_failure(&l.machine),
-                ),
-                None => (
-                    Verdict::Healthy,
-                    0,
-                    Cause::Nominal,
-                    configured,
-                    TOTAL_BASIS_POINTS,
-                    false,
-                ),
-            };
-            let drain = state.drain_of(topology, &service.host, &dest.locality);
-            let standing = if let Some(drain) = drain {
-                verdict = Verdict::Drained;
-                Standing::Drained(drain.clone())
-            } else if health.bp() == 0
-                || (allowance_bp == 0 && (settings.auto_failover || !engine_failure))
-            {
-                Standing::Removed
+    let states = aligned_states(known, service);
+    statuses.clear();
+    statuses.extend(service.localities.iter().zip(&states).map(|(dest, loc)| {
+        let loc = *loc;
+        let inventory = loc
+            .map(|l| inventory_of(l, dest.endpoints))
+            .unwrap_or(Inventory {
+                total: dest.endpoints,
+                ready: dest.endpoints,
+                ejected: 0,
+            });
+        let signals = match loc {
+            Some(l) => signals(l, inventory, settings, now_ms),
+            None => Signals {
+                ready_endpoints: inventory.available(),
+                total_endpoints: inventory.total,
+                window: settings.window,
+                ..Signals::default()
+            },
+        };
+        let configured = Health::full(dest.endpoints);
+        let (mut verdict, since_ms, cause, health, allowance_bp, engine_failure) = match loc {
+            Some(l) => (
+                l.shown,
+                l.shown_since_ms,
+                l.machine.cause,
+                l.health.unwrap_or(configured),
+                l.allowance_bp,
+                is_engine_failure(&l.machine),
+            ),
+            None => (
+                Verdict::Healthy,
+                0,
+                Cause::Nominal,
+                configured,
+                TOTAL_BASIS_POINTS,
+                false,
+            ),
+        };
+        let drain = if state.drains.is_empty() {
+            None
+        } else {
+            state.drain_of(topology, &service.host, &dest.locality)
+        };
+        let standing = if let Some(drain) = drain {
+            verdict = Verdict::Drained;
+            Standing::Drained(Box::new(drain.clone()))
+        } else if health.bp() == 0
+            || (allowance_bp == 0 && (settings.auto_failover || !engine_failure))
+        {
+            Standing::Removed
+        } else {
+            Standing::InService
+        };
+        let since_ms = match (drain, verdict) {
+            (Some(d), _) => d.since_ms,
+            _ => since_ms,
+        };
+        LocalityStatus {
+            verdict,
+            since_ms,
+            cause,
+            signals,
+            health,
+            allowance_bp: if settings.auto_failover {
+                allowance_bp
             } else {
-                Standing::InService
-            };
-            let since_ms = match (drain, verdict) {
-                (Some(d), _) => d.since_ms,
-                _ => since_ms,
-            };
-            LocalityStatus {
-                locality: dest.locality.clone(),
-                verdict,
-                since_ms,
-                cause,
-                signals,
-                health,
-                allowance_bp: if settings.auto_failover {
-                    allowance_bp
-                } else {
-                    TOTAL_BASIS_POINTS
-                },
-                standing,
-            }
-        })
+                TOTAL_BASIS_POINTS
+            },
+            standing,
+        }
+    }));
+    let engine_failures: Vec<bool> = states
+        .iter()
+        .map(|l| l.is_some_and(|l| is_engine_failure(&l.machine)))
         .collect();
-    apply_guards(&mut statuses, service, known);
-    statuses
+    apply_guards(statuses, service, &engine_failures);
+}
+
+/// The state of each of the service's localities, in the topology's order. Both are
+/// sorted by locality, so one merge pass finds them all.
+fn aligned_states<'a>(
+    known: Option<&'a crate::engine::state::ServiceState>,
+    service: &ServiceTopology,
+) -> Vec<Option<&'a LocalityState>> {
+    let mut out = Vec::with_capacity(service.localities.len());
+    let Some(known) = known else {
+        out.resize(service.localities.len(), None);
+        return out;
+    };
+    if known.layout == service.layout && known.localities.len() == service.localities.len() {
+        // Lined up by the last tick: the same localities in the same order.
+        out.extend(known.localities.values().map(Some));
+        return out;
+    }
+    let mut states = known.localities.iter().peekable();
+    for dest in &service.localities {
+        while states.next_if(|(l, _)| *l < &dest.locality).is_some() {}
+        out.push(
+            states
+                .next_if(|(l, _)| *l == &dest.locality)
+                .map(|(_, s)| s),
+        );
+    }
+    out
 }
 
 /// The blast-radius guards: at most `maxDrained` localities out at once (manual drains
@@ -384,15 +491,10 @@ fn standings(
 fn apply_guards(
     statuses: &mut [LocalityStatus],
     service: &ServiceTopology,
-    known: Option<&crate::engine::state::ServiceState>,
+    engine_failures: &[bool],
 ) {
     let settings = &service.settings;
-    let engine_failure = |s: &LocalityStatus| {
-        known
-            .and_then(|k| k.localities.get(&s.locality))
-            .is_some_and(|l| is_engine_failure(&l.machine))
-            && s.signals.ready_endpoints > 0
-    };
+    let engine_failure = |i: usize| engine_failures[i] && statuses[i].signals.ready_endpoints > 0;
     // Localities taken out by a decision (an operator's or the engine's), in the order the
     // cap keeps them out.
     let mut decided: Vec<(u8, u64, usize)> = statuses
@@ -400,7 +502,7 @@ fn apply_guards(
         .enumerate()
         .filter_map(|(i, s)| match &s.standing {
             Standing::Drained(d) => Some((0, d.since_ms, i)),
-            Standing::Removed if engine_failure(s) => Some((1, s.since_ms, i)),
+            Standing::Removed if engine_failure(i) => Some((1, s.since_ms, i)),
             _ => None,
         })
         .collect();
@@ -445,53 +547,82 @@ fn hold(status: &mut LocalityStatus, guard: Guard) {
 fn unreachable_from(
     state: &EngineState,
     service: &ServiceTopology,
-    source: &Locality,
-    clusters: &[String],
+    source: &RowSource,
 ) -> Vec<bool> {
-    let blocked: Vec<&String> = clusters
+    let blocked: Vec<&String> = source
+        .clusters
         .iter()
         .filter_map(|c| state.clusters.get(c))
         .flat_map(|c| c.unreachable.iter())
         .collect();
+    if blocked.is_empty() {
+        return vec![false; service.localities.len()];
+    }
     service
         .localities
         .iter()
         .map(|d| {
-            &d.locality != source
-                && !blocked.is_empty()
+            &d.locality != source.locality
                 && !d.owners.is_empty()
                 && d.owners.iter().all(|o| blocked.contains(&o))
         })
         .collect()
 }
 
+/// Where a row's traffic comes from.
+struct RowSource<'a> {
+    locality: &'a Locality,
+    ids: LocalityIds,
+    clusters: &'a [String],
+    labels: Option<&'a BTreeMap<String, String>>,
+}
+
+/// Buffers reused from row to row, so a recompute allocates only its output.
 #[derive(Default)]
 struct Scratch {
     raw: Vec<u32>,
     included: Vec<usize>,
     candidates: Vec<Candidate>,
+    weights: Vec<u64>,
+    hosts: Vec<u64>,
+    result: Vec<u32>,
+    splitter: split::Splitter,
+    full: split::Split,
+    base: split::Split,
 }
 
 /// Steps 2-4 for one (subset, source).
 fn build_row(
+    service: &ServiceTopology,
     subset: &SubsetTopology,
     statuses: &[LocalityStatus],
-    source: &Locality,
-    source_labels: Option<&std::collections::BTreeMap<String, String>>,
+    row_source: &RowSource,
     unreachable: &[bool],
     scratch: &mut Scratch,
-) -> SourceRow {
-    let mut entries: Vec<RowEntry> = subset
-        .members
-        .iter()
-        .map(|m| RowEntry {
-            locality: m.locality,
-            weight_bp: 0,
-            priority: 0,
-            why: PriorityWhy::Flat,
-            note: EntryNote::Split,
-        })
-        .collect();
+    out: &mut SourceRow,
+) {
+    let source = row_source.locality;
+    let source_labels = row_source.labels;
+    let Scratch {
+        raw,
+        included,
+        candidates,
+        weights,
+        hosts,
+        result,
+        splitter,
+        full,
+        base,
+    } = scratch;
+    let entries = &mut out.entries;
+    entries.clear();
+    entries.extend(subset.members.iter().map(|m| RowEntry {
+        locality: m.locality,
+        weight_bp: 0,
+        priority: 0,
+        why: PriorityWhy::Flat,
+        note: EntryNote::Split,
+    }));
     let mut mode = match &subset.locality_lb {
         LocalityLb::Disabled => RowMode::LocalityLbDisabled,
         LocalityLb::Failover { enabled: false, .. } => RowMode::NoOutlierDetection,
@@ -500,7 +631,7 @@ fn build_row(
     };
 
     // Which members are hosts at all: drained and unreachable ones are not.
-    scratch.included.clear();
+    included.clear();
     for (k, m) in subset.members.iter().enumerate() {
         let status = &statuses[m.locality];
         if unreachable[m.locality] {
@@ -511,35 +642,42 @@ fn build_row(
             if matches!(status.standing, Standing::Removed) {
                 entries[k].note = EntryNote::OutOfService;
             }
-            scratch.included.push(k);
+            included.push(k);
         }
     }
 
     // Step 2: priorities (or distribute weights).
-    let mut weights: Vec<u64> = subset.members.iter().map(Members::weight).collect();
+    weights.clear();
+    weights.extend(subset.members.iter().map(Members::weight));
     // Envoy counts hosts: for the whole service that is the endpoint count its cluster
     // reports (so ready/total stays exact); a subset counts its configured endpoints.
-    let mut hosts: Vec<u64> = subset
-        .members
-        .iter()
-        .map(|m| {
-            if subset.name.is_empty() {
-                u64::from(statuses[m.locality].health.total)
-            } else {
-                m.endpoints.len() as u64
-            }
-        })
-        .collect();
+    hosts.clear();
+    hosts.extend(subset.members.iter().map(|m| {
+        if subset.name.is_empty() {
+            u64::from(statuses[m.locality].health.total)
+        } else {
+            m.endpoints.len() as u64
+        }
+    }));
     match &subset.locality_lb {
         LocalityLb::Disabled | LocalityLb::Failover { enabled: false, .. } => {}
-        LocalityLb::Failover { rules, labels, .. } => {
-            let rule_for_source = rules.iter().position(|r| r.from == source.region);
+        LocalityLb::Failover {
+            rules,
+            labels,
+            rule_ids,
+            ..
+        } => {
+            let rule_for_source = rule_ids
+                .iter()
+                .position(|(from, _)| *from == row_source.ids.region);
+            let failover_to = rule_for_source.map(|i| rule_ids[i].1);
+            let rule_index = rule_for_source.and_then(|i| u16::try_from(i).ok());
             let labels_apply = !labels.is_empty() && source_labels.is_some_and(|l| !l.is_empty());
-            scratch.raw.clear();
+            raw.clear();
             let mut label_part = Vec::new();
             if labels_apply {
                 let source_labels = source_labels.cloned().unwrap_or_default();
-                for &k in &scratch.included {
+                for &k in included.iter() {
                     let m = &subset.members[k];
                     // istiod splits a locality by label priority; Fulcrum keeps one entry
                     // per locality, made of its best-matching endpoints.
@@ -560,7 +698,7 @@ fn build_row(
                     }
                     weights[k] = best.2;
                     hosts[k] = best.3;
-                    label_part.push((best.0, best.1));
+                    label_part.push((best.0, best.1.and_then(|j| u16::try_from(j).ok())));
                 }
                 let mut compacted: Vec<u32> = label_part.iter().map(|(p, _)| *p).collect();
                 compact_priorities(&mut compacted);
@@ -568,8 +706,8 @@ fn build_row(
                     label_part[j].0 = p;
                 }
             }
-            for (j, &k) in scratch.included.iter().enumerate() {
-                let dest = &statuses[subset.members[k].locality].locality;
+            for (j, &k) in included.iter().enumerate() {
+                let dest = service.localities[subset.members[k].locality].ids;
                 let (p, why) = if labels_apply {
                     let (p_label, mismatch) = label_part[j];
                     if rules.is_empty() {
@@ -582,40 +720,40 @@ fn build_row(
                             },
                         )
                     } else {
-                        let matched = locality_match(source, dest, rules);
+                        let matched = locality_match_ids(row_source.ids, dest, failover_to);
                         (
                             p_label * split::LOCALITY_PRIORITY_LEVELS + matched.priority(),
                             PriorityWhy::Labels {
                                 mismatch,
                                 matched: Some(matched),
-                                rule: rule_for_source.filter(|_| matched.priority() >= 3),
+                                rule: rule_index.filter(|_| matched.priority() >= 3),
                             },
                         )
                     }
                 } else {
-                    let matched = locality_match(source, dest, rules);
+                    let matched = locality_match_ids(row_source.ids, dest, failover_to);
                     (
                         matched.priority(),
                         PriorityWhy::Locality {
                             matched,
-                            rule: rule_for_source.filter(|_| matched.priority() >= 3),
+                            rule: rule_index.filter(|_| matched.priority() >= 3),
                         },
                     )
                 };
-                scratch.raw.push(p);
+                raw.push(p);
                 entries[k].why = why;
             }
-            compact_priorities(&mut scratch.raw);
-            for (j, &k) in scratch.included.iter().enumerate() {
-                entries[k].priority = scratch.raw[j];
+            compact_priorities(raw);
+            for (j, &k) in included.iter().enumerate() {
+                entries[k].priority = raw[j];
             }
         }
         LocalityLb::Distribute(rules) => {
             let dests: Vec<(&Locality, u64)> = subset
                 .members
                 .iter()
-                .zip(&weights)
-                .map(|(m, w)| (&statuses[m.locality].locality, *w))
+                .zip(weights.iter())
+                .map(|(m, w)| (&service.localities[m.locality].locality, *w))
                 .collect();
             if let Some((index, distributed)) = distribute_weights(source, rules, &dests) {
                 mode = RowMode::Distribute(index);
@@ -623,7 +761,9 @@ fn build_row(
                     match w {
                         Some(w) => {
                             weights[k] = w;
-                            entries[k].why = PriorityWhy::Distribute { weight: w };
+                            entries[k].why = PriorityWhy::Distribute {
+                                weight: u32::try_from(w).unwrap_or(u32::MAX),
+                            };
                         }
                         None => {
                             entries[k].note = EntryNote::NotDistributed;
@@ -631,15 +771,15 @@ fn build_row(
                         }
                     }
                 }
-                scratch.included.retain(|&k| weights[k] > 0);
+                included.retain(|&k| weights[k] > 0);
             }
         }
     }
 
     // Step 3: Envoy's split, with recovering localities at full health.
-    scratch.candidates.clear();
+    candidates.clear();
     let mut ramping = false;
-    for &k in &scratch.included {
+    for &k in included.iter() {
         let status = &statuses[subset.members[k].locality];
         let healthy = if matches!(status.standing, Standing::Removed) {
             0
@@ -647,23 +787,23 @@ fn build_row(
             status.health.healthy_units(hosts[k])
         };
         ramping |= healthy > 0 && status.allowance_bp < TOTAL_BASIS_POINTS;
-        scratch.candidates.push(Candidate {
+        candidates.push(Candidate {
             priority: entries[k].priority,
             weight: weights[k],
             hosts: hosts[k],
             healthy,
         });
     }
-    let full = split::split(&scratch.candidates, subset.panic_percent);
-    let mut result = full.weights_bp.clone();
+    splitter.split_into(candidates, subset.panic_percent, full);
+    result.clear();
+    result.extend_from_slice(&full.weights_bp);
 
     // Step 4: the ramp. A recovering locality gets its allowance of what it would have at
     // full health; the rest is split as if it were still out.
     if ramping {
-        let allowance: Vec<u32> = scratch
-            .included
+        let allowance: Vec<u32> = included
             .iter()
-            .zip(&scratch.candidates)
+            .zip(candidates.iter())
             .map(|(&k, c)| {
                 let a = statuses[subset.members[k].locality].allowance_bp;
                 // Only localities that can serve are ramping; the rest keep their split.
@@ -671,7 +811,7 @@ fn build_row(
             })
             .collect();
         let ramps = |j: usize| allowance[j] < TOTAL_BASIS_POINTS;
-        let mut without = scratch.candidates.clone();
+        let mut without = candidates.clone();
         for (j, c) in without.iter_mut().enumerate() {
             if ramps(j) {
                 c.healthy = 0;
@@ -679,7 +819,7 @@ fn build_row(
         }
         // Without panic: taking the recovering localities out is this blend's own
         // device, not a reason to spread load over unhealthy hosts.
-        let base = split::split(&without, 0);
+        splitter.split_into(&without, 0, base);
         let rest: Vec<u64> = (0..allowance.len())
             .map(|j| {
                 if ramps(j) {
@@ -698,7 +838,7 @@ fn build_row(
                     result[j] = (u64::from(full.weights_bp[j]) * u64::from(*a)
                         / u64::from(TOTAL_BASIS_POINTS)) as u32;
                     taken += result[j];
-                    entries[scratch.included[j]].note = EntryNote::Ramp { allowance_bp: *a };
+                    entries[included[j]].note = EntryNote::Ramp { allowance_bp: *a };
                 }
             }
             let parts = apportion(TOTAL_BASIS_POINTS - taken, &rest);
@@ -709,7 +849,7 @@ fn build_row(
             }
         }
     }
-    for (j, &k) in scratch.included.iter().enumerate() {
+    for (j, &k) in included.iter().enumerate() {
         entries[k].weight_bp = result[j];
         let p = entries[k].priority as usize;
         if full.priorities.get(p).is_some_and(|o| o.panic)
@@ -718,10 +858,10 @@ fn build_row(
             entries[k].note = EntryNote::Panic;
         }
     }
-    SourceRow {
-        source: source.clone(),
-        mode,
-        priorities: full.priorities,
-        entries,
+    if &out.source != source {
+        out.source = source.clone();
     }
+    out.mode = mode;
+    out.priorities.clear();
+    out.priorities.extend_from_slice(&full.priorities);
 }

@@ -15,6 +15,7 @@ use crate::engine::split::LocalityMatch;
 use crate::engine::topology::{LocalityLb, ServiceTopology, SubsetTopology};
 use crate::engine::verdict::{Cause, VerdictState};
 use crate::fulcrum::FailoverSettings;
+use crate::locality::Locality;
 use crate::percent::Percent;
 use crate::weights::{Signals, Verdict, WeightEntry, WeightRow};
 
@@ -111,12 +112,12 @@ pub fn verdict_detail(
 
 fn locality_match_text(
     matched: LocalityMatch,
-    rule: Option<usize>,
+    rule: Option<u16>,
     subset: &SubsetTopology,
 ) -> String {
-    let rule_text = |i: usize| match &subset.locality_lb {
+    let rule_text = |i: u16| match &subset.locality_lb {
         LocalityLb::Failover { rules, .. } => rules
-            .get(i)
+            .get(usize::from(i))
             .map(|r| (format!("{}->{}", r.from, r.to), r.to.clone())),
         _ => None,
     };
@@ -155,7 +156,7 @@ pub fn priority_text(why: &PriorityWhy, mode: RowMode, subset: &SubsetTopology) 
                 LocalityLb::Failover { labels, .. } => labels.as_slice(),
                 _ => &[],
             };
-            let mut text = match mismatch.and_then(|j| labels.get(j)) {
+            let mut text = match mismatch.and_then(|j| labels.get(usize::from(j))) {
                 None => "failoverPriority: every label matches".to_string(),
                 Some(label) => format!("failoverPriority: {} differs", label.key),
             };
@@ -208,6 +209,7 @@ fn note_text(note: &EntryNote, row: &SourceRow) -> Option<String> {
 /// The words for one entry: `eu-west/eu-west-1a: Failed since 12.0s (5xx 97% of 1204
 /// req in 10s >= 50%) -> 0`, then what else fired.
 pub fn entry_text(
+    locality: &Locality,
     status: &LocalityStatus,
     entry_weight_bp: u32,
     note: &EntryNote,
@@ -228,7 +230,7 @@ pub fn entry_text(
     };
     let mut text = format!(
         "{}: {} since {} ({}) -> {}",
-        status.locality,
+        locality,
         status.verdict,
         seconds(status.since_ms.saturating_sub(epoch_ms)),
         cause,
@@ -263,6 +265,7 @@ pub fn row_summary(
             && matches!(e.note, EntryNote::Split);
         if e.priority == 0 && !plain {
             parts.push(entry_text(
+                weights.destination(e.locality),
                 status,
                 e.weight_bp,
                 &e.note,
@@ -277,7 +280,7 @@ pub fn row_summary(
             parts.push(format!(
                 "spill {} to {} (priority {}, {})",
                 weight(e.weight_bp),
-                weights.localities[e.locality].locality,
+                weights.destination(e.locality),
                 e.priority,
                 priority_text(&e.why, row.mode, subset)
             ));
@@ -291,7 +294,7 @@ pub fn row_summary(
             .map(|e| {
                 format!(
                     "{} {}",
-                    weights.localities[e.locality].locality,
+                    weights.destination(e.locality),
                     weight(e.weight_bp)
                 )
             })
@@ -317,7 +320,7 @@ pub fn weight_rows(
                 .map(|e| {
                     let status = &weights.localities[e.locality];
                     WeightEntry {
-                        destination: status.locality.clone(),
+                        destination: weights.destination(e.locality).clone(),
                         weight_bp: e.weight_bp,
                         priority: e.priority,
                         priority_reason: priority_text(&e.why, row.mode, subset),
@@ -325,6 +328,7 @@ pub fn weight_rows(
                         verdict_since_ms: status.since_ms,
                         signals: status.signals.clone(),
                         explanation: entry_text(
+                            weights.destination(e.locality),
                             status,
                             e.weight_bp,
                             &e.note,

@@ -9,6 +9,7 @@
 
 use std::cmp::Ordering;
 
+use crate::engine::topology::LocalityIds;
 use crate::locality::{Locality, LocalityPattern};
 use crate::weights::TOTAL_BASIS_POINTS;
 
@@ -80,6 +81,28 @@ pub fn locality_match(source: &Locality, dest: &Locality, rules: &[FailoverRule]
     }
 }
 
+/// [`locality_match`] on interned parts: `failover_to` is the `to` region of the first
+/// failover rule whose `from` is the source's region, if any.
+pub fn locality_match_ids(
+    source: LocalityIds,
+    dest: LocalityIds,
+    failover_to: Option<u32>,
+) -> LocalityMatch {
+    if source.region != dest.region {
+        return match failover_to {
+            Some(to) if to != dest.region => LocalityMatch::NotFailoverTarget,
+            _ => LocalityMatch::OtherRegion,
+        };
+    }
+    if source.zone != dest.zone {
+        LocalityMatch::SameRegion
+    } else if source.subzone != dest.subzone {
+        LocalityMatch::SameZone
+    } else {
+        LocalityMatch::SameSubzone
+    }
+}
+
 /// One `failoverPriority` entry: a label name, optionally with the value to compare to
 /// (`key=value`) instead of the source's own label.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +153,14 @@ pub fn label_priority(
 
 /// Renumbers priorities to 0..M without gaps, keeping their order (istiod's compaction).
 pub fn compact_priorities(priorities: &mut [u32]) {
+    if priorities.iter().all(|&p| p < 64) {
+        // The common case (locality priorities are 0..=4): a bitmask of those in use.
+        let used = priorities.iter().fold(0u64, |m, &p| m | 1 << p);
+        for p in priorities.iter_mut() {
+            *p = (used & ((1u64 << *p) - 1)).count_ones();
+        }
+        return;
+    }
     let mut distinct: Vec<u32> = priorities.to_vec();
     distinct.sort_unstable();
     distinct.dedup();
@@ -228,137 +259,182 @@ fn priority_health_percent(healthy: u128, hosts: u128) -> u32 {
 /// One unit of availability inside a priority: 10^12 is a locality at 100% or more.
 const AVAILABILITY_WHOLE: u128 = 1_000_000_000_000;
 
+/// Envoy's locality availability `min(1, 1.4 x healthy / hosts)`, in units of 10^-12.
+fn availability(c: &Candidate) -> u128 {
+    let healthy = u128::from(c.healthy.min(c.hosts * BP));
+    let scale = 100 * u128::from(c.hosts) * u128::from(BP);
+    if c.hosts == 0 {
+        0
+    } else if healthy * u128::from(OVERPROVISIONING_PERCENT) >= scale {
+        // Enough healthy hosts for the whole share: no division needed.
+        AVAILABILITY_WHOLE
+    } else {
+        healthy * u128::from(OVERPROVISIONING_PERCENT) * AVAILABILITY_WHOLE / scale
+    }
+}
+
+/// Reusable buffers for [`split`], so computing many rows allocates nothing per row.
+#[derive(Debug, Default)]
+pub struct Splitter {
+    hosts: Vec<u128>,
+    healthy: Vec<u128>,
+    effective: Vec<u128>,
+    sums: Vec<u128>,
+    remainders: Vec<(u128, u128, usize)>,
+}
+
+/// Effective weights are scaled down to at most this many bits before the shares are
+/// taken, so every product in the rounding fits in 128 bits.
+const EFFECTIVE_BITS: u32 = 48;
+
 /// Splits load over the candidates with Envoy's priority load, locality weighting and
 /// panic threshold (`panic_percent`; 0 disables panic), then rounds to basis points with
 /// the largest-remainder method (ties go to the earlier candidate).
 pub fn split(candidates: &[Candidate], panic_percent: u32) -> Split {
-    let levels = candidates
-        .iter()
-        .map(|c| c.priority as usize + 1)
-        .max()
-        .unwrap_or(0);
-    let mut hosts = vec![0u128; levels];
-    let mut healthy = vec![0u128; levels];
-    for c in candidates {
-        let p = c.priority as usize;
-        hosts[p] += u128::from(c.hosts);
-        healthy[p] += u128::from(c.healthy.min(c.hosts * BP));
-    }
-    let mut priorities: Vec<PriorityOutcome> = (0..levels)
-        .map(|p| PriorityOutcome {
+    let mut out = Split::default();
+    Splitter::default().split_into(candidates, panic_percent, &mut out);
+    out
+}
+
+impl Splitter {
+    /// [`split`], writing into `out` and reusing this splitter's buffers.
+    pub fn split_into(&mut self, candidates: &[Candidate], panic_percent: u32, out: &mut Split) {
+        let levels = candidates
+            .iter()
+            .map(|c| c.priority as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let hosts = &mut self.hosts;
+        let healthy = &mut self.healthy;
+        hosts.clear();
+        hosts.resize(levels, 0);
+        healthy.clear();
+        healthy.resize(levels, 0);
+        for c in candidates {
+            let p = c.priority as usize;
+            hosts[p] += u128::from(c.hosts);
+            healthy[p] += u128::from(c.healthy.min(c.hosts * BP));
+        }
+        let priorities = &mut out.priorities;
+        priorities.clear();
+        priorities.extend((0..levels).map(|p| PriorityOutcome {
             health_percent: priority_health_percent(healthy[p], hosts[p]),
             ..PriorityOutcome::default()
-        })
-        .collect();
-    let total_health: u32 = priorities.iter().map(|p| p.health_percent).sum();
-    let normalized = total_health.min(100);
-    // Panic: the healthy share, without the factor, below the threshold.
-    let in_panic = |p: usize| {
-        panic_percent > 0
-            && hosts[p] > 0
-            && 100 * healthy[p] < u128::from(panic_percent) * hosts[p] * u128::from(BP)
-    };
-
-    if normalized == 0 {
-        // Nothing is healthy: Envoy sends everything to P0, which spreads over all its
-        // hosts in panic, or fails when panic is disabled.
-        if let Some(first) = priorities.first_mut() {
-            first.load_percent = 100;
-            first.panic = panic_percent > 0;
-        }
-    } else {
-        let mut remaining = 100u32;
-        let mut first_available = None;
-        for (p, outcome) in priorities.iter_mut().enumerate() {
-            if first_available.is_none() && outcome.health_percent > 0 {
-                first_available = Some(p);
-            }
-            let load = (outcome.health_percent * 100)
-                .checked_div(normalized)
-                .unwrap_or(0)
-                .min(remaining);
-            outcome.load_percent = load;
-            remaining -= load;
-        }
-        if let Some(p) = first_available {
-            priorities[p].load_percent += remaining;
-        }
-        if normalized < 100 {
-            for (p, outcome) in priorities.iter_mut().enumerate() {
-                outcome.panic = in_panic(p);
-            }
-        }
-    }
-
-    // Effective locality weights inside each priority, and their sums.
-    let effective: Vec<u128> = candidates
-        .iter()
-        .map(|c| {
-            if priorities[c.priority as usize].panic {
-                u128::from(c.weight)
-            } else if c.hosts == 0 {
-                0
-            } else {
-                // weight x min(1, 1.4 x healthy / hosts), in units of 10^-12.
-                let availability = (u128::from(c.healthy.min(c.hosts * BP))
-                    * u128::from(OVERPROVISIONING_PERCENT)
-                    * AVAILABILITY_WHOLE
-                    / (100 * u128::from(c.hosts) * u128::from(BP)))
-                .min(AVAILABILITY_WHOLE);
-                u128::from(c.weight) * availability
-            }
-        })
-        .collect();
-    let mut sums = vec![0u128; levels];
-    for (c, e) in candidates.iter().zip(&effective) {
-        sums[c.priority as usize] += e;
-    }
-    // A priority with load but no effective weight cannot take it: its load is lost, and
-    // the row is renormalised over what remains.
-    let live_load: u128 = priorities
-        .iter()
-        .zip(&sums)
-        .filter(|(_, s)| **s > 0)
-        .map(|(o, _)| u128::from(o.load_percent))
-        .sum();
-    let mut weights_bp = vec![0u32; candidates.len()];
-    if live_load == 0 {
-        return Split {
-            weights_bp,
-            priorities,
+        }));
+        let total_health: u32 = priorities.iter().map(|p| p.health_percent).sum();
+        let normalized = total_health.min(100);
+        // Panic: the healthy share, without the factor, below the threshold.
+        let in_panic = |p: usize| {
+            panic_percent > 0
+                && hosts[p] > 0
+                && 100 * healthy[p] < u128::from(panic_percent) * hosts[p] * u128::from(BP)
         };
-    }
-    // Exact share of candidate i = load_p x eff_i / (sum_p x live_load); in basis points the
-    // numerator is BP x load_p x eff_i and the denominator sum_p x live_load.
-    let mut remainders: Vec<(u128, u128, usize)> = Vec::new();
-    let mut assigned: u64 = 0;
-    for (i, (c, e)) in candidates.iter().zip(&effective).enumerate() {
-        let p = c.priority as usize;
-        if sums[p] == 0 || *e == 0 || priorities[p].load_percent == 0 {
-            continue;
+
+        if normalized == 0 {
+            // Nothing is healthy: Envoy sends everything to P0, which spreads over all its
+            // hosts in panic, or fails when panic is disabled.
+            if let Some(first) = priorities.first_mut() {
+                first.load_percent = 100;
+                first.panic = panic_percent > 0;
+            }
+        } else {
+            let mut remaining = 100u32;
+            let mut first_available = None;
+            for (p, outcome) in priorities.iter_mut().enumerate() {
+                if first_available.is_none() && outcome.health_percent > 0 {
+                    first_available = Some(p);
+                }
+                let load = (outcome.health_percent * 100)
+                    .checked_div(normalized)
+                    .unwrap_or(0)
+                    .min(remaining);
+                outcome.load_percent = load;
+                remaining -= load;
+            }
+            if let Some(p) = first_available {
+                priorities[p].load_percent += remaining;
+            }
+            if normalized < 100 {
+                for (p, outcome) in priorities.iter_mut().enumerate() {
+                    outcome.panic = in_panic(p);
+                }
+            }
         }
-        let numerator = u128::from(BP) * u128::from(priorities[p].load_percent) * e;
-        let denominator = sums[p] * live_load;
-        let whole = numerator / denominator;
-        weights_bp[i] = whole as u32;
-        assigned += whole as u64;
-        let rest = numerator % denominator;
-        if rest > 0 {
-            remainders.push((rest, denominator, i));
+
+        // Effective locality weights inside each priority that takes load, and their sums.
+        let effective = &mut self.effective;
+        effective.clear();
+        effective.extend(candidates.iter().map(|c| {
+            let outcome = &priorities[c.priority as usize];
+            if outcome.load_percent == 0 {
+                0
+            } else if outcome.panic {
+                u128::from(c.weight)
+            } else {
+                u128::from(c.weight) * availability(c)
+            }
+        }));
+        let sums = &mut self.sums;
+        let sum_up = |sums: &mut Vec<u128>, effective: &[u128]| {
+            sums.clear();
+            sums.resize(levels, 0);
+            for (c, e) in candidates.iter().zip(effective) {
+                sums[c.priority as usize] += e;
+            }
+        };
+        sum_up(sums, effective);
+        let largest = sums.iter().copied().max().unwrap_or(0);
+        let bits = 128 - largest.leading_zeros();
+        if bits > EFFECTIVE_BITS {
+            let shift = bits - EFFECTIVE_BITS;
+            for e in effective.iter_mut() {
+                *e >>= shift;
+            }
+            sum_up(sums, effective);
         }
-    }
-    let leftover = (BP - assigned) as usize;
-    // Largest remainder first; equal remainders go to the earlier candidate.
-    remainders.sort_unstable_by(|a, b| match (b.0 * a.1).cmp(&(a.0 * b.1)) {
-        Ordering::Equal => a.2.cmp(&b.2),
-        other => other,
-    });
-    for &(_, _, i) in remainders.iter().take(leftover) {
-        weights_bp[i] += 1;
-    }
-    Split {
-        weights_bp,
-        priorities,
+        // A priority with load but no effective weight cannot take it: its load is lost,
+        // and the row is renormalised over what remains.
+        let live_load: u128 = priorities
+            .iter()
+            .zip(sums.iter())
+            .filter(|(_, s)| **s > 0)
+            .map(|(o, _)| u128::from(o.load_percent))
+            .sum();
+        let weights_bp = &mut out.weights_bp;
+        weights_bp.clear();
+        weights_bp.resize(candidates.len(), 0);
+        if live_load == 0 {
+            return;
+        }
+        // Exact share of candidate i = load_p x eff_i / (sum_p x live_load); in basis
+        // points the numerator is BP x load_p x eff_i and the denominator sum_p x live_load.
+        let remainders = &mut self.remainders;
+        remainders.clear();
+        let mut assigned: u64 = 0;
+        for (i, (c, e)) in candidates.iter().zip(effective.iter()).enumerate() {
+            let p = c.priority as usize;
+            if sums[p] == 0 || *e == 0 || priorities[p].load_percent == 0 {
+                continue;
+            }
+            let numerator = u128::from(BP) * u128::from(priorities[p].load_percent) * e;
+            let denominator = sums[p] * live_load;
+            let whole = numerator / denominator;
+            weights_bp[i] = whole as u32;
+            assigned += whole as u64;
+            let rest = numerator - whole * denominator;
+            if rest > 0 {
+                remainders.push((rest, denominator, i));
+            }
+        }
+        let leftover = (BP - assigned) as usize;
+        // Largest remainder first; equal remainders go to the earlier candidate.
+        remainders.sort_unstable_by(|a, b| match (b.0 * a.1).cmp(&(a.0 * b.1)) {
+            Ordering::Equal => a.2.cmp(&b.2),
+            other => other,
+        });
+        for &(_, _, i) in remainders.iter().take(leftover) {
+            weights_bp[i] += 1;
+        }
     }
 }
 
@@ -512,6 +588,24 @@ mod tests {
     }
 
     #[test]
+    fn huge_endpoint_weights_neither_overflow_nor_skew() {
+        let big = |priority, weight| Candidate {
+            priority,
+            weight,
+            hosts: 1,
+            healthy: 10_000,
+        };
+        let s = split(
+            &[
+                big(0, u64::from(u32::MAX) * 100),
+                big(0, u64::from(u32::MAX) * 300),
+            ],
+            0,
+        );
+        assert_eq!(s.weights_bp, vec![2500, 7500]);
+    }
+
+    #[test]
     fn rounding_gives_exactly_10000_with_ties_to_the_first() {
         let s = split(
             &[cand(0, 1, 1, 100), cand(0, 1, 1, 100), cand(0, 1, 1, 100)],
@@ -549,6 +643,9 @@ mod tests {
         let mut compacted = raw.clone();
         compact_priorities(&mut compacted);
         assert_eq!(compacted, vec![0, 1, 2, 3]);
+        let mut large = vec![100, 7, 7, 300, 0];
+        compact_priorities(&mut large);
+        assert_eq!(large, vec![2, 1, 1, 3, 0]);
     }
 
     #[test]

@@ -143,6 +143,10 @@ impl LocalityState {
 /// What the engine remembers about one service.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceState {
+    /// The topology layout stamp the locality states were last lined up with (see
+    /// [`ServiceTopology::layout`]); 0 when a report added a locality since.
+    #[serde(default)]
+    pub layout: u64,
     /// Per destination locality.
     pub localities: BTreeMap<Locality, LocalityState>,
     /// Requests each source cluster sent to the service (for capacity).
@@ -451,6 +455,25 @@ impl EngineState {
     }
 }
 
+/// The state of a service's locality, created (and the layout stamp cleared) when new.
+fn locality_state<'a>(
+    service: &'a mut ServiceState,
+    locality: &Locality,
+    now_ms: u64,
+) -> &'a mut LocalityState {
+    if !service.localities.contains_key(locality) {
+        service.layout = 0;
+        service
+            .localities
+            .insert(locality.clone(), LocalityState::new(now_ms));
+    }
+    // Present: inserted just above when it was missing.
+    service
+        .localities
+        .get_mut(locality)
+        .expect("the locality state exists")
+}
+
 /// Folds one digest into the state at leader time `now_ms`.
 pub fn apply_digest(state: &mut EngineState, digest: &HealthDigest, now_ms: u64) {
     let now_ms = state.advance(now_ms);
@@ -464,10 +487,7 @@ pub fn apply_digest(state: &mut EngineState, digest: &HealthDigest, now_ms: u64)
     }
     for sample in &digest.traffic {
         let service = state.services.entry(sample.service.clone()).or_default();
-        service
-            .localities
-            .entry(sample.locality.clone())
-            .or_insert_with(|| LocalityState::new(now_ms))
+        locality_state(service, &sample.locality, now_ms)
             .window
             .add(bucket, &sample.counters);
         service
@@ -483,13 +503,8 @@ pub fn apply_digest(state: &mut EngineState, digest: &HealthDigest, now_ms: u64)
             );
     }
     for sample in &digest.inventory {
-        state
-            .services
-            .entry(sample.service.clone())
-            .or_default()
-            .localities
-            .entry(sample.locality.clone())
-            .or_insert_with(|| LocalityState::new(now_ms))
+        let service = state.services.entry(sample.service.clone()).or_default();
+        locality_state(service, &sample.locality, now_ms)
             .inventory
             .insert(sample.cluster.clone(), sample.inventory);
     }
@@ -641,24 +656,34 @@ pub fn tick(state: &mut EngineState, topology: &Topology, now_ms: u64) -> Vec<Ev
         .services
         .retain(|host, _| topology.services.contains_key(host));
     let oldest_kept = bucket_of(now_ms).saturating_sub(buckets_for(MAX_WINDOW.as_millis() as u64));
+    // Leases once per cluster, not once per locality.
+    let lease = state.settings.report_lease.as_millis().max(0) as u64;
+    let leased_clusters: Vec<bool> = topology
+        .clusters
+        .keys()
+        .map(|c| {
+            state
+                .clusters
+                .get(c)
+                .is_some_and(|c| now_ms.saturating_sub(c.last_report_ms) <= lease)
+        })
+        .collect();
     let mut events = Vec::new();
-    let hosts: Vec<&String> = topology.services.keys().collect();
-    for host in hosts {
-        let service = &topology.services[host];
-        let drained: Vec<bool> = service
-            .localities
-            .iter()
-            .map(|d| state.drain_of(topology, host, &d.locality).is_some())
-            .collect();
-        let leased: Vec<bool> = service
-            .localities
-            .iter()
-            .map(|d| d.owners.is_empty() || d.owners.iter().any(|c| state.is_leased(c)))
-            .collect();
-        let entry = state.services.entry(host.clone()).or_default();
-        entry
-            .localities
-            .retain(|l, _| service.locality_index(l).is_some());
+    for (host, service) in &topology.services {
+        let drained: Vec<bool> = if state.drains.is_empty() {
+            vec![false; service.localities.len()]
+        } else {
+            service
+                .localities
+                .iter()
+                .map(|d| state.drain_of(topology, host, &d.locality).is_some())
+                .collect()
+        };
+        let entry = match state.services.get_mut(host) {
+            Some(entry) => entry,
+            None => state.services.entry(host.clone()).or_default(),
+        };
+        sync_layout(entry, service, now_ms);
         let window_keep = bucket_of(now_ms)
             .saturating_sub(buckets_for(
                 service.settings.window.as_millis().max(0) as u64
@@ -668,17 +693,20 @@ pub fn tick(state: &mut EngineState, topology: &Topology, now_ms: u64) -> Vec<Ev
             w.trim(window_keep);
         }
         entry.demand.retain(|_, w| !w.is_empty());
-        for (i, dest) in service.localities.iter().enumerate() {
-            let loc = entry
-                .localities
-                .entry(dest.locality.clone())
-                .or_insert_with(|| LocalityState::new(now_ms));
+        for ((i, dest), loc) in service
+            .localities
+            .iter()
+            .enumerate()
+            .zip(entry.localities.values_mut())
+        {
+            let leased =
+                dest.owners.is_empty() || dest.owner_positions.iter().any(|&c| leased_clusters[c]);
             let change = step_locality(
                 loc,
                 service,
                 dest.endpoints,
                 drained[i],
-                leased[i],
+                leased,
                 window_keep,
                 now_ms,
             );
@@ -706,6 +734,32 @@ pub fn tick(state: &mut EngineState, topology: &Topology, now_ms: u64) -> Vec<Ev
         }
     }
     events
+}
+
+/// Makes a service's locality states exactly the topology's localities, in the same order,
+/// and records that with the topology's layout stamp so readers can walk both side by side
+/// without comparing names.
+fn sync_layout(entry: &mut ServiceState, service: &ServiceTopology, now_ms: u64) {
+    let matches = entry.layout == service.layout
+        && entry.localities.len() == service.localities.len()
+        && entry
+            .localities
+            .keys()
+            .zip(&service.localities)
+            .all(|(l, d)| l == &d.locality);
+    if !matches {
+        entry
+            .localities
+            .retain(|l, _| service.locality_index(l).is_some());
+        for dest in &service.localities {
+            if !entry.localities.contains_key(&dest.locality) {
+                entry
+                    .localities
+                    .insert(dest.locality.clone(), LocalityState::new(now_ms));
+            }
+        }
+    }
+    entry.layout = service.layout;
 }
 
 fn step_locality(

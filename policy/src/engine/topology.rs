@@ -7,6 +7,7 @@
 //! istiod merges them) and FailoverPolicies (with every default applied).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crate::engine::split::{ENVOY_DEFAULT_PANIC_PERCENT, FailoverRule, PriorityLabel};
 use crate::fulcrum::FailoverSettings;
@@ -38,11 +39,25 @@ pub struct ClusterInfo {
     pub network: String,
 }
 
+/// A locality's parts as small numbers, so the per-row work compares integers, not
+/// strings. Equal numbers mean equal text within one [`Topology`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct LocalityIds {
+    /// The region.
+    pub region: u32,
+    /// The zone.
+    pub zone: u32,
+    /// The subzone.
+    pub subzone: u32,
+}
+
 /// A source locality: where proxies run, one weight row per service each.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
     /// The locality.
     pub locality: Locality,
+    /// Its parts as numbers (set by [`Topology::finish`]).
+    pub ids: LocalityIds,
     /// The clusters there.
     pub clusters: Vec<String>,
     /// The labels a proxy there carries for `failoverPriority` (cluster, network, region,
@@ -64,6 +79,8 @@ pub enum LocalityLb {
         labels: Vec<PriorityLabel>,
         /// False without outlierDetection: everything stays at priority 0.
         enabled: bool,
+        /// `rules` as region numbers (from, to) (set by [`Topology::finish`]).
+        rule_ids: Vec<(u32, u32)>,
     },
     /// `distribute`: fixed split per source, no failover.
     Distribute(Vec<(LocalityPattern, Vec<(LocalityPattern, u32)>)>),
@@ -112,8 +129,12 @@ pub struct SubsetTopology {
 pub struct DestLocality {
     /// The locality.
     pub locality: Locality,
+    /// Its parts as numbers (set by [`Topology::finish`]).
+    pub ids: LocalityIds,
     /// The clusters whose proxies report this locality's endpoints.
     pub owners: Vec<String>,
+    /// Their positions in [`Topology::clusters`] (set by [`Topology::finish`]).
+    pub owner_positions: Vec<usize>,
     /// Endpoints there, across subsets.
     pub endpoints: u32,
 }
@@ -125,6 +146,12 @@ pub struct ServiceTopology {
     pub host: String,
     /// Its destination localities, sorted.
     pub localities: Vec<DestLocality>,
+    /// The same localities, shared with every weight table computed for the service (set
+    /// by [`Topology::finish`]).
+    pub destinations: Arc<[Locality]>,
+    /// A stamp of the list of localities (FNV-1a of their names, never 0; set by
+    /// [`Topology::finish`]): state lined up with an equal stamp is in the same order.
+    pub layout: u64,
     /// The whole service first, then each DestinationRule subset.
     pub subsets: Vec<SubsetTopology>,
     /// Its FailoverPolicy, with defaults applied.
@@ -259,6 +286,7 @@ impl Topology {
                 .entry(info.locality.clone())
                 .or_insert_with(|| Source {
                     locality: info.locality.clone(),
+                    ids: LocalityIds::default(),
                     clusters: Vec::new(),
                     labels: topology_labels(&info.locality, &info.name, &info.network),
                 });
@@ -269,6 +297,65 @@ impl Topology {
             sources: sources.into_values().collect(),
             services,
         }
+        .finish()
+    }
+
+    /// Fills in the derived fields (locality numbers, owner positions, rule numbers, the
+    /// shared destination lists) from the text ones. [`Topology::build`] calls it; call it
+    /// after assembling a topology by hand.
+    pub fn finish(mut self) -> Topology {
+        let mut names: BTreeMap<String, u32> = BTreeMap::new();
+        let mut intern = |text: &str| {
+            let next = names.len() as u32;
+            *names.entry(text.to_string()).or_insert(next)
+        };
+        let mut ids = |l: &Locality| LocalityIds {
+            region: intern(&l.region),
+            zone: intern(&l.zone),
+            subzone: intern(&l.subzone),
+        };
+        for source in &mut self.sources {
+            source.ids = ids(&source.locality);
+        }
+        let positions: BTreeMap<&str, usize> = self
+            .clusters
+            .keys()
+            .enumerate()
+            .map(|(i, name)| (name.as_str(), i))
+            .collect();
+        for service in self.services.values_mut() {
+            for dest in &mut service.localities {
+                dest.ids = ids(&dest.locality);
+                dest.owner_positions = dest
+                    .owners
+                    .iter()
+                    .filter_map(|o| positions.get(o.as_str()).copied())
+                    .collect();
+            }
+            service.destinations = service
+                .localities
+                .iter()
+                .map(|d| d.locality.clone())
+                .collect();
+            service.layout = layout_stamp(&service.localities);
+            for subset in &mut service.subsets {
+                if let LocalityLb::Failover {
+                    rules, rule_ids, ..
+                } = &mut subset.locality_lb
+                {
+                    *rule_ids = rules
+                        .iter()
+                        .map(|r| {
+                            (
+                                ids(&Locality::new(&r.from, "", "")).region,
+                                ids(&Locality::new(&r.to, "", "")).region,
+                            )
+                        })
+                        .collect();
+                }
+            }
+        }
+        self
     }
 
     /// The cluster names at a locality.
@@ -278,6 +365,24 @@ impl Topology {
             .filter(move |c| &c.locality == locality)
             .map(|c| c.name.as_str())
     }
+}
+
+/// FNV-1a over the locality names, separated, and never 0 (0 means "not lined up").
+fn layout_stamp(localities: &[DestLocality]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for dest in localities {
+        for part in [
+            &dest.locality.region,
+            &dest.locality.zone,
+            &dest.locality.subzone,
+        ] {
+            for byte in part.bytes().chain([0xff]) {
+                hash ^= u64::from(byte);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+    hash.max(1)
 }
 
 /// The cluster that owns endpoints at `locality` on `network`: the MeshCluster on that
@@ -386,12 +491,14 @@ fn locality_lb(policy: &TrafficPolicy) -> (LocalityLb, u32) {
                 .map(|l| PriorityLabel::parse(l))
                 .collect(),
             enabled: outlier.is_some(),
+            rule_ids: Vec::new(),
         },
         // The mesh default: locality load balancing on, no rules.
         None => LocalityLb::Failover {
             rules: Vec::new(),
             labels: Vec::new(),
             enabled: outlier.is_some(),
+            rule_ids: Vec::new(),
         },
     };
     (lb, panic_percent)
@@ -414,7 +521,9 @@ fn build_service(
         .into_iter()
         .map(|(locality, (owners, endpoints))| DestLocality {
             locality,
+            ids: LocalityIds::default(),
             owners: owners.into_iter().collect(),
+            owner_positions: Vec::new(),
             endpoints,
         })
         .collect();
@@ -477,6 +586,8 @@ fn build_service(
     ServiceTopology {
         host,
         localities,
+        destinations: Arc::from(Vec::new()),
+        layout: 0,
         subsets,
         settings,
         policy,

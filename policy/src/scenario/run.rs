@@ -170,7 +170,7 @@ fn row_weights(
 ) -> BTreeMap<Locality, u32> {
     row.entries
         .iter()
-        .map(|e| (weights.localities[e.locality].locality.clone(), e.weight_bp))
+        .map(|e| (weights.destination(e.locality).clone(), e.weight_bp))
         .collect()
 }
 
