@@ -1,5 +1,6 @@
-//! Property: no input makes the loader panic. Real configuration is mutated at random —
-//! ranges deleted or repeated, YAML punctuation inserted — and every diagnostic rendered.
+//! Property: no input makes the loader or the scenario reader panic. Real configuration
+//! and real scenarios are mutated at random — ranges deleted or repeated, YAML punctuation
+//! inserted — and every diagnostic rendered.
 
 use std::path::Path;
 
@@ -96,6 +97,49 @@ proptest! {
         config.check_consistency();
         for d in config.diagnostics() {
             let _ = d.to_string();
+        }
+    }
+}
+
+fn scenarios() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/scenarios");
+    let mut texts: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    texts.sort();
+    texts
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A damaged scenario is refused with problems, or replayed; never a panic.
+    #[test]
+    fn damaged_scenarios_never_panic(index in any::<prop::sample::Index>(), edits in prop::collection::vec(edit(), 1..6)) {
+        use fulcrum_policy::engine::Topology;
+        use fulcrum_policy::scenario::{Scenario, simulate};
+        let all = scenarios();
+        let text = apply(&all[index.index(all.len())], &edits);
+        let mut config = ConfigSet::new();
+        config.add_path(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/config"));
+        let topology = Topology::build(config.resources());
+        match Scenario::parse(&text) {
+            Err(problems) => {
+                prop_assert!(!problems.is_empty());
+                for p in &problems {
+                    let _ = p.to_string();
+                }
+            }
+            Ok(scenario) => {
+                let short = scenario
+                    .steps
+                    .last()
+                    .is_some_and(|s| s.at <= fulcrum_policy::Duration::from_secs(600));
+                if scenario.check(&topology).is_empty() && short {
+                    let _ = simulate(&topology, &scenario);
+                }
+            }
         }
     }
 }
