@@ -127,6 +127,7 @@ fn topology(per_service: usize) -> Topology {
                     },
                     panic_percent: 0,
                     members,
+                    member_sizes: Vec::new(),
                 }],
                 settings: FailoverSettings::default(),
                 policy: None,

@@ -22,12 +22,11 @@ use crate::engine::split::{
     distribute_weights, label_priority, locality_match_ids,
 };
 use crate::engine::state::{
-    Drain, EngineState, Health, Inventory, LocalityState, inventory_of, is_engine_failure, signals,
+    Drain, EngineState, Health, Inventory, LocalityState, inventory_of, is_engine_failure,
 };
-use crate::engine::topology::{
-    LocalityIds, LocalityLb, Members, ServiceTopology, SubsetTopology, Topology,
-};
+use crate::engine::topology::{LocalityIds, LocalityLb, ServiceTopology, SubsetTopology, Topology};
 use crate::engine::verdict::Cause;
+use crate::engine::window::Counters;
 use crate::locality::Locality;
 use crate::weights::{Signals, TOTAL_BASIS_POINTS, Verdict};
 
@@ -378,26 +377,31 @@ fn standings(
 ) {
     let settings = &service.settings;
     let known = state.services.get(&service.host);
-    let now_ms = state.now_ms;
     let states = aligned_states(known, service);
     statuses.clear();
     statuses.extend(service.localities.iter().zip(&states).map(|(dest, loc)| {
         let loc = *loc;
-        let inventory = loc
-            .map(|l| inventory_of(l, dest.endpoints))
-            .unwrap_or(Inventory {
-                total: dest.endpoints,
-                ready: dest.endpoints,
-                ejected: 0,
-            });
-        let signals = match loc {
-            Some(l) => signals(l, inventory, settings, now_ms),
-            None => Signals {
-                ready_endpoints: inventory.available(),
-                total_endpoints: inventory.total,
-                window: settings.window,
-                ..Signals::default()
-            },
+        // What the last tick saw; before any tick, the configuration (all ready).
+        let (counts, inventory) = match loc.and_then(|l| l.observed) {
+            Some(observed) => observed,
+            None => (
+                Counters::default(),
+                loc.map(|l| inventory_of(l, dest.endpoints))
+                    .unwrap_or(Inventory {
+                        total: dest.endpoints,
+                        ready: dest.endpoints,
+                        ejected: 0,
+                    }),
+            ),
+        };
+        let signals = Signals {
+            ready_endpoints: inventory.available(),
+            total_endpoints: inventory.total,
+            requests: counts.requests,
+            http_5xx: counts.http_5xx,
+            gateway_errors: counts.gateway_errors,
+            connect_failures: counts.connect_failures,
+            window: settings.window,
         };
         let configured = Health::full(dest.endpoints);
         let (mut verdict, since_ms, cause, health, allowance_bp, engine_failure) = match loc {
@@ -648,17 +652,23 @@ fn build_row(
 
     // Step 2: priorities (or distribute weights).
     weights.clear();
-    weights.extend(subset.members.iter().map(Members::weight));
+    weights.extend(subset.member_sizes.iter().map(|(weight, _)| *weight));
     // Envoy counts hosts: for the whole service that is the endpoint count its cluster
     // reports (so ready/total stays exact); a subset counts its configured endpoints.
     hosts.clear();
-    hosts.extend(subset.members.iter().map(|m| {
-        if subset.name.is_empty() {
-            u64::from(statuses[m.locality].health.total)
-        } else {
-            m.endpoints.len() as u64
-        }
-    }));
+    hosts.extend(
+        subset
+            .members
+            .iter()
+            .zip(&subset.member_sizes)
+            .map(|(m, (_, count))| {
+                if subset.name.is_empty() {
+                    u64::from(statuses[m.locality].health.total)
+                } else {
+                    *count
+                }
+            }),
+    );
     match &subset.locality_lb {
         LocalityLb::Disabled | LocalityLb::Failover { enabled: false, .. } => {}
         LocalityLb::Failover {

@@ -124,6 +124,10 @@ pub struct LocalityState {
     pub health: Option<Health>,
     /// The machine's allowance at that time, frozen alike.
     pub allowance_bp: u32,
+    /// What the last tick judged it on: the window's counts and the endpoint counts.
+    /// Tables read this rather than walking the window again.
+    #[serde(default)]
+    pub observed: Option<(Counters, Inventory)>,
 }
 
 impl LocalityState {
@@ -136,6 +140,7 @@ impl LocalityState {
             shown_since_ms: now_ms,
             health: None,
             allowance_bp: TOTAL_BASIS_POINTS,
+            observed: None,
         }
     }
 }
@@ -775,6 +780,11 @@ fn step_locality(
     let settings = &service.settings;
     let inventory = inventory_of(loc, configured);
     let assessment = assess(&loc.window, inventory, settings, now_ms);
+    let window_ms = settings.window.as_millis().max(0) as u64;
+    loc.observed = Some((
+        loc.window.sum(bucket_of(now_ms), buckets_for(window_ms)),
+        inventory,
+    ));
     loc.machine.step(&assessment, settings, now_ms);
     let failed = loc.machine.verdict == Verdict::Failed;
     if leased || failed {

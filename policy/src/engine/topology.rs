@@ -122,6 +122,9 @@ pub struct SubsetTopology {
     pub panic_percent: u32,
     /// Its endpoints, per locality, in locality order.
     pub members: Vec<Members>,
+    /// Per member: its locality weight (the sum of its endpoints' weights) and its
+    /// endpoint count (set by [`Topology::finish`]).
+    pub member_sizes: Vec<(u64, u64)>,
 }
 
 /// A destination locality of a service.
@@ -339,6 +342,11 @@ impl Topology {
                 .collect();
             service.layout = layout_stamp(&service.localities);
             for subset in &mut service.subsets {
+                subset.member_sizes = subset
+                    .members
+                    .iter()
+                    .map(|m| (m.weight(), m.endpoints.len() as u64))
+                    .collect();
                 if let LocalityLb::Failover {
                     rules, rule_ids, ..
                 } = &mut subset.locality_lb
@@ -568,6 +576,7 @@ fn build_service(
         locality_lb: lb,
         panic_percent,
         members: members_of(&|_| true),
+        member_sizes: Vec::new(),
     }];
     for subset in rule.map(|r| r.spec.subsets.as_slice()).unwrap_or_default() {
         let (lb, panic_percent) = locality_lb(&merged_policy(top, subset.traffic_policy.as_ref()));
@@ -581,6 +590,7 @@ fn build_service(
                     .iter()
                     .all(|(k, v)| e.labels.get(k) == Some(v))
             }),
+            member_sizes: Vec::new(),
         });
     }
     ServiceTopology {
