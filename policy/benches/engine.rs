@@ -18,8 +18,9 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use fulcrum_policy::Locality;
+use fulcrum_policy::engine::digest::{HealthDigest, InventorySample, TrafficSample};
 use fulcrum_policy::engine::split::FailoverRule;
-use fulcrum_policy::engine::state::{HealthDigest, Inventory, InventorySample, TrafficSample};
+use fulcrum_policy::engine::state::Inventory;
 use fulcrum_policy::engine::topology::{
     ClusterInfo, DestLocality, Endpoint, LocalityIds, LocalityLb, Members, ServiceTopology, Source,
     SubsetTopology,

@@ -3,7 +3,8 @@
 //! documentation, or one of istiod's rules.
 
 use fulcrum_policy::engine::compute::{PriorityWhy, RowMode, ServiceWeights, SourceRow};
-use fulcrum_policy::engine::state::{HealthDigest, Inventory, InventorySample};
+use fulcrum_policy::engine::digest::{HealthDigest, InventorySample};
+use fulcrum_policy::engine::state::Inventory;
 use fulcrum_policy::engine::{self, EngineState, Topology};
 use fulcrum_policy::{ConfigSet, Locality};
 

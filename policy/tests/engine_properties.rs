@@ -4,10 +4,9 @@
 use std::collections::BTreeMap;
 
 use fulcrum_policy::engine::compute::{EntryNote, ServiceWeights, Standing};
+use fulcrum_policy::engine::digest::{HealthDigest, InventorySample, TrafficSample};
 use fulcrum_policy::engine::split::{self, Candidate};
-use fulcrum_policy::engine::state::{
-    DrainTarget, HealthDigest, Inventory, InventorySample, TrafficSample,
-};
+use fulcrum_policy::engine::state::{DrainTarget, Inventory};
 use fulcrum_policy::engine::window::Counters;
 use fulcrum_policy::engine::{self, EngineState, Topology, explain};
 use fulcrum_policy::{ConfigSet, Locality, Severity};

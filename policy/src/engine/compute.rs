@@ -16,7 +16,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::engine::capacity;
 use crate::engine::split::{
     self, Candidate, LocalityMatch, PriorityOutcome, apportion, compact_priorities,
     distribute_weights, label_priority, locality_match_ids,
@@ -27,6 +26,7 @@ use crate::engine::state::{
 use crate::engine::topology::{LocalityIds, LocalityLb, ServiceTopology, SubsetTopology, Topology};
 use crate::engine::verdict::Cause;
 use crate::engine::window::Counters;
+use crate::engine::{capacity, guards};
 use crate::locality::Locality;
 use crate::weights::{Signals, TOTAL_BASIS_POINTS, Verdict};
 
@@ -459,7 +459,7 @@ fn standings(
         .iter()
         .map(|l| l.is_some_and(|l| is_engine_failure(&l.machine)))
         .collect();
-    apply_guards(statuses, service, &engine_failures);
+    guards::apply(statuses, service, &engine_failures);
 }
 
 /// The state of each of the service's localities, in the topology's order. Both are
@@ -488,62 +488,6 @@ fn aligned_states<'a>(
         );
     }
     out
-}
-
-/// The blast-radius guards: at most `maxDrained` localities out at once (manual drains
-/// first, then the engine's removals, oldest first), and never the last that can serve.
-fn apply_guards(
-    statuses: &mut [LocalityStatus],
-    service: &ServiceTopology,
-    engine_failures: &[bool],
-) {
-    let settings = &service.settings;
-    let engine_failure = |i: usize| engine_failures[i] && statuses[i].signals.ready_endpoints > 0;
-    // Localities taken out by a decision (an operator's or the engine's), in the order the
-    // cap keeps them out.
-    let mut decided: Vec<(u8, u64, usize)> = statuses
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| match &s.standing {
-            Standing::Drained(d) => Some((0, d.since_ms, i)),
-            Standing::Removed if engine_failure(i) => Some((1, s.since_ms, i)),
-            _ => None,
-        })
-        .collect();
-    decided.sort_unstable();
-    let limit = settings.max_drained.resolve(statuses.len() as u32);
-    for &(kind, _, i) in decided.iter().skip(limit as usize) {
-        // Operators' drains always stand; only the engine's own removals are capped.
-        if kind == 1 {
-            hold(&mut statuses[i], Guard::MaxDrained { limit });
-        }
-    }
-    if settings.never_drain_last
-        && !statuses
-            .iter()
-            .any(|s| s.takes_traffic() && s.health.bp() > 0)
-    {
-        // Keep the most recently removed localities that still have endpoints to serve.
-        let latest = decided
-            .iter()
-            .filter(|(_, _, i)| statuses[*i].signals.ready_endpoints > 0)
-            .map(|(_, since, _)| *since)
-            .max();
-        if let Some(latest) = latest {
-            for &(_, since, i) in &decided {
-                if since == latest && statuses[i].signals.ready_endpoints > 0 {
-                    hold(&mut statuses[i], Guard::NeverDrainLast);
-                }
-            }
-        }
-    }
-}
-
-fn hold(status: &mut LocalityStatus, guard: Guard) {
-    status.standing = Standing::Held(guard);
-    status.allowance_bp = TOTAL_BASIS_POINTS;
-    // Readiness alone: the error rate that took it out is what the guard overrides.
-    status.health.success_bp = TOTAL_BASIS_POINTS;
 }
 
 /// Localities a source cannot reach: every cluster owning them has its gateway reported

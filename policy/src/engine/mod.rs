@@ -48,7 +48,9 @@
 
 pub mod capacity;
 pub mod compute;
+pub mod digest;
 pub mod explain;
+mod guards;
 pub mod split;
 pub mod state;
 pub mod topology;
@@ -56,7 +58,6 @@ pub mod verdict;
 pub mod window;
 
 pub use compute::{ServiceWeights, SourceRow, compute, compute_service};
-pub use state::{
-    DrainTarget, EngineSettings, EngineState, Event, HealthDigest, apply_digest, tick,
-};
+pub use digest::HealthDigest;
+pub use state::{DrainTarget, EngineSettings, EngineState, Event, apply_digest, tick};
 pub use topology::Topology;

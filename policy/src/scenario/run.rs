@@ -11,10 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
+use crate::engine::digest::{HealthDigest, InventorySample, ReachabilitySample, TrafficSample};
 use crate::engine::explain::{row_summary, weight_rows};
-use crate::engine::state::{
-    DrainTarget, Event, HealthDigest, Inventory, InventorySample, ReachabilitySample, TrafficSample,
-};
+use crate::engine::state::{DrainTarget, Event, Inventory};
 use crate::engine::window::Counters;
 use crate::engine::{EngineState, Topology, apply_digest, compute, tick};
 use crate::locality::Locality;
