@@ -335,15 +335,11 @@ fn locality_state<'a>(
 ) -> &'a mut LocalityState {
     if !service.localities.contains_key(locality) {
         service.layout = 0;
-        service
-            .localities
-            .insert(locality.clone(), LocalityState::new(now_ms));
     }
-    // Present: inserted just above when it was missing.
     service
         .localities
-        .get_mut(locality)
-        .expect("the locality state exists")
+        .entry(locality.clone())
+        .or_insert_with(|| LocalityState::new(now_ms))
 }
 
 /// Folds one digest into the state at leader time `now_ms`.
