@@ -339,6 +339,17 @@ model! {
     }
 }
 
+impl MeshClusterSpec {
+    /// The cluster's name in the mesh: `clusterName`, or the object's `metadata.name`.
+    pub fn name<'a>(&'a self, metadata_name: &'a str) -> &'a str {
+        if self.cluster_name.is_empty() {
+            metadata_name
+        } else {
+            &self.cluster_name
+        }
+    }
+}
+
 model! {
     /// An east-west gateway address.
     pub struct GatewayAddress {

@@ -330,11 +330,7 @@ impl ConfigSet {
             }
             match resource {
                 Resource::MeshCluster(o) => {
-                    let name = if o.spec.cluster_name.is_empty() {
-                        o.metadata.name.clone()
-                    } else {
-                        o.spec.cluster_name.clone()
-                    };
+                    let name = o.spec.name(&o.metadata.name).to_string();
                     match clusters.get(&name) {
                         Some(other) => found.push((
                             i,

@@ -22,6 +22,7 @@ use crate::engine::split::{
 };
 use crate::engine::state::{
     Drain, EngineState, Health, Inventory, LocalityState, inventory_of, is_engine_failure,
+    signals_of,
 };
 use crate::engine::topology::{LocalityIds, LocalityLb, ServiceTopology, SubsetTopology, Topology};
 use crate::engine::verdict::Cause;
@@ -394,15 +395,7 @@ fn standings(
                     }),
             ),
         };
-        let signals = Signals {
-            ready_endpoints: inventory.available(),
-            total_endpoints: inventory.total,
-            requests: counts.requests,
-            http_5xx: counts.http_5xx,
-            gateway_errors: counts.gateway_errors,
-            connect_failures: counts.connect_failures,
-            window: settings.window,
-        };
+        let signals = signals_of(&counts, inventory, settings.window);
         let configured = Health::full(dest.endpoints);
         let (mut verdict, since_ms, cause, health, allowance_bp, engine_failure) = match loc {
             Some(l) => (

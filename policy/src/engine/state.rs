@@ -495,15 +495,8 @@ pub fn inventory_of(state: &LocalityState, configured: u32) -> Inventory {
         })
 }
 
-/// The signals a locality is judged on now: its endpoints and its window's counts.
-pub fn signals(
-    loc: &LocalityState,
-    inventory: Inventory,
-    settings: &FailoverSettings,
-    now_ms: u64,
-) -> Signals {
-    let window_ms = settings.window.as_millis().max(0) as u64;
-    let counts = loc.window.sum(bucket_of(now_ms), buckets_for(window_ms));
+/// The signals a locality was judged on: its window's counts and its endpoints.
+pub fn signals_of(counts: &Counters, inventory: Inventory, window: Duration) -> Signals {
     Signals {
         ready_endpoints: inventory.available(),
         total_endpoints: inventory.total,
@@ -511,7 +504,7 @@ pub fn signals(
         http_5xx: counts.http_5xx,
         gateway_errors: counts.gateway_errors,
         connect_failures: counts.connect_failures,
-        window: settings.window,
+        window,
     }
 }
 
@@ -579,12 +572,8 @@ pub fn tick(state: &mut EngineState, topology: &Topology, now_ms: u64) -> Vec<Ev
                 now_ms,
             );
             if let Some((from, to)) = change {
-                let signals = signals(
-                    loc,
-                    inventory_of(loc, dest.endpoints),
-                    &service.settings,
-                    now_ms,
-                );
+                let (counts, inventory) = loc.observed.unwrap_or_default();
+                let signals = signals_of(&counts, inventory, service.settings.window);
                 events.push(Event {
                     at_ms: now_ms,
                     service: host.clone(),

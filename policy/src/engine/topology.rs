@@ -203,11 +203,7 @@ impl Topology {
         for resource in resources {
             match resource {
                 Resource::MeshCluster(o) => {
-                    let name = if o.spec.cluster_name.is_empty() {
-                        o.metadata.name.clone()
-                    } else {
-                        o.spec.cluster_name.clone()
-                    };
+                    let name = o.spec.name(&o.metadata.name).to_string();
                     clusters.entry(name.clone()).or_insert(ClusterInfo {
                         name,
                         locality: o.spec.locality.clone(),
