@@ -118,7 +118,7 @@ fn json_output_is_one_document_with_rows_and_events() {
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
     assert_eq!(doc["ok"], true);
     let steps = doc["steps"].as_array().unwrap();
-    let ramp_start = steps.iter().find(|s| s["at_ms"] == 34_000).unwrap();
+    let ramp_start = steps.iter().find(|s| s["atMs"] == 34_000).unwrap();
     let row = ramp_start["rows"]
         .as_array()
         .unwrap()
@@ -135,7 +135,7 @@ fn json_output_is_one_document_with_rows_and_events() {
         .iter()
         .find(|e| e["destination"] == "us-east/us-east-1a")
         .unwrap();
-    assert_eq!(east["weight_bp"], 2000);
+    assert_eq!(east["weightBp"], 2000);
     assert_eq!(east["verdict"], "Recovering");
     assert!(
         east["explanation"]

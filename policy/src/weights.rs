@@ -49,6 +49,7 @@ impl fmt::Display for Verdict {
 
 /// The signals a verdict was made from, over one window.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Signals {
     /// Endpoints passing readiness.
     pub ready_endpoints: u32,
@@ -68,6 +69,7 @@ pub struct Signals {
 
 /// One destination of a row, with its share and why.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct WeightEntry {
     /// The destination locality.
     pub destination: Locality,
@@ -89,6 +91,7 @@ pub struct WeightEntry {
 
 /// The split of one service (or subset) from one source locality.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct WeightRow {
     /// Service host.
     pub service: String,

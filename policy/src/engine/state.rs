@@ -211,6 +211,7 @@ pub enum DrainError {
 
 /// A verdict change, with the detail an operator needs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Event {
     /// Leader time, in milliseconds.
     pub at_ms: u64,

@@ -22,6 +22,7 @@ use crate::weights::WeightRow;
 
 /// One expectation, checked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Expectation {
     /// The service.
     pub service: String,
@@ -39,6 +40,7 @@ pub struct Expectation {
 
 /// A row in one line of words.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RowSummary {
     /// The service.
     pub service: String,
@@ -52,6 +54,7 @@ pub struct RowSummary {
 
 /// What happened at one step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct StepReport {
     /// The step's index in the scenario.
     pub index: usize,
@@ -69,6 +72,7 @@ pub struct StepReport {
 
 /// The result of a simulation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Outcome {
     /// Per step.
     pub steps: Vec<StepReport>,
