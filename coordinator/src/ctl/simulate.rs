@@ -99,7 +99,7 @@ pub fn run(args: &SimulateArgs, stdout: &mut dyn Write, stderr: &mut dyn Write) 
     let written = match args.output {
         Format::Text => write_text(&outcome, stdout),
         Format::Json => serde_json::to_writer_pretty(&mut *stdout, &outcome)
-            .map_err(io::Error::other)
+            .map_err(io::Error::from)
             .and_then(|()| writeln!(stdout)),
     };
     match written {
