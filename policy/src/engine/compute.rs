@@ -623,7 +623,6 @@ fn build_row(
             raw.clear();
             let mut label_part = Vec::new();
             if labels_apply {
-                let source_labels = source_labels.cloned().unwrap_or_default();
                 for &k in included.iter() {
                     let m = &subset.members[k];
                     // istiod splits a locality by label priority; Fulcrum keeps one entry
@@ -632,7 +631,7 @@ fn build_row(
                     for e in &m.endpoints {
                         let (p, mismatch) = label_priority(
                             labels,
-                            |key| source_labels.get(key).cloned(),
+                            |key| source_labels.and_then(|l| l.get(key)).cloned(),
                             |key| e.labels.get(key).cloned(),
                         );
                         if p < best.0 {

@@ -63,26 +63,9 @@ pub struct FailoverRule {
 }
 
 /// The locality part of a destination's priority, as istiod's `applyLocalityFailover`
-/// computes it: region/zone/subzone match, then the first failover rule whose `from` is
-/// the source region demotes every other region except its `to` to 4.
-pub fn locality_match(source: &Locality, dest: &Locality, rules: &[FailoverRule]) -> LocalityMatch {
-    if source.region != dest.region {
-        return match rules.iter().find(|r| r.from == source.region) {
-            Some(rule) if rule.to != dest.region => LocalityMatch::NotFailoverTarget,
-            _ => LocalityMatch::OtherRegion,
-        };
-    }
-    if source.zone != dest.zone {
-        LocalityMatch::SameRegion
-    } else if source.subzone != dest.subzone {
-        LocalityMatch::SameZone
-    } else {
-        LocalityMatch::SameSubzone
-    }
-}
-
-/// [`locality_match`] on interned parts: `failover_to` is the `to` region of the first
-/// failover rule whose `from` is the source's region, if any.
+/// computes it, on interned locality parts: region/zone/subzone match, then, when the
+/// first failover rule whose `from` is the source's region exists (`failover_to` is its
+/// `to`), every other region except that one drops to 4.
 pub fn locality_match_ids(
     source: LocalityIds,
     dest: LocalityIds,
@@ -474,6 +457,20 @@ mod tests {
         text.parse().unwrap()
     }
 
+    /// Interned parts for test localities: each distinct text gets its own number.
+    fn ids(text: &str) -> LocalityIds {
+        let l = loc(text);
+        let n = |part: &str| {
+            part.bytes()
+                .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+        };
+        LocalityIds {
+            region: n(&l.region),
+            zone: n(&l.zone),
+            subzone: n(&l.subzone),
+        }
+    }
+
     fn cand(priority: u32, weight: u64, hosts: u64, healthy_percent: u64) -> Candidate {
         Candidate {
             priority,
@@ -625,11 +622,8 @@ mod tests {
     #[test]
     fn istio_failover_task_priorities() {
         // Caller in region1/zone1 with failover region1 -> region2 (Istio's failover task).
-        let rules = [FailoverRule {
-            from: "region1".into(),
-            to: "region2".into(),
-        }];
-        let source = loc("region1/zone1");
+        let source = ids("region1/zone1");
+        let failover_to = Some(ids("region2").region);
         let raw: Vec<u32> = [
             "region1/zone1",
             "region1/zone2",
@@ -637,7 +631,7 @@ mod tests {
             "region3/zone4",
         ]
         .iter()
-        .map(|d| locality_match(&source, &loc(d), &rules).priority())
+        .map(|d| locality_match_ids(source, ids(d), failover_to).priority())
         .collect();
         assert_eq!(raw, vec![0, 2, 3, 4]);
         let mut compacted = raw.clone();
@@ -650,8 +644,8 @@ mod tests {
 
     #[test]
     fn locality_priorities_without_rules() {
-        let source = loc("r/z/s");
-        let p = |d: &str| locality_match(&source, &loc(d), &[]).priority();
+        let source = ids("r/z/s");
+        let p = |d: &str| locality_match_ids(source, ids(d), None).priority();
         assert_eq!(
             [p("r/z/s"), p("r/z/t"), p("r/y/s"), p("q/z/s")],
             [0, 1, 2, 3]

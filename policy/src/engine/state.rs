@@ -519,16 +519,10 @@ pub fn tick(state: &mut EngineState, topology: &Topology, now_ms: u64) -> Vec<Ev
         .retain(|host, _| topology.services.contains_key(host));
     let oldest_kept = bucket_of(now_ms).saturating_sub(buckets_for(MAX_WINDOW.as_millis() as u64));
     // Leases once per cluster, not once per locality.
-    let lease = state.settings.report_lease.as_millis().max(0) as u64;
     let leased_clusters: Vec<bool> = topology
         .clusters
         .keys()
-        .map(|c| {
-            state
-                .clusters
-                .get(c)
-                .is_some_and(|c| now_ms.saturating_sub(c.last_report_ms) <= lease)
-        })
+        .map(|c| state.is_leased(c))
         .collect();
     let mut events = Vec::new();
     for (host, service) in &topology.services {
