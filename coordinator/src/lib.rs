@@ -1,9 +1,9 @@
-//! Fulcrum's control plane.
-//!
-//! Today this crate holds `fulcrumctl`, the command line operators use; the replicated
-//! coordinator daemon (`fulcrum-coordinator`) joins it here.
+//! Fulcrum's control plane: the replicated coordinator (`fulcrum-coordinator`) and
+//! `fulcrumctl`, the command line over it.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod ctl;
+pub mod mesh;
+pub mod raft;

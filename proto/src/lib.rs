@@ -43,6 +43,7 @@ pub mod raft {
     }
 }
 
+pub mod codec;
 pub mod convert;
 
 /// The encoded `FileDescriptorSet` of every Fulcrum service, for gRPC reflection.

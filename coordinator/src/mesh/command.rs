@@ -1,0 +1,147 @@
+//! The commands the Raft log carries, and what applying one answers.
+//!
+//! A command is data only: every object in it was validated before it was proposed, and
+//! the state machine validates it again on apply (the same code), so a log entry can never
+//! put something into the state that `fulcrumctl validate` would refuse.
+
+use fulcrum_policy::engine::DrainTarget;
+use fulcrum_policy::engine::digest::HealthDigest;
+use serde::{Deserialize, Serialize};
+
+/// One log entry's payload: a change, stamped with the leader's clock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Command {
+    /// The proposing leader's wall clock, in milliseconds since the Unix epoch. The state
+    /// machine never lets time go backwards: it uses the larger of this and the time of
+    /// the last entry it applied.
+    pub at_ms: u64,
+    /// What changes.
+    pub change: Change,
+}
+
+/// The identity of a configuration object.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ObjectKey {
+    /// `DestinationRule`, `MeshCluster`, ...
+    pub kind: String,
+    /// Namespace (`default` when the document gave none).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// A configuration object as the log and snapshots keep it: its identity and the whole
+/// object as JSON (the form `fulcrum.common.v1.Resource` carries).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredObject {
+    /// Its identity.
+    pub key: ObjectKey,
+    /// apiVersion, kind, metadata and spec, as JSON.
+    pub json: String,
+}
+
+/// A state change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum Change {
+    /// Create or replace configuration objects, all in one entry.
+    Apply {
+        /// The objects.
+        objects: Vec<StoredObject>,
+    },
+    /// Remove one configuration object.
+    Delete {
+        /// Which.
+        key: ObjectKey,
+    },
+    /// What proxies reported to one coordinator node during one batch interval.
+    Digest {
+        /// The merged reports.
+        digest: HealthDigest,
+    },
+    /// Time passes (the leader proposes one every second), so windows, leases and ramps
+    /// move without traffic.
+    Tick,
+    /// An operator takes a cluster or locality out of service.
+    Drain {
+        /// What.
+        target: DrainTarget,
+        /// One service, or every service.
+        service: Option<String>,
+        /// Why, shown in every explanation.
+        reason: String,
+        /// The admin identity that asked.
+        requested_by: String,
+    },
+    /// An operator puts it back.
+    Undrain {
+        /// What.
+        target: DrainTarget,
+        /// One service, or every drain of the target.
+        service: Option<String>,
+    },
+}
+
+impl Change {
+    /// A short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Change::Apply { .. } => "apply",
+            Change::Delete { .. } => "delete",
+            Change::Digest { .. } => "digest",
+            Change::Tick => "tick",
+            Change::Drain { .. } => "drain",
+            Change::Undrain { .. } => "undrain",
+        }
+    }
+}
+
+/// What happened to one object of an `Apply`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApplyAction {
+    /// It did not exist.
+    Created,
+    /// It existed with different content.
+    Updated,
+    /// It existed with the same content.
+    Unchanged,
+}
+
+/// The state machine's answer to one entry.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum Outcome {
+    /// Nothing to say (ticks, digests, blank and membership entries).
+    #[default]
+    Done,
+    /// Per object of an `Apply`, in order.
+    Applied {
+        /// What happened to each.
+        actions: Vec<(ObjectKey, ApplyAction)>,
+    },
+    /// A `Delete`.
+    Deleted {
+        /// Whether the object was there.
+        existed: bool,
+    },
+    /// A `Drain` took effect.
+    Drained,
+    /// An `Undrain`.
+    Undrained {
+        /// How many drains it removed.
+        removed: usize,
+    },
+    /// The entry was committed but the state machine refused it (a drain without a
+    /// reason, an object that no longer validates). Nothing changed.
+    Refused {
+        /// Why, for the operator.
+        reason: String,
+    },
+}

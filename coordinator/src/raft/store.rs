@@ -1,0 +1,535 @@
+//! The Raft log and the state machine, in one redb file per node.
+//!
+//! redb commits are durable (fsync) and crash-safe (checksummed commit slots), so an entry
+//! is reported appended only once it is on disk. The state machine itself lives in
+//! memory; what makes it durable is the log plus the latest snapshot, both in the file:
+//! on start the node loads the snapshot, and openraft re-applies the committed entries
+//! after it (the committed log id is saved for that).
+//!
+//! Layout: `raft_log` (index -> entry as JSON), `raft_meta` (vote, committed, last purged,
+//! the node's identity), `snapshot` (the latest snapshot's meta and data).
+//!
+//! This module must never decide anything about the mesh: applying an entry is
+//! [`MeshState::apply`]'s job.
+
+// openraft's traits fix the error type (`StorageError`, 224 bytes); the helpers here
+// return it too rather than convert back and forth.
+#![allow(clippy::result_large_err)]
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader,
+    RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::TypeConfig;
+use crate::mesh::{MeshSnapshot, MeshState, Outcome};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+const LAST_PURGED: &str = "last_purged";
+const NODE_ID: &str = "node_id";
+const SNAPSHOT_META: &str = "meta";
+const SNAPSHOT_DATA: &str = "data";
+
+/// redb's page cache; the working set is the log tail and the latest snapshot.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+type NodeId = u64;
+type Error = StorageError<NodeId>;
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// redb refused the file.
+    #[error("cannot open the Raft store {path}: {source}")]
+    Database {
+        /// The file.
+        path: String,
+        /// redb's reason.
+        source: redb::DatabaseError,
+    },
+    /// The file is not usable.
+    #[error("the Raft store {path} is damaged: {reason}")]
+    Damaged {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> Error {
+    StorageIOError::write(&e).into()
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> Error {
+    StorageIOError::read(&e).into()
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(bytes).map_err(read_err)
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(value).map_err(write_err)
+}
+
+/// Opens (or creates) the store file and returns the two halves openraft drives.
+pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|source| OpenError::Database {
+            path: path.display().to_string(),
+            source,
+        })?;
+    let db = Arc::new(db);
+    let damaged = |reason: String| OpenError::Damaged {
+        path: path.display().to_string(),
+        reason,
+    };
+    // Create the tables so readers never meet a missing one.
+    (|| -> Result<(), Error> {
+        let txn = db.begin_write().map_err(write_err)?;
+        txn.open_table(LOG).map_err(write_err)?;
+        txn.open_table(META).map_err(write_err)?;
+        txn.open_table(SNAPSHOT).map_err(write_err)?;
+        txn.commit().map_err(write_err)
+    })()
+    .map_err(|e| damaged(e.to_string()))?;
+    let sm = StateMachineStore::load(db.clone()).map_err(|e| damaged(e.to_string()))?;
+    Ok((LogStore { db }, sm))
+}
+
+fn meta_get<T: for<'de> Deserialize<'de>>(db: &Database, key: &str) -> Result<Option<T>, Error> {
+    let txn = db.begin_read().map_err(read_err)?;
+    let table = txn.open_table(META).map_err(read_err)?;
+    match table.get(key).map_err(read_err)? {
+        Some(v) => decode(v.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn meta_put<T: Serialize>(db: &Database, key: &str, value: &T) -> Result<(), Error> {
+    let bytes = encode(value)?;
+    let mut txn = db.begin_write().map_err(write_err)?;
+    txn.set_quick_repair(true);
+    {
+        let mut table = txn.open_table(META).map_err(write_err)?;
+        table.insert(key, bytes.as_slice()).map_err(write_err)?;
+    }
+    txn.commit().map_err(write_err)
+}
+
+/// The node id recorded in the store, if any.
+pub fn recorded_node_id(log: &LogStore) -> Result<Option<u64>, Error> {
+    meta_get(&log.db, NODE_ID)
+}
+
+/// Records which node owns the store, so a data dir cannot be reused by another node.
+pub fn record_node_id(log: &LogStore, node_id: u64) -> Result<(), Error> {
+    meta_put(&log.db, NODE_ID, &node_id)
+}
+
+/// The Raft log (and vote) on disk.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+impl LogStore {
+    fn read_range(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry<TypeConfig>>, Error> {
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(LOG).map_err(read_err)?;
+        let mut out = Vec::new();
+        for item in table.range(range).map_err(read_err)? {
+            let (_, v) = item.map_err(read_err)?;
+            out.push(decode(v.value())?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, Error> {
+        let start = range.start_bound().cloned();
+        let end = range.end_bound().cloned();
+        self.read_range((start, end))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, Error> {
+        let last_purged: Option<LogId<NodeId>> = meta_get(&self.db, LAST_PURGED)?;
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(LOG).map_err(read_err)?;
+        let last = match table.last().map_err(read_err)? {
+            Some((_, v)) => Some(decode::<Entry<TypeConfig>>(v.value())?.log_id),
+            None => None,
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last.or(last_purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), Error> {
+        meta_put(&self.db, VOTE, vote).map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, Error> {
+        meta_get(&self.db, VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), Error> {
+        meta_put(&self.db, COMMITTED, &committed)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, Error> {
+        Ok(meta_get::<Option<LogId<NodeId>>>(&self.db, COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), Error>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let encoded: Vec<(u64, Vec<u8>)> = entries
+            .into_iter()
+            .map(|e| Ok((e.log_id.index, encode(&e)?)))
+            .collect::<Result<_, Error>>()?;
+        let db = self.db.clone();
+        // The commit fsyncs; keep it off the async workers.
+        let written = tokio::task::spawn_blocking(move || -> Result<(), Error> {
+            let mut txn = db.begin_write().map_err(write_err)?;
+            txn.set_quick_repair(true);
+            {
+                let mut table = txn.open_table(LOG).map_err(write_err)?;
+                for (index, bytes) in &encoded {
+                    table.insert(*index, bytes.as_slice()).map_err(write_err)?;
+                }
+            }
+            txn.commit().map_err(write_err)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_logs(AnyError::error(e)).into())
+        .and_then(|r| r);
+        match written {
+            Ok(()) => {
+                // Durable now: only at this point may openraft count the entries.
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(e)
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), Error> {
+        let mut txn = self.db.begin_write().map_err(write_err)?;
+        txn.set_quick_repair(true);
+        {
+            let mut table = txn.open_table(LOG).map_err(write_err)?;
+            table
+                .retain_in(log_id.index.., |_, _| false)
+                .map_err(write_err)?;
+        }
+        txn.commit().map_err(write_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), Error> {
+        let bytes = encode(&Some(log_id))?;
+        let mut txn = self.db.begin_write().map_err(write_err)?;
+        txn.set_quick_repair(true);
+        {
+            // Record the purge point first, in the same transaction.
+            let mut meta = txn.open_table(META).map_err(write_err)?;
+            meta.insert(LAST_PURGED, bytes.as_slice())
+                .map_err(write_err)?;
+            let mut table = txn.open_table(LOG).map_err(write_err)?;
+            table
+                .retain_in(..=log_id.index, |_, _| false)
+                .map_err(write_err)?;
+        }
+        txn.commit().map_err(write_err)
+    }
+}
+
+/// What the state machine holds: the mesh, and Raft's bookkeeping about it.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// The replicated state.
+    pub mesh: MeshState,
+    /// The last entry applied.
+    pub last_applied: Option<LogId<NodeId>>,
+    /// The membership as of the last membership entry applied.
+    pub membership: StoredMembership<NodeId, BasicNode>,
+}
+
+/// A snapshot's payload.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    mesh: MeshSnapshot,
+}
+
+/// The state machine, shared between openraft (which applies) and the node's readers.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    db: Arc<Database>,
+    applied: Arc<RwLock<Applied>>,
+    /// The mesh version after each apply, for subscribers.
+    version: Arc<watch::Sender<u64>>,
+}
+
+impl StateMachineStore {
+    fn load(db: Arc<Database>) -> Result<StateMachineStore, Error> {
+        let mut applied = Applied::default();
+        if let Some(snapshot) = read_snapshot(&db)? {
+            let body: SnapshotBody = decode(snapshot.snapshot.get_ref())?;
+            applied.mesh = MeshState::restore(body.mesh)
+                .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e)))?;
+            applied.last_applied = snapshot.meta.last_log_id;
+            applied.membership = snapshot.meta.last_membership.clone();
+        }
+        let (version, _) = watch::channel(applied.mesh.mesh_version());
+        Ok(StateMachineStore {
+            db,
+            applied: Arc::new(RwLock::new(applied)),
+            version: Arc::new(version),
+        })
+    }
+
+    /// A read-only view of the applied state.
+    pub fn reader(&self) -> StateReader {
+        StateReader {
+            applied: self.applied.clone(),
+            version: self.version.subscribe(),
+        }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Applied> {
+        // A panic while holding the lock cannot leave the state half-applied in a way a
+        // reader could observe differently from a restart, so poisoning is ignored.
+        self.applied.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Read access to the applied state: the status API and the push streams use it.
+#[derive(Clone)]
+pub struct StateReader {
+    applied: Arc<RwLock<Applied>>,
+    version: watch::Receiver<u64>,
+}
+
+impl StateReader {
+    /// Runs `f` on the applied state.
+    pub fn read<T>(&self, f: impl FnOnce(&Applied) -> T) -> T {
+        let guard = self.applied.read().unwrap_or_else(|p| p.into_inner());
+        f(&guard)
+    }
+
+    /// Changes of the mesh version (anything a proxy is sent).
+    pub fn versions(&self) -> watch::Receiver<u64> {
+        self.version.clone()
+    }
+}
+
+fn read_snapshot(db: &Database) -> Result<Option<Snapshot<TypeConfig>>, Error> {
+    let txn = db.begin_read().map_err(read_err)?;
+    let table = txn.open_table(SNAPSHOT).map_err(read_err)?;
+    let meta = table.get(SNAPSHOT_META).map_err(read_err)?;
+    let data = table.get(SNAPSHOT_DATA).map_err(read_err)?;
+    match (meta, data) {
+        (Some(meta), Some(data)) => Ok(Some(Snapshot {
+            meta: decode(meta.value())?,
+            snapshot: Box::new(Cursor::new(data.value().to_vec())),
+        })),
+        _ => Ok(None),
+    }
+}
+
+fn write_snapshot(
+    db: &Database,
+    meta: &SnapshotMeta<NodeId, BasicNode>,
+    data: &[u8],
+) -> Result<(), Error> {
+    let meta_bytes = encode(meta)?;
+    let mut txn = db.begin_write().map_err(write_err)?;
+    txn.set_quick_repair(true);
+    {
+        let mut table = txn.open_table(SNAPSHOT).map_err(write_err)?;
+        table
+            .insert(SNAPSHOT_META, meta_bytes.as_slice())
+            .map_err(write_err)?;
+        table.insert(SNAPSHOT_DATA, data).map_err(write_err)?;
+    }
+    txn.commit().map_err(write_err)
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, Error> {
+        let (body, last_applied, membership) = {
+            let applied = self.applied.read().unwrap_or_else(|p| p.into_inner());
+            (
+                SnapshotBody {
+                    mesh: applied.mesh.snapshot(),
+                },
+                applied.last_applied,
+                applied.membership.clone(),
+            )
+        };
+        let data = encode(&body)?;
+        let snapshot_id = match last_applied {
+            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, data.len()),
+            None => format!("empty-{}", data.len()),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        let db = self.db.clone();
+        let (meta, data) = tokio::task::spawn_blocking(move || {
+            write_snapshot(&db, &meta, &data).map(|()| (meta, data))
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(None, AnyError::error(e)))??;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = StateMachineStore;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), Error> {
+        let applied = self.applied.read().unwrap_or_else(|p| p.into_inner());
+        Ok((applied.last_applied, applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, Error>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut outcomes = Vec::new();
+        let version = {
+            let mut applied = self.write();
+            for entry in entries {
+                applied.last_applied = Some(entry.log_id);
+                let outcome = match entry.payload {
+                    EntryPayload::Blank => Outcome::Done,
+                    EntryPayload::Normal(command) => {
+                        applied.mesh.apply(entry.log_id.index, &command)
+                    }
+                    EntryPayload::Membership(membership) => {
+                        applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                        Outcome::Done
+                    }
+                };
+                outcomes.push(outcome);
+            }
+            applied.mesh.mesh_version()
+        };
+        self.version.send_if_modified(|v| {
+            let changed = *v != version;
+            *v = version;
+            changed
+        });
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, Error> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), Error> {
+        let data = snapshot.into_inner();
+        let body: SnapshotBody = serde_json::from_slice(&data).map_err(|e| {
+            StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(&e))
+        })?;
+        let mesh = MeshState::restore(body.mesh).map_err(|e| {
+            StorageIOError::read_snapshot(Some(meta.signature()), AnyError::error(e))
+        })?;
+        let db = self.db.clone();
+        let stored_meta = meta.clone();
+        tokio::task::spawn_blocking(move || write_snapshot(&db, &stored_meta, &data))
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, AnyError::error(e)))??;
+        let version = {
+            let mut applied = self.write();
+            applied.mesh = mesh;
+            applied.last_applied = meta.last_log_id;
+            applied.membership = meta.last_membership.clone();
+            applied.mesh.mesh_version()
+        };
+        self.version.send_replace(version);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, Error> {
+        read_snapshot(&self.db)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::testing::{StoreBuilder, Suite};
+
+    struct TempStore;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for TempStore {
+        async fn build(
+            &self,
+        ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<NodeId>>
+        {
+            let dir = tempfile::tempdir().map_err(read_err)?;
+            let (log, sm) = open(&dir.path().join("raft.redb"))
+                .map_err(|e| StorageIOError::read(AnyError::error(e)))?;
+            Ok((dir, log, sm))
+        }
+    }
+
+    #[test]
+    fn passes_openraft_storage_conformance_suite() -> Result<(), StorageError<NodeId>> {
+        Suite::test_all(TempStore)
+    }
+}
