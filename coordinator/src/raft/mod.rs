@@ -6,10 +6,10 @@
 //! - [`network`]: the client side (openraft's `RaftNetwork` over tonic + mTLS);
 //! - [`service`]: the server side, coordinators only.
 
-// pub mod network;
-// pub mod service;
+pub mod network;
+pub mod service;
 pub mod store;
-// pub mod wire;
+pub mod wire;
 
 use std::io::Cursor;
 use std::time::Duration;
@@ -42,6 +42,9 @@ pub const DEFAULT_ELECTION_MIN: Duration = Duration::from_millis(150);
 pub const DEFAULT_ELECTION_MAX: Duration = Duration::from_millis(300);
 /// Entries between snapshots by default; older entries are then purged from the log.
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
+/// Entries kept behind the latest snapshot by default, so a briefly lagging follower
+/// catches up from the log rather than from a whole snapshot.
+pub const DEFAULT_KEEP_AFTER_SNAPSHOT: u64 = 1_000;
 
 /// Timing and compaction of the Raft group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +58,8 @@ pub struct RaftSettings {
     pub election_max: Duration,
     /// Build a snapshot (and purge the log behind it) every this many entries.
     pub snapshot_every: u64,
+    /// Entries kept in the log behind the latest snapshot.
+    pub keep_after_snapshot: u64,
 }
 
 impl Default for RaftSettings {
@@ -64,6 +69,7 @@ impl Default for RaftSettings {
             election_min: DEFAULT_ELECTION_MIN,
             election_max: DEFAULT_ELECTION_MAX,
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+            keep_after_snapshot: DEFAULT_KEEP_AFTER_SNAPSHOT,
         }
     }
 }
@@ -78,9 +84,7 @@ impl RaftSettings {
             election_timeout_min: ms(self.election_min),
             election_timeout_max: ms(self.election_max),
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
-            // Keep some log behind the snapshot so a briefly lagging follower catches up
-            // from the log rather than from a whole snapshot.
-            max_in_snapshot_log_to_keep: 1_000,
+            max_in_snapshot_log_to_keep: self.keep_after_snapshot,
             ..openraft::Config::default()
         }
         .validate()

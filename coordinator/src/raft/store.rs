@@ -20,6 +20,7 @@ use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::RangeBounds;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
@@ -97,7 +98,10 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
             path: path.display().to_string(),
             source,
         })?;
-    let db = Arc::new(db);
+    let db = Arc::new(StoreFile {
+        db: Some(db),
+        closed: Arc::new(AtomicBool::new(false)),
+    });
     let damaged = |reason: String| OpenError::Damaged {
         path: path.display().to_string(),
         reason,
@@ -135,6 +139,49 @@ fn meta_put<T: Serialize>(db: &Database, key: &str, value: &T) -> Result<(), Err
     txn.commit().map_err(write_err)
 }
 
+impl LogStore {
+    /// A handle that tells when the file has been closed.
+    pub fn closed_watch(&self) -> StoreClosed {
+        StoreClosed(self.db.closed.clone())
+    }
+}
+
+/// Whether the store file has been closed: every handle dropped and redb done closing
+/// (which flushes, so it ends a little after the last handle goes).
+#[derive(Clone)]
+pub struct StoreClosed(Arc<AtomicBool>);
+
+impl StoreClosed {
+    /// True once the file is closed and can be opened again.
+    pub fn is_closed(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// The redb database, with a flag raised once it is completely closed.
+struct StoreFile {
+    db: Option<Database>,
+    closed: Arc<AtomicBool>,
+}
+
+impl std::ops::Deref for StoreFile {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        // Only `drop` takes the database out.
+        self.db
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("the store is used after drop"))
+    }
+}
+
+impl Drop for StoreFile {
+    fn drop(&mut self) {
+        drop(self.db.take());
+        self.closed.store(true, Ordering::Release);
+    }
+}
+
 /// The node id recorded in the store, if any.
 pub fn recorded_node_id(log: &LogStore) -> Result<Option<u64>, Error> {
     meta_get(&log.db, NODE_ID)
@@ -148,7 +195,7 @@ pub fn record_node_id(log: &LogStore, node_id: u64) -> Result<(), Error> {
 /// The Raft log (and vote) on disk.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
+    db: Arc<StoreFile>,
 }
 
 impl LogStore {
@@ -300,14 +347,14 @@ struct SnapshotBody {
 /// The state machine, shared between openraft (which applies) and the node's readers.
 #[derive(Clone)]
 pub struct StateMachineStore {
-    db: Arc<Database>,
+    db: Arc<StoreFile>,
     applied: Arc<RwLock<Applied>>,
     /// The mesh version after each apply, for subscribers.
     version: Arc<watch::Sender<u64>>,
 }
 
 impl StateMachineStore {
-    fn load(db: Arc<Database>) -> Result<StateMachineStore, Error> {
+    fn load(db: Arc<StoreFile>) -> Result<StateMachineStore, Error> {
         let mut applied = Applied::default();
         if let Some(snapshot) = read_snapshot(&db)? {
             let body: SnapshotBody = decode(snapshot.snapshot.get_ref())?;

@@ -1,0 +1,228 @@
+//! Prometheus metrics of one coordinator node, and the plain-HTTP listener that serves
+//! them at `/metrics`.
+//!
+//! The metrics listener is the one port without mTLS (Prometheus scrapers rarely hold a
+//! mesh identity); it serves nothing but these numbers and binds to loopback unless told
+//! otherwise.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Every metric a node exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Current Raft term.
+    pub term: Gauge,
+    /// Times the known leader changed.
+    pub leader_changes: Counter,
+    /// 1 when this node leads.
+    pub is_leader: Gauge,
+    /// Highest log index known committed.
+    pub commit_index: Gauge,
+    /// Highest log index applied here.
+    pub applied_index: Gauge,
+    /// Committed minus applied.
+    pub apply_lag: Gauge,
+    /// Reports folded into each digest this node proposed.
+    pub digest_batch_reports: Histogram,
+    /// Reports accepted from proxies.
+    pub reports_accepted: Counter,
+    /// Reports merged into a pending one from the same proxy because the node was behind.
+    pub reports_coalesced: Counter,
+    /// Reports refused or dropped (bad content, wrong cluster, queue full).
+    pub reports_dropped: Counter,
+    /// Digest proposals that failed (no leader, leader unreachable).
+    pub digest_failures: Counter,
+    /// Proxies subscribed to this node.
+    pub connected_proxies: Gauge,
+    /// Seconds from a version's commit (leader time) to its send to a proxy.
+    pub push_latency: Histogram,
+    /// Snapshots sent to proxies.
+    pub pushes: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh set, registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("fulcrum_coordinator");
+        let m = Metrics {
+            term: Gauge::default(),
+            leader_changes: Counter::default(),
+            is_leader: Gauge::default(),
+            commit_index: Gauge::default(),
+            applied_index: Gauge::default(),
+            apply_lag: Gauge::default(),
+            digest_batch_reports: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            reports_accepted: Counter::default(),
+            reports_coalesced: Counter::default(),
+            reports_dropped: Counter::default(),
+            digest_failures: Counter::default(),
+            connected_proxies: Gauge::default(),
+            push_latency: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
+            pushes: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("raft_term", "Current Raft term", m.term.clone());
+        registry.register(
+            "raft_leader_changes",
+            "Times the known leader changed",
+            m.leader_changes.clone(),
+        );
+        registry.register(
+            "raft_is_leader",
+            "1 when this node leads",
+            m.is_leader.clone(),
+        );
+        registry.register(
+            "raft_commit_index",
+            "Highest log index known committed",
+            m.commit_index.clone(),
+        );
+        registry.register(
+            "raft_applied_index",
+            "Highest log index applied here",
+            m.applied_index.clone(),
+        );
+        registry.register(
+            "raft_apply_lag",
+            "Committed entries not yet applied here",
+            m.apply_lag.clone(),
+        );
+        registry.register(
+            "digest_batch_reports",
+            "Proxy reports folded into each digest this node proposed",
+            m.digest_batch_reports.clone(),
+        );
+        registry.register(
+            "reports_accepted",
+            "Proxy reports accepted",
+            m.reports_accepted.clone(),
+        );
+        registry.register(
+            "reports_coalesced",
+            "Proxy reports merged into a pending report of the same proxy while the node was behind",
+            m.reports_coalesced.clone(),
+        );
+        registry.register(
+            "reports_dropped",
+            "Proxy reports refused or dropped",
+            m.reports_dropped.clone(),
+        );
+        registry.register(
+            "digest_failures",
+            "Digest proposals that failed",
+            m.digest_failures.clone(),
+        );
+        registry.register(
+            "connected_proxies",
+            "Proxies subscribed to this node",
+            m.connected_proxies.clone(),
+        );
+        registry.register(
+            "push_latency_seconds",
+            "From a version's commit to its send to a proxy",
+            m.push_latency.clone(),
+        );
+        registry.register("pushes", "Snapshots sent to proxies", m.pushes.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Follows Raft's own metrics into the gauges, until the sender goes away.
+    pub async fn follow_raft(
+        self: Arc<Self>,
+        mut raft: watch::Receiver<openraft::RaftMetrics<u64, openraft::BasicNode>>,
+    ) {
+        let mut leader = None;
+        loop {
+            {
+                let m = raft.borrow_and_update();
+                let committed = m.last_log_index.unwrap_or(0);
+                let applied = m.last_applied.map_or(0, |l| l.index);
+                self.term.set(m.current_term as i64);
+                self.commit_index.set(committed as i64);
+                self.applied_index.set(applied as i64);
+                self.apply_lag.set(committed.saturating_sub(applied) as i64);
+                self.is_leader
+                    .set(i64::from(m.current_leader == Some(m.id)));
+                if m.current_leader != leader {
+                    if leader.is_some() {
+                        self.leader_changes.inc();
+                    }
+                    leader = m.current_leader;
+                }
+            }
+            if raft.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Serves `/metrics` on `listener` until `shutdown` flips.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                let metrics = metrics.clone();
+                async move {
+                    if request.uri().path() == "/metrics" {
+                        Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4")
+                            .body(Full::new(Bytes::from(metrics.render())))
+                    } else {
+                        Response::builder()
+                            .status(StatusCode::NOT_FOUND)
+                            .body(Full::new(Bytes::from_static(
+                                b"only /metrics is served here\n",
+                            )))
+                    }
+                }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Binds the metrics listener.
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).await
+}

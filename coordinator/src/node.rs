@@ -1,0 +1,252 @@
+//! One coordinator node's core: proposing changes (on the leader, or forwarded to it) and
+//! linearizable reads. Every API handler goes through here, so forwarding and error codes
+//! are decided once.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::watch;
+use tonic::Status;
+use tonic::metadata::MetadataValue;
+
+use crate::mesh::{Change, Command, Outcome};
+use crate::metrics::Metrics;
+use crate::raft::network;
+use crate::raft::store::StateReader;
+use crate::raft::{Raft, RaftSettings};
+use crate::security::Authorizer;
+use crate::transport::Dialer;
+
+/// Metadata key carrying the leader's node id on a forward-to-leader error.
+pub const LEADER_ID_HEADER: &str = "fulcrum-leader-id";
+/// Metadata key carrying the leader's address on a forward-to-leader error.
+pub const LEADER_ADDRESS_HEADER: &str = "fulcrum-leader-address";
+
+/// A committed and applied proposal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proposed {
+    /// The log index it was committed at.
+    pub index: u64,
+    /// What the state machine answered.
+    pub outcome: Outcome,
+}
+
+/// A running node's shared core.
+pub struct Node {
+    /// This node's id.
+    pub id: u64,
+    /// The address other nodes and clients reach it on.
+    pub advertise: String,
+    /// The Raft instance.
+    pub raft: Raft,
+    /// The applied state.
+    pub state: StateReader,
+    /// Dials other nodes.
+    pub dialer: Dialer,
+    /// Who may do what.
+    pub authz: Authorizer,
+    /// Counters and gauges.
+    pub metrics: Arc<Metrics>,
+    /// Timing of the group, for waits.
+    pub settings: RaftSettings,
+}
+
+/// Milliseconds since the Unix epoch by the local clock.
+pub fn wall_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `Unavailable`, with the leader's id and address in metadata when known, so a client
+/// can retry there.
+pub fn forward_to_leader(leader: Option<(u64, String)>, why: &str) -> Status {
+    let mut status = Status::unavailable(match &leader {
+        Some((id, address)) => format!("{why}; the leader is node {id} at {address}"),
+        None => format!("{why}; no leader is known yet, retry shortly"),
+    });
+    if let Some((id, address)) = leader {
+        if let Ok(v) = MetadataValue::try_from(id.to_string()) {
+            status.metadata_mut().insert(LEADER_ID_HEADER, v);
+        }
+        if let Ok(v) = MetadataValue::try_from(address) {
+            status.metadata_mut().insert(LEADER_ADDRESS_HEADER, v);
+        }
+    }
+    status
+}
+
+impl Node {
+    /// The time to stamp on a new entry: the local clock, but never before the last
+    /// applied entry, so a new leader with a slow clock does not move time backwards.
+    pub fn entry_time_ms(&self) -> u64 {
+        let applied = self.state.read(|a| a.mesh.now_ms());
+        wall_clock_ms().max(applied)
+    }
+
+    /// The leader this node knows of, with its address.
+    pub fn leader(&self) -> Option<(u64, String)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let id = metrics.current_leader?;
+        let address = metrics
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+            .unwrap_or_default();
+        Some((id, address))
+    }
+
+    /// True when this node leads.
+    pub fn is_leader(&self) -> bool {
+        self.leader().is_some_and(|(id, _)| id == self.id)
+    }
+
+    /// Waits (up to a few election timeouts) until some node leads.
+    async fn await_leader(&self) -> Option<(u64, String)> {
+        let mut metrics = self.raft.metrics();
+        let patience = self.settings.election_max * 10;
+        let _ = tokio::time::timeout(patience, async {
+            loop {
+                if metrics.borrow_and_update().current_leader.is_some() {
+                    return;
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        self.leader()
+    }
+
+    /// Commits `change`: here when this node leads, otherwise forwarded to the leader.
+    pub async fn propose(&self, change: Change) -> Result<Proposed, Status> {
+        self.propose_inner(change, true).await
+    }
+
+    /// Commits `change` only if this node leads (the receiving end of a forward).
+    pub async fn propose_here(&self, change: Change) -> Result<Proposed, Status> {
+        self.propose_inner(change, false).await
+    }
+
+    async fn propose_inner(&self, change: Change, may_forward: bool) -> Result<Proposed, Status> {
+        for _ in 0..3 {
+            let command = Command {
+                at_ms: self.entry_time_ms(),
+                change: change.clone(),
+            };
+            match self.raft.client_write(command).await {
+                Ok(response) => {
+                    return Ok(Proposed {
+                        index: response.log_id.index,
+                        outcome: response.data,
+                    });
+                }
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    let leader = match (f.leader_id, f.leader_node) {
+                        (Some(id), Some(node)) => Some((id, node.addr)),
+                        _ => self.await_leader().await,
+                    };
+                    match leader {
+                        Some((id, _)) if id == self.id => continue,
+                        Some((id, address)) if may_forward => {
+                            return self.forward(&change, id, &address).await;
+                        }
+                        other => {
+                            return Err(forward_to_leader(other, "this node does not lead"));
+                        }
+                    }
+                }
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                    return Err(Status::failed_precondition(e.to_string()));
+                }
+                Err(RaftError::Fatal(e)) => {
+                    return Err(Status::unavailable(format!(
+                        "Raft on this node stopped: {e}"
+                    )));
+                }
+            }
+        }
+        Err(forward_to_leader(self.leader(), "leadership kept changing"))
+    }
+
+    async fn forward(
+        &self,
+        change: &Change,
+        leader: u64,
+        address: &str,
+    ) -> Result<Proposed, Status> {
+        let mut client = network::client(&self.dialer, address)?;
+        let bytes = serde_json::to_vec(change)
+            .map_err(|e| Status::internal(format!("cannot encode the command: {e}")))?;
+        let response = client
+            .propose(network::propose_request(bytes))
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::Unavailable if s.metadata().get(LEADER_ID_HEADER).is_none() => {
+                    forward_to_leader(
+                        Some((leader, address.to_string())),
+                        &format!("the leader did not answer: {}", s.message()),
+                    )
+                }
+                _ => s,
+            })?
+            .into_inner();
+        let outcome = serde_json::from_slice(&response.result)
+            .map_err(|e| Status::internal(format!("the leader's answer does not decode: {e}")))?;
+        Ok(Proposed {
+            index: response.index,
+            outcome,
+        })
+    }
+
+    /// The index at which a read is linearizable, asked of the leader.
+    pub async fn read_index(&self) -> Result<u64, Status> {
+        if self.is_leader() {
+            return self.read_index_here().await;
+        }
+        let Some((_, address)) = self.await_leader().await else {
+            return Err(forward_to_leader(None, "a consistent read needs a leader"));
+        };
+        let mut client = network::client(&self.dialer, &address)?;
+        let response = client
+            .read_index(fulcrum_proto::raft::v1::ReadIndexRequest {})
+            .await?;
+        Ok(response.into_inner().index)
+    }
+
+    /// The read index, when this node leads (confirmed with a heartbeat quorum).
+    pub async fn read_index_here(&self) -> Result<u64, Status> {
+        match self.raft.ensure_linearizable().await {
+            Ok(log_id) => Ok(log_id.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(e)) => Err(forward_to_leader(self.leader(), &e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(Status::unavailable(format!(
+                "Raft on this node stopped: {e}"
+            ))),
+        }
+    }
+
+    /// Waits until this node has applied `index` (for a linearizable read here).
+    pub async fn await_applied(&self, index: u64) -> Result<(), Status> {
+        self.raft
+            .wait(Some(Duration::from_secs(5)))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map(|_| ())
+            .map_err(|e| Status::unavailable(format!("this node is behind the leader: {e}")))
+    }
+
+    /// A linearizable read point: asks the leader, then waits to apply it here.
+    pub async fn consistent(&self) -> Result<(), Status> {
+        let index = self.read_index().await?;
+        self.await_applied(index).await
+    }
+
+    /// Changes of this node's Raft metrics.
+    pub fn raft_metrics(&self) -> watch::Receiver<openraft::RaftMetrics<u64, openraft::BasicNode>> {
+        self.raft.metrics()
+    }
+}
