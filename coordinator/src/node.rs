@@ -23,6 +23,9 @@ pub const LEADER_ID_HEADER: &str = "fulcrum-leader-id";
 /// Metadata key carrying the leader's address on a forward-to-leader error.
 pub const LEADER_ADDRESS_HEADER: &str = "fulcrum-leader-address";
 
+/// How many longest election timeouts a write waits for a new leader during a failover.
+const FAILOVER_PATIENCE: u32 = 20;
+
 /// A committed and applied proposal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Proposed {
@@ -133,12 +136,16 @@ impl Node {
     }
 
     async fn propose_inner(&self, change: Change, may_forward: bool) -> Result<Proposed, Status> {
-        for _ in 0..3 {
+        // During a failover the known leader may be gone: wait for the next one and
+        // retry, so a client never has to know who leads.
+        let deadline = tokio::time::Instant::now() + self.settings.election_max * FAILOVER_PATIENCE;
+        let mut last_error = None;
+        while tokio::time::Instant::now() < deadline {
             let command = Command {
                 at_ms: self.entry_time_ms(),
                 change: change.clone(),
             };
-            match self.raft.client_write(command).await {
+            let leader = match self.raft.client_write(command).await {
                 Ok(response) => {
                     return Ok(Proposed {
                         index: response.log_id.index,
@@ -146,18 +153,9 @@ impl Node {
                     });
                 }
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    let leader = match (f.leader_id, f.leader_node) {
+                    match (f.leader_id, f.leader_node) {
                         (Some(id), Some(node)) => Some((id, node.addr)),
                         _ => self.await_leader().await,
-                    };
-                    match leader {
-                        Some((id, _)) if id == self.id => continue,
-                        Some((id, address)) if may_forward => {
-                            return self.forward(&change, id, &address).await;
-                        }
-                        other => {
-                            return Err(forward_to_leader(other, "this node does not lead"));
-                        }
                     }
                 }
                 Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
@@ -168,9 +166,42 @@ impl Node {
                         "Raft on this node stopped: {e}"
                     )));
                 }
+            };
+            match leader {
+                Some((id, _)) if id == self.id => continue,
+                Some((id, address)) if may_forward => {
+                    match self.forward(&change, id, &address).await {
+                        Err(status) if status.code() == tonic::Code::Unavailable => {
+                            // The leader is unreachable: wait until another is elected.
+                            self.await_leader_other_than(id).await;
+                            last_error = Some(status);
+                        }
+                        done => return done,
+                    }
+                }
+                other => return Err(forward_to_leader(other, "this node does not lead")),
             }
         }
-        Err(forward_to_leader(self.leader(), "leadership kept changing"))
+        Err(last_error
+            .unwrap_or_else(|| forward_to_leader(self.leader(), "no leader could take the write")))
+    }
+
+    /// Waits (up to a few election timeouts) until a leader other than `old` is known.
+    async fn await_leader_other_than(&self, old: u64) {
+        let mut metrics = self.raft.metrics();
+        let patience = self.settings.election_max * 4;
+        let _ = tokio::time::timeout(patience, async {
+            loop {
+                let current = metrics.borrow_and_update().current_leader;
+                if current.is_some_and(|l| l != old) {
+                    return;
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
     }
 
     async fn forward(

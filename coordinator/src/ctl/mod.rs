@@ -3,6 +3,8 @@
 //! Commands write to the writers they are given and return an [`Outcome`], so tests run
 //! them in-process and check both what they print and how they exit.
 
+mod certs;
+mod remote;
 mod simulate;
 mod validate;
 
@@ -10,6 +12,8 @@ use std::io::Write;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+pub use certs::CertsCommand;
+pub use remote::{ConnectArgs, MembersCommand, RemoteCommand};
 pub use simulate::SimulateArgs;
 pub use validate::ValidateArgs;
 
@@ -75,6 +79,12 @@ pub enum Command {
     /// 1 when any fails (printing expected and actual), 2 when the configuration or the
     /// scenario cannot be used.
     Simulate(SimulateArgs),
+    /// Development certificates for a local mesh.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    Remote(RemoteCommand),
 }
 
 /// Runs a parsed command line.
@@ -82,5 +92,7 @@ pub fn run(cli: Cli, stdout: &mut dyn Write, stderr: &mut dyn Write) -> Outcome 
     match cli.command {
         Command::Validate(args) => validate::run(&args, stdout, stderr),
         Command::Simulate(args) => simulate::run(&args, stdout, stderr),
+        Command::Certs(command) => certs::run(&command, stdout, stderr),
+        Command::Remote(command) => remote::run(&command, stdout, stderr),
     }
 }
