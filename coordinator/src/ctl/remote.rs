@@ -89,7 +89,11 @@ impl ConnectArgs {
 #[derive(Debug, Clone, Subcommand)]
 pub enum MembersCommand {
     /// The Raft group: members, leader, replication.
-    List,
+    List {
+        /// Where and as whom.
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
     /// Add a node (it must be running, started without --init).
     Add {
         /// Its node id.
@@ -99,11 +103,17 @@ pub enum MembersCommand {
         /// Add as a learner only (it replicates but does not vote).
         #[arg(long)]
         learner: bool,
+        /// Where and as whom.
+        #[command(flatten)]
+        connect: ConnectArgs,
     },
     /// Remove a node.
     Remove {
         /// Its node id.
         node_id: u64,
+        /// Where and as whom.
+        #[command(flatten)]
+        connect: ConnectArgs,
     },
 }
 
@@ -219,14 +229,8 @@ pub enum RemoteCommand {
         connect: ConnectArgs,
     },
     /// The Raft group's membership.
-    Members {
-        /// What to do.
-        #[command(subcommand)]
-        action: MembersCommand,
-        /// Where and as whom.
-        #[command(flatten)]
-        connect: ConnectArgs,
-    },
+    #[command(subcommand)]
+    Members(MembersCommand),
 }
 
 impl RemoteCommand {
@@ -242,7 +246,11 @@ impl RemoteCommand {
             | RemoteCommand::Delete { connect, .. }
             | RemoteCommand::Drain { connect, .. }
             | RemoteCommand::Undrain { connect, .. }
-            | RemoteCommand::Members { connect, .. } => connect,
+            | RemoteCommand::Members(
+                MembersCommand::List { connect }
+                | MembersCommand::Add { connect, .. }
+                | MembersCommand::Remove { connect, .. },
+            ) => connect,
         }
     }
 }
@@ -844,9 +852,9 @@ async fn dispatch(
                 );
             }
         }
-        RemoteCommand::Members { action, .. } => {
+        RemoteCommand::Members(action) => {
             let response = match action {
-                MembersCommand::List => {
+                MembersCommand::List { .. } => {
                     let raft = status
                         .get_raft(connect.request(pb::GetRaftRequest {}))
                         .await?
@@ -860,6 +868,7 @@ async fn dispatch(
                     node_id,
                     address,
                     learner,
+                    ..
                 } => {
                     let message = pb::AddMemberRequest {
                         node_id: *node_id,
@@ -873,7 +882,7 @@ async fn dispatch(
                     })
                     .await?
                 }
-                MembersCommand::Remove { node_id } => {
+                MembersCommand::Remove { node_id, .. } => {
                     let message = pb::RemoveMemberRequest { node_id: *node_id };
                     let first = admin.remove_member(connect.request(message)).await;
                     at_leader(first, connect, |mut c| async move {
