@@ -231,6 +231,7 @@ impl Coordinator {
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
         let metrics = Arc::new(Metrics::new());
+        let writer = crate::node::Writer::start(raft.clone(), reader.clone());
         let node = Arc::new(Node {
             id: config.node_id,
             advertise: advertise.clone(),
@@ -240,6 +241,7 @@ impl Coordinator {
             authz,
             metrics: metrics.clone(),
             settings: config.raft,
+            writer,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tonic::Status;
 use tonic::metadata::MetadataValue;
 
@@ -53,6 +53,119 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     /// Timing of the group, for waits.
     pub settings: RaftSettings,
+    /// Batches concurrent proposals into one entry.
+    pub writer: Writer,
+}
+
+/// Most changes one batched entry carries.
+pub const MAX_BATCH: usize = 1_024;
+/// Batched entries proposed at once; more wait (and so grow the next batch).
+pub const MAX_WRITES_IN_FLIGHT: usize = 4;
+
+/// Why a local write did not commit.
+#[derive(Debug, Clone)]
+enum WriteError {
+    /// This node does not lead; the leader if known.
+    Forward(Option<(u64, String)>),
+    /// A membership change is in progress or was refused.
+    Membership(String),
+    /// Raft stopped.
+    Fatal(String),
+}
+
+struct PendingWrite {
+    change: Change,
+    reply: oneshot::Sender<Result<Proposed, WriteError>>,
+}
+
+/// Hands proposals to Raft in batches: every change that arrives while earlier entries
+/// are being appended goes into the next entry, so one append (and one fsync on each
+/// node) carries many.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<PendingWrite>,
+}
+
+impl Writer {
+    /// Starts the batching task for `raft`; it ends when every `Writer` is dropped.
+    pub fn start(raft: Raft, state: StateReader) -> Writer {
+        let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
+        tokio::spawn(run_writer(raft, state, rx));
+        Writer { tx }
+    }
+
+    async fn write(&self, change: Change) -> Result<Proposed, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(PendingWrite { change, reply })
+            .await
+            .map_err(|_| WriteError::Fatal("the node is shutting down".into()))?;
+        answer
+            .await
+            .map_err(|_| WriteError::Fatal("the node is shutting down".into()))?
+    }
+}
+
+fn take_more(rx: &mut mpsc::Receiver<PendingWrite>, batch: &mut Vec<PendingWrite>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(p) => batch.push(p),
+            Err(_) => return,
+        }
+    }
+}
+
+async fn run_writer(raft: Raft, state: StateReader, mut rx: mpsc::Receiver<PendingWrite>) {
+    let in_flight = Arc::new(Semaphore::new(MAX_WRITES_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        take_more(&mut rx, &mut batch);
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        // Whatever arrived while waiting for a slot joins this entry.
+        take_more(&mut rx, &mut batch);
+        let raft = raft.clone();
+        let at_ms = wall_clock_ms().max(state.read(|a| a.mesh.now_ms()));
+        tokio::spawn(async move {
+            let _permit = permit;
+            let (changes, replies): (Vec<Change>, Vec<_>) =
+                batch.into_iter().map(|p| (p.change, p.reply)).unzip();
+            let single = changes.len() == 1;
+            let change = if single {
+                changes.into_iter().next().unwrap_or(Change::Tick)
+            } else {
+                Change::Batch { changes }
+            };
+            let result = raft.client_write(Command::new(at_ms, change)).await;
+            match result {
+                Ok(response) => {
+                    let index = response.log_id.index;
+                    let outcomes = match response.data {
+                        Outcome::Batch { outcomes } if !single => outcomes,
+                        other => vec![other],
+                    };
+                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                        let _ = reply.send(Ok(Proposed { index, outcome }));
+                    }
+                }
+                Err(e) => {
+                    let error = match e {
+                        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                            WriteError::Forward(f.leader_id.zip(f.leader_node.map(|n| n.addr)))
+                        }
+                        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                            WriteError::Membership(e.to_string())
+                        }
+                        RaftError::Fatal(e) => WriteError::Fatal(e.to_string()),
+                    };
+                    for reply in replies {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// Milliseconds since the Unix epoch by the local clock.
@@ -141,27 +254,12 @@ impl Node {
         let deadline = tokio::time::Instant::now() + self.settings.election_max * FAILOVER_PATIENCE;
         let mut last_error = None;
         while tokio::time::Instant::now() < deadline {
-            let command = Command {
-                at_ms: self.entry_time_ms(),
-                change: change.clone(),
-            };
-            let leader = match self.raft.client_write(command).await {
-                Ok(response) => {
-                    return Ok(Proposed {
-                        index: response.log_id.index,
-                        outcome: response.data,
-                    });
-                }
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    match (f.leader_id, f.leader_node) {
-                        (Some(id), Some(node)) => Some((id, node.addr)),
-                        _ => self.await_leader().await,
-                    }
-                }
-                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                    return Err(Status::failed_precondition(e.to_string()));
-                }
-                Err(RaftError::Fatal(e)) => {
+            let leader = match self.writer.write(change.clone()).await {
+                Ok(proposed) => return Ok(proposed),
+                Err(WriteError::Forward(Some(leader))) => Some(leader),
+                Err(WriteError::Forward(None)) => self.await_leader().await,
+                Err(WriteError::Membership(e)) => return Err(Status::failed_precondition(e)),
+                Err(WriteError::Fatal(e)) => {
                     return Err(Status::unavailable(format!(
                         "Raft on this node stopped: {e}"
                     )));

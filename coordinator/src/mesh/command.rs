@@ -4,12 +4,17 @@
 //! the state machine validates it again on apply (the same code), so a log entry can never
 //! put something into the state that `fulcrumctl validate` would refuse.
 
+use std::sync::{Arc, OnceLock};
+
 use fulcrum_policy::engine::DrainTarget;
 use fulcrum_policy::engine::digest::HealthDigest;
 use serde::{Deserialize, Serialize};
 
 /// One log entry's payload: a change, stamped with the leader's clock.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Its encoding (JSON) is made once and kept: the same bytes go to the store and to every
+/// follower, and a command read back from either keeps the bytes it came from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Command {
     /// The proposing leader's wall clock, in milliseconds since the Unix epoch. The state
@@ -18,6 +23,42 @@ pub struct Command {
     pub at_ms: u64,
     /// What changes.
     pub change: Change,
+    #[serde(skip)]
+    encoded: OnceLock<Arc<[u8]>>,
+}
+
+impl PartialEq for Command {
+    fn eq(&self, other: &Self) -> bool {
+        self.at_ms == other.at_ms && self.change == other.change
+    }
+}
+
+impl Command {
+    /// A command stamped `at_ms`.
+    pub fn new(at_ms: u64, change: Change) -> Command {
+        Command {
+            at_ms,
+            change,
+            encoded: OnceLock::new(),
+        }
+    }
+
+    /// Its encoding, made on first use.
+    pub fn encoded(&self) -> Arc<[u8]> {
+        self.encoded
+            .get_or_init(|| {
+                // Encoding plain data to JSON cannot fail.
+                serde_json::to_vec(self).unwrap_or_default().into()
+            })
+            .clone()
+    }
+
+    /// Decodes a command, keeping `bytes` as its encoding.
+    pub fn decode(bytes: &[u8]) -> Result<Command, serde_json::Error> {
+        let command: Command = serde_json::from_slice(bytes)?;
+        let _ = command.encoded.set(Arc::from(bytes));
+        Ok(command)
+    }
 }
 
 /// The identity of a configuration object.
@@ -49,7 +90,7 @@ pub struct StoredObject {
 
 /// A state change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub enum Change {
     /// Create or replace configuration objects, all in one entry.
     Apply {
@@ -80,6 +121,12 @@ pub enum Change {
         /// The admin identity that asked.
         requested_by: String,
     },
+    /// Several changes in one entry, applied in order (the leader batches concurrent
+    /// proposals so one append and one fsync carry them all).
+    Batch {
+        /// The changes; never a batch.
+        changes: Vec<Change>,
+    },
     /// An operator puts it back.
     Undrain {
         /// What.
@@ -99,6 +146,7 @@ impl Change {
             Change::Tick => "tick",
             Change::Drain { .. } => "drain",
             Change::Undrain { .. } => "undrain",
+            Change::Batch { .. } => "batch",
         }
     }
 }
@@ -116,7 +164,7 @@ pub enum ApplyAction {
 
 /// The state machine's answer to one entry.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub enum Outcome {
     /// Nothing to say (ticks, digests, blank and membership entries).
     #[default]
@@ -137,6 +185,11 @@ pub enum Outcome {
     Undrained {
         /// How many drains it removed.
         removed: usize,
+    },
+    /// Per change of a `Batch`, in order.
+    Batch {
+        /// The outcomes.
+        outcomes: Vec<Outcome>,
     },
     /// The entry was committed but the state machine refused it (a drain without a
     /// reason, an object that no longer validates). Nothing changed.

@@ -228,16 +228,61 @@ impl MeshState {
         }
         let mut config_changed = false;
         let outcome = match &command.change {
+            // A batch applies its changes in order, then time passes once.
+            Change::Batch { changes } => Outcome::Batch {
+                outcomes: changes
+                    .iter()
+                    .map(|c| self.apply_change(index, now, c, &mut config_changed))
+                    .collect(),
+            },
+            change => self.apply_change(index, now, change, &mut config_changed),
+        };
+        if config_changed {
+            self.rebuild_topology();
+        }
+        // Time passes on every entry, so verdicts move as soon as a digest shows failure.
+        let events = engine::tick(&mut self.engine, &self.topology, now);
+        for e in events {
+            self.events.push_back(MeshEvent {
+                index,
+                time_ms: e.at_ms,
+                kind: EventKind::VerdictChanged,
+                service: e.service,
+                locality: Some(e.locality),
+                verdicts: Some((e.from, e.to)),
+                explanation: e.detail,
+            });
+        }
+        self.trim_events();
+        self.recompute(index, config_changed);
+        outcome
+    }
+
+    /// Applies one change (not a batch: batches do not nest).
+    fn apply_change(
+        &mut self,
+        index: u64,
+        now: u64,
+        change: &Change,
+        config_changed: &mut bool,
+    ) -> Outcome {
+        match change {
+            Change::Batch { .. } => Outcome::Refused {
+                reason: "a batch inside a batch".to_string(),
+            },
             Change::Apply { objects } => {
                 let outcome = self.apply_objects(index, now, objects);
-                config_changed = matches!(&outcome, Outcome::Applied { actions }
-                    if actions.iter().any(|(_, a)| *a != ApplyAction::Unchanged));
+                if matches!(&outcome, Outcome::Applied { actions }
+                    if actions.iter().any(|(_, a)| *a != ApplyAction::Unchanged))
+                {
+                    *config_changed = true;
+                }
                 outcome
             }
             Change::Delete { key } => {
                 let existed = self.objects.remove(key).is_some();
                 if existed {
-                    config_changed = true;
+                    *config_changed = true;
                     self.push_event(index, now, EventKind::ConfigDeleted, "", key.to_string());
                 }
                 Outcome::Deleted { existed }
@@ -283,26 +328,7 @@ impl MeshState {
                 }
                 Outcome::Undrained { removed }
             }
-        };
-        if config_changed {
-            self.rebuild_topology();
         }
-        // Time passes on every entry, so verdicts move as soon as a digest shows failure.
-        let events = engine::tick(&mut self.engine, &self.topology, now);
-        for e in events {
-            self.events.push_back(MeshEvent {
-                index,
-                time_ms: e.at_ms,
-                kind: EventKind::VerdictChanged,
-                service: e.service,
-                locality: Some(e.locality),
-                verdicts: Some((e.from, e.to)),
-                explanation: e.detail,
-            });
-        }
-        self.trim_events();
-        self.recompute(index, config_changed);
-        outcome
     }
 
     fn apply_objects(&mut self, index: u64, now: u64, objects: &[StoredObject]) -> Outcome {
@@ -486,7 +512,7 @@ spec:
     }
 
     fn at(ms: u64, change: Change) -> Command {
-        Command { at_ms: ms, change }
+        Command::new(ms, change)
     }
 
     #[test]

@@ -28,11 +28,13 @@ use openraft::{
     AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader,
     RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::TypeConfig;
+use prost::Message;
+
+use super::{TypeConfig, wire};
 use crate::mesh::{MeshSnapshot, MeshState, Outcome};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
@@ -89,6 +91,17 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
     serde_json::to_vec(value).map_err(write_err)
 }
 
+/// A log entry as stored: the same protobuf the Raft transport sends, so a command is
+/// encoded once and its bytes reused.
+fn encode_entry(entry: &Entry<TypeConfig>) -> Vec<u8> {
+    wire::entry(entry).encode_to_vec()
+}
+
+fn decode_entry(bytes: &[u8]) -> Result<Entry<TypeConfig>, Error> {
+    let message = fulcrum_proto::raft::v1::Entry::decode(bytes).map_err(read_err)?;
+    wire::from_entry(&message).map_err(|e| StorageIOError::read_logs(AnyError::error(e)).into())
+}
+
 /// Opens (or creates) the store file and returns the two halves openraft drives.
 pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
     let db = Database::builder()
@@ -116,7 +129,13 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
     })()
     .map_err(|e| damaged(e.to_string()))?;
     let sm = StateMachineStore::load(db.clone()).map_err(|e| damaged(e.to_string()))?;
-    Ok((LogStore { db }, sm))
+    Ok((
+        LogStore {
+            db,
+            recent: Arc::default(),
+        },
+        sm,
+    ))
 }
 
 fn meta_get<T: for<'de> Deserialize<'de>>(db: &Database, key: &str) -> Result<Option<T>, Error> {
@@ -129,9 +148,23 @@ fn meta_get<T: for<'de> Deserialize<'de>>(db: &Database, key: &str) -> Result<Op
 }
 
 fn meta_put<T: Serialize>(db: &Database, key: &str, value: &T) -> Result<(), Error> {
+    meta_put_with(db, key, value, Durability::Immediate)
+}
+
+/// Writes a meta key; with `Durability::None` the write becomes durable with the next
+/// durable commit (used for the committed id, which only saves replay work).
+fn meta_put_with<T: Serialize>(
+    db: &Database,
+    key: &str,
+    value: &T,
+    durability: Durability,
+) -> Result<(), Error> {
     let bytes = encode(value)?;
     let mut txn = db.begin_write().map_err(write_err)?;
-    txn.set_quick_repair(true);
+    txn.set_durability(durability).map_err(write_err)?;
+    if matches!(durability, Durability::Immediate) {
+        txn.set_quick_repair(true);
+    }
     {
         let mut table = txn.open_table(META).map_err(write_err)?;
         table.insert(key, bytes.as_slice()).map_err(write_err)?;
@@ -192,20 +225,106 @@ pub fn record_node_id(log: &LogStore, node_id: u64) -> Result<(), Error> {
     meta_put(&log.db, NODE_ID, &node_id)
 }
 
+/// Most recent entries kept decoded in memory.
+const RECENT_ENTRIES: usize = 4_096;
+/// Most bytes (encoded) of recent entries kept in memory.
+const RECENT_BYTES: usize = 64 * 1024 * 1024;
+
+/// The newest entries of the log, decoded: replication and the state machine read what
+/// was just appended, and decoding it again from the file would dominate the cost of a
+/// busy log. Always a contiguous tail of what is on disk.
+#[derive(Default)]
+struct RecentEntries {
+    entries: std::collections::VecDeque<(Entry<TypeConfig>, usize)>,
+    bytes: usize,
+}
+
+impl RecentEntries {
+    fn first(&self) -> Option<u64> {
+        self.entries.front().map(|(e, _)| e.log_id.index)
+    }
+
+    fn push(&mut self, entry: Entry<TypeConfig>, size: usize) {
+        let next = self.entries.back().map(|(e, _)| e.log_id.index + 1);
+        if next.is_some_and(|n| n != entry.log_id.index) {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        self.bytes += size;
+        self.entries.push_back((entry, size));
+        while self.entries.len() > RECENT_ENTRIES || self.bytes > RECENT_BYTES {
+            match self.entries.pop_front() {
+                Some((_, size)) => self.bytes -= size,
+                None => break,
+            }
+        }
+    }
+
+    /// Drops entries at or above `index` (truncate) or at or below it (purge).
+    fn retain(&mut self, keep: impl Fn(u64) -> bool) {
+        let bytes = &mut self.bytes;
+        self.entries.retain(|(e, size)| {
+            let kept = keep(e.log_id.index);
+            if !kept {
+                *bytes -= size;
+            }
+            kept
+        });
+    }
+
+    /// The entries in `[start, end)`, when all of them are here.
+    fn get(&self, start: u64, end: u64) -> Option<Vec<Entry<TypeConfig>>> {
+        let first = self.first()?;
+        let last = self.entries.back()?.0.log_id.index;
+        if start < first || end > last + 1 {
+            return None;
+        }
+        let from = usize::try_from(start - first).ok()?;
+        let to = usize::try_from(end.saturating_sub(first)).ok()?;
+        Some(
+            self.entries
+                .range(from..to.max(from))
+                .map(|(e, _)| e.clone())
+                .collect(),
+        )
+    }
+}
+
 /// The Raft log (and vote) on disk.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<StoreFile>,
+    recent: Arc<std::sync::Mutex<RecentEntries>>,
 }
 
 impl LogStore {
+    fn recent(&self) -> std::sync::MutexGuard<'_, RecentEntries> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn read_range(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry<TypeConfig>>, Error> {
+        use std::ops::Bound;
+        let start = match range.start_bound() {
+            Bound::Included(s) => *s,
+            Bound::Excluded(s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(e) => Some(e.saturating_add(1)),
+            Bound::Excluded(e) => Some(*e),
+            Bound::Unbounded => None,
+        };
+        if let Some(end) = end
+            && let Some(hit) = self.recent().get(start, end)
+        {
+            return Ok(hit);
+        }
         let txn = self.db.begin_read().map_err(read_err)?;
         let table = txn.open_table(LOG).map_err(read_err)?;
         let mut out = Vec::new();
         for item in table.range(range).map_err(read_err)? {
             let (_, v) = item.map_err(read_err)?;
-            out.push(decode(v.value())?);
+            out.push(decode_entry(v.value())?);
         }
         Ok(out)
     }
@@ -230,7 +349,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let txn = self.db.begin_read().map_err(read_err)?;
         let table = txn.open_table(LOG).map_err(read_err)?;
         let last = match table.last().map_err(read_err)? {
-            Some((_, v)) => Some(decode::<Entry<TypeConfig>>(v.value())?.log_id),
+            // Only the id is needed: skip decoding the command.
+            Some((_, v)) => {
+                let message =
+                    fulcrum_proto::raft::v1::Entry::decode(v.value()).map_err(read_err)?;
+                let id = message.log_id.as_ref().ok_or_else(|| {
+                    StorageIOError::read_logs(AnyError::error("an entry without a log id"))
+                })?;
+                Some(
+                    wire::from_log_id(id)
+                        .map_err(|e| StorageIOError::read_logs(AnyError::error(e)))?,
+                )
+            }
             None => None,
         };
         Ok(LogState {
@@ -252,7 +382,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), Error> {
-        meta_put(&self.db, COMMITTED, &committed)
+        // The committed id only spares replay after a restart; it need not cost an fsync.
+        meta_put_with(&self.db, COMMITTED, &committed, Durability::None)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, Error> {
@@ -264,10 +395,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let encoded: Vec<(u64, Vec<u8>)> = entries
-            .into_iter()
-            .map(|e| Ok((e.log_id.index, encode(&e)?)))
-            .collect::<Result<_, Error>>()?;
+            .iter()
+            .map(|e| (e.log_id.index, encode_entry(e)))
+            .collect();
+        let sizes: Vec<usize> = encoded.iter().map(|(_, b)| b.len()).collect();
         let db = self.db.clone();
         // The commit fsyncs; keep it off the async workers.
         let written = tokio::task::spawn_blocking(move || -> Result<(), Error> {
@@ -286,6 +419,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .and_then(|r| r);
         match written {
             Ok(()) => {
+                {
+                    let mut recent = self.recent();
+                    for (entry, size) in entries.into_iter().zip(sizes) {
+                        recent.push(entry, size);
+                    }
+                }
                 // Durable now: only at this point may openraft count the entries.
                 callback.log_io_completed(Ok(()));
                 Ok(())
@@ -298,6 +437,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), Error> {
+        self.recent().retain(|i| i < log_id.index);
         let mut txn = self.db.begin_write().map_err(write_err)?;
         txn.set_quick_repair(true);
         {
@@ -310,6 +450,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), Error> {
+        self.recent().retain(|i| i > log_id.index);
         let bytes = encode(&Some(log_id))?;
         let mut txn = self.db.begin_write().map_err(write_err)?;
         txn.set_quick_repair(true);

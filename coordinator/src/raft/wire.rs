@@ -110,13 +110,11 @@ fn membership(m: &Membership<u64, BasicNode>) -> pb::Membership {
     }
 }
 
-fn entry(e: &Entry<TypeConfig>) -> pb::Entry {
+/// An entry on the wire (and in the store).
+pub fn entry(e: &Entry<TypeConfig>) -> pb::Entry {
     let payload = match &e.payload {
         EntryPayload::Blank => pb::entry::Payload::Blank(pb::Blank {}),
-        // Encoding plain data to JSON cannot fail.
-        EntryPayload::Normal(c) => {
-            pb::entry::Payload::Normal(serde_json::to_vec(c).unwrap_or_default())
-        }
+        EntryPayload::Normal(c) => pb::entry::Payload::Normal(c.encoded().to_vec()),
         EntryPayload::Membership(m) => pb::entry::Payload::Membership(membership(m)),
     };
     pb::Entry {
@@ -271,14 +269,15 @@ fn from_membership(m: &pb::Membership) -> Result<Membership<u64, BasicNode>, Wir
     Ok(Membership::new(configs, nodes))
 }
 
-fn from_entry(e: &pb::Entry) -> Result<Entry<TypeConfig>, WireError> {
+/// An entry from the wire (or the store).
+pub fn from_entry(e: &pb::Entry) -> Result<Entry<TypeConfig>, WireError> {
     use pb::entry::Payload;
     let log_id =
         from_log_id(required("log_id", e.log_id.as_ref())?).map_err(|e| e.within("log_id"))?;
     let payload = match required("payload", e.payload.as_ref())? {
         Payload::Blank(_) => EntryPayload::Blank,
         Payload::Normal(bytes) => {
-            let command: Command = serde_json::from_slice(bytes)
+            let command = Command::decode(bytes)
                 .map_err(|err| WireError::new("normal", format!("not a Fulcrum command: {err}")))?;
             EntryPayload::Normal(command)
         }
@@ -401,10 +400,7 @@ mod tests {
                 },
                 Entry {
                     log_id: id(3, 11),
-                    payload: EntryPayload::Normal(Command {
-                        at_ms: 42,
-                        change: Change::Tick,
-                    }),
+                    payload: EntryPayload::Normal(Command::new(42, Change::Tick)),
                 },
                 Entry {
                     log_id: id(3, 12),
