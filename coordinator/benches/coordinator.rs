@@ -366,11 +366,35 @@ fn spawn_coordinator(dir: &Path, certs: &Path, id: u64, address: &str, members: 
         .arg("--certs")
         .arg(certs)
         .args(["--members", members])
+        .args(timing_flags())
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn fulcrum-coordinator")
+}
+
+/// `FULCRUM_BENCH_TIMING=HEARTBEAT,MIN,MAX` (e.g. `50ms,150ms,300ms`) overrides the
+/// binary's election defaults, to compare settings.
+fn timing_flags() -> Vec<String> {
+    let Ok(t) = std::env::var("FULCRUM_BENCH_TIMING") else {
+        return Vec::new();
+    };
+    let parts: Vec<&str> = t.split(',').collect();
+    match parts.as_slice() {
+        [h, min, max] => [
+            "--heartbeat",
+            h,
+            "--election-min",
+            min,
+            "--election-max",
+            max,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        _ => Vec::new(),
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -429,6 +453,21 @@ async fn fulcrum_failover(rounds: usize) -> Vec<f64> {
             .filter(|(i, _)| *i != li)
             .map(|(_, a)| a)
             .collect();
+        let watcher = {
+            let (certs, watched) = (certs.clone(), survivors[0].clone());
+            tokio::spawn(async move {
+                let mut client = StatusClient::new(admin_channel(&certs, &watched));
+                loop {
+                    if let Ok(r) = client.get_raft(pb::GetRaftRequest {}).await {
+                        let l = r.into_inner().leader_id;
+                        if l != 0 && l != leader {
+                            return killed_at.elapsed();
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        };
         let mut attempt = 0usize;
         loop {
             let mut request = tonic::Request::new(pb::ApplyRequest {
@@ -450,6 +489,14 @@ async fn fulcrum_failover(rounds: usize) -> Vec<f64> {
             }
         }
         times.push(killed_at.elapsed().as_secs_f64());
+        if let Ok(elected) = watcher.await {
+            if std::env::var_os("FULCRUM_BENCH_VERBOSE").is_some() {
+                println!(
+                    "  round {round}: new leader seen after {elected:?}, write committed after {:.3}s",
+                    times[times.len() - 1]
+                );
+            }
+        }
         procs.0[li] = spawn_coordinator(dir.path(), &certs, leader, &addresses[li], &members);
     }
     times
@@ -623,10 +670,17 @@ async fn etcd_failover(
 }
 
 async fn failover() {
-    let rounds = 10;
+    let rounds = std::env::var("FULCRUM_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(10);
     let ours = fulcrum_failover(rounds).await;
     println!(
-        "leader failover, fulcrum (heartbeat 50 ms, election 150-300 ms): median {:.3} s, min {:.3} s, max {:.3} s over {rounds} kill -9s",
+        "leader failover, fulcrum ({}): median {:.3} s, min {:.3} s, max {:.3} s over {rounds} kill -9s",
+        std::env::var("FULCRUM_BENCH_TIMING").map_or_else(
+            |_| "defaults 50ms,150ms,300ms".to_string(),
+            |t| t.to_string()
+        ),
         median(ours.clone()),
         ours.iter().copied().fold(f64::MAX, f64::min),
         ours.iter().copied().fold(0.0, f64::max)
@@ -714,6 +768,7 @@ async fn memory() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let (after_config, _) = rss_kib(pid).unwrap_or((0, 0));
     // Every cluster's proxy reports every service it calls, each second, for 20 s.
     let channels: Vec<Channel> = names
         .iter()
@@ -735,7 +790,8 @@ async fn memory() {
                 ..Default::default()
             };
             for s in 0..services {
-                let to = (s + c) % clusters;
+                // Toward one of the three localities the service runs in.
+                let to = (s + (c % 3) * 7) % clusters;
                 report.destinations.push(control::DestinationCounters {
                     service: format!("s{s}.bench.svc.cluster.local"),
                     cluster: format!("c{to}"),
@@ -764,8 +820,9 @@ async fn memory() {
     }
     let (rss, hwm) = rss_kib(pid).unwrap_or((0, 0));
     println!(
-        "memory: one node holding {clusters} clusters x {services} services (3 localities each), 20 s of reports from {clusters} proxies: RSS {:.0} MiB, peak {:.0} MiB",
+        "memory: one node holding {clusters} clusters x {services} services (3 localities each), 20 s of reports from {clusters} proxies: RSS {:.0} MiB (after the configuration alone {:.0} MiB), peak {:.0} MiB",
         rss as f64 / 1024.0,
+        after_config as f64 / 1024.0,
         hwm as f64 / 1024.0
     );
     kill9(&mut procs.0[0]);

@@ -252,9 +252,14 @@ impl Coordinator {
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<StatusServer<StatusService>>().await;
+        // Both reflection versions: grpcurl speaks v1, many client libraries still v1alpha.
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(fulcrum_proto::FILE_DESCRIPTOR_SET)
             .build_v1()
+            .map_err(|e| StartError::Invalid(format!("gRPC reflection: {e}")))?;
+        let reflection_alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(fulcrum_proto::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
             .map_err(|e| StartError::Invalid(format!("gRPC reflection: {e}")))?;
 
         let mut server = Server::builder().tcp_nodelay(true);
@@ -285,7 +290,8 @@ impl Coordinator {
                     .max_decoding_message_size(crate::api::admin::MAX_APPLY_BYTES + 64 * 1024),
             )
             .add_service(health_service)
-            .add_service(reflection);
+            .add_service(reflection)
+            .add_service(reflection_alpha);
         let mut stop = shutdown_rx.clone();
         tasks.push(tokio::spawn(async move {
             let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));

@@ -227,8 +227,9 @@ pub fn record_node_id(log: &LogStore, node_id: u64) -> Result<(), Error> {
 
 /// Most recent entries kept decoded in memory.
 const RECENT_ENTRIES: usize = 4_096;
-/// Most bytes (encoded) of recent entries kept in memory.
-const RECENT_BYTES: usize = 64 * 1024 * 1024;
+/// Most bytes (encoded) of recent entries kept in memory; decoded they take a few times
+/// more.
+const RECENT_BYTES: usize = 16 * 1024 * 1024;
 
 /// The newest entries of the log, decoded: replication and the state machine read what
 /// was just appended, and decoding it again from the file would dominate the cost of a
