@@ -489,13 +489,13 @@ async fn fulcrum_failover(rounds: usize) -> Vec<f64> {
             }
         }
         times.push(killed_at.elapsed().as_secs_f64());
-        if let Ok(elected) = watcher.await {
-            if std::env::var_os("FULCRUM_BENCH_VERBOSE").is_some() {
-                println!(
-                    "  round {round}: new leader seen after {elected:?}, write committed after {:.3}s",
-                    times[times.len() - 1]
-                );
-            }
+        if let Ok(elected) = watcher.await
+            && std::env::var_os("FULCRUM_BENCH_VERBOSE").is_some()
+        {
+            println!(
+                "  round {round}: new leader seen after {elected:?}, write committed after {:.3}s",
+                times[times.len() - 1]
+            );
         }
         procs.0[li] = spawn_coordinator(dir.path(), &certs, leader, &addresses[li], &members);
     }

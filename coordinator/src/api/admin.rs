@@ -205,9 +205,9 @@ impl Admin for AdminService {
             objects
                 .iter()
                 .map(|o| {
-                    let action = match a.mesh.objects().find(|(s, _)| s.key == o.key) {
+                    let action = match a.mesh.object(&o.key) {
                         None => ApplyAction::Created,
-                        Some((s, _)) if s.json == o.json => ApplyAction::Unchanged,
+                        Some(s) if s.json == o.json => ApplyAction::Unchanged,
                         Some(_) => ApplyAction::Updated,
                     };
                     (o.key.clone(), action)

@@ -203,6 +203,11 @@ impl MeshState {
         self.objects.contains_key(key)
     }
 
+    /// An object as stored.
+    pub fn object(&self, key: &ObjectKey) -> Option<&StoredObject> {
+        self.objects.get(key).map(|h| &h.stored)
+    }
+
     /// The event log, oldest first.
     pub fn events(&self) -> impl DoubleEndedIterator<Item = &MeshEvent> {
         self.events.iter()
