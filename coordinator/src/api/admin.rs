@@ -338,9 +338,14 @@ impl Admin for AdminService {
         // A coordinator may add itself (`--join`); anything else needs an admin.
         let self_join =
             matches!(&caller, Caller::Verified(id) if id.role == Role::Coordinator(m.node_id));
-        if !self_join {
-            self.node.authz.check(&caller, Action::Admin)?;
-        }
+        // Either way the caller must be of this trust domain: a coordinator joining is
+        // checked as a coordinator, anyone else as an admin.
+        let needed = if self_join {
+            Action::Raft
+        } else {
+            Action::Admin
+        };
+        self.node.authz.check(&caller, needed)?;
         if m.node_id == 0 {
             return Err(Status::invalid_argument(
                 "node_id: must be a positive number",
