@@ -693,6 +693,9 @@ async fn failover() {
             .status()
             .is_ok()
     });
+    if std::env::var_os("FULCRUM_BENCH_NO_ETCD").is_some() {
+        return;
+    }
     let Some(etcd) = etcd else {
         println!(
             "leader failover, etcd: skipped (no etcd binary; `apt install etcd-server` to compare)"
