@@ -820,6 +820,14 @@ async fn memory() {
             let _ = s.await;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+        if std::env::var_os("FULCRUM_BENCH_VERBOSE").is_some() {
+            let (now, _) = rss_kib(pid).unwrap_or((0, 0));
+            println!(
+                "  after {}s of reports: RSS {:.0} MiB",
+                second + 1,
+                now as f64 / 1024.0
+            );
+        }
     }
     let (rss, hwm) = rss_kib(pid).unwrap_or((0, 0));
     println!(
