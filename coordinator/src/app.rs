@@ -16,6 +16,7 @@ use fulcrum_proto::status::v1::admin_client::AdminClient;
 use fulcrum_proto::status::v1::admin_server::AdminServer;
 use fulcrum_proto::status::v1::status_server::StatusServer;
 use openraft::BasicNode;
+use openraft::error::{InitializeError, RaftError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -424,10 +425,19 @@ async fn initialize(node: &Node, members: BTreeMap<u64, BasicNode>) -> Result<()
         tracing::info!("the data dir already holds a Raft group; not initializing again");
         return Ok(());
     }
-    node.raft
-        .initialize(members)
-        .await
-        .map_err(|e| StartError::Raft(format!("cannot initialize the group: {e}")))
+    match node.raft.initialize(members).await {
+        Ok(()) => Ok(()),
+        // With a static member list every initial node initializes; whichever did first
+        // may already have replicated to this one between its start and this call. The
+        // group exists, which is what initializing was for.
+        Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+            tracing::info!(%e, "the group was formed by another member");
+            Ok(())
+        }
+        Err(e) => Err(StartError::Raft(format!(
+            "cannot initialize the group: {e}"
+        ))),
+    }
 }
 
 /// The leader proposes a Tick every `interval`, so time moves in the state machine even
