@@ -71,6 +71,7 @@ fn event_kind(kind: EventKind) -> pb::EventKind {
         EventKind::Undrained => pb::EventKind::Undrained,
         EventKind::ConfigApplied => pb::EventKind::ConfigApplied,
         EventKind::ConfigDeleted => pb::EventKind::ConfigDeleted,
+        EventKind::MembershipChanged => pb::EventKind::MembershipChanged,
     }
 }
 

@@ -41,6 +41,8 @@ pub enum EventKind {
     ConfigApplied,
     /// A configuration object was deleted.
     ConfigDeleted,
+    /// The Raft group's membership changed.
+    MembershipChanged,
 }
 
 /// One entry of the event log.
@@ -373,6 +375,14 @@ impl MeshState {
                 .insert(stored.key.clone(), Held { stored, resource });
         }
         Outcome::Applied { actions }
+    }
+
+    /// Records a membership change (a Raft membership entry at `index`) in the event log.
+    /// Time does not move: membership entries carry no leader timestamp.
+    pub fn record_membership(&mut self, index: u64, description: String) {
+        let now = self.engine.now_ms;
+        self.push_event(index, now, EventKind::MembershipChanged, "", description);
+        self.trim_events();
     }
 
     fn push_event(

@@ -480,6 +480,33 @@ pub struct Applied {
     pub membership: StoredMembership<NodeId, BasicNode>,
 }
 
+/// A membership in words: `voters 1, 2, 3` (and the learners, and both sets during a
+/// joint change).
+fn describe_membership(m: &openraft::Membership<NodeId, BasicNode>) -> String {
+    let ids = |set: &std::collections::BTreeSet<u64>| {
+        set.iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let configs = m.get_joint_config();
+    let voters: std::collections::BTreeSet<u64> = m.voter_ids().collect();
+    let learners: Vec<String> = m
+        .nodes()
+        .filter(|(id, _)| !voters.contains(id))
+        .map(|(id, _)| id.to_string())
+        .collect();
+    let mut text = match configs.as_slice() {
+        [one] => format!("membership: voters {}", ids(one)),
+        [old, new] => format!("membership changing: voters {} -> {}", ids(old), ids(new)),
+        _ => "membership: no voters".to_string(),
+    };
+    if !learners.is_empty() {
+        text.push_str(&format!("; learners {}", learners.join(", ")));
+    }
+    text
+}
+
 /// A snapshot's payload.
 #[derive(Serialize, Deserialize)]
 struct SnapshotBody {
@@ -641,6 +668,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         applied.mesh.apply(entry.log_id.index, &command)
                     }
                     EntryPayload::Membership(membership) => {
+                        let description = describe_membership(&membership);
+                        applied
+                            .mesh
+                            .record_membership(entry.log_id.index, description);
                         applied.membership = StoredMembership::new(Some(entry.log_id), membership);
                         Outcome::Done
                     }
