@@ -74,7 +74,7 @@ enum WriteError {
 }
 
 struct PendingWrite {
-    change: Change,
+    change: Arc<Change>,
     reply: oneshot::Sender<Result<Proposed, WriteError>>,
 }
 
@@ -94,7 +94,7 @@ impl Writer {
         Writer { tx }
     }
 
-    async fn write(&self, change: Change) -> Result<Proposed, WriteError> {
+    async fn write(&self, change: Arc<Change>) -> Result<Proposed, WriteError> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(PendingWrite { change, reply })
@@ -129,13 +129,16 @@ async fn run_writer(raft: Raft, state: StateReader, mut rx: mpsc::Receiver<Pendi
         let at_ms = wall_clock_ms().max(state.read(|a| a.mesh.now_ms()));
         tokio::spawn(async move {
             let _permit = permit;
-            let (changes, replies): (Vec<Change>, Vec<_>) =
+            let (changes, replies): (Vec<Arc<Change>>, Vec<_>) =
                 batch.into_iter().map(|p| (p.change, p.reply)).unzip();
             let single = changes.len() == 1;
             let change = if single {
-                changes.into_iter().next().unwrap_or(Change::Tick)
+                changes
+                    .into_iter()
+                    .next()
+                    .unwrap_or_else(|| Arc::new(Change::Tick))
             } else {
-                Change::Batch { changes }
+                Arc::new(Change::Batch { changes })
             };
             let result = raft.client_write(Command::new(at_ms, change)).await;
             match result {
@@ -249,6 +252,8 @@ impl Node {
     }
 
     async fn propose_inner(&self, change: Change, may_forward: bool) -> Result<Proposed, Status> {
+        // Shared, so a retry does not copy a large digest.
+        let change = Arc::new(change);
         // During a failover the known leader may be gone: wait for the next one and
         // retry, so a client never has to know who leads.
         let deadline = tokio::time::Instant::now() + self.settings.election_max * FAILOVER_PATIENCE;
@@ -268,7 +273,7 @@ impl Node {
             match leader {
                 Some((id, _)) if id == self.id => continue,
                 Some((id, address)) if may_forward => {
-                    match self.forward(&change, id, &address).await {
+                    match self.forward(change.as_ref(), id, &address).await {
                         Err(status) if status.code() == tonic::Code::Unavailable => {
                             // The leader is unreachable: wait until another is elected.
                             self.await_leader_other_than(id).await;

@@ -21,8 +21,8 @@ pub struct Command {
     /// machine never lets time go backwards: it uses the larger of this and the time of
     /// the last entry it applied.
     pub at_ms: u64,
-    /// What changes.
-    pub change: Change,
+    /// What changes (shared: log entries are cloned for replication and apply).
+    pub change: Arc<Change>,
     #[serde(skip)]
     encoded: OnceLock<Arc<[u8]>>,
 }
@@ -35,10 +35,10 @@ impl PartialEq for Command {
 
 impl Command {
     /// A command stamped `at_ms`.
-    pub fn new(at_ms: u64, change: Change) -> Command {
+    pub fn new(at_ms: u64, change: impl Into<Arc<Change>>) -> Command {
         Command {
             at_ms,
-            change,
+            change: change.into(),
             encoded: OnceLock::new(),
         }
     }
@@ -125,7 +125,7 @@ pub enum Change {
     /// proposals so one append and one fsync carry them all).
     Batch {
         /// The changes; never a batch.
-        changes: Vec<Change>,
+        changes: Vec<Arc<Change>>,
     },
     /// An operator puts it back.
     Undrain {

@@ -234,7 +234,7 @@ impl MeshState {
             self.epoch_ms = now;
         }
         let mut config_changed = false;
-        let outcome = match &command.change {
+        let outcome = match command.change.as_ref() {
             // A batch applies its changes in order, then time passes once.
             Change::Batch { changes } => Outcome::Batch {
                 outcomes: changes
