@@ -136,21 +136,6 @@ pub enum Change {
     },
 }
 
-impl Change {
-    /// A short name for logs and metrics.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Change::Apply { .. } => "apply",
-            Change::Delete { .. } => "delete",
-            Change::Digest { .. } => "digest",
-            Change::Tick => "tick",
-            Change::Drain { .. } => "drain",
-            Change::Undrain { .. } => "undrain",
-            Change::Batch { .. } => "batch",
-        }
-    }
-}
-
 /// What happened to one object of an `Apply`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ApplyAction {
