@@ -329,8 +329,15 @@ impl Node {
                 _ => s,
             })?
             .into_inner();
-        let outcome = serde_json::from_slice(&response.result)
-            .map_err(|e| Status::internal(format!("the leader's answer does not decode: {e}")))?;
+        // Internal, not retryable: the change is committed, only its answer is unreadable
+        // (nodes of different versions), and a retry would apply it twice.
+        let outcome = serde_json::from_slice(&response.result).map_err(|e| {
+            Status::internal(format!(
+                "committed at log index {}, but the leader's answer does not decode \
+                 (are the nodes running different versions?): {e}",
+                response.index
+            ))
+        })?;
         Ok(Proposed {
             index: response.index,
             outcome,
