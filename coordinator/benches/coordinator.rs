@@ -353,7 +353,13 @@ impl Drop for Processes {
     }
 }
 
-fn spawn_coordinator(dir: &Path, certs: &Path, id: u64, address: &str, members: &str) -> Child {
+fn spawn_coordinator(
+    dir: &Path,
+    certs: &Path,
+    (id, address): (u64, &str),
+    members: &str,
+    timing: &[String],
+) -> Child {
     Command::new(COORDINATOR)
         .args([
             "--node-id",
@@ -366,34 +372,64 @@ fn spawn_coordinator(dir: &Path, certs: &Path, id: u64, address: &str, members: 
         .arg("--certs")
         .arg(certs)
         .args(["--members", members])
-        .args(timing_flags())
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
+        .args(timing)
+        .env(
+            "RUST_LOG",
+            std::env::var("FULCRUM_BENCH_LOG").unwrap_or("error".into()),
+        )
+        .stdout(node_log(id))
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn fulcrum-coordinator")
 }
 
-/// `FULCRUM_BENCH_TIMING=HEARTBEAT,MIN,MAX` (e.g. `50ms,150ms,300ms`) overrides the
-/// binary's election defaults, to compare settings.
-fn timing_flags() -> Vec<String> {
-    let Ok(t) = std::env::var("FULCRUM_BENCH_TIMING") else {
-        return Vec::new();
+/// Where a node's log goes: nowhere, unless `FULCRUM_BENCH_LOG=FILTER` (e.g.
+/// `info,openraft=info`) asks for it, then appended to `fulcrum-bench-logs/node-N.log` in
+/// the temp directory (to see what an election did).
+fn node_log(id: u64) -> Stdio {
+    if std::env::var_os("FULCRUM_BENCH_LOG").is_none() {
+        return Stdio::null();
+    }
+    let dir = std::env::temp_dir().join("fulcrum-bench-logs");
+    let file = std::fs::create_dir_all(&dir).and_then(|()| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("node-{id}.log")))
+    });
+    file.map_or_else(|_| Stdio::null(), Stdio::from)
+}
+
+/// The election timings to measure, as (label, flags): the binary's defaults and the
+/// LAN profile the docs advise, or only `FULCRUM_BENCH_TIMING=HEARTBEAT,MIN,MAX` (e.g.
+/// `20ms,60ms,120ms`) when given.
+fn timings() -> Vec<(String, Vec<String>)> {
+    let flags = |t: &str| -> Vec<String> {
+        let parts: Vec<&str> = t.split(',').collect();
+        match parts.as_slice() {
+            [h, min, max] => [
+                "--heartbeat",
+                h,
+                "--election-min",
+                min,
+                "--election-max",
+                max,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            _ => panic!("FULCRUM_BENCH_TIMING: expected HEARTBEAT,MIN,MAX, got {t:?}"),
+        }
     };
-    let parts: Vec<&str> = t.split(',').collect();
-    match parts.as_slice() {
-        [h, min, max] => [
-            "--heartbeat",
-            h,
-            "--election-min",
-            min,
-            "--election-max",
-            max,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
-        _ => Vec::new(),
+    match std::env::var("FULCRUM_BENCH_TIMING") {
+        Ok(t) => vec![(t.clone(), flags(&t))],
+        Err(_) => vec![
+            ("defaults 50/150-300 ms".to_string(), Vec::new()),
+            (
+                "LAN profile 10/30-60 ms".to_string(),
+                flags("10ms,30ms,60ms"),
+            ),
+        ],
     }
 }
 
@@ -403,7 +439,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// kill -9 the leader, then write through the survivors until one commits.
-async fn fulcrum_failover(rounds: usize) -> Vec<f64> {
+async fn fulcrum_failover(rounds: usize, timing: &[String]) -> Vec<f64> {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = make_certs(dir.path(), 3, &[]);
     let addresses: Vec<String> = (0..3).map(|_| free_address()).collect();
@@ -415,7 +451,10 @@ async fn fulcrum_failover(rounds: usize) -> Vec<f64> {
         .join(",");
     let mut procs = Processes(
         (0..3)
-            .map(|i| spawn_coordinator(dir.path(), &certs, i as u64 + 1, &addresses[i], &members))
+            .map(|i| {
+                let node = (i as u64 + 1, addresses[i].as_str());
+                spawn_coordinator(dir.path(), &certs, node, &members, timing)
+            })
             .collect(),
     );
     let mut times = Vec::new();
@@ -497,7 +536,8 @@ async fn fulcrum_failover(rounds: usize) -> Vec<f64> {
                 times[times.len() - 1]
             );
         }
-        procs.0[li] = spawn_coordinator(dir.path(), &certs, leader, &addresses[li], &members);
+        let node = (leader, addresses[li].as_str());
+        procs.0[li] = spawn_coordinator(dir.path(), &certs, node, &members, timing);
     }
     times
 }
@@ -674,17 +714,15 @@ async fn failover() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(10);
-    let ours = fulcrum_failover(rounds).await;
-    println!(
-        "leader failover, fulcrum ({}): median {:.3} s, min {:.3} s, max {:.3} s over {rounds} kill -9s",
-        std::env::var("FULCRUM_BENCH_TIMING").map_or_else(
-            |_| "defaults 50ms,150ms,300ms".to_string(),
-            |t| t.to_string()
-        ),
-        median(ours.clone()),
-        ours.iter().copied().fold(f64::MAX, f64::min),
-        ours.iter().copied().fold(0.0, f64::max)
-    );
+    for (label, timing) in timings() {
+        let ours = fulcrum_failover(rounds, &timing).await;
+        println!(
+            "leader failover, fulcrum ({label}): median {:.3} s, min {:.3} s, max {:.3} s over {rounds} kill -9s",
+            median(ours.clone()),
+            ours.iter().copied().fold(f64::MAX, f64::min),
+            ours.iter().copied().fold(0.0, f64::max)
+        );
+    }
     let etcd = ["etcd", "/usr/bin/etcd"].into_iter().find(|p| {
         Command::new(p)
             .arg("--version")

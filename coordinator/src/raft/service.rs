@@ -1,7 +1,9 @@
 //! The server side of the Raft transport, plus the two calls followers make of the leader
 //! (Propose, ReadIndex). Coordinator identities only.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use fulcrum_proto::raft::v1 as pb;
 use fulcrum_proto::raft::v1::raft_server::Raft as RaftRpc;
@@ -17,15 +19,96 @@ use crate::security::Action;
 /// Most bytes a forwarded command may have.
 const MAX_COMMAND_BYTES: usize = 16 * 1024 * 1024;
 
+/// How many terms behind a candidate this node may be and still stand at once (see
+/// [`RaftService::stand_if_only_we_can_win`]); further behind, the usual timer decides.
+const MAX_TERMS_TO_CATCH_UP: u64 = 3;
+
 /// Serves `fulcrum.raft.v1.Raft` for one node.
 pub struct RaftService {
     node: Arc<Node>,
+    watch: Arc<LeaderWatch>,
+}
+
+/// What this node knows of its leader's liveness, beyond openraft's own timers.
+#[derive(Default)]
+struct LeaderWatch {
+    /// When a leader last reached this node (append entries or a snapshot).
+    heard: Mutex<Option<Instant>>,
+    /// A standing is scheduled (one at a time).
+    scheduled: AtomicBool,
+}
+
+impl LeaderWatch {
+    fn heard_now(&self) {
+        if let Ok(mut heard) = self.heard.lock() {
+            *heard = Some(Instant::now());
+        }
+    }
+
+    /// How long until no leader has reached this node for `lease`: zero when it is
+    /// already so.
+    fn silent_in(&self, lease: Duration) -> Duration {
+        match self.heard.lock() {
+            Ok(heard) => heard.map_or(Duration::ZERO, |at| lease.saturating_sub(at.elapsed())),
+            Err(_) => lease,
+        }
+    }
 }
 
 impl RaftService {
     /// Serves `node`.
     pub fn new(node: Arc<Node>) -> Self {
-        RaftService { node }
+        RaftService {
+            node,
+            watch: Arc::default(),
+        }
+    }
+
+    /// A faster failover than openraft 0.9 gives alone.
+    ///
+    /// When the dead leader's last entry reached only some followers, a follower without
+    /// it may time out first and stand; the others refuse it for its shorter log, and
+    /// openraft then waits for their own timers: the lease plus an election timeout, plus
+    /// twice the longest election timeout more on a node that once saw a longer log (a
+    /// flag openraft clears only when that node's own timer fires). Only a node with the
+    /// longest log can win. So a node that refuses a candidate for its shorter log stands
+    /// itself as soon as its lease runs out (at once when it already has) if no leader
+    /// has reached it meanwhile, at a term above the candidate's (each election moves one
+    /// term up, so it may take two or three in a row; everyone ignores the superseded
+    /// ones). Safety never depends on when a node stands, and the followers of a live
+    /// leader keep hearing it, so they never do this.
+    fn stand_if_only_we_can_win(
+        &self,
+        request: &openraft::raft::VoteRequest<u64>,
+        response: &openraft::raft::VoteResponse<u64>,
+    ) {
+        let refused_for_log = !response.vote_granted && response.last_log_id > request.last_log_id;
+        if !refused_for_log || self.watch.scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let lease = self.node.settings.election_max;
+        let candidate = request.vote;
+        let (raft, watch) = (self.node.raft.clone(), self.watch.clone());
+        tokio::spawn(async move {
+            let wait = watch.silent_in(lease);
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            let ours = raft.metrics().borrow().current_term;
+            let elections = candidate.leader_id().term.saturating_sub(ours) + 1;
+            if watch.silent_in(lease).is_zero() && elections <= MAX_TERMS_TO_CATCH_UP {
+                tracing::info!(
+                    %candidate,
+                    "a candidate with a shorter log stood and the leader is silent: standing now"
+                );
+                for _ in 0..elections {
+                    if raft.trigger().elect().await.is_err() {
+                        break;
+                    }
+                }
+            }
+            watch.scheduled.store(false, Ordering::Release);
+        });
     }
 }
 
@@ -50,6 +133,12 @@ impl RaftRpc for RaftService {
             .append_entries(rpc)
             .await
             .map_err(raft_status)?;
+        if !matches!(
+            response,
+            openraft::raft::AppendEntriesResponse::HigherVote(_)
+        ) {
+            self.watch.heard_now();
+        }
         Ok(Response::new(wire::append_response(&response)))
     }
 
@@ -59,7 +148,13 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<pb::VoteResponse>, Status> {
         self.node.authz.authorize(&request, Action::Raft)?;
         let rpc = wire::from_vote_request(request.get_ref())?;
-        let response = self.node.raft.vote(rpc).await.map_err(raft_status)?;
+        let response = self
+            .node
+            .raft
+            .vote(rpc.clone())
+            .await
+            .map_err(raft_status)?;
+        self.stand_if_only_we_can_win(&rpc, &response);
         Ok(Response::new(wire::vote_response(&response)))
     }
 
@@ -70,7 +165,10 @@ impl RaftRpc for RaftService {
         self.node.authz.authorize(&request, Action::Raft)?;
         let rpc = wire::from_snapshot_request(request.get_ref())?;
         match self.node.raft.install_snapshot(rpc).await {
-            Ok(response) => Ok(Response::new(wire::snapshot_response(&response))),
+            Ok(response) => {
+                self.watch.heard_now();
+                Ok(Response::new(wire::snapshot_response(&response)))
+            }
             Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(m))) => {
                 let text = serde_json::to_string(&m).unwrap_or_default();
                 Err(Status::new(SNAPSHOT_MISMATCH_CODE, text))
