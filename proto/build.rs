@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "fulcrum/control/v1/control.proto",
     "fulcrum/status/v1/status.proto",
     "fulcrum/raft/v1/raft.proto",
+    "fulcrum/raft/v1/command.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -59,6 +59,10 @@ pub struct Node {
 
 /// Most changes one batched entry carries.
 pub const MAX_BATCH: usize = 1_024;
+/// Most memory (as [`Change::memory_estimate`] counts it) one batched entry holds, so
+/// an entry stays small enough to replicate within a heartbeat; a single larger change
+/// still goes alone.
+pub const MAX_BATCH_BYTES: usize = 2 * 1024 * 1024;
 /// Batched entries proposed at once; more wait (and so grow the next batch).
 pub const MAX_WRITES_IN_FLIGHT: usize = 4;
 
@@ -106,25 +110,60 @@ impl Writer {
     }
 }
 
-fn take_more(rx: &mut mpsc::Receiver<PendingWrite>, batch: &mut Vec<PendingWrite>) {
-    while batch.len() < MAX_BATCH {
-        match rx.try_recv() {
-            Ok(p) => batch.push(p),
-            Err(_) => return,
+/// A batch being gathered: its writes and their estimated memory.
+struct Gathering {
+    writes: Vec<PendingWrite>,
+    bytes: usize,
+    /// A write that did not fit, to start the next batch.
+    next: Option<PendingWrite>,
+}
+
+impl Gathering {
+    fn new(first: PendingWrite) -> Self {
+        Gathering {
+            bytes: first.change.memory_estimate(),
+            writes: vec![first],
+            next: None,
+        }
+    }
+
+    /// Takes what is waiting, up to the batch bounds.
+    fn take_more(&mut self, rx: &mut mpsc::Receiver<PendingWrite>) {
+        while self.next.is_none() && self.writes.len() < MAX_BATCH {
+            let Ok(p) = rx.try_recv() else {
+                return;
+            };
+            let bytes = p.change.memory_estimate();
+            if self.bytes + bytes > MAX_BATCH_BYTES {
+                self.next = Some(p);
+            } else {
+                self.bytes += bytes;
+                self.writes.push(p);
+            }
         }
     }
 }
 
 async fn run_writer(raft: Raft, state: StateReader, mut rx: mpsc::Receiver<PendingWrite>) {
     let in_flight = Arc::new(Semaphore::new(MAX_WRITES_IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        take_more(&mut rx, &mut batch);
+    let mut left_over: Option<PendingWrite> = None;
+    loop {
+        let first = match left_over.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let mut gathering = Gathering::new(first);
+        gathering.take_more(&mut rx);
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
         // Whatever arrived while waiting for a slot joins this entry.
-        take_more(&mut rx, &mut batch);
+        gathering.take_more(&mut rx);
+        left_over = gathering.next;
+        let batch = gathering.writes;
         let raft = raft.clone();
         let at_ms = wall_clock_ms().max(state.read(|a| a.mesh.now_ms()));
         tokio::spawn(async move {
@@ -314,8 +353,7 @@ impl Node {
         address: &str,
     ) -> Result<Proposed, Status> {
         let mut client = network::client(&self.dialer, address)?;
-        let bytes = serde_json::to_vec(change)
-            .map_err(|e| Status::internal(format!("cannot encode the command: {e}")))?;
+        let bytes = crate::mesh::encoding::encode_change(change);
         let response = client
             .propose(network::propose_request(bytes))
             .await

@@ -10,9 +10,12 @@ use fulcrum_policy::engine::DrainTarget;
 use fulcrum_policy::engine::digest::HealthDigest;
 use serde::{Deserialize, Serialize};
 
+use super::encoding::{DecodeError, decode_command, encode_command};
+
 /// One log entry's payload: a change, stamped with the leader's clock.
 ///
-/// Its encoding (JSON) is made once and kept: the same bytes go to the store and to every
+/// Its encoding (`fulcrum.raft.v1.Command`, see [`encoding`](super::encoding)) is made
+/// once and kept: the same bytes go to the store and to every
 /// follower, and a command read back from either keeps the bytes it came from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -46,16 +49,21 @@ impl Command {
     /// Its encoding, made on first use.
     pub fn encoded(&self) -> Arc<[u8]> {
         self.encoded
-            .get_or_init(|| {
-                // Encoding plain data to JSON cannot fail.
-                serde_json::to_vec(self).unwrap_or_default().into()
-            })
+            .get_or_init(|| encode_command(self.at_ms, &self.change).into())
             .clone()
     }
 
+    /// Roughly the memory this command holds, decoded and encoded (to bound caches of
+    /// entries: a digest's encoding is many times smaller than its decoded samples).
+    pub fn memory_estimate(&self) -> usize {
+        let encoded = self.encoded.get().map_or(0, |e| e.len());
+        std::mem::size_of::<Command>() + encoded + self.change.memory_estimate()
+    }
+
     /// Decodes a command, keeping `bytes` as its encoding.
-    pub fn decode(bytes: &[u8]) -> Result<Command, serde_json::Error> {
-        let command: Command = serde_json::from_slice(bytes)?;
+    pub fn decode(bytes: &[u8]) -> Result<Command, DecodeError> {
+        let (at_ms, change) = decode_command(bytes)?;
+        let command = Command::new(at_ms, change);
         let _ = command.encoded.set(Arc::from(bytes));
         Ok(command)
     }
@@ -134,6 +142,82 @@ pub enum Change {
         /// One service, or every drain of the target.
         service: Option<String>,
     },
+}
+
+/// What one heap allocation costs beyond its bytes (allocator header and rounding).
+const ALLOCATION_OVERHEAD: usize = 16;
+
+fn string_memory(s: &str) -> usize {
+    if s.is_empty() {
+        0
+    } else {
+        s.len() + ALLOCATION_OVERHEAD
+    }
+}
+
+fn locality_memory(l: &fulcrum_policy::Locality) -> usize {
+    string_memory(&l.region) + string_memory(&l.zone) + string_memory(&l.subzone)
+}
+
+impl Change {
+    /// Roughly the heap memory this change holds.
+    pub fn memory_estimate(&self) -> usize {
+        use std::mem::size_of;
+        size_of::<Change>()
+            + match self {
+                Change::Apply { objects } => objects
+                    .iter()
+                    .map(|o| {
+                        size_of::<StoredObject>()
+                            + string_memory(&o.json)
+                            + string_memory(&o.key.kind)
+                            + string_memory(&o.key.namespace)
+                            + string_memory(&o.key.name)
+                    })
+                    .sum(),
+                Change::Digest { digest } => {
+                    let traffic: usize = digest
+                        .traffic
+                        .iter()
+                        .map(|t| {
+                            size_of_val(t)
+                                + string_memory(&t.service)
+                                + string_memory(&t.source_cluster)
+                                + locality_memory(&t.locality)
+                        })
+                        .sum();
+                    let inventory: usize = digest
+                        .inventory
+                        .iter()
+                        .map(|i| {
+                            size_of_val(i)
+                                + string_memory(&i.service)
+                                + string_memory(&i.cluster)
+                                + locality_memory(&i.locality)
+                        })
+                        .sum();
+                    let other: usize = digest
+                        .reporters
+                        .iter()
+                        .map(|r| size_of::<String>() + string_memory(r))
+                        .chain(digest.reachability.iter().map(|r| {
+                            size_of_val(r)
+                                + string_memory(&r.source_cluster)
+                                + string_memory(&r.target_cluster)
+                        }))
+                        .sum();
+                    traffic + inventory + other
+                }
+                Change::Batch { changes } => changes
+                    .iter()
+                    .map(|c| ALLOCATION_OVERHEAD + c.memory_estimate())
+                    .sum(),
+                Change::Delete { .. }
+                | Change::Tick
+                | Change::Drain { .. }
+                | Change::Undrain { .. } => 256,
+            }
+    }
 }
 
 /// What happened to one object of an `Apply`.

@@ -11,6 +11,7 @@
 //! version) and the event log — is kept and travels in snapshots.
 
 pub mod command;
+pub mod encoding;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;

@@ -16,7 +16,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{AnyError, BasicNode};
+use openraft::{AnyError, BasicNode, EntryPayload, LogId};
 use tonic::transport::Channel;
 
 use super::{TypeConfig, wire};
@@ -89,6 +89,38 @@ fn malformed<E: std::error::Error>(
     ))))
 }
 
+/// Most bytes of entries one AppendEntries carries. openraft allows each call one
+/// heartbeat interval, and a follower far behind would otherwise be sent hundreds of
+/// large digest entries at once, more than it can decode, append and fsync in that time:
+/// every try would time out and it would never catch up. One entry always goes, whatever
+/// its size.
+pub const MAX_APPEND_BYTES: usize = 256 * 1024;
+
+/// `rpc` with only as many entries as fit [`MAX_APPEND_BYTES`], and the last one sent when
+/// some were left out.
+fn within_budget(
+    mut rpc: AppendEntriesRequest<TypeConfig>,
+) -> (AppendEntriesRequest<TypeConfig>, Option<LogId<u64>>) {
+    let mut bytes = 0usize;
+    let keep = rpc
+        .entries
+        .iter()
+        .position(|e| {
+            bytes += match &e.payload {
+                EntryPayload::Normal(command) => command.encoded().len(),
+                _ => 64,
+            };
+            bytes > MAX_APPEND_BYTES
+        })
+        .map_or(rpc.entries.len(), |over| over.max(1));
+    if keep == rpc.entries.len() {
+        return (rpc, None);
+    }
+    rpc.entries.truncate(keep);
+    let last = rpc.entries.last().map(|e| e.log_id);
+    (rpc, last)
+}
+
 impl Peer {
     fn client(&self) -> Result<RaftClient<Channel>, AnyError> {
         self.client.clone().map_err(AnyError::error)
@@ -110,11 +142,20 @@ impl RaftNetwork<TypeConfig> for Peer {
         let mut client = self
             .client()
             .map_err(|e| RPCError::Unreachable(Unreachable::from(e)))?;
+        let (rpc, cut_after) = within_budget(rpc);
         let response = client
             .append_entries(Self::request(wire::append_request(&rpc), &option))
             .await
             .map_err(|s| failure(&self.address, &s))?;
-        wire::from_append_response(response.get_ref()).map_err(|e| malformed(&self.address, e))
+        let response = wire::from_append_response(response.get_ref())
+            .map_err(|e| malformed(&self.address, e))?;
+        // The follower took what was sent; openraft sends the rest next.
+        Ok(match (response, cut_after) {
+            (AppendEntriesResponse::Success, Some(last)) => {
+                AppendEntriesResponse::PartialSuccess(Some(last))
+            }
+            (response, _) => response,
+        })
     }
 
     async fn install_snapshot(
@@ -172,4 +213,59 @@ pub fn client(dialer: &Dialer, address: &str) -> Result<RaftClient<Channel>, ton
 /// The request for a proposal forwarded to the leader.
 pub fn propose_request(command: Vec<u8>) -> pb::ProposeRequest {
     pb::ProposeRequest { command }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Entry, Vote};
+
+    use super::*;
+    use crate::mesh::{Change, Command, ObjectKey, StoredObject};
+
+    fn entry(index: u64, json_bytes: usize) -> Entry<TypeConfig> {
+        let object = StoredObject {
+            key: ObjectKey {
+                kind: "ServiceEntry".into(),
+                namespace: "shop".into(),
+                name: format!("s{index}"),
+            },
+            json: "x".repeat(json_bytes),
+        };
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::new(
+                index,
+                Change::Apply {
+                    objects: vec![object],
+                },
+            )),
+        }
+    }
+
+    fn request(entries: Vec<Entry<TypeConfig>>) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries,
+        }
+    }
+
+    #[test]
+    fn an_append_carries_at_most_its_budget_and_says_where_it_stopped() {
+        let small = request((1..=10).map(|i| entry(i, 1_000)).collect());
+        let (sent, cut) = within_budget(small);
+        assert_eq!((sent.entries.len(), cut), (10, None));
+
+        let third = MAX_APPEND_BYTES / 3;
+        let (sent, cut) = within_budget(request((1..=10).map(|i| entry(i, third)).collect()));
+        assert_eq!(sent.entries.len(), 2);
+        assert_eq!(cut.map(|l| l.index), Some(2));
+
+        // One entry always goes, however large.
+        let huge = request(vec![entry(7, 2 * MAX_APPEND_BYTES), entry(8, 10)]);
+        let (sent, cut) = within_budget(huge);
+        assert_eq!(sent.entries.len(), 1);
+        assert_eq!(cut.map(|l| l.index), Some(7));
+    }
 }

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use super::network::SNAPSHOT_MISMATCH_CODE;
 use super::wire;
-use crate::mesh::Change;
+use crate::mesh::encoding::decode_change;
 use crate::node::Node;
 use crate::security::Action;
 
@@ -189,8 +189,8 @@ impl RaftRpc for RaftService {
                 bytes.len()
             )));
         }
-        let change: Change = serde_json::from_slice(bytes)
-            .map_err(|e| Status::invalid_argument(format!("command: not a Fulcrum change: {e}")))?;
+        let change =
+            decode_change(bytes).map_err(|e| Status::invalid_argument(format!("command: {e}")))?;
         let proposed = self.node.propose_here(change).await?;
         let result = serde_json::to_vec(&proposed.outcome)
             .map_err(|e| Status::internal(format!("cannot encode the outcome: {e}")))?;

@@ -227,9 +227,9 @@ pub fn record_node_id(log: &LogStore, node_id: u64) -> Result<(), Error> {
 
 /// Most recent entries kept decoded in memory.
 const RECENT_ENTRIES: usize = 4_096;
-/// Most bytes (encoded) of recent entries kept in memory; decoded they take a few times
-/// more.
-const RECENT_BYTES: usize = 16 * 1024 * 1024;
+/// Most memory recent entries may hold (decoded, with their encoding), as
+/// [`Command::memory_estimate`](crate::mesh::Command::memory_estimate) counts it.
+const RECENT_BYTES: usize = 64 * 1024 * 1024;
 
 /// The newest entries of the log, decoded: replication and the state machine read what
 /// was just appended, and decoding it again from the file would dominate the cost of a
@@ -401,7 +401,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .iter()
             .map(|e| (e.log_id.index, encode_entry(e)))
             .collect();
-        let sizes: Vec<usize> = encoded.iter().map(|(_, b)| b.len()).collect();
+        let sizes: Vec<usize> = entries
+            .iter()
+            .map(|e| match &e.payload {
+                EntryPayload::Normal(command) => command.memory_estimate(),
+                _ => std::mem::size_of::<Entry<TypeConfig>>(),
+            })
+            .collect();
         let db = self.db.clone();
         // The commit fsyncs; keep it off the async workers.
         let written = tokio::task::spawn_blocking(move || -> Result<(), Error> {
