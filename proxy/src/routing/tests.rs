@@ -1,0 +1,339 @@
+//! The route decision, as a table: a VirtualService, a request, what must happen.
+
+use std::collections::VecDeque;
+
+use fulcrum_policy::ConfigSet;
+use http::{HeaderMap, HeaderValue};
+
+use super::*;
+
+/// Plays back fixed rolls (each taken modulo the bound), then zeros.
+struct Rolls(VecDeque<u64>);
+
+impl Rolls {
+    fn none() -> Rolls {
+        Rolls(VecDeque::new())
+    }
+    fn of(rolls: &[u64]) -> Rolls {
+        Rolls(rolls.iter().copied().collect())
+    }
+}
+
+impl Chance for Rolls {
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0.pop_front().unwrap_or(0) % bound
+    }
+}
+
+fn table(yaml: &str) -> RouteTable {
+    let mut config = ConfigSet::new();
+    config.add_text("test.yaml", yaml);
+    let errors: Vec<_> = config
+        .diagnostics()
+        .filter(|d| d.severity == fulcrum_policy::Severity::Error)
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let (table, errors) = RouteTable::build(config.resources());
+    assert!(errors.is_empty(), "{errors:?}");
+    table
+}
+
+fn vs(http: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: shop, namespace: shop}}\nspec:\n  hosts: [shop.example, \"*.wild.example\"]\n  http:\n{http}"
+    )
+}
+
+struct Req {
+    method: &'static str,
+    authority: &'static str,
+    path: &'static str,
+    headers: HeaderMap,
+    port: u16,
+}
+
+fn get(path: &'static str) -> Req {
+    Req {
+        method: "GET",
+        authority: "shop.example",
+        path,
+        headers: HeaderMap::new(),
+        port: 80,
+    }
+}
+
+impl Req {
+    fn header(mut self, name: &'static str, value: &'static str) -> Req {
+        self.headers.insert(name, HeaderValue::from_static(value));
+        self
+    }
+    fn method(mut self, m: &'static str) -> Req {
+        self.method = m;
+        self
+    }
+    fn host(mut self, h: &'static str) -> Req {
+        self.authority = h;
+        self
+    }
+    fn decide(&self, t: &RouteTable, chance: &mut dyn Chance) -> RouteDecision {
+        t.decide(
+            &RouteRequest {
+                method: self.method,
+                scheme: "http",
+                authority: self.authority,
+                path_and_query: self.path,
+                headers: &self.headers,
+                port: self.port,
+            },
+            chance,
+        )
+    }
+}
+
+fn forward(d: RouteDecision) -> Forward {
+    match d {
+        RouteDecision::Forward(f) => *f,
+        other => panic!("expected a forward, got {other:?}"),
+    }
+}
+
+fn route_of(t: &RouteTable, r: Req) -> String {
+    match r.decide(t, &mut Rolls::none()) {
+        RouteDecision::Forward(f) => f.route,
+        RouteDecision::NoRoute => "none".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+const MATCHES: &str = r#"
+  - name: exact-cart
+    match: [{uri: {exact: /cart}}]
+    route: [{destination: {host: cart}}]
+  - name: api-prefix-nocase
+    match: [{uri: {prefix: /API/}, ignoreUriCase: true}]
+    route: [{destination: {host: api}}]
+  - name: versioned-regex
+    match: [{uri: {regex: "/v[0-9]+/items"}}]
+    route: [{destination: {host: items}}]
+  - name: canary-header-and-post
+    match: [{headers: {x-canary: {exact: "yes"}}, method: {exact: POST}}]
+    route: [{destination: {host: canary}}]
+  - name: debug-query-or-beta-host
+    match: [{queryParams: {debug: {exact: "1"}}}, {authority: {prefix: beta.}}]
+    route: [{destination: {host: debug}}]
+  - name: not-internal
+    match: [{withoutHeaders: {x-internal: {exact: "true"}}, uri: {prefix: /public}}]
+    route: [{destination: {host: public}}]
+  - name: from-a-labelled-workload
+    match: [{sourceLabels: {app: reviews}}]
+    route: [{destination: {host: never}}]
+  - name: catch-all
+    route: [{destination: {host: default}}]
+"#;
+
+#[test]
+fn the_first_matching_route_wins_and_conditions_follow_istio() {
+    let t = table(&vs(MATCHES));
+    let cases = [
+        (get("/cart"), "exact-cart"),
+        (get("/cart/items"), "catch-all"),
+        (get("/api/v1"), "api-prefix-nocase"),
+        (get("/Api/v1"), "api-prefix-nocase"),
+        (get("/v12/items"), "versioned-regex"),
+        (get("/v12/items/3"), "catch-all"),
+        (
+            get("/x").header("x-canary", "yes").method("POST"),
+            "canary-header-and-post",
+        ),
+        (get("/x").header("x-canary", "yes"), "catch-all"),
+        (get("/x?a=2&debug=1"), "debug-query-or-beta-host"),
+        (get("/x?debug=10"), "catch-all"),
+        (
+            get("/x").host("beta.wild.example"),
+            "debug-query-or-beta-host",
+        ),
+        (get("/public/a"), "not-internal"),
+        (get("/public/a").header("x-internal", "true"), "catch-all"),
+        (
+            get("/public/a").header("x-internal", "false"),
+            "not-internal",
+        ),
+        (get("/anything"), "catch-all"),
+        (get("/x").host("other.example"), "none"),
+        (get("/x").host("SHOP.example"), "catch-all"),
+    ];
+    for (request, want) in cases {
+        let what = format!("{} {} {}", request.method, request.authority, request.path);
+        assert_eq!(route_of(&t, request), want, "{what}");
+    }
+}
+
+#[test]
+fn weights_split_by_share_and_zero_weight_gets_nothing() {
+    let t = table(&vs(r#"
+  - route:
+    - {destination: {host: shop, subset: v1}, weight: 75}
+    - {destination: {host: shop, subset: v2}, weight: 25}
+    - {destination: {host: shop, subset: v3}, weight: 0}
+"#));
+    let subset = |roll: u64| {
+        forward(get("/").decide(&t, &mut Rolls::of(&[roll])))
+            .target
+            .subset
+    };
+    assert_eq!(subset(0), "v1");
+    assert_eq!(subset(74), "v1");
+    assert_eq!(subset(75), "v2");
+    assert_eq!(subset(99), "v2");
+}
+
+#[test]
+fn rewrite_replaces_the_matched_prefix_or_the_whole_path() {
+    let t = table(&vs(r#"
+  - match: [{uri: {prefix: /old/}}]
+    rewrite: {uri: /new/, authority: backend.internal}
+    route: [{destination: {host: shop}}]
+  - match: [{uri: {exact: /login}}]
+    rewrite: {uri: /auth/login}
+    route: [{destination: {host: shop}}]
+  - match: [{uri: {prefix: /users/}}]
+    rewrite: {uriRegexRewrite: {match: "^/users/([^/]+)/profile$", rewrite: "/profiles/\\1"}}
+    route: [{destination: {host: shop}}]
+"#));
+    let f = forward(get("/old/a/b?x=1").decide(&t, &mut Rolls::none()));
+    assert_eq!(f.path_and_query, "/new/a/b?x=1");
+    assert_eq!(f.authority, "backend.internal");
+    let f = forward(get("/login").decide(&t, &mut Rolls::none()));
+    assert_eq!(
+        (f.path_and_query.as_str(), f.authority.as_str()),
+        ("/auth/login", "shop.example")
+    );
+    let f = forward(get("/users/ana/profile").decide(&t, &mut Rolls::none()));
+    assert_eq!(f.path_and_query, "/profiles/ana");
+}
+
+#[test]
+fn redirects_and_direct_responses_answer_without_forwarding() {
+    let t = table(&vs(r#"
+  - match: [{uri: {prefix: /old}}]
+    redirect: {uri: /new, authority: www.example, redirectCode: 308}
+  - match: [{uri: {prefix: /secure}}]
+    redirect: {scheme: https}
+  - match: [{uri: {exact: /health}}]
+    directResponse: {status: 200, body: {string: "ok"}}
+"#));
+    assert_eq!(
+        get("/old/page?q=1").decide(&t, &mut Rolls::none()),
+        RouteDecision::Redirect {
+            status: 308,
+            location: "http://www.example/new?q=1".into()
+        }
+    );
+    assert_eq!(
+        get("/secure/x").decide(&t, &mut Rolls::none()),
+        RouteDecision::Redirect {
+            status: 301,
+            location: "https://shop.example/secure/x".into()
+        }
+    );
+    assert_eq!(
+        get("/health").decide(&t, &mut Rolls::none()),
+        RouteDecision::Respond {
+            status: 200,
+            body: Bytes::from_static(b"ok")
+        }
+    );
+    assert_eq!(
+        get("/other").decide(&t, &mut Rolls::none()),
+        RouteDecision::NoRoute
+    );
+}
+
+#[test]
+fn retries_timeouts_and_headers_come_from_the_route_and_its_destination() {
+    let t = table(&vs(r#"
+  - timeout: 2s
+    retries: {attempts: 3, perTryTimeout: 500ms, retryOn: "5xx,reset,409", retryRemoteLocalities: true}
+    headers:
+      request: {set: {x-route: a}, remove: [x-secret]}
+      response: {add: {x-served-by: fulcrum}}
+    route:
+    - destination: {host: shop}
+      headers: {request: {add: {x-dest: one}}}
+"#));
+    let f = forward(get("/").decide(&t, &mut Rolls::none()));
+    assert_eq!(f.timeout, Some(Duration::from_secs(2)));
+    assert_eq!(f.retries.attempts, 3);
+    assert_eq!(f.retries.per_try_timeout, Some(Duration::from_millis(500)));
+    assert!(f.retries.remote_localities);
+    assert!(f.retries.retry_on.reset && f.retries.retry_on.retries_status(502));
+    assert!(f.retries.retry_on.retries_status(409) && !f.retries.retry_on.retries_status(404));
+    assert_eq!(f.request_headers.set, vec![("x-route".into(), "a".into())]);
+    assert_eq!(f.request_headers.add, vec![("x-dest".into(), "one".into())]);
+    assert_eq!(f.request_headers.remove, vec!["x-secret".to_string()]);
+    assert_eq!(
+        f.response_headers.add,
+        vec![("x-served-by".into(), "fulcrum".into())]
+    );
+}
+
+#[test]
+fn a_route_without_retries_gets_istios_default() {
+    let t = table(&vs("  - route: [{destination: {host: shop}}]\n"));
+    let f = forward(get("/").decide(&t, &mut Rolls::none()));
+    assert_eq!(f.retries, RetryPolicy::istio_default());
+    assert_eq!(f.retries.attempts, 2);
+    assert!(f.retries.retry_on.connect_failure && f.retries.retry_on.retries_status(503));
+    assert!(!f.retries.retry_on.retries_status(500));
+    assert_eq!(f.timeout, None);
+}
+
+#[test]
+fn faults_and_mirrors_fire_at_their_percentage() {
+    let t = table(&vs(r#"
+  - fault:
+      delay: {fixedDelay: 5s, percentage: {value: 10}}
+      abort: {httpStatus: 503, percentage: {value: 0.5}}
+    mirror: {host: shadow}
+    mirrorPercentage: {value: 25}
+    route: [{destination: {host: shop}}]
+"#));
+    // Rolls in order: weight, delay, abort, mirror (each out of 1,000,000 for percents).
+    let f = forward(get("/").decide(&t, &mut Rolls::of(&[0, 99_999, 4_999, 249_999])));
+    assert_eq!(f.fault.delay, Some(Duration::from_secs(5)));
+    assert_eq!(f.fault.abort, Some(503));
+    assert_eq!(f.mirrors.len(), 1);
+    let f = forward(get("/").decide(&t, &mut Rolls::of(&[0, 100_000, 5_000, 250_000])));
+    assert_eq!(f.fault, FaultDecision::default());
+    assert!(f.mirrors.is_empty());
+}
+
+#[test]
+fn a_bad_virtual_service_is_left_out_alone_with_its_field() {
+    // Validation in fulcrum-policy refuses this before it reaches a proxy; the proxy
+    // checks again what it compiles, and one bad object must not take the others down.
+    let mut config = ConfigSet::new();
+    config.add_text(
+        "good.yaml",
+        &vs("  - route: [{destination: {host: shop}}]\n"),
+    );
+    let good = config.resources().next().cloned().expect("parsed");
+    let Resource::VirtualService(mut broken) = good.clone() else {
+        panic!("a VirtualService");
+    };
+    broken.metadata.name = "broken".into();
+    broken.spec.hosts = vec!["broken.example".into()];
+    broken.spec.http[0].retries = Some(HttpRetry {
+        attempts: 1,
+        retry_on: "5xx,sometimes".into(),
+        ..HttpRetry::default()
+    });
+    let resources = [good, Resource::VirtualService(broken)];
+    let (t, errors) = RouteTable::build(&resources);
+    assert!(t.has_host("shop.example"));
+    assert!(!t.has_host("broken.example"));
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].object, "VirtualService shop/broken");
+    assert_eq!(errors[0].field, "spec.http[0].retries.retryOn");
+    assert!(errors[0].reason.contains("sometimes"), "{}", errors[0]);
+}
