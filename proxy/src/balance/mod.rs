@@ -1,1 +1,10 @@
-//! Placeholder
+//! Choosing where a request goes once routing has named a service: first the destination
+//! locality, from the weight row the coordinator pushed for this proxy's locality
+//! ([`locality`]); then an endpoint inside it, by the DestinationRule's load balancer
+//! ([`endpoint`]). Pure state machines: no clocks, no sockets; chance is injected.
+
+pub mod endpoint;
+pub mod locality;
+
+pub use endpoint::{EndpointPicker, LbPolicy};
+pub use locality::SmoothWeights;
