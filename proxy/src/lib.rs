@@ -10,10 +10,16 @@
 //!   (a 1% weight gets every hundredth request, not bursts), and of an endpoint inside it
 //!   by the DestinationRule's load balancer.
 //!
-//! Neither does I/O: listeners, upstream connections, mTLS and the coordinator session
-//! are separate adapters that call them.
+//! Neither does I/O. Around them: [`discovery`] (this cluster's endpoints, from
+//! ServiceEntry configuration behind a trait), [`outbound`] (forwarding with timeouts,
+//! retries, faults, header changes and mirrors) and [`app`] (the listeners).
+//! Not yet: east-west mTLS, the coordinator session and last-known-good snapshots,
+//! outlier detection, metrics.
 
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod balance;
+pub mod discovery;
+pub mod outbound;
 pub mod routing;

@@ -1,0 +1,255 @@
+//! Where a service's endpoints are: this cluster's endpoints of each service, with the
+//! labels subsets select on and the load balancer its DestinationRule asks for.
+//!
+//! [`Discovery`] is the seam: [`StaticDiscovery`] reads ServiceEntry (and their inline
+//! WorkloadEntry) endpoints from configuration; a Kubernetes EndpointSlice watcher can
+//! implement the same trait. An endpoint is this cluster's when its
+//! `topology.istio.io/cluster` label names it, or when it carries no such label and its
+//! locality is this proxy's.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+
+use fulcrum_policy::istio::{SimpleLb, TrafficPolicy};
+use fulcrum_policy::{Locality, Resource};
+
+use crate::balance::LbPolicy;
+
+/// Istio's label naming the cluster a workload runs in.
+pub const CLUSTER_LABEL: &str = "topology.istio.io/cluster";
+
+/// One endpoint of a service in this cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Where to connect.
+    pub address: SocketAddr,
+    /// Its labels (subsets select on them).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// How a service's endpoints are balanced.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BalanceSettings {
+    /// The algorithm.
+    pub policy: LbPolicy,
+    /// For ring hash: the header whose value is the key.
+    pub hash_header: Option<String>,
+    /// For ring hash: the query parameter whose value is the key.
+    pub hash_query: Option<String>,
+}
+
+/// The endpoints of services in this cluster.
+pub trait Discovery: Send + Sync {
+    /// The endpoints of `host` in `subset` (empty: every endpoint), this cluster only.
+    fn endpoints(&self, host: &str, subset: &str) -> Vec<Endpoint>;
+    /// Whether `host` is a service this mesh knows (in any cluster).
+    fn knows(&self, host: &str) -> bool;
+    /// How `host` (and `subset`) is balanced.
+    fn balance(&self, host: &str, subset: &str) -> BalanceSettings;
+}
+
+#[derive(Debug, Clone, Default)]
+struct Service {
+    endpoints: Vec<Endpoint>,
+    subsets: HashMap<String, BTreeMap<String, String>>,
+    balance: BalanceSettings,
+    subset_balance: HashMap<String, BalanceSettings>,
+}
+
+/// Endpoints read from ServiceEntry objects.
+#[derive(Debug, Clone, Default)]
+pub struct StaticDiscovery {
+    services: HashMap<String, Service>,
+}
+
+fn balance_of(policy: Option<&TrafficPolicy>) -> Option<BalanceSettings> {
+    let lb = policy?.load_balancer.as_ref()?;
+    if let Some(hash) = &lb.consistent_hash {
+        return Some(BalanceSettings {
+            policy: LbPolicy::RingHash,
+            hash_header: hash.http_header_name.clone(),
+            hash_query: hash.http_query_parameter_name.clone(),
+        });
+    }
+    let policy = match lb.simple? {
+        SimpleLb::RoundRobin => LbPolicy::RoundRobin,
+        SimpleLb::Random => LbPolicy::Random,
+        SimpleLb::Unspecified
+        | SimpleLb::LeastConn
+        | SimpleLb::LeastRequest
+        | SimpleLb::Passthrough => LbPolicy::LeastRequest,
+    };
+    Some(BalanceSettings {
+        policy,
+        ..BalanceSettings::default()
+    })
+}
+
+impl StaticDiscovery {
+    /// The endpoints in `resources` that belong to `cluster` (at `locality`).
+    pub fn from_resources<'a>(
+        resources: impl IntoIterator<Item = &'a Resource>,
+        cluster: &str,
+        locality: &Locality,
+    ) -> StaticDiscovery {
+        let resources: Vec<&Resource> = resources.into_iter().collect();
+        let mut services: HashMap<String, Service> = HashMap::new();
+        for r in &resources {
+            let Resource::ServiceEntry(se) = r else {
+                continue;
+            };
+            for host in &se.spec.hosts {
+                let service = services.entry(host.to_ascii_lowercase()).or_default();
+                for we in &se.spec.endpoints {
+                    let ours = match we.labels.get(CLUSTER_LABEL) {
+                        Some(c) => c == cluster,
+                        None => we.locality.parse::<Locality>().ok().as_ref() == Some(locality),
+                    };
+                    if !ours {
+                        continue;
+                    }
+                    for port in &se.spec.ports {
+                        let number =
+                            we.ports
+                                .get(&port.name)
+                                .copied()
+                                .unwrap_or(if port.target_port != 0 {
+                                    port.target_port
+                                } else {
+                                    port.number
+                                });
+                        let Ok(number) = u16::try_from(number) else {
+                            continue;
+                        };
+                        if let Ok(ip) = we.address.parse::<std::net::IpAddr>() {
+                            service.endpoints.push(Endpoint {
+                                address: SocketAddr::new(ip, number),
+                                labels: we.labels.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        for r in &resources {
+            let Resource::DestinationRule(dr) = r else {
+                continue;
+            };
+            let Some(service) = services.get_mut(&dr.spec.host.to_ascii_lowercase()) else {
+                continue;
+            };
+            if let Some(b) = balance_of(dr.spec.traffic_policy.as_ref()) {
+                service.balance = b;
+            }
+            for subset in &dr.spec.subsets {
+                service
+                    .subsets
+                    .insert(subset.name.clone(), subset.labels.clone());
+                if let Some(b) = balance_of(subset.traffic_policy.as_ref()) {
+                    service.subset_balance.insert(subset.name.clone(), b);
+                }
+            }
+        }
+        StaticDiscovery { services }
+    }
+}
+
+impl Discovery for StaticDiscovery {
+    fn endpoints(&self, host: &str, subset: &str) -> Vec<Endpoint> {
+        let Some(service) = self.services.get(&host.to_ascii_lowercase()) else {
+            return Vec::new();
+        };
+        if subset.is_empty() {
+            return service.endpoints.clone();
+        }
+        // A subset no DestinationRule defines selects nothing, as in Istio.
+        let Some(selector) = service.subsets.get(subset) else {
+            return Vec::new();
+        };
+        service
+            .endpoints
+            .iter()
+            .filter(|e| selector.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+            .cloned()
+            .collect()
+    }
+
+    fn knows(&self, host: &str) -> bool {
+        self.services.contains_key(&host.to_ascii_lowercase())
+    }
+
+    fn balance(&self, host: &str, subset: &str) -> BalanceSettings {
+        self.services
+            .get(&host.to_ascii_lowercase())
+            .map(|s| {
+                s.subset_balance
+                    .get(subset)
+                    .cloned()
+                    .unwrap_or_else(|| s.balance.clone())
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fulcrum_policy::ConfigSet;
+
+    use super::*;
+
+    fn sample() -> ConfigSet {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/config");
+        let mut config = ConfigSet::new();
+        config.add_path(&dir);
+        config
+    }
+
+    #[test]
+    fn a_proxy_sees_only_its_own_clusters_endpoints() {
+        let config = sample();
+        let east = StaticDiscovery::from_resources(
+            config.resources(),
+            "us-east",
+            &"us-east/us-east-1a".parse().unwrap(),
+        );
+        let host = "checkout.shop.svc.cluster.local";
+        let ports: Vec<u16> = east
+            .endpoints(host, "")
+            .iter()
+            .map(|e| e.address.port())
+            .collect();
+        assert_eq!(ports, vec![18001, 18002]);
+        assert!(east.knows(host));
+        assert!(!east.knows("nowhere.example"));
+        let central = StaticDiscovery::from_resources(
+            config.resources(),
+            "us-central",
+            &"us-central/us-central-1a".parse().unwrap(),
+        );
+        let ports: Vec<u16> = central
+            .endpoints(host, "")
+            .iter()
+            .map(|e| e.address.port())
+            .collect();
+        assert_eq!(ports, vec![18101]);
+    }
+
+    #[test]
+    fn subsets_select_by_label_and_the_rule_names_the_balancer() {
+        let config = sample();
+        let east = StaticDiscovery::from_resources(
+            config.resources(),
+            "us-east",
+            &"us-east/us-east-1a".parse().unwrap(),
+        );
+        let host = "checkout.shop.svc.cluster.local";
+        let v2: Vec<u16> = east
+            .endpoints(host, "v2")
+            .iter()
+            .map(|e| e.address.port())
+            .collect();
+        assert_eq!(v2, vec![18002]);
+        assert!(east.endpoints(host, "no-such-subset").is_empty());
+        assert_eq!(east.balance(host, "").policy, LbPolicy::LeastRequest);
+    }
+}

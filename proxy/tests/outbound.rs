@@ -1,0 +1,376 @@
+//! The outbound listener end to end, in-process: real backends and the real proxy on
+//! loopback, HTTP/1.1 and h2c clients, and raw bytes for the malformed cases.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fulcrum_policy::ConfigSet;
+use fulcrum_proxy::app::{Proxy, ProxyConfig};
+use fulcrum_proxy::outbound::{REASON_HEADER, UPSTREAM_HEADER};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How a test backend answers.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    Ok,
+    Fail503,
+    Slow,
+}
+
+/// A backend on loopback answering with its name, the path and the Host it saw.
+async fn backend(name: &'static str, behaviour: Behaviour) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(move |r: Request<Incoming>| async move {
+                    let path = r
+                        .uri()
+                        .path_and_query()
+                        .map_or("/", |p| p.as_str())
+                        .to_string();
+                    let host = r
+                        .headers()
+                        .get("host")
+                        .and_then(|h| h.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    let status = match behaviour {
+                        Behaviour::Ok => StatusCode::OK,
+                        Behaviour::Fail503 => StatusCode::SERVICE_UNAVAILABLE,
+                        Behaviour::Slow => {
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                            StatusCode::OK
+                        }
+                    };
+                    let mut response = Response::new(Full::new(Bytes::from(path)));
+                    *response.status_mut() = status;
+                    response
+                        .headers_mut()
+                        .insert("x-backend", name.parse().expect("header"));
+                    response
+                        .headers_mut()
+                        .insert("x-seen-host", host.parse().expect("header"));
+                    if let Some(v) = r.headers().get("x-route") {
+                        response.headers_mut().insert("x-seen-route", v.clone());
+                    }
+                    Ok::<_, Infallible>(response)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    address
+}
+
+struct Mesh {
+    proxy: Proxy,
+}
+
+async fn mesh() -> Mesh {
+    let v1 = backend("shop-v1", Behaviour::Ok).await;
+    let v2 = backend("shop-v2", Behaviour::Fail503).await;
+    let slow = backend("slow", Behaviour::Slow).await;
+    let elsewhere = backend("elsewhere", Behaviour::Ok).await;
+    let endpoint = |a: SocketAddr, version: &str, cluster: &str| {
+        format!(
+            "  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a, labels: {{version: {version}, topology.istio.io/cluster: {cluster}}}}}\n",
+            a.port()
+        )
+    };
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: shop, namespace: shop}}
+spec:
+  hosts: [shop.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints:
+{}{}{}---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: slow, namespace: shop}}
+spec:
+  hosts: [slow.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints:
+{}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: shop, namespace: shop}}
+spec:
+  host: shop.example
+  trafficPolicy: {{loadBalancer: {{simple: ROUND_ROBIN}}}}
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: shop, namespace: shop}}
+spec:
+  hosts: [shop.example]
+  http:
+  - match: [{{uri: {{prefix: /old/}}}}]
+    rewrite: {{uri: /new/}}
+    headers: {{request: {{set: {{x-route: rewritten}}}}}}
+    route: [{{destination: {{host: shop.example, subset: v1}}}}]
+  - match: [{{uri: {{prefix: /flaky}}}}]
+    retries: {{attempts: 1, retryOn: "503"}}
+    route: [{{destination: {{host: shop.example}}}}]
+  - match: [{{uri: {{prefix: /broken}}}}]
+    retries: {{attempts: 0}}
+    route: [{{destination: {{host: shop.example, subset: v2}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: slow, namespace: shop}}
+spec:
+  hosts: [slow.example]
+  http:
+  - timeout: 300ms
+    route: [{{destination: {{host: slow.example}}}}]
+"#,
+        endpoint(v1, "v1", "east"),
+        endpoint(v2, "v2", "east"),
+        endpoint(elsewhere, "v1", "west"),
+        endpoint(slow, "v1", "east"),
+    );
+    let mut config = ConfigSet::new();
+    config.add_text("mesh.yaml", &yaml);
+    let errors: Vec<String> = config
+        .diagnostics()
+        .filter(|d| d.severity == fulcrum_policy::Severity::Error)
+        .map(|d| d.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let proxy = Proxy::start(
+        ProxyConfig {
+            cluster: "east".into(),
+            locality: "us-east/us-east-1a".parse().expect("locality"),
+            outbound: "127.0.0.1:0".parse().expect("address"),
+            admin: "127.0.0.1:0".parse().expect("address"),
+        },
+        &config,
+    )
+    .await
+    .expect("proxy starts");
+    Mesh { proxy }
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: String,
+}
+
+/// A request through the proxy: HTTP/1.1 with the service as Host, or h2c (prior
+/// knowledge) with the service as `:authority`.
+async fn send(proxy: SocketAddr, host: &str, path: &str, http2: bool) -> Answer {
+    let response = if http2 {
+        let stream = TcpStream::connect(proxy).await.expect("connect");
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .expect("h2c handshake");
+        tokio::spawn(connection);
+        let request = Request::get(format!("http://{host}{path}"))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        sender
+            .send_request(request)
+            .await
+            .expect("the proxy answers")
+    } else {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let request = Request::get(format!("http://{proxy}{path}"))
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        client.request(request).await.expect("the proxy answers")
+    };
+    let (head, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Answer {
+        status: head.status,
+        headers: head.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// Sends raw bytes and returns the status line.
+async fn raw(proxy: SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(proxy).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_route_rewrites_sets_headers_and_reaches_its_subset_over_http1_and_h2c() {
+    let mesh = mesh().await;
+    for http2 in [false, true] {
+        let a = send(
+            mesh.proxy.outbound_address(),
+            "shop.example",
+            "/old/cart?id=3",
+            http2,
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "h2c: {http2}");
+        assert_eq!(a.body, "/new/cart?id=3");
+        assert_eq!(a.headers["x-backend"], "shop-v1");
+        assert_eq!(a.headers["x-seen-host"], "shop.example");
+        assert_eq!(a.headers["x-seen-route"], "rewritten");
+        assert!(a.headers.contains_key(UPSTREAM_HEADER));
+    }
+}
+
+#[tokio::test]
+async fn a_retry_goes_to_another_endpoint_and_succeeds() {
+    let mesh = mesh().await;
+    // Round robin over a 503 endpoint and a good one, one retry on 503: every request
+    // ends on the good one, never the same endpoint twice.
+    for _ in 0..10 {
+        let a = send(
+            mesh.proxy.outbound_address(),
+            "shop.example",
+            "/flaky",
+            false,
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.headers["x-backend"], "shop-v1");
+    }
+    // Without retries the 503 comes back as the upstream sent it.
+    let a = send(
+        mesh.proxy.outbound_address(),
+        "shop.example",
+        "/broken",
+        false,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(a.headers["x-backend"], "shop-v2");
+}
+
+#[tokio::test]
+async fn only_this_clusters_endpoints_are_used() {
+    let mesh = mesh().await;
+    // The default route (no match) spreads over east's two endpoints, never west's.
+    for _ in 0..10 {
+        let a = send(
+            mesh.proxy.outbound_address(),
+            "shop.example",
+            "/other",
+            false,
+        )
+        .await;
+        assert_ne!(
+            a.headers.get("x-backend").map(|v| v.as_bytes()),
+            Some(&b"elsewhere"[..])
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_that_hangs_gets_the_route_timeout_then_504() {
+    let mesh = mesh().await;
+    let started = Instant::now();
+    let a = send(mesh.proxy.outbound_address(), "slow.example", "/", false).await;
+    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        a.headers[REASON_HEADER]
+            .to_str()
+            .unwrap()
+            .contains("route timeout")
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_service_is_404_with_a_reason() {
+    let mesh = mesh().await;
+    let a = send(mesh.proxy.outbound_address(), "nowhere.example", "/", false).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert!(
+        a.headers[REASON_HEADER]
+            .to_str()
+            .unwrap()
+            .contains("unknown service")
+    );
+}
+
+#[tokio::test]
+async fn malformed_requests_are_400_and_the_proxy_keeps_serving() {
+    let mesh = mesh().await;
+    let proxy = mesh.proxy.outbound_address();
+    let cases: [&[u8]; 4] = [
+        b"GET / HTTP/1.1\r\nHost: bad host\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+        b"THIS IS NOT HTTP\r\n\r\n",
+    ];
+    for case in cases {
+        let status = raw(proxy, case).await;
+        assert!(
+            status.contains(" 400 "),
+            "{:?} -> {status}",
+            String::from_utf8_lossy(case)
+        );
+    }
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: shop.example\r\nx-big: {}\r\n\r\n",
+        "a".repeat(200 * 1024)
+    );
+    let status = raw(proxy, huge.as_bytes()).await;
+    assert!(
+        status.contains(" 431 ") || status.contains(" 400 "),
+        "{status}"
+    );
+    let a = send(proxy, "shop.example", "/old/x", false).await;
+    assert_eq!(a.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_admin_port_says_ready_and_dumps_the_config() {
+    let mesh = mesh().await;
+    let admin = mesh.proxy.admin_address();
+    let a = send(admin, "admin", "/ready", false).await;
+    assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "ready\n"));
+    let a = send(admin, "admin", "/config_dump", false).await;
+    let dump: serde_json::Value = serde_json::from_str(&a.body).expect("JSON");
+    assert_eq!(dump["cluster"], "east");
+    assert_eq!(dump["locality"], "us-east/us-east-1a");
+}
