@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use fulcrum_policy::istio::{SimpleLb, TrafficPolicy};
 use fulcrum_policy::{Locality, Resource};
 
-use crate::balance::LbPolicy;
+use crate::balance::{LbPolicy, OutlierSettings};
 
 /// Istio's label naming the cluster a workload runs in.
 pub const CLUSTER_LABEL: &str = "topology.istio.io/cluster";
@@ -36,6 +36,11 @@ pub struct BalanceSettings {
     pub hash_header: Option<String>,
     /// For ring hash: the query parameter whose value is the key.
     pub hash_query: Option<String>,
+    /// Outlier detection, when the rule asks for it (none without `outlierDetection`).
+    pub outlier: Option<OutlierSettings>,
+    /// Most requests in flight to the service (`connectionPool.http.http2MaxRequests`);
+    /// more are answered 503 `overflow`.
+    pub max_requests: Option<u32>,
 }
 
 /// The endpoints of services in this cluster.
@@ -63,26 +68,37 @@ pub struct StaticDiscovery {
 }
 
 fn balance_of(policy: Option<&TrafficPolicy>) -> Option<BalanceSettings> {
-    let lb = policy?.load_balancer.as_ref()?;
-    if let Some(hash) = &lb.consistent_hash {
-        return Some(BalanceSettings {
-            policy: LbPolicy::RingHash,
-            hash_header: hash.http_header_name.clone(),
-            hash_query: hash.http_query_parameter_name.clone(),
-        });
-    }
-    let policy = match lb.simple? {
-        SimpleLb::RoundRobin => LbPolicy::RoundRobin,
-        SimpleLb::Random => LbPolicy::Random,
-        SimpleLb::Unspecified
-        | SimpleLb::LeastConn
-        | SimpleLb::LeastRequest
-        | SimpleLb::Passthrough => LbPolicy::LeastRequest,
-    };
-    Some(BalanceSettings {
-        policy,
+    let policy = policy?;
+    let mut settings = BalanceSettings {
+        outlier: policy
+            .outlier_detection
+            .as_ref()
+            .map(OutlierSettings::from_rule),
+        max_requests: policy
+            .connection_pool
+            .as_ref()
+            .and_then(|c| c.http.as_ref())
+            .and_then(|h| u32::try_from(h.http2_max_requests).ok())
+            .filter(|n| *n > 0),
         ..BalanceSettings::default()
-    })
+    };
+    if let Some(lb) = &policy.load_balancer {
+        if let Some(hash) = &lb.consistent_hash {
+            settings.policy = LbPolicy::RingHash;
+            settings.hash_header = hash.http_header_name.clone();
+            settings.hash_query = hash.http_query_parameter_name.clone();
+        } else if let Some(simple) = lb.simple {
+            settings.policy = match simple {
+                SimpleLb::RoundRobin => LbPolicy::RoundRobin,
+                SimpleLb::Random => LbPolicy::Random,
+                SimpleLb::Unspecified
+                | SimpleLb::LeastConn
+                | SimpleLb::LeastRequest
+                | SimpleLb::Passthrough => LbPolicy::LeastRequest,
+            };
+        }
+    }
+    Some(settings)
 }
 
 impl StaticDiscovery {

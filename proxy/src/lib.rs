@@ -13,8 +13,7 @@
 //! Neither does I/O. Around them: [`discovery`] (this cluster's endpoints, from
 //! ServiceEntry configuration behind a trait), [`outbound`] (forwarding with timeouts,
 //! retries, faults, header changes and mirrors) and [`app`] (the listeners).
-//! Not yet: east-west mTLS, the coordinator session and last-known-good snapshots,
-//! outlier detection, metrics.
+//! Not yet: east-west mTLS, the coordinator session and last-known-good snapshots.
 
 #![forbid(unsafe_code)]
 

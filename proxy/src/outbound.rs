@@ -23,7 +23,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::balance::EndpointPicker;
+use crate::balance::{EndpointPicker, OutlierDetector, TryOutcome};
 use crate::discovery::{Discovery, Endpoint};
 use crate::routing::{
     Forward, HeaderChanges, RandomChance, RetryPolicy, RouteDecision, RouteRequest, RouteTable,
@@ -70,6 +70,10 @@ pub struct Outbound {
     discovery: Arc<dyn Discovery>,
     pickers: Mutex<HashMap<(String, String), EndpointPicker>>,
     in_flight: Arc<Mutex<HashMap<SocketAddr, u32>>>,
+    /// Per service host.
+    outliers: Mutex<HashMap<String, OutlierDetector>>,
+    /// Per service host, when its DestinationRule limits requests in flight.
+    limits: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     client: Client<HttpConnector, Full<Bytes>>,
     max_body_bytes: usize,
 }
@@ -93,6 +97,8 @@ impl Outbound {
             discovery,
             pickers: Mutex::new(HashMap::new()),
             in_flight: Arc::default(),
+            outliers: Mutex::new(HashMap::new()),
+            limits: Mutex::new(HashMap::new()),
             client: Client::builder(TokioExecutor::new()).build(connector),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
@@ -176,6 +182,11 @@ impl Outbound {
                 };
             }
         };
+        // The connection pool's limit: over it, answer at once rather than queue.
+        let _permit = match self.admit(&forward.target) {
+            Ok(permit) => permit,
+            Err(()) => return answer(StatusCode::SERVICE_UNAVAILABLE, "overflow"),
+        };
         for mirror in &forward.mirrors {
             self.mirror(mirror, &parts, &forward, body.clone());
         }
@@ -192,6 +203,64 @@ impl Outbound {
         };
         apply_changes(response.headers_mut(), &forward.response_headers);
         response
+    }
+
+    /// A place within the service's request limit, when it has one.
+    fn admit(&self, target: &Target) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ()> {
+        let Some(max) = self
+            .discovery
+            .balance(&target.host, &target.subset)
+            .max_requests
+        else {
+            return Ok(None);
+        };
+        let semaphore = {
+            let Ok(mut limits) = self.limits.lock() else {
+                return Ok(None);
+            };
+            limits
+                .entry(target.host.clone())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(max as usize)))
+                .clone()
+        };
+        semaphore.try_acquire_owned().map(Some).map_err(|_| ())
+    }
+
+    /// Counts a try's outcome for outlier detection, when the service has it.
+    fn observe(&self, target: &Target, endpoint: SocketAddr, outcome: TryOutcome, total: usize) {
+        let Some(settings) = self.discovery.balance(&target.host, &target.subset).outlier else {
+            return;
+        };
+        let Ok(mut outliers) = self.outliers.lock() else {
+            return;
+        };
+        let detector = outliers
+            .entry(target.host.clone())
+            .or_insert_with(|| OutlierDetector::new(settings));
+        let now = tokio::time::Instant::now().into_std();
+        if let Some(length) = detector.record(endpoint, outcome, total, now) {
+            tracing::warn!(
+                service = %target.host,
+                %endpoint,
+                "ejected for {}s by outlier detection",
+                length.as_secs()
+            );
+        }
+    }
+
+    /// The endpoints outlier detection has not ejected.
+    fn not_ejected(&self, target: &Target, endpoints: Vec<Endpoint>) -> Vec<Endpoint> {
+        let now = tokio::time::Instant::now().into_std();
+        let Ok(outliers) = self.outliers.lock() else {
+            return endpoints;
+        };
+        match outliers.get(&target.host) {
+            None => endpoints,
+            Some(d) => endpoints
+                .into_iter()
+                .filter(|e| !d.is_ejected(e.address, now))
+                .collect(),
+        }
     }
 
     /// The first try and its retries, never on the same endpoint twice.
@@ -214,6 +283,18 @@ impl Outbound {
                 ),
             );
         }
+        let total = endpoints.len();
+        let endpoints = self.not_ejected(&forward.target, endpoints);
+        if endpoints.is_empty() {
+            return answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "no healthy endpoint of {}{}: all {total} ejected by outlier detection",
+                    forward.target.host,
+                    subset_suffix(&forward.target.subset)
+                ),
+            );
+        }
         let policy: &RetryPolicy = &forward.retries;
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last = answer(StatusCode::SERVICE_UNAVAILABLE, "no try was made");
@@ -226,6 +307,11 @@ impl Outbound {
                 tokio::time::sleep(policy.backoff * attempt).await;
             }
             let result = self.try_once(parts, forward, &endpoint, body.clone()).await;
+            let outcome = match &result {
+                Try::Answered(r) => TryOutcome::Status(r.status().as_u16()),
+                _ => TryOutcome::LocalFailure,
+            };
+            self.observe(&forward.target, endpoint.address, outcome, total);
             let (retry, response) = match result {
                 Try::Answered(r) => {
                     let retry = policy.retry_on.retries_status(r.status().as_u16());

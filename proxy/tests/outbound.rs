@@ -115,6 +115,68 @@ spec:
   endpoints:
 {}---
 apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: eject, namespace: shop}}
+spec:
+  hosts: [eject.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints:
+{}{}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: eject, namespace: shop}}
+spec:
+  host: eject.example
+  trafficPolicy:
+    loadBalancer: {{simple: ROUND_ROBIN}}
+    outlierDetection: {{consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 1s, maxEjectionPercent: 100}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: limited, namespace: shop}}
+spec:
+  host: limited.example
+  trafficPolicy:
+    connectionPool: {{http: {{http2MaxRequests: 1}}}}
+  subsets:
+  - {{name: slow, labels: {{version: slow}}}}
+  - {{name: fast, labels: {{version: fast}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: limited, namespace: shop}}
+spec:
+  hosts: [limited.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints:
+{}{}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: eject, namespace: shop}}
+spec:
+  hosts: [eject.example]
+  http:
+  - retries: {{attempts: 0}}
+    route: [{{destination: {{host: eject.example}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: limited, namespace: shop}}
+spec:
+  hosts: [limited.example]
+  http:
+  - match: [{{uri: {{prefix: /hang}}}}]
+    timeout: 3s
+    retries: {{attempts: 0}}
+    route: [{{destination: {{host: limited.example, subset: slow}}}}]
+  - retries: {{attempts: 0}}
+    route: [{{destination: {{host: limited.example, subset: fast}}}}]
+---
+apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {{name: shop, namespace: shop}}
 spec:
@@ -154,6 +216,10 @@ spec:
         endpoint(v2, "v2", "east"),
         endpoint(elsewhere, "v1", "west"),
         endpoint(slow, "v1", "east"),
+        endpoint(v1, "v1", "east"),
+        endpoint(v2, "v2", "east"),
+        endpoint(slow, "slow", "east"),
+        endpoint(v1, "fast", "east"),
     );
     let mut config = ConfigSet::new();
     config.add_text("mesh.yaml", &yaml);
@@ -373,4 +439,64 @@ async fn the_admin_port_says_ready_and_dumps_the_config() {
     let dump: serde_json::Value = serde_json::from_str(&a.body).expect("JSON");
     assert_eq!(dump["cluster"], "east");
     assert_eq!(dump["locality"], "us-east/us-east-1a");
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_is_ejected_then_returns() {
+    let mesh = mesh().await;
+    let proxy = mesh.proxy.outbound_address();
+    // Round robin over a good and a failing endpoint; two 503s in a row eject the
+    // failing one (for 1 s), after which every request reaches the good one.
+    let mut failures = 0;
+    for _ in 0..4 {
+        let a = send(proxy, "eject.example", "/", false).await;
+        if a.status != StatusCode::OK {
+            failures += 1;
+        }
+    }
+    assert_eq!(
+        failures, 2,
+        "the failing endpoint answers twice, then is out"
+    );
+    for _ in 0..10 {
+        let a = send(proxy, "eject.example", "/", false).await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.headers["x-backend"], "shop-v1");
+    }
+    // The ejection ends: the failing endpoint is tried again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let a = send(proxy, "eject.example", "/", false).await;
+        if a.headers.get("x-backend").is_some_and(|b| b == "shop-v2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ejected endpoint never came back"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn over_the_connection_pool_limit_the_answer_is_503_overflow() {
+    let mesh = mesh().await;
+    let proxy = mesh.proxy.outbound_address();
+    // One request may be in flight: while one hangs on the slow endpoint, a quick one is
+    // refused at once (before it is admitted, the quick ones pass).
+    let hanging = tokio::spawn(async move { send(proxy, "limited.example", "/hang", false).await });
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let a = send(proxy, "limited.example", "/", false).await;
+        if a.status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(a.headers[REASON_HEADER], "overflow");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never over the limit: {}",
+            a.status
+        );
+    }
+    hanging.abort();
 }

@@ -5,6 +5,8 @@
 
 pub mod endpoint;
 pub mod locality;
+pub mod outlier;
 
 pub use endpoint::{EndpointPicker, LbPolicy};
 pub use locality::SmoothWeights;
+pub use outlier::{OutlierDetector, OutlierSettings, TryOutcome};

@@ -1,0 +1,281 @@
+//! Outlier detection, as a DestinationRule's `outlierDetection` asks and Envoy does it:
+//! an endpoint that answers `consecutive5xxErrors` 5xx in a row (or
+//! `consecutiveGatewayErrors` 502/503/504 in a row) is ejected for `baseEjectionTime` x the
+//! times it has been ejected (capped at 300 s), while no more than `maxEjectionPercent` of
+//! the endpoints are out (at least one may always be). A failure to connect, a reset or a
+//! timeout counts as a 503, as Envoy counts local-origin errors when they are not split.
+//! A success resets the counts; the multiplier drops by one per `interval` without an
+//! ejection. Time comes in as an argument: no clock here.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use fulcrum_policy::istio::OutlierDetection;
+
+/// Istio's defaults.
+pub const DEFAULT_CONSECUTIVE_5XX: u32 = 5;
+/// Base ejection time.
+pub const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(30);
+/// Envoy's cap on one ejection.
+pub const MAX_EJECTION: Duration = Duration::from_secs(300);
+/// Share of endpoints that may be out.
+pub const DEFAULT_MAX_EJECTION_PERCENT: u32 = 10;
+/// How often the multiplier decays.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The detector's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutlierSettings {
+    /// 5xx in a row that eject (0: off).
+    pub consecutive_5xx: u32,
+    /// 502/503/504 in a row that eject (0: off).
+    pub consecutive_gateway: u32,
+    /// One ejection's base length.
+    pub base_ejection: Duration,
+    /// Most endpoints out at once, in percent.
+    pub max_ejection_percent: u32,
+    /// The multiplier's decay period.
+    pub interval: Duration,
+}
+
+impl Default for OutlierSettings {
+    fn default() -> Self {
+        OutlierSettings {
+            consecutive_5xx: DEFAULT_CONSECUTIVE_5XX,
+            consecutive_gateway: 0,
+            base_ejection: DEFAULT_BASE_EJECTION,
+            max_ejection_percent: DEFAULT_MAX_EJECTION_PERCENT,
+            interval: DEFAULT_INTERVAL,
+        }
+    }
+}
+
+impl OutlierSettings {
+    /// From a DestinationRule's `outlierDetection`.
+    pub fn from_rule(o: &OutlierDetection) -> OutlierSettings {
+        let d = OutlierSettings::default();
+        let positive = |v: i32| u32::try_from(v).ok();
+        OutlierSettings {
+            consecutive_5xx: o
+                .consecutive_5xx_errors
+                .or_else(|| positive(o.consecutive_errors).filter(|v| *v > 0))
+                .unwrap_or(d.consecutive_5xx),
+            consecutive_gateway: o.consecutive_gateway_errors.unwrap_or(0),
+            base_ejection: o
+                .base_ejection_time
+                .and_then(|t| t.to_std())
+                .unwrap_or(d.base_ejection),
+            max_ejection_percent: positive(o.max_ejection_percent)
+                .filter(|v| *v > 0)
+                .unwrap_or(d.max_ejection_percent)
+                .min(100),
+            interval: o.interval.and_then(|t| t.to_std()).unwrap_or(d.interval),
+        }
+    }
+}
+
+/// What one try came to, as outlier detection counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TryOutcome {
+    /// An answer with this status.
+    Status(u16),
+    /// No answer: connect failure, reset or timeout (counted as a 503).
+    LocalFailure,
+}
+
+#[derive(Debug, Clone, Default)]
+struct EndpointHealth {
+    consecutive_5xx: u32,
+    consecutive_gateway: u32,
+    ejected_until: Option<Instant>,
+    times_ejected: u32,
+    last_ejection_end: Option<Instant>,
+}
+
+/// Outlier state of one service's endpoints.
+#[derive(Debug, Clone, Default)]
+pub struct OutlierDetector {
+    settings: OutlierSettings,
+    endpoints: HashMap<SocketAddr, EndpointHealth>,
+}
+
+impl OutlierDetector {
+    /// A detector with `settings`.
+    pub fn new(settings: OutlierSettings) -> OutlierDetector {
+        OutlierDetector {
+            settings,
+            endpoints: HashMap::new(),
+        }
+    }
+
+    /// Whether `endpoint` is ejected at `now`.
+    pub fn is_ejected(&self, endpoint: SocketAddr, now: Instant) -> bool {
+        self.endpoints
+            .get(&endpoint)
+            .and_then(|h| h.ejected_until)
+            .is_some_and(|until| now < until)
+    }
+
+    /// How many endpoints are ejected at `now`.
+    pub fn ejected(&self, now: Instant) -> usize {
+        self.endpoints
+            .values()
+            .filter(|h| h.ejected_until.is_some_and(|u| now < u))
+            .count()
+    }
+
+    /// Counts `outcome` for `endpoint` (one of `total` endpoints). Returns how long it is
+    /// ejected for when this ejects it.
+    pub fn record(
+        &mut self,
+        endpoint: SocketAddr,
+        outcome: TryOutcome,
+        total: usize,
+        now: Instant,
+    ) -> Option<Duration> {
+        let status = match outcome {
+            TryOutcome::Status(s) => s,
+            TryOutcome::LocalFailure => 503,
+        };
+        let health = self.endpoints.entry(endpoint).or_default();
+        if health.ejected_until.is_some_and(|u| now >= u) {
+            health.ejected_until = None;
+        }
+        if !(500..600).contains(&status) {
+            health.consecutive_5xx = 0;
+            health.consecutive_gateway = 0;
+            return None;
+        }
+        health.consecutive_5xx += 1;
+        if matches!(status, 502..=504) {
+            health.consecutive_gateway += 1;
+        } else {
+            health.consecutive_gateway = 0;
+        }
+        let s = &self.settings;
+        let tripped = (s.consecutive_5xx > 0 && health.consecutive_5xx >= s.consecutive_5xx)
+            || (s.consecutive_gateway > 0 && health.consecutive_gateway >= s.consecutive_gateway);
+        if !tripped || health.ejected_until.is_some() {
+            return None;
+        }
+        // At least one endpoint may always be out, whatever the percentage.
+        let allowed = (total * s.max_ejection_percent as usize / 100).max(1);
+        if self.ejected(now) >= allowed {
+            return None;
+        }
+        let s = self.settings.clone();
+        let health = self.endpoints.entry(endpoint).or_default();
+        let decayed = health.last_ejection_end.map_or(0, |end| {
+            let healthy_for = now.saturating_duration_since(end);
+            (healthy_for.as_millis() / s.interval.as_millis().max(1)) as u32
+        });
+        health.times_ejected = health.times_ejected.saturating_sub(decayed) + 1;
+        let length = s
+            .base_ejection
+            .saturating_mul(health.times_ejected)
+            .min(MAX_EJECTION.max(s.base_ejection));
+        health.ejected_until = Some(now + length);
+        health.last_ejection_end = Some(now + length);
+        health.consecutive_5xx = 0;
+        health.consecutive_gateway = 0;
+        Some(length)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(i: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, i], 8080))
+    }
+
+    fn settings() -> OutlierSettings {
+        OutlierSettings {
+            consecutive_5xx: 3,
+            consecutive_gateway: 0,
+            base_ejection: Duration::from_secs(10),
+            max_ejection_percent: 50,
+            interval: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn consecutive_5xx_eject_for_the_base_time_then_the_endpoint_returns() {
+        let mut d = OutlierDetector::new(settings());
+        let t0 = Instant::now();
+        assert_eq!(d.record(ep(1), TryOutcome::Status(500), 4, t0), None);
+        assert_eq!(d.record(ep(1), TryOutcome::LocalFailure, 4, t0), None);
+        assert_eq!(
+            d.record(ep(1), TryOutcome::Status(503), 4, t0),
+            Some(Duration::from_secs(10))
+        );
+        assert!(d.is_ejected(ep(1), t0 + Duration::from_secs(9)));
+        assert!(!d.is_ejected(ep(1), t0 + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn a_success_resets_the_count() {
+        let mut d = OutlierDetector::new(settings());
+        let t0 = Instant::now();
+        for outcome in [500, 500, 200, 500, 500] {
+            assert_eq!(d.record(ep(1), TryOutcome::Status(outcome), 4, t0), None);
+        }
+        assert!(!d.is_ejected(ep(1), t0));
+    }
+
+    #[test]
+    fn each_ejection_is_longer_until_the_endpoint_stays_healthy() {
+        let mut d = OutlierDetector::new(settings());
+        let t0 = Instant::now();
+        let eject = |d: &mut OutlierDetector, at: Instant| {
+            (0..3)
+                .filter_map(|_| d.record(ep(1), TryOutcome::Status(500), 4, at))
+                .next()
+        };
+        assert_eq!(eject(&mut d, t0), Some(Duration::from_secs(10)));
+        // Back at 10 s and failing at once: twice as long.
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(eject(&mut d, t1), Some(Duration::from_secs(20)));
+        // Healthy for two intervals after that: the multiplier is back to one.
+        let t2 = t1 + Duration::from_secs(20) + Duration::from_secs(20);
+        assert_eq!(eject(&mut d, t2), Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn no_more_than_the_max_ejection_percent_are_out_but_one_always_may_be() {
+        let mut d = OutlierDetector::new(settings());
+        let t0 = Instant::now();
+        for i in 1..=3 {
+            for _ in 0..3 {
+                d.record(ep(i), TryOutcome::Status(500), 4, t0);
+            }
+        }
+        // 50% of 4: two out, the third stays in.
+        assert_eq!(d.ejected(t0), 2);
+        assert!(!d.is_ejected(ep(3), t0));
+        // With 10% of 2 endpoints, one may still be ejected.
+        let mut small = OutlierDetector::new(OutlierSettings {
+            max_ejection_percent: 10,
+            ..settings()
+        });
+        for _ in 0..3 {
+            small.record(ep(1), TryOutcome::Status(500), 2, t0);
+        }
+        assert!(small.is_ejected(ep(1), t0));
+    }
+
+    #[test]
+    fn gateway_errors_eject_on_their_own_count_when_set() {
+        let mut d = OutlierDetector::new(OutlierSettings {
+            consecutive_5xx: 0,
+            consecutive_gateway: 2,
+            ..settings()
+        });
+        let t0 = Instant::now();
+        assert_eq!(d.record(ep(1), TryOutcome::Status(500), 4, t0), None);
+        assert_eq!(d.record(ep(1), TryOutcome::Status(502), 4, t0), None);
+        assert!(d.record(ep(1), TryOutcome::Status(504), 4, t0).is_some());
+    }
+}
