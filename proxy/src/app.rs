@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::discovery::StaticDiscovery;
+use crate::metrics::ProxyMetrics;
 use crate::outbound::{Outbound, answer};
 use crate::routing::{RouteError, RouteTable};
 
@@ -93,7 +94,13 @@ impl Proxy {
             &settings.cluster,
             &settings.locality,
         );
-        let outbound = Arc::new(Outbound::new(routes, Arc::new(discovery)));
+        let metrics = Arc::new(ProxyMetrics::new());
+        let outbound = Arc::new(Outbound::new(
+            routes,
+            Arc::new(discovery),
+            metrics.clone(),
+            settings.locality.to_string(),
+        ));
         let bind = |address: SocketAddr| async move {
             TcpListener::bind(address)
                 .await
@@ -126,8 +133,8 @@ impl Proxy {
         tokio::spawn(serve(outbound_listener, service, stopped.clone()));
         let dump = Arc::new(config_dump(&settings, &route_errors));
         let admin = move |request: Request<Incoming>| {
-            let dump = dump.clone();
-            async move { Ok::<_, Infallible>(admin(&request, &dump)) }
+            let (dump, metrics) = (dump.clone(), metrics.clone());
+            async move { Ok::<_, Infallible>(admin(&request, &dump, &metrics)) }
         };
         tokio::spawn(serve(admin_listener, admin, stopped));
         tracing::info!(
@@ -208,8 +215,16 @@ fn config_dump(settings: &ProxyConfig, route_errors: &[RouteError]) -> String {
     format!("{value}\n")
 }
 
-fn admin(request: &Request<Incoming>, dump: &str) -> Response<Full<Bytes>> {
+fn admin(request: &Request<Incoming>, dump: &str, metrics: &ProxyMetrics) -> Response<Full<Bytes>> {
     match request.uri().path() {
+        "/metrics" => {
+            let mut r = Response::new(Full::new(Bytes::from(metrics.render())));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
         // Ready once the configuration is loaded: the proxy starts only with one.
         "/ready" => Response::new(Full::new(Bytes::from_static(b"ready\n"))),
         "/config_dump" => {

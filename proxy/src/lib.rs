@@ -20,5 +20,6 @@
 pub mod app;
 pub mod balance;
 pub mod discovery;
+pub mod metrics;
 pub mod outbound;
 pub mod routing;

@@ -25,6 +25,7 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::balance::{EndpointPicker, OutlierDetector, TryOutcome};
 use crate::discovery::{Discovery, Endpoint};
+use crate::metrics::ProxyMetrics;
 use crate::routing::{
     Forward, HeaderChanges, RandomChance, RetryPolicy, RouteDecision, RouteRequest, RouteTable,
     Target,
@@ -76,6 +77,9 @@ pub struct Outbound {
     limits: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     client: Client<HttpConnector, Full<Bytes>>,
     max_body_bytes: usize,
+    metrics: Arc<ProxyMetrics>,
+    /// This proxy's locality: where its endpoints are (the destination locality label).
+    locality: String,
 }
 
 /// What happened to one try.
@@ -87,8 +91,13 @@ enum Try {
 }
 
 impl Outbound {
-    /// Forwards with `routes` to the endpoints `discovery` knows.
-    pub fn new(routes: RouteTable, discovery: Arc<dyn Discovery>) -> Outbound {
+    /// Forwards with `routes` to the endpoints `discovery` knows, in `locality`.
+    pub fn new(
+        routes: RouteTable,
+        discovery: Arc<dyn Discovery>,
+        metrics: Arc<ProxyMetrics>,
+        locality: String,
+    ) -> Outbound {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(DEFAULT_CONNECT_TIMEOUT));
         connector.set_nodelay(true);
@@ -101,11 +110,37 @@ impl Outbound {
             limits: Mutex::new(HashMap::new()),
             client: Client::builder(TokioExecutor::new()).build(connector),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            metrics,
+            locality,
         }
     }
 
-    /// Routes and forwards one request.
+    /// Routes and forwards one request, and counts it.
     pub async fn handle<B>(&self, request: Request<B>) -> ProxyResponse
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let started = tokio::time::Instant::now();
+        let mut service = String::from("unknown");
+        let response = self.route_and_forward(request, &mut service).await;
+        self.metrics
+            .latency
+            .get_or_create(&ProxyMetrics::service(&service))
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .requests
+            .get_or_create(&vec![
+                ("service", service),
+                ("locality", self.locality.clone()),
+                ("code", response.status().as_u16().to_string()),
+            ])
+            .inc();
+        response
+    }
+
+    /// What `handle` does; sets `service` once the request names a known one.
+    async fn route_and_forward<B>(&self, request: Request<B>, service: &mut String) -> ProxyResponse
     where
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -133,6 +168,9 @@ impl Outbound {
             },
             &mut RandomChance,
         );
+        if self.routes.has_host(&host) || self.discovery.knows(&host) {
+            *service = host.clone();
+        }
         let forward = match decision {
             RouteDecision::Forward(f) => *f,
             RouteDecision::Redirect { status, location } => {
@@ -185,7 +223,13 @@ impl Outbound {
         // The connection pool's limit: over it, answer at once rather than queue.
         let _permit = match self.admit(&forward.target) {
             Ok(permit) => permit,
-            Err(()) => return answer(StatusCode::SERVICE_UNAVAILABLE, "overflow"),
+            Err(()) => {
+                self.metrics
+                    .overflows
+                    .get_or_create(&ProxyMetrics::service(&forward.target.host))
+                    .inc();
+                return answer(StatusCode::SERVICE_UNAVAILABLE, "overflow");
+            }
         };
         for mirror in &forward.mirrors {
             self.mirror(mirror, &parts, &forward, body.clone());
@@ -239,6 +283,10 @@ impl Outbound {
             .or_insert_with(|| OutlierDetector::new(settings));
         let now = tokio::time::Instant::now().into_std();
         if let Some(length) = detector.record(endpoint, outcome, total, now) {
+            self.metrics
+                .ejections
+                .get_or_create(&ProxyMetrics::service(&target.host))
+                .inc();
             tracing::warn!(
                 service = %target.host,
                 %endpoint,
@@ -322,13 +370,19 @@ impl Outbound {
                     }
                     (retry, Response::from_parts(head, Full::new(body)))
                 }
-                Try::ConnectFailed(e) => (
-                    policy.retry_on.connect_failure,
-                    answer(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &format!("upstream connect error to {}: {e}", endpoint.address),
-                    ),
-                ),
+                Try::ConnectFailed(e) => {
+                    self.metrics
+                        .connect_errors
+                        .get_or_create(&ProxyMetrics::service(&forward.target.host))
+                        .inc();
+                    (
+                        policy.retry_on.connect_failure,
+                        answer(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            &format!("upstream connect error to {}: {e}", endpoint.address),
+                        ),
+                    )
+                }
                 Try::Reset(e) => (
                     policy.retry_on.reset,
                     answer(

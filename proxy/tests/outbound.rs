@@ -442,6 +442,33 @@ async fn the_admin_port_says_ready_and_dumps_the_config() {
 }
 
 #[tokio::test]
+async fn metrics_count_requests_by_service_locality_and_code() {
+    let mesh = mesh().await;
+    let proxy = mesh.proxy.outbound_address();
+    send(proxy, "shop.example", "/old/x", false).await;
+    send(proxy, "shop.example", "/old/y", false).await;
+    send(proxy, "nowhere.example", "/", false).await;
+    let text = send(mesh.proxy.admin_address(), "admin", "/metrics", false)
+        .await
+        .body;
+    let line = |needle: &str| {
+        text.lines()
+            .find(|l| l.starts_with(needle))
+            .unwrap_or_else(|| panic!("no {needle} in\n{text}"))
+            .to_string()
+    };
+    assert!(
+        line(r#"fulcrum_proxy_requests_total{service="shop.example",locality="us-east/us-east-1a",code="200"}"#)
+            .ends_with(" 2")
+    );
+    assert!(
+        line(r#"fulcrum_proxy_requests_total{service="unknown",locality="us-east/us-east-1a",code="404"}"#)
+            .ends_with(" 1")
+    );
+    line(r#"fulcrum_proxy_request_duration_seconds_count{service="shop.example"}"#);
+}
+
+#[tokio::test]
 async fn a_failing_endpoint_is_ejected_then_returns() {
     let mesh = mesh().await;
     let proxy = mesh.proxy.outbound_address();

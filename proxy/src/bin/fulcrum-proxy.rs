@@ -23,7 +23,7 @@ struct Flags {
     /// Where applications send requests (HTTP/1.1 and h2c), Host naming the service.
     #[arg(long, default_value = "127.0.0.1:15001")]
     listen: SocketAddr,
-    /// Admin listener: /ready, /config_dump.
+    /// Admin listener: /ready, /config_dump, /metrics.
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin: SocketAddr,
     /// Configuration: Istio and Fulcrum YAML or JSON, files or directories.
