@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use fulcrum_policy::{ConfigSet, Locality, Severity};
@@ -18,9 +19,10 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::control::{self, ControlSettings};
 use crate::discovery::StaticDiscovery;
 use crate::metrics::ProxyMetrics;
-use crate::outbound::{Outbound, answer};
+use crate::outbound::{Outbound, Routing, answer};
 use crate::routing::{RouteError, RouteTable};
 
 /// Largest request head (line and headers) the outbound listener reads; more is refused
@@ -36,8 +38,10 @@ pub struct ProxyConfig {
     pub locality: Locality,
     /// Where applications send requests.
     pub outbound: SocketAddr,
-    /// Where `/ready` and `/config_dump` are served.
+    /// Where `/ready`, `/config_dump` and `/metrics` are served.
     pub admin: SocketAddr,
+    /// The coordinator session, when the proxy has coordinators.
+    pub control: Option<ControlSettings>,
 }
 
 /// Why a proxy did not start.
@@ -83,21 +87,64 @@ pub fn load_config(paths: &[&Path]) -> Result<ConfigSet, StartError> {
 }
 
 impl Proxy {
-    /// Binds the listeners and serves `config` until [`Proxy::stop`].
-    pub async fn start(settings: ProxyConfig, config: &ConfigSet) -> Result<Proxy, StartError> {
-        let (routes, route_errors) = RouteTable::build(config.resources());
-        for e in &route_errors {
-            tracing::warn!("{e}; this VirtualService is left out");
+    /// Binds the listeners and serves until [`Proxy::stop`]: with the coordinators'
+    /// snapshots when there are coordinators (the last-known-good one until the first
+    /// arrives), else with `config`.
+    pub async fn start(
+        settings: ProxyConfig,
+        config: Option<&ConfigSet>,
+    ) -> Result<Proxy, StartError> {
+        let routing_of =
+            |resources: &[&fulcrum_policy::Resource], cluster: &str, locality: &Locality| {
+                let (routes, errors) = RouteTable::build(resources.iter().copied());
+                for e in &errors {
+                    tracing::warn!("{e}; this VirtualService is left out");
+                }
+                let discovery =
+                    StaticDiscovery::from_resources(resources.iter().copied(), cluster, locality);
+                (
+                    Routing {
+                        routes,
+                        discovery: Arc::new(discovery),
+                    },
+                    errors,
+                )
+            };
+        let mut version = 0;
+        let mut initial = None;
+        if let Some(control) = &settings.control {
+            match control::load(&control.state_dir) {
+                Ok(Some((_, accepted))) => {
+                    tracing::info!(
+                        version = accepted.version,
+                        "routing on the last-known-good snapshot until a coordinator answers"
+                    );
+                    version = accepted.version;
+                    let resources: Vec<_> = accepted.resources.iter().collect();
+                    initial = Some(routing_of(
+                        &resources,
+                        &settings.cluster,
+                        &settings.locality,
+                    ));
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!("last-known-good snapshot not used: {e}"),
+            }
         }
-        let discovery = StaticDiscovery::from_resources(
-            config.resources(),
-            &settings.cluster,
-            &settings.locality,
-        );
+        if initial.is_none()
+            && let Some(config) = config
+        {
+            let resources: Vec<_> = config.resources().collect();
+            initial = Some(routing_of(
+                &resources,
+                &settings.cluster,
+                &settings.locality,
+            ));
+        }
+        let route_errors = initial.as_ref().map(|(_, e)| e.clone()).unwrap_or_default();
         let metrics = Arc::new(ProxyMetrics::new());
         let outbound = Arc::new(Outbound::new(
-            routes,
-            Arc::new(discovery),
+            initial.map(|(r, _)| r),
             metrics.clone(),
             settings.locality.to_string(),
         ));
@@ -131,10 +178,37 @@ impl Proxy {
             }
         };
         tokio::spawn(serve(outbound_listener, service, stopped.clone()));
+        let snapshot_version = Arc::new(AtomicU64::new(version));
+        if let Some(control) = settings.control.clone() {
+            let (outbound, seen) = (outbound.clone(), snapshot_version.clone());
+            let (cluster, locality) = (settings.cluster.clone(), settings.locality.clone());
+            let (connected, _) = watch::channel(false);
+            tokio::spawn(control::run(
+                control,
+                version,
+                move |accepted| {
+                    let resources: Vec<_> = accepted.resources.iter().collect();
+                    let (routing, _) = routing_of(&resources, &cluster, &locality);
+                    outbound.update(routing);
+                    seen.store(accepted.version, Ordering::Release);
+                    tracing::info!(version = accepted.version, "snapshot applied");
+                },
+                connected,
+                stopped.clone(),
+            ));
+        }
         let dump = Arc::new(config_dump(&settings, &route_errors));
-        let admin = move |request: Request<Incoming>| {
-            let (dump, metrics) = (dump.clone(), metrics.clone());
-            async move { Ok::<_, Infallible>(admin(&request, &dump, &metrics)) }
+        let admin = {
+            let outbound = outbound.clone();
+            move |request: Request<Incoming>| {
+                let (dump, metrics, outbound) = (dump.clone(), metrics.clone(), outbound.clone());
+                let version = snapshot_version.clone();
+                async move {
+                    let ready = outbound.is_ready();
+                    let version = version.load(Ordering::Acquire);
+                    Ok::<_, Infallible>(admin(&request, &dump, &metrics, ready, version))
+                }
+            }
         };
         tokio::spawn(serve(admin_listener, admin, stopped));
         tracing::info!(
@@ -215,7 +289,13 @@ fn config_dump(settings: &ProxyConfig, route_errors: &[RouteError]) -> String {
     format!("{value}\n")
 }
 
-fn admin(request: &Request<Incoming>, dump: &str, metrics: &ProxyMetrics) -> Response<Full<Bytes>> {
+fn admin(
+    request: &Request<Incoming>,
+    dump: &str,
+    metrics: &ProxyMetrics,
+    ready: bool,
+    version: u64,
+) -> Response<Full<Bytes>> {
     match request.uri().path() {
         "/metrics" => {
             let mut r = Response::new(Full::new(Bytes::from(metrics.render())));
@@ -225,8 +305,11 @@ fn admin(request: &Request<Incoming>, dump: &str, metrics: &ProxyMetrics) -> Res
             );
             r
         }
-        // Ready once the configuration is loaded: the proxy starts only with one.
-        "/ready" => Response::new(Full::new(Bytes::from_static(b"ready\n"))),
+        // Ready once there is something to route with: configuration, a pushed snapshot
+        // or the last-known-good one.
+        "/ready" if ready => Response::new(Full::new(Bytes::from_static(b"ready\n"))),
+        "/ready" => answer(StatusCode::SERVICE_UNAVAILABLE, "no configuration yet"),
+        "/version" => Response::new(Full::new(Bytes::from(format!("{version}\n")))),
         "/config_dump" => {
             let mut r = Response::new(Full::new(Bytes::from(dump.to_string())));
             r.headers_mut().insert(

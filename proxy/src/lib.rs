@@ -13,12 +13,14 @@
 //! Neither does I/O. Around them: [`discovery`] (this cluster's endpoints, from
 //! ServiceEntry configuration behind a trait), [`outbound`] (forwarding with timeouts,
 //! retries, faults, header changes and mirrors) and [`app`] (the listeners).
-//! Not yet: east-west mTLS, the coordinator session and last-known-good snapshots.
+//! [`control`] is the coordinator session: snapshots checked, ACKed or NACKed, kept as
+//! the last-known-good file. Not yet: east-west mTLS, reports.
 
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod balance;
+pub mod control;
 pub mod discovery;
 pub mod metrics;
 pub mod outbound;

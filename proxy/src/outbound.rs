@@ -65,10 +65,18 @@ pub fn answer(status: StatusCode, reason: &str) -> ProxyResponse {
     response
 }
 
-/// The routing and forwarding state of the outbound listener.
+/// What the outbound path routes with; replaced whole when a new snapshot arrives.
+pub struct Routing {
+    /// The compiled VirtualServices.
+    pub routes: RouteTable,
+    /// This cluster's endpoints.
+    pub discovery: Arc<dyn Discovery>,
+}
+
+/// The routing and forwarding state of the outbound listener. The routing is swapped on
+/// each accepted snapshot; balancing, outlier and limit state stay across swaps.
 pub struct Outbound {
-    routes: RouteTable,
-    discovery: Arc<dyn Discovery>,
+    routing: std::sync::RwLock<Option<Arc<Routing>>>,
     pickers: Mutex<HashMap<(String, String), EndpointPicker>>,
     in_flight: Arc<Mutex<HashMap<SocketAddr, u32>>>,
     /// Per service host.
@@ -91,19 +99,14 @@ enum Try {
 }
 
 impl Outbound {
-    /// Forwards with `routes` to the endpoints `discovery` knows, in `locality`.
-    pub fn new(
-        routes: RouteTable,
-        discovery: Arc<dyn Discovery>,
-        metrics: Arc<ProxyMetrics>,
-        locality: String,
-    ) -> Outbound {
+    /// Forwards with `routing` (none yet: answers 503 until [`Outbound::update`]) to
+    /// endpoints in `locality`.
+    pub fn new(routing: Option<Routing>, metrics: Arc<ProxyMetrics>, locality: String) -> Outbound {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(DEFAULT_CONNECT_TIMEOUT));
         connector.set_nodelay(true);
         Outbound {
-            routes,
-            discovery,
+            routing: std::sync::RwLock::new(routing.map(Arc::new)),
             pickers: Mutex::new(HashMap::new()),
             in_flight: Arc::default(),
             outliers: Mutex::new(HashMap::new()),
@@ -113,6 +116,22 @@ impl Outbound {
             metrics,
             locality,
         }
+    }
+
+    /// Routes with `routing` from now on.
+    pub fn update(&self, routing: Routing) {
+        if let Ok(mut r) = self.routing.write() {
+            *r = Some(Arc::new(routing));
+        }
+    }
+
+    /// Whether there is something to route with.
+    pub fn is_ready(&self) -> bool {
+        self.routing.read().is_ok_and(|r| r.is_some())
+    }
+
+    fn routing(&self) -> Option<Arc<Routing>> {
+        self.routing.read().ok().and_then(|r| r.clone())
     }
 
     /// Routes and forwards one request, and counts it.
@@ -145,6 +164,12 @@ impl Outbound {
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let Some(routing) = self.routing() else {
+            return answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: no configuration yet (no snapshot from a coordinator)",
+            );
+        };
         let (parts, body) = request.into_parts();
         let authority = match authority_of(&parts.uri, &parts.headers) {
             Ok(a) => a,
@@ -157,7 +182,7 @@ impl Outbound {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string();
-        let decision = self.routes.decide(
+        let decision = routing.routes.decide(
             &RouteRequest {
                 method: parts.method.as_str(),
                 scheme: parts.uri.scheme_str().unwrap_or("http"),
@@ -168,7 +193,7 @@ impl Outbound {
             },
             &mut RandomChance,
         );
-        if self.routes.has_host(&host) || self.discovery.knows(&host) {
+        if routing.routes.has_host(&host) || routing.discovery.knows(&host) {
             *service = host.clone();
         }
         let forward = match decision {
@@ -188,7 +213,7 @@ impl Outbound {
                 *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
                 return r;
             }
-            RouteDecision::NoRoute if self.discovery.knows(&host) => {
+            RouteDecision::NoRoute if routing.discovery.knows(&host) => {
                 default_route(&host, &path_and_query)
             }
             RouteDecision::NoRoute => {
@@ -221,7 +246,8 @@ impl Outbound {
             }
         };
         // The connection pool's limit: over it, answer at once rather than queue.
-        let _permit = match self.admit(&forward.target) {
+        let discovery = routing.discovery.as_ref();
+        let _permit = match self.admit(discovery, &forward.target) {
             Ok(permit) => permit,
             Err(()) => {
                 self.metrics
@@ -232,9 +258,9 @@ impl Outbound {
             }
         };
         for mirror in &forward.mirrors {
-            self.mirror(mirror, &parts, &forward, body.clone());
+            self.mirror(discovery, mirror, &parts, &forward, body.clone());
         }
-        let attempts = self.attempts(&parts, &forward, body);
+        let attempts = self.attempts(discovery, &parts, &forward, body);
         let mut response = match forward.timeout {
             Some(t) => match tokio::time::timeout(t, attempts).await {
                 Ok(r) => r,
@@ -250,12 +276,12 @@ impl Outbound {
     }
 
     /// A place within the service's request limit, when it has one.
-    fn admit(&self, target: &Target) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ()> {
-        let Some(max) = self
-            .discovery
-            .balance(&target.host, &target.subset)
-            .max_requests
-        else {
+    fn admit(
+        &self,
+        discovery: &dyn Discovery,
+        target: &Target,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ()> {
+        let Some(max) = discovery.balance(&target.host, &target.subset).max_requests else {
             return Ok(None);
         };
         let semaphore = {
@@ -271,8 +297,15 @@ impl Outbound {
     }
 
     /// Counts a try's outcome for outlier detection, when the service has it.
-    fn observe(&self, target: &Target, endpoint: SocketAddr, outcome: TryOutcome, total: usize) {
-        let Some(settings) = self.discovery.balance(&target.host, &target.subset).outlier else {
+    fn observe(
+        &self,
+        discovery: &dyn Discovery,
+        target: &Target,
+        endpoint: SocketAddr,
+        outcome: TryOutcome,
+        total: usize,
+    ) {
+        let Some(settings) = discovery.balance(&target.host, &target.subset).outlier else {
             return;
         };
         let Ok(mut outliers) = self.outliers.lock() else {
@@ -314,13 +347,12 @@ impl Outbound {
     /// The first try and its retries, never on the same endpoint twice.
     async fn attempts(
         &self,
+        discovery: &dyn Discovery,
         parts: &http::request::Parts,
         forward: &Forward,
         body: Bytes,
     ) -> ProxyResponse {
-        let endpoints = self
-            .discovery
-            .endpoints(&forward.target.host, &forward.target.subset);
+        let endpoints = discovery.endpoints(&forward.target.host, &forward.target.subset);
         if endpoints.is_empty() {
             return answer(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -347,7 +379,7 @@ impl Outbound {
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last = answer(StatusCode::SERVICE_UNAVAILABLE, "no try was made");
         for attempt in 0..=policy.attempts {
-            let Some(endpoint) = self.pick(parts, forward, &endpoints, &tried) else {
+            let Some(endpoint) = self.pick(discovery, parts, forward, &endpoints, &tried) else {
                 break;
             };
             tried.push(endpoint.address);
@@ -359,7 +391,7 @@ impl Outbound {
                 Try::Answered(r) => TryOutcome::Status(r.status().as_u16()),
                 _ => TryOutcome::LocalFailure,
             };
-            self.observe(&forward.target, endpoint.address, outcome, total);
+            self.observe(discovery, &forward.target, endpoint.address, outcome, total);
             let (retry, response) = match result {
                 Try::Answered(r) => {
                     let retry = policy.retry_on.retries_status(r.status().as_u16());
@@ -405,6 +437,7 @@ impl Outbound {
 
     fn pick(
         &self,
+        discovery: &dyn Discovery,
         parts: &http::request::Parts,
         forward: &Forward,
         endpoints: &[Endpoint],
@@ -418,9 +451,7 @@ impl Outbound {
             return None;
         }
         let addresses: Vec<String> = fresh.iter().map(|e| e.address.to_string()).collect();
-        let settings = self
-            .discovery
-            .balance(&forward.target.host, &forward.target.subset);
+        let settings = discovery.balance(&forward.target.host, &forward.target.subset);
         let key = settings
             .hash_header
             .as_deref()
@@ -476,13 +507,13 @@ impl Outbound {
     /// never delayed.
     fn mirror(
         &self,
+        discovery: &dyn Discovery,
         target: &Target,
         parts: &http::request::Parts,
         forward: &Forward,
         body: Bytes,
     ) {
-        let Some(endpoint) = self
-            .discovery
+        let Some(endpoint) = discovery
             .endpoints(&target.host, &target.subset)
             .first()
             .cloned()

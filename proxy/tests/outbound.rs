@@ -235,8 +235,9 @@ spec:
             locality: "us-east/us-east-1a".parse().expect("locality"),
             outbound: "127.0.0.1:0".parse().expect("address"),
             admin: "127.0.0.1:0".parse().expect("address"),
+            control: None,
         },
-        &config,
+        Some(&config),
     )
     .await
     .expect("proxy starts");

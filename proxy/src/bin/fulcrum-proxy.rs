@@ -1,5 +1,6 @@
 //! `fulcrum-proxy`: one cluster's data plane. Today: the outbound listener routing with
-//! VirtualService semantics to this cluster's endpoints, and the admin listener.
+//! VirtualService semantics to this cluster's endpoints, on snapshots from the
+//! coordinators (or on a configuration file), and the admin listener.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +9,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use fulcrum_policy::Locality;
 use fulcrum_proxy::app::{Proxy, ProxyConfig, load_config};
+use fulcrum_proxy::control::{ClientTls, ControlSettings};
 
 /// Flags.
 #[derive(Debug, Parser)]
@@ -26,9 +28,25 @@ struct Flags {
     /// Admin listener: /ready, /config_dump, /metrics.
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin: SocketAddr,
-    /// Configuration: Istio and Fulcrum YAML or JSON, files or directories.
-    #[arg(long, required = true)]
+    /// Configuration: Istio and Fulcrum YAML or JSON, files or directories. With
+    /// coordinators, used only until the first snapshot when there is no last-known-good.
+    #[arg(long, required_unless_present = "coordinators")]
     config: Vec<PathBuf>,
+    /// Coordinators to subscribe to, host:port, comma separated; any one will do.
+    #[arg(long, value_delimiter = ',')]
+    coordinators: Vec<String>,
+    /// Where the last-known-good snapshot is kept (required with --coordinators).
+    #[arg(long, requires = "coordinators")]
+    state_dir: Option<PathBuf>,
+    /// Certificates from `fulcrumctl certs init`: ca.pem, proxy-CLUSTER.pem and its key.
+    #[arg(long, conflicts_with = "insecure_dev")]
+    certs: Option<PathBuf>,
+    /// Talk to coordinators in plaintext (they must run with --insecure-dev too).
+    #[arg(long)]
+    insecure_dev: bool,
+    /// This proxy's id among its cluster's proxies (default: CLUSTER-PID).
+    #[arg(long)]
+    proxy_id: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -37,7 +55,18 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
     let paths: Vec<&std::path::Path> = flags.config.iter().map(PathBuf::as_path).collect();
-    let config = match load_config(&paths) {
+    let config = if paths.is_empty() {
+        None
+    } else {
+        match load_config(&paths) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("fulcrum-proxy: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let control = match control_settings(&flags) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("fulcrum-proxy: {e}");
@@ -60,8 +89,9 @@ fn main() -> ExitCode {
             locality: flags.locality,
             outbound: flags.listen,
             admin: flags.admin,
+            control,
         };
-        let proxy = match Proxy::start(settings, &config).await {
+        let proxy = match Proxy::start(settings, config.as_ref()).await {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("fulcrum-proxy: {e}");
@@ -72,4 +102,37 @@ fn main() -> ExitCode {
         proxy.stop();
         ExitCode::SUCCESS
     })
+}
+
+/// The coordinator session the flags ask for, if any.
+fn control_settings(flags: &Flags) -> Result<Option<ControlSettings>, String> {
+    if flags.coordinators.is_empty() {
+        return Ok(None);
+    }
+    let state_dir = flags.state_dir.clone().ok_or(
+        "--state-dir is required with --coordinators (it keeps the last-known-good snapshot)",
+    )?;
+    let tls = match (&flags.certs, flags.insecure_dev) {
+        (Some(dir), false) => Some(ClientTls::from_dir(dir, &flags.cluster)?),
+        (None, true) => {
+            tracing::warn!("--insecure-dev: talking to coordinators in plaintext, unauthenticated");
+            None
+        }
+        _ => {
+            return Err(
+                "give --certs DIR, or --insecure-dev for a plaintext development mesh".into(),
+            );
+        }
+    };
+    Ok(Some(ControlSettings {
+        coordinators: flags.coordinators.clone(),
+        cluster: flags.cluster.clone(),
+        locality: flags.locality.clone(),
+        proxy_id: flags
+            .proxy_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", flags.cluster, std::process::id())),
+        state_dir,
+        tls,
+    }))
 }
