@@ -179,10 +179,18 @@ impl Proxy {
         };
         tokio::spawn(serve(outbound_listener, service, stopped.clone()));
         let snapshot_version = Arc::new(AtomicU64::new(version));
+        metrics.snapshot_version.set(version as i64);
         if let Some(control) = settings.control.clone() {
             let (outbound, seen) = (outbound.clone(), snapshot_version.clone());
             let (cluster, locality) = (settings.cluster.clone(), settings.locality.clone());
-            let (connected, _) = watch::channel(false);
+            let (connected, mut connection) = watch::channel(false);
+            let gauge = metrics.coordinator_connected.clone();
+            tokio::spawn(async move {
+                while connection.changed().await.is_ok() {
+                    gauge.set(i64::from(*connection.borrow_and_update()));
+                }
+            });
+            let version_gauge = metrics.snapshot_version.clone();
             tokio::spawn(control::run(
                 control,
                 version,
@@ -191,6 +199,7 @@ impl Proxy {
                     let (routing, _) = routing_of(&resources, &cluster, &locality);
                     outbound.update(routing);
                     seen.store(accepted.version, Ordering::Release);
+                    version_gauge.set(i64::try_from(accepted.version).unwrap_or(i64::MAX));
                     tracing::info!(version = accepted.version, "snapshot applied");
                 },
                 connected,

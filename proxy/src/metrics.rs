@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -26,6 +27,10 @@ pub struct ProxyMetrics {
     pub ejections: Family<Labels, Counter>,
     /// Requests refused over the connection pool's limit, by service.
     pub overflows: Family<Labels, Counter>,
+    /// 1 while a coordinator session is up.
+    pub coordinator_connected: Gauge,
+    /// The version of the snapshot routed on (0: none, or a configuration file).
+    pub snapshot_version: Gauge,
 }
 
 impl Default for ProxyMetrics {
@@ -50,6 +55,8 @@ impl ProxyMetrics {
             connect_errors: Family::default(),
             ejections: Family::default(),
             overflows: Family::default(),
+            coordinator_connected: Gauge::default(),
+            snapshot_version: Gauge::default(),
         };
         registry.register(
             "requests",
@@ -75,6 +82,16 @@ impl ProxyMetrics {
             "overflows",
             "Requests answered 503 overflow over the connection pool's limit, by service",
             m.overflows.clone(),
+        );
+        registry.register(
+            "coordinator_connected",
+            "1 while a session with a coordinator is up",
+            m.coordinator_connected.clone(),
+        );
+        registry.register(
+            "snapshot_version",
+            "Version of the snapshot the proxy routes on (0: none or a configuration file)",
+            m.snapshot_version.clone(),
         );
         if let Ok(mut r) = m.registry.lock() {
             *r = registry;

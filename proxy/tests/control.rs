@@ -156,6 +156,15 @@ async fn a_proxy_routes_on_pushed_snapshots_and_on_the_last_known_good_without_c
         .and_then(|(_, v)| v.trim().parse().ok())
         .expect("a version");
     assert!(version > 0);
+    let metrics = get(admin, "admin", "/metrics").await.expect("metrics").1;
+    assert!(
+        metrics.contains("fulcrum_proxy_coordinator_connected 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("fulcrum_proxy_snapshot_version {version}")),
+        "{metrics}"
+    );
 
     // Every coordinator gone; a proxy started now routes on the last-known-good file.
     proxy.stop();
