@@ -457,8 +457,10 @@ impl Outbound {
             .as_deref()
             .and_then(|h| parts.headers.get(h))
             .map(|v| v.as_bytes().to_vec());
-        let in_flight = self.in_flight.lock().map(|m| m.clone()).unwrap_or_default();
+        // Read in place, not copied: this runs for every try. (Lock order: pickers, then
+        // in_flight; nothing takes them the other way round.)
         let mut pickers = self.pickers.lock().ok()?;
+        let in_flight = self.in_flight.lock().ok()?;
         let picker = pickers
             .entry((forward.target.host.clone(), forward.target.subset.clone()))
             .or_insert_with(|| EndpointPicker::new(settings.policy));
