@@ -40,6 +40,7 @@ pub mod duration;
 pub mod engine;
 pub mod fulcrum;
 pub mod health;
+pub mod identity;
 pub mod istio;
 pub mod load;
 pub mod locality;

@@ -1,12 +1,14 @@
-//! Wiring: the outbound listener (HTTP/1.1 and h2c on one port) and the admin listener,
-//! started from a configuration and stopped through the returned handle, so tests run the
-//! whole proxy in-process.
+//! Wiring: the outbound listener (HTTP/1.1 and h2c on one port), the east-west listener
+//! (h2 over mTLS, when the proxy has certificates), the admin listener, the coordinator
+//! session and the report loop, started from a configuration and stopped through the
+//! returned handle, so tests run the whole proxy in-process.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use fulcrum_policy::{ConfigSet, Locality, Severity};
@@ -19,11 +21,13 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::control::{self, ControlSettings};
-use crate::discovery::StaticDiscovery;
+use crate::balance::ClusterInfo;
+use crate::control::{self, ControlSettings, report};
 use crate::metrics::ProxyMetrics;
-use crate::outbound::{Outbound, Routing, answer};
-use crate::routing::{RouteError, RouteTable};
+use crate::outbound::{DEFAULT_CONNECT_TIMEOUT, Outbound, Routing, answer};
+use crate::routing::RouteError;
+use crate::transport::tls::RELOAD_EVERY;
+use crate::transport::{EastWestPool, MeshTls, TlsError, serve_east_west};
 
 /// Largest request head (line and headers) the outbound listener reads; more is refused
 /// by hyper before routing.
@@ -42,6 +46,20 @@ pub struct ProxyConfig {
     pub admin: SocketAddr,
     /// The coordinator session, when the proxy has coordinators.
     pub control: Option<ControlSettings>,
+    /// Where other clusters' proxies connect, and this proxy's certificates; without,
+    /// the proxy never leaves its cluster.
+    pub east_west: Option<EastWestSettings>,
+    /// How often reports go to the coordinators.
+    pub report_interval: Duration,
+}
+
+/// The east-west listener and the mTLS material it and the client side use.
+#[derive(Debug, Clone)]
+pub struct EastWestSettings {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The certificates directory (`ca.pem`, `proxy-<cluster>.pem`, `-key.pem`).
+    pub certs: PathBuf,
 }
 
 /// Why a proxy did not start.
@@ -50,6 +68,9 @@ pub enum StartError {
     /// The configuration has errors.
     #[error("the configuration has errors:\n{0}")]
     Config(String),
+    /// The certificates cannot be used.
+    #[error("east-west mTLS: {0}")]
+    Tls(#[from] TlsError),
     /// A listener could not be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -64,6 +85,7 @@ pub enum StartError {
 pub struct Proxy {
     outbound: SocketAddr,
     admin: SocketAddr,
+    east_west: Option<SocketAddr>,
     stop: watch::Sender<bool>,
 }
 
@@ -94,22 +116,21 @@ impl Proxy {
         settings: ProxyConfig,
         config: Option<&ConfigSet>,
     ) -> Result<Proxy, StartError> {
-        let routing_of =
-            |resources: &[&fulcrum_policy::Resource], cluster: &str, locality: &Locality| {
-                let (routes, errors) = RouteTable::build(resources.iter().copied());
-                for e in &errors {
-                    tracing::warn!("{e}; this VirtualService is left out");
-                }
-                let discovery =
-                    StaticDiscovery::from_resources(resources.iter().copied(), cluster, locality);
-                (
-                    Routing {
-                        routes,
-                        discovery: Arc::new(discovery),
-                    },
-                    errors,
-                )
-            };
+        let routing_of = |resources: &[&fulcrum_policy::Resource],
+                          weights: &[fulcrum_policy::weights::WeightRow],
+                          clusters: Vec<ClusterInfo>| {
+            let (routing, errors) = Routing::new(
+                resources,
+                weights,
+                clusters,
+                &settings.cluster,
+                &settings.locality,
+            );
+            for e in &errors {
+                tracing::warn!("{e}; this VirtualService is left out");
+            }
+            (routing, errors)
+        };
         let mut version = 0;
         let mut initial = None;
         if let Some(control) = &settings.control {
@@ -123,8 +144,8 @@ impl Proxy {
                     let resources: Vec<_> = accepted.resources.iter().collect();
                     initial = Some(routing_of(
                         &resources,
-                        &settings.cluster,
-                        &settings.locality,
+                        &accepted.weights,
+                        accepted.clusters.clone(),
                     ));
                 }
                 Ok(None) => {}
@@ -135,19 +156,27 @@ impl Proxy {
             && let Some(config) = config
         {
             let resources: Vec<_> = config.resources().collect();
-            initial = Some(routing_of(
-                &resources,
-                &settings.cluster,
-                &settings.locality,
-            ));
+            let clusters = clusters_of(&resources);
+            initial = Some(routing_of(&resources, &[], clusters));
         }
         let route_errors = initial.as_ref().map(|(_, e)| e.clone()).unwrap_or_default();
         let metrics = Arc::new(ProxyMetrics::new());
-        let outbound = Arc::new(Outbound::new(
+        let mut outbound = Outbound::new(
             initial.map(|(r, _)| r),
             metrics.clone(),
-            settings.locality.to_string(),
-        ));
+            settings.cluster.clone(),
+            settings.locality.clone(),
+        );
+        let tls = match &settings.east_west {
+            Some(e) => {
+                let tls = Arc::new(MeshTls::load(&e.certs, &settings.cluster)?);
+                let pool = EastWestPool::new(tls.clone(), DEFAULT_CONNECT_TIMEOUT);
+                outbound = outbound.with_east_west(Arc::new(pool));
+                Some(tls)
+            }
+            None => None,
+        };
+        let outbound = Arc::new(outbound);
         let bind = |address: SocketAddr| async move {
             TcpListener::bind(address)
                 .await
@@ -170,6 +199,21 @@ impl Proxy {
                 })?,
         );
         let (stop, stopped) = watch::channel(false);
+        let mut east_west = None;
+        if let (Some(e), Some(tls)) = (&settings.east_west, tls) {
+            let listener = bind(e.listen).await?;
+            east_west = Some(listener.local_addr().map_err(|source| StartError::Bind {
+                address: e.listen,
+                source,
+            })?);
+            tokio::spawn(tls.clone().watch(RELOAD_EVERY, stopped.clone()));
+            tokio::spawn(serve_east_west(
+                listener,
+                tls,
+                outbound.clone(),
+                stopped.clone(),
+            ));
+        }
         let service = {
             let outbound = outbound.clone();
             move |request: Request<Incoming>| {
@@ -191,12 +235,28 @@ impl Proxy {
                 }
             });
             let version_gauge = metrics.snapshot_version.clone();
+            tokio::spawn(report::run(
+                control.clone(),
+                outbound.stats(),
+                outbound.clone(),
+                settings.report_interval,
+                stopped.clone(),
+            ));
             tokio::spawn(control::run(
                 control,
                 version,
                 move |accepted| {
                     let resources: Vec<_> = accepted.resources.iter().collect();
-                    let (routing, _) = routing_of(&resources, &cluster, &locality);
+                    let (routing, errors) = Routing::new(
+                        &resources,
+                        &accepted.weights,
+                        accepted.clusters.clone(),
+                        &cluster,
+                        &locality,
+                    );
+                    for e in &errors {
+                        tracing::warn!("{e}; this VirtualService is left out");
+                    }
                     outbound.update(routing);
                     seen.store(accepted.version, Ordering::Release);
                     version_gauge.set(i64::try_from(accepted.version).unwrap_or(i64::MAX));
@@ -229,6 +289,7 @@ impl Proxy {
         Ok(Proxy {
             outbound: addresses.0,
             admin: addresses.1,
+            east_west,
             stop,
         })
     }
@@ -236,6 +297,11 @@ impl Proxy {
     /// The outbound listener's address.
     pub fn outbound_address(&self) -> SocketAddr {
         self.outbound
+    }
+
+    /// The east-west listener's address, when it has one.
+    pub fn east_west_address(&self) -> Option<SocketAddr> {
+        self.east_west
     }
 
     /// The admin listener's address.
@@ -286,6 +352,26 @@ where
                 .await;
         });
     }
+}
+
+/// The clusters the configuration's MeshCluster objects describe.
+pub fn clusters_of(resources: &[&fulcrum_policy::Resource]) -> Vec<ClusterInfo> {
+    resources
+        .iter()
+        .filter_map(|r| match r {
+            fulcrum_policy::Resource::MeshCluster(o) => Some(ClusterInfo {
+                name: o.spec.name(&o.metadata.name).to_string(),
+                locality: o.spec.locality.clone(),
+                gateways: o
+                    .spec
+                    .east_west_gateways
+                    .iter()
+                    .map(|g| format!("{}:{}", g.address, g.port))
+                    .collect(),
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 fn config_dump(settings: &ProxyConfig, route_errors: &[RouteError]) -> String {

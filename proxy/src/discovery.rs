@@ -51,6 +51,8 @@ pub trait Discovery: Send + Sync {
     fn knows(&self, host: &str) -> bool;
     /// How `host` (and `subset`) is balanced.
     fn balance(&self, host: &str, subset: &str) -> BalanceSettings;
+    /// The services with at least one endpoint in this cluster, sorted.
+    fn local_services(&self) -> Vec<String>;
 }
 
 #[derive(Debug, Clone, Default)]
@@ -204,6 +206,17 @@ impl Discovery for StaticDiscovery {
                     .unwrap_or_else(|| s.balance.clone())
             })
             .unwrap_or_default()
+    }
+
+    fn local_services(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .services
+            .iter()
+            .filter(|(_, s)| !s.endpoints.is_empty())
+            .map(|(n, _)| n.clone())
+            .collect();
+        names.sort();
+        names
     }
 }
 

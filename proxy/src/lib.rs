@@ -11,10 +11,12 @@
 //!   by the DestinationRule's load balancer.
 //!
 //! Neither does I/O. Around them: [`discovery`] (this cluster's endpoints, from
-//! ServiceEntry configuration behind a trait), [`outbound`] (forwarding with timeouts,
-//! retries, faults, header changes and mirrors) and [`app`] (the listeners).
-//! [`control`] is the coordinator session: snapshots checked, ACKed or NACKed, kept as
-//! the last-known-good file. Not yet: east-west mTLS, reports.
+//! ServiceEntry configuration behind a trait), [`outbound`] (forwarding to this cluster's
+//! endpoints or another cluster's, with timeouts, retries, faults, header changes and
+//! mirrors), [`transport`] (h2 over mTLS between clusters' proxies, SPIFFE identities
+//! checked, certificates reloaded) and [`app`] (the listeners). [`control`] is the
+//! coordinator session: snapshots checked, ACKed or NACKed, kept as the last-known-good
+//! file; and the reports of what this proxy saw.
 
 #![forbid(unsafe_code)]
 
@@ -25,3 +27,4 @@ pub mod discovery;
 pub mod metrics;
 pub mod outbound;
 pub mod routing;
+pub mod transport;

@@ -1,6 +1,13 @@
 //! The outbound path: an application's request, addressed to a service by its Host, is
-//! routed ([`crate::routing`]), balanced ([`crate::balance`]) and forwarded to an endpoint
-//! of this cluster, with the route's timeout, retries, faults, header changes and mirrors.
+//! routed ([`crate::routing`]), sent to a destination locality by the weight row the
+//! coordinator pushed for this proxy's locality ([`crate::balance::row`]), and forwarded
+//! to an endpoint of this cluster or over mTLS to another cluster's east-west listener
+//! ([`crate::transport`]), with the route's timeout, retries, faults, header changes and
+//! mirrors. Every try is counted for the next report ([`crate::control::report`]).
+//!
+//! The east-west listener's requests come in through [`Outbound::handle_east_west`]:
+//! routing was done by the sending proxy, so they go to this cluster's endpoints only and
+//! are never forwarded again.
 //!
 //! Every answer the proxy makes itself carries `x-fulcrum-reason` saying why: a bad Host
 //! (400), an unknown service (404), no endpoint (503), an upstream that could not be
@@ -12,33 +19,51 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use fulcrum_policy::Locality;
+use fulcrum_policy::health::EndpointInventory;
+use fulcrum_policy::weights::WeightRow;
 use http::header::{HOST, HeaderName, HeaderValue};
-use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tokio::time::Instant;
 
-use crate::balance::{EndpointPicker, OutlierDetector, TryOutcome};
+use crate::balance::{
+    ClusterInfo, EndpointPicker, LocalityRow, OutlierDetector, Place, TryOutcome,
+};
+use crate::control::report::{Outcome, ReportSource, Stats};
 use crate::discovery::{Discovery, Endpoint};
 use crate::metrics::ProxyMetrics;
 use crate::routing::{
-    Forward, HeaderChanges, RandomChance, RetryPolicy, RouteDecision, RouteRequest, RouteTable,
-    Target,
+    Forward, HeaderChanges, RandomChance, RetryOn, RetryPolicy, RouteDecision, RouteError,
+    RouteRequest, RouteTable, Target,
 };
+use crate::transport::{EastWestPool, SendError};
 
 /// The header on every answer the proxy makes itself.
 pub const REASON_HEADER: &str = "x-fulcrum-reason";
 /// The header naming the endpoint that answered.
 pub const UPSTREAM_HEADER: &str = "x-fulcrum-upstream";
+/// The header naming the cluster whose endpoint answered.
+pub const CLUSTER_HEADER: &str = "x-fulcrum-cluster";
+/// On an east-west request: the subset of the service to serve.
+pub const SUBSET_HEADER: &str = "x-fulcrum-subset";
+/// On a request an east-west listener forwards to its endpoint: `source->this` cluster.
+pub const HOP_HEADER: &str = "x-fulcrum-hop";
 /// Largest request body the proxy buffers (it keeps the body to retry).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 /// How long a connection to an endpoint may take.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a cluster whose gateway refused a connection is passed over (then tried
+/// again by the next request that would go there).
+pub const UNREACHABLE_HOLD: Duration = Duration::from_secs(2);
 
 /// Headers that describe one hop's connection, never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -71,6 +96,56 @@ pub struct Routing {
     pub routes: RouteTable,
     /// This cluster's endpoints.
     pub discovery: Arc<dyn Discovery>,
+    /// The pushed rows for this proxy's locality, by (service, subset).
+    pub rows: HashMap<(String, String), LocalityRow>,
+    /// The clusters of the mesh.
+    pub clusters: Vec<ClusterInfo>,
+}
+
+impl Routing {
+    /// Routing for the proxy of `cluster` in `locality`; VirtualServices that do not
+    /// compile are left out and returned.
+    pub fn new(
+        resources: &[&fulcrum_policy::Resource],
+        weights: &[WeightRow],
+        clusters: Vec<ClusterInfo>,
+        cluster: &str,
+        locality: &Locality,
+    ) -> (Routing, Vec<RouteError>) {
+        let (routes, errors) = RouteTable::build(resources.iter().copied());
+        let discovery = crate::discovery::StaticDiscovery::from_resources(
+            resources.iter().copied(),
+            cluster,
+            locality,
+        );
+        let rows = weights
+            .iter()
+            .filter(|w| &w.source == locality)
+            .map(|w| {
+                (
+                    (w.service.to_ascii_lowercase(), w.subset.clone()),
+                    LocalityRow::new(w, locality, cluster, &clusters),
+                )
+            })
+            .collect();
+        (
+            Routing {
+                routes,
+                discovery: Arc::new(discovery),
+                rows,
+                clusters,
+            },
+            errors,
+        )
+    }
+
+    /// The row for `target`: its subset's, else the whole service's.
+    fn row(&self, target: &Target) -> Option<&LocalityRow> {
+        let host = target.host.to_ascii_lowercase();
+        self.rows
+            .get(&(host.clone(), target.subset.clone()))
+            .or_else(|| self.rows.get(&(host, String::new())))
+    }
 }
 
 /// The routing and forwarding state of the outbound listener. The routing is swapped on
@@ -84,10 +159,20 @@ pub struct Outbound {
     /// Per service host, when its DestinationRule limits requests in flight.
     limits: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// Other clusters, when east-west mTLS is configured.
+    pool: Option<Arc<EastWestPool>>,
+    /// Clusters whose gateway refused us lately, until when.
+    unreachable: Mutex<HashMap<String, Instant>>,
+    /// Spreads requests over a cluster's gateways.
+    rotation: AtomicUsize,
     max_body_bytes: usize,
     metrics: Arc<ProxyMetrics>,
-    /// This proxy's locality: where its endpoints are (the destination locality label).
-    locality: String,
+    stats: Arc<Stats>,
+    /// This proxy's cluster.
+    cluster: String,
+    /// This proxy's locality: where its endpoints are.
+    locality: Locality,
+    locality_text: String,
 }
 
 /// What happened to one try.
@@ -98,10 +183,25 @@ enum Try {
     TimedOut,
 }
 
+/// Where one try goes.
+enum Hop {
+    Local(Endpoint),
+    Remote {
+        cluster: String,
+        gateway: String,
+        locality: Locality,
+    },
+}
+
 impl Outbound {
-    /// Forwards with `routing` (none yet: answers 503 until [`Outbound::update`]) to
-    /// endpoints in `locality`.
-    pub fn new(routing: Option<Routing>, metrics: Arc<ProxyMetrics>, locality: String) -> Outbound {
+    /// Forwards with `routing` (none yet: answers 503 until [`Outbound::update`]) for the
+    /// proxy of `cluster` in `locality`.
+    pub fn new(
+        routing: Option<Routing>,
+        metrics: Arc<ProxyMetrics>,
+        cluster: String,
+        locality: Locality,
+    ) -> Outbound {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(DEFAULT_CONNECT_TIMEOUT));
         connector.set_nodelay(true);
@@ -112,14 +212,39 @@ impl Outbound {
             outliers: Mutex::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
             client: Client::builder(TokioExecutor::new()).build(connector),
+            pool: None,
+            unreachable: Mutex::new(HashMap::new()),
+            rotation: AtomicUsize::new(0),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             metrics,
+            stats: Arc::default(),
+            cluster,
+            locality_text: locality.to_string(),
             locality,
         }
     }
 
+    /// Reaches other clusters through `pool`; without one, every request stays in this
+    /// cluster whatever the weights say.
+    pub fn with_east_west(mut self, pool: Arc<EastWestPool>) -> Outbound {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// The counters the reports are made from.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
     /// Routes with `routing` from now on.
     pub fn update(&self, routing: Routing) {
+        if let Some(old) = self.routing() {
+            for (key, row) in &routing.rows {
+                if let Some(previous) = old.rows.get(key) {
+                    row.continue_from(previous);
+                }
+            }
+        }
         if let Ok(mut r) = self.routing.write() {
             *r = Some(Arc::new(routing));
         }
@@ -140,26 +265,48 @@ impl Outbound {
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let started = tokio::time::Instant::now();
-        let mut service = String::from("unknown");
-        let response = self.route_and_forward(request, &mut service).await;
+        let started = Instant::now();
+        let mut counted = Counted::new(&self.locality_text);
+        let response = self.route_and_forward(request, &mut counted).await;
+        self.count(counted, &response, started);
+        response
+    }
+
+    /// Serves a request another cluster's proxy sent over the east-west listener: to this
+    /// cluster's endpoints only.
+    pub async fn handle_east_west<B>(&self, request: Request<B>, peer: &str) -> ProxyResponse
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let started = Instant::now();
+        let mut counted = Counted::new(&self.locality_text);
+        let response = self.serve_for_peer(request, peer, &mut counted).await;
+        self.count(counted, &response, started);
+        response
+    }
+
+    fn count(&self, counted: Counted, response: &ProxyResponse, started: Instant) {
         self.metrics
             .latency
-            .get_or_create(&ProxyMetrics::service(&service))
+            .get_or_create(&ProxyMetrics::service(&counted.service))
             .observe(started.elapsed().as_secs_f64());
         self.metrics
             .requests
             .get_or_create(&vec![
-                ("service", service),
-                ("locality", self.locality.clone()),
+                ("service", counted.service),
+                ("locality", counted.locality),
                 ("code", response.status().as_u16().to_string()),
             ])
             .inc();
-        response
     }
 
-    /// What `handle` does; sets `service` once the request names a known one.
-    async fn route_and_forward<B>(&self, request: Request<B>, service: &mut String) -> ProxyResponse
+    /// What `handle` does; names the service and destination in `counted` once known.
+    async fn route_and_forward<B>(
+        &self,
+        request: Request<B>,
+        counted: &mut Counted,
+    ) -> ProxyResponse
     where
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -194,7 +341,7 @@ impl Outbound {
             &mut RandomChance,
         );
         if routing.routes.has_host(&host) || routing.discovery.knows(&host) {
-            *service = host.clone();
+            counted.service = host.clone();
         }
         let forward = match decision {
             RouteDecision::Forward(f) => *f,
@@ -232,35 +379,23 @@ impl Outbound {
                 "fault injected by route",
             );
         }
-        let body = match Limited::new(body, self.max_body_bytes).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => {
-                return if e.downcast_ref::<LengthLimitError>().is_some() {
-                    answer(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        &format!("request body over {} bytes", self.max_body_bytes),
-                    )
-                } else {
-                    answer(StatusCode::BAD_REQUEST, "request body could not be read")
-                };
-            }
+        let body = match self.read_body(body).await {
+            Ok(b) => b,
+            Err(response) => return *response,
         };
         // The connection pool's limit: over it, answer at once rather than queue.
         let discovery = routing.discovery.as_ref();
         let _permit = match self.admit(discovery, &forward.target) {
             Ok(permit) => permit,
-            Err(()) => {
-                self.metrics
-                    .overflows
-                    .get_or_create(&ProxyMetrics::service(&forward.target.host))
-                    .inc();
-                return answer(StatusCode::SERVICE_UNAVAILABLE, "overflow");
-            }
+            Err(response) => return *response,
         };
         for mirror in &forward.mirrors {
             self.mirror(discovery, mirror, &parts, &forward, body.clone());
         }
-        let attempts = self.attempts(discovery, &parts, &forward, body);
+        let row = routing
+            .row(&forward.target)
+            .filter(|r| self.pool.is_some() && !r.is_local_only());
+        let attempts = self.attempts(&routing, row, &parts, &forward, body, counted);
         let mut response = match forward.timeout {
             Some(t) => match tokio::time::timeout(t, attempts).await {
                 Ok(r) => r,
@@ -275,12 +410,98 @@ impl Outbound {
         response
     }
 
-    /// A place within the service's request limit, when it has one.
+    /// What `handle_east_west` does.
+    async fn serve_for_peer<B>(
+        &self,
+        request: Request<B>,
+        peer: &str,
+        counted: &mut Counted,
+    ) -> ProxyResponse
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Some(routing) = self.routing() else {
+            return answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: no configuration yet",
+            );
+        };
+        let (mut parts, body) = request.into_parts();
+        let authority = match authority_of(&parts.uri, &parts.headers) {
+            Ok(a) => a,
+            Err(reason) => return answer(StatusCode::BAD_REQUEST, &reason),
+        };
+        let host = authority.host().to_string();
+        if !routing.discovery.knows(&host) {
+            return answer(
+                StatusCode::NOT_FOUND,
+                &format!("unknown service {host:?} in cluster {}", self.cluster),
+            );
+        }
+        counted.service = host.clone();
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let mut forward = default_route(&host, &path_and_query);
+        forward.target.subset = parts
+            .headers
+            .remove(SUBSET_HEADER)
+            .and_then(|v| v.to_str().ok().map(str::to_string))
+            .unwrap_or_default();
+        // The sender already retried by its route; here only a connection that could not
+        // be made is tried on another endpoint of this cluster.
+        forward.retries = RetryPolicy {
+            attempts: 1,
+            retry_on: RetryOn {
+                connect_failure: true,
+                ..RetryOn::default()
+            },
+            ..RetryPolicy::istio_default()
+        };
+        if let Ok(v) = HeaderValue::from_str(&format!("{peer}->{}", self.cluster)) {
+            parts.headers.insert(HOP_HEADER, v);
+        }
+        let body = match self.read_body(body).await {
+            Ok(b) => b,
+            Err(response) => return *response,
+        };
+        let _permit = match self.admit(routing.discovery.as_ref(), &forward.target) {
+            Ok(permit) => permit,
+            Err(response) => return *response,
+        };
+        self.attempts(&routing, None, &parts, &forward, body, counted)
+            .await
+    }
+
+    /// The whole request body, within the size limit.
+    async fn read_body<B>(&self, body: B) -> Result<Bytes, Box<ProxyResponse>>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        match Limited::new(body, self.max_body_bytes).collect().await {
+            Ok(b) => Ok(b.to_bytes()),
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Box::new(answer(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("request body over {} bytes", self.max_body_bytes),
+            ))),
+            Err(_) => Err(Box::new(answer(
+                StatusCode::BAD_REQUEST,
+                "request body could not be read",
+            ))),
+        }
+    }
+
+    /// A place within the service's request limit, when it has one; else the 503
+    /// `overflow` answer.
     fn admit(
         &self,
         discovery: &dyn Discovery,
         target: &Target,
-    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ()> {
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Box<ProxyResponse>> {
         let Some(max) = discovery.balance(&target.host, &target.subset).max_requests else {
             return Ok(None);
         };
@@ -293,7 +514,13 @@ impl Outbound {
                 .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(max as usize)))
                 .clone()
         };
-        semaphore.try_acquire_owned().map(Some).map_err(|_| ())
+        semaphore.try_acquire_owned().map(Some).map_err(|_| {
+            self.metrics
+                .overflows
+                .get_or_create(&ProxyMetrics::service(&target.host))
+                .inc();
+            Box::new(answer(StatusCode::SERVICE_UNAVAILABLE, "overflow"))
+        })
     }
 
     /// Counts a try's outcome for outlier detection, when the service has it.
@@ -314,7 +541,7 @@ impl Outbound {
         let detector = outliers
             .entry(target.host.clone())
             .or_insert_with(|| OutlierDetector::new(settings));
-        let now = tokio::time::Instant::now().into_std();
+        let now = Instant::now().into_std();
         if let Some(length) = detector.record(endpoint, outcome, total, now) {
             self.metrics
                 .ejections
@@ -331,7 +558,7 @@ impl Outbound {
 
     /// The endpoints outlier detection has not ejected.
     fn not_ejected(&self, target: &Target, endpoints: Vec<Endpoint>) -> Vec<Endpoint> {
-        let now = tokio::time::Instant::now().into_std();
+        let now = Instant::now().into_std();
         let Ok(outliers) = self.outliers.lock() else {
             return endpoints;
         };
@@ -344,74 +571,151 @@ impl Outbound {
         }
     }
 
-    /// The first try and its retries, never on the same endpoint twice.
+    fn is_unreachable(&self, cluster: &str) -> bool {
+        self.unreachable
+            .lock()
+            .ok()
+            .and_then(|u| u.get(cluster).copied())
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    fn mark_unreachable(&self, cluster: &str) {
+        if let Ok(mut u) = self.unreachable.lock() {
+            u.insert(cluster.to_string(), Instant::now() + UNREACHABLE_HOLD);
+        }
+    }
+
+    /// The first try and its retries, never to the same endpoint (or, across clusters,
+    /// the same cluster) twice. With a `row`, each try's destination locality is chosen
+    /// from it; without, every try stays in this cluster.
     async fn attempts(
         &self,
-        discovery: &dyn Discovery,
+        routing: &Routing,
+        row: Option<&LocalityRow>,
         parts: &http::request::Parts,
         forward: &Forward,
         body: Bytes,
+        counted: &mut Counted,
     ) -> ProxyResponse {
-        let endpoints = discovery.endpoints(&forward.target.host, &forward.target.subset);
-        if endpoints.is_empty() {
-            return answer(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!(
-                    "no endpoint of {}{} in this cluster",
-                    forward.target.host,
-                    subset_suffix(&forward.target.subset)
-                ),
-            );
-        }
+        let discovery = routing.discovery.as_ref();
+        let target = &forward.target;
+        let endpoints = discovery.endpoints(&target.host, &target.subset);
         let total = endpoints.len();
-        let endpoints = self.not_ejected(&forward.target, endpoints);
-        if endpoints.is_empty() {
-            return answer(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!(
+        let local = self.not_ejected(target, endpoints);
+        let no_local = || {
+            if total == 0 {
+                format!(
+                    "no endpoint of {}{} in this cluster",
+                    target.host,
+                    subset_suffix(&target.subset)
+                )
+            } else {
+                format!(
                     "no healthy endpoint of {}{}: all {total} ejected by outlier detection",
-                    forward.target.host,
-                    subset_suffix(&forward.target.subset)
-                ),
-            );
+                    target.host,
+                    subset_suffix(&target.subset)
+                )
+            }
+        };
+        if row.is_none() && local.is_empty() {
+            return answer(StatusCode::SERVICE_UNAVAILABLE, &no_local());
         }
         let policy: &RetryPolicy = &forward.retries;
         let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut tried_clusters: Vec<String> = Vec::new();
+        let mut tried_destinations: Vec<usize> = Vec::new();
         let mut last = answer(StatusCode::SERVICE_UNAVAILABLE, "no try was made");
         for attempt in 0..=policy.attempts {
-            let Some(endpoint) = self.pick(discovery, parts, forward, &endpoints, &tried) else {
+            let Some(hop) = self.next_hop(
+                discovery,
+                row,
+                parts,
+                forward,
+                &local,
+                (&tried, &tried_clusters, &tried_destinations),
+            ) else {
+                if attempt == 0 {
+                    last = answer(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!(
+                            "{}, and no other cluster can take {} now",
+                            no_local(),
+                            target.host
+                        ),
+                    );
+                }
                 break;
             };
-            tried.push(endpoint.address);
+            let (hop, destination) = hop;
+            tried_destinations.extend(destination);
             if attempt > 0 {
                 tokio::time::sleep(policy.backoff * attempt).await;
             }
-            let result = self.try_once(parts, forward, &endpoint, body.clone()).await;
-            let outcome = match &result {
-                Try::Answered(r) => TryOutcome::Status(r.status().as_u16()),
-                _ => TryOutcome::LocalFailure,
+            let started = Instant::now();
+            let (result, cluster, locality) = match &hop {
+                Hop::Local(endpoint) => {
+                    tried.push(endpoint.address);
+                    let result = self.try_local(parts, forward, endpoint, body.clone()).await;
+                    (result, self.cluster.as_str(), &self.locality)
+                }
+                Hop::Remote {
+                    cluster,
+                    gateway,
+                    locality,
+                } => {
+                    tried_clusters.push(cluster.clone());
+                    let result = self
+                        .try_remote(parts, forward, cluster, gateway, body.clone())
+                        .await;
+                    (result, cluster.as_str(), locality)
+                }
             };
-            self.observe(discovery, &forward.target, endpoint.address, outcome, total);
+            let outcome = match &result {
+                Try::Answered(r) => Outcome::Status(r.status().as_u16()),
+                _ => Outcome::NoAnswer,
+            };
+            self.stats
+                .record(&target.host, cluster, locality, outcome, started.elapsed());
+            counted.locality = locality.to_string();
+            if let Hop::Local(endpoint) = &hop {
+                let outcome = match &result {
+                    Try::Answered(r) => TryOutcome::Status(r.status().as_u16()),
+                    _ => TryOutcome::LocalFailure,
+                };
+                self.observe(discovery, target, endpoint.address, outcome, total);
+            }
             let (retry, response) = match result {
                 Try::Answered(r) => {
                     let retry = policy.retry_on.retries_status(r.status().as_u16());
                     let (mut head, body) = r.into_parts();
                     strip_hop_by_hop(&mut head.headers);
-                    if let Ok(v) = HeaderValue::from_str(&endpoint.address.to_string()) {
+                    if let Hop::Local(endpoint) = &hop
+                        && let Ok(v) = HeaderValue::from_str(&endpoint.address.to_string())
+                    {
                         head.headers.insert(UPSTREAM_HEADER, v);
+                    }
+                    if let Ok(v) = HeaderValue::from_str(cluster) {
+                        head.headers.insert(CLUSTER_HEADER, v);
                     }
                     (retry, Response::from_parts(head, Full::new(body)))
                 }
                 Try::ConnectFailed(e) => {
                     self.metrics
                         .connect_errors
-                        .get_or_create(&ProxyMetrics::service(&forward.target.host))
+                        .get_or_create(&ProxyMetrics::service(&target.host))
                         .inc();
+                    let to = match &hop {
+                        Hop::Local(endpoint) => endpoint.address.to_string(),
+                        Hop::Remote { cluster, .. } => {
+                            self.mark_unreachable(cluster);
+                            format!("cluster {cluster}")
+                        }
+                    };
                     (
                         policy.retry_on.connect_failure,
                         answer(
                             StatusCode::SERVICE_UNAVAILABLE,
-                            &format!("upstream connect error to {}: {e}", endpoint.address),
+                            &format!("upstream connect error to {to}: {e}"),
                         ),
                     )
                 }
@@ -419,7 +723,7 @@ impl Outbound {
                     policy.retry_on.reset,
                     answer(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        &format!("upstream {} reset before answering: {e}", endpoint.address),
+                        &format!("upstream in {cluster} reset before answering: {e}"),
                     ),
                 ),
                 Try::TimedOut => (
@@ -433,6 +737,54 @@ impl Outbound {
             }
         }
         last
+    }
+
+    /// Where the next try goes: a destination locality from the row (or this cluster
+    /// without one), then an endpoint there; with the index of the row's destination.
+    /// `tried` is what earlier tries used.
+    fn next_hop(
+        &self,
+        discovery: &dyn Discovery,
+        row: Option<&LocalityRow>,
+        parts: &http::request::Parts,
+        forward: &Forward,
+        local: &[Endpoint],
+        tried: (&[SocketAddr], &[String], &[usize]),
+    ) -> Option<(Hop, Option<usize>)> {
+        let (endpoints, clusters, destinations) = tried;
+        let Some(row) = row else {
+            return self
+                .pick(discovery, parts, forward, local, endpoints)
+                .map(|e| (Hop::Local(e), None));
+        };
+        let remote_retry = forward.retries.remote_localities;
+        let usable = |i: usize| {
+            if remote_retry && destinations.contains(&i) {
+                return false;
+            }
+            match &row.destinations()[i].place {
+                Place::Local => local.iter().any(|e| !endpoints.contains(&e.address)),
+                Place::Remote { cluster, .. } => {
+                    !clusters.contains(cluster) && !self.is_unreachable(cluster)
+                }
+                Place::Unreachable => false,
+            }
+        };
+        let i = row.choose(usable, &mut RandomChance)?;
+        let destination = &row.destinations()[i];
+        let hop = match &destination.place {
+            Place::Local => Hop::Local(self.pick(discovery, parts, forward, local, endpoints)?),
+            Place::Remote { cluster, gateways } if !gateways.is_empty() => {
+                let n = self.rotation.fetch_add(1, Ordering::Relaxed) % gateways.len();
+                Hop::Remote {
+                    cluster: cluster.clone(),
+                    gateway: gateways[n].clone(),
+                    locality: destination.locality.clone(),
+                }
+            }
+            _ => return None,
+        };
+        Some((hop, Some(i)))
     }
 
     fn pick(
@@ -473,36 +825,62 @@ impl Outbound {
         Some(fresh[i].clone())
     }
 
-    async fn try_once(
+    async fn try_local(
         &self,
         parts: &http::request::Parts,
         forward: &Forward,
         endpoint: &Endpoint,
         body: Bytes,
     ) -> Try {
-        let request = match upstream_request(parts, forward, endpoint.address, body) {
+        let uri = format!("http://{}{}", endpoint.address, forward.path_and_query);
+        let request = match upstream_request(parts, forward, &uri, body) {
             Ok(r) => r,
             Err(e) => return Try::Reset(e),
         };
         let _guard = InFlight::enter(&self.in_flight, endpoint.address);
         let send = async {
-            let response = self.client.request(request).await;
-            match response {
-                Ok(r) => {
-                    let (head, body) = r.into_parts();
-                    match body.collect().await {
-                        Ok(b) => Try::Answered(Response::from_parts(head, b.to_bytes())),
-                        Err(e) => Try::Reset(e.to_string()),
-                    }
-                }
+            match self.client.request(request).await {
+                Ok(r) => answered(r).await,
                 Err(e) if e.is_connect() => Try::ConnectFailed(error_chain(&e)),
                 Err(e) => Try::Reset(error_chain(&e)),
             }
         };
-        match forward.retries.per_try_timeout {
-            Some(t) => tokio::time::timeout(t, send).await.unwrap_or(Try::TimedOut),
-            None => send.await,
+        within(forward.retries.per_try_timeout, send).await
+    }
+
+    /// One try in another cluster, through its east-west listener at `gateway`.
+    async fn try_remote(
+        &self,
+        parts: &http::request::Parts,
+        forward: &Forward,
+        cluster: &str,
+        gateway: &str,
+        body: Bytes,
+    ) -> Try {
+        let Some(pool) = &self.pool else {
+            return Try::ConnectFailed("no east-west transport configured".into());
+        };
+        let uri = format!("https://{}{}", forward.authority, forward.path_and_query);
+        let mut request = match upstream_request(parts, forward, &uri, body) {
+            Ok(r) => r,
+            Err(e) => return Try::Reset(e),
+        };
+        *request.version_mut() = Version::HTTP_2;
+        // h2 carries the authority in the URI.
+        request.headers_mut().remove(HOST);
+        if !forward.target.subset.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&forward.target.subset)
+        {
+            request.headers_mut().insert(SUBSET_HEADER, v);
         }
+        let send = async {
+            match pool.send(gateway, cluster, request).await {
+                Ok(r) => answered(r).await,
+                Err(SendError::Connect(e)) => Try::ConnectFailed(e),
+                Err(SendError::Reset(e)) => Try::Reset(e),
+            }
+        };
+        within(forward.retries.per_try_timeout, send).await
     }
 
     /// Sends a copy and forgets it: the answer is dropped, and the caller's response is
@@ -525,13 +903,87 @@ impl Outbound {
         let mut shadow = forward.clone();
         // Envoy marks mirrored requests by suffixing the authority.
         shadow.authority = format!("{}-shadow", forward.authority);
-        let Ok(request) = upstream_request(parts, &shadow, endpoint.address, body) else {
+        let uri = format!("http://{}{}", endpoint.address, shadow.path_and_query);
+        let Ok(request) = upstream_request(parts, &shadow, &uri, body) else {
             return;
         };
         let client = self.client.clone();
         tokio::spawn(async move {
             let _ = client.request(request).await;
         });
+    }
+}
+
+impl ReportSource for Outbound {
+    fn inventory(&self) -> Vec<EndpointInventory> {
+        let Some(routing) = self.routing() else {
+            return Vec::new();
+        };
+        let now = Instant::now().into_std();
+        let outliers = self.outliers.lock().ok();
+        routing
+            .discovery
+            .local_services()
+            .into_iter()
+            .map(|service| {
+                let endpoints = routing.discovery.endpoints(&service, "");
+                let ejected = outliers
+                    .as_ref()
+                    .and_then(|o| o.get(&service))
+                    .map_or(0, |d| {
+                        endpoints
+                            .iter()
+                            .filter(|e| d.is_ejected(e.address, now))
+                            .count()
+                    });
+                let total = u32::try_from(endpoints.len()).unwrap_or(u32::MAX);
+                EndpointInventory {
+                    service,
+                    locality: self.locality.clone(),
+                    total,
+                    ready: total,
+                    ejected: u32::try_from(ejected).unwrap_or(u32::MAX),
+                }
+            })
+            .collect()
+    }
+
+    fn clusters(&self) -> Vec<ClusterInfo> {
+        self.routing()
+            .map(|r| r.clusters.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// What a request is counted under in the metrics.
+struct Counted {
+    service: String,
+    locality: String,
+}
+
+impl Counted {
+    fn new(locality: &str) -> Counted {
+        Counted {
+            service: "unknown".into(),
+            locality: locality.to_string(),
+        }
+    }
+}
+
+/// A response read whole.
+async fn answered(response: Response<hyper::body::Incoming>) -> Try {
+    let (head, body) = response.into_parts();
+    match body.collect().await {
+        Ok(b) => Try::Answered(Response::from_parts(head, b.to_bytes())),
+        Err(e) => Try::Reset(e.to_string()),
+    }
+}
+
+/// `send`, within the per-try timeout when there is one.
+async fn within(timeout: Option<Duration>, send: impl Future<Output = Try>) -> Try {
+    match timeout {
+        Some(t) => tokio::time::timeout(t, send).await.unwrap_or(Try::TimedOut),
+        None => send.await,
     }
 }
 
@@ -571,7 +1023,8 @@ fn subset_suffix(subset: &str) -> String {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error with its causes, `a: b: c`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -666,10 +1119,10 @@ fn apply_changes(headers: &mut HeaderMap, changes: &HeaderChanges) {
 fn upstream_request(
     parts: &http::request::Parts,
     forward: &Forward,
-    address: SocketAddr,
+    uri: &str,
     body: Bytes,
 ) -> Result<Request<Full<Bytes>>, String> {
-    let uri: Uri = format!("http://{address}{}", forward.path_and_query)
+    let uri: Uri = uri
         .parse()
         .map_err(|e| format!("cannot build the upstream URI: {e}"))?;
     let mut request = Request::new(Full::new(body));

@@ -104,6 +104,8 @@ fn proxy_settings(coordinator: SocketAddr, state_dir: &Path) -> ProxyConfig {
             state_dir: state_dir.to_path_buf(),
             tls: None,
         }),
+        east_west: None,
+        report_interval: Duration::from_secs(1),
     }
 }
 

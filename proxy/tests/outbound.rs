@@ -236,6 +236,8 @@ spec:
             outbound: "127.0.0.1:0".parse().expect("address"),
             admin: "127.0.0.1:0".parse().expect("address"),
             control: None,
+            east_west: None,
+            report_interval: Duration::from_secs(1),
         },
         Some(&config),
     )

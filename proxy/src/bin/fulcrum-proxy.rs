@@ -1,6 +1,8 @@
-//! `fulcrum-proxy`: one cluster's data plane. Today: the outbound listener routing with
-//! VirtualService semantics to this cluster's endpoints, on snapshots from the
-//! coordinators (or on a configuration file), and the admin listener.
+//! `fulcrum-proxy`: one cluster's data plane. The outbound listener routes with
+//! VirtualService semantics and sends each request to a locality by the weights the
+//! coordinators push (or, on a configuration file alone, to this cluster); the east-west
+//! listener (h2 over mTLS, with `--certs`) serves other clusters' proxies; the admin
+//! listener serves /ready, /config_dump and /metrics. Stops on SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use fulcrum_policy::Locality;
-use fulcrum_proxy::app::{Proxy, ProxyConfig, load_config};
+use fulcrum_proxy::app::{EastWestSettings, Proxy, ProxyConfig, load_config};
 use fulcrum_proxy::control::{ClientTls, ControlSettings};
 
 /// Flags.
@@ -25,6 +27,13 @@ struct Flags {
     /// Where applications send requests (HTTP/1.1 and h2c), Host naming the service.
     #[arg(long, default_value = "127.0.0.1:15001")]
     listen: SocketAddr,
+    /// East-west listener (h2 over mTLS) other clusters' proxies connect to; needs
+    /// --certs.
+    #[arg(long, default_value = "127.0.0.1:15443")]
+    east_west: SocketAddr,
+    /// How often to report what this proxy saw to the coordinators (e.g. 1s, 500ms).
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    report_interval: std::time::Duration,
     /// Admin listener: /ready, /config_dump, /metrics.
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin: SocketAddr,
@@ -38,7 +47,8 @@ struct Flags {
     /// Where the last-known-good snapshot is kept (required with --coordinators).
     #[arg(long, requires = "coordinators")]
     state_dir: Option<PathBuf>,
-    /// Certificates from `fulcrumctl certs init`: ca.pem, proxy-CLUSTER.pem and its key.
+    /// Certificates from `fulcrumctl certs init`: ca.pem, proxy-CLUSTER.pem and its key;
+    /// for the coordinators and the east-west listener. Reloaded when the files change.
     #[arg(long, conflicts_with = "insecure_dev")]
     certs: Option<PathBuf>,
     /// Talk to coordinators in plaintext (they must run with --insecure-dev too).
@@ -90,6 +100,11 @@ fn main() -> ExitCode {
             outbound: flags.listen,
             admin: flags.admin,
             control,
+            east_west: flags.certs.clone().map(|certs| EastWestSettings {
+                listen: flags.east_west,
+                certs,
+            }),
+            report_interval: flags.report_interval,
         };
         let proxy = match Proxy::start(settings, config.as_ref()).await {
             Ok(p) => p,
@@ -98,7 +113,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let _ = tokio::signal::ctrl_c().await;
+        stopped().await;
         proxy.stop();
         ExitCode::SUCCESS
     })
@@ -135,4 +150,29 @@ fn control_settings(flags: &Flags) -> Result<Option<ControlSettings>, String> {
         state_dir,
         tls,
     }))
+}
+
+/// `--report-interval`: an Istio duration, above zero and at most a minute.
+fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
+    let d: fulcrum_policy::Duration = text.parse().map_err(|e| format!("{e}"))?;
+    match d.to_std() {
+        Some(d) if !d.is_zero() && d <= std::time::Duration::from_secs(60) => Ok(d),
+        _ => Err(format!("{text}: must be above 0s and at most 1m")),
+    }
+}
+
+/// Waits for SIGINT or SIGTERM.
+async fn stopped() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

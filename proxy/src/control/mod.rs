@@ -7,6 +7,8 @@
 //! Versions only go forward: a snapshot not newer than the one held is ignored, whichever
 //! coordinator sent it.
 
+pub mod report;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,8 +21,9 @@ use fulcrum_proto::control::v1::proxy_control_client::ProxyControlClient;
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use crate::balance::ClusterInfo;
 use crate::routing::RouteTable;
 
 /// The last-known-good snapshot's file in the state directory.
@@ -43,6 +46,36 @@ pub struct Accepted {
     pub resources: Vec<Resource>,
     /// The weight rows for this proxy's locality.
     pub weights: Vec<WeightRow>,
+    /// The clusters of the mesh and their east-west gateways.
+    pub clusters: Vec<ClusterInfo>,
+}
+
+/// A snapshot's cluster, checked.
+fn cluster_info(c: &pb::Cluster) -> Result<ClusterInfo, String> {
+    if c.name.is_empty() {
+        return Err("name: required field is missing".into());
+    }
+    let locality = c
+        .locality
+        .as_ref()
+        .ok_or("locality: required field is missing")
+        .and_then(|l| Locality::try_from(l).map_err(|_| "locality: not a valid locality"))?;
+    let gateways = c
+        .gateways
+        .iter()
+        .enumerate()
+        .map(|(i, g)| match u16::try_from(g.port) {
+            Ok(port) if port > 0 && !g.address.is_empty() => Ok(format!("{}:{port}", g.address)),
+            _ => Err(format!(
+                "gateways[{i}]: needs an address and a port in 1..65535"
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ClusterInfo {
+        name: c.name.clone(),
+        locality,
+        gateways,
+    })
 }
 
 /// Checks a snapshot: every object and row converts, and every VirtualService compiles.
@@ -60,6 +93,12 @@ pub fn check(snapshot: &pb::Snapshot) -> Result<Accepted, String> {
         .enumerate()
         .map(|(i, w)| WeightRow::try_from(w).map_err(|e| format!("weights[{i}]: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
+    let clusters = snapshot
+        .clusters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| cluster_info(c).map_err(|e| format!("clusters[{i}].{e}")))
+        .collect::<Result<Vec<_>, _>>()?;
     let (_, errors) = RouteTable::build(&resources);
     if let Some(e) = errors.first() {
         return Err(format!("{e}"));
@@ -68,6 +107,7 @@ pub fn check(snapshot: &pb::Snapshot) -> Result<Accepted, String> {
         version: snapshot.version,
         resources,
         weights,
+        clusters,
     })
 }
 
@@ -192,6 +232,36 @@ pub async fn run(
     }
 }
 
+/// A gRPC channel to the coordinator at `address`, over mTLS unless the settings have
+/// none.
+pub async fn connect(settings: &ControlSettings, address: &str) -> Result<Channel, String> {
+    let scheme = if settings.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+        .map_err(|e| format!("bad address: {e}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true);
+    let endpoint = match &settings.tls {
+        None => endpoint,
+        Some(tls) => {
+            let config = ClientTlsConfig::new()
+                .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
+                .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+                .domain_name(COORDINATOR_SERVER_NAME);
+            endpoint
+                .tls_config(config)
+                .map_err(|e| format!("TLS settings: {e}"))?
+        }
+    };
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))
+}
+
 async fn session(
     settings: &ControlSettings,
     address: &str,
@@ -200,31 +270,9 @@ async fn session(
     connected: &watch::Sender<bool>,
     stop: &mut watch::Receiver<bool>,
 ) -> SessionEnd {
-    let scheme = if settings.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let endpoint = match Endpoint::from_shared(format!("{scheme}://{address}")) {
-        Ok(e) => e.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true),
-        Err(e) => return SessionEnd::Failed(format!("bad address: {e}")),
-    };
-    let endpoint = match &settings.tls {
-        None => endpoint,
-        Some(tls) => {
-            let config = ClientTlsConfig::new()
-                .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
-                .ca_certificate(Certificate::from_pem(&tls.ca_pem))
-                .domain_name(COORDINATOR_SERVER_NAME);
-            match endpoint.tls_config(config) {
-                Ok(e) => e,
-                Err(e) => return SessionEnd::Failed(format!("TLS settings: {e}")),
-            }
-        }
-    };
-    let channel = match endpoint.connect().await {
+    let channel = match connect(settings, address).await {
         Ok(c) => c,
-        Err(e) => return SessionEnd::Failed(format!("cannot connect: {e}")),
+        Err(e) => return SessionEnd::Failed(e),
     };
     let (tx, rx) = mpsc::channel(16);
     let hello = pb::SubscribeRequest {

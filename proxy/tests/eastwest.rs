@@ -1,0 +1,603 @@
+//! Across clusters, in-process: a real coordinator (one node, plaintext development mode)
+//! pushes weights to two proxies, `east` and `west`, which talk to each other over h2 with
+//! mTLS from `fulcrumctl certs init` certificates. Checks the pushed split is followed,
+//! that a retry moves to another locality, and that the east-west listener refuses every
+//! peer that is not a proxy of the mesh.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fulcrum_coordinator::app::{Bootstrap, Coordinator, CoordinatorConfig, Security};
+use fulcrum_coordinator::security::certs::{InitPlan, init};
+use fulcrum_proxy::app::{EastWestSettings, Proxy, ProxyConfig};
+use fulcrum_proxy::control::ControlSettings;
+use fulcrum_proxy::outbound::{CLUSTER_HEADER, HOP_HEADER};
+use fulcrum_proxy::transport::MeshTls;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::net::{TcpListener, TcpStream};
+
+const EAST: &str = "us-east/us-east-1a";
+const WEST: &str = "us-west/us-west-1a";
+
+/// A backend answering `status` with its name, counting requests and echoing the hop mark.
+async fn backend(name: &'static str, status: StatusCode) -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let seen = Arc::new(AtomicU64::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |r: Request<Incoming>| {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    let hop = r
+                        .headers()
+                        .get(HOP_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    async move {
+                        let mut response = Response::new(Full::new(Bytes::from(name)));
+                        *response.status_mut() = status;
+                        response
+                            .headers_mut()
+                            .insert("x-seen-hop", hop.parse().expect("header"));
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (address, seen)
+}
+
+fn certs(dir: &Path, trust_domain: &str) -> PathBuf {
+    let out = dir.join(format!("certs-{trust_domain}"));
+    init(
+        &InitPlan {
+            trust_domain: trust_domain.into(),
+            coordinators: 1,
+            clusters: vec!["east".into(), "west".into()],
+            admins: vec![],
+            valid_days: 1,
+        },
+        &out,
+    )
+    .expect("certs init");
+    out
+}
+
+/// The mesh: two clusters, one `checkout` endpoint in each, a DestinationRule with
+/// `policy` (under `loadBalancer`) and outlier detection, and a VirtualService.
+fn mesh_yaml(
+    east_backend: SocketAddr,
+    west_backend: SocketAddr,
+    gateways: (SocketAddr, SocketAddr),
+    locality_lb: &str,
+    http_route: &str,
+) -> String {
+    format!(
+        r#"apiVersion: fulcrum.dev/v1alpha1
+kind: MeshCluster
+metadata: {{name: east}}
+spec:
+  locality: {EAST}
+  eastWestGateways: [{{address: 127.0.0.1, port: {east_gw}}}]
+---
+apiVersion: fulcrum.dev/v1alpha1
+kind: MeshCluster
+metadata: {{name: west}}
+spec:
+  locality: {WEST}
+  eastWestGateways: [{{address: 127.0.0.1, port: {west_gw}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: checkout, namespace: shop}}
+spec:
+  hosts: [checkout.shop]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {east}}}, locality: {EAST}, labels: {{topology.istio.io/cluster: east}}}}
+  - {{address: 127.0.0.1, ports: {{http: {west}}}, locality: {WEST}, labels: {{topology.istio.io/cluster: west}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: checkout, namespace: shop}}
+spec:
+  host: checkout.shop
+  trafficPolicy:
+    outlierDetection: {{consecutive5xxErrors: 1000, interval: 1s, baseEjectionTime: 30s}}
+    loadBalancer:
+      localityLbSetting:
+        enabled: true
+{locality_lb}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: checkout, namespace: shop}}
+spec:
+  hosts: [checkout.shop]
+  http:
+  - route:
+    - destination: {{host: checkout.shop}}
+{http_route}
+"#,
+        east = east_backend.port(),
+        west = west_backend.port(),
+        east_gw = gateways.0.port(),
+        west_gw = gateways.1.port(),
+    )
+}
+
+fn settings(cluster: &str, locality: &str, coordinator: SocketAddr, dir: &Path) -> ProxyConfig {
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    ProxyConfig {
+        cluster: cluster.into(),
+        locality: locality.parse().expect("locality"),
+        outbound: any,
+        admin: any,
+        control: Some(ControlSettings {
+            coordinators: vec![coordinator.to_string()],
+            cluster: cluster.into(),
+            locality: locality.parse().expect("locality"),
+            proxy_id: format!("{cluster}-1"),
+            state_dir: dir.join(format!("state-{cluster}")),
+            tls: None,
+        }),
+        east_west: Some(EastWestSettings {
+            listen: any,
+            certs: dir.join("certs-mesh.local"),
+        }),
+        report_interval: Duration::from_millis(250),
+    }
+}
+
+struct Mesh {
+    _dir: tempfile::TempDir,
+    _coordinator: Coordinator,
+    east: Proxy,
+    west: Proxy,
+    east_seen: Arc<AtomicU64>,
+    west_seen: Arc<AtomicU64>,
+    certs: PathBuf,
+}
+
+async fn mesh(east_status: StatusCode, locality_lb: &str, http_route: &str) -> Mesh {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = certs(dir.path(), "mesh.local");
+    let (east_backend, east_seen) = backend("east", east_status).await;
+    let (west_backend, west_seen) = backend("west", StatusCode::OK).await;
+    let config_dir = dir.path().join("config");
+    std::fs::create_dir_all(&config_dir).expect("config dir");
+    let mut config = CoordinatorConfig::new(
+        1,
+        "127.0.0.1:0".parse().expect("address"),
+        dir.path().join("node-1"),
+        Security::InsecureDev,
+    );
+    config.bootstrap = Bootstrap::Init;
+    config.config_dir = Some(config_dir.clone());
+    let coordinator = Coordinator::start(config).await.expect("coordinator");
+    let east = Proxy::start(
+        settings("east", EAST, coordinator.address(), dir.path()),
+        None,
+    )
+    .await
+    .expect("east starts");
+    let west = Proxy::start(
+        settings("west", WEST, coordinator.address(), dir.path()),
+        None,
+    )
+    .await
+    .expect("west starts");
+    let gateways = (
+        east.east_west_address().expect("east-west"),
+        west.east_west_address().expect("east-west"),
+    );
+    // Written once the gateways' ports are known; the coordinator watches the directory.
+    std::fs::write(
+        config_dir.join("mesh.yaml"),
+        mesh_yaml(
+            east_backend,
+            west_backend,
+            gateways,
+            locality_lb,
+            http_route,
+        ),
+    )
+    .expect("write config");
+    Mesh {
+        _dir: dir,
+        _coordinator: coordinator,
+        east,
+        west,
+        east_seen,
+        west_seen,
+        certs,
+    }
+}
+
+/// Status, serving cluster and body of a GET through a proxy's outbound listener.
+async fn get(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    proxy: SocketAddr,
+) -> Option<(StatusCode, String, String)> {
+    let request = Request::get(format!("http://{proxy}/"))
+        .header("host", "checkout.shop")
+        .body(Full::new(Bytes::new()))
+        .ok()?;
+    let response = client.request(request).await.ok()?;
+    let status = response.status();
+    let cluster = response
+        .headers()
+        .get(CLUSTER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    Some((status, cluster, String::from_utf8_lossy(&body).into_owned()))
+}
+
+async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(()) => return,
+            Err(last) if Instant::now() > deadline => panic!("{what}: last saw {last}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pushed_split_across_clusters_is_followed_within_two_percent() {
+    let distribute = "        distribute:\n        - from: us-east/*\n          to: {\"us-east/*\": 70, \"us-west/*\": 30}";
+    let mesh = mesh(StatusCode::OK, distribute, "").await;
+    let client = client();
+    let proxy = mesh.east.outbound_address();
+    eventually(
+        "the east proxy sends some traffic west",
+        Duration::from_secs(20),
+        || {
+            let client = client.clone();
+            async move {
+                match get(&client, proxy).await {
+                    Some((StatusCode::OK, cluster, _)) if cluster == "west" => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let mut counts = (0u32, 0u32, 0u32);
+            for _ in 0..625 {
+                match get(&client, proxy).await {
+                    Some((StatusCode::OK, c, _)) if c == "east" => counts.0 += 1,
+                    Some((StatusCode::OK, c, _)) if c == "west" => counts.1 += 1,
+                    _ => counts.2 += 1,
+                }
+            }
+            counts
+        });
+    }
+    let (mut east, mut west, mut other) = (0, 0, 0);
+    for c in tasks.join_all().await {
+        east += c.0;
+        west += c.1;
+        other += c.2;
+    }
+    assert_eq!(other, 0, "every request answered 200 by a cluster");
+    assert!(
+        east.abs_diff(7_000) <= 200,
+        "east {east} of 10000, west {west}"
+    );
+    assert!(
+        west.abs_diff(3_000) <= 200,
+        "west {west} of 10000, east {east}"
+    );
+    // Each request was served once, by the cluster that answered.
+    let served = mesh.east_seen.load(Ordering::Relaxed) + mesh.west_seen.load(Ordering::Relaxed);
+    assert!(served >= 10_000, "backends saw {served}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_in_another_locality_succeeds() {
+    let failover = "        failover:\n        - {from: us-east, to: us-west}";
+    let retries = "    retries: {attempts: 2, retryOn: 5xx, retryRemoteLocalities: true}";
+    let mesh = mesh(StatusCode::SERVICE_UNAVAILABLE, failover, retries).await;
+    let client = client();
+    let proxy = mesh.east.outbound_address();
+    // Ready once the pushed row names the west cluster's gateway.
+    eventually(
+        "a request through east is served",
+        Duration::from_secs(20),
+        || {
+            let client = client.clone();
+            async move {
+                match get(&client, proxy).await {
+                    Some((StatusCode::OK, cluster, body))
+                        if cluster == "west" && body == "west" =>
+                    {
+                        Ok(())
+                    }
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    // The local endpoint was tried first every time (its 503s are what moved the retry).
+    let before = mesh.east_seen.load(Ordering::Relaxed);
+    let (status, cluster, _) = get(&client, proxy).await.expect("answered");
+    assert_eq!((status, cluster.as_str()), (StatusCode::OK, "west"));
+    assert!(mesh.west_seen.load(Ordering::Relaxed) >= 2);
+    assert!(before >= 1, "the east endpoint was tried");
+    // The proxies' reports of east's 5xx reach the coordinator, whose next push sends
+    // east's traffic west on the first try: the east endpoint is no longer tried.
+    eventually(
+        "the coordinator moves east's traffic west",
+        Duration::from_secs(20),
+        || {
+            let client = client.clone();
+            let seen = mesh.east_seen.clone();
+            async move {
+                let before = seen.load(Ordering::Relaxed);
+                for _ in 0..20 {
+                    get(&client, proxy).await;
+                }
+                match seen.load(Ordering::Relaxed) - before {
+                    0 => Ok(()),
+                    n => Err(format!("east still tried {n} times in 20 requests")),
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// A client of the east-west listener presenting `identity` (certificate and key PEM).
+async fn east_west_request(
+    gateway: SocketAddr,
+    ca: &Path,
+    identity: Option<(&[u8], &[u8])>,
+) -> Result<(StatusCode, String), String> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).map_err(|e| e.to_string())? {
+        roots
+            .add(c.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(cert)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| e.to_string())?,
+                PrivateKeyDer::from_pem_slice(key).map_err(|e| e.to_string())?,
+            )
+            .map_err(|e| e.to_string())?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(gateway)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from("proxy.fulcrum.internal").map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .map_err(|e| format!("h2: {e}"))?;
+    tokio::spawn(connection);
+    let request = Request::get("https://checkout.shop/")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(Duration::from_secs(5), sender.send_request(request))
+        .await
+        .map_err(|_| "no answer".to_string())?
+        .map_err(|e| format!("request: {e}"))?;
+    let status = response.status();
+    let hop = response
+        .headers()
+        .get("x-seen-hop")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    Ok((status, hop))
+}
+
+/// A proxy certificate for `identity`, signed by the CA in `certs` (whose key
+/// `certs init` keeps beside it), valid from `not_before` to `not_after`.
+fn signed_by_mesh_ca(
+    certs: &Path,
+    identity: &str,
+    not_before: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
+) -> (String, String) {
+    let ca_pem = std::fs::read_to_string(certs.join("ca.pem")).expect("ca");
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(certs.join("ca-key.pem")).expect("key"))
+            .expect("ca key");
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).expect("issuer");
+    let mut params = rcgen::CertificateParams::default();
+    params.not_before = not_before;
+    params.not_after = not_after;
+    params.subject_alt_names = vec![
+        rcgen::SanType::URI(identity.try_into().expect("uri")),
+        rcgen::SanType::DnsName("proxy.fulcrum.internal".try_into().expect("dns")),
+    ];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, &issuer).expect("sign");
+    (cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_east_west_listener_serves_mesh_proxies_only() {
+    let mesh = mesh(StatusCode::OK, "", "").await;
+    let gateway = mesh.west.east_west_address().expect("east-west");
+    let ca = mesh.certs.join("ca.pem");
+    let read = |name: &str| std::fs::read(mesh.certs.join(name)).expect("cert file");
+    let (east_cert, east_key) = (read("proxy-east.pem"), read("proxy-east-key.pem"));
+    // The pushed snapshot makes the west proxy ready; then a mesh proxy is served, by the
+    // west cluster's own endpoint, with the hop marked.
+    eventually(
+        "west serves east over mTLS",
+        Duration::from_secs(20),
+        || {
+            let (ca, cert, key) = (ca.clone(), east_cert.clone(), east_key.clone());
+            async move {
+                match east_west_request(gateway, &ca, Some((&cert, &key))).await {
+                    Ok((StatusCode::OK, hop)) if hop == "east->west" => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    let now = time::OffsetDateTime::now_utc();
+    let day = time::Duration::days(1);
+    let refused = |what: &str, result: Result<(StatusCode, String), String>| {
+        assert!(result.is_err(), "{what} was served: {result:?}");
+    };
+    refused(
+        "a peer without a certificate",
+        east_west_request(gateway, &ca, None).await,
+    );
+    let other_ca = certs(mesh._dir.path(), "other.mesh");
+    let read_other = |name: &str| std::fs::read(other_ca.join(name)).expect("cert file");
+    refused(
+        "a proxy of another mesh's CA",
+        east_west_request(
+            gateway,
+            &ca,
+            Some((
+                &read_other("proxy-east.pem"),
+                &read_other("proxy-east-key.pem"),
+            )),
+        )
+        .await,
+    );
+    let (cert, key) = signed_by_mesh_ca(
+        &mesh.certs,
+        "spiffe://other.mesh/fulcrum/proxy/east",
+        now - day,
+        now + day,
+    );
+    refused(
+        "a proxy of another trust domain",
+        east_west_request(gateway, &ca, Some((cert.as_bytes(), key.as_bytes()))).await,
+    );
+    let (cert, key) = signed_by_mesh_ca(
+        &mesh.certs,
+        "spiffe://mesh.local/fulcrum/admin/ops",
+        now - day,
+        now + day,
+    );
+    refused(
+        "an admin identity",
+        east_west_request(gateway, &ca, Some((cert.as_bytes(), key.as_bytes()))).await,
+    );
+    let (cert, key) = signed_by_mesh_ca(
+        &mesh.certs,
+        "spiffe://mesh.local/fulcrum/proxy/east",
+        now - day * 3,
+        now - day,
+    );
+    refused(
+        "an expired certificate",
+        east_west_request(gateway, &ca, Some((cert.as_bytes(), key.as_bytes()))).await,
+    );
+    // Still serving mesh proxies after all that.
+    let served = east_west_request(gateway, &ca, Some((&east_cert, &east_key))).await;
+    assert_eq!(served.map(|(s, _)| s), Ok(StatusCode::OK));
+}
+
+#[test]
+fn certificates_are_reloaded_when_their_files_change_and_a_bad_one_is_not_taken() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = certs(dir.path(), "mesh.local");
+    let tls = MeshTls::load(&certs, "west").expect("loads");
+    let before = tls.server_config();
+    assert_eq!(tls.reload_if_changed(), Ok(false));
+    let now = time::OffsetDateTime::now_utc();
+    let (cert, key) = signed_by_mesh_ca(
+        &certs,
+        "spiffe://mesh.local/fulcrum/proxy/west",
+        now - time::Duration::hours(1),
+        now + time::Duration::days(2),
+    );
+    std::fs::write(certs.join("proxy-west.pem"), &cert).expect("write");
+    std::fs::write(certs.join("proxy-west-key.pem"), &key).expect("write");
+    assert_eq!(tls.reload_if_changed(), Ok(true));
+    assert!(
+        !Arc::ptr_eq(&before, &tls.server_config()),
+        "a new configuration"
+    );
+    // A half-written renewal: refused, and the configuration in use stays.
+    let current = tls.server_config();
+    std::fs::write(certs.join("proxy-west.pem"), "-----BEGIN CERT").expect("write");
+    let err = tls
+        .reload_if_changed()
+        .expect_err("a broken file is refused");
+    assert!(err.to_string().contains("proxy-west.pem"), "{err}");
+    assert!(Arc::ptr_eq(&current, &tls.server_config()));
+    // A certificate for another cluster's proxy is refused too.
+    let (cert, _) = signed_by_mesh_ca(
+        &certs,
+        "spiffe://mesh.local/fulcrum/proxy/east",
+        now - time::Duration::hours(1),
+        now + time::Duration::days(2),
+    );
+    std::fs::write(certs.join("proxy-west.pem"), cert).expect("write");
+    let err = tls
+        .reload_if_changed()
+        .expect_err("another identity is refused");
+    assert!(
+        err.to_string().contains("not the proxy of cluster"),
+        "{err}"
+    );
+}
