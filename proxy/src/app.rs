@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,6 +23,7 @@ use tokio::sync::watch;
 
 use crate::balance::ClusterInfo;
 use crate::control::{self, ControlSettings, report};
+use crate::framing::HeadGuard;
 use crate::metrics::ProxyMetrics;
 use crate::outbound::{DEFAULT_CONNECT_TIMEOUT, Outbound, Routing, answer};
 use crate::routing::RouteError;
@@ -342,13 +343,34 @@ where
         let _ = stream.set_nodelay(true);
         let service = service.clone();
         tokio::spawn(async move {
+            let stream = HeadGuard::new(stream, MAX_HEADER_BYTES);
+            let (conflict, first) = (stream.conflict(), Arc::new(AtomicBool::new(true)));
+            let guarded = move |request: Request<Incoming>| {
+                let refuse =
+                    first.swap(false, Ordering::AcqRel) && conflict.load(Ordering::Acquire);
+                let service = service.clone();
+                async move {
+                    if refuse {
+                        let mut r = answer(
+                            StatusCode::BAD_REQUEST,
+                            "both Content-Length and Transfer-Encoding: ambiguous framing",
+                        );
+                        r.headers_mut().insert(
+                            http::header::CONNECTION,
+                            http::HeaderValue::from_static("close"),
+                        );
+                        return Ok(r);
+                    }
+                    service(request).await
+                }
+            };
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder.http1().max_buf_size(MAX_HEADER_BYTES);
             builder
                 .http2()
                 .max_header_list_size(MAX_HEADER_BYTES as u32);
             let _ = builder
-                .serve_connection(TokioIo::new(stream), service_fn(service))
+                .serve_connection(TokioIo::new(stream), service_fn(guarded))
                 .await;
         });
     }

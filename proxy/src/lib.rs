@@ -24,6 +24,7 @@ pub mod app;
 pub mod balance;
 pub mod control;
 pub mod discovery;
+pub mod framing;
 pub mod metrics;
 pub mod outbound;
 pub mod routing;

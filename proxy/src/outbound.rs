@@ -13,9 +13,8 @@
 //! (400), an unknown service (404), no endpoint (503), an upstream that could not be
 //! reached (503), a timeout (504), an injected fault. It never panics on what a client
 //! sent; hyper refuses malformed HTTP (bad framing, invalid or differing Content-Length,
-//! oversized heads) before a request gets here. A request with both Content-Length and
-//! Transfer-Encoding is read by Transfer-Encoding alone, as RFC 9112 §6.1 allows, and
-//! forwarded with the proxy's own framing, so it cannot smuggle a second request.
+//! oversized heads) before a request gets here, and [`crate::framing`] refuses a request
+//! that carries both Content-Length and Transfer-Encoding.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

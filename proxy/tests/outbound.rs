@@ -405,8 +405,10 @@ async fn an_unknown_service_is_404_with_a_reason() {
 async fn malformed_requests_are_400_and_the_proxy_keeps_serving() {
     let mesh = mesh().await;
     let proxy = mesh.proxy.outbound_address();
-    let cases: [&[u8]; 4] = [
+    let cases: [&[u8]; 6] = [
         b"GET / HTTP/1.1\r\nHost: bad host\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: shop.example\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
         b"GET / HTTP/1.1\r\n\r\n",
         b"POST / HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
         b"THIS IS NOT HTTP\r\n\r\n",
