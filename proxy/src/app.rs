@@ -26,7 +26,6 @@ use crate::control::{self, ControlSettings, report};
 use crate::framing::HeadGuard;
 use crate::metrics::ProxyMetrics;
 use crate::outbound::{DEFAULT_CONNECT_TIMEOUT, Outbound, Routing, answer};
-use crate::routing::RouteError;
 use crate::transport::tls::RELOAD_EVERY;
 use crate::transport::{EastWestPool, MeshTls, TlsError, serve_east_west};
 
@@ -130,9 +129,10 @@ impl Proxy {
             for e in &errors {
                 tracing::warn!("{e}; this VirtualService is left out");
             }
-            (routing, errors)
+            routing
         };
         let mut version = 0;
+        let mut produced = None;
         let mut initial = None;
         if let Some(control) = &settings.control {
             match control::load(&control.state_dir) {
@@ -142,6 +142,7 @@ impl Proxy {
                         "routing on the last-known-good snapshot until a coordinator answers"
                     );
                     version = accepted.version;
+                    produced = Some((accepted.weights.clone(), accepted.produced_at_ms));
                     let resources: Vec<_> = accepted.resources.iter().collect();
                     initial = Some(routing_of(
                         &resources,
@@ -160,10 +161,9 @@ impl Proxy {
             let clusters = clusters_of(&resources);
             initial = Some(routing_of(&resources, &[], clusters));
         }
-        let route_errors = initial.as_ref().map(|(_, e)| e.clone()).unwrap_or_default();
         let metrics = Arc::new(ProxyMetrics::new());
         let mut outbound = Outbound::new(
-            initial.map(|(r, _)| r),
+            initial,
             metrics.clone(),
             settings.cluster.clone(),
             settings.locality.clone(),
@@ -225,6 +225,9 @@ impl Proxy {
         tokio::spawn(serve(outbound_listener, service, stopped.clone()));
         let snapshot_version = Arc::new(AtomicU64::new(version));
         metrics.snapshot_version.set(version as i64);
+        if let Some((weights, at)) = &produced {
+            metrics.set_weights(weights, *at);
+        }
         if let Some(control) = settings.control.clone() {
             let (outbound, seen) = (outbound.clone(), snapshot_version.clone());
             let (cluster, locality) = (settings.cluster.clone(), settings.locality.clone());
@@ -235,7 +238,7 @@ impl Proxy {
                     gauge.set(i64::from(*connection.borrow_and_update()));
                 }
             });
-            let version_gauge = metrics.snapshot_version.clone();
+            let shown = metrics.clone();
             tokio::spawn(report::run(
                 control.clone(),
                 outbound.stats(),
@@ -260,23 +263,33 @@ impl Proxy {
                     }
                     outbound.update(routing);
                     seen.store(accepted.version, Ordering::Release);
-                    version_gauge.set(i64::try_from(accepted.version).unwrap_or(i64::MAX));
+                    shown
+                        .snapshot_version
+                        .set(i64::try_from(accepted.version).unwrap_or(i64::MAX));
+                    shown.set_weights(&accepted.weights, accepted.produced_at_ms);
                     tracing::info!(version = accepted.version, "snapshot applied");
                 },
                 connected,
                 stopped.clone(),
             ));
         }
-        let dump = Arc::new(config_dump(&settings, &route_errors));
+        let identity = Arc::new((settings.cluster.clone(), settings.locality.to_string()));
         let admin = {
             let outbound = outbound.clone();
             move |request: Request<Incoming>| {
-                let (dump, metrics, outbound) = (dump.clone(), metrics.clone(), outbound.clone());
+                let (identity, metrics, outbound) =
+                    (identity.clone(), metrics.clone(), outbound.clone());
                 let version = snapshot_version.clone();
                 async move {
-                    let ready = outbound.is_ready();
                     let version = version.load(Ordering::Acquire);
-                    Ok::<_, Infallible>(admin(&request, &dump, &metrics, ready, version))
+                    let page = Admin {
+                        outbound: &outbound,
+                        metrics: &metrics,
+                        cluster: &identity.0,
+                        locality: &identity.1,
+                        version,
+                    };
+                    Ok::<_, Infallible>(page.answer(&request))
                 }
             }
         };
@@ -396,45 +409,51 @@ pub fn clusters_of(resources: &[&fulcrum_policy::Resource]) -> Vec<ClusterInfo> 
         .collect()
 }
 
-fn config_dump(settings: &ProxyConfig, route_errors: &[RouteError]) -> String {
-    let errors: Vec<String> = route_errors.iter().map(|e| e.to_string()).collect();
-    let value = serde_json::json!({
-        "cluster": settings.cluster,
-        "locality": settings.locality.to_string(),
-        "routeErrors": errors,
-    });
-    format!("{value}\n")
+/// What the admin listener reads.
+struct Admin<'a> {
+    outbound: &'a Outbound,
+    metrics: &'a ProxyMetrics,
+    cluster: &'a str,
+    locality: &'a str,
+    version: u64,
 }
 
-fn admin(
-    request: &Request<Incoming>,
-    dump: &str,
-    metrics: &ProxyMetrics,
-    ready: bool,
-    version: u64,
-) -> Response<Full<Bytes>> {
-    match request.uri().path() {
-        "/metrics" => {
-            let mut r = Response::new(Full::new(Bytes::from(metrics.render())));
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
-            r
+impl Admin<'_> {
+    fn config_dump(&self) -> String {
+        let mut value = self.outbound.dump();
+        value["cluster"] = self.cluster.into();
+        value["locality"] = self.locality.into();
+        value["version"] = self.version.into();
+        format!("{value}\n")
+    }
+
+    fn answer(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let metrics = self.metrics;
+        match request.uri().path() {
+            "/metrics" => {
+                let mut r = Response::new(Full::new(Bytes::from(metrics.render())));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                r
+            }
+            // Ready once there is something to route with: configuration, a pushed snapshot
+            // or the last-known-good one.
+            "/ready" if self.outbound.is_ready() => {
+                Response::new(Full::new(Bytes::from_static(b"ready\n")))
+            }
+            "/ready" => answer(StatusCode::SERVICE_UNAVAILABLE, "no configuration yet"),
+            "/version" => Response::new(Full::new(Bytes::from(format!("{}\n", self.version)))),
+            "/config_dump" => {
+                let mut r = Response::new(Full::new(Bytes::from(self.config_dump())));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            other => answer(StatusCode::NOT_FOUND, &format!("no admin page {other:?}")),
         }
-        // Ready once there is something to route with: configuration, a pushed snapshot
-        // or the last-known-good one.
-        "/ready" if ready => Response::new(Full::new(Bytes::from_static(b"ready\n"))),
-        "/ready" => answer(StatusCode::SERVICE_UNAVAILABLE, "no configuration yet"),
-        "/version" => Response::new(Full::new(Bytes::from(format!("{version}\n")))),
-        "/config_dump" => {
-            let mut r = Response::new(Full::new(Bytes::from(dump.to_string())));
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
-            r
-        }
-        other => answer(StatusCode::NOT_FOUND, &format!("no admin page {other:?}")),
     }
 }

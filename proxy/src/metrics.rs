@@ -4,6 +4,9 @@
 //! hosts count under `unknown`), the code is the status class's exact code.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fulcrum_policy::weights::WeightRow;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -31,6 +34,12 @@ pub struct ProxyMetrics {
     pub coordinator_connected: Gauge,
     /// The version of the snapshot routed on (0: none, or a configuration file).
     pub snapshot_version: Gauge,
+    /// The pushed weight of each destination, in basis points, by service, subset and
+    /// destination locality.
+    pub weights: Family<Labels, Gauge>,
+    /// When the coordinators produced the snapshot routed on, Unix milliseconds (0: none).
+    pub snapshot_produced_ms: AtomicU64,
+    snapshot_age: Gauge<f64, AtomicU64>,
 }
 
 impl Default for ProxyMetrics {
@@ -57,6 +66,9 @@ impl ProxyMetrics {
             overflows: Family::default(),
             coordinator_connected: Gauge::default(),
             snapshot_version: Gauge::default(),
+            weights: Family::default(),
+            snapshot_produced_ms: AtomicU64::new(0),
+            snapshot_age: Gauge::default(),
         };
         registry.register(
             "requests",
@@ -93,6 +105,16 @@ impl ProxyMetrics {
             "Version of the snapshot the proxy routes on (0: none or a configuration file)",
             m.snapshot_version.clone(),
         );
+        registry.register(
+            "weight_basis_points",
+            "Pushed share of each destination locality for this proxy's locality, in basis points",
+            m.weights.clone(),
+        );
+        registry.register(
+            "snapshot_age_seconds",
+            "Seconds since the coordinators produced the snapshot routed on (by the proxy's clock)",
+            m.snapshot_age.clone(),
+        );
         if let Ok(mut r) = m.registry.lock() {
             *r = registry;
         }
@@ -104,8 +126,34 @@ impl ProxyMetrics {
         vec![("service", service.to_string())]
     }
 
+    /// Shows the weights of a new snapshot, in place of the previous ones.
+    pub fn set_weights(&self, rows: &[WeightRow], produced_at_ms: u64) {
+        self.weights.clear();
+        for row in rows {
+            for entry in &row.entries {
+                self.weights
+                    .get_or_create(&vec![
+                        ("service", row.service.clone()),
+                        ("subset", row.subset.clone()),
+                        ("destination", entry.destination.to_string()),
+                    ])
+                    .set(i64::from(entry.weight_bp));
+            }
+        }
+        self.snapshot_produced_ms
+            .store(produced_at_ms, Ordering::Release);
+    }
+
     /// The Prometheus text of every metric.
     pub fn render(&self) -> String {
+        let produced = self.snapshot_produced_ms.load(Ordering::Acquire);
+        if produced > 0 {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            self.snapshot_age
+                .set(now.saturating_sub(produced) as f64 / 1000.0);
+        }
         let mut text = String::new();
         if let Ok(registry) = self.registry.lock() {
             // Writing into a String cannot fail.

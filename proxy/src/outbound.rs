@@ -99,6 +99,8 @@ pub struct Routing {
     pub rows: HashMap<(String, String), LocalityRow>,
     /// The clusters of the mesh.
     pub clusters: Vec<ClusterInfo>,
+    /// VirtualServices left out because they do not compile.
+    pub route_errors: Vec<String>,
 }
 
 impl Routing {
@@ -133,6 +135,7 @@ impl Routing {
                 discovery: Arc::new(discovery),
                 rows,
                 clusters,
+                route_errors: errors.iter().map(|e| e.to_string()).collect(),
             },
             errors,
         )
@@ -247,6 +250,63 @@ impl Outbound {
         if let Ok(mut r) = self.routing.write() {
             *r = Some(Arc::new(routing));
         }
+    }
+
+    /// What the proxy routes with, for `/config_dump`: the pushed rows with where each
+    /// destination is, the clusters, and VirtualServices left out.
+    pub fn dump(&self) -> serde_json::Value {
+        let Some(routing) = self.routing() else {
+            return serde_json::json!({ "ready": false });
+        };
+        let mut rows: Vec<serde_json::Value> = routing
+            .rows
+            .iter()
+            .map(|((service, subset), row)| {
+                let destinations: Vec<serde_json::Value> = row
+                    .destinations()
+                    .iter()
+                    .map(|d| {
+                        let place = match &d.place {
+                            Place::Local => serde_json::json!("local"),
+                            Place::Remote { cluster, gateways } => {
+                                serde_json::json!({ "cluster": cluster, "gateways": gateways })
+                            }
+                            Place::Unreachable => serde_json::json!("unreachable"),
+                        };
+                        serde_json::json!({
+                            "locality": d.locality.to_string(),
+                            "weightBp": d.weight_bp,
+                            "priority": d.priority,
+                            "place": place,
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "service": service,
+                    "subset": subset,
+                    "destinations": destinations,
+                })
+            })
+            .collect();
+        rows.sort_by_key(|r| format!("{}/{}", r["service"], r["subset"]));
+        let clusters: Vec<serde_json::Value> = routing
+            .clusters
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "name": c.name,
+                    "locality": c.locality.to_string(),
+                    "gateways": c.gateways,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "ready": true,
+            "services": routing.discovery.local_services(),
+            "weights": rows,
+            "clusters": clusters,
+            "routeErrors": routing.route_errors,
+        })
     }
 
     /// Whether there is something to route with.

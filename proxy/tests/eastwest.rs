@@ -327,6 +327,40 @@ async fn the_pushed_split_across_clusters_is_followed_within_two_percent() {
         west.abs_diff(3_000) <= 200,
         "west {west} of 10000, east {east}"
     );
+    // The admin port shows the pushed row: its weights and where each destination is.
+    let admin = |path: &'static str| {
+        let client = client.clone();
+        let address = mesh.east.admin_address();
+        async move {
+            let request = Request::get(format!("http://{address}{path}"))
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            let response = client.request(request).await.expect("admin answers");
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes();
+            String::from_utf8_lossy(&body).into_owned()
+        }
+    };
+    let metrics = admin("/metrics").await;
+    assert!(
+        metrics.contains(r#"fulcrum_proxy_weight_basis_points{service="checkout.shop",subset="",destination="us-west/us-west-1a"} 3000"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("fulcrum_proxy_snapshot_age_seconds "),
+        "{metrics}"
+    );
+    let dump: serde_json::Value = serde_json::from_str(&admin("/config_dump").await).expect("JSON");
+    let west = &dump["weights"][0]["destinations"][1];
+    assert_eq!(
+        (west["weightBp"].as_u64(), &west["place"]["cluster"]),
+        (Some(3000), &serde_json::json!("west")),
+        "{dump}"
+    );
     // Each request was served once, by the cluster that answered.
     let served = mesh.east_seen.load(Ordering::Relaxed) + mesh.west_seen.load(Ordering::Relaxed);
     assert!(served >= 10_000, "backends saw {served}");

@@ -444,6 +444,12 @@ async fn the_admin_port_says_ready_and_dumps_the_config() {
     let dump: serde_json::Value = serde_json::from_str(&a.body).expect("JSON");
     assert_eq!(dump["cluster"], "east");
     assert_eq!(dump["locality"], "us-east/us-east-1a");
+    assert!(
+        dump["services"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s == "shop.example")),
+        "{dump}"
+    );
 }
 
 #[tokio::test]

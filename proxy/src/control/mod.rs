@@ -42,6 +42,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct Accepted {
     /// Its version (a Raft log index).
     pub version: u64,
+    /// When the coordinators produced it, Unix milliseconds of the leader's clock.
+    pub produced_at_ms: u64,
     /// The configuration objects.
     pub resources: Vec<Resource>,
     /// The weight rows for this proxy's locality.
@@ -105,6 +107,7 @@ pub fn check(snapshot: &pb::Snapshot) -> Result<Accepted, String> {
     }
     Ok(Accepted {
         version: snapshot.version,
+        produced_at_ms: snapshot.produced_at_ms,
         resources,
         weights,
         clusters,
