@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use crate::balance::ClusterInfo;
 use crate::control::{self, ControlSettings, report};
 use crate::framing::HeadGuard;
+use crate::health::{self, HealthCheckSettings};
 use crate::metrics::ProxyMetrics;
 use crate::outbound::{DEFAULT_CONNECT_TIMEOUT, Outbound, Routing, answer};
 use crate::transport::tls::RELOAD_EVERY;
@@ -51,6 +52,8 @@ pub struct ProxyConfig {
     pub east_west: Option<EastWestSettings>,
     /// How often reports go to the coordinators.
     pub report_interval: Duration,
+    /// Active health checks of this cluster's endpoints, when wanted.
+    pub health_checks: Option<HealthCheckSettings>,
 }
 
 /// The east-west listener and the mTLS material it and the client side use.
@@ -178,6 +181,16 @@ impl Proxy {
             None => None,
         };
         let outbound = Arc::new(outbound);
+        let (stop, stopped) = watch::channel(false);
+        if let Some(checks) = settings.health_checks.clone() {
+            let source = outbound.clone();
+            tokio::spawn(health::run(
+                outbound.health(),
+                move || source.local_endpoints(),
+                checks,
+                stopped.clone(),
+            ));
+        }
         let bind = |address: SocketAddr| async move {
             TcpListener::bind(address)
                 .await
@@ -199,7 +212,6 @@ impl Proxy {
                     source,
                 })?,
         );
-        let (stop, stopped) = watch::channel(false);
         let mut east_west = None;
         if let (Some(e), Some(tls)) = (&settings.east_west, tls) {
             let listener = bind(e.listen).await?;

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use fulcrum_policy::istio::{SimpleLb, TrafficPolicy};
 use fulcrum_policy::{Locality, Resource};
@@ -23,8 +24,10 @@ pub const CLUSTER_LABEL: &str = "topology.istio.io/cluster";
 pub struct Endpoint {
     /// Where to connect.
     pub address: SocketAddr,
+    /// Its address as text (the consistent-hash ring's name for it).
+    pub name: Arc<str>,
     /// Its labels (subsets select on them).
-    pub labels: BTreeMap<String, String>,
+    pub labels: Arc<BTreeMap<String, String>>,
 }
 
 /// How a service's endpoints are balanced.
@@ -140,9 +143,11 @@ impl StaticDiscovery {
                             continue;
                         };
                         if let Ok(ip) = we.address.parse::<std::net::IpAddr>() {
+                            let address = SocketAddr::new(ip, number);
                             service.endpoints.push(Endpoint {
-                                address: SocketAddr::new(ip, number),
-                                labels: we.labels.clone(),
+                                address,
+                                name: address.to_string().into(),
+                                labels: Arc::new(we.labels.clone()),
                             });
                         }
                     }

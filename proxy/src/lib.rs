@@ -25,6 +25,7 @@ pub mod balance;
 pub mod control;
 pub mod discovery;
 pub mod framing;
+pub mod health;
 pub mod metrics;
 pub mod outbound;
 pub mod routing;

@@ -39,6 +39,7 @@ use crate::balance::{
 };
 use crate::control::report::{Outcome, ReportSource, Stats};
 use crate::discovery::{Discovery, Endpoint};
+use crate::health::Health;
 use crate::metrics::ProxyMetrics;
 use crate::routing::{
     Forward, HeaderChanges, RandomChance, RetryOn, RetryPolicy, RouteDecision, RouteError,
@@ -170,6 +171,8 @@ pub struct Outbound {
     max_body_bytes: usize,
     metrics: Arc<ProxyMetrics>,
     stats: Arc<Stats>,
+    /// Endpoints active health checks found down.
+    health: Arc<Health>,
     /// This proxy's cluster.
     cluster: String,
     /// This proxy's locality: where its endpoints are.
@@ -220,6 +223,7 @@ impl Outbound {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             metrics,
             stats: Arc::default(),
+            health: Arc::default(),
             cluster,
             locality_text: locality.to_string(),
             locality,
@@ -231,6 +235,28 @@ impl Outbound {
     pub fn with_east_west(mut self, pool: Arc<EastWestPool>) -> Outbound {
         self.pool = Some(pool);
         self
+    }
+
+    /// What active health checks found (they write it; routing reads it).
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
+    }
+
+    /// Every endpoint of this cluster, of every service, once.
+    pub fn local_endpoints(&self) -> Vec<SocketAddr> {
+        let Some(routing) = self.routing() else {
+            return Vec::new();
+        };
+        let mut all: Vec<SocketAddr> = routing
+            .discovery
+            .local_services()
+            .iter()
+            .flat_map(|s| routing.discovery.endpoints(s, ""))
+            .map(|e| e.address)
+            .collect();
+        all.sort();
+        all.dedup();
+        all
     }
 
     /// The counters the reports are made from.
@@ -615,19 +641,16 @@ impl Outbound {
         }
     }
 
-    /// The endpoints outlier detection has not ejected.
+    /// The endpoints outlier detection has not ejected and health checks find up.
     fn not_ejected(&self, target: &Target, endpoints: Vec<Endpoint>) -> Vec<Endpoint> {
         let now = Instant::now().into_std();
-        let Ok(outliers) = self.outliers.lock() else {
-            return endpoints;
-        };
-        match outliers.get(&target.host) {
-            None => endpoints,
-            Some(d) => endpoints
-                .into_iter()
-                .filter(|e| !d.is_ejected(e.address, now))
-                .collect(),
-        }
+        let outliers = self.outliers.lock().ok();
+        let detector = outliers.as_ref().and_then(|o| o.get(&target.host));
+        endpoints
+            .into_iter()
+            .filter(|e| self.health.is_up(e.address))
+            .filter(|e| detector.is_none_or(|d| !d.is_ejected(e.address, now)))
+            .collect()
     }
 
     fn is_unreachable(&self, cluster: &str) -> bool {
@@ -670,7 +693,7 @@ impl Outbound {
                 )
             } else {
                 format!(
-                    "no healthy endpoint of {}{}: all {total} ejected by outlier detection",
+                    "no healthy endpoint of {}{}: all {total} ejected by outlier detection or failing health checks",
                     target.host,
                     subset_suffix(&target.subset)
                 )
@@ -861,7 +884,7 @@ impl Outbound {
         if fresh.is_empty() {
             return None;
         }
-        let addresses: Vec<String> = fresh.iter().map(|e| e.address.to_string()).collect();
+        let addresses: Vec<&str> = fresh.iter().map(|e| &*e.name).collect();
         let settings = discovery.balance(&forward.target.host, &forward.target.subset);
         let key = settings
             .hash_header
@@ -996,11 +1019,15 @@ impl ReportSource for Outbound {
                             .count()
                     });
                 let total = u32::try_from(endpoints.len()).unwrap_or(u32::MAX);
+                let ready = endpoints
+                    .iter()
+                    .filter(|e| self.health.is_up(e.address))
+                    .count();
                 EndpointInventory {
                     service,
                     locality: self.locality.clone(),
                     total,
-                    ready: total,
+                    ready: u32::try_from(ready).unwrap_or(u32::MAX),
                     ejected: u32::try_from(ejected).unwrap_or(u32::MAX),
                 }
             })

@@ -169,6 +169,7 @@ fn settings(cluster: &str, locality: &str, coordinator: SocketAddr, dir: &Path) 
             certs: dir.join("certs-mesh.local"),
         }),
         report_interval: Duration::from_millis(250),
+        health_checks: None,
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use fulcrum_policy::ConfigSet;
 use fulcrum_proxy::app::{Proxy, ProxyConfig};
+use fulcrum_proxy::health::HealthCheckSettings;
 use fulcrum_proxy::outbound::{REASON_HEADER, UPSTREAM_HEADER};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -238,6 +239,7 @@ spec:
             control: None,
             east_west: None,
             report_interval: Duration::from_secs(1),
+            health_checks: None,
         },
         Some(&config),
     )
@@ -537,4 +539,82 @@ async fn over_the_connection_pool_limit_the_answer_is_503_overflow() {
         );
     }
     hanging.abort();
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_health_checks_gets_no_requests() {
+    let live = backend("live", Behaviour::Ok).await;
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address")
+    };
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: checked, namespace: shop}}
+spec:
+  hosts: [checked.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a}}
+  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a}}
+"#,
+        live.port(),
+        dead.port()
+    );
+    let mut config = fulcrum_policy::ConfigSet::new();
+    config.add_text("checked.yaml", &yaml);
+    let proxy = Proxy::start(
+        ProxyConfig {
+            cluster: "east".into(),
+            locality: "us-east/us-east-1a".parse().expect("locality"),
+            outbound: "127.0.0.1:0".parse().expect("address"),
+            admin: "127.0.0.1:0".parse().expect("address"),
+            control: None,
+            east_west: None,
+            report_interval: Duration::from_secs(1),
+            health_checks: Some(HealthCheckSettings {
+                interval: Duration::from_millis(50),
+                timeout: Duration::from_millis(200),
+                path: None,
+                unhealthy_threshold: 2,
+                healthy_threshold: 2,
+            }),
+        },
+        Some(&config),
+    )
+    .await
+    .expect("proxy starts");
+    let connect_errors = || async {
+        let text = send(proxy.admin_address(), "admin", "/metrics", false)
+            .await
+            .body;
+        text.lines()
+            .find(|l| {
+                l.starts_with(
+                    r#"fulcrum_proxy_upstream_connect_errors_total{service="checked.example"}"#,
+                )
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = connect_errors().await;
+        for _ in 0..20 {
+            let a = send(proxy.outbound_address(), "checked.example", "/", false).await;
+            assert_eq!(a.status, StatusCode::OK, "the live endpoint answers");
+        }
+        if connect_errors().await == before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dead endpoint still gets requests"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -54,9 +54,9 @@ impl EndpointPicker {
     /// The index into `endpoints` (their addresses) of the next one, or `None` when
     /// there is none. `in_flight(i)` is endpoint `i`'s requests in flight; `key` is the
     /// consistent-hash key (a request without one is treated as RANDOM would).
-    pub fn pick(
+    pub fn pick<S: AsRef<str>>(
         &mut self,
-        endpoints: &[String],
+        endpoints: &[S],
         in_flight: impl Fn(usize) -> u32,
         key: Option<&[u8]>,
         chance: &mut dyn Chance,
@@ -89,18 +89,25 @@ impl EndpointPicker {
         })
     }
 
-    fn on_ring(&mut self, endpoints: &[String], hash: u64) -> usize {
-        if self.ring_for != endpoints {
+    fn on_ring<S: AsRef<str>>(&mut self, endpoints: &[S], hash: u64) -> usize {
+        let same = self.ring_for.len() == endpoints.len()
+            && self
+                .ring_for
+                .iter()
+                .zip(endpoints)
+                .all(|(a, b)| a == b.as_ref());
+        if !same {
             self.ring = endpoints
                 .iter()
                 .enumerate()
                 .flat_map(|(i, address)| {
+                    let address = address.as_ref();
                     (0..RING_POINTS_PER_ENDPOINT)
                         .map(move |p| (stable_hash(format!("{address}#{p}").as_bytes()), i))
                 })
                 .collect();
             self.ring.sort_unstable();
-            self.ring_for = endpoints.to_vec();
+            self.ring_for = endpoints.iter().map(|e| e.as_ref().to_string()).collect();
         }
         let at = self.ring.partition_point(|(point, _)| *point < hash);
         self.ring[at % self.ring.len()].1
@@ -193,6 +200,6 @@ mod tests {
     #[test]
     fn nothing_to_pick_from_is_none() {
         let mut p = EndpointPicker::new(LbPolicy::Random);
-        assert_eq!(p.pick(&[], |_| 0, None, &mut Counter(0)), None);
+        assert_eq!(p.pick::<&str>(&[], |_| 0, None, &mut Counter(0)), None);
     }
 }

@@ -42,14 +42,8 @@ pub enum Outcome {
     NoAnswer,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Key {
-    service: String,
-    cluster: String,
-    locality: Locality,
-}
-
 struct Counts {
+    locality: Locality,
     requests: u64,
     http_5xx: u64,
     gateway_errors: u64,
@@ -58,8 +52,9 @@ struct Counts {
 }
 
 impl Counts {
-    fn new() -> Option<Counts> {
+    fn new(locality: &Locality) -> Option<Counts> {
         Some(Counts {
+            locality: locality.clone(),
             requests: 0,
             http_5xx: 0,
             gateway_errors: 0,
@@ -69,11 +64,19 @@ impl Counts {
     }
 }
 
+/// Service -> destination cluster -> counters. Looked up by `&str`, so counting a try
+/// allocates nothing once its destination is known.
+#[derive(Default)]
+struct Table {
+    services: HashMap<String, HashMap<String, Counts>>,
+    destinations: usize,
+    dropped: u64,
+}
+
 /// The counters of the current interval.
 #[derive(Default)]
 pub struct Stats {
-    counts: Mutex<HashMap<Key, Counts>>,
-    dropped: Mutex<u64>,
+    table: Mutex<Table>,
 }
 
 impl Stats {
@@ -86,27 +89,34 @@ impl Stats {
         outcome: Outcome,
         latency: Duration,
     ) {
-        let Ok(mut counts) = self.counts.lock() else {
+        let Ok(mut table) = self.table.lock() else {
             return;
         };
-        let key = Key {
-            service: service.to_string(),
-            cluster: cluster.to_string(),
-            locality: locality.clone(),
-        };
-        if !counts.contains_key(&key) {
-            if counts.len() >= MAX_DESTINATIONS {
-                if let Ok(mut d) = self.dropped.lock() {
-                    *d += 1;
-                }
+        let table = &mut *table;
+        let known = table
+            .services
+            .get(service)
+            .is_some_and(|c| c.contains_key(cluster));
+        if !known {
+            if table.destinations >= MAX_DESTINATIONS {
+                table.dropped += 1;
                 return;
             }
-            let Some(fresh) = Counts::new() else {
+            let Some(fresh) = Counts::new(locality) else {
                 return;
             };
-            counts.insert(key.clone(), fresh);
+            table
+                .services
+                .entry(service.to_string())
+                .or_default()
+                .insert(cluster.to_string(), fresh);
+            table.destinations += 1;
         }
-        let Some(c) = counts.get_mut(&key) else {
+        let Some(c) = table
+            .services
+            .get_mut(service)
+            .and_then(|c| c.get_mut(cluster))
+        else {
             return;
         };
         c.requests += 1;
@@ -126,26 +136,33 @@ impl Stats {
 
     /// Takes the interval's counters, leaving them empty.
     pub fn take(&self) -> Vec<DestinationCounters> {
-        let taken = match self.counts.lock() {
-            Ok(mut c) => std::mem::take(&mut *c),
+        let services = match self.table.lock() {
+            Ok(mut t) => {
+                t.destinations = 0;
+                std::mem::take(&mut t.services)
+            }
             Err(_) => return Vec::new(),
         };
-        let mut out: Vec<DestinationCounters> = taken
+        let mut out: Vec<DestinationCounters> = services
             .into_iter()
-            .map(|(k, c)| DestinationCounters {
-                service: k.service,
-                cluster: k.cluster,
-                locality: k.locality,
-                requests: c.requests,
-                http_5xx: c.http_5xx,
-                gateway_errors: c.gateway_errors,
-                connect_failures: c.connect_failures,
-                latency: LatencySummary {
-                    p50_us: c.latency.value_at_quantile(0.5),
-                    p90_us: c.latency.value_at_quantile(0.9),
-                    p99_us: c.latency.value_at_quantile(0.99),
-                    max_us: c.latency.max(),
-                },
+            .flat_map(|(service, clusters)| {
+                clusters
+                    .into_iter()
+                    .map(move |(cluster, c)| DestinationCounters {
+                        service: service.clone(),
+                        cluster,
+                        locality: c.locality,
+                        requests: c.requests,
+                        http_5xx: c.http_5xx,
+                        gateway_errors: c.gateway_errors,
+                        connect_failures: c.connect_failures,
+                        latency: LatencySummary {
+                            p50_us: c.latency.value_at_quantile(0.5),
+                            p90_us: c.latency.value_at_quantile(0.9),
+                            p99_us: c.latency.value_at_quantile(0.99),
+                            max_us: c.latency.max(),
+                        },
+                    })
             })
             .collect();
         out.sort_by(|a, b| (&a.service, &a.cluster).cmp(&(&b.service, &b.cluster)));
@@ -154,7 +171,7 @@ impl Stats {
 
     /// Destinations not counted because the table was full.
     pub fn dropped(&self) -> u64 {
-        self.dropped.lock().map(|d| *d).unwrap_or(0)
+        self.table.lock().map(|t| t.dropped).unwrap_or(0)
     }
 }
 
