@@ -111,7 +111,7 @@ run() {
   local before after out rps requests p50 p99 cpu_us idle loaded
   idle=$(rss "${pids[@]}")
   before=$(ticks "${pids[@]}")
-  out=$(wrk -t2 -c"$conns" -d"${secs}s" --latency -H "Host: bench.local" "http://127.0.0.1:$port/")
+  out=$(wrk -t"$((conns < 2 ? conns : 2))" -c"$conns" -d"${secs}s" --latency -H "Host: bench.local" "http://127.0.0.1:$port/")
   after=$(ticks "${pids[@]}")
   loaded=$(rss "${pids[@]}")
   if grep -q "Non-2xx" <<<"$out"; then
