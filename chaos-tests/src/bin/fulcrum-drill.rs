@@ -1,0 +1,300 @@
+//! `fulcrum-drill`: the local mesh and its failover drills.
+//!
+//! - `fulcrum-drill demo [--no-drill] [--for DURATION] [--plain] [--rate N]`: starts a
+//!   three-cluster mesh of real processes on loopback (3 coordinators, 3 proxies, 2
+//!   backends per cluster), sends traffic through every proxy, shows the traffic share
+//!   per cluster and the weights live, and unless `--no-drill` fails one cluster's
+//!   backends after a warm-up, brings them back, and prints the drill's report. Stops
+//!   everything on Ctrl-C.
+//! - `fulcrum-drill backend --listen ADDR --control ADDR --cluster NAME --name NAME`:
+//!   the drills' test backend (started by the harness).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use fulcrum_chaos::drill::{self, Fault, Plan, Progress};
+use fulcrum_chaos::harness::{Binaries, Mesh, MeshSpec};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fulcrum-drill",
+    version,
+    about = "Fulcrum's local mesh and failover drills"
+)]
+struct Flags {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// A local three-cluster mesh with traffic and a cluster-outage drill.
+    Demo(DemoArgs),
+    /// The drills' test backend.
+    Backend {
+        /// Where to serve requests.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Where to serve the knobs (never refused).
+        #[arg(long)]
+        control: std::net::SocketAddr,
+        /// The cluster it runs in (answered in x-backend-cluster).
+        #[arg(long)]
+        cluster: String,
+        /// Its name (answered in x-backend-name).
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// Traffic only: no fault.
+    #[arg(long)]
+    no_drill: bool,
+    /// Run this long, then print the report and exit (e.g. 60s); default: the drill's
+    /// length (50s), or until Ctrl-C with --no-drill.
+    #[arg(long = "for", value_parser = parse_duration)]
+    run_for: Option<Duration>,
+    /// Progress lines instead of the live view.
+    #[arg(long)]
+    plain: bool,
+    /// Requests per second through the proxies, in turn.
+    #[arg(long, default_value_t = fulcrum_chaos::load::DEFAULT_RATE)]
+    rate: u32,
+    /// Keep the mesh's files (certificates, data, logs) in this directory instead of a
+    /// temporary one removed at the end.
+    #[arg(long)]
+    mesh_dir: Option<PathBuf>,
+    /// Where to write the report (report.json, summary.txt, timeline.svg).
+    #[arg(long, default_value = "target/drill-reports/demo")]
+    report_dir: PathBuf,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text}: not a duration like 60s or 2m"))?;
+    match unit {
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "ms" => Ok(Duration::from_millis(n)),
+        _ => Err(format!("{text}: the unit must be ms, s or m")),
+    }
+}
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fulcrum-drill: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match flags.command {
+        Command::Backend {
+            listen,
+            control,
+            cluster,
+            name,
+        } => runtime.block_on(async {
+            match fulcrum_chaos::backend::serve(listen, control, cluster, name).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("fulcrum-drill backend: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
+        Command::Demo(args) => {
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+            tracing_subscriber::fmt().with_env_filter(filter).init();
+            runtime.block_on(demo(args))
+        }
+    }
+}
+
+/// The demo's plan: a warm-up, one cluster's backends failing, recovery and failback.
+fn plan(args: &DemoArgs) -> Plan {
+    let total = args
+        .run_for
+        .unwrap_or(Duration::from_secs(if args.no_drill { 3600 } else { 50 }));
+    if args.no_drill {
+        return Plan {
+            name: "traffic".into(),
+            warmup: Duration::ZERO,
+            fault: None,
+            fault_for: Duration::ZERO,
+            after: total,
+            rate: args.rate,
+        };
+    }
+    // 10% warm-up (at least 5 s), 30% outage, the rest for failback.
+    let warmup = (total / 10).max(Duration::from_secs(5));
+    let fault_for = total * 3 / 10;
+    Plan {
+        name: "cluster-outage".into(),
+        warmup,
+        fault: Some(Fault::ErrorRate {
+            cluster: 0,
+            rate: 1.0,
+        }),
+        fault_for,
+        after: total.saturating_sub(warmup + fault_for),
+        rate: args.rate,
+    }
+}
+
+fn view(p: &Progress, clusters: &[String], plain: bool) {
+    let shares: Vec<String> = clusters
+        .iter()
+        .zip(&p.share)
+        .map(|(c, s)| format!("{c} {s:5.1}%"))
+        .collect();
+    let rows: Vec<String> = clusters
+        .iter()
+        .zip(&p.weights)
+        .map(|(c, w)| match w {
+            Some((version, weights)) => {
+                let split: Vec<String> = weights
+                    .iter()
+                    .filter(|(_, bp)| *bp > 0)
+                    .map(|(l, bp)| {
+                        format!(
+                            "{}={:.0}%",
+                            l.split('/').next().unwrap_or(l),
+                            *bp as f64 / 100.0
+                        )
+                    })
+                    .collect();
+                format!("{c} v{version}: {}", split.join(" "))
+            }
+            None => format!("{c}: (no answer)"),
+        })
+        .collect();
+    if plain {
+        println!(
+            "t={:5.1}s {:<8} served: {} | errors {} | rows: {}",
+            p.t,
+            p.phase,
+            shares.join("  "),
+            p.errors,
+            rows.join("; ")
+        );
+    } else {
+        // Clear the screen and draw the view again.
+        print!("\x1b[2J\x1b[H");
+        println!(
+            "fulcrum-drill demo   t={:.1}s   phase: {}   (Ctrl-C stops)\n",
+            p.t, p.phase
+        );
+        println!("traffic served in the last second, by cluster:");
+        for (c, s) in clusters.iter().zip(&p.share) {
+            let bar = "#".repeat((*s / 2.0).round() as usize);
+            println!("  {c:<12} {s:5.1}% {bar}");
+        }
+        println!("  errors       {}\n", p.errors);
+        println!("weights each proxy routes on (destination region = share):");
+        for r in &rows {
+            println!("  {r}");
+        }
+    }
+}
+
+async fn demo(args: DemoArgs) -> ExitCode {
+    eprintln!("fulcrum-drill: building the mesh's binaries (cargo, incremental)...");
+    let bins = match Binaries::locate(true) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("fulcrum-drill: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut spec = MeshSpec::local();
+    // A quicker failback than the defaults (30 s hold-down, 10%/s), so the demo shows it.
+    spec.damping = "    recoverAfter: 8s\n    rampStep: 25%".into();
+    let clusters: Vec<String> = spec.clusters.iter().map(|c| c.name.clone()).collect();
+    eprintln!(
+        "fulcrum-drill: starting 3 coordinators, 3 proxies and 6 backends on 127.0.{{0,1,2,3}}.1..."
+    );
+    let mut mesh = match Mesh::start(spec, bins, args.mesh_dir.clone()).await {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("fulcrum-drill: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = mesh.wait_ready(Duration::from_secs(60)).await {
+        eprintln!("fulcrum-drill: {e}");
+        return ExitCode::FAILURE;
+    }
+    eprintln!(
+        "fulcrum-drill: mesh ready (logs in {}); leader: node {}",
+        mesh.logs().display(),
+        mesh.leader().map_or("?".to_string(), |l| l.to_string())
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = stop.send(true);
+        }
+    });
+    let plan = plan(&args);
+    let plain = args.plain;
+    let report = drill::run(&mut mesh, plan, |p| view(p, &clusters, plain), stopped).await;
+    drop(mesh);
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fulcrum-drill: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("\n{}", report.summary());
+    match report.write(&args.report_dir) {
+        Ok(()) => println!(
+            "report: {}/{{report.json,summary.txt,timeline.svg}}",
+            args.report_dir.display()
+        ),
+        Err(e) => eprintln!("fulcrum-drill: cannot write the report: {e}"),
+    }
+    if args.no_drill {
+        return ExitCode::SUCCESS;
+    }
+    // The demo's expectations: the outage detected and shifted within 2 s, no errors
+    // seen by clients during the shift, failback, no regression, nothing lost.
+    let mut failed = Vec::new();
+    if report.time_to_shift_ms.is_none_or(|t| t > 2_000) {
+        failed.push("time to shift within 2 s");
+    }
+    if report.errors_during_shift > 0 {
+        failed.push("no client-visible errors during the shift");
+    }
+    if report.recovered_at_ms.is_some() && report.time_to_failback_ms.is_none() {
+        failed.push("failback after recovery");
+    }
+    if report.weight_regressions > 0 {
+        failed.push("no weight regression");
+    }
+    if !report.config_lost.is_empty() {
+        failed.push("no configuration lost");
+    }
+    if failed.is_empty() {
+        println!("expectations: all met");
+        ExitCode::SUCCESS
+    } else {
+        println!("expectations not met: {}", failed.join(", "));
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,774 @@
+//! The harness: a local mesh of real processes on loopback — coordinators, one proxy per
+//! cluster, test backends — with certificates from `fulcrumctl certs init` and data in a
+//! temporary directory. Each cluster gets its own 127.0.N.1 address; ports are chosen
+//! free. Faults are done to processes with real signals (`kill -9`, SIGSTOP/SIGCONT) and
+//! to backends through their knobs.
+//!
+//! Every process the harness starts is killed and reaped when its [`Process`] drops, which
+//! happens when the [`Mesh`] drops: also when a test fails or panics.
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::backend::{KNOBS_PATH, Knobs};
+
+/// A proxy's weight row for the drills' service: its snapshot version and (destination
+/// locality, basis points) per destination.
+pub type Row = (u64, Vec<(String, u32)>);
+
+/// The service every drill sends traffic to.
+pub const SERVICE: &str = "checkout.drill";
+
+/// Why the harness could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// A binary is missing and could not be built.
+    #[error("{0}")]
+    Binaries(String),
+    /// A process did not start.
+    #[error("cannot start {name}: {source}")]
+    Spawn {
+        /// Which.
+        name: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Setting up files.
+    #[error("{0}")]
+    Setup(String),
+    /// Something did not happen in time.
+    #[error("{what} did not happen within {within:?}; logs are in {logs}")]
+    Timeout {
+        /// What was waited for.
+        what: String,
+        /// How long.
+        within: Duration,
+        /// Where the processes' logs are.
+        logs: String,
+    },
+}
+
+/// The built binaries the mesh runs.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// `fulcrum-coordinator`.
+    pub coordinator: PathBuf,
+    /// `fulcrum-proxy`.
+    pub proxy: PathBuf,
+    /// `fulcrumctl`.
+    pub ctl: PathBuf,
+    /// `fulcrum-drill` (the test backend runs as `fulcrum-drill backend`).
+    pub drill: PathBuf,
+}
+
+const BINARIES: [&str; 4] = [
+    "fulcrum-coordinator",
+    "fulcrum-proxy",
+    "fulcrumctl",
+    "fulcrum-drill",
+];
+
+impl Binaries {
+    /// The binaries in the same target directory as the running executable (a test's
+    /// `deps/` parent, or `fulcrum-drill`'s own directory). With `build`, or when one is
+    /// missing, they are built first with cargo, in the same profile.
+    pub fn locate(build: bool) -> Result<Binaries, HarnessError> {
+        let exe = std::env::current_exe()
+            .map_err(|e| HarnessError::Binaries(format!("where am I: {e}")))?;
+        let mut dir = exe
+            .parent()
+            .ok_or_else(|| HarnessError::Binaries("the executable has no directory".into()))?
+            .to_path_buf();
+        if dir.file_name().is_some_and(|n| n == "deps") {
+            dir.pop();
+        }
+        let path = |name: &str| dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+        let missing = BINARIES.iter().any(|b| !path(b).exists());
+        if build || missing {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            let mut command = Command::new(&cargo);
+            command.current_dir(&workspace).args(["build", "--quiet"]);
+            if dir.file_name().is_some_and(|n| n == "release") {
+                command.arg("--release");
+            }
+            for b in BINARIES {
+                command.args(["--bin", b]);
+            }
+            let status = command.status().map_err(|e| {
+                HarnessError::Binaries(format!("cannot run {cargo} to build the mesh: {e}"))
+            })?;
+            if !status.success() {
+                return Err(HarnessError::Binaries(format!(
+                    "building {} failed ({status})",
+                    BINARIES.join(", ")
+                )));
+            }
+        }
+        for b in BINARIES {
+            if !path(b).exists() {
+                return Err(HarnessError::Binaries(format!(
+                    "{} is missing after the build",
+                    path(b).display()
+                )));
+            }
+        }
+        Ok(Binaries {
+            coordinator: path("fulcrum-coordinator"),
+            proxy: path("fulcrum-proxy"),
+            ctl: path("fulcrumctl"),
+            drill: path("fulcrum-drill"),
+        })
+    }
+}
+
+/// A process the harness started, killed when dropped.
+#[derive(Debug)]
+pub struct Process {
+    /// Its name in logs and reports.
+    pub name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Process {
+    fn spawn(
+        name: &str,
+        program: &Path,
+        args: Vec<String>,
+        log: PathBuf,
+    ) -> Result<Process, HarnessError> {
+        let mut p = Process {
+            name: name.to_string(),
+            program: program.to_path_buf(),
+            args,
+            log,
+            child: None,
+        };
+        p.start()?;
+        Ok(p)
+    }
+
+    /// Starts it (again), appending to its log.
+    pub fn start(&mut self) -> Result<(), HarnessError> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let spawn_error = |source| HarnessError::Spawn {
+            name: self.name.clone(),
+            source,
+        };
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(spawn_error)?;
+        let err = log.try_clone().map_err(spawn_error)?;
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(spawn_error)?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// `kill -9`, and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, `TERM`) with `kill(1)`.
+    pub fn signal(&self, signal: &str) -> Result<(), HarnessError> {
+        let Some(pid) = self.pid() else {
+            return Err(HarnessError::Setup(format!("{} is not running", self.name)));
+        };
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .map_err(|e| HarnessError::Setup(format!("kill -{signal} {pid}: {e}")))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(HarnessError::Setup(format!(
+                "kill -{signal} {pid}: {status}"
+            )))
+        }
+    }
+
+    /// Its process id while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether it is still running (not exited).
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A stopped process does not die of SIGKILL until continued on some kernels'
+            // accounting; continue it first so it is reaped at once.
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(child.id().to_string())
+                .stderr(Stdio::null())
+                .status();
+        }
+        self.kill();
+    }
+}
+
+/// One cluster of the mesh.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// Its name.
+    pub name: String,
+    /// Its locality.
+    pub locality: String,
+    /// Its loopback address.
+    pub ip: Ipv4Addr,
+}
+
+/// The shape of a mesh.
+#[derive(Debug, Clone)]
+pub struct MeshSpec {
+    /// The clusters.
+    pub clusters: Vec<ClusterSpec>,
+    /// Coordinator nodes.
+    pub coordinators: usize,
+    /// Test backends per cluster.
+    pub backends_per_cluster: usize,
+    /// Extra FailoverPolicy damping for the service (YAML under `spec.damping`), or
+    /// empty for the defaults.
+    pub damping: String,
+}
+
+impl MeshSpec {
+    /// The local three-cluster mesh of `deploy/local/`: us-east, us-central, eu-west.
+    pub fn local() -> MeshSpec {
+        let cluster = |name: &str, locality: &str, n: u8| ClusterSpec {
+            name: name.into(),
+            locality: locality.into(),
+            ip: Ipv4Addr::new(127, 0, n, 1),
+        };
+        MeshSpec {
+            clusters: vec![
+                cluster("us-east", "us-east/us-east-1a", 1),
+                cluster("us-central", "us-central/us-central-1a", 2),
+                cluster("eu-west", "eu-west/eu-west-1a", 3),
+            ],
+            coordinators: 3,
+            backends_per_cluster: 2,
+            damping: String::new(),
+        }
+    }
+
+    /// The index of the cluster named `name`.
+    pub fn cluster(&self, name: &str) -> Option<usize> {
+        self.clusters.iter().position(|c| c.name == name)
+    }
+}
+
+/// A port nothing listens on at `ip`, right now.
+fn free_port(ip: Ipv4Addr) -> Result<SocketAddr, HarnessError> {
+    TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map_err(|e| HarnessError::Setup(format!("no free port on {ip}: {e}")))
+}
+
+/// A coordinator node.
+#[derive(Debug)]
+pub struct CoordinatorNode {
+    /// Its node id.
+    pub id: u64,
+    /// Its gRPC address.
+    pub address: SocketAddr,
+    /// The process.
+    pub process: Process,
+}
+
+/// A cluster's proxy.
+#[derive(Debug)]
+pub struct ProxyNode {
+    /// Its cluster's index in the spec.
+    pub cluster: usize,
+    /// Where applications send requests.
+    pub outbound: SocketAddr,
+    /// Its admin listener.
+    pub admin: SocketAddr,
+    /// Its east-west listener.
+    pub east_west: SocketAddr,
+    /// The process.
+    pub process: Process,
+}
+
+/// A test backend.
+#[derive(Debug)]
+pub struct BackendNode {
+    /// Its cluster's index in the spec.
+    pub cluster: usize,
+    /// Its name.
+    pub name: String,
+    /// Where it serves.
+    pub address: SocketAddr,
+    /// Where its knobs are.
+    pub control: SocketAddr,
+    /// The process.
+    pub process: Process,
+}
+
+/// A running mesh.
+pub struct Mesh {
+    /// Its shape.
+    pub spec: MeshSpec,
+    /// The coordinators.
+    pub coordinators: Vec<CoordinatorNode>,
+    /// One proxy per cluster, in the spec's order.
+    pub proxies: Vec<ProxyNode>,
+    /// The backends.
+    pub backends: Vec<BackendNode>,
+    /// Where everything is kept.
+    pub dir: PathBuf,
+    bins: Binaries,
+    http: Client<HttpConnector, Full<Bytes>>,
+    // Last: the directory goes after the processes that write to it.
+    _temp: Option<tempfile::TempDir>,
+}
+
+/// The mesh configuration the coordinators are given.
+pub fn mesh_yaml(
+    spec: &MeshSpec,
+    gateways: &[SocketAddr],
+    backends: &[(usize, SocketAddr)],
+) -> String {
+    let mut y = String::new();
+    for (c, gw) in spec.clusters.iter().zip(gateways) {
+        y += &format!(
+            "apiVersion: fulcrum.dev/v1alpha1\nkind: MeshCluster\nmetadata: {{name: {}}}\nspec:\n  locality: {}\n  network: net-{}\n  eastWestGateways: [{{address: {}, port: {}}}]\n---\n",
+            c.name,
+            c.locality,
+            c.name,
+            gw.ip(),
+            gw.port()
+        );
+    }
+    y += &format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: checkout, namespace: drill}}\nspec:\n  hosts: [{SERVICE}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints:\n"
+    );
+    for (cluster, address) in backends {
+        let c = &spec.clusters[*cluster];
+        y += &format!(
+            "  - {{address: {}, ports: {{http: {}}}, locality: {}, labels: {{topology.istio.io/cluster: {}}}}}\n",
+            address.ip(),
+            address.port(),
+            c.locality,
+            c.name
+        );
+    }
+    // Failover in a ring: each cluster's traffic goes to the next cluster first.
+    let regions: Vec<&str> = spec
+        .clusters
+        .iter()
+        .map(|c| c.locality.split('/').next().unwrap_or_default())
+        .collect();
+    let mut failover = String::new();
+    for (i, from) in regions.iter().enumerate() {
+        let to = regions[(i + 1) % regions.len()];
+        if from != &to {
+            failover += &format!("        - {{from: {from}, to: {to}}}\n");
+        }
+    }
+    y += &format!(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: checkout, namespace: drill}}
+spec:
+  host: {SERVICE}
+  trafficPolicy:
+    outlierDetection:
+      consecutive5xxErrors: 5
+      interval: 1s
+      baseEjectionTime: 5s
+      maxEjectionPercent: 100
+    loadBalancer:
+      simple: ROUND_ROBIN
+      localityLbSetting:
+        enabled: true
+        failover:
+{failover}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: checkout, namespace: drill}}
+spec:
+  hosts: [{SERVICE}]
+  http:
+  - route:
+    - destination: {{host: {SERVICE}}}
+    timeout: 5s
+    retries:
+      attempts: 2
+      perTryTimeout: 2s
+      retryOn: 5xx,connect-failure,reset
+      retryRemoteLocalities: true
+---
+apiVersion: fulcrum.dev/v1alpha1
+kind: FailoverPolicy
+metadata: {{name: checkout, namespace: drill}}
+spec:
+  host: {SERVICE}
+{damping}"#,
+        damping = if spec.damping.is_empty() {
+            String::new()
+        } else {
+            format!("  damping:\n{}\n", spec.damping)
+        }
+    );
+    y
+}
+
+impl Mesh {
+    /// Starts the mesh in a new temporary directory, or in `dir` when given (kept).
+    pub async fn start(
+        spec: MeshSpec,
+        bins: Binaries,
+        dir: Option<PathBuf>,
+    ) -> Result<Mesh, HarnessError> {
+        let setup =
+            |what: &str, e: &dyn std::fmt::Display| HarnessError::Setup(format!("{what}: {e}"));
+        let (temp, dir) = match dir {
+            Some(d) => {
+                std::fs::create_dir_all(&d).map_err(|e| setup("mesh directory", &e))?;
+                (None, d)
+            }
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("fulcrum-mesh.")
+                    .tempdir()
+                    .map_err(|e| setup("temporary directory", &e))?;
+                let d = t.path().to_path_buf();
+                (Some(t), d)
+            }
+        };
+        let logs = dir.join("logs");
+        let config = dir.join("config");
+        let certs = dir.join("certs");
+        for d in [&logs, &config] {
+            std::fs::create_dir_all(d).map_err(|e| setup("mesh directory", &e))?;
+        }
+        let names: Vec<&str> = spec.clusters.iter().map(|c| c.name.as_str()).collect();
+        let status = Command::new(&bins.ctl)
+            .args(["certs", "init", "--trust-domain", "drill.local", "--out"])
+            .arg(&certs)
+            .args(["--coordinators", &spec.coordinators.to_string()])
+            .args(["--clusters", &names.join(","), "--admins", "drill"])
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| setup("fulcrumctl certs init", &e))?;
+        if !status.success() {
+            return Err(HarnessError::Setup(format!(
+                "fulcrumctl certs init: {status}"
+            )));
+        }
+        let http = Client::builder(TokioExecutor::new()).build_http();
+        let mut mesh = Mesh {
+            spec: spec.clone(),
+            coordinators: Vec::new(),
+            proxies: Vec::new(),
+            backends: Vec::new(),
+            dir: dir.clone(),
+            bins: bins.clone(),
+            http,
+            _temp: temp,
+        };
+        // Backends first: the configuration names them.
+        let mut endpoints = Vec::new();
+        for (ci, c) in spec.clusters.iter().enumerate() {
+            for n in 1..=spec.backends_per_cluster {
+                let (address, control) = (free_port(c.ip)?, free_port(c.ip)?);
+                let name = format!("{}-{n}", c.name);
+                let process = Process::spawn(
+                    &format!("backend {name}"),
+                    &bins.drill,
+                    vec![
+                        "backend".into(),
+                        "--listen".into(),
+                        address.to_string(),
+                        "--control".into(),
+                        control.to_string(),
+                        "--cluster".into(),
+                        c.name.clone(),
+                        "--name".into(),
+                        name.clone(),
+                    ],
+                    logs.join(format!("backend-{name}.log")),
+                )?;
+                endpoints.push((ci, address));
+                mesh.backends.push(BackendNode {
+                    cluster: ci,
+                    name,
+                    address,
+                    control,
+                    process,
+                });
+            }
+        }
+        let coordinator_ip = Ipv4Addr::new(127, 0, 0, 1);
+        let addresses: Vec<SocketAddr> = (0..spec.coordinators)
+            .map(|_| free_port(coordinator_ip))
+            .collect::<Result<_, _>>()?;
+        let members: Vec<String> = addresses
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect();
+        let gateways: Vec<SocketAddr> = spec
+            .clusters
+            .iter()
+            .map(|c| free_port(c.ip))
+            .collect::<Result<_, _>>()?;
+        std::fs::write(
+            config.join("mesh.yaml"),
+            mesh_yaml(&spec, &gateways, &endpoints),
+        )
+        .map_err(|e| setup("mesh.yaml", &e))?;
+        for (i, address) in addresses.iter().enumerate() {
+            let id = i as u64 + 1;
+            let mut args = vec![
+                "--node-id".to_string(),
+                id.to_string(),
+                "--listen".into(),
+                address.to_string(),
+                "--data-dir".into(),
+                dir.join(format!("coordinator-{id}")).display().to_string(),
+                "--certs".into(),
+                certs.display().to_string(),
+                "--members".into(),
+                members.join(","),
+            ];
+            // Every node watches the directory; the leader applies it.
+            args.extend(["--config-dir".into(), config.display().to_string()]);
+            let process = Process::spawn(
+                &format!("coordinator {id}"),
+                &bins.coordinator,
+                args,
+                logs.join(format!("coordinator-{id}.log")),
+            )?;
+            mesh.coordinators.push(CoordinatorNode {
+                id,
+                address: *address,
+                process,
+            });
+        }
+        let coordinators: Vec<String> = addresses.iter().map(SocketAddr::to_string).collect();
+        for (ci, c) in spec.clusters.iter().enumerate() {
+            let (outbound, admin) = (free_port(c.ip)?, free_port(c.ip)?);
+            let east_west = gateways[ci];
+            let process = Process::spawn(
+                &format!("proxy {}", c.name),
+                &bins.proxy,
+                vec![
+                    "--cluster".into(),
+                    c.name.clone(),
+                    "--locality".into(),
+                    c.locality.clone(),
+                    "--listen".into(),
+                    outbound.to_string(),
+                    "--admin".into(),
+                    admin.to_string(),
+                    "--east-west".into(),
+                    east_west.to_string(),
+                    "--coordinators".into(),
+                    coordinators.join(","),
+                    "--state-dir".into(),
+                    dir.join(format!("proxy-{}", c.name)).display().to_string(),
+                    "--certs".into(),
+                    certs.display().to_string(),
+                    "--proxy-id".into(),
+                    format!("{}-1", c.name),
+                    "--health-check-interval".into(),
+                    "500ms".into(),
+                ],
+                logs.join(format!("proxy-{}.log", c.name)),
+            )?;
+            mesh.proxies.push(ProxyNode {
+                cluster: ci,
+                outbound,
+                admin,
+                east_west,
+                process,
+            });
+        }
+        Ok(mesh)
+    }
+
+    /// Where the processes' logs are.
+    pub fn logs(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+
+    /// The binaries the mesh runs.
+    pub fn binaries(&self) -> &Binaries {
+        &self.bins
+    }
+
+    async fn get(&self, url: &str) -> Option<(StatusCode, String)> {
+        let request = Request::get(url).body(Full::new(Bytes::new())).ok()?;
+        let response = tokio::time::timeout(Duration::from_secs(2), self.http.request(request))
+            .await
+            .ok()?
+            .ok()?;
+        let status = response.status();
+        let body = response.into_body().collect().await.ok()?.to_bytes();
+        Some((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    /// A proxy's `/config_dump`, when it answers.
+    pub async fn config_dump(&self, proxy: usize) -> Option<serde_json::Value> {
+        let admin = self.proxies.get(proxy)?.admin;
+        let (status, body) = self.get(&format!("http://{admin}/config_dump")).await?;
+        if status != StatusCode::OK {
+            return None;
+        }
+        serde_json::from_str(&body).ok()
+    }
+
+    /// The weight row a proxy routes [`SERVICE`] with: (destination locality, basis
+    /// points), and the snapshot version.
+    pub async fn weights(&self, proxy: usize) -> Option<Row> {
+        let dump = self.config_dump(proxy).await?;
+        let version = dump["version"].as_u64()?;
+        let row = dump["weights"]
+            .as_array()?
+            .iter()
+            .find(|r| r["service"] == SERVICE && r["subset"] == "")?;
+        let entries = row["destinations"]
+            .as_array()?
+            .iter()
+            .filter_map(|d| {
+                Some((
+                    d["locality"].as_str()?.to_string(),
+                    u32::try_from(d["weightBp"].as_u64()?).ok()?,
+                ))
+            })
+            .collect();
+        Some((version, entries))
+    }
+
+    /// Waits until every proxy routes [`SERVICE`] on pushed weights and every backend
+    /// answers.
+    pub async fn wait_ready(&self, within: Duration) -> Result<(), HarnessError> {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut ready = true;
+            for p in 0..self.proxies.len() {
+                ready &= self.weights(p).await.is_some_and(|(_, w)| !w.is_empty());
+            }
+            for b in &self.backends {
+                ready &= self
+                    .get(&format!("http://{}{KNOBS_PATH}", b.control))
+                    .await
+                    .is_some();
+            }
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(HarnessError::Timeout {
+                    what: "the mesh becoming ready (every proxy with weights)".into(),
+                    within,
+                    logs: self.logs().display().to_string(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sets the knobs of every backend of `cluster`.
+    pub async fn set_knobs(&self, cluster: usize, knobs: Knobs) -> Result<(), HarnessError> {
+        for b in self.backends.iter().filter(|b| b.cluster == cluster) {
+            let url = format!("http://{}{KNOBS_PATH}?{}", b.control, knobs.query());
+            let request = Request::post(url)
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| HarnessError::Setup(e.to_string()))?;
+            let answered = tokio::time::timeout(Duration::from_secs(2), self.http.request(request))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .is_some_and(|r| r.status().is_success());
+            if !answered {
+                return Err(HarnessError::Setup(format!(
+                    "backend {} took no knobs",
+                    b.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// `kill -9` every backend of `cluster`.
+    pub fn kill_backends(&mut self, cluster: usize) {
+        for b in self.backends.iter_mut().filter(|b| b.cluster == cluster) {
+            b.process.kill();
+        }
+    }
+
+    /// Starts the killed backends of `cluster` again.
+    pub fn restart_backends(&mut self, cluster: usize) -> Result<(), HarnessError> {
+        for b in self.backends.iter_mut().filter(|b| b.cluster == cluster) {
+            b.process.start()?;
+        }
+        Ok(())
+    }
+
+    /// The leader's node id, as the first coordinator that answers `fulcrumctl status`
+    /// says.
+    pub fn leader(&self) -> Option<u64> {
+        for c in &self.coordinators {
+            let output = Command::new(&self.bins.ctl)
+                .args(["status", "-o", "json", "--timeout", "1", "--coordinator"])
+                .arg(c.address.to_string())
+                .env("FULCRUM_CERTS", self.dir.join("certs"))
+                .stderr(Stdio::null())
+                .output()
+                .ok()?;
+            if !output.status.success() {
+                continue;
+            }
+            let status: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+            if let Some(leader) = status["raft"]["leaderId"].as_u64().filter(|l| *l != 0) {
+                return Some(leader);
+            }
+        }
+        None
+    }
+}
