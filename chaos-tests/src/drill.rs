@@ -64,6 +64,26 @@ impl Fault {
     }
 }
 
+/// Something done to the mesh's processes at a set time, besides the fault.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Action {
+    /// `kill -9` the Raft leader.
+    KillLeader,
+    /// `kill -9` this many coordinators, the leader first.
+    KillCoordinators {
+        /// How many.
+        count: usize,
+    },
+    /// Start every killed coordinator again.
+    RestartCoordinators,
+    /// `kill -9` a cluster's proxy and start it again.
+    RestartProxy {
+        /// Cluster index.
+        cluster: usize,
+    },
+}
+
 /// A drill's timing and traffic.
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -80,6 +100,8 @@ pub struct Plan {
     pub after: Duration,
     /// Requests per second.
     pub rate: u32,
+    /// Actions at times from the start.
+    pub actions: Vec<(Duration, Action)>,
 }
 
 /// A proxy's row as seen at one moment.
@@ -94,6 +116,8 @@ pub struct WeightSeen {
     pub version: u64,
     /// (destination locality, basis points).
     pub weights: Vec<(String, u32)>,
+    /// The coordinators' explanation of each destination's weight.
+    pub explanations: Vec<String>,
 }
 
 /// One 100 ms bucket of the timeline.
@@ -197,6 +221,7 @@ pub async fn run(
     let end_at = recover_at + plan.after;
     let (mut fault_ms, mut recovered_ms) = (None, None);
     let mut next_progress = Duration::from_secs(1);
+    let mut actions_done = 0;
     let mut result = Ok(());
     loop {
         let now = started.elapsed();
@@ -221,18 +246,28 @@ pub async fn run(
                 }
             }
         }
+        while let Some((at, action)) = plan.actions.get(actions_done) {
+            if now < *at {
+                break;
+            }
+            tracing::info!(?action, "action");
+            act(mesh, action);
+            actions_done += 1;
+        }
         let mut rows = Vec::new();
         for p in 0..mesh.proxies.len() {
-            let row = mesh.weights(p).await;
-            if let (Some((version, weights)), Ok(mut s)) = (&row, seen.lock()) {
+            let explained = mesh.explained_weights(p).await;
+            if let (Some(((version, weights), explanations)), Ok(mut s)) = (&explained, seen.lock())
+            {
                 s.push(WeightSeen {
                     t_ms: ms(started),
                     proxy: p,
                     version: *version,
                     weights: weights.clone(),
+                    explanations: explanations.clone(),
                 });
             }
-            rows.push(row);
+            rows.push(explained.map(|(row, _)| row));
         }
         if started.elapsed() >= next_progress {
             next_progress += Duration::from_secs(1);
@@ -308,6 +343,41 @@ pub async fn run(
         recovered_ms,
         config_lost,
     ))
+}
+
+fn act(mesh: &mut Mesh, action: &Action) {
+    match action {
+        Action::KillLeader => {
+            if let Some(leader) = mesh.leader()
+                && let Some(c) = mesh.coordinators.iter_mut().find(|c| c.id == leader)
+            {
+                c.process.kill();
+            }
+        }
+        Action::KillCoordinators { count } => {
+            let leader = mesh.leader();
+            let mut order: Vec<usize> = (0..mesh.coordinators.len()).collect();
+            order.sort_by_key(|&i| Some(mesh.coordinators[i].id) != leader);
+            for i in order.into_iter().take(*count) {
+                mesh.coordinators[i].process.kill();
+            }
+        }
+        Action::RestartCoordinators => {
+            for c in &mut mesh.coordinators {
+                if let Err(e) = c.process.start() {
+                    tracing::warn!("{e}");
+                }
+            }
+        }
+        Action::RestartProxy { cluster } => {
+            if let Some(p) = mesh.proxies.iter_mut().find(|p| p.cluster == *cluster) {
+                p.process.kill();
+                if let Err(e) = p.process.start() {
+                    tracing::warn!("{e}");
+                }
+            }
+        }
+    }
 }
 
 async fn inject(mesh: &mut Mesh, fault: &Fault) -> Result<(), HarnessError> {

@@ -665,14 +665,19 @@ impl Mesh {
     /// The weight row a proxy routes [`SERVICE`] with: (destination locality, basis
     /// points), and the snapshot version.
     pub async fn weights(&self, proxy: usize) -> Option<Row> {
+        self.explained_weights(proxy).await.map(|(row, _)| row)
+    }
+
+    /// [`Mesh::weights`], with the coordinators' explanation of each destination.
+    pub async fn explained_weights(&self, proxy: usize) -> Option<(Row, Vec<String>)> {
         let dump = self.config_dump(proxy).await?;
         let version = dump["version"].as_u64()?;
         let row = dump["weights"]
             .as_array()?
             .iter()
             .find(|r| r["service"] == SERVICE && r["subset"] == "")?;
-        let entries = row["destinations"]
-            .as_array()?
+        let destinations = row["destinations"].as_array()?;
+        let entries = destinations
             .iter()
             .filter_map(|d| {
                 Some((
@@ -681,7 +686,11 @@ impl Mesh {
                 ))
             })
             .collect();
-        Some((version, entries))
+        let explanations = destinations
+            .iter()
+            .map(|d| d["explanation"].as_str().unwrap_or_default().to_string())
+            .collect();
+        Some(((version, entries), explanations))
     }
 
     /// Waits until every proxy routes [`SERVICE`] on pushed weights and every backend

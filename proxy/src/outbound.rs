@@ -304,6 +304,8 @@ impl Outbound {
                             "weightBp": d.weight_bp,
                             "priority": d.priority,
                             "place": place,
+                            "verdict": d.verdict.to_string(),
+                            "explanation": d.explanation,
                         })
                     })
                     .collect();

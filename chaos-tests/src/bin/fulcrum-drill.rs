@@ -138,6 +138,7 @@ fn plan(args: &DemoArgs) -> Plan {
             fault_for: Duration::ZERO,
             after: total,
             rate: args.rate,
+            actions: Vec::new(),
         };
     }
     // 10% warm-up (at least 5 s), 30% outage, the rest for failback.
@@ -153,6 +154,7 @@ fn plan(args: &DemoArgs) -> Plan {
         fault_for,
         after: total.saturating_sub(warmup + fault_for),
         rate: args.rate,
+        actions: Vec::new(),
     }
 }
 

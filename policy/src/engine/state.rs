@@ -420,17 +420,30 @@ fn readings(
     ]
 }
 
-/// Judges one locality's signals, before damping.
+/// Judges one locality's signals, before damping. With `counted_from_ms`, the window
+/// starts no earlier than that time: a locality coming back from a failure is judged on
+/// what it did since its ramp began, not on the errors that failed it, which would
+/// otherwise still sit in the window and pull its weight back down mid-ramp or just after.
 pub fn assess(
     window: &Window,
     inventory: Inventory,
     settings: &FailoverSettings,
     now_ms: u64,
+    counted_from_ms: Option<u64>,
 ) -> Assessment {
     let last = bucket_of(now_ms);
     let min_volume = u64::from(settings.min_request_volume);
     let window_ms = settings.window.as_millis().max(0) as u64;
-    let whole = window.sum(last, buckets_for(window_ms));
+    let mut window_buckets = buckets_for(window_ms);
+    if let Some(from) = counted_from_ms {
+        // The buckets after the one `from` falls in.
+        window_buckets = window_buckets.min(last.saturating_sub(bucket_of(from)));
+    }
+    let whole = if window_buckets == 0 {
+        Counters::default()
+    } else {
+        window.sum(last, window_buckets)
+    };
     let above_recover = if whole.requests >= min_volume.max(1) {
         readings(&whole, &settings.recover, window_ms, false)
             .into_iter()
@@ -626,8 +639,13 @@ fn step_locality(
     loc.window.trim(window_keep);
     let settings = &service.settings;
     let inventory = inventory_of(loc, configured);
-    let assessment = assess(&loc.window, inventory, settings, now_ms);
     let window_ms = settings.window.as_millis().max(0) as u64;
+    // Back from a failure: judged on what it did since, until a whole window has passed.
+    let counted_from = loc
+        .machine
+        .counted_from_ms
+        .filter(|from| now_ms.saturating_sub(*from) < window_ms);
+    let assessment = assess(&loc.window, inventory, settings, now_ms, counted_from);
     loc.observed = Some((
         loc.window.sum(bucket_of(now_ms), buckets_for(window_ms)),
         inventory,
@@ -663,4 +681,45 @@ fn step_locality(
 pub fn is_engine_failure(machine: &VerdictState) -> bool {
     machine.verdict == Verdict::Failed
         && matches!(machine.cause, Cause::Rate(_) | Cause::HoldDown { .. })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fulcrum::FailoverSettings;
+
+    #[test]
+    fn a_ramping_locality_is_judged_on_what_it_did_since_the_ramp_began() {
+        let settings = FailoverSettings::default();
+        let mut window = Window::default();
+        // Failing hard at 10 s (what failed it), then good traffic from the ramp on.
+        let bad = Counters {
+            requests: 100,
+            http_5xx: 100,
+            ..Counters::default()
+        };
+        let good = Counters {
+            requests: 100,
+            ..Counters::default()
+        };
+        window.add(bucket_of(10_000), &bad);
+        for s in 15..=17u64 {
+            window.add(bucket_of(s * 1_000), &good);
+        }
+        let inventory = Inventory {
+            total: 2,
+            ready: 2,
+            ejected: 0,
+        };
+        // Over the whole window the old errors still count: 25% 5xx, above recover.
+        let whole = assess(&window, inventory, &settings, 17_000, None);
+        assert!(whole.above_recover.is_some(), "{whole:?}");
+        // Since the ramp began at 14 s only the good traffic counts.
+        let ramping = assess(&window, inventory, &settings, 17_000, Some(14_000));
+        assert!(ramping.above_recover.is_none(), "{ramping:?}");
+        assert_eq!(ramping.success_bp, TOTAL_BASIS_POINTS);
+        // Right at the ramp's start nothing is counted yet.
+        let start = assess(&window, inventory, &settings, 14_000, Some(14_000));
+        assert!(start.above_recover.is_none() && start.tripped.is_none());
+    }
 }

@@ -117,6 +117,10 @@ pub struct VerdictState {
     pub good_since_ms: Option<u64>,
     /// Leader time of the last step, in milliseconds.
     pub last_ms: u64,
+    /// When the locality last began to ramp back after a failure: its signals count from
+    /// then on (for one window), so the errors that failed it do not fail it again.
+    #[serde(default)]
+    pub counted_from_ms: Option<u64>,
 }
 
 impl VerdictState {
@@ -131,10 +135,14 @@ impl VerdictState {
             success_bp: TOTAL_BASIS_POINTS,
             good_since_ms: Some(now_ms),
             last_ms: now_ms,
+            counted_from_ms: None,
         }
     }
 
     fn enter(&mut self, verdict: Verdict, cause: Cause, now_ms: u64) {
+        if verdict == Verdict::Failed {
+            self.counted_from_ms = None;
+        }
         if self.verdict != verdict {
             self.verdict = verdict;
             self.since_ms = now_ms;
@@ -217,6 +225,7 @@ impl VerdictState {
     }
 
     fn start_ramp(&mut self, settings: &FailoverSettings, now_ms: u64) {
+        self.counted_from_ms = Some(now_ms);
         let step = settings
             .ramp_step
             .basis_points()

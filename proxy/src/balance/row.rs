@@ -61,6 +61,10 @@ pub struct Destination {
     pub hosts: u64,
     /// Healthy capacity, in ten-thousandths of a host, as the coordinator judged it.
     pub healthy: u64,
+    /// The coordinator's verdict on it.
+    pub verdict: Verdict,
+    /// The coordinator's explanation of its weight.
+    pub explanation: String,
 }
 
 /// A row to choose destinations from.
@@ -129,6 +133,8 @@ impl LocalityRow {
                     priority: e.priority,
                     hosts,
                     healthy,
+                    verdict: e.verdict,
+                    explanation: e.explanation.clone(),
                 }
             })
             .collect();

@@ -1,0 +1,229 @@
+//! Failover drills on a local mesh of real processes (3 coordinators, a proxy per cluster,
+//! 2 backends per cluster), with the default timing settings unless a drill says
+//! otherwise. One drill runs at a time: each starts a whole mesh on two cores.
+
+use std::time::Duration;
+
+use fulcrum_chaos::drill::{self, Action, Fault, Plan, Report};
+use fulcrum_chaos::harness::{Binaries, Mesh, MeshSpec};
+use tokio::sync::Mutex;
+
+/// One mesh at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+const US_EAST: usize = 0;
+
+async fn mesh(spec: MeshSpec) -> Mesh {
+    let bins = Binaries::locate(false).expect("the mesh's binaries");
+    let mesh = Mesh::start(spec, bins, None)
+        .await
+        .expect("the mesh starts");
+    mesh.wait_ready(Duration::from_secs(60))
+        .await
+        .expect("the mesh is ready");
+    mesh
+}
+
+fn plan(name: &str, fault: Option<Fault>, timing: (u64, u64, u64)) -> Plan {
+    Plan {
+        name: name.into(),
+        warmup: Duration::from_secs(timing.0),
+        fault,
+        fault_for: Duration::from_secs(timing.1),
+        after: Duration::from_secs(timing.2),
+        rate: 300,
+        actions: Vec::new(),
+    }
+}
+
+async fn run(mesh: &mut Mesh, plan: Plan) -> Report {
+    let (_keep, never) = tokio::sync::watch::channel(false);
+    let report = drill::run(mesh, plan, |_| {}, never)
+        .await
+        .expect("the drill runs");
+    println!("{}", report.summary());
+    // Kept for reading after the run: target/drill-reports/<drill>/.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/drill-reports")
+        .join(report.plan.name.replace(' ', "-"));
+    if let Err(e) = report.write(&dir) {
+        println!("report not written to {}: {e}", dir.display());
+    }
+    report
+}
+
+/// The expectations every drill shares: nothing regressed, nothing lost.
+fn nothing_regressed_or_lost(r: &Report) {
+    assert_eq!(r.weight_regressions, 0, "{}", r.summary());
+    assert!(r.config_lost.is_empty(), "{}", r.summary());
+}
+
+/// The failed cluster's shift: within 2 s and no client-visible error meanwhile.
+fn shifted_cleanly(r: &Report) {
+    let shift = r.time_to_shift_ms.expect("traffic left the failed cluster");
+    assert!(shift <= 2_000, "time to shift {shift} ms\n{}", r.summary());
+    assert_eq!(r.errors_during_shift, 0, "{}", r.summary());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_answering_only_5xx_loses_its_traffic_and_fails_back_without_flapping() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut spec = MeshSpec::local();
+    spec.damping = "    recoverAfter: 3s\n    rampStep: 50%".into();
+    let mut mesh = mesh(spec).await;
+    let r = run(
+        &mut mesh,
+        plan(
+            "5xx",
+            Some(Fault::ErrorRate {
+                cluster: US_EAST,
+                rate: 1.0,
+            }),
+            (3, 6, 9),
+        ),
+    )
+    .await;
+    shifted_cleanly(&r);
+    nothing_regressed_or_lost(&r);
+    let detect = r.time_to_detect_ms.expect("the coordinators saw it");
+    assert!(detect <= 4_000, "time to detect {detect} ms");
+    // Every cluster's traffic left us-east: none of it served there after the shift.
+    let shifted = r.fault_at_ms.unwrap_or_default() + r.time_to_shift_ms.unwrap_or_default();
+    for b in r
+        .timeline
+        .iter()
+        .filter(|b| b.t_ms > shifted && b.t_ms + 100 < r.recovered_at_ms.unwrap_or_default())
+    {
+        assert_eq!(b.served[US_EAST], 0, "us-east served at {} ms", b.t_ms);
+    }
+    // Failback: back to the weights before the fault, never stepping back down.
+    assert!(r.time_to_failback_ms.is_some(), "{}", r.summary());
+    let recovered = r.recovered_at_ms.unwrap_or_default();
+    let mut last = 0;
+    for w in r
+        .weights_seen
+        .iter()
+        .filter(|w| w.proxy == US_EAST && w.t_ms >= recovered)
+    {
+        let own = w
+            .weights
+            .iter()
+            .find(|(l, _)| l == "us-east/us-east-1a")
+            .map_or(0, |(_, bp)| *bp);
+        assert!(
+            own >= last,
+            "us-east's own weight went {last} -> {own} at {} ms",
+            w.t_ms
+        );
+        last = own;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_whose_backends_are_killed_loses_its_traffic() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut mesh = mesh(MeshSpec::local()).await;
+    let r = run(
+        &mut mesh,
+        plan(
+            "killed backends",
+            Some(Fault::KillBackends { cluster: US_EAST }),
+            (3, 6, 2),
+        ),
+    )
+    .await;
+    shifted_cleanly(&r);
+    nothing_regressed_or_lost(&r);
+    assert!(r.time_to_detect_ms.is_some(), "{}", r.summary());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_killed_during_a_failover_does_not_stop_it() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut mesh = mesh(MeshSpec::local()).await;
+    let before = mesh.leader().expect("a leader");
+    let mut p = plan(
+        "leader killed during failover",
+        Some(Fault::ErrorRate {
+            cluster: US_EAST,
+            rate: 1.0,
+        }),
+        (3, 7, 1),
+    );
+    p.actions = vec![(Duration::from_millis(3_500), Action::KillLeader)];
+    let r = run(&mut mesh, p).await;
+    shifted_cleanly(&r);
+    nothing_regressed_or_lost(&r);
+    // A new leader committed the verdict.
+    assert!(r.time_to_detect_ms.is_some(), "{}", r.summary());
+    let after = mesh.leader().expect("a new leader");
+    assert_ne!(before, after);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_quorum_lost_proxies_keep_routing_and_converge_when_it_returns() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut mesh = mesh(MeshSpec::local()).await;
+    let mut p = plan("quorum lost", None, (0, 0, 10));
+    p.actions = vec![
+        (
+            Duration::from_secs(2),
+            Action::KillCoordinators { count: 2 },
+        ),
+        (Duration::from_secs(6), Action::RestartCoordinators),
+    ];
+    let r = run(&mut mesh, p).await;
+    assert_eq!(r.errors, 0, "{}", r.summary());
+    nothing_regressed_or_lost(&r);
+    // Convergence: every proxy on the same, newer version again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let before = r.weights_seen.iter().map(|w| w.version).max().unwrap_or(0);
+    loop {
+        let mut versions = Vec::new();
+        for p in 0..mesh.proxies.len() {
+            versions.push(mesh.weights(p).await.map(|(v, _)| v));
+        }
+        let first = versions[0];
+        if first.is_some_and(|v| v > before) && versions.iter().all(|v| *v == first) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "proxies did not converge: {versions:?} (before {before})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_restarted_while_every_coordinator_is_down_routes_on_its_last_known_good() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut mesh = mesh(MeshSpec::local()).await;
+    let (version, weights) = mesh.weights(US_EAST).await.expect("a row");
+    for c in &mut mesh.coordinators {
+        c.process.kill();
+    }
+    let proxy = &mut mesh.proxies[US_EAST];
+    proxy.process.kill();
+    proxy.process.start().expect("the proxy starts again");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let restarted = loop {
+        if let Some(row) = mesh.weights(US_EAST).await {
+            break row;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxy never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        restarted,
+        (version, weights),
+        "routes on the snapshot it had"
+    );
+    let mut p = plan("last-known-good", None, (0, 0, 3));
+    p.rate = 100;
+    let r = run(&mut mesh, p).await;
+    assert_eq!(r.errors, 0, "{}", r.summary());
+}
