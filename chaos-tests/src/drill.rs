@@ -65,7 +65,7 @@ impl Fault {
 }
 
 /// Something done to the mesh's processes at a set time, besides the fault.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum Action {
     /// `kill -9` the Raft leader.
@@ -81,6 +81,13 @@ pub enum Action {
     RestartProxy {
         /// Cluster index.
         cluster: usize,
+    },
+    /// Sets the knobs of a cluster's backends (a flapping backend is a list of these).
+    SetErrorRate {
+        /// Cluster index.
+        cluster: usize,
+        /// 0 to 1.
+        rate: f64,
     },
 }
 
@@ -251,7 +258,7 @@ pub async fn run(
                 break;
             }
             tracing::info!(?action, "action");
-            act(mesh, action);
+            act(mesh, action).await;
             actions_done += 1;
         }
         let mut rows = Vec::new();
@@ -345,7 +352,7 @@ pub async fn run(
     ))
 }
 
-fn act(mesh: &mut Mesh, action: &Action) {
+async fn act(mesh: &mut Mesh, action: &Action) {
     match action {
         Action::KillLeader => {
             if let Some(leader) = mesh.leader()
@@ -375,6 +382,15 @@ fn act(mesh: &mut Mesh, action: &Action) {
                 if let Err(e) = p.process.start() {
                     tracing::warn!("{e}");
                 }
+            }
+        }
+        Action::SetErrorRate { cluster, rate } => {
+            let knobs = Knobs {
+                error_rate: *rate,
+                ..Knobs::default()
+            };
+            if let Err(e) = mesh.set_knobs(*cluster, knobs).await {
+                tracing::warn!("{e}");
             }
         }
     }
