@@ -7,7 +7,8 @@
 //!   hang);
 //! - [`load`]: an open-loop load generator recording every request;
 //! - [`drill`]: a fault at a set time and what it did: time to detect, time to shift,
-//!   errors, time to failback, regressions; as JSON, a summary and an SVG timeline.
+//!   errors, time to failback, regressions; as JSON, a summary and an SVG timeline;
+//! - [`scenario`]: drill files (`deploy/local/drills/`) with their expectations.
 //!
 //! `fulcrum-drill demo` runs the local three-cluster mesh with a cluster outage; the
 //! drills in `tests/` run the same way under `cargo test`.
@@ -18,3 +19,4 @@ pub mod backend;
 pub mod drill;
 pub mod harness;
 pub mod load;
+pub mod scenario;
