@@ -82,6 +82,17 @@ pub enum Action {
         /// Cluster index.
         cluster: usize,
     },
+    /// Freezes a coordinator (SIGSTOP): it holds its connections open and answers
+    /// nothing, as a node cut off by a partition does.
+    PauseCoordinator {
+        /// Node id.
+        node: u64,
+    },
+    /// Thaws it (SIGCONT).
+    ResumeCoordinator {
+        /// Node id.
+        node: u64,
+    },
     /// Sets the knobs of a cluster's backends (a flapping backend is a list of these).
     SetErrorRate {
         /// Cluster index.
@@ -382,6 +393,18 @@ async fn act(mesh: &mut Mesh, action: &Action) {
                 if let Err(e) = p.process.start() {
                     tracing::warn!("{e}");
                 }
+            }
+        }
+        Action::PauseCoordinator { node } | Action::ResumeCoordinator { node } => {
+            let signal = if matches!(action, Action::PauseCoordinator { .. }) {
+                "STOP"
+            } else {
+                "CONT"
+            };
+            if let Some(c) = mesh.coordinators.iter().find(|c| c.id == *node)
+                && let Err(e) = c.process.signal(signal)
+            {
+                tracing::warn!("{e}");
             }
         }
         Action::SetErrorRate { cluster, rate } => {

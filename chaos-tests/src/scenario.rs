@@ -13,6 +13,7 @@
 //! - {at: 6s, kind: killLeader}
 //! - {at: 7s, kind: killCoordinators, count: 2}
 //! - {at: 9s, kind: restartCoordinators}
+//! - {at: 10s, kind: pauseCoordinator, node: 1}               # SIGSTOP; resumeCoordinator: SIGCONT
 //! - {at: 8s, kind: restartProxy, cluster: us-central}
 //! - {at: 10s, kind: setErrorRate, cluster: eu-west, rate: 0.5}
 //! expect:
@@ -73,6 +74,7 @@ struct ActionFile {
     kind: String,
     cluster: Option<String>,
     count: Option<usize>,
+    node: Option<u64>,
     rate: Option<f64>,
 }
 
@@ -177,6 +179,19 @@ impl Drill {
                         })?,
                 },
                 "restartCoordinators" => Action::RestartCoordinators,
+                "pauseCoordinator" | "resumeCoordinator" => {
+                    let node = a
+                        .node
+                        .filter(|n| *n >= 1 && *n <= spec.coordinators as u64)
+                        .ok_or_else(|| {
+                            format!("{}: a node id, 1 to {}", field("node"), spec.coordinators)
+                        })?;
+                    if a.kind == "pauseCoordinator" {
+                        Action::PauseCoordinator { node }
+                    } else {
+                        Action::ResumeCoordinator { node }
+                    }
+                }
                 "restartProxy" => Action::RestartProxy {
                     cluster: cluster(
                         &field("cluster"),
@@ -194,7 +209,7 @@ impl Drill {
                 },
                 other => {
                     return Err(format!(
-                        "{}: {other:?} is not killLeader, killCoordinators, restartCoordinators, restartProxy or setErrorRate",
+                        "{}: {other:?} is not killLeader, killCoordinators, restartCoordinators, pauseCoordinator, resumeCoordinator, restartProxy or setErrorRate",
                         field("kind")
                     ));
                 }

@@ -318,3 +318,52 @@ async fn a_proxy_restarted_while_every_coordinator_is_down_routes_on_its_last_kn
     let r = run(&mut mesh, p).await;
     assert_eq!(r.errors, 0, "{}", r.summary());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_coordinator_is_left_behind_and_its_proxies_move() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut mesh = mesh(MeshSpec::local()).await;
+    // Every proxy subscribes to coordinator 1 first; it freezes (as a node cut off by a
+    // partition: connections open, no answers) just before us-east fails.
+    let mut p = plan(
+        "coordinator frozen",
+        Some(Fault::ErrorRate {
+            cluster: US_EAST,
+            rate: 1.0,
+        }),
+        (4, 8, 1),
+    );
+    p.actions = vec![
+        (Duration::from_secs(3), Action::PauseCoordinator { node: 1 }),
+        (
+            Duration::from_secs(12),
+            Action::ResumeCoordinator { node: 1 },
+        ),
+    ];
+    let r = run(&mut mesh, p).await;
+    shifted_cleanly(&r);
+    nothing_regressed_or_lost(&r);
+    // The majority decided, and the proxies heard it from them.
+    let detect = r
+        .time_to_detect_ms
+        .expect("the majority committed the verdict");
+    assert!(
+        detect <= 5_000,
+        "time to detect {detect} ms\n{}",
+        r.summary()
+    );
+    // Every proxy's snapshots kept coming while coordinator 1 was frozen.
+    for proxy in 0..mesh.proxies.len() {
+        let versions: Vec<u64> = r
+            .weights_seen
+            .iter()
+            .filter(|w| w.proxy == proxy && w.t_ms >= 7_000 && w.t_ms <= 12_000)
+            .map(|w| w.version)
+            .collect();
+        let (first, last) = (versions.first(), versions.last());
+        assert!(
+            first.is_some() && last > first,
+            "proxy {proxy} stuck on version {first:?} while coordinator 1 was frozen"
+        );
+    }
+}

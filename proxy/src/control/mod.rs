@@ -36,6 +36,10 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long connecting to a coordinator may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often an idle session pings its coordinator.
+pub const KEEPALIVE: Duration = Duration::from_secs(1);
+/// How long a ping may go unanswered before the session is given up.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A snapshot that passed the checks.
 #[derive(Debug, Clone)]
@@ -246,7 +250,14 @@ pub async fn connect(settings: &ControlSettings, address: &str) -> Result<Channe
     let endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
         .map_err(|e| format!("bad address: {e}"))?
         .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // A coordinator that stops answering (frozen, cut off) sends no snapshot and no
+        // error: without pings the stream would sit silent until TCP gave up, minutes
+        // later. With them, the session ends within KEEPALIVE + KEEPALIVE_TIMEOUT and
+        // the proxy moves to the next coordinator.
+        .http2_keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
     let endpoint = match &settings.tls {
         None => endpoint,
         Some(tls) => {
