@@ -93,6 +93,14 @@ pub enum Action {
         /// Node id.
         node: u64,
     },
+    /// Partitions a coordinator away: its inbound links from the other nodes and from
+    /// every proxy swallow everything (fault relays).
+    Partition {
+        /// Node id.
+        node: u64,
+    },
+    /// Every link passes again.
+    Heal,
     /// Sets the knobs of a cluster's backends (a flapping backend is a list of these).
     SetErrorRate {
         /// Cluster index.
@@ -407,6 +415,8 @@ async fn act(mesh: &mut Mesh, action: &Action) {
                 tracing::warn!("{e}");
             }
         }
+        Action::Partition { node } => mesh.links.partition(*node),
+        Action::Heal => mesh.links.heal(),
         Action::SetErrorRate { cluster, rate } => {
             let knobs = Knobs {
                 error_rate: *rate,

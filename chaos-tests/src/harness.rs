@@ -21,6 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::backend::{KNOBS_PATH, Knobs};
+use crate::relay::{LinkState, Relay};
 
 /// A proxy's weight row for the drills' service: its snapshot version and (destination
 /// locality, basis points) per destination.
@@ -346,6 +347,46 @@ pub struct BackendNode {
     pub process: Process,
 }
 
+/// The fault relays on the mesh's links.
+#[derive(Debug, Default)]
+pub struct Links {
+    /// Into each coordinator: Raft and API traffic from the other nodes (the member
+    /// list names these), by node index.
+    pub coordinator_in: Vec<Relay>,
+    /// Each proxy's sessions with each coordinator, `[proxy][node index]`.
+    pub proxy_to_coordinator: Vec<Vec<Relay>>,
+    /// Into each cluster's east-west listener (its MeshCluster gateway), by cluster.
+    pub gateway_in: Vec<Relay>,
+}
+
+impl Links {
+    /// Cuts coordinator `node` (1-based) off from the other nodes and from every proxy:
+    /// what reaches it is swallowed, nothing comes back.
+    pub fn partition(&self, node: u64) {
+        let i = usize::try_from(node.saturating_sub(1)).unwrap_or(usize::MAX);
+        if let Some(r) = self.coordinator_in.get(i) {
+            r.set(LinkState::Blackhole);
+        }
+        for links in &self.proxy_to_coordinator {
+            if let Some(r) = links.get(i) {
+                r.set(LinkState::Blackhole);
+            }
+        }
+    }
+
+    /// Every link passes again.
+    pub fn heal(&self) {
+        let all = self
+            .coordinator_in
+            .iter()
+            .chain(self.proxy_to_coordinator.iter().flatten())
+            .chain(&self.gateway_in);
+        for r in all {
+            r.set(LinkState::Pass);
+        }
+    }
+}
+
 /// A running mesh.
 pub struct Mesh {
     /// Its shape.
@@ -356,6 +397,8 @@ pub struct Mesh {
     pub proxies: Vec<ProxyNode>,
     /// The backends.
     pub backends: Vec<BackendNode>,
+    /// The fault relays on its links.
+    pub links: Links,
     /// Where everything is kept.
     pub dir: PathBuf,
     bins: Binaries,
@@ -505,6 +548,7 @@ impl Mesh {
             coordinators: Vec::new(),
             proxies: Vec::new(),
             backends: Vec::new(),
+            links: Links::default(),
             dir: dir.clone(),
             bins: bins.clone(),
             http,
@@ -546,16 +590,35 @@ impl Mesh {
         let addresses: Vec<SocketAddr> = (0..spec.coordinators)
             .map(|_| free_port(coordinator_ip))
             .collect::<Result<_, _>>()?;
-        let members: Vec<String> = addresses
+        let relay_error = |e: std::io::Error| setup("fault relay", &e);
+        // The other nodes reach each coordinator through its relay.
+        for (i, a) in addresses.iter().enumerate() {
+            let name = format!("into coordinator {}", i + 1);
+            let relay = Relay::start(&name, coordinator_ip.into(), *a)
+                .await
+                .map_err(relay_error)?;
+            mesh.links.coordinator_in.push(relay);
+        }
+        let members: Vec<String> = mesh
+            .links
+            .coordinator_in
             .iter()
             .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
+            .map(|(i, r)| format!("{}={}", i + 1, r.address()))
             .collect();
-        let gateways: Vec<SocketAddr> = spec
+        let east_west: Vec<SocketAddr> = spec
             .clusters
             .iter()
             .map(|c| free_port(c.ip))
             .collect::<Result<_, _>>()?;
+        for (c, listener) in spec.clusters.iter().zip(&east_west) {
+            let name = format!("into {}'s gateway", c.name);
+            let relay = Relay::start(&name, c.ip.into(), *listener)
+                .await
+                .map_err(relay_error)?;
+            mesh.links.gateway_in.push(relay);
+        }
+        let gateways: Vec<SocketAddr> = mesh.links.gateway_in.iter().map(Relay::address).collect();
         std::fs::write(
             config.join("mesh.yaml"),
             mesh_yaml(&spec, &gateways, &endpoints),
@@ -589,10 +652,20 @@ impl Mesh {
                 process,
             });
         }
-        let coordinators: Vec<String> = addresses.iter().map(SocketAddr::to_string).collect();
         for (ci, c) in spec.clusters.iter().enumerate() {
+            let mut links = Vec::new();
+            for (i, a) in addresses.iter().enumerate() {
+                let name = format!("proxy {} to coordinator {}", c.name, i + 1);
+                links.push(
+                    Relay::start(&name, c.ip.into(), *a)
+                        .await
+                        .map_err(relay_error)?,
+                );
+            }
+            let coordinators: Vec<String> = links.iter().map(|r| r.address().to_string()).collect();
+            mesh.links.proxy_to_coordinator.push(links);
             let (outbound, admin) = (free_port(c.ip)?, free_port(c.ip)?);
-            let east_west = gateways[ci];
+            let east_west = east_west[ci];
             let process = Process::spawn(
                 &format!("proxy {}", c.name),
                 &bins.proxy,

@@ -6,6 +6,7 @@
 //! - [`backend`]: the test backend, with knobs over HTTP (error rate, latency, refuse,
 //!   hang);
 //! - [`load`]: an open-loop load generator recording every request;
+//! - [`relay`]: the fault relay on the mesh's links (cut, blackhole, delay, reset);
 //! - [`drill`]: a fault at a set time and what it did: time to detect, time to shift,
 //!   errors, time to failback, regressions; as JSON, a summary and an SVG timeline;
 //! - [`scenario`]: drill files (`deploy/local/drills/`) with their expectations.
@@ -19,4 +20,5 @@ pub mod backend;
 pub mod drill;
 pub mod harness;
 pub mod load;
+pub mod relay;
 pub mod scenario;

@@ -14,6 +14,7 @@
 //! - {at: 7s, kind: killCoordinators, count: 2}
 //! - {at: 9s, kind: restartCoordinators}
 //! - {at: 10s, kind: pauseCoordinator, node: 1}               # SIGSTOP; resumeCoordinator: SIGCONT
+//! - {at: 12s, kind: partition, node: 2}                      # fault relays; heal: all pass
 //! - {at: 8s, kind: restartProxy, cluster: us-central}
 //! - {at: 10s, kind: setErrorRate, cluster: eu-west, rate: 0.5}
 //! expect:
@@ -179,17 +180,18 @@ impl Drill {
                         })?,
                 },
                 "restartCoordinators" => Action::RestartCoordinators,
-                "pauseCoordinator" | "resumeCoordinator" => {
+                "heal" => Action::Heal,
+                "partition" | "pauseCoordinator" | "resumeCoordinator" => {
                     let node = a
                         .node
                         .filter(|n| *n >= 1 && *n <= spec.coordinators as u64)
                         .ok_or_else(|| {
                             format!("{}: a node id, 1 to {}", field("node"), spec.coordinators)
                         })?;
-                    if a.kind == "pauseCoordinator" {
-                        Action::PauseCoordinator { node }
-                    } else {
-                        Action::ResumeCoordinator { node }
+                    match a.kind.as_str() {
+                        "partition" => Action::Partition { node },
+                        "pauseCoordinator" => Action::PauseCoordinator { node },
+                        _ => Action::ResumeCoordinator { node },
                     }
                 }
                 "restartProxy" => Action::RestartProxy {
@@ -209,7 +211,7 @@ impl Drill {
                 },
                 other => {
                     return Err(format!(
-                        "{}: {other:?} is not killLeader, killCoordinators, restartCoordinators, pauseCoordinator, resumeCoordinator, restartProxy or setErrorRate",
+                        "{}: {other:?} is not killLeader, killCoordinators, restartCoordinators, pauseCoordinator, resumeCoordinator, partition, heal, restartProxy or setErrorRate",
                         field("kind")
                     ));
                 }

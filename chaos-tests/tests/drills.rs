@@ -367,3 +367,50 @@ async fn a_frozen_coordinator_is_left_behind_and_its_proxies_move() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_coordinator_partitioned_away_the_majority_continues_and_its_proxies_move() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut mesh = mesh(MeshSpec::local()).await;
+    // Coordinator 1, every proxy's first, is cut off by the fault relays (what reaches it
+    // from the other nodes and the proxies is swallowed) just before us-east fails.
+    let mut p = plan(
+        "coordinator partitioned",
+        Some(Fault::ErrorRate {
+            cluster: US_EAST,
+            rate: 1.0,
+        }),
+        (4, 8, 2),
+    );
+    p.actions = vec![
+        (Duration::from_secs(3), Action::Partition { node: 1 }),
+        (Duration::from_secs(12), Action::Heal),
+    ];
+    let r = run(&mut mesh, p).await;
+    shifted_cleanly(&r);
+    nothing_regressed_or_lost(&r);
+    assert_eq!(r.errors, 0, "{}", r.summary());
+    let detect = r
+        .time_to_detect_ms
+        .expect("the majority committed the verdict");
+    assert!(
+        detect <= 5_000,
+        "time to detect {detect} ms\n{}",
+        r.summary()
+    );
+    for proxy in 0..mesh.proxies.len() {
+        let versions: Vec<u64> = r
+            .weights_seen
+            .iter()
+            .filter(|w| w.proxy == proxy && w.t_ms >= 7_000 && w.t_ms <= 12_000)
+            .map(|w| w.version)
+            .collect();
+        let (first, last) = (versions.first(), versions.last());
+        assert!(
+            first.is_some() && last > first,
+            "proxy {proxy} stuck on version {first:?} while coordinator 1 was cut off"
+        );
+    }
+    // Healed: a leader again, and coordinator 1 back in the group.
+    assert!(mesh.leader().is_some());
+}
