@@ -178,6 +178,8 @@ pub struct Report {
     pub errors: u64,
     /// Latency over the run, microseconds: p50, p99, max.
     pub latency_us: (u64, u64, u64),
+    /// Requests that needed more than one try (retried by the proxy).
+    pub retried: u64,
     /// Fault -> first weight change.
     pub time_to_detect_ms: Option<u64>,
     /// Fault -> under 1% served by the failed cluster for good.
@@ -587,6 +589,7 @@ fn measure(
         requests: samples.len() as u64,
         errors,
         latency_us: load::latency(&samples),
+        retried: samples.iter().filter(|s| s.attempts > 1).count() as u64,
         time_to_detect_ms,
         time_to_shift_ms,
         errors_during_shift,
@@ -619,6 +622,7 @@ impl Report {
             format!("{} at {}/s", self.requests, self.plan.rate),
         );
         line(&mut s, "errors (whole run)", self.errors.to_string());
+        line(&mut s, "retried by the proxies", self.retried.to_string());
         line(
             &mut s,
             "latency p50 / p99 / max",

@@ -1,8 +1,8 @@
 //! The drills' load generator: open loop at a constant rate (requests are sent on
 //! schedule whether or not earlier ones have answered, so a slow mesh shows up as latency
 //! and errors, not as a lower rate), spread in turn over the clusters' proxies. Each
-//! request is recorded: when it was sent, its status, its latency and which cluster
-//! served it (`x-fulcrum-cluster`).
+//! request is recorded: when it was sent, its status, its latency, which cluster served
+//! it (`x-fulcrum-cluster`) and how many tries the proxy made (`x-fulcrum-attempts`).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -19,6 +19,8 @@ use tokio::time::Instant;
 
 /// The proxy's header naming the serving cluster.
 pub const SERVED_BY: &str = "x-fulcrum-cluster";
+/// The proxy's header counting its tries.
+pub const ATTEMPTS: &str = "x-fulcrum-attempts";
 /// Default rate.
 pub const DEFAULT_RATE: u32 = 500;
 /// A request gets no answer after this long.
@@ -39,6 +41,8 @@ pub struct Sample {
     pub source: u8,
     /// The cluster that answered, by index, when known.
     pub served: Option<u8>,
+    /// Tries the proxy made (`x-fulcrum-attempts`; 0 when it did not say).
+    pub attempts: u8,
 }
 
 impl Sample {
@@ -125,6 +129,7 @@ pub async fn run(
                 latency_us: 0,
                 source,
                 served: None,
+                attempts: 0,
             });
             continue;
         }
@@ -141,22 +146,29 @@ pub async fn run(
                     .and_then(|v| v.to_str().ok())
                     .and_then(|c| clusters.iter().position(|n| n == c))
                     .and_then(|i| u8::try_from(i).ok());
+                let attempts = response
+                    .headers()
+                    .get(ATTEMPTS)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
                 let status = response.status().as_u16();
                 // Read the body: an answer is whole or it is not an answer.
                 response.into_body().collect().await.ok()?;
-                Some((status, served))
+                Some((status, served, attempts))
             };
-            let (status, served) = tokio::time::timeout(REQUEST_TIMEOUT, answer)
+            let (status, served, attempts) = tokio::time::timeout(REQUEST_TIMEOUT, answer)
                 .await
                 .ok()
                 .flatten()
-                .unwrap_or((0, None));
+                .unwrap_or((0, None, 0));
             recorder.push(Sample {
                 sent_ms,
                 status,
                 latency_us: u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX),
                 source,
                 served,
+                attempts,
             });
         });
     }

@@ -53,6 +53,8 @@ pub const REASON_HEADER: &str = "x-fulcrum-reason";
 pub const UPSTREAM_HEADER: &str = "x-fulcrum-upstream";
 /// The header naming the cluster whose endpoint answered.
 pub const CLUSTER_HEADER: &str = "x-fulcrum-cluster";
+/// How many tries the answer took (the first and its retries).
+pub const ATTEMPTS_HEADER: &str = "x-fulcrum-attempts";
 /// On an east-west request: the subset of the service to serve.
 pub const SUBSET_HEADER: &str = "x-fulcrum-subset";
 /// On a request an east-west listener forwards to its endpoint: `source->this` cluster.
@@ -709,6 +711,7 @@ impl Outbound {
         let mut tried_clusters: Vec<String> = Vec::new();
         let mut tried_destinations: Vec<usize> = Vec::new();
         let mut last = answer(StatusCode::SERVICE_UNAVAILABLE, "no try was made");
+        let mut tries = 0u32;
         for attempt in 0..=policy.attempts {
             let Some(hop) = self.next_hop(
                 discovery,
@@ -816,9 +819,13 @@ impl Outbound {
                 ),
             };
             last = response;
+            tries = attempt + 1;
             if !retry {
                 break;
             }
+        }
+        if let Ok(v) = HeaderValue::from_str(&tries.to_string()) {
+            last.headers_mut().insert(ATTEMPTS_HEADER, v);
         }
         last
     }

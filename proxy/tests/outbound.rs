@@ -329,6 +329,7 @@ async fn a_retry_goes_to_another_endpoint_and_succeeds() {
     let mesh = mesh().await;
     // Round robin over a 503 endpoint and a good one, one retry on 503: every request
     // ends on the good one, never the same endpoint twice.
+    let mut tries = Vec::new();
     for _ in 0..10 {
         let a = send(
             mesh.proxy.outbound_address(),
@@ -339,7 +340,18 @@ async fn a_retry_goes_to_another_endpoint_and_succeeds() {
         .await;
         assert_eq!(a.status, StatusCode::OK);
         assert_eq!(a.headers["x-backend"], "shop-v1");
+        tries.push(
+            a.headers["x-fulcrum-attempts"]
+                .to_str()
+                .unwrap_or("")
+                .to_string(),
+        );
     }
+    // The answer says how many tries it took: one, or two when round robin started on
+    // the 503 endpoint (a retry's pick turns the rotation too, as in Envoy, so after the
+    // first request every one starts there).
+    assert!(tries.iter().all(|t| t == "1" || t == "2"), "{tries:?}");
+    assert!(tries.iter().any(|t| t == "2"), "{tries:?}");
     // Without retries the 503 comes back as the upstream sent it.
     let a = send(
         mesh.proxy.outbound_address(),
