@@ -458,13 +458,15 @@ metadata: {{name: checkout, namespace: drill}}
 spec:
   host: {SERVICE}
   trafficPolicy:
+    # The sample mesh's (deploy/local/config/checkout.yaml) outlier detection.
     outlierDetection:
       consecutive5xxErrors: 5
+      consecutiveGatewayErrors: 3
       interval: 1s
-      baseEjectionTime: 5s
-      maxEjectionPercent: 100
+      baseEjectionTime: 10s
+      maxEjectionPercent: 50
     loadBalancer:
-      simple: ROUND_ROBIN
+      simple: LEAST_REQUEST
       localityLbSetting:
         enabled: true
         failover:
@@ -477,11 +479,12 @@ spec:
   http:
   - route:
     - destination: {{host: {SERVICE}}}
-    timeout: 5s
+    # The sample mesh's timeout and retry policy.
+    timeout: 3s
     retries:
-      attempts: 2
-      perTryTimeout: 2s
-      retryOn: 5xx,connect-failure,reset
+      attempts: 3
+      perTryTimeout: 500ms
+      retryOn: 5xx,gateway-error,connect-failure,reset
       retryRemoteLocalities: true
 ---
 apiVersion: fulcrum.dev/v1alpha1

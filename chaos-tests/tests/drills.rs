@@ -79,7 +79,9 @@ async fn a_cluster_answering_only_5xx_loses_its_traffic_and_fails_back_without_f
                 cluster: US_EAST,
                 rate: 1.0,
             }),
-            (3, 6, 9),
+            // Failback takes the 10 s window (the fault's 5xx age out of it), the 3 s
+            // hold-down and the ramp: 16 s after the recovery is enough.
+            (3, 6, 16),
         ),
     )
     .await;

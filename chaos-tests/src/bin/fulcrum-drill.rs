@@ -176,9 +176,10 @@ fn demo_drill(args: &DemoArgs) -> Result<Drill, String> {
         };
         drill.expect = Default::default();
     } else if let Some(total) = args.run_for {
-        // 10% warm-up (at least 5 s), 30% outage, the rest for failback.
+        // 10% warm-up (at least 5 s), 20% outage, the rest for failback (which waits for
+        // the outage's errors to leave the 10 s window, then the hold-down and the ramp).
         drill.plan.warmup = (total / 10).max(Duration::from_secs(5));
-        drill.plan.fault_for = total * 3 / 10;
+        drill.plan.fault_for = total / 5;
         drill.plan.after = total.saturating_sub(drill.plan.warmup + drill.plan.fault_for);
     }
     Ok(drill)
