@@ -279,7 +279,7 @@ impl Proxy {
                         .snapshot_version
                         .set(i64::try_from(accepted.version).unwrap_or(i64::MAX));
                     shown.set_weights(&accepted.weights, accepted.produced_at_ms);
-                    tracing::info!(version = accepted.version, "snapshot applied");
+                    tracing::debug!(version = accepted.version, "snapshot applied");
                 },
                 connected,
                 stopped.clone(),

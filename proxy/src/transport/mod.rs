@@ -59,6 +59,11 @@ pub async fn serve_east_west(
                 .await
             {
                 Ok(Ok(s)) => s,
+                // Closed before a word: the other proxies' reachability probes.
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    tracing::debug!(peer = %peer_address, "east-west connection closed before TLS");
+                    return;
+                }
                 Ok(Err(e)) => {
                     tracing::info!(peer = %peer_address, "east-west TLS handshake refused: {e}");
                     return;
