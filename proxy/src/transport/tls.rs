@@ -4,20 +4,26 @@
 //! configurations built from them, rebuilt when the files change.
 //!
 //! Chains are checked by rustls (webpki, ring) against the mesh CA: a peer without a
-//! certificate, with an expired one or one from another CA fails the handshake. The
-//! SPIFFE identity is checked after it: a server must be the proxy of the cluster the
-//! client meant to reach, and a client must be a proxy of this trust domain.
+//! certificate, with an expired one or one from another CA fails the handshake. So does
+//! a client whose certificate is not a proxy's of this trust domain (its SPIFFE
+//! identity is checked in the handshake). A client checks after the handshake that the
+//! server is the proxy of the cluster it meant to reach.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use fulcrum_policy::identity::{Identity, Role};
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
+    ServerConfig, SignatureScheme,
+};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use tokio::sync::watch;
 
 /// The name every proxy certificate carries as a DNS SAN (`fulcrumctl certs init`); the
@@ -136,9 +142,13 @@ fn build(files: &Files, cluster: &str) -> Result<Built, TlsError> {
             .map_err(|e| invalid(&files.ca, format!("not a usable CA certificate: {e}")))?;
     }
     let roots = Arc::new(roots);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+    let chain_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
         .build()
         .map_err(|e| invalid(&files.ca, format!("cannot verify clients with it: {e}")))?;
+    let verifier = Arc::new(MeshProxiesOnly {
+        chain: chain_verifier,
+        trust_domain: identity.trust_domain.clone(),
+    });
     let mut server = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| invalid(&files.cert, e.to_string()))?
@@ -158,6 +168,73 @@ fn build(files: &Files, cluster: &str) -> Result<Built, TlsError> {
         client: Arc::new(client),
         identity,
     })
+}
+
+/// The east-west listener's client verifier: the chain must verify against the mesh CA
+/// (webpki), and the leaf must carry the SPIFFE identity of a proxy of this trust domain.
+/// A peer that fails either is refused in the handshake, with a TLS alert.
+#[derive(Debug)]
+struct MeshProxiesOnly {
+    chain: Arc<dyn ClientCertVerifier>,
+    trust_domain: String,
+}
+
+impl ClientCertVerifier for MeshProxiesOnly {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.chain.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .chain
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let refuse = |reason: String| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+                Arc::new(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    reason,
+                )),
+            )))
+        };
+        let peer = Identity::from_certificate(end_entity.as_ref()).map_err(refuse)?;
+        if peer.trust_domain != self.trust_domain {
+            return Err(refuse(format!(
+                "{peer} is not of this mesh's trust domain {}",
+                self.trust_domain
+            )));
+        }
+        if !matches!(peer.role, Role::Proxy(_)) {
+            return Err(refuse(format!("{peer} is not a proxy")));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
 }
 
 impl MeshTls {
