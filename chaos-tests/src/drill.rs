@@ -99,6 +99,10 @@ pub enum Action {
         /// Node id.
         node: u64,
     },
+    /// Partitions away a coordinator that is not the leader (the relays can only make a
+    /// node deaf: a deaf leader could still lead, so a one-way partition is only a
+    /// partition for a follower).
+    PartitionFollower,
     /// Every link passes again.
     Heal,
     /// Sets the knobs of a cluster's backends (a flapping backend is a list of these).
@@ -418,6 +422,13 @@ async fn act(mesh: &mut Mesh, action: &Action) {
             }
         }
         Action::Partition { node } => mesh.links.partition(*node),
+        Action::PartitionFollower => {
+            let leader = mesh.leader();
+            if let Some(c) = mesh.coordinators.iter().find(|c| Some(c.id) != leader) {
+                tracing::info!(node = c.id, "partitioning away a follower");
+                mesh.links.partition(c.id);
+            }
+        }
         Action::Heal => mesh.links.heal(),
         Action::SetErrorRate { cluster, rate } => {
             let knobs = Knobs {

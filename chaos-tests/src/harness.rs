@@ -665,7 +665,11 @@ impl Mesh {
                         .map_err(relay_error)?,
                 );
             }
-            let coordinators: Vec<String> = links.iter().map(|r| r.address().to_string()).collect();
+            // Each proxy starts with a different coordinator (us-east with node 1,
+            // us-central with node 2, ...), so the sessions spread over the group.
+            let mut coordinators: Vec<String> =
+                links.iter().map(|r| r.address().to_string()).collect();
+            coordinators.rotate_left(ci % addresses.len().max(1));
             mesh.links.proxy_to_coordinator.push(links);
             let (outbound, admin) = (free_port(c.ip)?, free_port(c.ip)?);
             let east_west = east_west[ci];

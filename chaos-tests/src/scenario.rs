@@ -15,6 +15,7 @@
 //! - {at: 9s, kind: restartCoordinators}
 //! - {at: 10s, kind: pauseCoordinator, node: 1}               # SIGSTOP; resumeCoordinator: SIGCONT
 //! - {at: 12s, kind: partition, node: 2}                      # fault relays; heal: all pass
+//! - {at: 12s, kind: partitionFollower}                       # a node that is not the leader
 //! - {at: 8s, kind: restartProxy, cluster: us-central}
 //! - {at: 10s, kind: setErrorRate, cluster: eu-west, rate: 0.5}
 //! expect:
@@ -181,6 +182,7 @@ impl Drill {
                 },
                 "restartCoordinators" => Action::RestartCoordinators,
                 "heal" => Action::Heal,
+                "partitionFollower" => Action::PartitionFollower,
                 "partition" | "pauseCoordinator" | "resumeCoordinator" => {
                     let node = a
                         .node
@@ -211,7 +213,7 @@ impl Drill {
                 },
                 other => {
                     return Err(format!(
-                        "{}: {other:?} is not killLeader, killCoordinators, restartCoordinators, pauseCoordinator, resumeCoordinator, partition, heal, restartProxy or setErrorRate",
+                        "{}: {other:?} is not killLeader, killCoordinators, restartCoordinators, pauseCoordinator, resumeCoordinator, partition, partitionFollower, heal, restartProxy or setErrorRate",
                         field("kind")
                     ));
                 }

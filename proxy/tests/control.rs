@@ -2,10 +2,14 @@
 //! development mode) pushes the mesh; the proxy routes on it, keeps it as its
 //! last-known-good file, and a proxy restarted while no coordinator answers routes on it.
 
+mod common;
+
+use common::eventually;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use fulcrum_coordinator::app::{Bootstrap, Coordinator, CoordinatorConfig, Security};
@@ -72,22 +76,6 @@ async fn get(address: SocketAddr, host: &str, path: &str) -> Option<(StatusCode,
     let status = response.status();
     let body = response.into_body().collect().await.ok()?.to_bytes();
     Some((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-/// Waits for `check` to hold, polling; fails with what it last saw.
-async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), String>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        match check().await {
-            Ok(()) => return,
-            Err(last) if Instant::now() > deadline => panic!("{what}: last saw {last}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
 }
 
 fn proxy_settings(coordinator: SocketAddr, state_dir: &Path) -> ProxyConfig {

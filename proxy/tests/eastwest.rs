@@ -4,12 +4,16 @@
 //! that a retry moves to another locality, and that the east-west listener refuses every
 //! peer that is not a proxy of the mesh.
 
+mod common;
+
+use common::eventually;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use fulcrum_coordinator::app::{Bootstrap, Coordinator, CoordinatorConfig, Security};
@@ -257,21 +261,6 @@ async fn get(
         .to_string();
     let body = response.into_body().collect().await.ok()?.to_bytes();
     Some((status, cluster, String::from_utf8_lossy(&body).into_owned()))
-}
-
-async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), String>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        match check().await {
-            Ok(()) => return,
-            Err(last) if Instant::now() > deadline => panic!("{what}: last saw {last}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
 }
 
 fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
