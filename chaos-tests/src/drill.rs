@@ -423,10 +423,18 @@ async fn act(mesh: &mut Mesh, action: &Action) {
         }
         Action::Partition { node } => mesh.links.partition(*node),
         Action::PartitionFollower => {
-            let leader = mesh.leader();
-            if let Some(c) = mesh.coordinators.iter().find(|c| Some(c.id) != leader) {
-                tracing::info!(node = c.id, "partitioning away a follower");
-                mesh.links.partition(c.id);
+            // Only with a known leader: otherwise the node picked could be it.
+            let leader = (0..5).find_map(|_| mesh.leader());
+            match mesh
+                .coordinators
+                .iter()
+                .find(|c| leader.is_some_and(|l| l != c.id))
+            {
+                Some(c) => {
+                    tracing::info!(node = c.id, "partitioning away a follower");
+                    mesh.links.partition(c.id);
+                }
+                None => tracing::warn!("no leader known: no follower partitioned"),
             }
         }
         Action::Heal => mesh.links.heal(),
@@ -696,9 +704,9 @@ impl Report {
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"14\">{}: share of answers by serving cluster, per 100 ms</text>\n",
             xml(&self.plan.name)
         );
-        for (c, name) in self.clusters.iter().enumerate() {
-            let points: Vec<String> = self
-                .timeline
+        // One point per bucket: `part` of the bucket's requests as a share of them all.
+        let points = |part: &dyn Fn(&Bucket) -> u64| {
+            self.timeline
                 .iter()
                 .enumerate()
                 .map(|(i, b)| {
@@ -706,37 +714,27 @@ impl Report {
                     let share = if total == 0 {
                         0.0
                     } else {
-                        b.served[c] as f64 / total as f64
+                        part(b) as f64 / total as f64
                     };
                     format!("{:.1},{:.1}", x(i as f64), y(share))
                 })
-                .collect();
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        for (c, name) in self.clusters.iter().enumerate() {
             let color = colors[c % colors.len()];
             out += &format!(
                 "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>\n<text x=\"{}\" y=\"{}\" fill=\"{color}\">{}</text>\n",
-                points.join(" "),
+                points(&|b: &Bucket| b.served[c]),
                 left + 10.0 + 110.0 * c as f64,
                 height - 8.0,
                 xml(name)
             );
         }
-        let errors: Vec<String> = self
-            .timeline
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let total = b.served.iter().sum::<u64>() + b.errors;
-                let share = if total == 0 {
-                    0.0
-                } else {
-                    b.errors as f64 / total as f64
-                };
-                format!("{:.1},{:.1}", x(i as f64), y(share))
-            })
-            .collect();
+        let errors = points(&|b: &Bucket| b.errors);
         out += &format!(
             "<polyline fill=\"none\" stroke=\"#d62728\" stroke-width=\"1\" stroke-dasharray=\"3,2\" points=\"{}\"/>\n<text x=\"{}\" y=\"{}\" fill=\"#d62728\">errors</text>\n",
-            errors.join(" "),
+            errors,
             left + 10.0 + 110.0 * self.clusters.len() as f64,
             height - 8.0
         );

@@ -223,27 +223,11 @@ impl Process {
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
-
-    /// Whether it is still running (not exited).
-    pub fn is_running(&mut self) -> bool {
-        match &mut self.child {
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => false,
-        }
-    }
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
-        if let Some(child) = &self.child {
-            // A stopped process does not die of SIGKILL until continued on some kernels'
-            // accounting; continue it first so it is reaped at once.
-            let _ = Command::new("kill")
-                .arg("-CONT")
-                .arg(child.id().to_string())
-                .stderr(Stdio::null())
-                .status();
-        }
+        // SIGKILL ends a stopped (SIGSTOP) process too.
         self.kill();
     }
 }
@@ -714,11 +698,6 @@ impl Mesh {
     /// Where the processes' logs are.
     pub fn logs(&self) -> PathBuf {
         self.dir.join("logs")
-    }
-
-    /// The binaries the mesh runs.
-    pub fn binaries(&self) -> &Binaries {
-        &self.bins
     }
 
     async fn get(&self, url: &str) -> Option<(StatusCode, String)> {

@@ -83,11 +83,6 @@ impl Relay {
             });
         }
     }
-
-    /// What it does now.
-    pub fn state(&self) -> LinkState {
-        *self.state.borrow()
-    }
 }
 
 impl Drop for Relay {
