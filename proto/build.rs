@@ -28,6 +28,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .codec_path("crate::codec::FulcrumCodec")
+        // A log entry's command is shared, not copied, between the store, the decoded
+        // log tail and every AppendEntries that carries it.
+        .bytes(".fulcrum.raft.v1.Entry.normal")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -40,6 +40,12 @@ use fulcrum_proto::status::v1::status_client::StatusClient;
 use hdrhistogram::Histogram;
 use tonic::transport::Channel;
 
+/// The allocator the `fulcrum-coordinator` binary ships with, so that the in-process
+/// figures measure what a deployed node does (glibc's arenas serialize the many small
+/// allocations of decoding and applying digests).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const COORDINATOR: &str = env!("CARGO_BIN_EXE_fulcrum-coordinator");
 
 fn free_address() -> String {

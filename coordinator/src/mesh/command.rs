@@ -6,6 +6,8 @@
 
 use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
+
 use fulcrum_policy::engine::DrainTarget;
 use fulcrum_policy::engine::digest::HealthDigest;
 use serde::{Deserialize, Serialize};
@@ -27,7 +29,7 @@ pub struct Command {
     /// What changes (shared: log entries are cloned for replication and apply).
     pub change: Arc<Change>,
     #[serde(skip)]
-    encoded: OnceLock<Arc<[u8]>>,
+    encoded: OnceLock<Bytes>,
 }
 
 impl PartialEq for Command {
@@ -47,9 +49,9 @@ impl Command {
     }
 
     /// Its encoding, made on first use.
-    pub fn encoded(&self) -> Arc<[u8]> {
+    pub fn encoded(&self) -> Bytes {
         self.encoded
-            .get_or_init(|| encode_command(self.at_ms, &self.change).into())
+            .get_or_init(|| Bytes::from(encode_command(self.at_ms, &self.change)))
             .clone()
     }
 
@@ -60,11 +62,11 @@ impl Command {
         std::mem::size_of::<Command>() + encoded + self.change.memory_estimate()
     }
 
-    /// Decodes a command, keeping `bytes` as its encoding.
-    pub fn decode(bytes: &[u8]) -> Result<Command, DecodeError> {
-        let (at_ms, change) = decode_command(bytes)?;
+    /// Decodes a command, keeping `bytes` as its encoding (shared, not copied).
+    pub fn decode(bytes: Bytes) -> Result<Command, DecodeError> {
+        let (at_ms, change) = decode_command(&bytes)?;
         let command = Command::new(at_ms, change);
-        let _ = command.encoded.set(Arc::from(bytes));
+        let _ = command.encoded.set(bytes);
         Ok(command)
     }
 }

@@ -114,7 +114,7 @@ fn membership(m: &Membership<u64, BasicNode>) -> pb::Membership {
 pub fn entry(e: &Entry<TypeConfig>) -> pb::Entry {
     let payload = match &e.payload {
         EntryPayload::Blank => pb::entry::Payload::Blank(pb::Blank {}),
-        EntryPayload::Normal(c) => pb::entry::Payload::Normal(c.encoded().to_vec()),
+        EntryPayload::Normal(c) => pb::entry::Payload::Normal(c.encoded()),
         EntryPayload::Membership(m) => pb::entry::Payload::Membership(membership(m)),
     };
     pb::Entry {
@@ -277,7 +277,7 @@ pub fn from_entry(e: &pb::Entry) -> Result<Entry<TypeConfig>, WireError> {
     let payload = match required("payload", e.payload.as_ref())? {
         Payload::Blank(_) => EntryPayload::Blank,
         Payload::Normal(bytes) => {
-            let command = Command::decode(bytes)
+            let command = Command::decode(bytes.clone())
                 .map_err(|err| WireError::new("normal", format!("not a Fulcrum command: {err}")))?;
             EntryPayload::Normal(command)
         }
@@ -431,7 +431,9 @@ mod tests {
     #[test]
     fn a_command_that_does_not_decode_is_refused() {
         let mut wire = append_request(&sample_request());
-        wire.entries[1].payload = Some(pb::entry::Payload::Normal(b"{\"at".to_vec()));
+        wire.entries[1].payload = Some(pb::entry::Payload::Normal(bytes::Bytes::from_static(
+            b"{\"at",
+        )));
         let err = from_append_request(&wire).unwrap_err();
         assert_eq!(err.field, "entries[1].normal");
     }
