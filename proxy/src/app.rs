@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::balance::ClusterInfo;
@@ -26,9 +26,10 @@ use crate::control::{self, ControlSettings, report};
 use crate::framing::HeadGuard;
 use crate::health::{self, HealthCheckSettings};
 use crate::metrics::ProxyMetrics;
-use crate::outbound::{DEFAULT_CONNECT_TIMEOUT, Outbound, Routing, answer};
+use crate::outbound::{Outbound, Routing, answer};
 use crate::transport::tls::RELOAD_EVERY;
-use crate::transport::{EastWestPool, MeshTls, TlsError, serve_east_west};
+use crate::transport::{MeshTls, TlsError, serve_east_west};
+use crate::workers::{Listener, Workers};
 
 /// Largest request head (line and headers) the outbound listener reads; more is refused
 /// by hyper before routing.
@@ -54,6 +55,9 @@ pub struct ProxyConfig {
     pub report_interval: Duration,
     /// Active health checks of this cluster's endpoints, when wanted.
     pub health_checks: Option<HealthCheckSettings>,
+    /// Threads serving the outbound listener, each with its own runtime and upstream
+    /// connections ([`crate::workers`]); at least one is started.
+    pub workers: usize,
 }
 
 /// The east-west listener and the mTLS material it and the client side use.
@@ -82,6 +86,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The outbound worker threads could not be started.
+    #[error("cannot start the outbound workers: {0}")]
+    Workers(std::io::Error),
 }
 
 /// A running proxy.
@@ -174,8 +181,7 @@ impl Proxy {
         let tls = match &settings.east_west {
             Some(e) => {
                 let tls = Arc::new(MeshTls::load(&e.certs, &settings.cluster)?);
-                let pool = EastWestPool::new(tls.clone(), DEFAULT_CONNECT_TIMEOUT);
-                outbound = outbound.with_east_west(Arc::new(pool));
+                outbound = outbound.with_east_west(tls.clone());
                 Some(tls)
             }
             None => None,
@@ -212,6 +218,10 @@ impl Proxy {
                     source,
                 })?,
         );
+        let workers = Arc::new(
+            Workers::start(settings.workers, outbound.clone(), stopped.clone())
+                .map_err(StartError::Workers)?,
+        );
         let mut east_west = None;
         if let (Some(e), Some(tls)) = (&settings.east_west, tls) {
             let listener = bind(e.listen).await?;
@@ -220,21 +230,13 @@ impl Proxy {
                 source,
             })?);
             tokio::spawn(tls.clone().watch(RELOAD_EVERY, stopped.clone()));
-            tokio::spawn(serve_east_west(
-                listener,
-                tls,
-                outbound.clone(),
-                stopped.clone(),
-            ));
+            tokio::spawn(serve_east_west(listener, workers.clone(), stopped.clone()));
         }
-        let service = {
-            let outbound = outbound.clone();
-            move |request: Request<Incoming>| {
-                let outbound = outbound.clone();
-                async move { Ok::<_, Infallible>(outbound.handle(request).await) }
-            }
-        };
-        tokio::spawn(serve(outbound_listener, service, stopped.clone()));
+        tokio::spawn(accept_into(
+            outbound_listener,
+            workers.clone(),
+            stopped.clone(),
+        ));
         let snapshot_version = Arc::new(AtomicU64::new(version));
         metrics.snapshot_version.set(version as i64);
         if let Some((weights, at)) = &produced {
@@ -347,58 +349,82 @@ impl Drop for Proxy {
     }
 }
 
+/// Accepts connections on `listener` and serves each with `service`, until `stopped`.
 async fn serve<S, F>(listener: TcpListener, service: S, mut stopped: watch::Receiver<bool>)
 where
     S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
 {
+    while let Some(stream) = accept(&listener, &mut stopped).await {
+        tokio::spawn(serve_connection(stream, service.clone()));
+    }
+}
+
+/// Accepts connections on `listener` and hands each to one of `workers`, until `stopped`.
+async fn accept_into(
+    listener: TcpListener,
+    workers: Arc<Workers>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    while let Some(stream) = accept(&listener, &mut stopped).await {
+        workers.hand(stream, Listener::Outbound);
+    }
+}
+
+/// The next connection, or `None` once `stopped`.
+async fn accept(listener: &TcpListener, stopped: &mut watch::Receiver<bool>) -> Option<TcpStream> {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = stopped.changed() => return,
+            _ = stopped.changed() => return None,
         };
-        let (stream, _) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of file descriptors and the like: say so and keep serving.
-                tracing::warn!("accept failed: {e}");
-                continue;
+        match accepted {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                return Some(stream);
             }
-        };
-        let _ = stream.set_nodelay(true);
-        let service = service.clone();
-        tokio::spawn(async move {
-            let stream = HeadGuard::new(stream, MAX_HEADER_BYTES);
-            let (conflict, first) = (stream.conflict(), Arc::new(AtomicBool::new(true)));
-            let guarded = move |request: Request<Incoming>| {
-                let refuse =
-                    first.swap(false, Ordering::AcqRel) && conflict.load(Ordering::Acquire);
-                let service = service.clone();
-                async move {
-                    if refuse {
-                        let mut r = answer(
-                            StatusCode::BAD_REQUEST,
-                            "both Content-Length and Transfer-Encoding: ambiguous framing",
-                        );
-                        r.headers_mut().insert(
-                            http::header::CONNECTION,
-                            http::HeaderValue::from_static("close"),
-                        );
-                        return Ok(r);
-                    }
-                    service(request).await
-                }
-            };
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder.http1().max_buf_size(MAX_HEADER_BYTES);
-            builder
-                .http2()
-                .max_header_list_size(MAX_HEADER_BYTES as u32);
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service_fn(guarded))
-                .await;
-        });
+            // Out of file descriptors and the like: say so and keep serving.
+            Err(e) => tracing::warn!("accept failed: {e}"),
+        }
     }
+}
+
+/// Serves one client connection (HTTP/1.1 or h2c) with `service`. A first request head
+/// with both Content-Length and Transfer-Encoding is answered 400 and the connection
+/// closed ([`HeadGuard`]).
+pub(crate) async fn serve_connection<S, F>(stream: TcpStream, service: S)
+where
+    S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
+    let stream = HeadGuard::new(stream, MAX_HEADER_BYTES);
+    let (conflict, first) = (stream.conflict(), Arc::new(AtomicBool::new(true)));
+    let guarded = move |request: Request<Incoming>| {
+        let refuse = first.swap(false, Ordering::AcqRel) && conflict.load(Ordering::Acquire);
+        let service = service.clone();
+        async move {
+            if refuse {
+                let mut r = answer(
+                    StatusCode::BAD_REQUEST,
+                    "both Content-Length and Transfer-Encoding: ambiguous framing",
+                );
+                r.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+                return Ok(r);
+            }
+            service(request).await
+        }
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
+    let _ = builder
+        .serve_connection(TokioIo::new(stream), service_fn(guarded))
+        .await;
 }
 
 /// The clusters the configuration's MeshCluster objects describe.

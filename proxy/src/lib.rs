@@ -14,9 +14,10 @@
 //! ServiceEntry configuration behind a trait), [`outbound`] (forwarding to this cluster's
 //! endpoints or another cluster's, with timeouts, retries, faults, header changes and
 //! mirrors), [`transport`] (h2 over mTLS between clusters' proxies, SPIFFE identities
-//! checked, certificates reloaded) and [`app`] (the listeners). [`control`] is the
-//! coordinator session: snapshots checked, ACKed or NACKed, kept as the last-known-good
-//! file; and the reports of what this proxy saw.
+//! checked, certificates reloaded), [`workers`] (the threads that serve the listeners'
+//! connections, each with its own runtime and upstream pools) and [`app`] (the
+//! listeners). [`control`] is the coordinator session: snapshots checked, ACKed or
+//! NACKed, kept as the last-known-good file; and the reports of what this proxy saw.
 
 #![forbid(unsafe_code)]
 
@@ -30,3 +31,4 @@ pub mod metrics;
 pub mod outbound;
 pub mod routing;
 pub mod transport;
+pub mod workers;

@@ -45,7 +45,7 @@ use crate::routing::{
     Forward, HeaderChanges, RandomChance, RetryOn, RetryPolicy, RouteDecision, RouteError,
     RouteRequest, RouteTable, Target,
 };
-use crate::transport::{EastWestPool, SendError};
+use crate::transport::{EastWestPool, MeshTls, SendError};
 
 /// The header on every answer the proxy makes itself.
 pub const REASON_HEADER: &str = "x-fulcrum-reason";
@@ -68,15 +68,15 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const UNREACHABLE_HOLD: Duration = Duration::from_secs(2);
 
 /// Headers that describe one hop's connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::UPGRADE,
 ];
 
 /// The answer type of the outbound path.
@@ -163,9 +163,11 @@ pub struct Outbound {
     outliers: Mutex<HashMap<String, OutlierDetector>>,
     /// Per service host, when its DestinationRule limits requests in flight.
     limits: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
-    client: Client<HttpConnector, Full<Bytes>>,
-    /// Other clusters, when east-west mTLS is configured.
-    pool: Option<Arc<EastWestPool>>,
+    /// The upstream connections of requests handled on the caller's runtime (the
+    /// east-west listener's, and the outbound listener's without worker threads).
+    upstreams: Upstreams,
+    /// The certificate presented to other clusters, when east-west mTLS is configured.
+    tls: Option<Arc<MeshTls>>,
     /// Clusters whose gateway refused us lately, until when.
     unreachable: Mutex<HashMap<String, Instant>>,
     /// Spreads requests over a cluster's gateways.
@@ -180,6 +182,30 @@ pub struct Outbound {
     /// This proxy's locality: where its endpoints are.
     locality: Locality,
     locality_text: String,
+}
+
+/// Where requests leave the proxy: HTTP/1 connections to this cluster's endpoints and,
+/// with east-west mTLS, h2 connections to other clusters' gateways. Each outbound worker
+/// thread has its own (see [`crate::workers`]), so that a request, its upstream
+/// connection and the tasks driving both stay on one thread.
+#[derive(Clone)]
+pub struct Upstreams {
+    http: Client<HttpConnector, Full<Bytes>>,
+    east_west: Option<Arc<EastWestPool>>,
+}
+
+impl Upstreams {
+    /// Fresh pools: HTTP/1 to endpoints, and h2 over mTLS presenting `tls` when given.
+    fn new(tls: Option<&Arc<MeshTls>>) -> Upstreams {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(DEFAULT_CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        Upstreams {
+            http: Client::builder(TokioExecutor::new()).build(connector),
+            east_west: tls
+                .map(|tls| Arc::new(EastWestPool::new(tls.clone(), DEFAULT_CONNECT_TIMEOUT))),
+        }
+    }
 }
 
 /// What happened to one try.
@@ -209,17 +235,14 @@ impl Outbound {
         cluster: String,
         locality: Locality,
     ) -> Outbound {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(DEFAULT_CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
         Outbound {
             routing: std::sync::RwLock::new(routing.map(Arc::new)),
             pickers: Mutex::new(HashMap::new()),
             in_flight: Arc::default(),
             outliers: Mutex::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
-            client: Client::builder(TokioExecutor::new()).build(connector),
-            pool: None,
+            upstreams: Upstreams::new(None),
+            tls: None,
             unreachable: Mutex::new(HashMap::new()),
             rotation: AtomicUsize::new(0),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -232,11 +255,23 @@ impl Outbound {
         }
     }
 
-    /// Reaches other clusters through `pool`; without one, every request stays in this
-    /// cluster whatever the weights say.
-    pub fn with_east_west(mut self, pool: Arc<EastWestPool>) -> Outbound {
-        self.pool = Some(pool);
+    /// Reaches other clusters over h2 with mTLS, presenting `tls`; without, every request
+    /// stays in this cluster whatever the weights say.
+    pub fn with_east_west(mut self, tls: Arc<MeshTls>) -> Outbound {
+        self.upstreams = Upstreams::new(Some(&tls));
+        self.tls = Some(tls);
         self
+    }
+
+    /// A fresh set of upstream pools, for a worker thread's own use with
+    /// [`Outbound::handle_via`].
+    pub fn upstreams(&self) -> Upstreams {
+        Upstreams::new(self.tls.as_ref())
+    }
+
+    /// The mTLS material of the east-west transport, when configured.
+    pub fn mesh_tls(&self) -> Option<Arc<MeshTls>> {
+        self.tls.clone()
     }
 
     /// What active health checks found (they write it; routing reads it).
@@ -354,9 +389,20 @@ impl Outbound {
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        self.handle_via(request, &self.upstreams).await
+    }
+
+    /// [`Outbound::handle`], over the caller's own upstream pools.
+    pub async fn handle_via<B>(&self, request: Request<B>, upstreams: &Upstreams) -> ProxyResponse
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let started = Instant::now();
         let mut counted = Counted::new(&self.locality_text);
-        let response = self.route_and_forward(request, &mut counted).await;
+        let response = self
+            .route_and_forward(request, upstreams, &mut counted)
+            .await;
         self.count(counted, &response, started);
         response
     }
@@ -368,9 +414,26 @@ impl Outbound {
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        self.handle_east_west_via(request, peer, &self.upstreams)
+            .await
+    }
+
+    /// [`Outbound::handle_east_west`], over the caller's own upstream pools.
+    pub async fn handle_east_west_via<B>(
+        &self,
+        request: Request<B>,
+        peer: &str,
+        upstreams: &Upstreams,
+    ) -> ProxyResponse
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let started = Instant::now();
         let mut counted = Counted::new(&self.locality_text);
-        let response = self.serve_for_peer(request, peer, &mut counted).await;
+        let response = self
+            .serve_for_peer(request, peer, upstreams, &mut counted)
+            .await;
         self.count(counted, &response, started);
         response
     }
@@ -394,6 +457,7 @@ impl Outbound {
     async fn route_and_forward<B>(
         &self,
         request: Request<B>,
+        upstreams: &Upstreams,
         counted: &mut Counted,
     ) -> ProxyResponse
     where
@@ -479,12 +543,12 @@ impl Outbound {
             Err(response) => return *response,
         };
         for mirror in &forward.mirrors {
-            self.mirror(discovery, mirror, &parts, &forward, body.clone());
+            self.mirror(upstreams, discovery, mirror, &parts, &forward, body.clone());
         }
         let row = routing
             .row(&forward.target)
-            .filter(|r| self.pool.is_some() && !r.is_local_only());
-        let attempts = self.attempts(&routing, row, &parts, &forward, body, counted);
+            .filter(|r| upstreams.east_west.is_some() && !r.is_local_only());
+        let attempts = self.attempts(upstreams, &routing, row, &parts, &forward, body, counted);
         let mut response = match forward.timeout {
             Some(t) => match tokio::time::timeout(t, attempts).await {
                 Ok(r) => r,
@@ -504,6 +568,7 @@ impl Outbound {
         &self,
         request: Request<B>,
         peer: &str,
+        upstreams: &Upstreams,
         counted: &mut Counted,
     ) -> ProxyResponse
     where
@@ -561,7 +626,7 @@ impl Outbound {
             Ok(permit) => permit,
             Err(response) => return *response,
         };
-        self.attempts(&routing, None, &parts, &forward, body, counted)
+        self.attempts(upstreams, &routing, None, &parts, &forward, body, counted)
             .await
     }
 
@@ -674,8 +739,10 @@ impl Outbound {
     /// The first try and its retries, never to the same endpoint (or, across clusters,
     /// the same cluster) twice. With a `row`, each try's destination locality is chosen
     /// from it; without, every try stays in this cluster.
+    #[allow(clippy::too_many_arguments)]
     async fn attempts(
         &self,
+        upstreams: &Upstreams,
         routing: &Routing,
         row: Option<&LocalityRow>,
         parts: &http::request::Parts,
@@ -742,7 +809,9 @@ impl Outbound {
             let (result, cluster, locality) = match &hop {
                 Hop::Local(endpoint) => {
                     tried.push(endpoint.address);
-                    let result = self.try_local(parts, forward, endpoint, body.clone()).await;
+                    let result = self
+                        .try_local(upstreams, parts, forward, endpoint, body.clone())
+                        .await;
                     (result, self.cluster.as_str(), &self.locality)
                 }
                 Hop::Remote {
@@ -752,7 +821,7 @@ impl Outbound {
                 } => {
                     tried_clusters.push(cluster.clone());
                     let result = self
-                        .try_remote(parts, forward, cluster, gateway, body.clone())
+                        .try_remote(upstreams, parts, forward, cluster, gateway, body.clone())
                         .await;
                     (result, cluster.as_str(), locality)
                 }
@@ -763,7 +832,10 @@ impl Outbound {
             };
             self.stats
                 .record(&target.host, cluster, locality, outcome, started.elapsed());
-            counted.locality = locality.to_string();
+            counted.locality = match &hop {
+                Hop::Local(_) => self.locality_text.clone(),
+                Hop::Remote { .. } => locality.to_string(),
+            };
             if let Hop::Local(endpoint) = &hop {
                 let outcome = match &result {
                     Try::Answered(r) => TryOutcome::Status(r.status().as_u16()),
@@ -777,7 +849,7 @@ impl Outbound {
                     let (mut head, body) = r.into_parts();
                     strip_hop_by_hop(&mut head.headers);
                     if let Hop::Local(endpoint) = &hop
-                        && let Ok(v) = HeaderValue::from_str(&endpoint.address.to_string())
+                        && let Ok(v) = HeaderValue::from_str(&endpoint.name)
                     {
                         head.headers.insert(UPSTREAM_HEADER, v);
                     }
@@ -918,19 +990,20 @@ impl Outbound {
 
     async fn try_local(
         &self,
+        upstreams: &Upstreams,
         parts: &http::request::Parts,
         forward: &Forward,
         endpoint: &Endpoint,
         body: Bytes,
     ) -> Try {
-        let uri = format!("http://{}{}", endpoint.address, forward.path_and_query);
+        let uri = format!("http://{}{}", endpoint.name, forward.path_and_query);
         let request = match upstream_request(parts, forward, &uri, body) {
             Ok(r) => r,
             Err(e) => return Try::Reset(e),
         };
         let _guard = InFlight::enter(&self.in_flight, endpoint.address);
         let send = async {
-            match self.client.request(request).await {
+            match upstreams.http.request(request).await {
                 Ok(r) => answered(r).await,
                 Err(e) if e.is_connect() => Try::ConnectFailed(error_chain(&e)),
                 Err(e) => Try::Reset(error_chain(&e)),
@@ -942,13 +1015,14 @@ impl Outbound {
     /// One try in another cluster, through its east-west listener at `gateway`.
     async fn try_remote(
         &self,
+        upstreams: &Upstreams,
         parts: &http::request::Parts,
         forward: &Forward,
         cluster: &str,
         gateway: &str,
         body: Bytes,
     ) -> Try {
-        let Some(pool) = &self.pool else {
+        let Some(pool) = &upstreams.east_west else {
             return Try::ConnectFailed("no east-west transport configured".into());
         };
         let uri = format!("https://{}{}", forward.authority, forward.path_and_query);
@@ -978,6 +1052,7 @@ impl Outbound {
     /// never delayed.
     fn mirror(
         &self,
+        upstreams: &Upstreams,
         discovery: &dyn Discovery,
         target: &Target,
         parts: &http::request::Parts,
@@ -994,11 +1069,11 @@ impl Outbound {
         let mut shadow = forward.clone();
         // Envoy marks mirrored requests by suffixing the authority.
         shadow.authority = format!("{}-shadow", forward.authority);
-        let uri = format!("http://{}{}", endpoint.address, shadow.path_and_query);
+        let uri = format!("http://{}{}", endpoint.name, shadow.path_and_query);
         let Ok(request) = upstream_request(parts, &shadow, &uri, body) else {
             return;
         };
-        let client = self.client.clone();
+        let client = upstreams.http.clone();
         tokio::spawn(async move {
             let _ = client.request(request).await;
         });
@@ -1182,7 +1257,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }

@@ -95,6 +95,7 @@ fn proxy_settings(coordinator: SocketAddr, state_dir: &Path) -> ProxyConfig {
         east_west: None,
         report_interval: Duration::from_secs(1),
         health_checks: None,
+        workers: 2,
     }
 }
 

@@ -174,6 +174,7 @@ fn settings(cluster: &str, locality: &str, coordinator: SocketAddr, dir: &Path) 
         }),
         report_interval: Duration::from_millis(250),
         health_checks: None,
+        workers: 2,
     }
 }
 

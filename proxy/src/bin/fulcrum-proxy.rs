@@ -72,6 +72,10 @@ struct Flags {
     /// This proxy's id among its cluster's proxies (default: CLUSTER-PID).
     #[arg(long)]
     proxy_id: Option<String>,
+    /// Threads serving the outbound listener, each with its own connections to
+    /// upstreams (default: one per CPU).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
 }
 
 fn main() -> ExitCode {
@@ -98,7 +102,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // This thread runs the control side (coordinator session, reports, health checks,
+    // admin); the listeners' connections are served by the worker threads.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -126,6 +132,10 @@ fn main() -> ExitCode {
                     path: flags.health_check_path.clone(),
                     ..HealthCheckSettings::tcp(every)
                 }),
+            workers: flags.workers.map_or_else(
+                || std::thread::available_parallelism().map_or(1, usize::from),
+                usize::from,
+            ),
         };
         let proxy = match Proxy::start(settings, config.as_ref()).await {
             Ok(p) => p,

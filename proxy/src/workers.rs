@@ -1,0 +1,130 @@
+//! The worker threads that serve the outbound and east-west listeners.
+//!
+//! One task per listener accepts connections and hands each to a worker, round robin. A
+//! worker is a thread running its own single-threaded runtime with its own upstream pools
+//! ([`Upstreams`](crate::outbound::Upstreams)): the client connection, the request's routing, the upstream connection
+//! and the tasks driving both all stay on that thread. With one shared multi-threaded
+//! runtime, each request woke tasks on other threads (the client side on one, the pooled
+//! upstream connection on another), and those wake-ups cost more than the routing itself
+//! (see docs/benchmarks.md). Routing state, balancing, outlier detection and counters are
+//! shared by every worker through [`Outbound`].
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+use crate::app::serve_connection;
+use crate::outbound::Outbound;
+use crate::transport::serve_east_west_connection;
+
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// Applications' requests (HTTP/1.1 and h2c).
+    Outbound,
+    /// Other clusters' proxies (h2 over mTLS).
+    EastWest,
+}
+
+/// The worker threads, each fed through its own lane.
+pub struct Workers {
+    lanes: Vec<mpsc::UnboundedSender<(std::net::TcpStream, Listener)>>,
+    next: AtomicUsize,
+}
+
+impl Workers {
+    /// Starts `count` workers (at least one) serving with `outbound`. They stop when
+    /// `stopped` turns true or when this handle is dropped, closing their connections.
+    pub fn start(
+        count: usize,
+        outbound: Arc<Outbound>,
+        stopped: watch::Receiver<bool>,
+    ) -> io::Result<Workers> {
+        let mut lanes = Vec::new();
+        for index in 0..count.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (lane, arrivals) = mpsc::unbounded_channel();
+            let (outbound, stopped) = (outbound.clone(), stopped.clone());
+            std::thread::Builder::new()
+                .name(format!("worker-{index}"))
+                .spawn(move || runtime.block_on(work(arrivals, outbound, stopped)))?;
+            lanes.push(lane);
+        }
+        Ok(Workers {
+            lanes,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Hands `stream`, accepted on `listener`, to the next worker.
+    pub fn hand(&self, stream: TcpStream, listener: Listener) {
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot hand a connection to a worker: {e}");
+                return;
+            }
+        };
+        let lane = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
+        if self.lanes[lane].send((stream, listener)).is_err() {
+            tracing::warn!("worker {lane} has stopped; connection dropped");
+        }
+    }
+}
+
+/// One worker: serves each connection it is handed, over its own upstream pools, until
+/// stopped.
+async fn work(
+    mut arrivals: mpsc::UnboundedReceiver<(std::net::TcpStream, Listener)>,
+    outbound: Arc<Outbound>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let upstreams = Arc::new(outbound.upstreams());
+    let tls = outbound.mesh_tls();
+    let service = {
+        let (outbound, upstreams) = (outbound.clone(), upstreams.clone());
+        move |request| {
+            let (outbound, upstreams) = (outbound.clone(), upstreams.clone());
+            async move {
+                Ok::<_, std::convert::Infallible>(outbound.handle_via(request, &upstreams).await)
+            }
+        }
+    };
+    loop {
+        let arrival = tokio::select! {
+            a = arrivals.recv() => a,
+            _ = stopped.changed() => None,
+        };
+        let Some((stream, listener)) = arrival else {
+            return;
+        };
+        let stream = match TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot serve a handed connection: {e}");
+                continue;
+            }
+        };
+        match (listener, &tls) {
+            (Listener::Outbound, _) => {
+                tokio::spawn(serve_connection(stream, service.clone()));
+            }
+            (Listener::EastWest, Some(tls)) => {
+                tokio::spawn(serve_east_west_connection(
+                    stream,
+                    tls.clone(),
+                    outbound.clone(),
+                    upstreams.clone(),
+                ));
+            }
+            (Listener::EastWest, None) => {
+                tracing::warn!("an east-west connection, but no mTLS configured: closed");
+            }
+        }
+    }
+}
