@@ -343,8 +343,10 @@ async fn push_fanout() {
 
 /// Kills `child` with SIGKILL.
 fn kill9(child: &mut Child) {
+    // Quietly: the process may have gone already.
     let _ = Command::new("kill")
         .args(["-9", &child.id().to_string()])
+        .stderr(Stdio::null())
         .status();
     let _ = child.wait();
 }
