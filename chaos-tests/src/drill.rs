@@ -10,16 +10,56 @@
 //!   fault;
 //! - **weight regressions**: a proxy seen on a snapshot version lower than one it had;
 //! - **config lost**: the service missing from a proxy's configuration at the end.
+//!
+//! A drill runs against a [`Target`]: the local mesh the harness starts
+//! ([`crate::harness::Mesh`], where every fault and action is possible), or an existing
+//! mesh reached through its coordinators' status and admin API
+//! ([`crate::remote::RemoteMesh`], where what needs process control is skipped with a
+//! note in the report).
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::backend::Knobs;
-use crate::harness::{HarnessError, Mesh, Row};
+use crate::harness::{HarnessError, Row};
 use crate::load::{self, Recorder, Sample};
+
+/// A proxy's row for the drill's service with the coordinators' explanation of each
+/// destination's weight.
+pub type ExplainedRow = (Row, Vec<String>);
+
+/// Whether a target did what a drill asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Done.
+    Done,
+    /// Not possible on this target; why.
+    Skipped(String),
+}
+
+/// What a drill runs against.
+pub trait Target {
+    /// The clusters, in index order: (name, locality).
+    fn clusters(&self) -> Vec<(String, String)>;
+    /// The service the traffic goes to and whose weights are watched.
+    fn service(&self) -> String;
+    /// Where to send traffic: (cluster index, that cluster's proxy's outbound listener).
+    fn traffic(&self) -> Vec<(u8, SocketAddr)>;
+    /// Each cluster's proxy's row for the service, in index order (`None`: no answer).
+    fn rows(&self) -> impl Future<Output = Vec<Option<ExplainedRow>>>;
+    /// The clusters whose proxies no longer know the service.
+    fn config_lost(&self) -> impl Future<Output = Vec<String>>;
+    /// Starts `fault`.
+    fn inject(&mut self, fault: &Fault) -> impl Future<Output = Result<Applied, HarnessError>>;
+    /// Undoes `fault`.
+    fn recover(&mut self, fault: &Fault) -> impl Future<Output = Result<Applied, HarnessError>>;
+    /// Does `action`.
+    fn act(&mut self, action: &Action) -> impl Future<Output = Applied>;
+}
 
 /// Width of a timeline bucket.
 pub const BUCKET_MS: u64 = 100;
@@ -40,18 +80,29 @@ pub enum Fault {
         /// Cluster index.
         cluster: usize,
     },
+    /// An operator drains the cluster for the drill's service (`fulcrumctl drain`), and
+    /// undrains it on recovery: a planned evacuation, through the admin API only.
+    Drain {
+        /// Cluster index.
+        cluster: usize,
+    },
 }
 
 impl Fault {
     /// The cluster the fault is in.
     pub fn cluster(&self) -> usize {
         match self {
-            Fault::ErrorRate { cluster, .. } | Fault::KillBackends { cluster } => *cluster,
+            Fault::ErrorRate { cluster, .. }
+            | Fault::KillBackends { cluster }
+            | Fault::Drain { cluster } => *cluster,
         }
     }
 
-    fn describe(&self, mesh: &Mesh) -> String {
-        let name = &mesh.spec.clusters[self.cluster()].name;
+    /// The fault in words, on a mesh with `clusters` (name, locality).
+    pub fn describe(&self, clusters: &[(String, String)]) -> String {
+        let name = clusters
+            .get(self.cluster())
+            .map_or("?", |(n, _)| n.as_str());
         match self {
             Fault::ErrorRate { rate, .. } => {
                 format!(
@@ -60,6 +111,7 @@ impl Fault {
                 )
             }
             Fault::KillBackends { .. } => format!("{name}'s backend processes killed (kill -9)"),
+            Fault::Drain { .. } => format!("{name} drained by an operator (fulcrumctl drain)"),
         }
     }
 }
@@ -198,6 +250,11 @@ pub struct Report {
     pub weight_regressions: u64,
     /// Proxies whose configuration lost the service.
     pub config_lost: Vec<String>,
+    /// What the target could not do (faults or actions that need process control on a
+    /// mesh reached through its API), and other remarks.
+    pub notes: Vec<String>,
+    /// The fault was skipped: the measurements about it mean nothing.
+    pub fault_skipped: bool,
     /// The timeline.
     pub timeline: Vec<Bucket>,
     /// Every row seen.
@@ -223,24 +280,23 @@ fn ms(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Runs `plan` on `mesh`, calling `progress` about once a second.
-pub async fn run(
-    mesh: &mut Mesh,
+/// Runs `plan` on `target`, calling `progress` about once a second.
+pub async fn run<T: Target>(
+    target: &mut T,
     plan: Plan,
     mut progress: impl FnMut(&Progress),
     mut stop: watch::Receiver<bool>,
 ) -> Result<Report, HarnessError> {
     let started = Instant::now();
     let recorder = Arc::new(Recorder::default());
-    let clusters: Vec<String> = mesh.spec.clusters.iter().map(|c| c.name.clone()).collect();
-    let targets: Vec<(u8, std::net::SocketAddr)> = mesh
-        .proxies
-        .iter()
-        .map(|p| (u8::try_from(p.cluster).unwrap_or(u8::MAX), p.outbound))
-        .collect();
+    let places = target.clusters();
+    let clusters: Vec<String> = places.iter().map(|(name, _)| name.clone()).collect();
+    let mut notes = Vec::new();
+    let mut fault_skipped = false;
     let (stop_load, load_stopped) = watch::channel(false);
     let load = tokio::spawn(load::run(
-        targets,
+        target.traffic(),
+        target.service(),
         clusters.clone(),
         plan.rate,
         started,
@@ -263,16 +319,23 @@ pub async fn run(
         if let Some(fault) = &plan.fault {
             if fault_ms.is_none() && now >= fault_at {
                 fault_ms = Some(ms(started));
-                tracing::info!("fault: {}", fault.describe(mesh));
-                if let Err(e) = inject(mesh, fault).await {
-                    result = Err(e);
-                    break;
+                tracing::info!("fault: {}", fault.describe(&places));
+                match target.inject(fault).await {
+                    Ok(Applied::Done) => {}
+                    Ok(Applied::Skipped(why)) => {
+                        notes.push(format!("fault skipped: {why}"));
+                        fault_skipped = true;
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
                 }
             }
             if fault_ms.is_some() && recovered_ms.is_none() && now >= recover_at {
                 recovered_ms = Some(ms(started));
                 tracing::info!("recovery: the fault is undone");
-                if let Err(e) = recover(mesh, fault).await {
+                if !fault_skipped && let Err(e) = target.recover(fault).await {
                     result = Err(e);
                     break;
                 }
@@ -283,12 +346,16 @@ pub async fn run(
                 break;
             }
             tracing::info!(?action, "action");
-            act(mesh, action).await;
+            if let Applied::Skipped(why) = target.act(action).await {
+                notes.push(format!(
+                    "at {:.1}s, {action:?} skipped: {why}",
+                    at.as_secs_f64()
+                ));
+            }
             actions_done += 1;
         }
         let mut rows = Vec::new();
-        for p in 0..mesh.proxies.len() {
-            let explained = mesh.explained_weights(p).await;
+        for (p, explained) in target.rows().await.into_iter().enumerate() {
             if let (Some(((version, weights), explanations)), Ok(mut s)) = (&explained, seen.lock())
             {
                 s.push(WeightSeen {
@@ -348,145 +415,39 @@ pub async fn run(
     }
     let _ = stop_load.send(true);
     let _ = load.await;
-    if let (Some(fault), Some(_), None) = (&plan.fault, fault_ms, recovered_ms) {
+    if let (Some(fault), Some(_), None, false) =
+        (&plan.fault, fault_ms, recovered_ms, fault_skipped)
+    {
         // Stopped early: undo the fault anyway, so the mesh is left as found.
-        let _ = recover(mesh, fault).await;
+        let _ = target.recover(fault).await;
     }
     result?;
-    let mut config_lost = Vec::new();
-    for (p, name) in clusters.iter().enumerate() {
-        let has = mesh.config_dump(p).await.is_some_and(|d| {
-            d["services"]
-                .as_array()
-                .is_some_and(|s| s.iter().any(|s| s == crate::harness::SERVICE))
-        });
-        if !has {
-            config_lost.push(name.clone());
-        }
-    }
+    let config_lost = target.config_lost().await;
     let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
-    Ok(measure(
+    let mut report = measure(
         plan,
-        mesh,
-        clusters,
+        &places,
         recorder.samples(),
         seen,
         fault_ms,
         recovered_ms,
         config_lost,
-    ))
+    );
+    report.notes = notes;
+    report.fault_skipped = fault_skipped;
+    Ok(report)
 }
 
-async fn act(mesh: &mut Mesh, action: &Action) {
-    match action {
-        Action::KillLeader => {
-            if let Some(leader) = mesh.leader()
-                && let Some(c) = mesh.coordinators.iter_mut().find(|c| c.id == leader)
-            {
-                c.process.kill();
-            }
-        }
-        Action::KillCoordinators { count } => {
-            let leader = mesh.leader();
-            let mut order: Vec<usize> = (0..mesh.coordinators.len()).collect();
-            order.sort_by_key(|&i| Some(mesh.coordinators[i].id) != leader);
-            for i in order.into_iter().take(*count) {
-                mesh.coordinators[i].process.kill();
-            }
-        }
-        Action::RestartCoordinators => {
-            for c in &mut mesh.coordinators {
-                if let Err(e) = c.process.start() {
-                    tracing::warn!("{e}");
-                }
-            }
-        }
-        Action::RestartProxy { cluster } => {
-            if let Some(p) = mesh.proxies.iter_mut().find(|p| p.cluster == *cluster) {
-                p.process.kill();
-                if let Err(e) = p.process.start() {
-                    tracing::warn!("{e}");
-                }
-            }
-        }
-        Action::PauseCoordinator { node } | Action::ResumeCoordinator { node } => {
-            let signal = if matches!(action, Action::PauseCoordinator { .. }) {
-                "STOP"
-            } else {
-                "CONT"
-            };
-            if let Some(c) = mesh.coordinators.iter().find(|c| c.id == *node)
-                && let Err(e) = c.process.signal(signal)
-            {
-                tracing::warn!("{e}");
-            }
-        }
-        Action::Partition { node } => mesh.links.partition(*node),
-        Action::PartitionFollower => {
-            // Only with a known leader: otherwise the node picked could be it.
-            let leader = (0..5).find_map(|_| mesh.leader());
-            match mesh
-                .coordinators
-                .iter()
-                .find(|c| leader.is_some_and(|l| l != c.id))
-            {
-                Some(c) => {
-                    tracing::info!(node = c.id, "partitioning away a follower");
-                    mesh.links.partition(c.id);
-                }
-                None => tracing::warn!("no leader known: no follower partitioned"),
-            }
-        }
-        Action::Heal => mesh.links.heal(),
-        Action::SetErrorRate { cluster, rate } => {
-            let knobs = Knobs {
-                error_rate: *rate,
-                ..Knobs::default()
-            };
-            if let Err(e) = mesh.set_knobs(*cluster, knobs).await {
-                tracing::warn!("{e}");
-            }
-        }
-    }
-}
-
-async fn inject(mesh: &mut Mesh, fault: &Fault) -> Result<(), HarnessError> {
-    match fault {
-        Fault::ErrorRate { cluster, rate } => {
-            mesh.set_knobs(
-                *cluster,
-                Knobs {
-                    error_rate: *rate,
-                    ..Knobs::default()
-                },
-            )
-            .await
-        }
-        Fault::KillBackends { cluster } => {
-            mesh.kill_backends(*cluster);
-            Ok(())
-        }
-    }
-}
-
-async fn recover(mesh: &mut Mesh, fault: &Fault) -> Result<(), HarnessError> {
-    match fault {
-        Fault::ErrorRate { cluster, .. } => mesh.set_knobs(*cluster, Knobs::default()).await,
-        Fault::KillBackends { cluster } => mesh.restart_backends(*cluster),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
 fn measure(
     plan: Plan,
-    mesh: &Mesh,
-    clusters: Vec<String>,
+    places: &[(String, String)],
     samples: Vec<Sample>,
     seen: Vec<WeightSeen>,
     fault_ms: Option<u64>,
     recovered_ms: Option<u64>,
     config_lost: Vec<String>,
 ) -> Report {
+    let clusters: Vec<String> = places.iter().map(|(name, _)| name.clone()).collect();
     let end = samples.iter().map(|s| s.sent_ms).max().unwrap_or(0);
     let buckets = usize::try_from(end / BUCKET_MS + 1).unwrap_or(0);
     let mut timeline: Vec<Bucket> = (0..buckets)
@@ -504,7 +465,7 @@ fn measure(
         }
     }
     let failed = plan.fault.as_ref().map(Fault::cluster);
-    let failed_locality = failed.map(|f| mesh.spec.clusters[f].locality.clone());
+    let failed_locality = failed.and_then(|f| places.get(f)).map(|(_, l)| l.clone());
     let weight_of = |w: &WeightSeen, locality: &str| {
         w.weights
             .iter()
@@ -600,7 +561,7 @@ fn measure(
         fault: plan
             .fault
             .as_ref()
-            .map_or_else(|| "none".to_string(), |f| f.describe(mesh)),
+            .map_or_else(|| "none".to_string(), |f| f.describe(places)),
         plan,
         clusters,
         fault_at_ms: fault_ms,
@@ -616,6 +577,8 @@ fn measure(
         time_to_failback_ms,
         weight_regressions,
         config_lost,
+        notes: Vec::new(),
+        fault_skipped: false,
         timeline,
         weights_seen: seen,
     }
@@ -689,6 +652,9 @@ impl Report {
                 self.config_lost.join(", ")
             },
         );
+        for note in &self.notes {
+            s.push_str(&format!("  note: {note}\n"));
+        }
         s
     }
 

@@ -21,6 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::backend::{KNOBS_PATH, Knobs};
+use crate::drill::{Action, Applied, ExplainedRow, Fault, Target};
 use crate::relay::{LinkState, Relay};
 
 /// A proxy's weight row for the drills' service: its snapshot version and (destination
@@ -838,5 +839,190 @@ impl Mesh {
             }
         }
         None
+    }
+}
+
+impl Mesh {
+    /// Runs `fulcrumctl ARGS` as the mesh's admin against each coordinator in turn until
+    /// one succeeds; the last failure's output otherwise.
+    pub fn ctl(&self, args: &[&str]) -> Result<String, HarnessError> {
+        let mut failure = String::from("no coordinator");
+        for c in &self.coordinators {
+            let output = Command::new(&self.bins.ctl)
+                .args(args)
+                .args(["--timeout", "2", "--coordinator"])
+                .arg(c.address.to_string())
+                .env("FULCRUM_CERTS", self.dir.join("certs"))
+                .output()
+                .map_err(|source| HarnessError::Spawn {
+                    name: "fulcrumctl".into(),
+                    source,
+                })?;
+            if output.status.success() {
+                return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
+            }
+            failure = String::from_utf8_lossy(&output.stderr).trim().to_string();
+        }
+        Err(HarnessError::Setup(format!(
+            "fulcrumctl {}: {failure}",
+            args.join(" ")
+        )))
+    }
+}
+
+impl Target for Mesh {
+    fn clusters(&self) -> Vec<(String, String)> {
+        self.spec
+            .clusters
+            .iter()
+            .map(|c| (c.name.clone(), c.locality.clone()))
+            .collect()
+    }
+
+    fn service(&self) -> String {
+        SERVICE.to_string()
+    }
+
+    fn traffic(&self) -> Vec<(u8, SocketAddr)> {
+        self.proxies
+            .iter()
+            .map(|p| (u8::try_from(p.cluster).unwrap_or(u8::MAX), p.outbound))
+            .collect()
+    }
+
+    async fn rows(&self) -> Vec<Option<ExplainedRow>> {
+        let mut rows = Vec::new();
+        for p in 0..self.proxies.len() {
+            rows.push(self.explained_weights(p).await);
+        }
+        rows
+    }
+
+    async fn config_lost(&self) -> Vec<String> {
+        let mut lost = Vec::new();
+        for p in &self.proxies {
+            let has = self.config_dump(p.cluster).await.is_some_and(|d| {
+                d["services"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|s| s == SERVICE))
+            });
+            if !has {
+                lost.push(self.spec.clusters[p.cluster].name.clone());
+            }
+        }
+        lost
+    }
+
+    async fn inject(&mut self, fault: &Fault) -> Result<Applied, HarnessError> {
+        match fault {
+            Fault::ErrorRate { cluster, rate } => {
+                let knobs = Knobs {
+                    error_rate: *rate,
+                    ..Knobs::default()
+                };
+                self.set_knobs(*cluster, knobs).await?;
+            }
+            Fault::KillBackends { cluster } => self.kill_backends(*cluster),
+            Fault::Drain { cluster } => {
+                let name = self.spec.clusters[*cluster].name.clone();
+                self.ctl(&[
+                    "drain",
+                    &name,
+                    "--service",
+                    SERVICE,
+                    "--reason",
+                    "fulcrum-drill",
+                ])?;
+            }
+        }
+        Ok(Applied::Done)
+    }
+
+    async fn recover(&mut self, fault: &Fault) -> Result<Applied, HarnessError> {
+        match fault {
+            Fault::ErrorRate { cluster, .. } => {
+                self.set_knobs(*cluster, Knobs::default()).await?;
+            }
+            Fault::KillBackends { cluster } => self.restart_backends(*cluster)?,
+            Fault::Drain { cluster } => {
+                let name = self.spec.clusters[*cluster].name.clone();
+                self.ctl(&["undrain", &name, "--service", SERVICE])?;
+            }
+        }
+        Ok(Applied::Done)
+    }
+
+    async fn act(&mut self, action: &Action) -> Applied {
+        match action {
+            Action::KillLeader => {
+                if let Some(leader) = self.leader()
+                    && let Some(c) = self.coordinators.iter_mut().find(|c| c.id == leader)
+                {
+                    c.process.kill();
+                }
+            }
+            Action::KillCoordinators { count } => {
+                let leader = self.leader();
+                let mut order: Vec<usize> = (0..self.coordinators.len()).collect();
+                order.sort_by_key(|&i| Some(self.coordinators[i].id) != leader);
+                for i in order.into_iter().take(*count) {
+                    self.coordinators[i].process.kill();
+                }
+            }
+            Action::RestartCoordinators => {
+                for c in &mut self.coordinators {
+                    if let Err(e) = c.process.start() {
+                        tracing::warn!("{e}");
+                    }
+                }
+            }
+            Action::RestartProxy { cluster } => {
+                if let Some(p) = self.proxies.iter_mut().find(|p| p.cluster == *cluster) {
+                    p.process.kill();
+                    if let Err(e) = p.process.start() {
+                        tracing::warn!("{e}");
+                    }
+                }
+            }
+            Action::PauseCoordinator { node } | Action::ResumeCoordinator { node } => {
+                let signal = if matches!(action, Action::PauseCoordinator { .. }) {
+                    "STOP"
+                } else {
+                    "CONT"
+                };
+                if let Some(c) = self.coordinators.iter().find(|c| c.id == *node)
+                    && let Err(e) = c.process.signal(signal)
+                {
+                    tracing::warn!("{e}");
+                }
+            }
+            Action::Partition { node } => self.links.partition(*node),
+            Action::PartitionFollower => {
+                // Only with a known leader: otherwise the node picked could be it.
+                let leader = (0..5).find_map(|_| self.leader());
+                match self
+                    .coordinators
+                    .iter()
+                    .find(|c| leader.is_some_and(|l| l != c.id))
+                {
+                    Some(c) => {
+                        tracing::info!(node = c.id, "partitioning away a follower");
+                        self.links.partition(c.id);
+                    }
+                    None => tracing::warn!("no leader known: no follower partitioned"),
+                }
+            }
+            Action::Heal => self.links.heal(),
+            Action::SetErrorRate { cluster, rate } => {
+                let knobs = Knobs {
+                    error_rate: *rate,
+                    ..Knobs::default()
+                };
+                if let Err(e) = self.set_knobs(*cluster, knobs).await {
+                    tracing::warn!("{e}");
+                }
+            }
+        }
+        Applied::Done
     }
 }

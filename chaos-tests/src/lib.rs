@@ -9,7 +9,8 @@
 //! - [`relay`]: the fault relay on the mesh's links (cut, blackhole, delay, reset);
 //! - [`drill`]: a fault at a set time and what it did: time to detect, time to shift,
 //!   errors, time to failback, regressions; as JSON, a summary and an SVG timeline;
-//! - [`scenario`]: drill files (`deploy/local/drills/`) with their expectations.
+//! - [`scenario`]: drill files (`deploy/local/drills/`) with their expectations;
+//! - [`remote`]: an existing mesh as a drill's target, through its coordinators' API.
 //!
 //! `fulcrum-drill demo` runs the local three-cluster mesh with a cluster outage; the
 //! drills in `tests/` run the same way under `cargo test`.
@@ -21,4 +22,5 @@ pub mod drill;
 pub mod harness;
 pub mod load;
 pub mod relay;
+pub mod remote;
 pub mod scenario;

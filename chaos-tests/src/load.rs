@@ -90,11 +90,12 @@ pub fn latency(samples: &[Sample]) -> (u64, u64, u64) {
     (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max())
 }
 
-/// Sends `rate` requests per second for [`crate::harness::SERVICE`] to the `targets`
-/// (cluster index, proxy outbound address) in turn, until `stop`; `clusters` names the
-/// clusters in index order. Returns when every request sent has answered or timed out.
+/// Sends `rate` requests per second for `service` (its Host) to the `targets` (cluster
+/// index, proxy outbound address) in turn, until `stop`; `clusters` names the clusters in
+/// index order. Returns when every request sent has answered or timed out.
 pub async fn run(
     targets: Vec<(u8, SocketAddr)>,
+    service: String,
     clusters: Vec<String>,
     rate: u32,
     started: Instant,
@@ -108,6 +109,7 @@ pub async fn run(
         .pool_idle_timeout(Duration::from_secs(30))
         .build_http();
     let clusters = Arc::new(clusters);
+    let service: Arc<str> = service.into();
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut in_flight = tokio::task::JoinSet::new();
@@ -133,10 +135,15 @@ pub async fn run(
             });
             continue;
         }
-        let (client, recorder, clusters) = (client.clone(), recorder.clone(), clusters.clone());
+        let (client, recorder, clusters, service) = (
+            client.clone(),
+            recorder.clone(),
+            clusters.clone(),
+            service.clone(),
+        );
         in_flight.spawn(async move {
             let request = Request::get(format!("http://{address}/"))
-                .header(http::header::HOST, crate::harness::SERVICE)
+                .header(http::header::HOST, &*service)
                 .body(Full::new(Bytes::new()));
             let answer = async {
                 let response = client.request(request.ok()?).await.ok()?;

@@ -5,9 +5,13 @@
 //!   backends per cluster), sends traffic through every proxy, shows the traffic share
 //!   per cluster and the weights live, and unless `--no-drill` fails one cluster's
 //!   backends after a warm-up, brings them back, and prints the drill's report. Stops
-//!   everything on Ctrl-C.
+//!   everything on Ctrl-C or SIGTERM.
 //! - `fulcrum-drill run FILE [--plain]`: a drill from a file (`deploy/local/drills/`) on
 //!   the same local mesh; exits non-zero when its expectations fail.
+//! - `fulcrum-drill run FILE --mesh ADDR --service HOST [--proxy CLUSTER=ADDR]...`: the
+//!   drill against an existing mesh through its coordinators' status and admin API (as
+//!   `fulcrumctl`, with `--certs`/`--as` or `FULCRUM_CERTS`/`FULCRUM_ADMIN`); faults and
+//!   actions that need process control are skipped with a note.
 //! - `fulcrum-drill backend --listen ADDR --control ADDR --cluster NAME --name NAME`:
 //!   the drills' test backend (started by the harness).
 
@@ -17,7 +21,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use fulcrum_chaos::drill::{self, Plan, Progress};
-use fulcrum_chaos::harness::{Binaries, Mesh, MeshSpec};
+use fulcrum_chaos::drill::{Report, Target};
+use fulcrum_chaos::harness::{Binaries, ClusterSpec, Mesh, MeshSpec};
+use fulcrum_chaos::remote::{Connection, RemoteMesh};
 use fulcrum_chaos::scenario::Drill;
 
 #[derive(Debug, Parser)]
@@ -67,6 +73,49 @@ struct RunArgs {
     /// Where to write the report (default target/drill-reports/<name>).
     #[arg(long)]
     report_dir: Option<PathBuf>,
+    /// Run against an existing mesh: any of its coordinators (host:port, comma separated
+    /// for more), through the status and admin API.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        requires = "service",
+        conflicts_with = "mesh_dir"
+    )]
+    mesh: Option<String>,
+    /// With --mesh: the service to watch and send traffic to (its host).
+    #[arg(long, value_name = "HOST", requires = "mesh")]
+    service: Option<String>,
+    /// With --mesh: a cluster's proxy outbound listener to send traffic through; repeat
+    /// for each cluster. Without any, only weights are watched.
+    #[arg(long, value_name = "CLUSTER=ADDR", requires = "mesh", value_parser = parse_proxy)]
+    proxy: Vec<(String, std::net::SocketAddr)>,
+    /// With --mesh: the certificates directory with an admin certificate.
+    #[arg(long, value_name = "DIR", env = "FULCRUM_CERTS", requires = "mesh")]
+    certs: Option<PathBuf>,
+    /// With --mesh: which admin certificate (admin-NAME.pem).
+    #[arg(
+        long = "as",
+        value_name = "NAME",
+        env = "FULCRUM_ADMIN",
+        requires = "mesh"
+    )]
+    admin: Option<String>,
+    /// With --mesh: plaintext, for coordinators started with --insecure-dev.
+    #[arg(long, requires = "mesh")]
+    insecure_dev: bool,
+}
+
+fn parse_proxy(text: &str) -> Result<(String, std::net::SocketAddr), String> {
+    let (cluster, address) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text}: expected CLUSTER=HOST:PORT"))?;
+    let address = address
+        .parse()
+        .map_err(|e| format!("{text}: {address:?} is not an address (HOST:PORT): {e}"))?;
+    if cluster.is_empty() {
+        return Err(format!("{text}: the cluster name is empty"));
+    }
+    Ok((cluster.to_string(), address))
 }
 
 /// The demo's drill.
@@ -261,6 +310,9 @@ async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.mesh.is_some() {
+        return on_existing_mesh(&text, args).await;
+    }
     let drill = match Drill::parse(&text, &MeshSpec::local()) {
         Ok(d) => d,
         Err(e) => {
@@ -273,6 +325,100 @@ async fn run(args: RunArgs) -> ExitCode {
         .clone()
         .unwrap_or_else(|| PathBuf::from("target/drill-reports").join(&drill.plan.name));
     on_local_mesh(drill, args.plain, args.mesh_dir.clone(), report_dir).await
+}
+
+/// Runs the drill in `text` against the mesh `args.mesh` names.
+async fn on_existing_mesh(text: &str, args: RunArgs) -> ExitCode {
+    let bins = match Binaries::locate(true) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("fulcrum-drill: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let connection = Connection {
+        coordinators: args.mesh.clone().unwrap_or_default(),
+        certs: args.certs.clone(),
+        admin: args.admin.clone(),
+        insecure_dev: args.insecure_dev,
+    };
+    let service = args.service.clone().unwrap_or_default();
+    let reach = {
+        let (ctl, proxies) = (bins.ctl.clone(), args.proxy.clone());
+        tokio::task::spawn_blocking(move || RemoteMesh::connect(ctl, connection, service, &proxies))
+            .await
+    };
+    let mut mesh = match reach {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => {
+            eprintln!("fulcrum-drill: {e}");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("fulcrum-drill: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The drill's cluster names are the mesh's.
+    let spec = MeshSpec {
+        clusters: mesh
+            .clusters()
+            .into_iter()
+            .map(|(name, locality)| ClusterSpec {
+                name,
+                locality,
+                ip: std::net::Ipv4Addr::LOCALHOST,
+            })
+            .collect(),
+        coordinators: usize::from(u8::MAX),
+        ..MeshSpec::local()
+    };
+    let drill = match Drill::parse(text, &spec) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("fulcrum-drill: {}: {e}", args.file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let clusters: Vec<String> = spec.clusters.iter().map(|c| c.name.clone()).collect();
+    eprintln!(
+        "fulcrum-drill: on the mesh at {} ({}), service {}, traffic through {} prox{}",
+        args.mesh.as_deref().unwrap_or_default(),
+        clusters.join(", "),
+        mesh.service(),
+        args.proxy.len(),
+        if args.proxy.len() == 1 { "y" } else { "ies" }
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        interrupted().await;
+        let _ = stop.send(true);
+    });
+    let plain = args.plain;
+    let report = drill::run(
+        &mut mesh,
+        drill.plan.clone(),
+        |p| view(p, &clusters, plain),
+        stopped,
+    )
+    .await;
+    let mut report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fulcrum-drill: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !drill.damping.is_empty() {
+        report
+            .notes
+            .push("damping ignored: the mesh's own FailoverPolicy applies".to_string());
+    }
+    let report_dir = args
+        .report_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("target/drill-reports").join(&drill.plan.name));
+    finish(&drill, &report, &report_dir)
 }
 
 /// Runs `drill` on a new local mesh, prints and writes its report, and checks it.
@@ -314,9 +460,8 @@ async fn on_local_mesh(
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            let _ = stop.send(true);
-        }
+        interrupted().await;
+        let _ = stop.send(true);
     });
     let report = drill::run(
         &mut mesh,
@@ -326,15 +471,19 @@ async fn on_local_mesh(
     )
     .await;
     drop(mesh);
-    let report = match report {
-        Ok(r) => r,
+    match report {
+        Ok(report) => finish(&drill, &report, &report_dir),
         Err(e) => {
             eprintln!("fulcrum-drill: {e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
+    }
+}
+
+/// Prints and writes `report`, and checks `drill`'s expectations against it.
+fn finish(drill: &Drill, report: &Report, report_dir: &std::path::Path) -> ExitCode {
     println!("\n{}", report.summary());
-    match report.write(&report_dir) {
+    match report.write(report_dir) {
         Ok(()) => println!(
             "report: {}/{{report.json,summary.txt,timeline.svg}}",
             report_dir.display()
@@ -344,12 +493,33 @@ async fn on_local_mesh(
     if drill.plan.fault.is_none() && drill.plan.actions.is_empty() {
         return ExitCode::SUCCESS;
     }
-    let failed = drill.check(&report);
+    if report.fault_skipped {
+        println!("expectations about the fault: not checked (the fault was skipped)");
+    }
+    let failed = drill.check(report);
     if failed.is_empty() {
         println!("expectations: all met");
         ExitCode::SUCCESS
     } else {
         println!("expectations not met:\n  {}", failed.join("\n  "));
         ExitCode::FAILURE
+    }
+}
+
+/// Waits for SIGINT (Ctrl-C) or SIGTERM: either stops the drill, undoes its fault and
+/// stops every process the mesh started (a SIGTERM that ended this process at once would
+/// leave them running).
+async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
