@@ -736,21 +736,11 @@ impl Mesh {
             .as_array()?
             .iter()
             .find(|r| r["service"] == SERVICE && r["subset"] == "")?;
-        let destinations = row["destinations"].as_array()?;
-        let entries = destinations
-            .iter()
-            .filter_map(|d| {
-                Some((
-                    d["locality"].as_str()?.to_string(),
-                    u32::try_from(d["weightBp"].as_u64()?).ok()?,
-                ))
-            })
-            .collect();
-        let explanations = destinations
-            .iter()
-            .map(|d| d["explanation"].as_str().unwrap_or_default().to_string())
-            .collect();
-        Some(((version, entries), explanations))
+        Some(explained_row(
+            version,
+            row["destinations"].as_array()?,
+            "locality",
+        ))
     }
 
     /// Waits until every proxy routes [`SERVICE`] on pushed weights and every backend
@@ -840,6 +830,30 @@ impl Mesh {
         }
         None
     }
+}
+
+/// A weight row from JSON (a proxy's `/config_dump`, `fulcrumctl explain -o json`): each
+/// destination's locality (under `locality_key`), basis points (`weightBp`) and
+/// explanation.
+pub(crate) fn explained_row(
+    version: u64,
+    destinations: &[serde_json::Value],
+    locality_key: &str,
+) -> ExplainedRow {
+    let weights = destinations
+        .iter()
+        .filter_map(|d| {
+            Some((
+                d[locality_key].as_str()?.to_string(),
+                u32::try_from(d["weightBp"].as_u64()?).ok()?,
+            ))
+        })
+        .collect();
+    let explanations = destinations
+        .iter()
+        .map(|d| d["explanation"].as_str().unwrap_or_default().to_string())
+        .collect();
+    ((version, weights), explanations)
 }
 
 impl Mesh {

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use crate::drill::{Action, Applied, ExplainedRow, Fault, Target};
-use crate::harness::HarnessError;
+use crate::harness::{HarnessError, explained_row};
 
 /// Where the mesh's coordinators are and how to talk to them (as `fulcrumctl` takes it).
 #[derive(Debug, Clone, Default)]
@@ -191,21 +191,11 @@ impl Mesh {
                 let row = rows
                     .iter()
                     .find(|r| r["source"] == locality.as_str() && r["subset"] == "")?;
-                let entries = row["entries"].as_array()?;
-                let weights = entries
-                    .iter()
-                    .filter_map(|e| {
-                        Some((
-                            e["destination"].as_str()?.to_string(),
-                            u32::try_from(e["weightBp"].as_u64()?).ok()?,
-                        ))
-                    })
-                    .collect();
-                let explanations = entries
-                    .iter()
-                    .map(|e| e["explanation"].as_str().unwrap_or_default().to_string())
-                    .collect();
-                Some(((version, weights), explanations))
+                Some(explained_row(
+                    version,
+                    row["entries"].as_array()?,
+                    "destination",
+                ))
             })
             .collect()
     }

@@ -55,8 +55,8 @@ pub struct ProxyConfig {
     pub report_interval: Duration,
     /// Active health checks of this cluster's endpoints, when wanted.
     pub health_checks: Option<HealthCheckSettings>,
-    /// Threads serving the outbound listener, each with its own runtime and upstream
-    /// connections ([`crate::workers`]); at least one is started.
+    /// Threads serving the outbound and east-west listeners' connections, each with its
+    /// own runtime and upstream connections ([`crate::workers`]); at least one is started.
     pub workers: usize,
 }
 
@@ -86,8 +86,8 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
-    /// The outbound worker threads could not be started.
-    #[error("cannot start the outbound workers: {0}")]
+    /// The worker threads could not be started.
+    #[error("cannot start the worker threads: {0}")]
     Workers(std::io::Error),
 }
 
@@ -371,8 +371,11 @@ async fn accept_into(
     }
 }
 
-/// The next connection, or `None` once `stopped`.
-async fn accept(listener: &TcpListener, stopped: &mut watch::Receiver<bool>) -> Option<TcpStream> {
+/// The next connection (with TCP_NODELAY), or `None` once `stopped`.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    stopped: &mut watch::Receiver<bool>,
+) -> Option<TcpStream> {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,

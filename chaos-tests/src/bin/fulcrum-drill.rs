@@ -389,19 +389,7 @@ async fn on_existing_mesh(text: &str, args: RunArgs) -> ExitCode {
         args.proxy.len(),
         if args.proxy.len() == 1 { "y" } else { "ies" }
     );
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        interrupted().await;
-        let _ = stop.send(true);
-    });
-    let plain = args.plain;
-    let report = drill::run(
-        &mut mesh,
-        drill.plan.clone(),
-        |p| view(p, &clusters, plain),
-        stopped,
-    )
-    .await;
+    let report = drive(&mut mesh, &drill, &clusters, args.plain).await;
     let mut report = match report {
         Ok(r) => r,
         Err(e) => {
@@ -458,18 +446,7 @@ async fn on_local_mesh(
         mesh.logs().display(),
         mesh.leader().map_or("?".to_string(), |l| l.to_string())
     );
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        interrupted().await;
-        let _ = stop.send(true);
-    });
-    let report = drill::run(
-        &mut mesh,
-        drill.plan.clone(),
-        |p| view(p, &clusters, plain),
-        stopped,
-    )
-    .await;
+    let report = drive(&mut mesh, &drill, &clusters, plain).await;
     drop(mesh);
     match report {
         Ok(report) => finish(&drill, &report, &report_dir),
@@ -478,6 +455,28 @@ async fn on_local_mesh(
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs `drill` on `target` with the live view (or progress lines), until it ends or
+/// SIGINT / SIGTERM stops it.
+async fn drive<T: Target>(
+    target: &mut T,
+    drill: &Drill,
+    clusters: &[String],
+    plain: bool,
+) -> Result<Report, fulcrum_chaos::harness::HarnessError> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        interrupted().await;
+        let _ = stop.send(true);
+    });
+    drill::run(
+        target,
+        drill.plan.clone(),
+        |p| view(p, clusters, plain),
+        stopped,
+    )
+    .await
 }
 
 /// Prints and writes `report`, and checks `drill`'s expectations against it.

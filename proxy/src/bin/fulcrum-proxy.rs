@@ -72,8 +72,8 @@ struct Flags {
     /// This proxy's id among its cluster's proxies (default: CLUSTER-PID).
     #[arg(long)]
     proxy_id: Option<String>,
-    /// Threads serving the outbound listener, each with its own connections to
-    /// upstreams (default: one per CPU).
+    /// Threads serving the outbound and east-west listeners, each with its own
+    /// connections to upstreams (default: one per CPU).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
 }

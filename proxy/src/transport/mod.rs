@@ -24,7 +24,7 @@ use tokio_rustls::TlsAcceptor;
 pub use pool::{EastWestPool, SendError};
 pub use tls::{MeshTls, TlsError};
 
-use crate::app::MAX_HEADER_BYTES;
+use crate::app::{MAX_HEADER_BYTES, accept};
 use crate::outbound::{Outbound, Upstreams};
 use crate::workers::{Listener, Workers};
 
@@ -39,18 +39,8 @@ pub async fn serve_east_west(
     workers: Arc<Workers>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stopped.changed() => return,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                let _ = stream.set_nodelay(true);
-                workers.hand(stream, Listener::EastWest);
-            }
-            Err(e) => tracing::warn!("east-west accept failed: {e}"),
-        }
+    while let Some(stream) = accept(&listener, &mut stopped).await {
+        workers.hand(stream, Listener::EastWest);
     }
 }
 
