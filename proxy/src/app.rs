@@ -234,6 +234,7 @@ impl Proxy {
         }
         tokio::spawn(accept_into(
             outbound_listener,
+            Listener::Outbound,
             workers.clone(),
             stopped.clone(),
         ));
@@ -360,22 +361,21 @@ where
     }
 }
 
-/// Accepts connections on `listener` and hands each to one of `workers`, until `stopped`.
-async fn accept_into(
+/// Accepts connections on `listener` (the `kind` of listener) and hands each to one of
+/// `workers`, until `stopped`.
+pub(crate) async fn accept_into(
     listener: TcpListener,
+    kind: Listener,
     workers: Arc<Workers>,
     mut stopped: watch::Receiver<bool>,
 ) {
     while let Some(stream) = accept(&listener, &mut stopped).await {
-        workers.hand(stream, Listener::Outbound);
+        workers.hand(stream, kind);
     }
 }
 
 /// The next connection (with TCP_NODELAY), or `None` once `stopped`.
-pub(crate) async fn accept(
-    listener: &TcpListener,
-    stopped: &mut watch::Receiver<bool>,
-) -> Option<TcpStream> {
+async fn accept(listener: &TcpListener, stopped: &mut watch::Receiver<bool>) -> Option<TcpStream> {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,

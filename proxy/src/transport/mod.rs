@@ -24,7 +24,7 @@ use tokio_rustls::TlsAcceptor;
 pub use pool::{EastWestPool, SendError};
 pub use tls::{MeshTls, TlsError};
 
-use crate::app::{MAX_HEADER_BYTES, accept};
+use crate::app::{MAX_HEADER_BYTES, accept_into};
 use crate::outbound::{Outbound, Upstreams};
 use crate::workers::{Listener, Workers};
 
@@ -37,11 +37,9 @@ pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 pub async fn serve_east_west(
     listener: TcpListener,
     workers: Arc<Workers>,
-    mut stopped: watch::Receiver<bool>,
+    stopped: watch::Receiver<bool>,
 ) {
-    while let Some(stream) = accept(&listener, &mut stopped).await {
-        workers.hand(stream, Listener::EastWest);
-    }
+    accept_into(listener, Listener::EastWest, workers, stopped).await;
 }
 
 /// Serves one east-west connection: the TLS handshake (the peer must be a proxy of this
