@@ -25,6 +25,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::backend::Knobs;
 use crate::harness::{HarnessError, Row};
 use crate::load::{self, Recorder, Sample};
 
@@ -75,6 +76,23 @@ pub enum Fault {
         /// 0 to 1.
         rate: f64,
     },
+    /// The cluster's backends wait this long before each answer.
+    Latency {
+        /// Cluster index.
+        cluster: usize,
+        /// Added to each answer.
+        latency: Duration,
+    },
+    /// The cluster's backends refuse connections (their listeners close).
+    Refuse {
+        /// Cluster index.
+        cluster: usize,
+    },
+    /// The cluster's backends accept requests and never answer.
+    Hang {
+        /// Cluster index.
+        cluster: usize,
+    },
     /// The cluster's backend processes are killed (`kill -9`), restarted on recovery.
     KillBackends {
         /// Cluster index.
@@ -93,9 +111,37 @@ impl Fault {
     pub fn cluster(&self) -> usize {
         match self {
             Fault::ErrorRate { cluster, .. }
+            | Fault::Latency { cluster, .. }
+            | Fault::Refuse { cluster }
+            | Fault::Hang { cluster }
             | Fault::KillBackends { cluster }
             | Fault::Drain { cluster } => *cluster,
         }
+    }
+
+    /// The knobs the cluster's test backends take for this fault, when it is one of
+    /// theirs.
+    pub fn knobs(&self) -> Option<Knobs> {
+        let knobs = match self {
+            Fault::ErrorRate { rate, .. } => Knobs {
+                error_rate: *rate,
+                ..Knobs::default()
+            },
+            Fault::Latency { latency, .. } => Knobs {
+                latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+                ..Knobs::default()
+            },
+            Fault::Refuse { .. } => Knobs {
+                refuse: true,
+                ..Knobs::default()
+            },
+            Fault::Hang { .. } => Knobs {
+                hang: true,
+                ..Knobs::default()
+            },
+            Fault::KillBackends { .. } | Fault::Drain { .. } => return None,
+        };
+        Some(knobs)
     }
 
     /// The fault in words, on a mesh with `clusters` (name, locality).
@@ -110,6 +156,11 @@ impl Fault {
                     rate * 100.0
                 )
             }
+            Fault::Latency { latency, .. } => {
+                format!("{name}'s backends answer {} ms late", latency.as_millis())
+            }
+            Fault::Refuse { .. } => format!("{name}'s backends refuse connections"),
+            Fault::Hang { .. } => format!("{name}'s backends never answer"),
             Fault::KillBackends { .. } => format!("{name}'s backend processes killed (kill -9)"),
             Fault::Drain { .. } => format!("{name} drained by an operator (fulcrumctl drain)"),
         }

@@ -928,17 +928,14 @@ impl Target for Mesh {
     }
 
     async fn inject(&mut self, fault: &Fault) -> Result<Applied, HarnessError> {
+        if let Some(knobs) = fault.knobs() {
+            self.set_knobs(fault.cluster(), knobs).await?;
+            return Ok(Applied::Done);
+        }
+        let name = self.spec.clusters[fault.cluster()].name.clone();
         match fault {
-            Fault::ErrorRate { cluster, rate } => {
-                let knobs = Knobs {
-                    error_rate: *rate,
-                    ..Knobs::default()
-                };
-                self.set_knobs(*cluster, knobs).await?;
-            }
             Fault::KillBackends { cluster } => self.kill_backends(*cluster),
-            Fault::Drain { cluster } => {
-                let name = self.spec.clusters[*cluster].name.clone();
+            Fault::Drain { .. } => {
                 self.ctl(&[
                     "drain",
                     &name,
@@ -948,20 +945,23 @@ impl Target for Mesh {
                     "fulcrum-drill",
                 ])?;
             }
+            _ => {}
         }
         Ok(Applied::Done)
     }
 
     async fn recover(&mut self, fault: &Fault) -> Result<Applied, HarnessError> {
+        if fault.knobs().is_some() {
+            self.set_knobs(fault.cluster(), Knobs::default()).await?;
+            return Ok(Applied::Done);
+        }
+        let name = self.spec.clusters[fault.cluster()].name.clone();
         match fault {
-            Fault::ErrorRate { cluster, .. } => {
-                self.set_knobs(*cluster, Knobs::default()).await?;
-            }
             Fault::KillBackends { cluster } => self.restart_backends(*cluster)?,
-            Fault::Drain { cluster } => {
-                let name = self.spec.clusters[*cluster].name.clone();
+            Fault::Drain { .. } => {
                 self.ctl(&["undrain", &name, "--service", SERVICE])?;
             }
+            _ => {}
         }
         Ok(Applied::Done)
     }

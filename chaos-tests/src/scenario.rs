@@ -5,7 +5,8 @@
 //! name: cluster-outage
 //! rate: 500                    # requests per second, through every proxy in turn
 //! warmup: 5s
-//! fault: {kind: errorRate, cluster: us-east, rate: 1.0}   # or killBackends, or drain
+//! fault: {kind: errorRate, cluster: us-east, rate: 1.0}
+//! # or {kind: latency, cluster: ..., latency: 300ms}; refuse; hang; killBackends; drain
 //! faultFor: 12s
 //! after: 20s
 //! damping: {recoverAfter: 8s, rampStep: 25%}              # the service's FailoverPolicy
@@ -63,6 +64,7 @@ struct FaultFile {
     kind: String,
     cluster: String,
     rate: Option<f64>,
+    latency: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,16 +148,31 @@ impl Drill {
             None => None,
             Some(f) => {
                 let c = cluster("fault.cluster", &f.cluster, spec)?;
+                if f.rate.is_some() && f.kind != "errorRate" {
+                    return Err(format!("fault.rate: not used by {}", f.kind));
+                }
+                if f.latency.is_some() && f.kind != "latency" {
+                    return Err(format!("fault.latency: not used by {}", f.kind));
+                }
                 Some(match f.kind.as_str() {
                     "errorRate" => Fault::ErrorRate {
                         cluster: c,
                         rate: rate("fault.rate", f.rate)?,
                     },
+                    "latency" => Fault::Latency {
+                        cluster: c,
+                        latency: match &f.latency {
+                            Some(t) => duration("fault.latency", t)?,
+                            None => return Err("fault.latency: required for this kind".into()),
+                        },
+                    },
+                    "refuse" => Fault::Refuse { cluster: c },
+                    "hang" => Fault::Hang { cluster: c },
                     "killBackends" => Fault::KillBackends { cluster: c },
                     "drain" => Fault::Drain { cluster: c },
                     other => {
                         return Err(format!(
-                            "fault.kind: {other:?} is not errorRate, killBackends or drain"
+                            "fault.kind: {other:?} is not one of errorRate, latency, refuse, hang, killBackends, drain"
                         ));
                     }
                 })
@@ -374,6 +391,22 @@ mod tests {
             "faultFor",
         );
         bad(
+            "name: x\nwarmup: 1s\nafter: 1s\nfault: {kind: latency, cluster: us-east}\nfaultFor: 1s\n",
+            "fault.latency: required",
+        );
+        bad(
+            "name: x\nwarmup: 1s\nafter: 1s\nfault: {kind: latency, cluster: us-east, latency: slow}\nfaultFor: 1s\n",
+            "fault.latency",
+        );
+        bad(
+            "name: x\nwarmup: 1s\nafter: 1s\nfault: {kind: hang, cluster: us-east, rate: 0.5}\nfaultFor: 1s\n",
+            "fault.rate: not used by hang",
+        );
+        bad(
+            "name: x\nwarmup: 1s\nafter: 1s\nfault: {kind: melt, cluster: us-east}\nfaultFor: 1s\n",
+            "fault.kind",
+        );
+        bad(
             "name: x\nwarmup: 1s\nafter: 1s\nactions: [{at: 1s, kind: nap}]\n",
             "actions[0].kind",
         );
@@ -388,5 +421,19 @@ mod tests {
         .expect("reads");
         assert_eq!(ok.plan.fault, Some(Fault::KillBackends { cluster: 2 }));
         assert_eq!(ok.damping, "    recoverAfter: 4s\n    rampStep: 50%");
+        let late = Drill::parse(
+            "name: x\nwarmup: 1s\nafter: 2s\nfault: {kind: latency, cluster: us-central, latency: 300ms}\nfaultFor: 3s\n",
+            &spec,
+        )
+        .expect("reads");
+        let fault = late.plan.fault.expect("a fault");
+        assert_eq!(
+            fault,
+            Fault::Latency {
+                cluster: 1,
+                latency: std::time::Duration::from_millis(300)
+            }
+        );
+        assert_eq!(fault.knobs().map(|k| k.latency_ms), Some(300));
     }
 }

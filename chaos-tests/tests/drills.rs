@@ -257,6 +257,34 @@ async fn a_cluster_whose_backends_are_killed_loses_its_traffic() {
     assert!(r.time_to_detect_ms.is_some(), "{}", r.summary());
 }
 
+/// Backends that accept and never answer: each try there ends at the route's per-try
+/// timeout and is retried in the next locality, and the coordinators count the timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_whose_backends_hang_loses_its_traffic_without_client_errors() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut mesh = mesh(MeshSpec::local()).await;
+    let r = run(
+        &mut mesh,
+        plan(
+            "hanging backends",
+            Some(Fault::Hang { cluster: US_EAST }),
+            (3, 6, 2),
+        ),
+    )
+    .await;
+    shifted_cleanly(&r);
+    nothing_regressed_or_lost(&r);
+    assert_eq!(r.errors, 0, "{}", r.summary());
+    let detect = r
+        .time_to_detect_ms
+        .expect("the coordinators saw the timeouts");
+    assert!(
+        detect <= 4_000,
+        "time to detect {detect} ms\n{}",
+        r.summary()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_killed_during_a_failover_does_not_stop_it() {
     let _one = ONE_AT_A_TIME.lock().await;
