@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # fulcrum-proxy against haproxy and nginx, in one run, on loopback.
 #
-#   proxy/bench/compare.sh [SECONDS]        (default 10 s per load run)
+#   proxy/bench/compare.sh [SECONDS] [ROUNDS]   (default 10 s per load run, 1 round)
+#
+# With more than one round, every section runs ROUNDS times with the proxies taking turns
+# (so that a noisy neighbour on a shared machine hits them alike), and the medians of
+# each figure are printed at the end.
 #
 # Installs wrk, haproxy and nginx from Debian when they are missing, builds the release
 # binaries, and starts everything itself in a temporary directory (removed at the end).
@@ -17,6 +21,7 @@
 set -euo pipefail
 
 SECONDS_PER_RUN="${1:-10}"
+ROUNDS="${2:-1}"
 CONNECTIONS=32
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 WORK="$(mktemp -d /tmp/fulcrum-bench.XXXXXX)"
@@ -130,6 +135,23 @@ run() {
     "$([ "${#pids[@]}" -gt 0 ] && echo $((idle / 1024)) || echo -)" \
     "$([ "${#pids[@]}" -gt 0 ] && echo $((loaded / 1024)) || echo -)"
   echo "$p50" >"$WORK/p50-${name//[^A-Za-z0-9-]/_}"
+  echo "$rps $p50 $p99 $cpu_us" >>"$WORK/runs-${name//[^A-Za-z0-9-]/_}"
+}
+
+# median NAME COLUMN: the median of a figure (1 req/s, 2 p50, 3 p99, 4 CPU) over the
+# rounds.
+median() {
+  sort -n -k"$2,$2" "$WORK/runs-${1//[^A-Za-z0-9-]/_}" | awk -v c="$2" '
+    { v[NR] = $c } END { print v[int((NR + 1) / 2)] }'
+}
+
+# medians NAME...: one line per name with the median of each figure.
+medians() {
+  local name
+  for name in "$@"; do
+    printf "%-34s %9s %10s %10s %12s\n" "$name" "$(median "$name" 1)" "$(median "$name" 2)" \
+      "$(median "$name" 3)" "$(median "$name" 4)"
+  done
 }
 
 header() {
@@ -324,24 +346,41 @@ sleep 0.5
 echo "fulcrum-proxy benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, ${SECONDS_PER_RUN}s per run"
 echo "wrk $(wrk -v 2>&1 | awk 'NR==1 {print $2}'), $(haproxy -v | awk 'NR==1 {print $1, $3}'), $(nginx -v 2>&1 | awk '{print $3}')"
 
-header "Plaintext HTTP/1.1 keep-alive, $CONNECTIONS connections"
-run direct $BACKEND $CONNECTIONS "$SECONDS_PER_RUN"
-run fulcrum-proxy $FULCRUM $CONNECTIONS "$SECONDS_PER_RUN" $FULCRUM_PID
-run haproxy $HAPROXY $CONNECTIONS "$SECONDS_PER_RUN" $HAPROXY_PID
-run nginx $NGINX $CONNECTIONS "$SECONDS_PER_RUN" $(family $NGINX_PID)
-
-header "Proxy-to-proxy mTLS hop (both proxies' CPU), $CONNECTIONS connections"
-run "fulcrum-proxy (h2, mTLS)" $FULCRUM_A $CONNECTIONS "$SECONDS_PER_RUN" $FULCRUM_A_PID $FULCRUM_B_PID
-run "haproxy (h2, mTLS)" $HAPROXY_A $CONNECTIONS "$SECONDS_PER_RUN" $HAPROXY_TLS_PID
-run "nginx (http/1.1, mTLS)" $NGINX_A $CONNECTIONS "$SECONDS_PER_RUN" $(family $NGINX_TLS_PID)
-
-header "One connection (latency added = proxy p50 - direct p50)"
+PLAIN=(direct fulcrum-proxy haproxy nginx)
+HOP=("fulcrum-proxy (h2, mTLS)" "haproxy (h2, mTLS)" "nginx (http/1.1, mTLS)")
+SINGLE=(direct-1 fulcrum-proxy-1 haproxy-1 nginx-1)
 single=$((SECONDS_PER_RUN / 2 > 3 ? SECONDS_PER_RUN / 2 : 3))
-run direct-1 $BACKEND 1 $single
-run fulcrum-proxy-1 $FULCRUM 1 $single $FULCRUM_PID
-run haproxy-1 $HAPROXY 1 $single $HAPROXY_PID
-run nginx-1 $NGINX 1 $single $(family $NGINX_PID)
-direct=$(cat "$WORK/p50-direct-1")
-for name in fulcrum-proxy-1 haproxy-1 nginx-1; do
-  awk -v n="$name" -v p="$(cat "$WORK/p50-$name")" -v d="$direct" 'BEGIN {printf "  %-18s +%.0f us p50\n", n, p - d}'
+for round in $(seq 1 "$ROUNDS"); do
+  of=""; [ "$ROUNDS" -gt 1 ] && of=" (round $round of $ROUNDS)"
+  header "Plaintext HTTP/1.1 keep-alive, $CONNECTIONS connections$of"
+  run direct $BACKEND $CONNECTIONS "$SECONDS_PER_RUN"
+  run fulcrum-proxy $FULCRUM $CONNECTIONS "$SECONDS_PER_RUN" $FULCRUM_PID
+  run haproxy $HAPROXY $CONNECTIONS "$SECONDS_PER_RUN" $HAPROXY_PID
+  run nginx $NGINX $CONNECTIONS "$SECONDS_PER_RUN" $(family $NGINX_PID)
+
+  header "Proxy-to-proxy mTLS hop (both proxies' CPU), $CONNECTIONS connections$of"
+  run "${HOP[0]}" $FULCRUM_A $CONNECTIONS "$SECONDS_PER_RUN" $FULCRUM_A_PID $FULCRUM_B_PID
+  run "${HOP[1]}" $HAPROXY_A $CONNECTIONS "$SECONDS_PER_RUN" $HAPROXY_TLS_PID
+  run "${HOP[2]}" $NGINX_A $CONNECTIONS "$SECONDS_PER_RUN" $(family $NGINX_TLS_PID)
+
+  header "One connection (latency added = proxy p50 - direct p50)$of"
+  run direct-1 $BACKEND 1 $single
+  run fulcrum-proxy-1 $FULCRUM 1 $single $FULCRUM_PID
+  run haproxy-1 $HAPROXY 1 $single $HAPROXY_PID
+  run nginx-1 $NGINX 1 $single $(family $NGINX_PID)
+  direct=$(cat "$WORK/p50-direct-1")
+  for name in fulcrum-proxy-1 haproxy-1 nginx-1; do
+    awk -v n="$name" -v p="$(cat "$WORK/p50-$name")" -v d="$direct" 'BEGIN {printf "  %-18s +%.0f us p50\n", n, p - d}'
+  done
 done
+
+if [ "$ROUNDS" -gt 1 ]; then
+  echo
+  echo "Medians of $ROUNDS rounds"
+  printf "%-34s %9s %10s %10s %12s\n" "" "req/s" "p50 us" "p99 us" "CPU us/req"
+  medians "${PLAIN[@]}" "${HOP[@]}" "${SINGLE[@]}"
+  direct=$(median direct-1 2)
+  for name in fulcrum-proxy-1 haproxy-1 nginx-1; do
+    awk -v n="$name" -v p="$(median "$name" 2)" -v d="$direct" 'BEGIN {printf "  %-18s +%.0f us p50\n", n, p - d}'
+  done
+fi
