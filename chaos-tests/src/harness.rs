@@ -392,7 +392,13 @@ pub struct Mesh {
     _temp: Option<tempfile::TempDir>,
 }
 
-/// The mesh configuration the coordinators are given.
+/// The drill service's policies (DestinationRule, VirtualService, FailoverPolicy last).
+const POLICIES: &str = include_str!("../../deploy/local/drill/checkout.yaml");
+
+/// The mesh configuration the coordinators are given: a MeshCluster per cluster with its
+/// east-west `gateways`, the [`SERVICE`]'s ServiceEntry with the `backends` (cluster
+/// index, address) as endpoints, and its policies from `deploy/local/drill/checkout.yaml`
+/// with the spec's damping.
 pub fn mesh_yaml(
     spec: &MeshSpec,
     gateways: &[SocketAddr],
@@ -422,68 +428,11 @@ pub fn mesh_yaml(
             c.name
         );
     }
-    // Failover in a ring: each cluster's traffic goes to the next cluster first.
-    let regions: Vec<&str> = spec
-        .clusters
-        .iter()
-        .map(|c| c.locality.split('/').next().unwrap_or_default())
-        .collect();
-    let mut failover = String::new();
-    for (i, from) in regions.iter().enumerate() {
-        let to = regions[(i + 1) % regions.len()];
-        if from != &to {
-            failover += &format!("        - {{from: {from}, to: {to}}}\n");
-        }
+    y += "---\n";
+    y += POLICIES;
+    if !spec.damping.is_empty() {
+        y += &format!("  damping:\n{}\n", spec.damping);
     }
-    y += &format!(
-        r#"---
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: checkout, namespace: drill}}
-spec:
-  host: {SERVICE}
-  trafficPolicy:
-    # The sample mesh's (deploy/local/config/checkout.yaml) outlier detection.
-    outlierDetection:
-      consecutive5xxErrors: 5
-      consecutiveGatewayErrors: 3
-      interval: 1s
-      baseEjectionTime: 10s
-      maxEjectionPercent: 50
-    loadBalancer:
-      simple: LEAST_REQUEST
-      localityLbSetting:
-        enabled: true
-        failover:
-{failover}---
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: checkout, namespace: drill}}
-spec:
-  hosts: [{SERVICE}]
-  http:
-  - route:
-    - destination: {{host: {SERVICE}}}
-    # The sample mesh's timeout and retry policy.
-    timeout: 3s
-    retries:
-      attempts: 3
-      perTryTimeout: 500ms
-      retryOn: 5xx,gateway-error,connect-failure,reset
-      retryRemoteLocalities: true
----
-apiVersion: fulcrum.dev/v1alpha1
-kind: FailoverPolicy
-metadata: {{name: checkout, namespace: drill}}
-spec:
-  host: {SERVICE}
-{damping}"#,
-        damping = if spec.damping.is_empty() {
-            String::new()
-        } else {
-            format!("  damping:\n{}\n", spec.damping)
-        }
-    );
     y
 }
 
@@ -1038,5 +987,65 @@ impl Target for Mesh {
             }
         }
         Applied::Done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fulcrum_policy::{ConfigSet, Resource};
+
+    #[test]
+    fn the_local_mesh_is_the_sample_meshs_clusters() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/config");
+        let mut config = ConfigSet::new();
+        config.add_path(&dir.join("clusters.yaml"));
+        assert!(!config.has_errors());
+        let mut sample: Vec<(String, String)> = config
+            .resources()
+            .filter_map(|r| match r {
+                Resource::MeshCluster(o) => Some((
+                    o.spec.name(&o.metadata.name).to_string(),
+                    o.spec.locality.to_string(),
+                )),
+                _ => None,
+            })
+            .collect();
+        let mut local: Vec<(String, String)> = MeshSpec::local()
+            .clusters
+            .into_iter()
+            .map(|c| (c.name, c.locality))
+            .collect();
+        sample.sort();
+        local.sort();
+        assert_eq!(local, sample);
+    }
+
+    #[test]
+    fn the_drill_mesh_configuration_is_valid_with_and_without_damping() {
+        let mut spec = MeshSpec::local();
+        let gateways: Vec<SocketAddr> = (1..=3)
+            .map(|n| SocketAddr::from(([127, 0, n, 1], 15443)))
+            .collect();
+        let backends: Vec<(usize, SocketAddr)> = (0..3)
+            .map(|c| (c, SocketAddr::from(([127, 0, c as u8 + 1, 1], 18000))))
+            .collect();
+        for damping in ["", "    recoverAfter: 3s\n    rampStep: 50%"] {
+            spec.damping = damping.into();
+            let mut config = ConfigSet::new();
+            config.add_text("drill mesh", &mesh_yaml(&spec, &gateways, &backends));
+            let errors: Vec<String> = config.diagnostics().map(|d| d.to_string()).collect();
+            assert!(!config.has_errors(), "{errors:?}");
+            let policy = config
+                .resources()
+                .find_map(|r| match r {
+                    Resource::FailoverPolicy(o) => Some(o.spec.clone()),
+                    _ => None,
+                })
+                .expect("the FailoverPolicy");
+            assert_eq!(policy.damping.is_some(), !damping.is_empty());
+            let kinds = config.resources().count();
+            assert_eq!(kinds, 3 + 1 + 3, "3 clusters, a ServiceEntry, 3 policies");
+        }
     }
 }
