@@ -163,9 +163,6 @@ pub struct Outbound {
     outliers: Mutex<HashMap<String, OutlierDetector>>,
     /// Per service host, when its DestinationRule limits requests in flight.
     limits: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
-    /// The upstream connections of requests handled on the caller's runtime (the
-    /// east-west listener's, and the outbound listener's without worker threads).
-    upstreams: Upstreams,
     /// The certificate presented to other clusters, when east-west mTLS is configured.
     tls: Option<Arc<MeshTls>>,
     /// Clusters whose gateway refused us lately, until when.
@@ -185,9 +182,9 @@ pub struct Outbound {
 }
 
 /// Where requests leave the proxy: HTTP/1 connections to this cluster's endpoints and,
-/// with east-west mTLS, h2 connections to other clusters' gateways. Each outbound worker
-/// thread has its own (see [`crate::workers`]), so that a request, its upstream
-/// connection and the tasks driving both stay on one thread.
+/// with east-west mTLS, h2 connections to other clusters' gateways. Each worker thread
+/// has its own ([`Outbound::upstreams`], [`crate::workers`]), so that a request, its
+/// upstream connection and the tasks driving both stay on one thread.
 #[derive(Clone)]
 pub struct Upstreams {
     http: Client<HttpConnector, Full<Bytes>>,
@@ -241,7 +238,6 @@ impl Outbound {
             in_flight: Arc::default(),
             outliers: Mutex::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
-            upstreams: Upstreams::new(None),
             tls: None,
             unreachable: Mutex::new(HashMap::new()),
             rotation: AtomicUsize::new(0),
@@ -258,13 +254,11 @@ impl Outbound {
     /// Reaches other clusters over h2 with mTLS, presenting `tls`; without, every request
     /// stays in this cluster whatever the weights say.
     pub fn with_east_west(mut self, tls: Arc<MeshTls>) -> Outbound {
-        self.upstreams = Upstreams::new(Some(&tls));
         self.tls = Some(tls);
         self
     }
 
-    /// A fresh set of upstream pools, for a worker thread's own use with
-    /// [`Outbound::handle_via`].
+    /// A fresh set of upstream pools, for one worker thread's requests.
     pub fn upstreams(&self) -> Upstreams {
         Upstreams::new(self.tls.as_ref())
     }
@@ -383,17 +377,8 @@ impl Outbound {
         self.routing.read().ok().and_then(|r| r.clone())
     }
 
-    /// Routes and forwards one request, and counts it.
-    pub async fn handle<B>(&self, request: Request<B>) -> ProxyResponse
-    where
-        B: hyper::body::Body<Data = Bytes> + Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        self.handle_via(request, &self.upstreams).await
-    }
-
-    /// [`Outbound::handle`], over the caller's own upstream pools.
-    pub async fn handle_via<B>(&self, request: Request<B>, upstreams: &Upstreams) -> ProxyResponse
+    /// Routes and forwards one request over `upstreams`, and counts it.
+    pub async fn handle<B>(&self, request: Request<B>, upstreams: &Upstreams) -> ProxyResponse
     where
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -407,19 +392,9 @@ impl Outbound {
         response
     }
 
-    /// Serves a request another cluster's proxy sent over the east-west listener: to this
-    /// cluster's endpoints only.
-    pub async fn handle_east_west<B>(&self, request: Request<B>, peer: &str) -> ProxyResponse
-    where
-        B: hyper::body::Body<Data = Bytes> + Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        self.handle_east_west_via(request, peer, &self.upstreams)
-            .await
-    }
-
-    /// [`Outbound::handle_east_west`], over the caller's own upstream pools.
-    pub async fn handle_east_west_via<B>(
+    /// Serves a request another cluster's proxy (`peer`) sent over the east-west
+    /// listener: to this cluster's endpoints only, over `upstreams`.
+    pub async fn handle_east_west<B>(
         &self,
         request: Request<B>,
         peer: &str,

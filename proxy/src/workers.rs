@@ -90,9 +90,7 @@ async fn work(
         let (outbound, upstreams) = (outbound.clone(), upstreams.clone());
         move |request| {
             let (outbound, upstreams) = (outbound.clone(), upstreams.clone());
-            async move {
-                Ok::<_, std::convert::Infallible>(outbound.handle_via(request, &upstreams).await)
-            }
+            async move { Ok::<_, std::convert::Infallible>(outbound.handle(request, &upstreams).await) }
         }
     };
     loop {

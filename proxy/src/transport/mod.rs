@@ -80,13 +80,7 @@ pub(crate) async fn serve_east_west_connection(
     let peer: Arc<str> = peer.into();
     let service = service_fn(move |request: Request<Incoming>| {
         let (outbound, upstreams, peer) = (outbound.clone(), upstreams.clone(), peer.clone());
-        async move {
-            Ok::<_, Infallible>(
-                outbound
-                    .handle_east_west_via(request, &peer, &upstreams)
-                    .await,
-            )
-        }
+        async move { Ok::<_, Infallible>(outbound.handle_east_west(request, &peer, &upstreams).await) }
     });
     let _ = http2::Builder::new(TokioExecutor::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
