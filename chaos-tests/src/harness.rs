@@ -806,6 +806,18 @@ pub(crate) fn explained_row(
 }
 
 impl Mesh {
+    /// The process ids of every process it runs now (coordinators, proxies, backends).
+    pub fn pids(&self) -> Vec<u32> {
+        let coordinators = self.coordinators.iter().map(|c| &c.process);
+        let proxies = self.proxies.iter().map(|p| &p.process);
+        let backends = self.backends.iter().map(|b| &b.process);
+        coordinators
+            .chain(proxies)
+            .chain(backends)
+            .filter_map(Process::pid)
+            .collect()
+    }
+
     /// Runs `fulcrumctl ARGS` as the mesh's admin against each coordinator in turn until
     /// one succeeds; the last failure's output otherwise.
     pub fn ctl(&self, args: &[&str]) -> Result<String, HarnessError> {
