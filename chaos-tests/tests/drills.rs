@@ -239,19 +239,18 @@ async fn a_flapping_backend_does_not_make_the_weights_oscillate() {
     assert_eq!(r.errors, 0, "{}", r.summary());
 }
 
+/// `fault` in us-east on a mesh with the default settings: 3 s of warm-up, 6 s of fault, 2 s
+/// after.
+async fn us_east_for_six_seconds(name: &str, fault: Fault) -> Report {
+    let mut mesh = mesh(MeshSpec::local()).await;
+    run(&mut mesh, plan(name, Some(fault), (3, 6, 2))).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_whose_backends_are_killed_loses_its_traffic() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let mut mesh = mesh(MeshSpec::local()).await;
-    let r = run(
-        &mut mesh,
-        plan(
-            "killed backends",
-            Some(Fault::KillBackends { cluster: US_EAST }),
-            (3, 6, 2),
-        ),
-    )
-    .await;
+    let r =
+        us_east_for_six_seconds("killed backends", Fault::KillBackends { cluster: US_EAST }).await;
     shifted_cleanly(&r);
     nothing_regressed_or_lost(&r);
     assert!(r.time_to_detect_ms.is_some(), "{}", r.summary());
@@ -262,16 +261,7 @@ async fn a_cluster_whose_backends_are_killed_loses_its_traffic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_whose_backends_hang_loses_its_traffic_without_client_errors() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let mut mesh = mesh(MeshSpec::local()).await;
-    let r = run(
-        &mut mesh,
-        plan(
-            "hanging backends",
-            Some(Fault::Hang { cluster: US_EAST }),
-            (3, 6, 2),
-        ),
-    )
-    .await;
+    let r = us_east_for_six_seconds("hanging backends", Fault::Hang { cluster: US_EAST }).await;
     shifted_cleanly(&r);
     nothing_regressed_or_lost(&r);
     assert_eq!(r.errors, 0, "{}", r.summary());

@@ -41,7 +41,8 @@ struct Flags {
 enum Command {
     /// A local three-cluster mesh with traffic and a cluster-outage drill.
     Demo(DemoArgs),
-    /// A drill from a file, on the local three-cluster mesh.
+    /// A drill from a file, on the local three-cluster mesh, or with --mesh on an existing
+    /// mesh through its coordinators' API.
     Run(RunArgs),
     /// The drills' test backend.
     Backend {
@@ -90,15 +91,11 @@ struct RunArgs {
     #[arg(long, value_name = "CLUSTER=ADDR", requires = "mesh", value_parser = parse_proxy)]
     proxy: Vec<(String, std::net::SocketAddr)>,
     /// With --mesh: the certificates directory with an admin certificate.
-    #[arg(long, value_name = "DIR", env = "FULCRUM_CERTS", requires = "mesh")]
+    // Not tied to --mesh: an exported FULCRUM_CERTS must not get in the way of local drills.
+    #[arg(long, value_name = "DIR", env = "FULCRUM_CERTS")]
     certs: Option<PathBuf>,
     /// With --mesh: which admin certificate (admin-NAME.pem).
-    #[arg(
-        long = "as",
-        value_name = "NAME",
-        env = "FULCRUM_ADMIN",
-        requires = "mesh"
-    )]
+    #[arg(long = "as", value_name = "NAME", env = "FULCRUM_ADMIN")]
     admin: Option<String>,
     /// With --mesh: plaintext, for coordinators started with --insecure-dev.
     #[arg(long, requires = "mesh")]
