@@ -188,6 +188,13 @@ impl Drill {
         for (i, a) in file.actions.iter().enumerate() {
             let field = |name: &str| format!("actions[{i}].{name}");
             let at = duration(&field("at"), &a.at)?;
+            let action_cluster = || {
+                cluster(
+                    &field("cluster"),
+                    a.cluster.as_deref().unwrap_or_default(),
+                    spec,
+                )
+            };
             let action = match a.kind.as_str() {
                 "killLeader" => Action::KillLeader,
                 "killCoordinators" => Action::KillCoordinators {
@@ -219,18 +226,10 @@ impl Drill {
                     }
                 }
                 "restartProxy" => Action::RestartProxy {
-                    cluster: cluster(
-                        &field("cluster"),
-                        a.cluster.as_deref().unwrap_or_default(),
-                        spec,
-                    )?,
+                    cluster: action_cluster()?,
                 },
                 "setErrorRate" => Action::SetErrorRate {
-                    cluster: cluster(
-                        &field("cluster"),
-                        a.cluster.as_deref().unwrap_or_default(),
-                        spec,
-                    )?,
+                    cluster: action_cluster()?,
                     rate: rate(&field("rate"), a.rate)?,
                 },
                 other => {
