@@ -76,7 +76,10 @@ impl EastWestPool {
             return Ok(sender.clone());
         }
         *slot = None;
-        let sender = tokio::time::timeout(self.connect_timeout, self.connect(gateway, cluster))
+        // Boxed: a TLS handshake's state is kilobytes, and inline it would be part of (and
+        // copied with) every request's future, though connections are rarely made.
+        let connect = Box::pin(self.connect(gateway, cluster));
+        let sender = tokio::time::timeout(self.connect_timeout, connect)
             .await
             .map_err(|_| {
                 SendError::Connect(format!(
