@@ -7,13 +7,14 @@
 //! `topology.istio.io/cluster` label names it, or when it carries no such label and its
 //! locality is this proxy's.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use fulcrum_policy::istio::{SimpleLb, TrafficPolicy};
 use fulcrum_policy::{Locality, Resource};
 
+use crate::FastMap;
 use crate::balance::{LbPolicy, OutlierSettings};
 
 /// Istio's label naming the cluster a workload runs in.
@@ -61,15 +62,15 @@ pub trait Discovery: Send + Sync {
 #[derive(Debug, Clone, Default)]
 struct Service {
     endpoints: Vec<Endpoint>,
-    subsets: HashMap<String, BTreeMap<String, String>>,
+    subsets: FastMap<String, BTreeMap<String, String>>,
     balance: BalanceSettings,
-    subset_balance: HashMap<String, BalanceSettings>,
+    subset_balance: FastMap<String, BalanceSettings>,
 }
 
 /// Endpoints read from ServiceEntry objects.
 #[derive(Debug, Clone, Default)]
 pub struct StaticDiscovery {
-    services: HashMap<String, Service>,
+    services: FastMap<String, Service>,
 }
 
 fn balance_of(policy: Option<&TrafficPolicy>) -> Option<BalanceSettings> {
@@ -114,7 +115,7 @@ impl StaticDiscovery {
         locality: &Locality,
     ) -> StaticDiscovery {
         let resources: Vec<&Resource> = resources.into_iter().collect();
-        let mut services: HashMap<String, Service> = HashMap::new();
+        let mut services: FastMap<String, Service> = FastMap::default();
         for r in &resources {
             let Resource::ServiceEntry(se) = r else {
                 continue;

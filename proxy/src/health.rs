@@ -7,11 +7,12 @@
 //! ready in the reports, so the coordinators see a dead backend even when no traffic
 //! goes to it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::FastMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -54,7 +55,7 @@ struct Streak {
 #[derive(Debug, Default)]
 pub struct Health {
     down: RwLock<HashSet<SocketAddr>>,
-    streaks: RwLock<HashMap<SocketAddr, Streak>>,
+    streaks: RwLock<FastMap<SocketAddr, Streak>>,
 }
 
 impl Health {

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use fulcrum_policy::weights::WeightRow;
 
+use crate::FastMap;
+
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -40,6 +42,10 @@ pub struct ProxyMetrics {
     /// When the coordinators produced the snapshot routed on, Unix milliseconds (0: none).
     pub snapshot_produced_ms: AtomicU64,
     snapshot_age: Gauge<f64, AtomicU64>,
+    /// The series every request touches, found without building and SipHashing a label
+    /// set (the families' own lookup): by (service, locality, code), and by service.
+    request_series: Mutex<FastMap<(String, String, u16), Counter>>,
+    latency_series: Mutex<FastMap<String, Histogram>>,
 }
 
 impl Default for ProxyMetrics {
@@ -69,6 +75,8 @@ impl ProxyMetrics {
             weights: Family::default(),
             snapshot_produced_ms: AtomicU64::new(0),
             snapshot_age: Gauge::default(),
+            request_series: Mutex::default(),
+            latency_series: Mutex::default(),
         };
         registry.register(
             "requests",
@@ -119,6 +127,35 @@ impl ProxyMetrics {
             *r = registry;
         }
         m
+    }
+
+    /// Counts one answered request of `service` served from `locality` with `code`,
+    /// after `seconds`.
+    pub fn count_request(&self, service: String, locality: String, code: u16, seconds: f64) {
+        if let Ok(mut series) = self.latency_series.lock() {
+            match series.get(&service) {
+                Some(h) => h.observe(seconds),
+                None => {
+                    let h = self.latency.get_or_create(&Self::service(&service)).clone();
+                    h.observe(seconds);
+                    series.insert(service.clone(), h);
+                }
+            }
+        }
+        if let Ok(mut series) = self.request_series.lock() {
+            series
+                .entry((service, locality, code))
+                .or_insert_with_key(|(service, locality, code)| {
+                    self.requests
+                        .get_or_create(&vec![
+                            ("service", service.clone()),
+                            ("locality", locality.clone()),
+                            ("code", code.to_string()),
+                        ])
+                        .clone()
+                })
+                .inc();
+        }
     }
 
     /// A label set of one service.

@@ -16,7 +16,6 @@
 //! oversized heads) before a request gets here, and [`crate::framing`] refuses a request
 //! that carries both Content-Length and Transfer-Encoding.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,11 +28,9 @@ use fulcrum_policy::weights::WeightRow;
 use http::header::{HOST, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
+use crate::FastMap;
 use crate::balance::{
     ClusterInfo, EndpointPicker, LocalityRow, OutlierDetector, Place, TryOutcome,
 };
@@ -46,19 +43,20 @@ use crate::routing::{
     RouteRequest, RouteTable, Target,
 };
 use crate::transport::{EastWestPool, MeshTls, SendError};
+use crate::upstream::{Http1Pool, UpstreamError};
 
 /// The header on every answer the proxy makes itself.
-pub const REASON_HEADER: &str = "x-fulcrum-reason";
+pub const REASON_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-reason");
 /// The header naming the endpoint that answered.
-pub const UPSTREAM_HEADER: &str = "x-fulcrum-upstream";
+pub const UPSTREAM_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-upstream");
 /// The header naming the cluster whose endpoint answered.
-pub const CLUSTER_HEADER: &str = "x-fulcrum-cluster";
+pub const CLUSTER_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-cluster");
 /// How many tries the answer took (the first and its retries).
-pub const ATTEMPTS_HEADER: &str = "x-fulcrum-attempts";
+pub const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-attempts");
 /// On an east-west request: the subset of the service to serve.
-pub const SUBSET_HEADER: &str = "x-fulcrum-subset";
+pub const SUBSET_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-subset");
 /// On a request an east-west listener forwards to its endpoint: `source->this` cluster.
-pub const HOP_HEADER: &str = "x-fulcrum-hop";
+pub const HOP_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-hop");
 /// Largest request body the proxy buffers (it keeps the body to retry).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 /// How long a connection to an endpoint may take.
@@ -99,7 +97,7 @@ pub struct Routing {
     /// This cluster's endpoints.
     pub discovery: Arc<dyn Discovery>,
     /// The pushed rows for this proxy's locality, by (service, subset).
-    pub rows: HashMap<(String, String), LocalityRow>,
+    pub rows: FastMap<(String, String), LocalityRow>,
     /// The clusters of the mesh.
     pub clusters: Vec<ClusterInfo>,
     /// VirtualServices left out because they do not compile.
@@ -157,16 +155,16 @@ impl Routing {
 /// each accepted snapshot; balancing, outlier and limit state stay across swaps.
 pub struct Outbound {
     routing: std::sync::RwLock<Option<Arc<Routing>>>,
-    pickers: Mutex<HashMap<(String, String), EndpointPicker>>,
-    in_flight: Arc<Mutex<HashMap<SocketAddr, u32>>>,
+    pickers: Mutex<FastMap<(String, String), EndpointPicker>>,
+    in_flight: Arc<Mutex<FastMap<SocketAddr, u32>>>,
     /// Per service host.
-    outliers: Mutex<HashMap<String, OutlierDetector>>,
+    outliers: Mutex<FastMap<String, OutlierDetector>>,
     /// Per service host, when its DestinationRule limits requests in flight.
-    limits: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    limits: Mutex<FastMap<String, Arc<tokio::sync::Semaphore>>>,
     /// The certificate presented to other clusters, when east-west mTLS is configured.
     tls: Option<Arc<MeshTls>>,
     /// Clusters whose gateway refused us lately, until when.
-    unreachable: Mutex<HashMap<String, Instant>>,
+    unreachable: Mutex<FastMap<String, Instant>>,
     /// Spreads requests over a cluster's gateways.
     rotation: AtomicUsize,
     max_body_bytes: usize,
@@ -187,18 +185,15 @@ pub struct Outbound {
 /// upstream connection and the tasks driving both stay on one thread.
 #[derive(Clone)]
 pub struct Upstreams {
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Arc<Http1Pool>,
     east_west: Option<Arc<EastWestPool>>,
 }
 
 impl Upstreams {
     /// Fresh pools: HTTP/1 to endpoints, and h2 over mTLS presenting `tls` when given.
     fn new(tls: Option<&Arc<MeshTls>>) -> Upstreams {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(DEFAULT_CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
         Upstreams {
-            http: Client::builder(TokioExecutor::new()).build(connector),
+            http: Arc::new(Http1Pool::new(DEFAULT_CONNECT_TIMEOUT)),
             east_west: tls
                 .map(|tls| Arc::new(EastWestPool::new(tls.clone(), DEFAULT_CONNECT_TIMEOUT))),
         }
@@ -234,12 +229,12 @@ impl Outbound {
     ) -> Outbound {
         Outbound {
             routing: std::sync::RwLock::new(routing.map(Arc::new)),
-            pickers: Mutex::new(HashMap::new()),
+            pickers: Mutex::default(),
             in_flight: Arc::default(),
-            outliers: Mutex::new(HashMap::new()),
-            limits: Mutex::new(HashMap::new()),
+            outliers: Mutex::default(),
+            limits: Mutex::default(),
             tls: None,
-            unreachable: Mutex::new(HashMap::new()),
+            unreachable: Mutex::default(),
             rotation: AtomicUsize::new(0),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             metrics,
@@ -414,18 +409,12 @@ impl Outbound {
     }
 
     fn count(&self, counted: Counted, response: &ProxyResponse, started: Instant) {
-        self.metrics
-            .latency
-            .get_or_create(&ProxyMetrics::service(&counted.service))
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics
-            .requests
-            .get_or_create(&vec![
-                ("service", counted.service),
-                ("locality", counted.locality),
-                ("code", response.status().as_u16().to_string()),
-            ])
-            .inc();
+        self.metrics.count_request(
+            counted.service,
+            counted.locality,
+            response.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
     }
 
     /// What `handle` does; names the service and destination in `counted` once known.
@@ -752,7 +741,7 @@ impl Outbound {
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut tried_clusters: Vec<String> = Vec::new();
         let mut tried_destinations: Vec<usize> = Vec::new();
-        let mut last = answer(StatusCode::SERVICE_UNAVAILABLE, "no try was made");
+        let mut last = None;
         let mut tries = 0u32;
         for attempt in 0..=policy.attempts {
             let Some(hop) = self.next_hop(
@@ -764,14 +753,14 @@ impl Outbound {
                 (&tried, &tried_clusters, &tried_destinations),
             ) else {
                 if attempt == 0 {
-                    last = answer(
+                    last = Some(answer(
                         StatusCode::SERVICE_UNAVAILABLE,
                         &format!(
                             "{}, and no other cluster can take {} now",
                             no_local(),
                             target.host
                         ),
-                    );
+                    ));
                 }
                 break;
             };
@@ -865,15 +854,16 @@ impl Outbound {
                     answer(StatusCode::GATEWAY_TIMEOUT, "per-try timeout"),
                 ),
             };
-            last = response;
+            last = Some(response);
             tries = attempt + 1;
             if !retry {
                 break;
             }
         }
-        if let Ok(v) = HeaderValue::from_str(&tries.to_string()) {
-            last.headers_mut().insert(ATTEMPTS_HEADER, v);
-        }
+        let mut last =
+            last.unwrap_or_else(|| answer(StatusCode::SERVICE_UNAVAILABLE, "no try was made"));
+        last.headers_mut()
+            .insert(ATTEMPTS_HEADER, HeaderValue::from(tries));
         last
     }
 
@@ -971,17 +961,16 @@ impl Outbound {
         endpoint: &Endpoint,
         body: Bytes,
     ) -> Try {
-        let uri = format!("http://{}{}", endpoint.name, forward.path_and_query);
-        let request = match upstream_request(parts, forward, &uri, body) {
+        let request = match upstream_request(parts, forward, &forward.path_and_query, body) {
             Ok(r) => r,
             Err(e) => return Try::Reset(e),
         };
         let _guard = InFlight::enter(&self.in_flight, endpoint.address);
         let send = async {
-            match upstreams.http.request(request).await {
-                Ok(r) => answered(r).await,
-                Err(e) if e.is_connect() => Try::ConnectFailed(error_chain(&e)),
-                Err(e) => Try::Reset(error_chain(&e)),
+            match upstreams.http.exchange(endpoint.address, request).await {
+                Ok(r) => Try::Answered(r),
+                Err(UpstreamError::Connect(e)) => Try::ConnectFailed(e),
+                Err(UpstreamError::Reset(e)) => Try::Reset(e),
             }
         };
         within(forward.retries.per_try_timeout, send).await
@@ -1044,13 +1033,12 @@ impl Outbound {
         let mut shadow = forward.clone();
         // Envoy marks mirrored requests by suffixing the authority.
         shadow.authority = format!("{}-shadow", forward.authority);
-        let uri = format!("http://{}{}", endpoint.name, shadow.path_and_query);
-        let Ok(request) = upstream_request(parts, &shadow, &uri, body) else {
+        let Ok(request) = upstream_request(parts, &shadow, &shadow.path_and_query, body) else {
             return;
         };
-        let client = upstreams.http.clone();
+        let pool = upstreams.http.clone();
         tokio::spawn(async move {
-            let _ = client.request(request).await;
+            let _ = pool.exchange(endpoint.address, request).await;
         });
     }
 }
@@ -1134,12 +1122,12 @@ async fn within(timeout: Option<Duration>, send: impl Future<Output = Try>) -> T
 
 /// Counts requests in flight per endpoint while alive (for LEAST_REQUEST).
 struct InFlight {
-    map: Arc<Mutex<HashMap<SocketAddr, u32>>>,
+    map: Arc<Mutex<FastMap<SocketAddr, u32>>>,
     address: SocketAddr,
 }
 
 impl InFlight {
-    fn enter(map: &Arc<Mutex<HashMap<SocketAddr, u32>>>, address: SocketAddr) -> InFlight {
+    fn enter(map: &Arc<Mutex<FastMap<SocketAddr, u32>>>, address: SocketAddr) -> InFlight {
         if let Ok(mut m) = map.lock() {
             *m.entry(address).or_default() += 1;
         }
@@ -1221,18 +1209,24 @@ fn authority_of(uri: &Uri, headers: &HeaderMap) -> Result<http::uri::Authority, 
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers the Connection header names are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    // One pass over the few names a message has, rather than a lookup per hop-by-hop name:
+    // this runs on every request and every answer.
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for (name, value) in headers.iter() {
+        if HOP_BY_HOP.contains(name) {
+            doomed.push(name.clone());
+        }
+        // Headers the Connection header names are hop-by-hop too.
+        if name == http::header::CONNECTION
+            && let Ok(text) = value.to_str()
+        {
+            doomed.extend(
+                text.split(',')
+                    .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()),
+            );
+        }
     }
-    for name in &HOP_BY_HOP {
+    for name in doomed {
         headers.remove(name);
     }
 }

@@ -7,10 +7,10 @@
 //! A success resets the counts; the multiplier drops by one per `interval` without an
 //! ejection. Time comes in as an argument: no clock here.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::FastMap;
 use fulcrum_policy::istio::OutlierDetection;
 
 /// Istio's defaults.
@@ -97,7 +97,7 @@ struct EndpointHealth {
 #[derive(Debug, Clone, Default)]
 pub struct OutlierDetector {
     settings: OutlierSettings,
-    endpoints: HashMap<SocketAddr, EndpointHealth>,
+    endpoints: FastMap<SocketAddr, EndpointHealth>,
 }
 
 impl OutlierDetector {
@@ -105,7 +105,7 @@ impl OutlierDetector {
     pub fn new(settings: OutlierSettings) -> OutlierDetector {
         OutlierDetector {
             settings,
-            endpoints: HashMap::new(),
+            endpoints: FastMap::default(),
         }
     }
 

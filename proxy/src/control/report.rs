@@ -8,7 +8,6 @@
 //! While no coordinator takes reports the counters keep adding up and go out with the
 //! next report that is sent.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{ControlSettings, FIRST_BACKOFF, MAX_BACKOFF};
+use crate::FastMap;
 use crate::balance::ClusterInfo;
 
 /// Destinations counted per interval at most.
@@ -68,7 +68,7 @@ impl Counts {
 /// allocates nothing once its destination is known.
 #[derive(Default)]
 struct Table {
-    services: HashMap<String, HashMap<String, Counts>>,
+    services: FastMap<String, FastMap<String, Counts>>,
     destinations: usize,
     dropped: u64,
 }

@@ -16,9 +16,9 @@
 
 mod matching;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::FastMap;
 use bytes::Bytes;
 use fulcrum_policy::Resource;
 use fulcrum_policy::istio::{
@@ -412,7 +412,7 @@ pub struct Forward {
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     /// Exact hosts.
-    exact: HashMap<String, Vec<CompiledRoute>>,
+    exact: FastMap<String, Vec<CompiledRoute>>,
     /// `*.suffix` hosts, longest suffix first; `*` last.
     wildcard: Vec<(String, Vec<CompiledRoute>)>,
 }
