@@ -50,22 +50,33 @@ pub struct BalanceSettings {
 /// The endpoints of services in this cluster.
 pub trait Discovery: Send + Sync {
     /// The endpoints of `host` in `subset` (empty: every endpoint), this cluster only.
-    fn endpoints(&self, host: &str, subset: &str) -> Vec<Endpoint>;
+    /// Read on every request: implementations hand out a shared list, not a copy.
+    fn endpoints(&self, host: &str, subset: &str) -> Arc<[Endpoint]>;
     /// Whether `host` is a service this mesh knows (in any cluster).
     fn knows(&self, host: &str) -> bool;
     /// How `host` (and `subset`) is balanced.
-    fn balance(&self, host: &str, subset: &str) -> BalanceSettings;
+    fn balance(&self, host: &str, subset: &str) -> &BalanceSettings;
     /// The services with at least one endpoint in this cluster, sorted.
     fn local_services(&self) -> Vec<String>;
 }
 
 #[derive(Debug, Clone, Default)]
 struct Service {
-    endpoints: Vec<Endpoint>,
-    subsets: FastMap<String, BTreeMap<String, String>>,
+    endpoints: Arc<[Endpoint]>,
+    /// Each subset's endpoints, selected once when the configuration is read.
+    subsets: FastMap<String, Arc<[Endpoint]>>,
     balance: BalanceSettings,
     subset_balance: FastMap<String, BalanceSettings>,
 }
+
+/// How a service nobody configured is balanced (Istio's defaults).
+static DEFAULT_BALANCE: BalanceSettings = BalanceSettings {
+    policy: LbPolicy::LeastRequest,
+    hash_header: None,
+    hash_query: None,
+    outlier: None,
+    max_requests: None,
+};
 
 /// Endpoints read from ServiceEntry objects.
 #[derive(Debug, Clone, Default)]
@@ -115,13 +126,13 @@ impl StaticDiscovery {
         locality: &Locality,
     ) -> StaticDiscovery {
         let resources: Vec<&Resource> = resources.into_iter().collect();
-        let mut services: FastMap<String, Service> = FastMap::default();
+        let mut endpoints: FastMap<String, Vec<Endpoint>> = FastMap::default();
         for r in &resources {
             let Resource::ServiceEntry(se) = r else {
                 continue;
             };
             for host in &se.spec.hosts {
-                let service = services.entry(host.to_ascii_lowercase()).or_default();
+                let service = endpoints.entry(host.to_ascii_lowercase()).or_default();
                 for we in &se.spec.endpoints {
                     let ours = match we.labels.get(CLUSTER_LABEL) {
                         Some(c) => c == cluster,
@@ -145,7 +156,7 @@ impl StaticDiscovery {
                         };
                         if let Ok(ip) = we.address.parse::<std::net::IpAddr>() {
                             let address = SocketAddr::new(ip, number);
-                            service.endpoints.push(Endpoint {
+                            service.push(Endpoint {
                                 address,
                                 name: address.to_string().into(),
                                 labels: Arc::new(we.labels.clone()),
@@ -155,6 +166,16 @@ impl StaticDiscovery {
                 }
             }
         }
+        let mut services: FastMap<String, Service> = endpoints
+            .into_iter()
+            .map(|(host, endpoints)| {
+                let service = Service {
+                    endpoints: endpoints.into(),
+                    ..Service::default()
+                };
+                (host, service)
+            })
+            .collect();
         for r in &resources {
             let Resource::DestinationRule(dr) = r else {
                 continue;
@@ -166,9 +187,13 @@ impl StaticDiscovery {
                 service.balance = b;
             }
             for subset in &dr.spec.subsets {
-                service
-                    .subsets
-                    .insert(subset.name.clone(), subset.labels.clone());
+                let selected: Arc<[Endpoint]> = service
+                    .endpoints
+                    .iter()
+                    .filter(|e| (subset.labels.iter()).all(|(k, v)| e.labels.get(k) == Some(v)))
+                    .cloned()
+                    .collect();
+                service.subsets.insert(subset.name.clone(), selected);
                 if let Some(b) = balance_of(subset.traffic_policy.as_ref()) {
                     service.subset_balance.insert(subset.name.clone(), b);
                 }
@@ -178,40 +203,41 @@ impl StaticDiscovery {
     }
 }
 
+impl StaticDiscovery {
+    /// The service named `host`, in any letter case (hosts are kept in lower case).
+    fn service(&self, host: &str) -> Option<&Service> {
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.services.get(&host.to_ascii_lowercase())
+        } else {
+            self.services.get(host)
+        }
+    }
+}
+
 impl Discovery for StaticDiscovery {
-    fn endpoints(&self, host: &str, subset: &str) -> Vec<Endpoint> {
-        let Some(service) = self.services.get(&host.to_ascii_lowercase()) else {
-            return Vec::new();
+    fn endpoints(&self, host: &str, subset: &str) -> Arc<[Endpoint]> {
+        let Some(service) = self.service(host) else {
+            return Arc::new([]);
         };
         if subset.is_empty() {
             return service.endpoints.clone();
         }
         // A subset no DestinationRule defines selects nothing, as in Istio.
-        let Some(selector) = service.subsets.get(subset) else {
-            return Vec::new();
-        };
         service
-            .endpoints
-            .iter()
-            .filter(|e| selector.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+            .subsets
+            .get(subset)
             .cloned()
-            .collect()
+            .unwrap_or_else(|| Arc::new([]))
     }
 
     fn knows(&self, host: &str) -> bool {
-        self.services.contains_key(&host.to_ascii_lowercase())
+        self.service(host).is_some()
     }
 
-    fn balance(&self, host: &str, subset: &str) -> BalanceSettings {
-        self.services
-            .get(&host.to_ascii_lowercase())
-            .map(|s| {
-                s.subset_balance
-                    .get(subset)
-                    .cloned()
-                    .unwrap_or_else(|| s.balance.clone())
-            })
-            .unwrap_or_default()
+    fn balance(&self, host: &str, subset: &str) -> &BalanceSettings {
+        self.service(host).map_or(&DEFAULT_BALANCE, |s| {
+            s.subset_balance.get(subset).unwrap_or(&s.balance)
+        })
     }
 
     fn local_services(&self) -> Vec<String> {

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::FastMap;
+use crate::{FastMap, FastSet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -54,7 +54,7 @@ struct Streak {
 /// Which endpoints the probes found down.
 #[derive(Debug, Default)]
 pub struct Health {
-    down: RwLock<HashSet<SocketAddr>>,
+    down: RwLock<FastSet<SocketAddr>>,
     streaks: RwLock<FastMap<SocketAddr, Streak>>,
 }
 

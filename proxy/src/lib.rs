@@ -38,3 +38,5 @@ pub mod workers;
 /// addresses): seeded foldhash instead of SipHash, which took a tenth of a request's
 /// instructions.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// A set read on every request; see [`FastMap`].
+pub type FastSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;

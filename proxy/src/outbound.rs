@@ -96,8 +96,8 @@ pub struct Routing {
     pub routes: RouteTable,
     /// This cluster's endpoints.
     pub discovery: Arc<dyn Discovery>,
-    /// The pushed rows for this proxy's locality, by (service, subset).
-    pub rows: FastMap<(String, String), LocalityRow>,
+    /// The pushed rows for this proxy's locality, by service, then subset.
+    pub rows: FastMap<String, FastMap<String, LocalityRow>>,
     /// The clusters of the mesh.
     pub clusters: Vec<ClusterInfo>,
     /// VirtualServices left out because they do not compile.
@@ -120,16 +120,15 @@ impl Routing {
             cluster,
             locality,
         );
-        let rows = weights
-            .iter()
-            .filter(|w| &w.source == locality)
-            .map(|w| {
-                (
-                    (w.service.to_ascii_lowercase(), w.subset.clone()),
+        let mut rows: FastMap<String, FastMap<String, LocalityRow>> = FastMap::default();
+        for w in weights.iter().filter(|w| &w.source == locality) {
+            rows.entry(w.service.to_ascii_lowercase())
+                .or_default()
+                .insert(
+                    w.subset.clone(),
                     LocalityRow::new(w, locality, cluster, &clusters),
-                )
-            })
-            .collect();
+                );
+        }
         (
             Routing {
                 routes,
@@ -144,10 +143,19 @@ impl Routing {
 
     /// The row for `target`: its subset's, else the whole service's.
     fn row(&self, target: &Target) -> Option<&LocalityRow> {
-        let host = target.host.to_ascii_lowercase();
-        self.rows
-            .get(&(host.clone(), target.subset.clone()))
-            .or_else(|| self.rows.get(&(host, String::new())))
+        let rows = if target.host.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.rows.get(&target.host.to_ascii_lowercase())
+        } else {
+            self.rows.get(&target.host)
+        }?;
+        rows.get(&target.subset).or_else(|| rows.get(""))
+    }
+
+    /// Every row, with its service and subset.
+    fn every_row(&self) -> impl Iterator<Item = (&String, &String, &LocalityRow)> {
+        self.rows.iter().flat_map(|(service, rows)| {
+            rows.iter().map(move |(subset, row)| (service, subset, row))
+        })
     }
 }
 
@@ -155,7 +163,8 @@ impl Routing {
 /// each accepted snapshot; balancing, outlier and limit state stay across swaps.
 pub struct Outbound {
     routing: std::sync::RwLock<Option<Arc<Routing>>>,
-    pickers: Mutex<FastMap<(String, String), EndpointPicker>>,
+    /// By service, then subset.
+    pickers: Mutex<FastMap<String, FastMap<String, EndpointPicker>>>,
     in_flight: Arc<Mutex<FastMap<SocketAddr, u32>>>,
     /// Per service host.
     outliers: Mutex<FastMap<String, OutlierDetector>>,
@@ -277,8 +286,10 @@ impl Outbound {
             .discovery
             .local_services()
             .iter()
-            .flat_map(|s| routing.discovery.endpoints(s, ""))
-            .map(|e| e.address)
+            .flat_map(|s| {
+                let endpoints = routing.discovery.endpoints(s, "");
+                endpoints.iter().map(|e| e.address).collect::<Vec<_>>()
+            })
             .collect();
         all.sort();
         all.dedup();
@@ -293,8 +304,8 @@ impl Outbound {
     /// Routes with `routing` from now on.
     pub fn update(&self, routing: Routing) {
         if let Some(old) = self.routing() {
-            for (key, row) in &routing.rows {
-                if let Some(previous) = old.rows.get(key) {
+            for (service, subset, row) in routing.every_row() {
+                if let Some(previous) = old.rows.get(service).and_then(|r| r.get(subset)) {
                     row.continue_from(previous);
                 }
             }
@@ -311,9 +322,8 @@ impl Outbound {
             return serde_json::json!({ "ready": false });
         };
         let mut rows: Vec<serde_json::Value> = routing
-            .rows
-            .iter()
-            .map(|((service, subset), row)| {
+            .every_row()
+            .map(|(service, subset, row)| {
                 let destinations: Vec<serde_json::Value> = row
                     .destinations()
                     .iter()
@@ -650,7 +660,7 @@ impl Outbound {
         outcome: TryOutcome,
         total: usize,
     ) {
-        let Some(settings) = discovery.balance(&target.host, &target.subset).outlier else {
+        let Some(settings) = &discovery.balance(&target.host, &target.subset).outlier else {
             return;
         };
         let Ok(mut outliers) = self.outliers.lock() else {
@@ -658,7 +668,7 @@ impl Outbound {
         };
         let detector = outliers
             .entry(target.host.clone())
-            .or_insert_with(|| OutlierDetector::new(settings));
+            .or_insert_with(|| OutlierDetector::new(settings.clone()));
         let now = Instant::now().into_std();
         if let Some(length) = detector.record(endpoint, outcome, total, now) {
             self.metrics
@@ -675,15 +685,18 @@ impl Outbound {
     }
 
     /// The endpoints outlier detection has not ejected and health checks find up.
-    fn not_ejected(&self, target: &Target, endpoints: Vec<Endpoint>) -> Vec<Endpoint> {
+    fn not_ejected(&self, target: &Target, endpoints: Arc<[Endpoint]>) -> Arc<[Endpoint]> {
         let now = Instant::now().into_std();
         let outliers = self.outliers.lock().ok();
         let detector = outliers.as_ref().and_then(|o| o.get(&target.host));
-        endpoints
-            .into_iter()
-            .filter(|e| self.health.is_up(e.address))
-            .filter(|e| detector.is_none_or(|d| !d.is_ejected(e.address, now)))
-            .collect()
+        let usable = |e: &&Endpoint| {
+            self.health.is_up(e.address) && detector.is_none_or(|d| !d.is_ejected(e.address, now))
+        };
+        // Mostly all are: then the shared list serves, uncopied.
+        if endpoints.iter().all(|e| usable(&e)) {
+            return endpoints;
+        }
+        endpoints.iter().filter(usable).cloned().collect()
     }
 
     fn is_unreachable(&self, cluster: &str) -> bool {
@@ -773,9 +786,11 @@ impl Outbound {
             let (result, cluster, locality) = match &hop {
                 Hop::Local(endpoint) => {
                     tried.push(endpoint.address);
-                    let result = self
-                        .try_local(upstreams, parts, forward, endpoint, body.clone())
-                        .await;
+                    // Boxed, as the next: a try's state is kilobytes, and inline it would
+                    // be copied with every future that holds this one, on every request.
+                    let result =
+                        Box::pin(self.try_local(upstreams, parts, forward, endpoint, body.clone()))
+                            .await;
                     (result, self.cluster.as_str(), &self.locality)
                 }
                 Hop::Remote {
@@ -784,9 +799,15 @@ impl Outbound {
                     locality,
                 } => {
                     tried_clusters.push(cluster.clone());
-                    let result = self
-                        .try_remote(upstreams, parts, forward, cluster, gateway, body.clone())
-                        .await;
+                    let result = Box::pin(self.try_remote(
+                        upstreams,
+                        parts,
+                        forward,
+                        cluster,
+                        gateway,
+                        body.clone(),
+                    ))
+                    .await;
                     (result, cluster.as_str(), locality)
                 }
             };
@@ -941,9 +962,19 @@ impl Outbound {
         // in_flight; nothing takes them the other way round.)
         let mut pickers = self.pickers.lock().ok()?;
         let in_flight = self.in_flight.lock().ok()?;
+        let target = &forward.target;
+        if !pickers
+            .get(&target.host)
+            .is_some_and(|p| p.contains_key(&target.subset))
+        {
+            pickers
+                .entry(target.host.clone())
+                .or_default()
+                .insert(target.subset.clone(), EndpointPicker::new(settings.policy));
+        }
         let picker = pickers
-            .entry((forward.target.host.clone(), forward.target.subset.clone()))
-            .or_insert_with(|| EndpointPicker::new(settings.policy));
+            .get_mut(&target.host)
+            .and_then(|p| p.get_mut(&target.subset))?;
         let i = picker.pick(
             &addresses,
             |i| in_flight.get(&fresh[i].address).copied().unwrap_or(0),
