@@ -26,7 +26,7 @@ use crate::control::{self, ControlSettings, report};
 use crate::framing::HeadGuard;
 use crate::health::{self, HealthCheckSettings};
 use crate::metrics::ProxyMetrics;
-use crate::outbound::{Outbound, Routing, answer};
+use crate::outbound::{ClientAddress, Outbound, Routing, answer};
 use crate::transport::tls::RELOAD_EVERY;
 use crate::transport::{MeshTls, TlsError, serve_east_west};
 use crate::workers::{Listener, Workers};
@@ -400,9 +400,13 @@ where
     S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
 {
+    let client = stream.peer_addr().ok().map(ClientAddress);
     let stream = HeadGuard::new(stream, MAX_HEADER_BYTES);
     let (conflict, first) = (stream.conflict(), Arc::new(AtomicBool::new(true)));
-    let guarded = move |request: Request<Incoming>| {
+    let guarded = move |mut request: Request<Incoming>| {
+        if let Some(client) = client {
+            request.extensions_mut().insert(client);
+        }
         let refuse = first.swap(false, Ordering::AcqRel) && conflict.load(Ordering::Acquire);
         let service = service.clone();
         async move {

@@ -36,15 +36,35 @@ pub struct Endpoint {
 pub struct BalanceSettings {
     /// The algorithm.
     pub policy: LbPolicy,
-    /// For ring hash: the header whose value is the key.
-    pub hash_header: Option<String>,
-    /// For ring hash: the query parameter whose value is the key.
-    pub hash_query: Option<String>,
+    /// For a consistent hash: what the key is taken from.
+    pub hash_on: Option<HashOn>,
     /// Outlier detection, when the rule asks for it (none without `outlierDetection`).
     pub outlier: Option<OutlierSettings>,
     /// Most requests in flight to the service (`connectionPool.http.http2MaxRequests`);
     /// more are answered 503 `overflow`.
     pub max_requests: Option<u32>,
+}
+
+/// Where a consistent hash (`loadBalancer.consistentHash`) takes its key from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    /// A request header's value (`httpHeaderName`).
+    Header(String),
+    /// A cookie's value (`httpCookie`). With a `ttl`, a request without the cookie gets a
+    /// new value, set on its answer (`Max-Age` the ttl; a session cookie for zero), so
+    /// that the client's next requests go to the same endpoint, as Envoy does.
+    Cookie {
+        /// The cookie's name.
+        name: String,
+        /// Its `Path` attribute, when set.
+        path: String,
+        /// Its lifetime, when one is generated.
+        ttl: Option<std::time::Duration>,
+    },
+    /// The client's IP address (`useSourceIp`).
+    SourceIp,
+    /// A query parameter's value (`httpQueryParameterName`).
+    Query(String),
 }
 
 /// The endpoints of services in this cluster.
@@ -72,8 +92,7 @@ struct Service {
 /// How a service nobody configured is balanced (Istio's defaults).
 static DEFAULT_BALANCE: BalanceSettings = BalanceSettings {
     policy: LbPolicy::LeastRequest,
-    hash_header: None,
-    hash_query: None,
+    hash_on: None,
     outlier: None,
     max_requests: None,
 };
@@ -101,9 +120,22 @@ fn balance_of(policy: Option<&TrafficPolicy>) -> Option<BalanceSettings> {
     };
     if let Some(lb) = &policy.load_balancer {
         if let Some(hash) = &lb.consistent_hash {
+            // Maglev is served by the same ring: either way, a key keeps its endpoint
+            // while the endpoint set does not change.
             settings.policy = LbPolicy::RingHash;
-            settings.hash_header = hash.http_header_name.clone();
-            settings.hash_query = hash.http_query_parameter_name.clone();
+            settings.hash_on = if let Some(header) = &hash.http_header_name {
+                Some(HashOn::Header(header.to_ascii_lowercase()))
+            } else if let Some(cookie) = &hash.http_cookie {
+                Some(HashOn::Cookie {
+                    name: cookie.name.clone(),
+                    path: cookie.path.clone(),
+                    ttl: cookie.ttl.and_then(|t| t.to_std()),
+                })
+            } else if hash.use_source_ip == Some(true) {
+                Some(HashOn::SourceIp)
+            } else {
+                hash.http_query_parameter_name.clone().map(HashOn::Query)
+            };
         } else if let Some(simple) = lb.simple {
             settings.policy = match simple {
                 SimpleLb::RoundRobin => LbPolicy::RoundRobin,

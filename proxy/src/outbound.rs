@@ -35,7 +35,7 @@ use crate::balance::{
     ClusterInfo, EndpointPicker, LocalityRow, OutlierDetector, Place, TryOutcome,
 };
 use crate::control::report::{Outcome, ReportSource, Stats};
-use crate::discovery::{Discovery, Endpoint};
+use crate::discovery::{Discovery, Endpoint, HashOn};
 use crate::health::Health;
 use crate::metrics::ProxyMetrics;
 use crate::routing::{
@@ -750,6 +750,11 @@ impl Outbound {
         if row.is_none() && local.is_empty() {
             return answer(StatusCode::SERVICE_UNAVAILABLE, &no_local());
         }
+        let hash = (discovery
+            .balance(&target.host, &target.subset)
+            .hash_on
+            .as_ref())
+        .and_then(|on| hash_key(on, parts));
         let policy: &RetryPolicy = &forward.retries;
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut tried_clusters: Vec<String> = Vec::new();
@@ -760,7 +765,7 @@ impl Outbound {
             let Some(hop) = self.next_hop(
                 discovery,
                 row,
-                parts,
+                hash.as_ref().map(|h| h.key.as_slice()),
                 forward,
                 &local,
                 (&tried, &tried_clusters, &tried_destinations),
@@ -885,6 +890,9 @@ impl Outbound {
             last.unwrap_or_else(|| answer(StatusCode::SERVICE_UNAVAILABLE, "no try was made"));
         last.headers_mut()
             .insert(ATTEMPTS_HEADER, HeaderValue::from(tries));
+        if let Some(cookie) = hash.and_then(|h| h.set_cookie) {
+            last.headers_mut().append(http::header::SET_COOKIE, cookie);
+        }
         last
     }
 
@@ -895,7 +903,7 @@ impl Outbound {
         &self,
         discovery: &dyn Discovery,
         row: Option<&LocalityRow>,
-        parts: &http::request::Parts,
+        key: Option<&[u8]>,
         forward: &Forward,
         local: &[Endpoint],
         tried: (&[SocketAddr], &[String], &[usize]),
@@ -903,7 +911,7 @@ impl Outbound {
         let (endpoints, clusters, destinations) = tried;
         let Some(row) = row else {
             return self
-                .pick(discovery, parts, forward, local, endpoints)
+                .pick(discovery, key, forward, local, endpoints)
                 .map(|e| (Hop::Local(e), None));
         };
         let remote_retry = forward.retries.remote_localities;
@@ -922,7 +930,7 @@ impl Outbound {
         let i = row.choose(usable, &mut RandomChance)?;
         let destination = &row.destinations()[i];
         let hop = match &destination.place {
-            Place::Local => Hop::Local(self.pick(discovery, parts, forward, local, endpoints)?),
+            Place::Local => Hop::Local(self.pick(discovery, key, forward, local, endpoints)?),
             Place::Remote { cluster, gateways } if !gateways.is_empty() => {
                 let n = self.rotation.fetch_add(1, Ordering::Relaxed) % gateways.len();
                 Hop::Remote {
@@ -936,10 +944,12 @@ impl Outbound {
         Some((hop, Some(i)))
     }
 
+    /// An endpoint of `endpoints` not `tried` yet, by the service's balancer (`key`: the
+    /// request's consistent-hash key, when it has one).
     fn pick(
         &self,
         discovery: &dyn Discovery,
-        parts: &http::request::Parts,
+        key: Option<&[u8]>,
         forward: &Forward,
         endpoints: &[Endpoint],
         tried: &[SocketAddr],
@@ -953,11 +963,6 @@ impl Outbound {
         }
         let addresses: Vec<&str> = fresh.iter().map(|e| &*e.name).collect();
         let settings = discovery.balance(&forward.target.host, &forward.target.subset);
-        let key = settings
-            .hash_header
-            .as_deref()
-            .and_then(|h| parts.headers.get(h))
-            .map(|v| v.as_bytes().to_vec());
         // Read in place, not copied: this runs for every try. (Lock order: pickers, then
         // in_flight; nothing takes them the other way round.)
         let mut pickers = self.pickers.lock().ok()?;
@@ -978,7 +983,7 @@ impl Outbound {
         let i = picker.pick(
             &addresses,
             |i| in_flight.get(&fresh[i].address).copied().unwrap_or(0),
-            key.as_deref(),
+            key,
             &mut RandomChance,
         )?;
         Some(fresh[i].clone())
@@ -1116,6 +1121,68 @@ impl ReportSource for Outbound {
         self.routing()
             .map(|r| r.clusters.clone())
             .unwrap_or_default()
+    }
+}
+
+/// The client's address, put on each request by the listener that accepted it (a
+/// consistent hash on `useSourceIp` reads it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddress(pub SocketAddr);
+
+/// A request's consistent-hash key, and the cookie to set on its answer when the key was
+/// made here.
+struct HashKey {
+    key: Vec<u8>,
+    set_cookie: Option<HeaderValue>,
+}
+
+/// The consistent-hash key of the request in `parts`, taken from where `on` says; none
+/// when the request lacks it (it is then balanced as RANDOM would).
+fn hash_key(on: &HashOn, parts: &http::request::Parts) -> Option<HashKey> {
+    let key = |bytes: &[u8]| HashKey {
+        key: bytes.to_vec(),
+        set_cookie: None,
+    };
+    match on {
+        HashOn::Header(name) => parts.headers.get(name).map(|v| key(v.as_bytes())),
+        HashOn::SourceIp => parts
+            .extensions
+            .get::<ClientAddress>()
+            .map(|a| key(a.0.ip().to_string().as_bytes())),
+        HashOn::Query(name) => parts
+            .uri
+            .query()?
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(n, _)| n == name)
+            .map(|(_, value)| key(value.as_bytes())),
+        HashOn::Cookie { name, path, ttl } => {
+            let sent = parts
+                .headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|c| c.trim().split_once('='))
+                .find(|(n, _)| n == name);
+            if let Some((_, value)) = sent {
+                return Some(key(value.as_bytes()));
+            }
+            let ttl = (*ttl)?;
+            let value = format!("{:016x}", rand::random::<u64>());
+            let mut cookie = format!("{name}={value}");
+            if !path.is_empty() {
+                cookie.push_str(&format!("; Path={path}"));
+            }
+            if !ttl.is_zero() {
+                cookie.push_str(&format!("; Max-Age={}", ttl.as_secs().max(1)));
+            }
+            cookie.push_str("; HttpOnly");
+            Some(HashKey {
+                key: value.into_bytes(),
+                set_cookie: HeaderValue::from_str(&cookie).ok(),
+            })
+        }
     }
 }
 

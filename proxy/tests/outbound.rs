@@ -642,3 +642,176 @@ spec:
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A GET through the proxy with extra request headers, from a connection bound to
+/// `from` (a 127.0.0.0/8 address); returns the answer's headers.
+async fn get_from(
+    proxy: SocketAddr,
+    from: std::net::IpAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> http::HeaderMap {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(SocketAddr::new(from, 0)).expect("bind");
+    let stream = socket.connect(proxy).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(connection);
+    let mut request = Request::get(path).header("host", host);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = sender
+        .send_request(request.body(Full::new(Bytes::new())).expect("request"))
+        .await
+        .expect("the proxy answers");
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_parts().0.headers
+}
+
+fn backend_of(headers: &http::HeaderMap) -> String {
+    headers["x-backend"].to_str().expect("text").to_string()
+}
+
+#[tokio::test]
+async fn a_consistent_hash_keeps_each_key_on_one_endpoint_whatever_it_is_taken_from() {
+    let names = ["h0", "h1", "h2", "h3"];
+    let mut endpoints = String::new();
+    for name in names {
+        let address = backend(name, Behaviour::Ok).await;
+        endpoints.push_str(&format!(
+            "  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a}}\n",
+            address.port()
+        ));
+    }
+    let mut yaml = String::new();
+    for (service, hash) in [
+        ("by-header", "{httpHeaderName: x-user}"),
+        ("by-query", "{httpQueryParameterName: user}"),
+        ("by-ip", "{useSourceIp: true}"),
+        (
+            "by-cookie",
+            "{httpCookie: {name: sticky, path: /, ttl: 60s}}",
+        ),
+    ] {
+        yaml.push_str(&format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {service}, namespace: shop}}
+spec:
+  hosts: [{service}.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints:
+{endpoints}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {service}, namespace: shop}}
+spec:
+  host: {service}.example
+  trafficPolicy: {{loadBalancer: {{consistentHash: {hash}}}}}
+---
+"#
+        ));
+    }
+    let mut config = ConfigSet::new();
+    config.add_text("hash.yaml", &yaml);
+    let errors: Vec<String> = config
+        .diagnostics()
+        .filter(|d| d.severity == fulcrum_policy::Severity::Error)
+        .map(|d| d.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let proxy = Proxy::start(
+        ProxyConfig {
+            cluster: "east".into(),
+            locality: "us-east/us-east-1a".parse().expect("locality"),
+            outbound: "127.0.0.1:0".parse().expect("address"),
+            admin: "127.0.0.1:0".parse().expect("address"),
+            control: None,
+            east_west: None,
+            report_interval: Duration::from_secs(1),
+            health_checks: None,
+            workers: 2,
+        },
+        Some(&config),
+    )
+    .await
+    .expect("proxy starts");
+    let at = proxy.outbound_address();
+    let localhost: std::net::IpAddr = "127.0.0.1".parse().expect("address");
+
+    // Each key sticks to one endpoint; different keys spread over several.
+    let check = |taken_from: &str, chosen: Vec<Vec<String>>| {
+        for (key, answers) in chosen.iter().enumerate() {
+            assert!(
+                answers.iter().all(|b| b == &answers[0]),
+                "{taken_from}: key {key} went to {answers:?}"
+            );
+        }
+        let distinct: std::collections::BTreeSet<&String> =
+            chosen.iter().map(|answers| &answers[0]).collect();
+        assert!(
+            distinct.len() >= 2,
+            "{taken_from}: twelve keys all went to {distinct:?}"
+        );
+    };
+    let mut by_header = Vec::new();
+    let mut by_query = Vec::new();
+    let mut by_ip = Vec::new();
+    let mut by_cookie = Vec::new();
+    for key in 0..12 {
+        let user = format!("user-{key}");
+        let from: std::net::IpAddr = format!("127.0.0.{}", key + 1).parse().expect("address");
+        let (mut h, mut q, mut i, mut c) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        // A client without the cookie is given one; with it, it stays where it went.
+        let first = get_from(at, localhost, "by-cookie.example", "/", &[]).await;
+        let set = first[http::header::SET_COOKIE].to_str().expect("text");
+        assert!(
+            set.starts_with("sticky=") && set.contains("Path=/") && set.contains("Max-Age=60"),
+            "{set}"
+        );
+        let cookie = set.split(';').next().expect("name=value").to_string();
+        c.push(backend_of(&first));
+        for _ in 0..4 {
+            let path = format!("/?page=2&user={user}");
+            h.push(backend_of(
+                &get_from(
+                    at,
+                    localhost,
+                    "by-header.example",
+                    "/",
+                    &[("x-user", &user)],
+                )
+                .await,
+            ));
+            q.push(backend_of(
+                &get_from(at, localhost, "by-query.example", &path, &[]).await,
+            ));
+            i.push(backend_of(
+                &get_from(at, from, "by-ip.example", "/", &[]).await,
+            ));
+            let again = get_from(
+                at,
+                localhost,
+                "by-cookie.example",
+                "/",
+                &[("cookie", &cookie)],
+            )
+            .await;
+            assert!(!again.contains_key(http::header::SET_COOKIE));
+            c.push(backend_of(&again));
+        }
+        by_header.push(h);
+        by_query.push(q);
+        by_ip.push(i);
+        by_cookie.push(c);
+    }
+    check("httpHeaderName", by_header);
+    check("httpQueryParameterName", by_query);
+    check("useSourceIp", by_ip);
+    check("httpCookie", by_cookie);
+}

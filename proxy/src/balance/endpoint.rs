@@ -34,12 +34,19 @@ pub struct EndpointPicker {
     ring_for: Vec<String>,
 }
 
-/// FNV-1a, 64 bits: stable across processes and Rust versions, so every proxy replica
-/// hashes a key to the same endpoint.
+/// FNV-1a, 64 bits, then MurmurHash3's finalizer: stable across processes and Rust
+/// versions, so every proxy replica hashes a key to the same endpoint. FNV-1a alone
+/// leaves the high bits of keys that differ in their last bytes (`user-1`, `user-2`)
+/// nearly equal, and the ring is searched by them: such keys all landed on one endpoint.
 pub fn stable_hash(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+    let mut h = bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    });
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 impl EndpointPicker {
@@ -195,6 +202,25 @@ mod tests {
                 assert_eq!(now, b, "{k} moved although its endpoint stayed");
             }
         }
+    }
+
+    #[test]
+    fn keys_that_differ_only_at_the_end_spread_over_the_ring() {
+        let mut p = EndpointPicker::new(LbPolicy::RingHash);
+        let e = endpoints(4);
+        let mut counts = [0usize; 4];
+        for user in 0..400 {
+            let key = format!("user-{user}");
+            let i = p
+                .pick(&e, |_| 0, Some(key.as_bytes()), &mut Counter(0))
+                .unwrap();
+            counts[i] += 1;
+        }
+        // 100 each on a perfect ring; 128 points per endpoint keep each within a third.
+        assert!(
+            counts.iter().all(|&n| (67..=133).contains(&n)),
+            "{counts:?}"
+        );
     }
 
     #[test]
