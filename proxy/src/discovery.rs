@@ -1,8 +1,8 @@
 //! Where a service's endpoints are: this cluster's endpoints of each service, with the
 //! labels subsets select on and the load balancer its DestinationRule asks for.
 //!
-//! [`Discovery`] is the seam: [`StaticDiscovery`] reads ServiceEntry (and their inline
-//! WorkloadEntry) endpoints from configuration; a Kubernetes EndpointSlice watcher can
+//! [`Discovery`] is the seam: [`StaticDiscovery`] reads the endpoints of ServiceEntries
+//! (inline, and the WorkloadEntries their `workloadSelector` selects) from configuration; a Kubernetes EndpointSlice watcher can
 //! implement the same trait. An endpoint is this cluster's when its
 //! `topology.istio.io/cluster` label names it, or when it carries no such label and its
 //! locality is this proxy's.
@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use fulcrum_policy::istio::{SimpleLb, TrafficPolicy};
+use fulcrum_policy::istio::{SimpleLb, TrafficPolicy, endpoints_of};
 use fulcrum_policy::{Locality, Resource};
 
 use crate::FastMap;
@@ -158,14 +158,22 @@ impl StaticDiscovery {
         locality: &Locality,
     ) -> StaticDiscovery {
         let resources: Vec<&Resource> = resources.into_iter().collect();
+        let workloads: Vec<_> = resources
+            .iter()
+            .filter_map(|r| match r {
+                Resource::WorkloadEntry(we) => Some(we.as_ref()),
+                _ => None,
+            })
+            .collect();
         let mut endpoints: FastMap<String, Vec<Endpoint>> = FastMap::default();
         for r in &resources {
             let Resource::ServiceEntry(se) = r else {
                 continue;
             };
+            let selected = endpoints_of(se, &workloads);
             for host in &se.spec.hosts {
                 let service = endpoints.entry(host.to_ascii_lowercase()).or_default();
-                for we in &se.spec.endpoints {
+                for we in &selected {
                     let ours = match we.labels.get(CLUSTER_LABEL) {
                         Some(c) => c == cluster,
                         None => we.locality.parse::<Locality>().ok().as_ref() == Some(locality),
@@ -344,5 +352,62 @@ mod tests {
         assert_eq!(v2, vec![18002]);
         assert!(east.endpoints(host, "no-such-subset").is_empty());
         assert_eq!(east.balance(host, "").policy, LbPolicy::LeastRequest);
+    }
+
+    #[test]
+    fn a_workload_selector_takes_the_matching_workload_entries_of_its_namespace() {
+        let mut config = ConfigSet::new();
+        config.add_text(
+            "workloads.yaml",
+            r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: vms, namespace: shop}
+spec:
+  hosts: [vms.shop.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8080}]
+  workloadSelector: {labels: {app: vms}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: vm-1, namespace: shop}
+spec: {address: 10.0.0.1, labels: {app: vms, topology.istio.io/cluster: east}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: vm-2, namespace: shop}
+spec: {address: 10.0.0.2, ports: {http: 9090}, labels: {app: vms, version: v2, topology.istio.io/cluster: east}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: other-app, namespace: shop}
+spec: {address: 10.0.0.3, labels: {app: db, topology.istio.io/cluster: east}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: other-namespace, namespace: billing}
+spec: {address: 10.0.0.4, labels: {app: vms, topology.istio.io/cluster: east}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: other-cluster, namespace: shop}
+spec: {address: 10.0.0.5, labels: {app: vms, topology.istio.io/cluster: west}}
+"#,
+        );
+        let errors: Vec<String> = config
+            .diagnostics()
+            .filter(|d| d.severity == fulcrum_policy::Severity::Error)
+            .map(|d| d.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        let east =
+            StaticDiscovery::from_resources(config.resources(), "east", &"r1/z1".parse().unwrap());
+        let endpoints: Vec<String> = east
+            .endpoints("vms.shop.example", "")
+            .iter()
+            .map(|e| e.address.to_string())
+            .collect();
+        assert_eq!(endpoints, vec!["10.0.0.1:8080", "10.0.0.2:9090"]);
     }
 }

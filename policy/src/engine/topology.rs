@@ -231,21 +231,7 @@ impl Topology {
         let mut by_host: BTreeMap<String, Vec<RawEndpoint>> = BTreeMap::new();
         for entry in &entries {
             let ns = &entry.metadata.namespace;
-            let mut endpoints: Vec<&crate::istio::WorkloadEntrySpec> =
-                entry.spec.endpoints.iter().collect();
-            if let Some(selector) = &entry.spec.workload_selector {
-                endpoints.extend(
-                    workloads
-                        .iter()
-                        .filter(|w| &w.metadata.namespace == ns)
-                        .filter(|w| {
-                            selector.labels.iter().all(|(k, v)| {
-                                w.spec.labels.get(k).or(w.metadata.labels.get(k)) == Some(v)
-                            })
-                        })
-                        .map(|w| &w.spec),
-                );
-            }
+            let endpoints = crate::istio::endpoints_of(entry, &workloads);
             for host in &entry.spec.hosts {
                 let host = qualify_host(host, ns);
                 let list = by_host.entry(host).or_default();

@@ -107,3 +107,29 @@ model! {
         optional service_account: String = "serviceAccount",
     }
 }
+
+/// The endpoints of the ServiceEntry `entry`: its inline `endpoints`, then the
+/// `workloads` of its namespace its `workloadSelector` selects (a label counts from the
+/// WorkloadEntry's spec, else from its metadata). The engine and the proxies both read
+/// endpoints through this, so they agree on what a service has.
+pub fn endpoints_of<'a>(
+    entry: &'a crate::resource::Object<ServiceEntrySpec>,
+    workloads: &[&'a crate::resource::Object<WorkloadEntrySpec>],
+) -> Vec<&'a WorkloadEntrySpec> {
+    let mut endpoints: Vec<&WorkloadEntrySpec> = entry.spec.endpoints.iter().collect();
+    if let Some(selector) = &entry.spec.workload_selector {
+        endpoints.extend(
+            workloads
+                .iter()
+                .filter(|w| w.metadata.namespace == entry.metadata.namespace)
+                .filter(|w| {
+                    selector
+                        .labels
+                        .iter()
+                        .all(|(k, v)| w.spec.labels.get(k).or(w.metadata.labels.get(k)) == Some(v))
+                })
+                .map(|w| &w.spec),
+        );
+    }
+    endpoints
+}
