@@ -356,7 +356,8 @@ where
     S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
 {
-    while let Some(stream) = accept(&listener, &mut stopped).await {
+    let mut failures = AcceptFailures::default();
+    while let Some(stream) = accept(&listener, &mut failures, &|| {}, &mut stopped).await {
         tokio::spawn(serve_connection(stream, service.clone()));
     }
 }
@@ -369,25 +370,68 @@ pub(crate) async fn accept_into(
     workers: Arc<Workers>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    while let Some(stream) = accept(&listener, &mut stopped).await {
+    let mut failures = AcceptFailures::default();
+    let count = || workers.accept_failed();
+    while let Some(stream) = accept(&listener, &mut failures, &count, &mut stopped).await {
         workers.hand(stream, kind);
     }
 }
 
+/// How long the accept loop pauses after a failed accept.
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// At most one warning about failed accepts per this long.
+pub const ACCEPT_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+/// Failed accepts since the last warning about them.
+#[derive(Default)]
+struct AcceptFailures {
+    since_warning: u64,
+    warned: Option<std::time::Instant>,
+}
+
 /// The next connection (with TCP_NODELAY), or `None` once `stopped`.
-async fn accept(listener: &TcpListener, stopped: &mut watch::Receiver<bool>) -> Option<TcpStream> {
+///
+/// A failed accept (mostly: out of file descriptors) leaves the connection in the
+/// listen queue, so accepting again at once fails again, in a loop that would take a
+/// whole core. Instead the loop pauses [`ACCEPT_PAUSE`] and keeps serving the
+/// connections it has (closing them frees descriptors); each failure is counted in
+/// `fulcrum_proxy_accept_failures_total` (by `count`), and the log says so at most once
+/// per [`ACCEPT_WARNING_EVERY`].
+async fn accept(
+    listener: &TcpListener,
+    failures: &mut AcceptFailures,
+    count: &(dyn Fn() + Sync),
+    stopped: &mut watch::Receiver<bool>,
+) -> Option<TcpStream> {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = stopped.changed() => return None,
         };
-        match accepted {
+        let e = match accepted {
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
                 return Some(stream);
             }
-            // Out of file descriptors and the like: say so and keep serving.
-            Err(e) => tracing::warn!("accept failed: {e}"),
+            Err(e) => e,
+        };
+        count();
+        failures.since_warning += 1;
+        if failures
+            .warned
+            .is_none_or(|at| at.elapsed() >= ACCEPT_WARNING_EVERY)
+        {
+            tracing::warn!(
+                "accept failed: {e} ({} failed accepts since the last warning); retrying every {}ms",
+                failures.since_warning,
+                ACCEPT_PAUSE.as_millis()
+            );
+            failures.since_warning = 0;
+            failures.warned = Some(std::time::Instant::now());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(ACCEPT_PAUSE) => {}
+            _ = stopped.changed() => return None,
         }
     }
 }

@@ -32,6 +32,8 @@ pub struct ProxyMetrics {
     pub ejections: Family<Labels, Counter>,
     /// Requests refused over the connection pool's limit, by service.
     pub overflows: Family<Labels, Counter>,
+    /// Connections the listeners failed to accept (mostly: out of file descriptors).
+    pub accept_failures: Counter,
     /// 1 while a coordinator session is up.
     pub coordinator_connected: Gauge,
     /// The version of the snapshot routed on (0: none, or a configuration file).
@@ -70,6 +72,7 @@ impl ProxyMetrics {
             connect_errors: Family::default(),
             ejections: Family::default(),
             overflows: Family::default(),
+            accept_failures: Counter::default(),
             coordinator_connected: Gauge::default(),
             snapshot_version: Gauge::default(),
             weights: Family::default(),
@@ -102,6 +105,11 @@ impl ProxyMetrics {
             "overflows",
             "Requests answered 503 overflow over the connection pool's limit, by service",
             m.overflows.clone(),
+        );
+        registry.register(
+            "accept_failures",
+            "Connections the listeners failed to accept (mostly: out of file descriptors)",
+            m.accept_failures.clone(),
         );
         registry.register(
             "coordinator_connected",

@@ -296,6 +296,11 @@ impl Outbound {
         all
     }
 
+    /// The proxy's Prometheus metrics.
+    pub fn metrics(&self) -> Arc<ProxyMetrics> {
+        self.metrics.clone()
+    }
+
     /// The counters the reports are made from.
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()

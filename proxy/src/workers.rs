@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use crate::app::serve_connection;
+use crate::metrics::ProxyMetrics;
 use crate::outbound::Outbound;
 use crate::transport::serve_east_west_connection;
 
@@ -33,6 +34,7 @@ pub enum Listener {
 pub struct Workers {
     lanes: Vec<mpsc::UnboundedSender<(std::net::TcpStream, Listener)>>,
     next: AtomicUsize,
+    metrics: Arc<ProxyMetrics>,
 }
 
 impl Workers {
@@ -43,6 +45,7 @@ impl Workers {
         outbound: Arc<Outbound>,
         stopped: watch::Receiver<bool>,
     ) -> io::Result<Workers> {
+        let metrics = outbound.metrics();
         let mut lanes = Vec::new();
         for index in 0..count.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -58,7 +61,13 @@ impl Workers {
         Ok(Workers {
             lanes,
             next: AtomicUsize::new(0),
+            metrics,
         })
+    }
+
+    /// Counts a connection a listener failed to accept.
+    pub fn accept_failed(&self) {
+        self.metrics.accept_failures.inc();
     }
 
     /// Hands `stream`, accepted on `listener`, to the next worker.
