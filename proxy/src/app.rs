@@ -358,7 +358,8 @@ where
 {
     let mut failures = AcceptFailures::default();
     while let Some(stream) = accept(&listener, &mut failures, &|| {}, &mut stopped).await {
-        tokio::spawn(serve_connection(stream, service.clone()));
+        let service = service.clone();
+        tokio::spawn(serve_connection(stream, move |request, _| service(request)));
     }
 }
 
@@ -436,21 +437,18 @@ async fn accept(
     }
 }
 
-/// Serves one client connection (HTTP/1.1 or h2c) with `service`. A first request head
-/// with both Content-Length and Transfer-Encoding is answered 400 and the connection
-/// closed ([`HeadGuard`]).
+/// Serves one client connection (HTTP/1.1 or h2c) with `service`, which is given each
+/// request and the client's address. A first request head with both Content-Length and
+/// Transfer-Encoding is answered 400 and the connection closed ([`HeadGuard`]).
 pub(crate) async fn serve_connection<S, F>(stream: TcpStream, service: S)
 where
-    S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    S: Fn(Request<Incoming>, Option<ClientAddress>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
 {
     let client = stream.peer_addr().ok().map(ClientAddress);
     let stream = HeadGuard::new(stream, MAX_HEADER_BYTES);
     let (conflict, first) = (stream.conflict(), Arc::new(AtomicBool::new(true)));
-    let guarded = move |mut request: Request<Incoming>| {
-        if let Some(client) = client {
-            request.extensions_mut().insert(client);
-        }
+    let guarded = move |request: Request<Incoming>| {
         let refuse = first.swap(false, Ordering::AcqRel) && conflict.load(Ordering::Acquire);
         let service = service.clone();
         async move {
@@ -465,7 +463,7 @@ where
                 );
                 return Ok(r);
             }
-            service(request).await
+            service(request, client).await
         }
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -18,6 +18,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
+/// One service's request counters, by locality, then status code.
+type ByLocality = FastMap<String, FastMap<u16, Counter>>;
 
 /// Every metric the proxy exports.
 pub struct ProxyMetrics {
@@ -45,8 +47,8 @@ pub struct ProxyMetrics {
     pub snapshot_produced_ms: AtomicU64,
     snapshot_age: Gauge<f64, AtomicU64>,
     /// The series every request touches, found without building and SipHashing a label
-    /// set (the families' own lookup): by (service, locality, code), and by service.
-    request_series: Mutex<FastMap<(String, String, u16), Counter>>,
+    /// set (the families' own lookup): by service, locality and code, and by service.
+    request_series: Mutex<FastMap<String, ByLocality>>,
     latency_series: Mutex<FastMap<String, Histogram>>,
 }
 
@@ -139,31 +141,43 @@ impl ProxyMetrics {
 
     /// Counts one answered request of `service` served from `locality` with `code`,
     /// after `seconds`.
-    pub fn count_request(&self, service: String, locality: String, code: u16, seconds: f64) {
+    pub fn count_request(&self, service: &str, locality: &str, code: u16, seconds: f64) {
         if let Ok(mut series) = self.latency_series.lock() {
-            match series.get(&service) {
+            match series.get(service) {
                 Some(h) => h.observe(seconds),
                 None => {
-                    let h = self.latency.get_or_create(&Self::service(&service)).clone();
+                    let h = self.latency.get_or_create(&Self::service(service)).clone();
                     h.observe(seconds);
-                    series.insert(service.clone(), h);
+                    series.insert(service.to_string(), h);
                 }
             }
         }
-        if let Ok(mut series) = self.request_series.lock() {
-            series
-                .entry((service, locality, code))
-                .or_insert_with_key(|(service, locality, code)| {
-                    self.requests
-                        .get_or_create(&vec![
-                            ("service", service.clone()),
-                            ("locality", locality.clone()),
-                            ("code", code.to_string()),
-                        ])
-                        .clone()
-                })
-                .inc();
+        let Ok(mut series) = self.request_series.lock() else {
+            return;
+        };
+        let counter = series
+            .get(service)
+            .and_then(|s| s.get(locality))
+            .and_then(|l| l.get(&code));
+        if let Some(counter) = counter {
+            counter.inc();
+            return;
         }
+        let counter = self
+            .requests
+            .get_or_create(&vec![
+                ("service", service.to_string()),
+                ("locality", locality.to_string()),
+                ("code", code.to_string()),
+            ])
+            .clone();
+        counter.inc();
+        series
+            .entry(service.to_string())
+            .or_default()
+            .entry(locality.to_string())
+            .or_default()
+            .insert(code, counter);
     }
 
     /// A label set of one service.

@@ -185,7 +185,7 @@ pub struct Outbound {
     cluster: String,
     /// This proxy's locality: where its endpoints are.
     locality: Locality,
-    locality_text: String,
+    locality_text: Arc<str>,
 }
 
 /// Where requests leave the proxy: HTTP/1 connections to this cluster's endpoints and,
@@ -250,7 +250,7 @@ impl Outbound {
             stats: Arc::default(),
             health: Arc::default(),
             cluster,
-            locality_text: locality.to_string(),
+            locality_text: locality.to_string().into(),
             locality,
         }
     }
@@ -387,8 +387,13 @@ impl Outbound {
         self.routing.read().ok().and_then(|r| r.clone())
     }
 
-    /// Routes and forwards one request over `upstreams`, and counts it.
-    pub async fn handle<B>(&self, request: Request<B>, upstreams: &Upstreams) -> ProxyResponse
+    /// Routes and forwards one request from `client` over `upstreams`, and counts it.
+    pub async fn handle<B>(
+        &self,
+        request: Request<B>,
+        client: Option<ClientAddress>,
+        upstreams: &Upstreams,
+    ) -> ProxyResponse
     where
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -396,7 +401,7 @@ impl Outbound {
         let started = Instant::now();
         let mut counted = Counted::new(&self.locality_text);
         let response = self
-            .route_and_forward(request, upstreams, &mut counted)
+            .route_and_forward(request, client, upstreams, &mut counted)
             .await;
         self.count(counted, &response, started);
         response
@@ -425,8 +430,8 @@ impl Outbound {
 
     fn count(&self, counted: Counted, response: &ProxyResponse, started: Instant) {
         self.metrics.count_request(
-            counted.service,
-            counted.locality,
+            counted.service.as_deref().unwrap_or("unknown"),
+            &counted.locality,
             response.status().as_u16(),
             started.elapsed().as_secs_f64(),
         );
@@ -436,6 +441,7 @@ impl Outbound {
     async fn route_and_forward<B>(
         &self,
         request: Request<B>,
+        client: Option<ClientAddress>,
         upstreams: &Upstreams,
         counted: &mut Counted,
     ) -> ProxyResponse
@@ -473,7 +479,7 @@ impl Outbound {
             &mut RandomChance,
         );
         if routing.routes.has_host(&host) || routing.discovery.knows(&host) {
-            counted.service = host.clone();
+            counted.service = Some(host.clone());
         }
         let forward = match decision {
             RouteDecision::Forward(f) => *f,
@@ -527,7 +533,8 @@ impl Outbound {
         let row = routing
             .row(&forward.target)
             .filter(|r| upstreams.east_west.is_some() && !r.is_local_only());
-        let attempts = self.attempts(upstreams, &routing, row, &parts, &forward, body, counted);
+        let request = (&parts, client);
+        let attempts = self.attempts(upstreams, &routing, row, request, &forward, body, counted);
         let mut response = match forward.timeout {
             Some(t) => match tokio::time::timeout(t, attempts).await {
                 Ok(r) => r,
@@ -572,7 +579,7 @@ impl Outbound {
                 &format!("unknown service {host:?} in cluster {}", self.cluster),
             );
         }
-        counted.service = host.clone();
+        counted.service = Some(host.clone());
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -605,8 +612,16 @@ impl Outbound {
             Ok(permit) => permit,
             Err(response) => return *response,
         };
-        self.attempts(upstreams, &routing, None, &parts, &forward, body, counted)
-            .await
+        self.attempts(
+            upstreams,
+            &routing,
+            None,
+            (&parts, None),
+            &forward,
+            body,
+            counted,
+        )
+        .await
     }
 
     /// The whole request body, within the size limit.
@@ -727,11 +742,12 @@ impl Outbound {
         upstreams: &Upstreams,
         routing: &Routing,
         row: Option<&LocalityRow>,
-        parts: &http::request::Parts,
+        request: (&http::request::Parts, Option<ClientAddress>),
         forward: &Forward,
         body: Bytes,
         counted: &mut Counted,
     ) -> ProxyResponse {
+        let (parts, client) = request;
         let discovery = routing.discovery.as_ref();
         let target = &forward.target;
         let endpoints = discovery.endpoints(&target.host, &target.subset);
@@ -759,7 +775,7 @@ impl Outbound {
             .balance(&target.host, &target.subset)
             .hash_on
             .as_ref())
-        .and_then(|on| hash_key(on, parts));
+        .and_then(|on| hash_key(on, parts, client));
         let policy: &RetryPolicy = &forward.retries;
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut tried_clusters: Vec<String> = Vec::new();
@@ -829,7 +845,7 @@ impl Outbound {
                 .record(&target.host, cluster, locality, outcome, started.elapsed());
             counted.locality = match &hop {
                 Hop::Local(_) => self.locality_text.clone(),
-                Hop::Remote { .. } => locality.to_string(),
+                Hop::Remote { .. } => locality.to_string().into(),
             };
             if let Hop::Local(endpoint) = &hop {
                 let outcome = match &result {
@@ -1129,8 +1145,8 @@ impl ReportSource for Outbound {
     }
 }
 
-/// The client's address, put on each request by the listener that accepted it (a
-/// consistent hash on `useSourceIp` reads it).
+/// The address of the client a request came from (a consistent hash on `useSourceIp`
+/// reads it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddress(pub SocketAddr);
 
@@ -1141,19 +1157,20 @@ struct HashKey {
     set_cookie: Option<HeaderValue>,
 }
 
-/// The consistent-hash key of the request in `parts`, taken from where `on` says; none
-/// when the request lacks it (it is then balanced as RANDOM would).
-fn hash_key(on: &HashOn, parts: &http::request::Parts) -> Option<HashKey> {
+/// The consistent-hash key of the request in `parts` from `client`, taken from where `on`
+/// says; none when the request lacks it (it is then balanced as RANDOM would).
+fn hash_key(
+    on: &HashOn,
+    parts: &http::request::Parts,
+    client: Option<ClientAddress>,
+) -> Option<HashKey> {
     let key = |bytes: &[u8]| HashKey {
         key: bytes.to_vec(),
         set_cookie: None,
     };
     match on {
         HashOn::Header(name) => parts.headers.get(name).map(|v| key(v.as_bytes())),
-        HashOn::SourceIp => parts
-            .extensions
-            .get::<ClientAddress>()
-            .map(|a| key(a.0.ip().to_string().as_bytes())),
+        HashOn::SourceIp => client.map(|a| key(a.0.ip().to_string().as_bytes())),
         HashOn::Query(name) => parts
             .uri
             .query()?
@@ -1191,17 +1208,18 @@ fn hash_key(on: &HashOn, parts: &http::request::Parts) -> Option<HashKey> {
     }
 }
 
-/// What a request is counted under in the metrics.
+/// What a request is counted under in the metrics: its service (none: `unknown`) and
+/// the locality that answered.
 struct Counted {
-    service: String,
-    locality: String,
+    service: Option<String>,
+    locality: Arc<str>,
 }
 
 impl Counted {
-    fn new(locality: &str) -> Counted {
+    fn new(locality: &Arc<str>) -> Counted {
         Counted {
-            service: "unknown".into(),
-            locality: locality.to_string(),
+            service: None,
+            locality: locality.clone(),
         }
     }
 }

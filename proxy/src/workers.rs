@@ -97,9 +97,12 @@ async fn work(
     let tls = outbound.mesh_tls();
     let service = {
         let (outbound, upstreams) = (outbound.clone(), upstreams.clone());
-        move |request| {
+        move |request, client| {
             let (outbound, upstreams) = (outbound.clone(), upstreams.clone());
-            async move { Ok::<_, std::convert::Infallible>(outbound.handle(request, &upstreams).await) }
+            async move {
+                let answer = outbound.handle(request, client, &upstreams).await;
+                Ok::<_, std::convert::Infallible>(answer)
+            }
         }
     };
     loop {

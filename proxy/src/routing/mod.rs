@@ -16,6 +16,7 @@
 
 mod matching;
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use crate::FastMap;
@@ -194,9 +195,9 @@ pub struct RetryOn {
     /// 409.
     pub retriable_4xx: bool,
     /// gRPC status codes by name (`unavailable`, `cancelled`, ...).
-    pub grpc: Vec<String>,
+    pub grpc: Cow<'static, [&'static str]>,
     /// These status codes.
-    pub status_codes: Vec<u16>,
+    pub status_codes: Cow<'static, [u16]>,
 }
 
 impl RetryOn {
@@ -213,10 +214,13 @@ impl RetryOn {
                 "retriable-4xx" => on.retriable_4xx = true,
                 // Envoy's own switch for the numeric codes listed with it.
                 "retriable-status-codes" => {}
-                "cancelled" | "deadline-exceeded" | "internal" | "resource-exhausted"
-                | "unavailable" => on.grpc.push(token.to_string()),
+                "cancelled" => on.grpc.to_mut().push("cancelled"),
+                "deadline-exceeded" => on.grpc.to_mut().push("deadline-exceeded"),
+                "internal" => on.grpc.to_mut().push("internal"),
+                "resource-exhausted" => on.grpc.to_mut().push("resource-exhausted"),
+                "unavailable" => on.grpc.to_mut().push("unavailable"),
                 code => match code.parse::<u16>() {
-                    Ok(c) if (100..=599).contains(&c) => on.status_codes.push(c),
+                    Ok(c) if (100..=599).contains(&c) => on.status_codes.to_mut().push(c),
                     _ => {
                         return Err(RouteError::new(
                             field,
@@ -235,7 +239,7 @@ impl RetryOn {
             || (self.gateway_error && matches!(status, 502..=504))
             || (self.retriable_4xx && status == 409)
             || self.status_codes.contains(&status)
-            || (status == 503 && self.grpc.iter().any(|g| g == "unavailable"))
+            || (status == 503 && self.grpc.contains(&"unavailable"))
     }
 }
 
@@ -266,8 +270,9 @@ impl RetryPolicy {
             retry_on: RetryOn {
                 connect_failure: true,
                 refused_stream: true,
-                grpc: vec!["unavailable".into(), "cancelled".into()],
-                status_codes: vec![503],
+                // Borrowed: this is built for every request no route names a policy for.
+                grpc: Cow::Borrowed(&["unavailable", "cancelled"]),
+                status_codes: Cow::Borrowed(&[503]),
                 ..RetryOn::default()
             },
             remote_localities: false,
@@ -473,8 +478,13 @@ impl RouteTable {
     }
 
     fn routes_for(&self, authority: &str) -> Option<&[CompiledRoute]> {
-        let host = authority.to_ascii_lowercase();
-        if let Some(routes) = self.exact.get(&host) {
+        // Hosts are kept in lower case; most requests name them so (no copy then).
+        let host = if authority.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(authority.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(authority)
+        };
+        if let Some(routes) = self.exact.get(host.as_ref()) {
             return Some(routes);
         }
         self.wildcard
