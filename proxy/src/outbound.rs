@@ -456,7 +456,8 @@ impl Outbound {
             );
         };
         let (parts, body) = request.into_parts();
-        let authority = match authority_of(&parts.uri, &parts.headers) {
+        let known = |host: &str| routing.routes.has_host(host) || routing.discovery.knows(host);
+        let authority = match service_authority(&parts.uri, &parts.headers, known) {
             Ok(a) => a,
             Err(reason) => return answer(StatusCode::BAD_REQUEST, &reason),
         };
@@ -1309,11 +1310,38 @@ fn default_route(host: &str, path_and_query: &str) -> Forward {
     }
 }
 
-/// The request's authority: the URI's (h2, absolute form), else the Host header.
+/// The request's authority: the URI's (h2's `:authority`, or an absolute-form URI), else
+/// the Host header.
 fn authority_of(uri: &Uri, headers: &HeaderMap) -> Result<http::uri::Authority, String> {
     if let Some(a) = uri.authority() {
         return Ok(a.clone());
     }
+    host_header(headers)
+}
+
+/// The service a request from an application names: its [`authority_of`], except that an
+/// h2 request whose `:authority` names no service `known` to this proxy (a client sent
+/// to the proxy's own address, such as `h2load -H 'host: shop.example' http://proxy/`)
+/// is routed by its Host header when that names one.
+fn service_authority(
+    uri: &Uri,
+    headers: &HeaderMap,
+    known: impl Fn(&str) -> bool,
+) -> Result<http::uri::Authority, String> {
+    let authority = authority_of(uri, headers)?;
+    if uri.authority().is_some()
+        && !known(authority.host())
+        && headers.contains_key(HOST)
+        && let Ok(host) = host_header(headers)
+        && known(host.host())
+    {
+        return Ok(host);
+    }
+    Ok(authority)
+}
+
+/// The Host header, as an authority.
+fn host_header(headers: &HeaderMap) -> Result<http::uri::Authority, String> {
     let host = headers
         .get(HOST)
         .ok_or_else(|| "missing Host header: the service is named by Host".to_string())?;
@@ -1421,6 +1449,30 @@ mod tests {
         assert!(authority_of(&Uri::from_static("/x"), &h).is_err());
         let a = authority_of(&Uri::from_static("http://api.example/x"), &HeaderMap::new()).unwrap();
         assert_eq!(a.host(), "api.example");
+    }
+
+    #[test]
+    fn an_h2_authority_naming_no_service_gives_way_to_a_host_header_that_does() {
+        let known = |h: &str| h == "shop.example";
+        let uri = Uri::from_static("http://127.0.0.1:15001/x");
+        let mut h = HeaderMap::new();
+        h.insert(HOST, HeaderValue::from_static("shop.example"));
+        let a = service_authority(&uri, &h, known).unwrap();
+        assert_eq!(a.host(), "shop.example");
+        // A known :authority stays, whatever Host says; an unknown Host changes nothing.
+        let uri_known = Uri::from_static("http://shop.example/x");
+        h.insert(HOST, HeaderValue::from_static("other.example"));
+        assert_eq!(
+            service_authority(&uri_known, &h, known).unwrap().host(),
+            "shop.example"
+        );
+        assert_eq!(
+            service_authority(&uri, &h, known).unwrap().host(),
+            "127.0.0.1"
+        );
+        // HTTP/1 names the service by Host alone.
+        let a = service_authority(&Uri::from_static("/x"), &h, known).unwrap();
+        assert_eq!(a.host(), "other.example");
     }
 
     #[test]
