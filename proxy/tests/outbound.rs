@@ -222,15 +222,22 @@ spec:
         endpoint(slow, "slow", "east"),
         endpoint(v1, "fast", "east"),
     );
+    let proxy = start_east(&yaml, None).await;
+    Mesh { proxy }
+}
+
+/// The proxy of cluster `east` (us-east/us-east-1a) on `yaml`, which must be valid, with
+/// two workers and `health_checks` when given.
+async fn start_east(yaml: &str, health_checks: Option<HealthCheckSettings>) -> Proxy {
     let mut config = ConfigSet::new();
-    config.add_text("mesh.yaml", &yaml);
+    config.add_text("mesh.yaml", yaml);
     let errors: Vec<String> = config
         .diagnostics()
         .filter(|d| d.severity == fulcrum_policy::Severity::Error)
         .map(|d| d.to_string())
         .collect();
     assert!(errors.is_empty(), "{errors:?}");
-    let proxy = Proxy::start(
+    Proxy::start(
         ProxyConfig {
             cluster: "east".into(),
             locality: "us-east/us-east-1a".parse().expect("locality"),
@@ -239,14 +246,13 @@ spec:
             control: None,
             east_west: None,
             report_interval: Duration::from_secs(1),
-            health_checks: None,
+            health_checks,
             workers: 2,
         },
         Some(&config),
     )
     .await
-    .expect("proxy starts");
-    Mesh { proxy }
+    .expect("proxy starts")
 }
 
 struct Answer {
@@ -587,30 +593,17 @@ spec:
         live.port(),
         dead.port()
     );
-    let mut config = fulcrum_policy::ConfigSet::new();
-    config.add_text("checked.yaml", &yaml);
-    let proxy = Proxy::start(
-        ProxyConfig {
-            cluster: "east".into(),
-            locality: "us-east/us-east-1a".parse().expect("locality"),
-            outbound: "127.0.0.1:0".parse().expect("address"),
-            admin: "127.0.0.1:0".parse().expect("address"),
-            control: None,
-            east_west: None,
-            report_interval: Duration::from_secs(1),
-            health_checks: Some(HealthCheckSettings {
-                interval: Duration::from_millis(50),
-                timeout: Duration::from_millis(200),
-                path: None,
-                unhealthy_threshold: 2,
-                healthy_threshold: 2,
-            }),
-            workers: 1,
-        },
-        Some(&config),
+    let proxy = start_east(
+        &yaml,
+        Some(HealthCheckSettings {
+            interval: Duration::from_millis(50),
+            timeout: Duration::from_millis(200),
+            path: None,
+            unhealthy_threshold: 2,
+            healthy_threshold: 2,
+        }),
     )
-    .await
-    .expect("proxy starts");
+    .await;
     let connect_errors = || async {
         let text = send(proxy.admin_address(), "admin", "/metrics", false)
             .await
@@ -717,30 +710,7 @@ spec:
 "#
         ));
     }
-    let mut config = ConfigSet::new();
-    config.add_text("hash.yaml", &yaml);
-    let errors: Vec<String> = config
-        .diagnostics()
-        .filter(|d| d.severity == fulcrum_policy::Severity::Error)
-        .map(|d| d.to_string())
-        .collect();
-    assert!(errors.is_empty(), "{errors:?}");
-    let proxy = Proxy::start(
-        ProxyConfig {
-            cluster: "east".into(),
-            locality: "us-east/us-east-1a".parse().expect("locality"),
-            outbound: "127.0.0.1:0".parse().expect("address"),
-            admin: "127.0.0.1:0".parse().expect("address"),
-            control: None,
-            east_west: None,
-            report_interval: Duration::from_secs(1),
-            health_checks: None,
-            workers: 2,
-        },
-        Some(&config),
-    )
-    .await
-    .expect("proxy starts");
+    let proxy = start_east(&yaml, None).await;
     let at = proxy.outbound_address();
     let localhost: std::net::IpAddr = "127.0.0.1".parse().expect("address");
 
