@@ -290,7 +290,7 @@ impl Proxy {
         }
         let identity = Arc::new((settings.cluster.clone(), settings.locality.to_string()));
         let admin = {
-            let outbound = outbound.clone();
+            let (outbound, metrics) = (outbound.clone(), metrics.clone());
             move |request: Request<Incoming>| {
                 let (identity, metrics, outbound) =
                     (identity.clone(), metrics.clone(), outbound.clone());
@@ -308,7 +308,7 @@ impl Proxy {
                 }
             }
         };
-        tokio::spawn(serve(admin_listener, admin, stopped));
+        tokio::spawn(serve(admin_listener, admin, metrics, stopped));
         tracing::info!(
             outbound = %addresses.0,
             admin = %addresses.1,
@@ -350,14 +350,22 @@ impl Drop for Proxy {
     }
 }
 
-/// Accepts connections on `listener` and serves each with `service`, until `stopped`.
-async fn serve<S, F>(listener: TcpListener, service: S, mut stopped: watch::Receiver<bool>)
-where
+/// Accepts connections on `listener` and serves each with `service`, until `stopped`;
+/// failed accepts count in `metrics`.
+async fn serve<S, F>(
+    listener: TcpListener,
+    service: S,
+    metrics: Arc<ProxyMetrics>,
+    mut stopped: watch::Receiver<bool>,
+) where
     S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
 {
     let mut failures = AcceptFailures::default();
-    while let Some(stream) = accept(&listener, &mut failures, &|| {}, &mut stopped).await {
+    let count = || {
+        metrics.accept_failures.inc();
+    };
+    while let Some(stream) = accept(&listener, &mut failures, &count, &mut stopped).await {
         let service = service.clone();
         tokio::spawn(serve_connection(stream, move |request, _| service(request)));
     }
@@ -422,9 +430,12 @@ async fn accept(
             .warned
             .is_none_or(|at| at.elapsed() >= ACCEPT_WARNING_EVERY)
         {
+            let times = match failures.since_warning {
+                1 => String::new(),
+                n => format!(" ({n} times since the last warning)"),
+            };
             tracing::warn!(
-                "accept failed: {e} ({} failed accepts since the last warning); retrying every {}ms",
-                failures.since_warning,
+                "accept failed: {e}{times}; trying again every {}ms",
                 ACCEPT_PAUSE.as_millis()
             );
             failures.since_warning = 0;
