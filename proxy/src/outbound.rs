@@ -199,6 +199,11 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
+    /// Closes the connections to endpoints idle for `timeout` or more.
+    pub fn close_idle(&self, timeout: Duration) {
+        self.http.close_idle(timeout);
+    }
+
     /// Fresh pools: HTTP/1 to endpoints, and h2 over mTLS presenting `tls` when given.
     fn new(tls: Option<&Arc<MeshTls>>) -> Upstreams {
         Upstreams {

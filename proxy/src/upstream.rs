@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -24,6 +24,9 @@ use crate::outbound::error_chain;
 
 /// Idle connections kept per endpoint; more are closed once their exchange ends.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
+/// How long a connection may sit idle before [`Http1Pool::close_idle`] closes it (as
+/// hyper's pooled client, and under the keep-alive timeouts servers commonly use).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 type Sender = http1::SendRequest<Full<Bytes>>;
 
@@ -38,7 +41,8 @@ pub enum UpstreamError {
 
 /// One worker's connections to endpoints.
 pub struct Http1Pool {
-    idle: Mutex<FastMap<SocketAddr, Vec<Sender>>>,
+    /// Per endpoint, oldest first, with when each was put back.
+    idle: Mutex<FastMap<SocketAddr, Vec<(Sender, Instant)>>>,
     connect_timeout: Duration,
 }
 
@@ -98,10 +102,11 @@ impl Http1Pool {
         Ok(Response::from_parts(head, body))
     }
 
+    /// The most recently used idle connection to `address` (the likeliest to be open).
     fn take(&self, address: SocketAddr) -> Option<Sender> {
         let mut idle = self.idle.lock().ok()?;
         let senders = idle.get_mut(&address)?;
-        while let Some(sender) = senders.pop() {
+        while let Some((sender, _)) = senders.pop() {
             if !sender.is_closed() {
                 return Some(sender);
             }
@@ -116,9 +121,22 @@ impl Http1Pool {
         if let Ok(mut idle) = self.idle.lock() {
             let senders = idle.entry(address).or_default();
             if senders.len() < MAX_IDLE_PER_ENDPOINT {
-                senders.push(sender);
+                senders.push((sender, Instant::now()));
             }
         }
+    }
+
+    /// Closes the connections idle for `timeout` or more, and forgets those the endpoint
+    /// closed; returns how many are left.
+    pub fn close_idle(&self, timeout: Duration) -> usize {
+        let Ok(mut idle) = self.idle.lock() else {
+            return 0;
+        };
+        idle.retain(|_, senders| {
+            senders.retain(|(sender, since)| !sender.is_closed() && since.elapsed() < timeout);
+            !senders.is_empty()
+        });
+        idle.values().map(Vec::len).sum()
     }
 
     async fn connect(&self, address: SocketAddr) -> Result<Sender, UpstreamError> {
@@ -217,6 +235,22 @@ mod tests {
             assert_eq!(answer.body(), &Bytes::from("1"));
         }
         assert_eq!(connections.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn connections_idle_too_long_are_closed() {
+        let (address, connections) = endpoint(false).await;
+        let pool = Http1Pool::new(Duration::from_secs(1));
+        pool.exchange(address, get(address)).await.unwrap();
+        assert_eq!(pool.close_idle(IDLE_TIMEOUT), 1, "a fresh one stays");
+        assert_eq!(pool.close_idle(Duration::ZERO), 0, "an expired one goes");
+        let answer = pool.exchange(address, get(address)).await.unwrap();
+        assert_eq!(
+            answer.body(),
+            &Bytes::from("1"),
+            "a new connection's first answer"
+        );
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

@@ -18,8 +18,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::app::serve_connection;
 use crate::metrics::ProxyMetrics;
-use crate::outbound::Outbound;
+use crate::outbound::{Outbound, Upstreams};
 use crate::transport::serve_east_west_connection;
+use crate::upstream::IDLE_TIMEOUT;
 
 /// Which listener a connection came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +95,7 @@ async fn work(
     mut stopped: watch::Receiver<bool>,
 ) {
     let upstreams = Arc::new(outbound.upstreams());
+    tokio::spawn(close_idle(upstreams.clone()));
     let tls = outbound.mesh_tls();
     let service = {
         let (outbound, upstreams) = (outbound.clone(), upstreams.clone());
@@ -136,5 +138,15 @@ async fn work(
                 tracing::warn!("an east-west connection, but no mTLS configured: closed");
             }
         }
+    }
+}
+
+/// Closes the worker's endpoint connections that sat idle too long, now and then (for as
+/// long as the worker's runtime runs).
+async fn close_idle(upstreams: Arc<Upstreams>) {
+    let mut every = tokio::time::interval(IDLE_TIMEOUT / 3);
+    loop {
+        every.tick().await;
+        upstreams.close_idle(IDLE_TIMEOUT);
     }
 }
