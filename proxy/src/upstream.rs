@@ -4,9 +4,9 @@
 //! Each worker thread has its own pool ([`crate::outbound::Upstreams`]), so a request and
 //! the connection it goes over are driven by the same thread, and the pool needs none of
 //! a shared client's machinery (a key built and hashed per request, a checkout future,
-//! waiters, an idle reaper): an idle connection is taken, used for one exchange, and put
-//! back once its answer has been read whole. On the benchmark this halved what hyper's
-//! general-purpose pooled client cost per request (docs/benchmarks.md).
+//! waiters): an idle connection is taken, used for one exchange, and put back once its
+//! answer has been read whole; the worker closes those idle for [`IDLE_TIMEOUT`]. Replacing hyper-util's pooled client with it
+//! took a plain request from 54,000 to 44,000 instructions (callgrind; docs/benchmarks.md).
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
