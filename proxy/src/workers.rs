@@ -2,7 +2,7 @@
 //!
 //! One task per listener accepts connections and hands each to a worker, round robin. A
 //! worker is a thread running its own single-threaded runtime with its own upstream pools
-//! ([`Upstreams`](crate::outbound::Upstreams)): the client connection, the request's routing, the upstream connection
+//! ([`Upstreams`]): the client connection, the request's routing, the upstream connection
 //! and the tasks driving both all stay on that thread. With one shared multi-threaded
 //! runtime, each request woke tasks on other threads (the client side on one, the pooled
 //! upstream connection on another), and those wake-ups cost more than the routing itself
