@@ -244,13 +244,9 @@ impl StaticDiscovery {
 }
 
 impl StaticDiscovery {
-    /// The service named `host`, in any letter case (hosts are kept in lower case).
+    /// The service named `host`, in any letter case.
     fn service(&self, host: &str) -> Option<&Service> {
-        if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.services.get(&host.to_ascii_lowercase())
-        } else {
-            self.services.get(host)
-        }
+        self.services.get(crate::lower_case(host).as_ref())
     }
 }
 

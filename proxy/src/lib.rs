@@ -38,5 +38,15 @@ pub mod workers;
 /// addresses): seeded foldhash instead of SipHash, which took a tenth of a request's
 /// instructions.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// `host` in lower case, the case the proxy's tables keep hosts in; copied only when it
+/// has an upper-case letter (requests mostly name hosts in lower case already).
+pub fn lower_case(host: &str) -> std::borrow::Cow<'_, str> {
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }
+}
+
 /// A set read on every request; see [`FastMap`].
 pub type FastSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;

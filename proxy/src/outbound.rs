@@ -143,11 +143,7 @@ impl Routing {
 
     /// The row for `target`: its subset's, else the whole service's.
     fn row(&self, target: &Target) -> Option<&LocalityRow> {
-        let rows = if target.host.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.rows.get(&target.host.to_ascii_lowercase())
-        } else {
-            self.rows.get(&target.host)
-        }?;
+        let rows = self.rows.get(crate::lower_case(&target.host).as_ref())?;
         rows.get(&target.subset).or_else(|| rows.get(""))
     }
 

@@ -372,6 +372,21 @@ async fn a_retry_goes_to_another_endpoint_and_succeeds() {
 }
 
 #[tokio::test]
+async fn a_host_in_capitals_names_the_same_service_and_route() {
+    let mesh = mesh().await;
+    let a = send(
+        mesh.proxy.outbound_address(),
+        "SHOP.Example",
+        "/old/x",
+        false,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.headers["x-backend"], "shop-v1");
+    assert_eq!(a.body, "/new/x", "the route's rewrite applied");
+}
+
+#[tokio::test]
 async fn only_this_clusters_endpoints_are_used() {
     let mesh = mesh().await;
     // The default route (no match) spreads over east's two endpoints, never west's.

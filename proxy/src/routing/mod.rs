@@ -478,12 +478,7 @@ impl RouteTable {
     }
 
     fn routes_for(&self, authority: &str) -> Option<&[CompiledRoute]> {
-        // Hosts are kept in lower case; most requests name them so (no copy then).
-        let host = if authority.bytes().any(|b| b.is_ascii_uppercase()) {
-            Cow::Owned(authority.to_ascii_lowercase())
-        } else {
-            Cow::Borrowed(authority)
-        };
+        let host = crate::lower_case(authority);
         if let Some(routes) = self.exact.get(host.as_ref()) {
             return Some(routes);
         }
