@@ -1050,7 +1050,7 @@ impl Outbound {
         };
         let uri = format!("https://{}{}", forward.authority, forward.path_and_query);
         let mut request = match upstream_request(parts, forward, &uri, body) {
-            Ok(r) => r,
+            Ok(r) => r.map(Full::new),
             Err(e) => return Try::Reset(e),
         };
         *request.version_mut() = Version::HTTP_2;
@@ -1410,11 +1410,11 @@ fn upstream_request(
     forward: &Forward,
     uri: &str,
     body: Bytes,
-) -> Result<Request<Full<Bytes>>, String> {
+) -> Result<Request<Bytes>, String> {
     let uri: Uri = uri
         .parse()
         .map_err(|e| format!("cannot build the upstream URI: {e}"))?;
-    let mut request = Request::new(Full::new(body));
+    let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = uri;
     let headers = request.headers_mut();

@@ -5,44 +5,62 @@
 //! the connection it goes over are driven by the same thread, and the pool needs none of
 //! a shared client's machinery (a key built and hashed per request, a checkout future,
 //! waiters): an idle connection is taken, used for one exchange, and put back once its
-//! answer has been read whole; the worker closes those idle for [`IDLE_TIMEOUT`]. Replacing hyper-util's pooled client with it
-//! took a plain request from 54,000 to 44,000 instructions (callgrind; docs/benchmarks.md).
+//! answer has been read whole; the worker closes those idle for [`IDLE_TIMEOUT`].
+//!
+//! The exchange itself is written here rather than left to hyper's client: the outbound
+//! path sends a request whose body it already holds and reads the answer whole (it may
+//! retry the request, and it inspects the answer before passing it on), so neither side
+//! streams, and the exchange can run inside the request's own task. hyper's client ran
+//! each connection as a task of its own, fed through a channel, and built its answer
+//! through a general state machine; that was a third of a plain request's instructions
+//! (callgrind; docs/benchmarks.md). The answer's head is parsed by `httparse` (the parser
+//! hyper uses), its header values share one buffer, and the body is framed as RFC 9112
+//! §6.3 says: none for HEAD, 1xx, 204 and 304; chunked when the last transfer coding is
+//! chunked; else Content-Length (every value must agree); else up to the close.
 
+use std::io::{self, Write as _};
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, HeaderName, HeaderValue, TRANSFER_ENCODING};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::FastMap;
-use crate::outbound::error_chain;
 
 /// Idle connections kept per endpoint; more are closed once their exchange ends.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
 /// How long a connection may sit idle before [`Http1Pool::close_idle`] closes it (as
 /// hyper's pooled client, and under the keep-alive timeouts servers commonly use).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
-type Sender = http1::SendRequest<Full<Bytes>>;
+/// The most header fields an endpoint's answer may carry (hyper's limit).
+pub const MAX_HEADERS: usize = 100;
+/// The largest answer head (status line and header fields) accepted.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// A request body up to this size goes out in the same write as the head.
+const COALESCED_BODY: usize = 16 * 1024;
+/// What one read asks for at least, and at most while a long body comes in.
+const READ_MIN: usize = 8 * 1024;
+const READ_MAX: usize = 1024 * 1024;
 
 /// Why an exchange with an endpoint got no answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpstreamError {
     /// No connection could be made (refused, unreachable, or over the connect timeout).
     Connect(String),
-    /// The connection broke before the whole answer arrived.
+    /// The connection broke before the whole answer arrived, or the answer was malformed.
     Reset(String),
 }
 
 /// One worker's connections to endpoints.
 pub struct Http1Pool {
     /// Per endpoint, oldest first, with when each was put back.
-    idle: Mutex<FastMap<SocketAddr, Vec<(Sender, Instant)>>>,
+    idle: Mutex<FastMap<SocketAddr, Vec<(Connection, Instant)>>>,
     connect_timeout: Duration,
 }
 
@@ -55,94 +73,100 @@ impl Http1Pool {
         }
     }
 
-    /// Sends `request` (origin-form URI, with its Host header) to the endpoint at
-    /// `address` and reads the answer whole. An idle connection is used when there is
-    /// one; a request an idle connection could not take (the endpoint closed it
-    /// meanwhile) goes on another, or on a new one.
+    /// Sends `request` (origin-form URI, with its Host header; Content-Length is added
+    /// here) to the endpoint at `address` and reads the answer whole. An idle connection
+    /// is used when there is one. When the endpoint turns out to have closed it (as
+    /// servers do with keep-alive connections idle past their timeout), the request goes
+    /// on another connection if none of it was sent, or if its method is idempotent and no
+    /// answer had begun; otherwise the failure is the caller's to retry by its policy.
     pub async fn exchange(
         &self,
         address: SocketAddr,
-        mut request: Request<Full<Bytes>>,
+        request: Request<Bytes>,
     ) -> Result<Response<Bytes>, UpstreamError> {
-        while let Some(mut sender) = self.take(address) {
-            if sender.ready().await.is_err() {
-                continue;
-            }
-            match sender.try_send_request(request).await {
-                Ok(response) => return self.read(address, sender, response).await,
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => request = unsent,
-                    None => return Err(UpstreamError::Reset(error_chain(e.error()))),
-                },
+        let (parts, body) = request.into_parts();
+        let message = encode(&parts, &body);
+        let rest: &[u8] = if body.len() > COALESCED_BODY {
+            &body
+        } else {
+            &[]
+        };
+        let head_only = parts.method == Method::HEAD;
+        let replayable = is_idempotent(&parts.method);
+        while let Some(mut connection) = self.take(address) {
+            match connection.exchange(&message, rest, head_only).await {
+                Ok((answer, reusable)) => {
+                    if reusable {
+                        self.put(address, connection);
+                    }
+                    return Ok(answer);
+                }
+                Err(Failure::Closed { sent }) if !sent || replayable => continue,
+                Err(Failure::Closed { .. }) => {
+                    return Err(UpstreamError::Reset(
+                        "the endpoint closed a kept-alive connection before answering".into(),
+                    ));
+                }
+                Err(Failure::Broken(e)) => return Err(UpstreamError::Reset(e)),
             }
         }
         // Boxed: a connection attempt's state would otherwise be part of (and be copied
         // with) every request's future, though most requests reuse a connection.
-        let mut sender = Box::pin(self.connect(address)).await?;
-        match sender.send_request(request).await {
-            Ok(response) => self.read(address, sender, response).await,
-            Err(e) => Err(UpstreamError::Reset(error_chain(&e))),
+        let mut connection = Box::pin(self.connect(address)).await?;
+        match connection.exchange(&message, rest, head_only).await {
+            Ok((answer, reusable)) => {
+                if reusable {
+                    self.put(address, connection);
+                }
+                Ok(answer)
+            }
+            Err(Failure::Closed { .. }) => Err(UpstreamError::Reset(
+                "the endpoint closed the connection before answering".into(),
+            )),
+            Err(Failure::Broken(e)) => Err(UpstreamError::Reset(e)),
         }
     }
 
-    /// Reads the body of `response`, then gives the connection back.
-    async fn read(
-        &self,
-        address: SocketAddr,
-        sender: Sender,
-        response: Response<hyper::body::Incoming>,
-    ) -> Result<Response<Bytes>, UpstreamError> {
-        let (head, body) = response.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|e| UpstreamError::Reset(error_chain(&e)))?
-            .to_bytes();
-        self.put(address, sender);
-        Ok(Response::from_parts(head, body))
-    }
-
-    /// The most recently used idle connection to `address` (the likeliest to be open).
-    fn take(&self, address: SocketAddr) -> Option<Sender> {
+    /// The most recently used idle connection to `address` (the likeliest to be open)
+    /// that the endpoint has not closed.
+    fn take(&self, address: SocketAddr) -> Option<Connection> {
         let mut idle = self.idle.lock().ok()?;
-        let senders = idle.get_mut(&address)?;
-        while let Some((sender, _)) = senders.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
+        let connections = idle.get_mut(&address)?;
+        while let Some((connection, _)) = connections.pop() {
+            if connection.still_open() {
+                return Some(connection);
             }
         }
         None
     }
 
-    fn put(&self, address: SocketAddr, sender: Sender) {
-        if sender.is_closed() {
-            return;
-        }
+    fn put(&self, address: SocketAddr, connection: Connection) {
         if let Ok(mut idle) = self.idle.lock() {
-            let senders = idle.entry(address).or_default();
-            if senders.len() < MAX_IDLE_PER_ENDPOINT {
-                senders.push((sender, Instant::now()));
+            let connections = idle.entry(address).or_default();
+            if connections.len() < MAX_IDLE_PER_ENDPOINT {
+                connections.push((connection, Instant::now()));
             }
         }
     }
 
-    /// Closes the connections idle for `timeout` or more, and forgets those the endpoint
-    /// closed; returns how many are left.
+    /// Closes the connections idle for `timeout` or more, and those the endpoint closed;
+    /// returns how many are left.
     pub fn close_idle(&self, timeout: Duration) -> usize {
         let Ok(mut idle) = self.idle.lock() else {
             return 0;
         };
-        idle.retain(|_, senders| {
-            senders.retain(|(sender, since)| !sender.is_closed() && since.elapsed() < timeout);
-            !senders.is_empty()
+        idle.retain(|_, connections| {
+            connections
+                .retain(|(connection, since)| since.elapsed() < timeout && connection.still_open());
+            !connections.is_empty()
         });
         idle.values().map(Vec::len).sum()
     }
 
-    async fn connect(&self, address: SocketAddr) -> Result<Sender, UpstreamError> {
-        let tcp =
+    async fn connect(&self, address: SocketAddr) -> Result<Connection, UpstreamError> {
+        let stream =
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(address)).await {
-                Ok(Ok(tcp)) => tcp,
+                Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => return Err(UpstreamError::Connect(e.to_string())),
                 Err(_) => {
                     return Err(UpstreamError::Connect(format!(
@@ -151,18 +175,410 @@ impl Http1Pool {
                     )));
                 }
             };
-        let _ = tcp.set_nodelay(true);
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%address, "endpoint connection closed: {e}");
-            }
-        });
-        Ok(sender)
+        let _ = stream.set_nodelay(true);
+        Ok(Connection {
+            stream,
+            read: BytesMut::new(),
+            spans: Vec::new(),
+        })
     }
+}
+
+/// RFC 9110 §9.2.2: a request with one of these methods may be sent again when it is not
+/// known whether the first one arrived.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// The request's head in HTTP/1.1, followed by its body when that is small.
+fn encode(parts: &http::request::Parts, body: &Bytes) -> Vec<u8> {
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let coalesced = if body.len() <= COALESCED_BODY {
+        body.len()
+    } else {
+        0
+    };
+    let mut out = Vec::with_capacity(128 + 32 * parts.headers.len() + coalesced);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !body.is_empty() || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "content-length: {}\r\n", body.len());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&body[..coalesced]);
+    out
+}
+
+/// How an exchange on one connection failed.
+enum Failure {
+    /// The endpoint closed the connection (or reset it) before any answer came back;
+    /// `sent` says whether any of the request had been handed to the kernel.
+    Closed { sent: bool },
+    /// Anything else: the connection broke mid-answer, or the answer was malformed.
+    Broken(String),
+}
+
+/// An open connection to an endpoint, with what has been read from it and not yet used.
+struct Connection {
+    stream: TcpStream,
+    read: BytesMut,
+    spans: Vec<FieldSpan>,
+}
+
+/// How an answer's body is delimited (RFC 9112 §6.3).
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// An answer's head.
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Connection {
+    /// False when the endpoint closed the connection (or sent something unasked) while it
+    /// sat idle. No system call unless the reactor saw the socket turn readable.
+    fn still_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Sends `message` then `rest`, and reads the answer; says whether the connection can
+    /// carry another request.
+    async fn exchange(
+        &mut self,
+        message: &[u8],
+        rest: &[u8],
+        head_only: bool,
+    ) -> Result<(Response<Bytes>, bool), Failure> {
+        self.send(message, rest).await?;
+        self.answer(head_only).await
+    }
+
+    async fn send(&mut self, message: &[u8], rest: &[u8]) -> Result<(), Failure> {
+        let mut sent = false;
+        for mut part in [message, rest] {
+            while !part.is_empty() {
+                match self.stream.write(part).await {
+                    Ok(0) => return Err(Failure::Closed { sent }),
+                    Ok(n) => {
+                        sent = true;
+                        part = &part[n..];
+                    }
+                    Err(e) if closed(&e) => return Err(Failure::Closed { sent }),
+                    Err(e) => return Err(Failure::Broken(format!("cannot send the request: {e}"))),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads more of the answer, asking for at least `want` bytes of room (within
+    /// bounds); `Ok(0)` at the end of the stream.
+    async fn fill(&mut self, want: usize) -> io::Result<usize> {
+        self.read.reserve(want.clamp(READ_MIN, READ_MAX));
+        self.stream.read_buf(&mut self.read).await
+    }
+
+    /// Like [`Connection::fill`], for a part of the answer that must come: the end of the
+    /// stream or an error is a [`Failure`] saying what was missing.
+    async fn fill_within_answer(&mut self, want: usize, missing: &str) -> Result<(), Failure> {
+        match self.fill(want).await {
+            Ok(0) => Err(Failure::Broken(format!(
+                "the endpoint closed the connection before {missing}"
+            ))),
+            Ok(_) => Ok(()),
+            Err(e) => Err(Failure::Broken(format!(
+                "the connection broke before {missing}: {e}"
+            ))),
+        }
+    }
+
+    async fn answer(&mut self, head_only: bool) -> Result<(Response<Bytes>, bool), Failure> {
+        let mut begun = false;
+        let head = loop {
+            match parse_head(&mut self.read, &mut self.spans).map_err(Failure::Broken)? {
+                Some(head) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
+                    return Err(Failure::Broken(
+                        "the endpoint switched protocols; upgrades are not proxied".into(),
+                    ));
+                }
+                // An interim answer (100 Continue, 103 Early Hints): the final one follows.
+                Some(head) if head.status.is_informational() => begun = true,
+                Some(head) => break head,
+                None if self.read.len() >= MAX_HEAD_BYTES => {
+                    return Err(Failure::Broken(format!(
+                        "the endpoint's answer head is larger than {} KiB",
+                        MAX_HEAD_BYTES / 1024
+                    )));
+                }
+                None => match self.fill(READ_MIN).await {
+                    Ok(0) if !begun && self.read.is_empty() => {
+                        return Err(Failure::Closed { sent: true });
+                    }
+                    Err(e) if closed(&e) && !begun && self.read.is_empty() => {
+                        return Err(Failure::Closed { sent: true });
+                    }
+                    Ok(0) => {
+                        return Err(Failure::Broken(
+                            "the endpoint closed the connection in the middle of its answer's head"
+                                .into(),
+                        ));
+                    }
+                    Ok(_) => begun = true,
+                    Err(e) => {
+                        return Err(Failure::Broken(format!(
+                            "the connection broke before the answer: {e}"
+                        )));
+                    }
+                },
+            }
+        };
+        let (framing, mut reusable) = framing(&head, head_only).map_err(Failure::Broken)?;
+        let body = match framing {
+            Framing::Empty => Bytes::new(),
+            Framing::Length(length) => self.read_length(length).await?,
+            Framing::Chunked => self.read_chunked().await?,
+            Framing::UntilClose => {
+                reusable = false;
+                self.read_until_close().await?
+            }
+        };
+        // Bytes the endpoint sent past its answer: nothing asked for them.
+        reusable &= self.read.is_empty();
+        let mut response = Response::new(body);
+        *response.status_mut() = head.status;
+        *response.version_mut() = head.version;
+        *response.headers_mut() = head.headers;
+        Ok((response, reusable))
+    }
+
+    async fn read_length(&mut self, length: u64) -> Result<Bytes, Failure> {
+        let length = usize::try_from(length)
+            .map_err(|_| Failure::Broken(format!("Content-Length {length} is too large")))?;
+        while self.read.len() < length {
+            let missing = format!("the whole body ({} of {length} bytes)", self.read.len());
+            self.fill_within_answer(length - self.read.len(), &missing)
+                .await?;
+        }
+        Ok(self.read.split_to(length).freeze())
+    }
+
+    async fn read_chunked(&mut self) -> Result<Bytes, Failure> {
+        let mut body = BytesMut::new();
+        loop {
+            let (line, size) = match httparse::parse_chunk_size(&self.read) {
+                Ok(httparse::Status::Complete(found)) => found,
+                Ok(httparse::Status::Partial) if self.read.len() > MAX_HEAD_BYTES => {
+                    return Err(Failure::Broken("a chunk-size line is too long".into()));
+                }
+                Ok(httparse::Status::Partial) => {
+                    self.fill_within_answer(READ_MIN, "the end of the chunked body")
+                        .await?;
+                    continue;
+                }
+                Err(_) => return Err(Failure::Broken("malformed chunk size".into())),
+            };
+            if size == 0 {
+                self.read.advance(line);
+                return self.skip_trailers().await.map(|()| body.freeze());
+            }
+            let end = usize::try_from(size)
+                .ok()
+                .and_then(|s| s.checked_add(line)?.checked_add(2))
+                .ok_or_else(|| Failure::Broken(format!("chunk of {size} bytes is too large")))?;
+            while self.read.len() < end {
+                self.fill_within_answer(end - self.read.len(), "the end of a chunk")
+                    .await?;
+            }
+            if &self.read[end - 2..end] != b"\r\n" {
+                return Err(Failure::Broken("a chunk does not end with CRLF".into()));
+            }
+            body.extend_from_slice(&self.read[line..end - 2]);
+            self.read.advance(end);
+        }
+    }
+
+    /// Skips the trailer fields after the last chunk, up to the empty line (the outbound
+    /// path passes bodies on whole, without trailers).
+    async fn skip_trailers(&mut self) -> Result<(), Failure> {
+        loop {
+            match self.read.windows(2).position(|w| w == b"\r\n") {
+                Some(0) => {
+                    self.read.advance(2);
+                    return Ok(());
+                }
+                Some(at) => self.read.advance(at + 2),
+                None if self.read.len() > MAX_HEAD_BYTES => {
+                    return Err(Failure::Broken("the trailer fields are too long".into()));
+                }
+                None => {
+                    self.fill_within_answer(READ_MIN, "the end of the trailer fields")
+                        .await?;
+                }
+            }
+        }
+    }
+
+    async fn read_until_close(&mut self) -> Result<Bytes, Failure> {
+        loop {
+            match self.fill(READ_MAX).await {
+                Ok(0) => return Ok(self.read.split().freeze()),
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(Failure::Broken(format!(
+                        "the connection broke before the end of the body: {e}"
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// Whether a failed read or write means the endpoint had closed the connection.
+fn closed(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::UnexpectedEof
+    )
+}
+
+/// Where one header field's name and value lie in the read buffer.
+struct FieldSpan {
+    name: Range<usize>,
+    value: Range<usize>,
+}
+
+/// Parses an answer's head from the front of `buffer`, taking it out: `None` while the
+/// head is not all there yet. `spans` is scratch space, kept by the connection so that
+/// parsing allocates nothing once it has grown.
+fn parse_head(buffer: &mut BytesMut, spans: &mut Vec<FieldSpan>) -> Result<Option<Head>, String> {
+    // The fields' places are noted while httparse borrows the buffer, so that their
+    // values can share it once the head is taken out (no copy, no allocation per value).
+    // The slots are left uninitialised: zeroing 100 of them cost more than the parse.
+    spans.clear();
+    let (length, code, version) = {
+        let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+        let mut answer = httparse::Response::new(&mut []);
+        let length = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut answer,
+            buffer,
+            &mut slots,
+        ) {
+            Ok(httparse::Status::Complete(length)) => length,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(format!("malformed answer from the endpoint: {e}")),
+        };
+        let base = buffer.as_ptr() as usize;
+        spans.extend(answer.headers.iter().map(|field| {
+            let name = field.name.as_ptr() as usize - base;
+            let value = field.value.as_ptr() as usize - base;
+            FieldSpan {
+                name: name..name + field.name.len(),
+                value: value..value + field.value.len(),
+            }
+        }));
+        let version = match answer.version {
+            Some(0) => Version::HTTP_10,
+            _ => Version::HTTP_11,
+        };
+        (length, answer.code.unwrap_or(0), version)
+    };
+    let status = StatusCode::from_u16(code)
+        .map_err(|_| format!("malformed answer from the endpoint: status {code}"))?;
+    let head = buffer.split_to(length).freeze();
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for span in spans.iter() {
+        let name = HeaderName::from_bytes(&head[span.name.clone()]).map_err(|_| {
+            format!(
+                "malformed answer from the endpoint: header name {:?}",
+                String::from_utf8_lossy(&head[span.name.clone()])
+            )
+        })?;
+        let value = HeaderValue::from_maybe_shared(head.slice(span.value.clone()))
+            .map_err(|_| format!("malformed answer from the endpoint: value of {name}"))?;
+        headers.append(name, value);
+    }
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+    }))
+}
+
+/// How the answer's body is delimited, and whether the connection may be used again
+/// afterwards as far as the head says.
+fn framing(head: &Head, head_only: bool) -> Result<(Framing, bool), String> {
+    let (mut close, mut keep_alive) = (false, false);
+    for token in tokens(&head.headers, &CONNECTION) {
+        close |= token.eq_ignore_ascii_case("close");
+        keep_alive |= token.eq_ignore_ascii_case("keep-alive");
+    }
+    let reusable = !close && (head.version == Version::HTTP_11 || keep_alive);
+    let status = head.status.as_u16();
+    if head_only || status == 204 || status == 304 {
+        return Ok((Framing::Empty, reusable));
+    }
+    if head.headers.contains_key(TRANSFER_ENCODING) {
+        let last = tokens(&head.headers, &TRANSFER_ENCODING).last();
+        return Ok(match last {
+            // A Content-Length beside it is ignored, and the connection not trusted after.
+            Some(coding) if coding.eq_ignore_ascii_case("chunked") => (
+                Framing::Chunked,
+                reusable && !head.headers.contains_key(CONTENT_LENGTH),
+            ),
+            _ => (Framing::UntilClose, false),
+        });
+    }
+    let mut length = None;
+    for value in tokens(&head.headers, &CONTENT_LENGTH) {
+        let parsed = (!value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| value.parse::<u64>().ok())
+            .flatten();
+        match (parsed, length) {
+            (None, _) => return Err(format!("invalid Content-Length {value:?} in the answer")),
+            (Some(n), Some(seen)) if n != seen => {
+                return Err(format!(
+                    "the answer has differing Content-Lengths ({seen} and {n})"
+                ));
+            }
+            (Some(n), _) => length = Some(n),
+        }
+    }
+    Ok(match length {
+        Some(n) => (Framing::Length(n), reusable),
+        None => (Framing::UntilClose, false),
+    })
+}
+
+/// The comma-separated tokens of every `name` field, trimmed; a value that is not text
+/// reads as one token that matches nothing expected.
+fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("\u{fffd}").split(','))
+        .map(str::trim)
 }
 
 #[cfg(test)]
@@ -171,13 +587,16 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use http_body_util::{BodyExt, Full};
     use hyper::server::conn::http1 as server;
     use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
     use tokio::net::TcpListener;
 
-    /// An endpoint answering `n` (the request's number on its connection) and counting
-    /// the connections it accepted; with `close_after_one`, each connection serves one
-    /// request and then closes.
+    /// An endpoint (hyper's server) answering `n` (the request's number on its
+    /// connection), or with `echo`, the request's method, `x-echo` header and body; it
+    /// counts the connections it accepted. With `close_after_one`, each connection serves
+    /// one request and then closes.
     async fn endpoint(close_after_one: bool) -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -189,12 +608,20 @@ mod tests {
                 counted.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let served = Arc::new(AtomicUsize::new(0));
-                    let service = service_fn(move |_request| {
+                    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                         let n = served.fetch_add(1, Ordering::SeqCst) + 1;
                         async move {
-                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
-                                Bytes::from(n.to_string()),
-                            )))
+                            let echo = request.headers().contains_key("x-echo");
+                            let method = request.method().clone();
+                            let body = request.into_body().collect().await?.to_bytes();
+                            let answer = if echo {
+                                let mut text = format!("{method} {} ", body.len()).into_bytes();
+                                text.extend_from_slice(&body);
+                                Bytes::from(text)
+                            } else {
+                                Bytes::from(n.to_string())
+                            };
+                            Ok::<_, hyper::Error>(Response::new(Full::new(answer)))
                         }
                     });
                     let _ = server::Builder::new()
@@ -207,12 +634,76 @@ mod tests {
         (address, connections)
     }
 
-    fn get(address: SocketAddr) -> Request<Full<Bytes>> {
+    /// An endpoint that reads each request's head (requests here have no body) and
+    /// writes the next of `answers` as given; after the last, or after each with
+    /// `close_after_each`, it closes the connection. Counts its connections.
+    async fn raw_endpoint(
+        answers: Vec<&'static [u8]>,
+        close_after_each: bool,
+    ) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        let answers = Arc::new(answers);
+        let next = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                let (answers, next) = (answers.clone(), next.clone());
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buffer = [0u8; 4096];
+                    loop {
+                        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match stream.read(&mut buffer).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => seen.extend_from_slice(&buffer[..n]),
+                            }
+                        }
+                        seen.clear();
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        let Some(answer) = answers.get(i) else { return };
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                        if close_after_each || i + 1 == answers.len() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (address, connections)
+    }
+
+    /// A GET the hyper endpoint answers with its number on the connection.
+    fn plain(address: SocketAddr) -> Request<Bytes> {
+        let mut request = get(address);
+        request.headers_mut().remove("x-echo");
+        request
+    }
+
+    fn get(address: SocketAddr) -> Request<Bytes> {
+        request(Method::GET, address, Bytes::new())
+    }
+
+    fn request(method: Method, address: SocketAddr, body: Bytes) -> Request<Bytes> {
         Request::builder()
+            .method(method)
             .uri("/")
             .header(http::header::HOST, address.to_string())
-            .body(Full::new(Bytes::new()))
+            .header("x-echo", "1")
+            .body(body)
             .unwrap()
+    }
+
+    fn reset_reason(result: Result<Response<Bytes>, UpstreamError>) -> String {
+        match result {
+            Err(UpstreamError::Reset(reason)) => reason,
+            other => panic!("expected a reset, got {other:?}"),
+        }
     }
 
     #[tokio::test]
@@ -220,9 +711,38 @@ mod tests {
         let (address, connections) = endpoint(false).await;
         let pool = Http1Pool::new(Duration::from_secs(1));
         for n in 1..=5 {
-            let answer = pool.exchange(address, get(address)).await.unwrap();
+            let answer = pool.exchange(address, plain(address)).await.unwrap();
             assert_eq!(answer.body(), &Bytes::from(n.to_string()));
         }
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn bodies_go_out_whole_small_or_large() {
+        let (address, connections) = endpoint(false).await;
+        let pool = Http1Pool::new(Duration::from_secs(1));
+        let answer = pool
+            .exchange(
+                address,
+                request(Method::POST, address, Bytes::from("hello")),
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.body(), &Bytes::from("POST 5 hello"));
+        // Larger than what goes out with the head: a second write.
+        let large = Bytes::from(vec![b'x'; 3 * COALESCED_BODY + 7]);
+        let answer = pool
+            .exchange(address, request(Method::PUT, address, large.clone()))
+            .await
+            .unwrap();
+        assert_eq!(answer.body().len(), "PUT 49159 ".len() + large.len());
+        assert!(answer.body().starts_with(b"PUT 49159 xxx"));
+        // An empty POST says so (Content-Length: 0) rather than leaving the server to wait.
+        let answer = pool
+            .exchange(address, request(Method::POST, address, Bytes::new()))
+            .await
+            .unwrap();
+        assert_eq!(answer.body(), &Bytes::from("POST 0 "));
         assert_eq!(connections.load(Ordering::SeqCst), 1);
     }
 
@@ -231,7 +751,7 @@ mod tests {
         let (address, connections) = endpoint(true).await;
         let pool = Http1Pool::new(Duration::from_secs(1));
         for _ in 0..3 {
-            let answer = pool.exchange(address, get(address)).await.unwrap();
+            let answer = pool.exchange(address, plain(address)).await.unwrap();
             assert_eq!(answer.body(), &Bytes::from("1"));
         }
         assert_eq!(connections.load(Ordering::SeqCst), 3);
@@ -241,10 +761,10 @@ mod tests {
     async fn connections_idle_too_long_are_closed() {
         let (address, connections) = endpoint(false).await;
         let pool = Http1Pool::new(Duration::from_secs(1));
-        pool.exchange(address, get(address)).await.unwrap();
+        pool.exchange(address, plain(address)).await.unwrap();
         assert_eq!(pool.close_idle(IDLE_TIMEOUT), 1, "a fresh one stays");
         assert_eq!(pool.close_idle(Duration::ZERO), 0, "an expired one goes");
-        let answer = pool.exchange(address, get(address)).await.unwrap();
+        let answer = pool.exchange(address, plain(address)).await.unwrap();
         assert_eq!(
             answer.body(),
             &Bytes::from("1"),
@@ -263,5 +783,150 @@ mod tests {
             Err(UpstreamError::Connect(_)) => {}
             other => panic!("expected a connect error, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_chunked_answer_is_joined_and_its_trailers_dropped() {
+        let (address, connections) = raw_endpoint(
+            vec![
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Kind: chunks\r\n\r\n\
+                  5;ext=1\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nX-Checksum: 1\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext",
+            ],
+            false,
+        )
+        .await;
+        let pool = Http1Pool::new(Duration::from_secs(1));
+        let answer = pool.exchange(address, get(address)).await.unwrap();
+        assert_eq!(answer.body(), &Bytes::from("hello world"));
+        assert_eq!(answer.headers()["x-kind"], "chunks");
+        assert!(!answer.headers().contains_key("x-checksum"));
+        let answer = pool.exchange(address, get(address)).await.unwrap();
+        assert_eq!(answer.body(), &Bytes::from("next"));
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            1,
+            "the connection was kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn interim_answers_are_skipped_and_head_answers_have_no_body() {
+        let (address, connections) = raw_endpoint(
+            vec![
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n",
+                b"HTTP/1.1 204 No Content\r\n\r\n",
+            ],
+            false,
+        )
+        .await;
+        let pool = Http1Pool::new(Duration::from_secs(1));
+        let answer = pool.exchange(address, get(address)).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::CREATED);
+        assert_eq!(answer.body(), &Bytes::from("ok"));
+        let head = request(Method::HEAD, address, Bytes::new());
+        let answer = pool.exchange(address, head).await.unwrap();
+        assert_eq!(answer.headers()[CONTENT_LENGTH], "1234");
+        assert!(answer.body().is_empty());
+        let answer = pool.exchange(address, get(address)).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::NO_CONTENT);
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_answer_without_length_runs_to_the_close_and_the_connection_goes() {
+        let (address, connections) = raw_endpoint(
+            vec![
+                b"HTTP/1.0 200 OK\r\nServer: old\r\n\r\nall of it",
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 3\r\n\r\nbye",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nnew",
+            ],
+            true,
+        )
+        .await;
+        let pool = Http1Pool::new(Duration::from_secs(1));
+        let answer = pool.exchange(address, get(address)).await.unwrap();
+        assert_eq!(answer.version(), Version::HTTP_10);
+        assert_eq!(answer.body(), &Bytes::from("all of it"));
+        let answer = pool.exchange(address, get(address)).await.unwrap();
+        assert_eq!(answer.body(), &Bytes::from("bye"));
+        let answer = pool.exchange(address, get(address)).await.unwrap();
+        assert_eq!(answer.body(), &Bytes::from("new"));
+        assert_eq!(connections.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_kept_alive_connection_the_endpoint_dropped_is_replaced_for_a_get() {
+        // Keep-alive answered, then closed (as a server whose idle timeout ran out).
+        let (address, connections) = raw_endpoint(
+            vec![
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond",
+            ],
+            true,
+        )
+        .await;
+        let pool = Http1Pool::new(Duration::from_secs(1));
+        let answer = pool.exchange(address, get(address)).await.unwrap();
+        assert_eq!(answer.body(), &Bytes::from("first"));
+        let answer = pool.exchange(address, get(address)).await.unwrap();
+        assert_eq!(answer.body(), &Bytes::from("second"));
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn malformed_answers_are_resets_that_say_why() {
+        let cases: [(&'static [u8], &str); 6] = [
+            (b"HTTP/1.1 2x0 OK\r\n\r\n", "malformed answer"),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+                "differing Content-Lengths (3 and 4)",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+                "invalid Content-Length \"-1\"",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+                "before the whole body (5 of 10 bytes)",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                "malformed chunk size",
+            ),
+            (
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+                "upgrades are not proxied",
+            ),
+        ];
+        for (answer, why) in cases {
+            let (address, _) = raw_endpoint(vec![answer], true).await;
+            let pool = Http1Pool::new(Duration::from_secs(1));
+            let reason = reset_reason(pool.exchange(address, get(address)).await);
+            assert!(reason.contains(why), "{reason:?} should say {why:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_answer_head_is_refused() {
+        let mut head = b"HTTP/1.1 200 OK\r\nX-Filler: ".to_vec();
+        head.resize(MAX_HEAD_BYTES + 1, b'a');
+        let head: &'static [u8] = Vec::leak(head);
+        let (address, _) = raw_endpoint(vec![head], false).await;
+        let pool = Http1Pool::new(Duration::from_secs(1));
+        let reason = reset_reason(pool.exchange(address, get(address)).await);
+        assert!(reason.contains("larger than 64 KiB"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_closing_without_answering_a_fresh_connection_is_a_reset() {
+        let (address, _) = raw_endpoint(vec![], true).await;
+        let pool = Http1Pool::new(Duration::from_secs(1));
+        let reason = reset_reason(pool.exchange(address, get(address)).await);
+        assert!(
+            reason.contains("closed the connection before answering"),
+            "{reason}"
+        );
     }
 }
