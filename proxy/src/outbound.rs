@@ -25,7 +25,7 @@ use bytes::Bytes;
 use fulcrum_policy::Locality;
 use fulcrum_policy::health::EndpointInventory;
 use fulcrum_policy::weights::WeightRow;
-use http::header::{HOST, HeaderName, HeaderValue};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue, TRANSFER_ENCODING};
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use tokio::time::Instant;
@@ -43,7 +43,7 @@ use crate::routing::{
     RouteRequest, RouteTable, Target,
 };
 use crate::transport::{EastWestPool, MeshTls, SendError};
-use crate::upstream::{Http1Pool, UpstreamError};
+use crate::upstream::{Http1Pool, Http1Request, UpstreamError};
 
 /// The header on every answer the proxy makes itself.
 pub const REASON_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-reason");
@@ -65,17 +65,23 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// again by the next request that would go there).
 pub const UNREACHABLE_HOLD: Duration = Duration::from_secs(2);
 
-/// Headers that describe one hop's connection, never forwarded (RFC 9110 §7.6.1).
-static HOP_BY_HOP: [HeaderName; 8] = [
-    http::header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    http::header::PROXY_AUTHENTICATE,
-    http::header::PROXY_AUTHORIZATION,
-    http::header::TE,
-    http::header::TRAILER,
-    http::header::UPGRADE,
-];
+/// Whether a field (named in any case) describes one hop's connection, and is never
+/// forwarded (RFC 9110 §7.6.1). The fields a Connection header names are hop-by-hop too.
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP_BY_HOP: [&[u8]; 8] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"upgrade",
+    ];
+    // Names of other lengths are passed over at the cost of a length compare: this runs
+    // for every field of every request and answer.
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
 
 /// The answer type of the outbound path.
 pub type ProxyResponse = Response<Full<Bytes>>;
@@ -1020,13 +1026,13 @@ impl Outbound {
         endpoint: &Endpoint,
         body: Bytes,
     ) -> Try {
-        let request = match upstream_request(parts, forward, &forward.path_and_query, body) {
+        let request = match http1_request(parts, forward, body) {
             Ok(r) => r,
             Err(e) => return Try::Reset(e),
         };
         let _guard = InFlight::enter(&self.in_flight, endpoint.address);
         let send = async {
-            match upstreams.http.exchange(endpoint.address, request).await {
+            match upstreams.http.exchange(endpoint.address, &request).await {
                 Ok(r) => Try::Answered(r),
                 Err(UpstreamError::Connect(e)) => Try::ConnectFailed(e),
                 Err(UpstreamError::Reset(e)) => Try::Reset(e),
@@ -1092,12 +1098,12 @@ impl Outbound {
         let mut shadow = forward.clone();
         // Envoy marks mirrored requests by suffixing the authority.
         shadow.authority = format!("{}-shadow", forward.authority);
-        let Ok(request) = upstream_request(parts, &shadow, &shadow.path_and_query, body) else {
+        let Ok(request) = http1_request(parts, &shadow, body) else {
             return;
         };
         let pool = upstreams.http.clone();
         tokio::spawn(async move {
-            let _ = pool.exchange(endpoint.address, request).await;
+            let _ = pool.exchange(endpoint.address, &request).await;
         });
     }
 }
@@ -1363,7 +1369,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // this runs on every request and every answer.
     let mut doomed: Vec<HeaderName> = Vec::new();
     for (name, value) in headers.iter() {
-        if HOP_BY_HOP.contains(name) {
+        if is_hop_by_hop(name.as_str().as_bytes()) {
             doomed.push(name.clone());
         }
         // Headers the Connection header names are hop-by-hop too.
@@ -1405,6 +1411,39 @@ fn apply_changes(headers: &mut HeaderMap, changes: &HeaderChanges) {
     }
 }
 
+/// The request to send to an endpoint of this cluster, in HTTP/1.1: the client's, without
+/// its hop-by-hop and framing fields, with the route's Host and header changes.
+fn http1_request(
+    parts: &http::request::Parts,
+    forward: &Forward,
+    body: Bytes,
+) -> Result<Http1Request, String> {
+    if !forward.request_headers.is_empty() || parts.headers.contains_key(CONNECTION) {
+        // The route changes fields, or the client named hop-by-hop ones: build the
+        // request's fields as the east-west path does.
+        return Http1Request::try_from(upstream_request(
+            parts,
+            forward,
+            &forward.path_and_query,
+            body,
+        )?);
+    }
+    // The common case, without a copy of the client's fields: each is written as it is
+    // passed over.
+    let host = HeaderValue::from_str(&forward.authority)
+        .map_err(|_| format!("invalid authority {:?}", forward.authority))?;
+    let mut writer = Http1Request::start(&parts.method, &forward.path_and_query)?;
+    // Host first, as RFC 9112 §3.2 asks of clients.
+    writer.field(&HOST, &host);
+    for (name, value) in &parts.headers {
+        let framing_or_host = name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == HOST;
+        if !framing_or_host && !is_hop_by_hop(name.as_str().as_bytes()) {
+            writer.field(name, value);
+        }
+    }
+    Ok(writer.finish(body))
+}
+
 fn upstream_request(
     parts: &http::request::Parts,
     forward: &Forward,
@@ -1420,8 +1459,8 @@ fn upstream_request(
     let headers = request.headers_mut();
     *headers = parts.headers.clone();
     strip_hop_by_hop(headers);
-    headers.remove(http::header::CONTENT_LENGTH);
-    headers.remove(http::header::TRANSFER_ENCODING);
+    headers.remove(CONTENT_LENGTH);
+    headers.remove(TRANSFER_ENCODING);
     let host = HeaderValue::from_str(&forward.authority)
         .map_err(|_| format!("invalid authority {:?}", forward.authority))?;
     headers.insert(HOST, host);
@@ -1432,6 +1471,46 @@ fn upstream_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_request_to_an_endpoint_keeps_end_to_end_fields_only() {
+        let client = |extra: &[(&str, &str)]| {
+            let mut request = Request::builder()
+                .method("POST")
+                .uri("/orders?id=7")
+                .header(HOST, "shop.example")
+                .header("x-app", "1")
+                .header(CONTENT_LENGTH, "2")
+                .header("te", "trailers")
+                .header("upgrade", "websocket")
+                .header("keep-alive", "timeout=5");
+            for (name, value) in extra {
+                request = request.header(*name, *value);
+            }
+            request.body(()).unwrap().into_parts().0
+        };
+        let mut forward = default_route("checkout.internal", "/v2/orders?id=7");
+        let sent = |parts: &http::request::Parts, forward: &Forward| {
+            let request = http1_request(parts, forward, Bytes::from("{}")).unwrap();
+            String::from_utf8(request.message().to_vec()).unwrap()
+        };
+        let expected = "POST /v2/orders?id=7 HTTP/1.1\r\nhost: checkout.internal\r\n\
+                        x-app: 1\r\ncontent-length: 2\r\n\r\n{}";
+        assert_eq!(sent(&client(&[]), &forward), expected);
+        // A Connection field, and the fields it names, go too (the slower path, where the
+        // fields keep the client's order).
+        let named = client(&[("connection", "x-hop"), ("x-hop", "1")]);
+        assert_eq!(sent(&named, &forward), expected);
+        // The route's changes apply after the Host is set.
+        forward.request_headers.set = vec![("x-app".into(), "2".into())];
+        forward.request_headers.add = vec![("x-more".into(), "3".into())];
+        let text = sent(&client(&[]), &forward);
+        assert!(
+            text.contains("x-app: 2\r\n") && !text.contains("x-app: 1"),
+            "{text}"
+        );
+        assert!(text.contains("x-more: 3\r\n") && text.contains("host: checkout.internal"));
+    }
 
     #[test]
     fn the_authority_comes_from_the_uri_or_a_valid_host_header() {

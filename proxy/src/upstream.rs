@@ -26,12 +26,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, HeaderName, HeaderValue, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, HeaderName, HeaderValue, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::FastMap;
+use crate::outbound::is_hop_by_hop;
 
 /// Idle connections kept per endpoint; more are closed once their exchange ends.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
@@ -73,28 +74,22 @@ impl Http1Pool {
         }
     }
 
-    /// Sends `request` (origin-form URI, with its Host header; Content-Length is added
-    /// here) to the endpoint at `address` and reads the answer whole. An idle connection
-    /// is used when there is one. When the endpoint turns out to have closed it (as
-    /// servers do with keep-alive connections idle past their timeout), the request goes
-    /// on another connection if none of it was sent, or if its method is idempotent and no
-    /// answer had begun; otherwise the failure is the caller's to retry by its policy.
+    /// Sends `request` to the endpoint at `address` and reads the answer whole. An idle
+    /// connection is used when there is one. When the endpoint turns out to have closed
+    /// it (as servers do with keep-alive connections idle past their timeout), the
+    /// request goes on another connection if none of it was sent, or if its method is
+    /// idempotent and no answer had begun; otherwise the failure is the caller's to retry
+    /// by its policy.
     pub async fn exchange(
         &self,
         address: SocketAddr,
-        request: Request<Bytes>,
+        request: &Http1Request,
     ) -> Result<Response<Bytes>, UpstreamError> {
-        let (parts, body) = request.into_parts();
-        let message = encode(&parts, &body);
-        let rest: &[u8] = if body.len() > COALESCED_BODY {
-            &body
-        } else {
-            &[]
-        };
-        let head_only = parts.method == Method::HEAD;
-        let replayable = is_idempotent(&parts.method);
+        let (message, rest) = (&request.message[..], &request.rest[..]);
+        let head_only = request.method == Method::HEAD;
+        let replayable = is_idempotent(&request.method);
         while let Some(mut connection) = self.take(address) {
-            match connection.exchange(&message, rest, head_only).await {
+            match connection.exchange(message, rest, head_only).await {
                 Ok((answer, reusable)) => {
                     if reusable {
                         self.put(address, connection);
@@ -113,7 +108,7 @@ impl Http1Pool {
         // Boxed: a connection attempt's state would otherwise be part of (and be copied
         // with) every request's future, though most requests reuse a connection.
         let mut connection = Box::pin(self.connect(address)).await?;
-        match connection.exchange(&message, rest, head_only).await {
+        match connection.exchange(message, rest, head_only).await {
             Ok((answer, reusable)) => {
                 if reusable {
                     self.put(address, connection);
@@ -193,32 +188,94 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// The request's head in HTTP/1.1, followed by its body when that is small.
-fn encode(parts: &http::request::Parts, body: &Bytes) -> Vec<u8> {
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let coalesced = if body.len() <= COALESCED_BODY {
-        body.len()
-    } else {
-        0
-    };
-    let mut out = Vec::with_capacity(128 + 32 * parts.headers.len() + coalesced);
-    out.extend_from_slice(parts.method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
+/// A request encoded in HTTP/1.1, ready to go to an endpoint (and again, on a retry).
+pub struct Http1Request {
+    method: Method,
+    /// The head, followed by the body when that is small (one write).
+    message: Vec<u8>,
+    /// The body when it is not in `message`.
+    rest: Bytes,
+}
+
+/// Writes an [`Http1Request`]: the request line, then the fields, then the body.
+pub struct Http1RequestWriter {
+    method: Method,
+    out: Vec<u8>,
+}
+
+impl Http1Request {
+    /// Starts a request for `target` (origin form: a path and a query). The target must be
+    /// visible ASCII, nothing that could end the request line early.
+    pub fn start(method: &Method, target: &str) -> Result<Http1RequestWriter, String> {
+        if target.is_empty() || !target.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!("invalid request target {target:?}"));
+        }
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        Ok(Http1RequestWriter {
+            method: method.clone(),
+            out,
+        })
+    }
+}
+
+impl Http1RequestWriter {
+    /// Adds a field (names and values are valid by their types: no line breaks).
+    pub fn field(&mut self, name: &HeaderName, value: &HeaderValue) {
+        self.out.extend_from_slice(name.as_str().as_bytes());
+        self.out.extend_from_slice(b": ");
+        self.out.extend_from_slice(value.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    /// Ends the head with the body's Content-Length (the request's own framing fields
+    /// must not have been added), and adds the body.
+    pub fn finish(mut self, body: Bytes) -> Http1Request {
+        let (out, method) = (&mut self.out, &self.method);
+        if !body.is_empty() || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+            // Writing to a Vec cannot fail.
+            let _ = write!(out, "content-length: {}\r\n", body.len());
+        }
         out.extend_from_slice(b"\r\n");
+        let rest = if body.len() <= COALESCED_BODY {
+            out.extend_from_slice(&body);
+            Bytes::new()
+        } else {
+            body
+        };
+        Http1Request {
+            method: self.method,
+            message: self.out,
+            rest,
+        }
     }
-    if !body.is_empty() || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
-        // Writing to a Vec cannot fail.
-        let _ = write!(out, "content-length: {}\r\n", body.len());
+}
+
+#[cfg(test)]
+impl Http1Request {
+    /// The bytes of the first write: the head, and the body when small.
+    pub(crate) fn message(&self) -> &[u8] {
+        &self.message
     }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&body[..coalesced]);
-    out
+}
+
+impl TryFrom<Request<Bytes>> for Http1Request {
+    type Error = String;
+
+    /// The request as it is (origin-form URI, with its Host header, without framing
+    /// fields).
+    fn try_from(request: Request<Bytes>) -> Result<Http1Request, String> {
+        let (parts, body) = request.into_parts();
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut writer = Http1Request::start(&parts.method, target)?;
+        for (name, value) in &parts.headers {
+            writer.field(name, value);
+        }
+        Ok(writer.finish(body))
+    }
 }
 
 /// How an exchange on one connection failed.
@@ -249,7 +306,12 @@ enum Framing {
 struct Head {
     status: StatusCode,
     version: Version,
+    /// The end-to-end fields: without the hop-by-hop ones (RFC 9110 §7.6.1), which
+    /// describe this connection only and are not passed on.
     headers: HeaderMap,
+    /// The Connection field's `close` and `keep-alive` options.
+    close: bool,
+    keep_alive: bool,
 }
 
 impl Connection {
@@ -507,12 +569,36 @@ fn parse_head(buffer: &mut BytesMut, spans: &mut Vec<FieldSpan>) -> Result<Optio
     let status = StatusCode::from_u16(code)
         .map_err(|_| format!("malformed answer from the endpoint: status {code}"))?;
     let head = buffer.split_to(length).freeze();
+    let field = |range: &Range<usize>| &head[range.clone()];
+    // The Connection field's options: reuse depends on them, and any other option names
+    // a field that is hop-by-hop too.
+    let (mut close, mut keep_alive, mut names_fields) = (false, false, false);
+    let options = spans
+        .iter()
+        .filter(|s| field(&s.name).eq_ignore_ascii_case(b"connection"))
+        .flat_map(|s| field(&s.value).split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii);
+    for option in options.clone() {
+        if option.eq_ignore_ascii_case(b"close") {
+            close = true;
+        } else if option.eq_ignore_ascii_case(b"keep-alive") {
+            keep_alive = true;
+        } else {
+            names_fields |= !option.is_empty();
+        }
+    }
     let mut headers = HeaderMap::with_capacity(spans.len());
     for span in spans.iter() {
-        let name = HeaderName::from_bytes(&head[span.name.clone()]).map_err(|_| {
+        let name = field(&span.name);
+        if is_hop_by_hop(name)
+            || (names_fields && options.clone().any(|o| o.eq_ignore_ascii_case(name)))
+        {
+            continue;
+        }
+        let name = HeaderName::from_bytes(name).map_err(|_| {
             format!(
                 "malformed answer from the endpoint: header name {:?}",
-                String::from_utf8_lossy(&head[span.name.clone()])
+                String::from_utf8_lossy(name)
             )
         })?;
         let value = HeaderValue::from_maybe_shared(head.slice(span.value.clone()))
@@ -523,18 +609,15 @@ fn parse_head(buffer: &mut BytesMut, spans: &mut Vec<FieldSpan>) -> Result<Optio
         status,
         version,
         headers,
+        close,
+        keep_alive,
     }))
 }
 
 /// How the answer's body is delimited, and whether the connection may be used again
 /// afterwards as far as the head says.
 fn framing(head: &Head, head_only: bool) -> Result<(Framing, bool), String> {
-    let (mut close, mut keep_alive) = (false, false);
-    for token in tokens(&head.headers, &CONNECTION) {
-        close |= token.eq_ignore_ascii_case("close");
-        keep_alive |= token.eq_ignore_ascii_case("keep-alive");
-    }
-    let reusable = !close && (head.version == Version::HTTP_11 || keep_alive);
+    let reusable = !head.close && (head.version == Version::HTTP_11 || head.keep_alive);
     let status = head.status.as_u16();
     if head_only || status == 204 || status == 304 {
         return Ok((Framing::Empty, reusable));
@@ -543,7 +626,7 @@ fn framing(head: &Head, head_only: bool) -> Result<(Framing, bool), String> {
         let last = tokens(&head.headers, &TRANSFER_ENCODING).last();
         return Ok(match last {
             // A Content-Length beside it is ignored, and the connection not trusted after.
-            Some(coding) if coding.eq_ignore_ascii_case("chunked") => (
+            Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => (
                 Framing::Chunked,
                 reusable && !head.headers.contains_key(CONTENT_LENGTH),
             ),
@@ -552,11 +635,13 @@ fn framing(head: &Head, head_only: bool) -> Result<(Framing, bool), String> {
     }
     let mut length = None;
     for value in tokens(&head.headers, &CONTENT_LENGTH) {
-        let parsed = (!value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| value.parse::<u64>().ok())
-            .flatten();
-        match (parsed, length) {
-            (None, _) => return Err(format!("invalid Content-Length {value:?} in the answer")),
+        match (digits(value), length) {
+            (None, _) => {
+                return Err(format!(
+                    "invalid Content-Length {:?} in the answer",
+                    String::from_utf8_lossy(value)
+                ));
+            }
             (Some(n), Some(seen)) if n != seen => {
                 return Err(format!(
                     "the answer has differing Content-Lengths ({seen} and {n})"
@@ -571,14 +656,27 @@ fn framing(head: &Head, head_only: bool) -> Result<(Framing, bool), String> {
     })
 }
 
-/// The comma-separated tokens of every `name` field, trimmed; a value that is not text
-/// reads as one token that matches nothing expected.
-fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
+/// The comma-separated tokens of every `name` field, trimmed.
+fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
     headers
         .get_all(name)
         .iter()
-        .flat_map(|v| v.to_str().unwrap_or("\u{fffd}").split(','))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+}
+
+/// A decimal number of one or more digits, with nothing else (no sign, no space).
+fn digits(text: &[u8]) -> Option<u64> {
+    if text.is_empty() {
+        return None;
+    }
+    text.iter().try_fold(0u64, |n, &b| {
+        if b.is_ascii_digit() {
+            n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        } else {
+            None
+        }
+    })
 }
 
 #[cfg(test)]
@@ -679,24 +777,29 @@ mod tests {
     }
 
     /// A GET the hyper endpoint answers with its number on the connection.
-    fn plain(address: SocketAddr) -> Request<Bytes> {
-        let mut request = get(address);
-        request.headers_mut().remove("x-echo");
-        request
+    fn plain(address: SocketAddr) -> Http1Request {
+        let request = Request::builder()
+            .uri("/")
+            .header(http::header::HOST, address.to_string())
+            .body(Bytes::new())
+            .unwrap();
+        Http1Request::try_from(request).unwrap()
     }
 
-    fn get(address: SocketAddr) -> Request<Bytes> {
+    fn get(address: SocketAddr) -> Http1Request {
         request(Method::GET, address, Bytes::new())
     }
 
-    fn request(method: Method, address: SocketAddr, body: Bytes) -> Request<Bytes> {
-        Request::builder()
+    /// A request the hyper endpoint echoes.
+    fn request(method: Method, address: SocketAddr, body: Bytes) -> Http1Request {
+        let request = Request::builder()
             .method(method)
             .uri("/")
             .header(http::header::HOST, address.to_string())
             .header("x-echo", "1")
             .body(body)
-            .unwrap()
+            .unwrap();
+        Http1Request::try_from(request).unwrap()
     }
 
     fn reset_reason(result: Result<Response<Bytes>, UpstreamError>) -> String {
@@ -711,7 +814,7 @@ mod tests {
         let (address, connections) = endpoint(false).await;
         let pool = Http1Pool::new(Duration::from_secs(1));
         for n in 1..=5 {
-            let answer = pool.exchange(address, plain(address)).await.unwrap();
+            let answer = pool.exchange(address, &plain(address)).await.unwrap();
             assert_eq!(answer.body(), &Bytes::from(n.to_string()));
         }
         assert_eq!(connections.load(Ordering::SeqCst), 1);
@@ -724,7 +827,7 @@ mod tests {
         let answer = pool
             .exchange(
                 address,
-                request(Method::POST, address, Bytes::from("hello")),
+                &request(Method::POST, address, Bytes::from("hello")),
             )
             .await
             .unwrap();
@@ -732,14 +835,14 @@ mod tests {
         // Larger than what goes out with the head: a second write.
         let large = Bytes::from(vec![b'x'; 3 * COALESCED_BODY + 7]);
         let answer = pool
-            .exchange(address, request(Method::PUT, address, large.clone()))
+            .exchange(address, &request(Method::PUT, address, large.clone()))
             .await
             .unwrap();
         assert_eq!(answer.body().len(), "PUT 49159 ".len() + large.len());
         assert!(answer.body().starts_with(b"PUT 49159 xxx"));
         // An empty POST says so (Content-Length: 0) rather than leaving the server to wait.
         let answer = pool
-            .exchange(address, request(Method::POST, address, Bytes::new()))
+            .exchange(address, &request(Method::POST, address, Bytes::new()))
             .await
             .unwrap();
         assert_eq!(answer.body(), &Bytes::from("POST 0 "));
@@ -751,7 +854,7 @@ mod tests {
         let (address, connections) = endpoint(true).await;
         let pool = Http1Pool::new(Duration::from_secs(1));
         for _ in 0..3 {
-            let answer = pool.exchange(address, plain(address)).await.unwrap();
+            let answer = pool.exchange(address, &plain(address)).await.unwrap();
             assert_eq!(answer.body(), &Bytes::from("1"));
         }
         assert_eq!(connections.load(Ordering::SeqCst), 3);
@@ -761,10 +864,10 @@ mod tests {
     async fn connections_idle_too_long_are_closed() {
         let (address, connections) = endpoint(false).await;
         let pool = Http1Pool::new(Duration::from_secs(1));
-        pool.exchange(address, plain(address)).await.unwrap();
+        pool.exchange(address, &plain(address)).await.unwrap();
         assert_eq!(pool.close_idle(IDLE_TIMEOUT), 1, "a fresh one stays");
         assert_eq!(pool.close_idle(Duration::ZERO), 0, "an expired one goes");
-        let answer = pool.exchange(address, plain(address)).await.unwrap();
+        let answer = pool.exchange(address, &plain(address)).await.unwrap();
         assert_eq!(
             answer.body(),
             &Bytes::from("1"),
@@ -773,13 +876,22 @@ mod tests {
         assert_eq!(connections.load(Ordering::SeqCst), 2);
     }
 
+    #[test]
+    fn a_request_target_that_could_end_the_request_line_is_refused() {
+        for target in ["/a b", "/a\r\nx: 1", ""] {
+            let e = Http1Request::start(&Method::GET, target).err().unwrap();
+            assert!(e.contains("invalid request target"), "{e}");
+        }
+        assert!(Http1Request::start(&Method::GET, "/a?b=%20&c").is_ok());
+    }
+
     #[tokio::test]
     async fn a_refused_connection_is_a_connect_error() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         drop(listener);
         let pool = Http1Pool::new(Duration::from_secs(1));
-        match pool.exchange(address, get(address)).await {
+        match pool.exchange(address, &get(address)).await {
             Err(UpstreamError::Connect(_)) => {}
             other => panic!("expected a connect error, got {other:?}"),
         }
@@ -797,11 +909,11 @@ mod tests {
         )
         .await;
         let pool = Http1Pool::new(Duration::from_secs(1));
-        let answer = pool.exchange(address, get(address)).await.unwrap();
+        let answer = pool.exchange(address, &get(address)).await.unwrap();
         assert_eq!(answer.body(), &Bytes::from("hello world"));
         assert_eq!(answer.headers()["x-kind"], "chunks");
         assert!(!answer.headers().contains_key("x-checksum"));
-        let answer = pool.exchange(address, get(address)).await.unwrap();
+        let answer = pool.exchange(address, &get(address)).await.unwrap();
         assert_eq!(answer.body(), &Bytes::from("next"));
         assert_eq!(
             connections.load(Ordering::SeqCst),
@@ -822,15 +934,39 @@ mod tests {
         )
         .await;
         let pool = Http1Pool::new(Duration::from_secs(1));
-        let answer = pool.exchange(address, get(address)).await.unwrap();
+        let answer = pool.exchange(address, &get(address)).await.unwrap();
         assert_eq!(answer.status(), StatusCode::CREATED);
         assert_eq!(answer.body(), &Bytes::from("ok"));
         let head = request(Method::HEAD, address, Bytes::new());
-        let answer = pool.exchange(address, head).await.unwrap();
+        let answer = pool.exchange(address, &head).await.unwrap();
         assert_eq!(answer.headers()[CONTENT_LENGTH], "1234");
         assert!(answer.body().is_empty());
-        let answer = pool.exchange(address, get(address)).await.unwrap();
+        let answer = pool.exchange(address, &get(address)).await.unwrap();
         assert_eq!(answer.status(), StatusCode::NO_CONTENT);
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn hop_by_hop_fields_stay_on_their_connection() {
+        let (address, connections) = raw_endpoint(
+            vec![
+                b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, X-Trace\r\nKeep-Alive: timeout=5\r\n\
+                  X-Trace: 1\r\nUpgrade: h2c\r\nX-Kept: 1\r\nContent-Length: 2\r\n\r\nok",
+                b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlast",
+            ],
+            false,
+        )
+        .await;
+        let pool = Http1Pool::new(Duration::from_secs(1));
+        let answer = pool.exchange(address, &get(address)).await.unwrap();
+        let names: Vec<&str> = answer.headers().keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-kept", "content-length"]);
+        // An HTTP/1.0 answer that asks to keep the connection keeps it.
+        let answer = pool.exchange(address, &get(address)).await.unwrap();
+        assert_eq!(answer.version(), Version::HTTP_10);
+        assert!(!answer.headers().contains_key("connection"));
+        pool.exchange(address, &get(address)).await.unwrap();
         assert_eq!(connections.load(Ordering::SeqCst), 1);
     }
 
@@ -846,12 +982,12 @@ mod tests {
         )
         .await;
         let pool = Http1Pool::new(Duration::from_secs(1));
-        let answer = pool.exchange(address, get(address)).await.unwrap();
+        let answer = pool.exchange(address, &get(address)).await.unwrap();
         assert_eq!(answer.version(), Version::HTTP_10);
         assert_eq!(answer.body(), &Bytes::from("all of it"));
-        let answer = pool.exchange(address, get(address)).await.unwrap();
+        let answer = pool.exchange(address, &get(address)).await.unwrap();
         assert_eq!(answer.body(), &Bytes::from("bye"));
-        let answer = pool.exchange(address, get(address)).await.unwrap();
+        let answer = pool.exchange(address, &get(address)).await.unwrap();
         assert_eq!(answer.body(), &Bytes::from("new"));
         assert_eq!(connections.load(Ordering::SeqCst), 3);
     }
@@ -868,9 +1004,9 @@ mod tests {
         )
         .await;
         let pool = Http1Pool::new(Duration::from_secs(1));
-        let answer = pool.exchange(address, get(address)).await.unwrap();
+        let answer = pool.exchange(address, &get(address)).await.unwrap();
         assert_eq!(answer.body(), &Bytes::from("first"));
-        let answer = pool.exchange(address, get(address)).await.unwrap();
+        let answer = pool.exchange(address, &get(address)).await.unwrap();
         assert_eq!(answer.body(), &Bytes::from("second"));
         assert_eq!(connections.load(Ordering::SeqCst), 2);
     }
@@ -903,7 +1039,7 @@ mod tests {
         for (answer, why) in cases {
             let (address, _) = raw_endpoint(vec![answer], true).await;
             let pool = Http1Pool::new(Duration::from_secs(1));
-            let reason = reset_reason(pool.exchange(address, get(address)).await);
+            let reason = reset_reason(pool.exchange(address, &get(address)).await);
             assert!(reason.contains(why), "{reason:?} should say {why:?}");
         }
     }
@@ -915,7 +1051,7 @@ mod tests {
         let head: &'static [u8] = Vec::leak(head);
         let (address, _) = raw_endpoint(vec![head], false).await;
         let pool = Http1Pool::new(Duration::from_secs(1));
-        let reason = reset_reason(pool.exchange(address, get(address)).await);
+        let reason = reset_reason(pool.exchange(address, &get(address)).await);
         assert!(reason.contains("larger than 64 KiB"), "{reason}");
     }
 
@@ -923,7 +1059,7 @@ mod tests {
     async fn an_endpoint_closing_without_answering_a_fresh_connection_is_a_reset() {
         let (address, _) = raw_endpoint(vec![], true).await;
         let pool = Http1Pool::new(Duration::from_secs(1));
-        let reason = reset_reason(pool.exchange(address, get(address)).await);
+        let reason = reset_reason(pool.exchange(address, &get(address)).await);
         assert!(
             reason.contains("closed the connection before answering"),
             "{reason}"
