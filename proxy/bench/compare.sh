@@ -3,9 +3,9 @@
 #
 #   proxy/bench/compare.sh [SECONDS] [ROUNDS]   (default 10 s per load run, 1 round)
 #
-# With more than one round, every section runs ROUNDS times with the proxies taking turns
-# (so that a noisy neighbour on a shared machine hits them alike), and the medians of
-# each figure are printed at the end.
+# With more than one round, every section runs ROUNDS times with the proxies taking turns,
+# each round starting with the next proxy (so that a noisy neighbour on a shared machine
+# hits them alike), and the medians of each figure are printed at the end.
 #
 # Installs wrk, haproxy and nginx from Debian when they are missing, builds the release
 # binaries, and starts everything itself in a temporary directory (removed at the end).
@@ -350,24 +350,41 @@ PLAIN=(direct fulcrum-proxy haproxy nginx)
 HOP=("fulcrum-proxy (h2, mTLS)" "haproxy (h2, mTLS)" "nginx (http/1.1, mTLS)")
 SINGLE=(direct-1 fulcrum-proxy-1 haproxy-1 nginx-1)
 single=$((SECONDS_PER_RUN / 2 > 3 ? SECONDS_PER_RUN / 2 : 3))
+# The proxies run in turn, each round starting one further along (a proxy that always ran
+# right after the direct run, or always last, would meet the same noise every round).
+plain() {
+  case $1 in
+    0) run fulcrum-proxy $FULCRUM $CONNECTIONS "$SECONDS_PER_RUN" $FULCRUM_PID ;;
+    1) run haproxy $HAPROXY $CONNECTIONS "$SECONDS_PER_RUN" $HAPROXY_PID ;;
+    2) run nginx $NGINX $CONNECTIONS "$SECONDS_PER_RUN" $(family $NGINX_PID) ;;
+  esac
+}
+hop() {
+  case $1 in
+    0) run "${HOP[0]}" $FULCRUM_A $CONNECTIONS "$SECONDS_PER_RUN" $FULCRUM_A_PID $FULCRUM_B_PID ;;
+    1) run "${HOP[1]}" $HAPROXY_A $CONNECTIONS "$SECONDS_PER_RUN" $HAPROXY_TLS_PID ;;
+    2) run "${HOP[2]}" $NGINX_A $CONNECTIONS "$SECONDS_PER_RUN" $(family $NGINX_TLS_PID) ;;
+  esac
+}
+one() {
+  case $1 in
+    0) run fulcrum-proxy-1 $FULCRUM 1 $single $FULCRUM_PID ;;
+    1) run haproxy-1 $HAPROXY 1 $single $HAPROXY_PID ;;
+    2) run nginx-1 $NGINX 1 $single $(family $NGINX_PID) ;;
+  esac
+}
 for round in $(seq 1 "$ROUNDS"); do
   of=""; [ "$ROUNDS" -gt 1 ] && of=" (round $round of $ROUNDS)"
   header "Plaintext HTTP/1.1 keep-alive, $CONNECTIONS connections$of"
   run direct $BACKEND $CONNECTIONS "$SECONDS_PER_RUN"
-  run fulcrum-proxy $FULCRUM $CONNECTIONS "$SECONDS_PER_RUN" $FULCRUM_PID
-  run haproxy $HAPROXY $CONNECTIONS "$SECONDS_PER_RUN" $HAPROXY_PID
-  run nginx $NGINX $CONNECTIONS "$SECONDS_PER_RUN" $(family $NGINX_PID)
+  for turn in 0 1 2; do plain $(((round - 1 + turn) % 3)); done
 
   header "Proxy-to-proxy mTLS hop (both proxies' CPU), $CONNECTIONS connections$of"
-  run "${HOP[0]}" $FULCRUM_A $CONNECTIONS "$SECONDS_PER_RUN" $FULCRUM_A_PID $FULCRUM_B_PID
-  run "${HOP[1]}" $HAPROXY_A $CONNECTIONS "$SECONDS_PER_RUN" $HAPROXY_TLS_PID
-  run "${HOP[2]}" $NGINX_A $CONNECTIONS "$SECONDS_PER_RUN" $(family $NGINX_TLS_PID)
+  for turn in 0 1 2; do hop $(((round - 1 + turn) % 3)); done
 
   header "One connection (latency added = proxy p50 - direct p50)$of"
   run direct-1 $BACKEND 1 $single
-  run fulcrum-proxy-1 $FULCRUM 1 $single $FULCRUM_PID
-  run haproxy-1 $HAPROXY 1 $single $HAPROXY_PID
-  run nginx-1 $NGINX 1 $single $(family $NGINX_PID)
+  for turn in 0 1 2; do one $(((round - 1 + turn) % 3)); done
   direct=$(cat "$WORK/p50-direct-1")
   for name in fulcrum-proxy-1 haproxy-1 nginx-1; do
     awk -v n="$name" -v p="$(cat "$WORK/p50-$name")" -v d="$direct" 'BEGIN {printf "  %-18s +%.0f us p50\n", n, p - d}'

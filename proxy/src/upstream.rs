@@ -16,7 +16,11 @@
 //! (callgrind; docs/benchmarks.md). The answer's head is parsed by `httparse` (the parser
 //! hyper uses), its header values share one buffer, and the body is framed as RFC 9112
 //! §6.3 says: none for HEAD, 1xx, 204 and 304; chunked when the last transfer coding is
-//! chunked; else Content-Length (every value must agree); else up to the close.
+//! chunked; else Content-Length (every value must agree); else up to the close. The
+//! answer's hop-by-hop fields (Connection, Keep-Alive, the fields Connection names, ...)
+//! are left out as it is parsed: they describe this connection only. Limits: a head of
+//! at most [`MAX_HEAD_BYTES`] and [`MAX_HEADERS`] fields; bodies are held whole, as the
+//! outbound path needs them.
 
 use std::io::{self, Write as _};
 use std::mem::MaybeUninit;
