@@ -364,15 +364,21 @@ impl Connection {
     }
 
     /// Like [`Connection::fill`], for a part of the answer that must come: the end of the
-    /// stream or an error is a [`Failure`] saying what was missing.
-    async fn fill_within_answer(&mut self, want: usize, missing: &str) -> Result<(), Failure> {
+    /// stream or an error is a [`Failure`] saying what was `missing` (only then described).
+    async fn fill_within_answer(
+        &mut self,
+        want: usize,
+        missing: impl FnOnce() -> String,
+    ) -> Result<(), Failure> {
         match self.fill(want).await {
             Ok(0) => Err(Failure::Broken(format!(
-                "the endpoint closed the connection before {missing}"
+                "the endpoint closed the connection before {}",
+                missing()
             ))),
             Ok(_) => Ok(()),
             Err(e) => Err(Failure::Broken(format!(
-                "the connection broke before {missing}: {e}"
+                "the connection broke before {}: {e}",
+                missing()
             ))),
         }
     }
@@ -440,9 +446,11 @@ impl Connection {
         let length = usize::try_from(length)
             .map_err(|_| Failure::Broken(format!("Content-Length {length} is too large")))?;
         while self.read.len() < length {
-            let missing = format!("the whole body ({} of {length} bytes)", self.read.len());
-            self.fill_within_answer(length - self.read.len(), &missing)
-                .await?;
+            let have = self.read.len();
+            self.fill_within_answer(length - have, || {
+                format!("the whole body ({have} of {length} bytes)")
+            })
+            .await?;
         }
         Ok(self.read.split_to(length).freeze())
     }
@@ -456,7 +464,7 @@ impl Connection {
                     return Err(Failure::Broken("a chunk-size line is too long".into()));
                 }
                 Ok(httparse::Status::Partial) => {
-                    self.fill_within_answer(READ_MIN, "the end of the chunked body")
+                    self.fill_within_answer(READ_MIN, || "the end of the chunked body".into())
                         .await?;
                     continue;
                 }
@@ -471,7 +479,7 @@ impl Connection {
                 .and_then(|s| s.checked_add(line)?.checked_add(2))
                 .ok_or_else(|| Failure::Broken(format!("chunk of {size} bytes is too large")))?;
             while self.read.len() < end {
-                self.fill_within_answer(end - self.read.len(), "the end of a chunk")
+                self.fill_within_answer(end - self.read.len(), || "the end of a chunk".into())
                     .await?;
             }
             if &self.read[end - 2..end] != b"\r\n" {
@@ -496,7 +504,7 @@ impl Connection {
                     return Err(Failure::Broken("the trailer fields are too long".into()));
                 }
                 None => {
-                    self.fill_within_answer(READ_MIN, "the end of the trailer fields")
+                    self.fill_within_answer(READ_MIN, || "the end of the trailer fields".into())
                         .await?;
                 }
             }
