@@ -32,6 +32,7 @@ pub mod outbound;
 pub mod routing;
 pub mod transport;
 pub mod upstream;
+pub mod wire;
 pub mod workers;
 
 /// A map the request path reads on every request (keyed by service names and endpoint

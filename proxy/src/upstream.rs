@@ -20,38 +20,34 @@
 //! answer's hop-by-hop fields (Connection, Keep-Alive, the fields Connection names, ...)
 //! are left out as it is parsed: they describe this connection only. Limits: a head of
 //! at most [`MAX_HEAD_BYTES`] and [`MAX_HEADERS`] fields; bodies are held whole, as the
-//! outbound path needs them.
+//! outbound path needs them. The reading itself is shared with the proxy's HTTP/1 server
+//! ([`crate::wire`]).
 
 use std::io::{self, Write as _};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, HeaderName, HeaderValue, TRANSFER_ENCODING};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::FastMap;
-use crate::outbound::is_hop_by_hop;
+use crate::wire::{
+    BodyError, FieldSpan, Fields, MAX_HEAD_BYTES, MAX_HEADERS, Wire, chunked, closed,
+    content_length, fields, note_spans,
+};
 
 /// Idle connections kept per endpoint; more are closed once their exchange ends.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
 /// How long a connection may sit idle before [`Http1Pool::close_idle`] closes it (as
 /// hyper's pooled client, and under the keep-alive timeouts servers commonly use).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// The most header fields an endpoint's answer may carry (hyper's limit).
-pub const MAX_HEADERS: usize = 100;
-/// The largest answer head (status line and header fields) accepted.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// A request body up to this size goes out in the same write as the head.
 const COALESCED_BODY: usize = 16 * 1024;
-/// What one read asks for at least, and at most while a long body comes in.
-const READ_MIN: usize = 8 * 1024;
-const READ_MAX: usize = 1024 * 1024;
 
 /// Why an exchange with an endpoint got no answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,9 +172,7 @@ impl Http1Pool {
             };
         let _ = stream.set_nodelay(true);
         Ok(Connection {
-            stream,
-            read: BytesMut::new(),
-            spans: Vec::new(),
+            wire: Wire::new(stream, "the endpoint"),
         })
     }
 }
@@ -291,11 +285,21 @@ enum Failure {
     Broken(String),
 }
 
-/// An open connection to an endpoint, with what has been read from it and not yet used.
+impl From<String> for Failure {
+    fn from(why: String) -> Failure {
+        Failure::Broken(why)
+    }
+}
+
+impl From<BodyError> for Failure {
+    fn from(e: BodyError) -> Failure {
+        Failure::Broken(e.into())
+    }
+}
+
+/// An open connection to an endpoint.
 struct Connection {
-    stream: TcpStream,
-    read: BytesMut,
-    spans: Vec<FieldSpan>,
+    wire: Wire,
 }
 
 /// How an answer's body is delimited (RFC 9112 §6.3).
@@ -310,12 +314,7 @@ enum Framing {
 struct Head {
     status: StatusCode,
     version: Version,
-    /// The end-to-end fields: without the hop-by-hop ones (RFC 9110 §7.6.1), which
-    /// describe this connection only and are not passed on.
-    headers: HeaderMap,
-    /// The Connection field's `close` and `keep-alive` options.
-    close: bool,
-    keep_alive: bool,
+    fields: Fields,
 }
 
 impl Connection {
@@ -323,7 +322,7 @@ impl Connection {
     /// sat idle. No system call unless the reactor saw the socket turn readable.
     fn still_open(&self) -> bool {
         let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        matches!(self.wire.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// Sends `message` then `rest`, and reads the answer; says whether the connection can
@@ -342,7 +341,7 @@ impl Connection {
         let mut sent = false;
         for mut part in [message, rest] {
             while !part.is_empty() {
-                match self.stream.write(part).await {
+                match self.wire.stream.write(part).await {
                     Ok(0) => return Err(Failure::Closed { sent }),
                     Ok(n) => {
                         sent = true;
@@ -356,37 +355,11 @@ impl Connection {
         Ok(())
     }
 
-    /// Reads more of the answer, asking for at least `want` bytes of room (within
-    /// bounds); `Ok(0)` at the end of the stream.
-    async fn fill(&mut self, want: usize) -> io::Result<usize> {
-        self.read.reserve(want.clamp(READ_MIN, READ_MAX));
-        self.stream.read_buf(&mut self.read).await
-    }
-
-    /// Like [`Connection::fill`], for a part of the answer that must come: the end of the
-    /// stream or an error is a [`Failure`] saying what was `missing` (only then described).
-    async fn fill_within_answer(
-        &mut self,
-        want: usize,
-        missing: impl FnOnce() -> String,
-    ) -> Result<(), Failure> {
-        match self.fill(want).await {
-            Ok(0) => Err(Failure::Broken(format!(
-                "the endpoint closed the connection before {}",
-                missing()
-            ))),
-            Ok(_) => Ok(()),
-            Err(e) => Err(Failure::Broken(format!(
-                "the connection broke before {}: {e}",
-                missing()
-            ))),
-        }
-    }
-
     async fn answer(&mut self, head_only: bool) -> Result<(Response<Bytes>, bool), Failure> {
+        let wire = &mut self.wire;
         let mut begun = false;
         let head = loop {
-            match parse_head(&mut self.read, &mut self.spans).map_err(Failure::Broken)? {
+            match parse_head(&mut wire.read, &mut wire.spans)? {
                 Some(head) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
                     return Err(Failure::Broken(
                         "the endpoint switched protocols; upgrades are not proxied".into(),
@@ -395,17 +368,17 @@ impl Connection {
                 // An interim answer (100 Continue, 103 Early Hints): the final one follows.
                 Some(head) if head.status.is_informational() => begun = true,
                 Some(head) => break head,
-                None if self.read.len() >= MAX_HEAD_BYTES => {
+                None if wire.read.len() >= MAX_HEAD_BYTES => {
                     return Err(Failure::Broken(format!(
                         "the endpoint's answer head is larger than {} KiB",
                         MAX_HEAD_BYTES / 1024
                     )));
                 }
-                None => match self.fill(READ_MIN).await {
-                    Ok(0) if !begun && self.read.is_empty() => {
+                None => match wire.fill(0).await {
+                    Ok(0) if !begun && wire.read.is_empty() => {
                         return Err(Failure::Closed { sent: true });
                     }
-                    Err(e) if closed(&e) && !begun && self.read.is_empty() => {
+                    Err(e) if closed(&e) && !begun && wire.read.is_empty() => {
                         return Err(Failure::Closed { sent: true });
                     }
                     Ok(0) => {
@@ -423,134 +396,30 @@ impl Connection {
                 },
             }
         };
-        let (framing, mut reusable) = framing(&head, head_only).map_err(Failure::Broken)?;
+        let (framing, mut reusable) = framing(&head, head_only)?;
         let body = match framing {
             Framing::Empty => Bytes::new(),
-            Framing::Length(length) => self.read_length(length).await?,
-            Framing::Chunked => self.read_chunked().await?,
+            Framing::Length(length) => wire.read_length(length, usize::MAX).await?,
+            Framing::Chunked => wire.read_chunked(usize::MAX).await?,
             Framing::UntilClose => {
                 reusable = false;
-                self.read_until_close().await?
+                wire.read_until_close().await?
             }
         };
         // Bytes the endpoint sent past its answer: nothing asked for them.
-        reusable &= self.read.is_empty();
+        reusable &= wire.read.is_empty();
         let mut response = Response::new(body);
         *response.status_mut() = head.status;
         *response.version_mut() = head.version;
-        *response.headers_mut() = head.headers;
+        *response.headers_mut() = head.fields.headers;
         Ok((response, reusable))
     }
-
-    async fn read_length(&mut self, length: u64) -> Result<Bytes, Failure> {
-        let length = usize::try_from(length)
-            .map_err(|_| Failure::Broken(format!("Content-Length {length} is too large")))?;
-        while self.read.len() < length {
-            let have = self.read.len();
-            self.fill_within_answer(length - have, || {
-                format!("the whole body ({have} of {length} bytes)")
-            })
-            .await?;
-        }
-        Ok(self.read.split_to(length).freeze())
-    }
-
-    async fn read_chunked(&mut self) -> Result<Bytes, Failure> {
-        let mut body = BytesMut::new();
-        loop {
-            let (line, size) = match httparse::parse_chunk_size(&self.read) {
-                Ok(httparse::Status::Complete(found)) => found,
-                Ok(httparse::Status::Partial) if self.read.len() > MAX_HEAD_BYTES => {
-                    return Err(Failure::Broken("a chunk-size line is too long".into()));
-                }
-                Ok(httparse::Status::Partial) => {
-                    self.fill_within_answer(READ_MIN, || "the end of the chunked body".into())
-                        .await?;
-                    continue;
-                }
-                Err(_) => return Err(Failure::Broken("malformed chunk size".into())),
-            };
-            if size == 0 {
-                self.read.advance(line);
-                return self.skip_trailers().await.map(|()| body.freeze());
-            }
-            let end = usize::try_from(size)
-                .ok()
-                .and_then(|s| s.checked_add(line)?.checked_add(2))
-                .ok_or_else(|| Failure::Broken(format!("chunk of {size} bytes is too large")))?;
-            while self.read.len() < end {
-                self.fill_within_answer(end - self.read.len(), || "the end of a chunk".into())
-                    .await?;
-            }
-            if &self.read[end - 2..end] != b"\r\n" {
-                return Err(Failure::Broken("a chunk does not end with CRLF".into()));
-            }
-            body.extend_from_slice(&self.read[line..end - 2]);
-            self.read.advance(end);
-        }
-    }
-
-    /// Skips the trailer fields after the last chunk, up to the empty line (the outbound
-    /// path passes bodies on whole, without trailers).
-    async fn skip_trailers(&mut self) -> Result<(), Failure> {
-        loop {
-            match self.read.windows(2).position(|w| w == b"\r\n") {
-                Some(0) => {
-                    self.read.advance(2);
-                    return Ok(());
-                }
-                Some(at) => self.read.advance(at + 2),
-                None if self.read.len() > MAX_HEAD_BYTES => {
-                    return Err(Failure::Broken("the trailer fields are too long".into()));
-                }
-                None => {
-                    self.fill_within_answer(READ_MIN, || "the end of the trailer fields".into())
-                        .await?;
-                }
-            }
-        }
-    }
-
-    async fn read_until_close(&mut self) -> Result<Bytes, Failure> {
-        loop {
-            match self.fill(READ_MAX).await {
-                Ok(0) => return Ok(self.read.split().freeze()),
-                Ok(_) => {}
-                Err(e) => {
-                    return Err(Failure::Broken(format!(
-                        "the connection broke before the end of the body: {e}"
-                    )));
-                }
-            }
-        }
-    }
-}
-
-/// Whether a failed read or write means the endpoint had closed the connection.
-fn closed(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::UnexpectedEof
-    )
-}
-
-/// Where one header field's name and value lie in the read buffer.
-struct FieldSpan {
-    name: Range<usize>,
-    value: Range<usize>,
 }
 
 /// Parses an answer's head from the front of `buffer`, taking it out: `None` while the
-/// head is not all there yet. `spans` is scratch space, kept by the connection so that
-/// parsing allocates nothing once it has grown.
+/// head is not all there yet.
 fn parse_head(buffer: &mut BytesMut, spans: &mut Vec<FieldSpan>) -> Result<Option<Head>, String> {
-    // The fields' places are noted while httparse borrows the buffer, so that their
-    // values can share it once the head is taken out (no copy, no allocation per value).
     // The slots are left uninitialised: zeroing 100 of them cost more than the parse.
-    spans.clear();
     let (length, code, version) = {
         let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
         let mut answer = httparse::Response::new(&mut []);
@@ -563,15 +432,7 @@ fn parse_head(buffer: &mut BytesMut, spans: &mut Vec<FieldSpan>) -> Result<Optio
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(format!("malformed answer from the endpoint: {e}")),
         };
-        let base = buffer.as_ptr() as usize;
-        spans.extend(answer.headers.iter().map(|field| {
-            let name = field.name.as_ptr() as usize - base;
-            let value = field.value.as_ptr() as usize - base;
-            FieldSpan {
-                name: name..name + field.name.len(),
-                value: value..value + field.value.len(),
-            }
-        }));
+        note_spans(spans, buffer.as_ptr(), answer.headers);
         let version = match answer.version {
             Some(0) => Version::HTTP_10,
             _ => Version::HTTP_11,
@@ -581,114 +442,35 @@ fn parse_head(buffer: &mut BytesMut, spans: &mut Vec<FieldSpan>) -> Result<Optio
     let status = StatusCode::from_u16(code)
         .map_err(|_| format!("malformed answer from the endpoint: status {code}"))?;
     let head = buffer.split_to(length).freeze();
-    let field = |range: &Range<usize>| &head[range.clone()];
-    // The Connection field's options: reuse depends on them, and any other option names
-    // a field that is hop-by-hop too.
-    let (mut close, mut keep_alive, mut names_fields) = (false, false, false);
-    let options = spans
-        .iter()
-        .filter(|s| field(&s.name).eq_ignore_ascii_case(b"connection"))
-        .flat_map(|s| field(&s.value).split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii);
-    for option in options.clone() {
-        if option.eq_ignore_ascii_case(b"close") {
-            close = true;
-        } else if option.eq_ignore_ascii_case(b"keep-alive") {
-            keep_alive = true;
-        } else {
-            names_fields |= !option.is_empty();
-        }
-    }
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    for span in spans.iter() {
-        let name = field(&span.name);
-        if is_hop_by_hop(name)
-            || (names_fields && options.clone().any(|o| o.eq_ignore_ascii_case(name)))
-        {
-            continue;
-        }
-        let name = HeaderName::from_bytes(name).map_err(|_| {
-            format!(
-                "malformed answer from the endpoint: header name {:?}",
-                String::from_utf8_lossy(name)
-            )
-        })?;
-        let value = HeaderValue::from_maybe_shared(head.slice(span.value.clone()))
-            .map_err(|_| format!("malformed answer from the endpoint: value of {name}"))?;
-        headers.append(name, value);
-    }
+    let fields = fields(&head, spans, "answer from the endpoint")?;
     Ok(Some(Head {
         status,
         version,
-        headers,
-        close,
-        keep_alive,
+        fields,
     }))
 }
 
 /// How the answer's body is delimited, and whether the connection may be used again
 /// afterwards as far as the head says.
 fn framing(head: &Head, head_only: bool) -> Result<(Framing, bool), String> {
-    let reusable = !head.close && (head.version == Version::HTTP_11 || head.keep_alive);
+    let reusable = head.fields.reusable(head.version);
     let status = head.status.as_u16();
     if head_only || status == 204 || status == 304 {
         return Ok((Framing::Empty, reusable));
     }
-    if head.headers.contains_key(TRANSFER_ENCODING) {
-        let last = tokens(&head.headers, &TRANSFER_ENCODING).last();
-        return Ok(match last {
-            // A Content-Length beside it is ignored, and the connection not trusted after.
-            Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => (
-                Framing::Chunked,
-                reusable && !head.headers.contains_key(CONTENT_LENGTH),
-            ),
-            _ => (Framing::UntilClose, false),
-        });
+    let headers = &head.fields.headers;
+    match chunked(headers) {
+        // A Content-Length beside it is ignored, and the connection not trusted after.
+        Some(true) => Ok((
+            Framing::Chunked,
+            reusable && !headers.contains_key(CONTENT_LENGTH),
+        )),
+        Some(false) => Ok((Framing::UntilClose, false)),
+        None => Ok(match content_length(headers, "answer")? {
+            Some(n) => (Framing::Length(n), reusable),
+            None => (Framing::UntilClose, false),
+        }),
     }
-    let mut length = None;
-    for value in tokens(&head.headers, &CONTENT_LENGTH) {
-        match (digits(value), length) {
-            (None, _) => {
-                return Err(format!(
-                    "invalid Content-Length {:?} in the answer",
-                    String::from_utf8_lossy(value)
-                ));
-            }
-            (Some(n), Some(seen)) if n != seen => {
-                return Err(format!(
-                    "the answer has differing Content-Lengths ({seen} and {n})"
-                ));
-            }
-            (Some(n), _) => length = Some(n),
-        }
-    }
-    Ok(match length {
-        Some(n) => (Framing::Length(n), reusable),
-        None => (Framing::UntilClose, false),
-    })
-}
-
-/// The comma-separated tokens of every `name` field, trimmed.
-fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
-    headers
-        .get_all(name)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-}
-
-/// A decimal number of one or more digits, with nothing else (no sign, no space).
-fn digits(text: &[u8]) -> Option<u64> {
-    if text.is_empty() {
-        return None;
-    }
-    text.iter().try_fold(0u64, |n, &b| {
-        if b.is_ascii_digit() {
-            n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
-        } else {
-            None
-        }
-    })
 }
 
 #[cfg(test)]
@@ -701,6 +483,7 @@ mod tests {
     use hyper::server::conn::http1 as server;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
+    use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
     /// An endpoint (hyper's server) answering `n` (the request's number on its
