@@ -31,8 +31,9 @@ use crate::transport::tls::RELOAD_EVERY;
 use crate::transport::{MeshTls, TlsError, serve_east_west};
 use crate::workers::{Listener, Workers};
 
-/// Largest request head (line and headers) the outbound listener reads; more is refused
-/// by hyper before routing.
+/// Largest request head (line and headers) a listener reads; more is refused before
+/// routing (the outbound listener's HTTP/1 limit is [`crate::wire::MAX_HEAD_BYTES`], the
+/// same).
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// What a proxy needs to start.
@@ -448,9 +449,11 @@ async fn accept(
     }
 }
 
-/// Serves one client connection (HTTP/1.1 or h2c) with `service`, which is given each
-/// request and the client's address. A first request head with both Content-Length and
-/// Transfer-Encoding is answered 400 and the connection closed ([`HeadGuard`]).
+/// Serves one connection of the admin listener (HTTP/1.1 or h2c, with hyper) with
+/// `service`, which is given each request and the client's address. A first request head
+/// with both Content-Length and Transfer-Encoding is answered 400 and the connection
+/// closed ([`HeadGuard`]). The outbound listener's connections are served by
+/// [`crate::downstream`], which checks every request's framing.
 pub(crate) async fn serve_connection<S, F>(stream: TcpStream, service: S)
 where
     S: Fn(Request<Incoming>, Option<ClientAddress>) -> F + Clone + Send + Sync + 'static,

@@ -1,4 +1,6 @@
-//! A guard on the outbound listener's connections against ambiguous HTTP/1 framing.
+//! A guard on the admin listener's connections (served by hyper) against ambiguous
+//! HTTP/1 framing. The outbound listener's own HTTP/1 server ([`crate::downstream`])
+//! refuses such requests itself, every one of them.
 //!
 //! hyper reads a request that has both `Content-Length` and `Transfer-Encoding` by
 //! Transfer-Encoding alone and closes the connection after it (RFC 9112 §6.1), which is

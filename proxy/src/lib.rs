@@ -25,6 +25,7 @@ pub mod app;
 pub mod balance;
 pub mod control;
 pub mod discovery;
+pub mod downstream;
 pub mod framing;
 pub mod health;
 pub mod metrics;

@@ -35,7 +35,7 @@ use crate::balance::{
     ClusterInfo, EndpointPicker, LocalityRow, OutlierDetector, Place, TryOutcome,
 };
 use crate::control::report::{Outcome, ReportSource, Stats};
-use crate::discovery::{Discovery, Endpoint, HashOn};
+use crate::discovery::{BalanceSettings, Discovery, Endpoint, HashOn};
 use crate::health::Health;
 use crate::metrics::ProxyMetrics;
 use crate::routing::{
@@ -262,6 +262,11 @@ impl Outbound {
         }
     }
 
+    /// The largest request body the outbound path takes (it holds bodies whole).
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+
     /// Reaches other clusters over h2 with mTLS, presenting `tls`; without, every request
     /// stays in this cluster whatever the weights say.
     pub fn with_east_west(mut self, tls: Arc<MeshTls>) -> Outbound {
@@ -486,7 +491,8 @@ impl Outbound {
             },
             &mut RandomChance,
         );
-        if routing.routes.has_host(&host) || routing.discovery.knows(&host) {
+        let discovered = routing.discovery.knows(&host);
+        if discovered || routing.routes.has_host(&host) {
             counted.service = Some(host.clone());
         }
         let forward = match decision {
@@ -506,9 +512,7 @@ impl Outbound {
                 *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
                 return r;
             }
-            RouteDecision::NoRoute if routing.discovery.knows(&host) => {
-                default_route(&host, &path_and_query)
-            }
+            RouteDecision::NoRoute if discovered => default_route(&host, &path_and_query),
             RouteDecision::NoRoute => {
                 return answer(
                     StatusCode::NOT_FOUND,
@@ -682,13 +686,13 @@ impl Outbound {
     /// Counts a try's outcome for outlier detection, when the service has it.
     fn observe(
         &self,
-        discovery: &dyn Discovery,
+        settings: &BalanceSettings,
         target: &Target,
         endpoint: SocketAddr,
         outcome: TryOutcome,
         total: usize,
     ) {
-        let Some(settings) = &discovery.balance(&target.host, &target.subset).outlier else {
+        let Some(settings) = &settings.outlier else {
             return;
         };
         let Ok(mut outliers) = self.outliers.lock() else {
@@ -779,11 +783,9 @@ impl Outbound {
         if row.is_none() && local.is_empty() {
             return answer(StatusCode::SERVICE_UNAVAILABLE, &no_local());
         }
-        let hash = (discovery
-            .balance(&target.host, &target.subset)
-            .hash_on
-            .as_ref())
-        .and_then(|on| hash_key(on, parts, client));
+        // Looked up once for the request's tries: balancer, hash source, outlier detection.
+        let settings = discovery.balance(&target.host, &target.subset);
+        let hash = (settings.hash_on.as_ref()).and_then(|on| hash_key(on, parts, client));
         let policy: &RetryPolicy = &forward.retries;
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut tried_clusters: Vec<String> = Vec::new();
@@ -792,7 +794,7 @@ impl Outbound {
         let mut tries = 0u32;
         for attempt in 0..=policy.attempts {
             let Some(hop) = self.next_hop(
-                discovery,
+                settings,
                 row,
                 hash.as_ref().map(|h| h.key.as_slice()),
                 forward,
@@ -860,7 +862,7 @@ impl Outbound {
                     Try::Answered(r) => TryOutcome::Status(r.status().as_u16()),
                     _ => TryOutcome::LocalFailure,
                 };
-                self.observe(discovery, target, endpoint.address, outcome, total);
+                self.observe(settings, target, endpoint.address, outcome, total);
             }
             let (retry, response) = match result {
                 Try::Answered(r) => {
@@ -930,7 +932,7 @@ impl Outbound {
     /// `tried` is what earlier tries used.
     fn next_hop(
         &self,
-        discovery: &dyn Discovery,
+        settings: &BalanceSettings,
         row: Option<&LocalityRow>,
         key: Option<&[u8]>,
         forward: &Forward,
@@ -940,7 +942,7 @@ impl Outbound {
         let (endpoints, clusters, destinations) = tried;
         let Some(row) = row else {
             return self
-                .pick(discovery, key, forward, local, endpoints)
+                .pick(settings, key, forward, local, endpoints)
                 .map(|e| (Hop::Local(e), None));
         };
         let remote_retry = forward.retries.remote_localities;
@@ -959,7 +961,7 @@ impl Outbound {
         let i = row.choose(usable, &mut RandomChance)?;
         let destination = &row.destinations()[i];
         let hop = match &destination.place {
-            Place::Local => Hop::Local(self.pick(discovery, key, forward, local, endpoints)?),
+            Place::Local => Hop::Local(self.pick(settings, key, forward, local, endpoints)?),
             Place::Remote { cluster, gateways } if !gateways.is_empty() => {
                 let n = self.rotation.fetch_add(1, Ordering::Relaxed) % gateways.len();
                 Hop::Remote {
@@ -977,7 +979,7 @@ impl Outbound {
     /// request's consistent-hash key, when it has one).
     fn pick(
         &self,
-        discovery: &dyn Discovery,
+        settings: &BalanceSettings,
         key: Option<&[u8]>,
         forward: &Forward,
         endpoints: &[Endpoint],
@@ -991,7 +993,6 @@ impl Outbound {
             return None;
         }
         let addresses: Vec<&str> = fresh.iter().map(|e| &*e.name).collect();
-        let settings = discovery.balance(&forward.target.host, &forward.target.subset);
         // Read in place, not copied: this runs for every try. (Lock order: pickers, then
         // in_flight; nothing takes them the other way round.)
         let mut pickers = self.pickers.lock().ok()?;

@@ -248,7 +248,9 @@ pub fn fields(head: &Bytes, spans: &[FieldSpan], what: &str) -> Result<Fields, S
             names_fields |= !option.is_empty();
         }
     }
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // Room for the few fields the proxy adds (x-fulcrum-upstream, -cluster, -attempts):
+    // growing the map afterwards rehashes it.
+    let mut headers = HeaderMap::with_capacity(spans.len() + 4);
     for span in spans {
         let name = field(&span.name);
         if is_hop_by_hop(name)
@@ -285,6 +287,19 @@ pub fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<It
 /// The Content-Length of a message: `None` without one; an error when a value is not a
 /// number or the values differ.
 pub fn content_length(headers: &HeaderMap, what: &str) -> Result<Option<u64>, String> {
+    let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let (Some(first), None) = (values.next(), values.next()) else {
+        return content_lengths(headers, what);
+    };
+    // The common case: one field with one number.
+    match digits(first.as_bytes()) {
+        Some(n) => Ok(Some(n)),
+        None => content_lengths(headers, what),
+    }
+}
+
+/// [`content_length`] when there is none, or several, or a list.
+fn content_lengths(headers: &HeaderMap, what: &str) -> Result<Option<u64>, String> {
     let mut length = None;
     for value in tokens(headers, &http::header::CONTENT_LENGTH) {
         match (digits(value), length) {

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
-use crate::app::serve_connection;
+use crate::downstream;
 use crate::metrics::ProxyMetrics;
 use crate::outbound::{Outbound, Upstreams};
 use crate::transport::serve_east_west_connection;
@@ -97,16 +97,6 @@ async fn work(
     let upstreams = Arc::new(outbound.upstreams());
     tokio::spawn(close_idle(upstreams.clone()));
     let tls = outbound.mesh_tls();
-    let service = {
-        let (outbound, upstreams) = (outbound.clone(), upstreams.clone());
-        move |request, client| {
-            let (outbound, upstreams) = (outbound.clone(), upstreams.clone());
-            async move {
-                let answer = outbound.handle(request, client, &upstreams).await;
-                Ok::<_, std::convert::Infallible>(answer)
-            }
-        }
-    };
     loop {
         let arrival = tokio::select! {
             a = arrivals.recv() => a,
@@ -124,7 +114,11 @@ async fn work(
         };
         match (listener, &tls) {
             (Listener::Outbound, _) => {
-                tokio::spawn(serve_connection(stream, service.clone()));
+                tokio::spawn(downstream::serve(
+                    stream,
+                    outbound.clone(),
+                    upstreams.clone(),
+                ));
             }
             (Listener::EastWest, Some(tls)) => {
                 tokio::spawn(serve_east_west_connection(

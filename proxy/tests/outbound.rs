@@ -331,6 +331,137 @@ async fn a_route_rewrites_sets_headers_and_reaches_its_subset_over_http1_and_h2c
     }
 }
 
+/// Everything the proxy writes on a connection until it closes it.
+async fn read_to_close(stream: &mut TcpStream) -> String {
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut all))
+        .await
+        .expect("the proxy closes the connection in time")
+        .expect("read");
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+/// Reads until `text` has come, and returns all that came.
+async fn read_until(stream: &mut TcpStream, text: &str) -> String {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&all).contains(text) {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed before {text:?}: {}",
+            String::from_utf8_lossy(&all)
+        );
+        all.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+#[tokio::test]
+async fn http1_connections_carry_pipelined_chunked_continued_and_http1_0_requests() {
+    let mesh = mesh().await;
+    let proxy = mesh.proxy.outbound_address();
+    // Two requests in one write are answered in order; the second asks to close.
+    let mut stream = TcpStream::connect(proxy).await.expect("connect");
+    stream
+        .write_all(
+            b"GET /old/a HTTP/1.1\r\nHost: shop.example\r\n\r\n\
+              GET /old/b HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let text = read_to_close(&mut stream).await;
+    let (a, b) = (
+        text.find("/new/a").expect(&text),
+        text.find("/new/b").expect(&text),
+    );
+    assert!(a < b, "{text}");
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{text}");
+    assert!(text.contains("connection: close\r\n"), "{text}");
+
+    // A chunked body is read whole (and the connection kept).
+    let mut stream = TcpStream::connect(proxy).await.expect("connect");
+    stream
+        .write_all(
+            b"POST /old/c HTTP/1.1\r\nHost: shop.example\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let text = read_until(&mut stream, "/new/c").await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+
+    // A client that waits for 100 Continue gets it before it sends the body.
+    stream
+        .write_all(
+            b"PUT /old/d HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 5\r\n\
+              Expect: 100-continue\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let text = read_until(&mut stream, "\r\n\r\n").await;
+    assert_eq!(text, "HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(b"hello").await.expect("write");
+    let text = read_until(&mut stream, "/new/d").await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+
+    // An HTTP/1.0 client asking to keep the connection is told it stays open.
+    let mut stream = TcpStream::connect(proxy).await.expect("connect");
+    for path in ["e", "f"] {
+        let request = format!(
+            "GET /old/{path} HTTP/1.0\r\nHost: shop.example\r\nConnection: keep-alive\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let text = read_until(&mut stream, &format!("/new/{path}")).await;
+        assert!(text.contains("connection: keep-alive\r\n"), "{text}");
+        assert!(text.contains("date: "), "{text}");
+    }
+    // Without asking, it is closed after the answer.
+    stream
+        .write_all(b"GET /old/g HTTP/1.0\r\nHost: shop.example\r\n\r\n")
+        .await
+        .expect("write");
+    let text = read_to_close(&mut stream).await;
+    assert!(
+        text.contains("/new/g") && text.contains("connection: close"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn requests_over_the_limits_are_refused_before_routing() {
+    let mesh = mesh().await;
+    let proxy = mesh.proxy.outbound_address();
+    let status = raw(
+        proxy,
+        b"POST / HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 999999999\r\n\r\n",
+    )
+    .await;
+    assert!(status.contains(" 413 "), "{status}");
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: shop.example\r\n");
+    for i in 0..150 {
+        many.push_str(&format!("x-field-{i}: {i}\r\n"));
+    }
+    many.push_str("\r\n");
+    let status = raw(proxy, many.as_bytes()).await;
+    assert!(status.contains(" 431 "), "{status}");
+    let status = raw(
+        proxy,
+        b"POST / HTTP/1.1\r\nHost: shop.example\r\nTransfer-Encoding: gzip\r\n\r\n",
+    )
+    .await;
+    assert!(status.contains(" 400 "), "{status}");
+    let status = raw(
+        proxy,
+        b"POST / HTTP/1.1\r\nHost: shop.example\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    )
+    .await;
+    assert!(status.contains(" 400 "), "{status}");
+}
+
 #[tokio::test]
 async fn a_retry_goes_to_another_endpoint_and_succeeds() {
     let mesh = mesh().await;

@@ -1,0 +1,524 @@
+//! The outbound listener's connections: applications' HTTP/1.1 requests, read and
+//! answered here; h2c (with prior knowledge) handed to hyper's HTTP/2 server.
+//!
+//! The outbound path reads a request's body whole before routing it (it may retry it) and
+//! answers with a body it holds whole, so serving HTTP/1.1 is a loop: read a head and its
+//! body, route, write the answer, and again while the connection is kept alive. hyper's
+//! server did the same through a general dispatcher and codec, about a third of a plain
+//! request's instructions once the client side was the proxy's own (docs/benchmarks.md).
+//!
+//! What is refused before routing, with `x-fulcrum-reason` and the connection closed:
+//! a malformed head (400), one larger than [`MAX_HEAD_BYTES`] or with more than
+//! [`MAX_HEADERS`] fields (431), ambiguous framing — both Content-Length and
+//! Transfer-Encoding, differing or invalid Content-Lengths, a transfer coding other than
+//! chunked last, Transfer-Encoding in HTTP/1.0 (400, as Envoy does: a classic request
+//! smuggling probe), malformed chunks (400), a body over the outbound path's limit (413).
+//! `Expect: 100-continue` is answered before the body is read. Requests on one
+//! connection are answered in order (pipelining).
+
+use std::convert::Infallible;
+use std::io::{self, Write as _};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, Bytes};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::outbound::{ClientAddress, Outbound, Upstreams, answer};
+use crate::wire::{
+    BodyError, MAX_HEAD_BYTES, MAX_HEADERS, Wire, chunked, content_length, fields, note_spans,
+};
+
+/// The connection preface of HTTP/2.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// An answer body up to this size goes out in the same write as the head.
+const COALESCED_BODY: usize = 16 * 1024;
+
+/// Serves one application connection on the outbound listener until the client closes
+/// it, a request asks to close it, or a request is refused.
+pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Upstreams>) {
+    let client = stream.peer_addr().ok().map(ClientAddress);
+    let mut wire = Wire::new(stream, "the client");
+    // Enough of the first bytes to tell HTTP/2's preface from an HTTP/1 request line.
+    while wire.read.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&wire.read) {
+        match wire.fill(0).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+    if wire.read.starts_with(H2_PREFACE) {
+        serve_h2(wire, client, outbound, upstreams).await;
+        return;
+    }
+    let mut out = Vec::with_capacity(1024);
+    let mut date = Date::default();
+    loop {
+        let incoming = match read_request(&mut wire, outbound.max_body_bytes()).await {
+            Ok(Some(incoming)) => incoming,
+            Ok(None) => return,
+            Err(refusal) => {
+                let mut response = answer(refusal.status, &refusal.reason);
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+                out.clear();
+                let body = encode(&mut out, response, &Answer::CLOSING, &mut date).await;
+                let _ = wire.stream.write_all(&out).await;
+                let _ = wire.stream.write_all(&body).await;
+                return;
+            }
+        };
+        let Incoming {
+            request,
+            keep_alive,
+            after_continue,
+        } = incoming;
+        let (head_only, version) = (request.method() == Method::HEAD, request.version());
+        let request = match after_continue {
+            Some(framing) => {
+                match read_body_after_continue(&mut wire, request, &framing, &outbound).await {
+                    Ok(request) => request,
+                    Err(()) => return,
+                }
+            }
+            None => request,
+        };
+        let response = outbound.handle(request, client, &upstreams).await;
+        out.clear();
+        let answer = Answer {
+            head_only,
+            keep_alive,
+            version,
+        };
+        let body = encode(&mut out, response, &answer, &mut date).await;
+        if wire.stream.write_all(&out).await.is_err()
+            || (!body.is_empty() && wire.stream.write_all(&body).await.is_err())
+            || !keep_alive
+        {
+            return;
+        }
+    }
+}
+
+/// Why a request is answered before routing, and the connection closed.
+struct Refusal {
+    status: StatusCode,
+    reason: String,
+}
+
+impl Refusal {
+    fn bad(reason: impl Into<String>) -> Refusal {
+        Refusal {
+            status: StatusCode::BAD_REQUEST,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<String> for Refusal {
+    fn from(reason: String) -> Refusal {
+        Refusal::bad(reason)
+    }
+}
+
+/// A request read off the connection.
+struct Incoming {
+    request: Request<Full<Bytes>>,
+    /// Whether the connection stays open after the answer.
+    keep_alive: bool,
+    /// When the client waits for `100 Continue` before it sends the body: how the body,
+    /// still to be read, is framed.
+    after_continue: Option<Framing>,
+}
+
+/// How an answer is to be written.
+#[derive(Clone, Copy)]
+struct Answer {
+    /// To a HEAD request: no body.
+    head_only: bool,
+    /// The connection stays open after it.
+    keep_alive: bool,
+    /// The request's version (an HTTP/1.0 client is told the connection stays open).
+    version: Version,
+}
+
+impl Answer {
+    /// A refusal, after which the connection is closed.
+    const CLOSING: Answer = Answer {
+        head_only: false,
+        keep_alive: false,
+        version: Version::HTTP_11,
+    };
+}
+
+/// A request head read off the connection: the request without its body, how the body
+/// is framed, and whether the connection stays open after the answer.
+struct Head {
+    request: Request<Full<Bytes>>,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+/// How a request's body is delimited (RFC 9112 §6.3).
+#[derive(Clone, Copy)]
+enum Framing {
+    Length(u64),
+    Chunked,
+}
+
+/// The next request, with its body unless the client waits for `100 Continue`; `None`
+/// when the client closed the connection between requests.
+async fn read_request(wire: &mut Wire, max_body: usize) -> Result<Option<Incoming>, Refusal> {
+    let Head {
+        mut request,
+        framing,
+        keep_alive,
+    } = loop {
+        if let Some(head) = parse_request(wire)? {
+            break head;
+        }
+        if wire.read.len() >= MAX_HEAD_BYTES {
+            return Err(Refusal {
+                status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                reason: format!("request head larger than {} KiB", MAX_HEAD_BYTES / 1024),
+            });
+        }
+        match wire.fill(0).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    };
+    let length = match framing {
+        Framing::Length(n) => Some(n),
+        Framing::Chunked => None,
+    };
+    if length.is_some_and(|n| n > max_body as u64) {
+        return Err(too_large(max_body));
+    }
+    let continue_first = length != Some(0)
+        && request.version() == Version::HTTP_11
+        && request
+            .headers()
+            .get(EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if continue_first {
+        // Answered here: the endpoint gets the body with the request.
+        request.headers_mut().remove(EXPECT);
+        return Ok(Some(Incoming {
+            request,
+            keep_alive,
+            after_continue: Some(framing),
+        }));
+    }
+    let body = read_body(wire, &framing, max_body).await?;
+    *request.body_mut() = Full::new(body);
+    Ok(Some(Incoming {
+        request,
+        keep_alive,
+        after_continue: None,
+    }))
+}
+
+/// Sends `100 Continue`, then reads the body of `request`; `Err` when the connection is
+/// to be closed (the refusal, if any, already written).
+async fn read_body_after_continue(
+    wire: &mut Wire,
+    mut request: Request<Full<Bytes>>,
+    framing: &Framing,
+    outbound: &Outbound,
+) -> Result<Request<Full<Bytes>>, ()> {
+    if wire
+        .stream
+        .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return Err(());
+    }
+    match read_body(wire, framing, outbound.max_body_bytes()).await {
+        Ok(body) => {
+            *request.body_mut() = Full::new(body);
+            Ok(request)
+        }
+        Err(refusal) => {
+            let mut response = answer(refusal.status, &refusal.reason);
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            let mut out = Vec::new();
+            let body = encode(&mut out, response, &Answer::CLOSING, &mut Date::default()).await;
+            let _ = wire.stream.write_all(&out).await;
+            let _ = wire.stream.write_all(&body).await;
+            Err(())
+        }
+    }
+}
+
+async fn read_body(wire: &mut Wire, framing: &Framing, max_body: usize) -> Result<Bytes, Refusal> {
+    let read = match framing {
+        Framing::Length(0) => return Ok(Bytes::new()),
+        Framing::Length(n) => wire.read_length(*n, max_body).await,
+        Framing::Chunked => wire.read_chunked(max_body).await,
+    };
+    read.map_err(|e| match e {
+        BodyError::TooLarge => too_large(max_body),
+        BodyError::Broken(why) => Refusal::bad(format!("request body could not be read: {why}")),
+    })
+}
+
+fn too_large(max_body: usize) -> Refusal {
+    Refusal {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        reason: format!("request body over {max_body} bytes"),
+    }
+}
+
+/// Parses a request head from the front of the wire's buffer, taking it out: `None`
+/// while it is not all there yet.
+fn parse_request(wire: &mut Wire) -> Result<Option<Head>, Refusal> {
+    // The slots are left uninitialised: zeroing 100 of them costs more than the parse.
+    let (length, method, target, version) = {
+        let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut []);
+        let length = match request.parse_with_uninit_headers(&wire.read, &mut slots) {
+            Ok(httparse::Status::Complete(length)) => length,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(Refusal {
+                    status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    reason: format!("more than {MAX_HEADERS} header fields"),
+                });
+            }
+            Err(e) => return Err(Refusal::bad(format!("malformed request: {e}"))),
+        };
+        note_spans(&mut wire.spans, wire.read.as_ptr(), request.headers);
+        let method = Method::from_bytes(request.method.unwrap_or_default().as_bytes())
+            .map_err(|_| Refusal::bad("malformed request: method"))?;
+        let target = request.path.unwrap_or_default();
+        let target = (
+            target.as_ptr() as usize - wire.read.as_ptr() as usize,
+            target.len(),
+        );
+        let version = match request.version {
+            Some(0) => Version::HTTP_10,
+            _ => Version::HTTP_11,
+        };
+        (length, method, target, version)
+    };
+    let head = wire.read.split_to(length).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1)).map_err(|_| {
+        Refusal::bad(format!(
+            "invalid request target {:?}",
+            String::from_utf8_lossy(&head[target.0..target.0 + target.1])
+        ))
+    })?;
+    let fields = fields(&head, &wire.spans, "request")?;
+    let keep_alive = fields.reusable(version);
+    let headers = fields.headers;
+    let framing = match chunked(&headers) {
+        Some(_) if headers.contains_key(CONTENT_LENGTH) => {
+            return Err(Refusal::bad(
+                "both Content-Length and Transfer-Encoding: ambiguous framing",
+            ));
+        }
+        Some(_) if version == Version::HTTP_10 => {
+            return Err(Refusal::bad("Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        Some(false) => {
+            return Err(Refusal::bad(
+                "Transfer-Encoding whose last coding is not chunked",
+            ));
+        }
+        Some(true) => Framing::Chunked,
+        None => Framing::Length(content_length(&headers, "request")?.unwrap_or(0)),
+    };
+    let mut request = Request::new(Full::new(Bytes::new()));
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    request.headers_mut().remove(TRANSFER_ENCODING);
+    Ok(Some(Head {
+        request,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// Writes the answer's head into `out`, with the body when it is small; returns the body
+/// when it is to be written after `out`. The answer is framed by Content-Length (none for
+/// 1xx, 204 and 304; for HEAD, the one the answer carries); its own framing and
+/// Connection fields are replaced.
+async fn encode(
+    out: &mut Vec<u8>,
+    response: Response<Full<Bytes>>,
+    answer: &Answer,
+    date: &mut Date,
+) -> Bytes {
+    let Answer {
+        head_only,
+        keep_alive,
+        version,
+    } = *answer;
+    let (parts, body) = response.into_parts();
+    let body = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(never) => match never {},
+    };
+    let status = parts.status;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONNECTION {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !parts.headers.contains_key(DATE) {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(date.now().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let code = status.as_u16();
+    let bodiless = status.is_informational() || code == 204 || code == 304;
+    if !bodiless {
+        match parts.headers.get(CONTENT_LENGTH).filter(|_| head_only) {
+            Some(length) => {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(length.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            // Writing to a Vec cannot fail.
+            None => {
+                let _ = write!(out, "content-length: {}\r\n", body.len());
+            }
+        }
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if version == Version::HTTP_10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if bodiless || head_only {
+        return Bytes::new();
+    }
+    if body.len() <= COALESCED_BODY {
+        out.extend_from_slice(&body);
+        return Bytes::new();
+    }
+    body
+}
+
+/// The Date field's value, formatted once a second.
+#[derive(Default)]
+struct Date {
+    second: u64,
+    text: String,
+}
+
+impl Date {
+    fn now(&mut self) -> &str {
+        let now = SystemTime::now();
+        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if second != self.second || self.text.is_empty() {
+            self.second = second;
+            self.text = httpdate::fmt_http_date(now);
+        }
+        &self.text
+    }
+}
+
+/// h2c with prior knowledge: the connection goes to hyper's HTTP/2 server, the bytes
+/// already read first.
+async fn serve_h2(
+    wire: Wire,
+    client: Option<ClientAddress>,
+    outbound: Arc<Outbound>,
+    upstreams: Arc<Upstreams>,
+) {
+    let stream = Prefixed {
+        prefix: wire.read.freeze(),
+        stream: wire.stream,
+    };
+    let service = service_fn(move |request| {
+        let (outbound, upstreams) = (outbound.clone(), upstreams.clone());
+        async move { Ok::<_, Infallible>(outbound.handle(request, client, &upstreams).await) }
+    });
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder.max_header_list_size(MAX_HEAD_BYTES as u32);
+    if let Err(e) = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!("h2c connection closed: {e}");
+    }
+}
+
+/// A connection whose first bytes were already read: they are read again first.
+struct Prefixed {
+    prefix: Bytes,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.prefix.is_empty() {
+            return Pin::new(&mut this.stream).poll_read(cx, buf);
+        }
+        let n = this.prefix.len().min(buf.remaining());
+        buf.put_slice(&this.prefix[..n]);
+        this.prefix.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
