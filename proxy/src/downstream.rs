@@ -66,14 +66,7 @@ pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Up
             Ok(Some(incoming)) => incoming,
             Ok(None) => return,
             Err(refusal) => {
-                let mut response = answer(refusal.status, &refusal.reason);
-                response
-                    .headers_mut()
-                    .insert(CONNECTION, HeaderValue::from_static("close"));
-                out.clear();
-                let body = encode(&mut out, response, &Answer::CLOSING, &mut date).await;
-                let _ = wire.stream.write_all(&out).await;
-                let _ = wire.stream.write_all(&body).await;
+                refuse(&mut wire, refusal, &outbound).await;
                 return;
             }
         };
@@ -250,14 +243,7 @@ async fn read_body_after_continue(
             Ok(request)
         }
         Err(refusal) => {
-            let mut response = answer(refusal.status, &refusal.reason);
-            response
-                .headers_mut()
-                .insert(CONNECTION, HeaderValue::from_static("close"));
-            let mut out = Vec::new();
-            let body = encode(&mut out, response, &Answer::CLOSING, &mut Date::default()).await;
-            let _ = wire.stream.write_all(&out).await;
-            let _ = wire.stream.write_all(&body).await;
+            refuse(wire, refusal, outbound).await;
             Err(())
         }
     }
@@ -273,6 +259,20 @@ async fn read_body(wire: &mut Wire, framing: &Framing, max_body: usize) -> Resul
         BodyError::TooLarge => too_large(max_body),
         BodyError::Broken(why) => Refusal::bad(format!("request body could not be read: {why}")),
     })
+}
+
+/// Answers `refusal`, saying the connection closes (the caller then closes it), and
+/// counts it.
+async fn refuse(wire: &mut Wire, refusal: Refusal, outbound: &Outbound) {
+    outbound.count_refused(refusal.status);
+    let mut response = answer(refusal.status, &refusal.reason);
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    let mut out = Vec::new();
+    let body = encode(&mut out, response, &Answer::CLOSING, &mut Date::default()).await;
+    let _ = wire.stream.write_all(&out).await;
+    let _ = wire.stream.write_all(&body).await;
 }
 
 fn too_large(max_body: usize) -> Refusal {

@@ -262,6 +262,13 @@ impl Outbound {
         }
     }
 
+    /// Counts a request the listener refused before routing (malformed, over a limit):
+    /// its service is unknown.
+    pub fn count_refused(&self, status: StatusCode) {
+        self.metrics
+            .count_request("unknown", &self.locality_text, status.as_u16(), 0.0);
+    }
+
     /// The largest request body the outbound path takes (it holds bodies whole).
     pub fn max_body_bytes(&self) -> usize {
         self.max_body_bytes

@@ -460,6 +460,16 @@ async fn requests_over_the_limits_are_refused_before_routing() {
     )
     .await;
     assert!(status.contains(" 400 "), "{status}");
+    // Refused before routing, yet counted.
+    let text = send(mesh.proxy.admin_address(), "admin", "/metrics", false)
+        .await
+        .body;
+    for (code, count) in [("413", 1), ("431", 1), ("400", 2)] {
+        let series = format!(
+            r#"fulcrum_proxy_requests_total{{service="unknown",locality="us-east/us-east-1a",code="{code}"}} {count}"#
+        );
+        assert!(text.lines().any(|l| l == series), "no {series} in\n{text}");
+    }
 }
 
 #[tokio::test]
