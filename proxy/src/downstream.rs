@@ -35,13 +35,12 @@ use tokio::net::TcpStream;
 
 use crate::outbound::{ClientAddress, Outbound, Upstreams, answer};
 use crate::wire::{
-    BodyError, MAX_HEAD_BYTES, MAX_HEADERS, Wire, chunked, content_length, fields, note_spans,
+    BodyError, COALESCED_BODY, MAX_HEAD_BYTES, MAX_HEADERS, Wire, chunked, content_length, fields,
+    note_spans,
 };
 
 /// The connection preface of HTTP/2.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// An answer body up to this size goes out in the same write as the head.
-const COALESCED_BODY: usize = 16 * 1024;
 
 /// Serves one application connection on the outbound listener until the client closes
 /// it, a request asks to close it, or a request is refused.

@@ -37,8 +37,8 @@ use tokio::net::TcpStream;
 
 use crate::FastMap;
 use crate::wire::{
-    BodyError, FieldSpan, Fields, MAX_HEAD_BYTES, MAX_HEADERS, Wire, chunked, closed,
-    content_length, fields, note_spans,
+    BodyError, COALESCED_BODY, FieldSpan, Fields, MAX_HEAD_BYTES, MAX_HEADERS, Wire, chunked,
+    closed, content_length, fields, note_spans,
 };
 
 /// Idle connections kept per endpoint; more are closed once their exchange ends.
@@ -46,8 +46,6 @@ pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
 /// How long a connection may sit idle before [`Http1Pool::close_idle`] closes it (as
 /// hyper's pooled client, and under the keep-alive timeouts servers commonly use).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// A request body up to this size goes out in the same write as the head.
-const COALESCED_BODY: usize = 16 * 1024;
 
 /// Why an exchange with an endpoint got no answer.
 #[derive(Debug, Clone, PartialEq, Eq)]

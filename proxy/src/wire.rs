@@ -22,6 +22,9 @@ use crate::outbound::is_hop_by_hop;
 pub const MAX_HEADERS: usize = 100;
 /// The largest message head (start line and header fields) accepted.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// A body up to this size goes out in the same write as its message's head (one system
+/// call); a larger one is written after it rather than copied.
+pub const COALESCED_BODY: usize = 16 * 1024;
 /// What one read asks room for at least, and at most while a long body comes in.
 const READ_MIN: usize = 8 * 1024;
 const READ_MAX: usize = 1024 * 1024;
