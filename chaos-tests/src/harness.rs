@@ -49,7 +49,7 @@ pub enum HarnessError {
     #[error("{0}")]
     Setup(String),
     /// Something did not happen in time.
-    #[error("{what} did not happen within {within:?}; logs are in {logs}")]
+    #[error("{what} did not happen within {within:?}; logs are in {logs}\n{detail}")]
     Timeout {
         /// What was waited for.
         what: String,
@@ -57,6 +57,18 @@ pub enum HarnessError {
         within: Duration,
         /// Where the processes' logs are.
         logs: String,
+        /// What was still missing, with the ends of the logs that matter.
+        detail: String,
+    },
+    /// A process the mesh needs ended.
+    #[error("{name} exited ({status}); the end of its log:\n{tail}")]
+    Exited {
+        /// Which.
+        name: String,
+        /// How.
+        status: std::process::ExitStatus,
+        /// The last lines of its log.
+        tail: String,
     },
 }
 
@@ -149,21 +161,15 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(
-        name: &str,
-        program: &Path,
-        args: Vec<String>,
-        log: PathBuf,
-    ) -> Result<Process, HarnessError> {
-        let mut p = Process {
+    /// A process to run, not started yet.
+    fn new(name: &str, program: &Path, args: Vec<String>, log: PathBuf) -> Process {
+        Process {
             name: name.to_string(),
             program: program.to_path_buf(),
             args,
             log,
             child: None,
-        };
-        p.start()?;
-        Ok(p)
+        }
     }
 
     /// Starts it (again), appending to its log.
@@ -223,6 +229,29 @@ impl Process {
     /// Its process id while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the harness started it and has not killed it.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// How it ended, when it ended on its own (not killed by the harness).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// The last `lines` lines of its log, each indented, for error messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        let mut tail = format!("  --- {} ({}) ---\n", self.name, self.log.display());
+        for line in &all[all.len().saturating_sub(lines)..] {
+            tail.push_str("  ");
+            tail.push_str(line);
+            tail.push('\n');
+        }
+        tail
     }
 }
 
@@ -284,11 +313,27 @@ impl MeshSpec {
     }
 }
 
-/// A port nothing listens on at `ip`, right now.
-fn free_port(ip: Ipv4Addr) -> Result<SocketAddr, HarnessError> {
-    TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .map_err(|e| HarnessError::Setup(format!("no free port on {ip}: {e}")))
+/// Ports for the mesh's processes, held (bound, not listening for anyone) until every
+/// process is about to start: a port handed out stays out of the kernel's choice for
+/// the next `bind(0)` (another reservation, a fault relay), so no two parts of the mesh
+/// can be given the same port.
+#[derive(Default)]
+struct Ports(Vec<TcpListener>);
+
+impl Ports {
+    /// A free port at `ip`, kept until [`Ports::release`].
+    fn reserve(&mut self, ip: Ipv4Addr) -> Result<SocketAddr, HarnessError> {
+        let listener = TcpListener::bind((ip, 0))
+            .map_err(|e| HarnessError::Setup(format!("no free port on {ip}: {e}")))?;
+        let address = listener
+            .local_addr()
+            .map_err(|e| HarnessError::Setup(format!("no free port on {ip}: {e}")))?;
+        self.0.push(listener);
+        Ok(address)
+    }
+
+    /// Frees every reserved port for the processes that are about to bind them.
+    fn release(self) {}
 }
 
 /// A coordinator node.
@@ -491,13 +536,15 @@ impl Mesh {
             http,
             _temp: temp,
         };
-        // Backends first: the configuration names them.
+        // Every address first, held until the processes start; backends first: the
+        // configuration names them.
+        let mut ports = Ports::default();
         let mut endpoints = Vec::new();
         for (ci, c) in spec.clusters.iter().enumerate() {
             for n in 1..=spec.backends_per_cluster {
-                let (address, control) = (free_port(c.ip)?, free_port(c.ip)?);
+                let (address, control) = (ports.reserve(c.ip)?, ports.reserve(c.ip)?);
                 let name = format!("{}-{n}", c.name);
-                let process = Process::spawn(
+                let process = Process::new(
                     &format!("backend {name}"),
                     &bins.drill,
                     vec![
@@ -512,7 +559,7 @@ impl Mesh {
                         name.clone(),
                     ],
                     logs.join(format!("backend-{name}.log")),
-                )?;
+                );
                 endpoints.push((ci, address));
                 mesh.backends.push(BackendNode {
                     cluster: ci,
@@ -525,7 +572,7 @@ impl Mesh {
         }
         let coordinator_ip = Ipv4Addr::new(127, 0, 0, 1);
         let addresses: Vec<SocketAddr> = (0..spec.coordinators)
-            .map(|_| free_port(coordinator_ip))
+            .map(|_| ports.reserve(coordinator_ip))
             .collect::<Result<_, _>>()?;
         let relay_error = |e: std::io::Error| setup("fault relay", &e);
         // The other nodes reach each coordinator through its relay.
@@ -546,7 +593,7 @@ impl Mesh {
         let east_west: Vec<SocketAddr> = spec
             .clusters
             .iter()
-            .map(|c| free_port(c.ip))
+            .map(|c| ports.reserve(c.ip))
             .collect::<Result<_, _>>()?;
         for (c, listener) in spec.clusters.iter().zip(&east_west) {
             let name = format!("into {}'s gateway", c.name);
@@ -577,12 +624,12 @@ impl Mesh {
             ];
             // Every node watches the directory; the leader applies it.
             args.extend(["--config-dir".into(), config.display().to_string()]);
-            let process = Process::spawn(
+            let process = Process::new(
                 &format!("coordinator {id}"),
                 &bins.coordinator,
                 args,
                 logs.join(format!("coordinator-{id}.log")),
-            )?;
+            );
             mesh.coordinators.push(CoordinatorNode {
                 id,
                 address: *address,
@@ -605,9 +652,9 @@ impl Mesh {
                 links.iter().map(|r| r.address().to_string()).collect();
             coordinators.rotate_left(ci % addresses.len().max(1));
             mesh.links.proxy_to_coordinator.push(links);
-            let (outbound, admin) = (free_port(c.ip)?, free_port(c.ip)?);
+            let (outbound, admin) = (ports.reserve(c.ip)?, ports.reserve(c.ip)?);
             let east_west = east_west[ci];
-            let process = Process::spawn(
+            let process = Process::new(
                 &format!("proxy {}", c.name),
                 &bins.proxy,
                 vec![
@@ -633,7 +680,7 @@ impl Mesh {
                     "500ms".into(),
                 ],
                 logs.join(format!("proxy-{}.log", c.name)),
-            )?;
+            );
             mesh.proxies.push(ProxyNode {
                 cluster: ci,
                 outbound,
@@ -641,6 +688,13 @@ impl Mesh {
                 east_west,
                 process,
             });
+        }
+        ports.release();
+        let processes = (mesh.backends.iter_mut().map(|b| &mut b.process))
+            .chain(mesh.coordinators.iter_mut().map(|c| &mut c.process))
+            .chain(mesh.proxies.iter_mut().map(|p| &mut p.process));
+        for process in processes {
+            process.start()?;
         }
         Ok(mesh)
     }
@@ -693,32 +747,75 @@ impl Mesh {
     }
 
     /// Waits until every proxy routes [`SERVICE`] on pushed weights and every backend
-    /// answers.
-    pub async fn wait_ready(&self, within: Duration) -> Result<(), HarnessError> {
+    /// answers. Fails early when a process of the mesh exits; on timeout, says what was
+    /// missing with the ends of the logs that explain it.
+    pub async fn wait_ready(&mut self, within: Duration) -> Result<(), HarnessError> {
         let deadline = Instant::now() + within;
         loop {
-            let mut ready = true;
+            self.check_alive()?;
+            let mut missing = Vec::new();
             for p in 0..self.proxies.len() {
-                ready &= self.weights(p).await.is_some_and(|(_, w)| !w.is_empty());
+                if self.weights(p).await.is_none_or(|(_, w)| w.is_empty()) {
+                    missing.push(p);
+                }
             }
+            let mut silent = Vec::new();
             for b in &self.backends {
-                ready &= self
-                    .get(&format!("http://{}{KNOBS_PATH}", b.control))
-                    .await
-                    .is_some();
+                let url = format!("http://{}{KNOBS_PATH}", b.control);
+                if self.get(&url).await.is_none() {
+                    silent.push(b.process.name.clone());
+                }
             }
-            if ready {
+            if missing.is_empty() && silent.is_empty() {
                 return Ok(());
             }
             if Instant::now() > deadline {
+                let mut detail = String::new();
+                for &p in &missing {
+                    detail.push_str(&format!(
+                        "{} has no weights\n",
+                        self.proxies[p].process.name
+                    ));
+                }
+                for name in &silent {
+                    detail.push_str(&format!("{name} does not answer\n"));
+                }
+                let logs = missing
+                    .iter()
+                    .map(|&p| &self.proxies[p].process)
+                    .chain(self.coordinators.iter().map(|c| &c.process));
+                for process in logs {
+                    detail.push_str(&process.log_tail(12));
+                }
                 return Err(HarnessError::Timeout {
                     what: "the mesh becoming ready (every proxy with weights)".into(),
                     within,
                     logs: self.logs().display().to_string(),
+                    detail,
                 });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// An error naming the first process of the mesh that ended on its own.
+    fn check_alive(&mut self) -> Result<(), HarnessError> {
+        let processes = self
+            .coordinators
+            .iter_mut()
+            .map(|c| &mut c.process)
+            .chain(self.proxies.iter_mut().map(|p| &mut p.process))
+            .chain(self.backends.iter_mut().map(|b| &mut b.process));
+        for process in processes {
+            if let Some(status) = process.exited() {
+                return Err(HarnessError::Exited {
+                    name: process.name.clone(),
+                    status,
+                    tail: process.log_tail(20),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Sets the knobs of every backend of `cluster`.
@@ -761,24 +858,55 @@ impl Mesh {
     /// The leader's node id, as the first coordinator that answers `fulcrumctl status`
     /// says.
     pub fn leader(&self) -> Option<u64> {
-        for c in &self.coordinators {
-            let output = Command::new(&self.bins.ctl)
-                .args(["status", "-o", "json", "--timeout", "1", "--coordinator"])
-                .arg(c.address.to_string())
-                .env("FULCRUM_CERTS", self.dir.join("certs"))
-                .stderr(Stdio::null())
-                .output()
-                .ok()?;
-            if !output.status.success() {
-                continue;
-            }
-            let status: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
-            if let Some(leader) = status["raft"]["leaderId"].as_u64().filter(|l| *l != 0) {
+        let addresses: Vec<SocketAddr> = self.coordinators.iter().map(|c| c.address).collect();
+        ask_leader(&self.bins.ctl, &self.dir.join("certs"), &addresses)
+    }
+
+    /// [`Mesh::leader`], asked again until a coordinator names one or `within` has
+    /// passed (an election, or coordinators slow to answer on a loaded machine), without
+    /// holding up the runtime's threads.
+    pub async fn leader_within(&self, within: Duration) -> Option<u64> {
+        let deadline = Instant::now() + within;
+        let ctl = self.bins.ctl.clone();
+        let certs = self.dir.join("certs");
+        let addresses: Vec<SocketAddr> = self.coordinators.iter().map(|c| c.address).collect();
+        loop {
+            let (ctl, certs, addresses) = (ctl.clone(), certs.clone(), addresses.clone());
+            let asked =
+                tokio::task::spawn_blocking(move || ask_leader(&ctl, &certs, &addresses)).await;
+            if let Ok(Some(leader)) = asked {
                 return Some(leader);
             }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        None
     }
+}
+
+/// The leader's node id as the first of `coordinators` that answers `fulcrumctl status`
+/// within a second says.
+fn ask_leader(ctl: &Path, certs: &Path, coordinators: &[SocketAddr]) -> Option<u64> {
+    for address in coordinators {
+        let output = Command::new(ctl)
+            .args(["status", "-o", "json", "--timeout", "1", "--coordinator"])
+            .arg(address.to_string())
+            .env("FULCRUM_CERTS", certs)
+            .stderr(Stdio::null())
+            .output();
+        let Ok(output) = output else { continue };
+        if !output.status.success() {
+            continue;
+        }
+        let Ok(status) = serde_json::from_slice::<serde_json::Value>(&output.stdout) else {
+            continue;
+        };
+        if let Some(leader) = status["raft"]["leaderId"].as_u64().filter(|l| *l != 0) {
+            return Some(leader);
+        }
+    }
+    None
 }
 
 /// A weight row from JSON (a proxy's `/config_dump`, `fulcrumctl explain -o json`): each
@@ -930,14 +1058,16 @@ impl Target for Mesh {
     async fn act(&mut self, action: &Action) -> Applied {
         match action {
             Action::KillLeader => {
-                if let Some(leader) = self.leader()
-                    && let Some(c) = self.coordinators.iter_mut().find(|c| c.id == leader)
-                {
+                let Some(leader) = self.leader_within(Duration::from_secs(5)).await else {
+                    return Applied::Skipped("no coordinator named a leader within 5s".into());
+                };
+                if let Some(c) = self.coordinators.iter_mut().find(|c| c.id == leader) {
+                    tracing::info!(node = leader, "killing the leader");
                     c.process.kill();
                 }
             }
             Action::KillCoordinators { count } => {
-                let leader = self.leader();
+                let leader = self.leader_within(Duration::from_secs(5)).await;
                 let mut order: Vec<usize> = (0..self.coordinators.len()).collect();
                 order.sort_by_key(|&i| Some(self.coordinators[i].id) != leader);
                 for i in order.into_iter().take(*count) {
@@ -974,7 +1104,7 @@ impl Target for Mesh {
             Action::Partition { node } => self.links.partition(*node),
             Action::PartitionFollower => {
                 // Only with a known leader: otherwise the node picked could be it.
-                let leader = (0..5).find_map(|_| self.leader());
+                let leader = self.leader_within(Duration::from_secs(5)).await;
                 match self
                     .coordinators
                     .iter()
@@ -1059,5 +1189,55 @@ mod tests {
             let kinds = config.resources().count();
             assert_eq!(kinds, 3 + 1 + 3, "3 clusters, a ServiceEntry, 3 policies");
         }
+    }
+
+    #[test]
+    fn a_process_that_ends_on_its_own_is_told_with_the_end_of_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = (1..=30)
+            .map(|n| format!("echo line {n}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut p = Process::new(
+            "short-lived",
+            Path::new("sh"),
+            vec!["-c".into(), format!("{script}; exit 3")],
+            dir.path().join("short-lived.log"),
+        );
+        assert!(!p.is_running() && p.exited().is_none(), "not started yet");
+        p.start().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = p.exited() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "sh did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(status.code(), Some(3));
+        let tail = p.log_tail(12);
+        assert!(
+            tail.contains("short-lived") && tail.contains("line 30"),
+            "{tail}"
+        );
+        assert!(
+            tail.contains("line 19") && !tail.contains("line 18\n"),
+            "{tail}"
+        );
+    }
+
+    #[test]
+    fn reserved_ports_are_never_handed_out_twice() {
+        let mut ports = Ports::default();
+        let ip = Ipv4Addr::LOCALHOST;
+        let taken: Vec<SocketAddr> = (0..50).map(|_| ports.reserve(ip).unwrap()).collect();
+        let mut unique = taken.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), taken.len());
+        // Held until released: nothing else can bind them meanwhile.
+        assert!(TcpListener::bind(taken[0]).is_err());
+        ports.release();
+        assert!(TcpListener::bind(taken[0]).is_ok());
     }
 }

@@ -15,7 +15,7 @@ async fn a_drain_through_the_admin_api_moves_traffic_and_process_faults_are_skip
     let mut spec = MeshSpec::local();
     // Quick failback, so the undrain's ramp is seen within the run.
     spec.damping = "    recoverAfter: 1s\n    rampStep: 50%".into();
-    let mesh = Mesh::start(spec.clone(), bins.clone(), None)
+    let mut mesh = Mesh::start(spec.clone(), bins.clone(), None)
         .await
         .expect("the mesh starts");
     mesh.wait_ready(Duration::from_secs(60))
@@ -92,7 +92,7 @@ async fn a_drain_through_the_admin_api_moves_traffic_and_process_faults_are_skip
         r.notes
     );
     // Every coordinator still runs: the skipped action was not done.
-    let leader = mesh.leader();
+    let leader = mesh.leader_within(Duration::from_secs(10)).await;
     assert!(leader.is_some(), "a leader, as before");
     // The drain committed and reached every proxy: traffic left us-east at once and no
     // client saw an error; the undrain brought it back.
