@@ -17,7 +17,7 @@
 //! connection are answered in order (pipelining).
 
 use std::convert::Infallible;
-use std::io::{self, Write as _};
+use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,7 +25,7 @@ use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes};
-use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING};
+use http::header::{CONNECTION, DATE, EXPECT, TRANSFER_ENCODING};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
@@ -35,8 +35,8 @@ use tokio::net::TcpStream;
 
 use crate::outbound::{ClientAddress, Outbound, Upstreams, answer};
 use crate::wire::{
-    BodyError, COALESCED_BODY, MAX_HEAD_BYTES, MAX_HEADERS, Wire, chunked, content_length, fields,
-    note_spans,
+    BodyError, COALESCED_BODY, FieldKind, MAX_HEAD_BYTES, MAX_HEADERS, RawFields, Wire, chunked,
+    content_length, note_spans, scan,
 };
 
 /// The connection preface of HTTP/2.
@@ -84,7 +84,7 @@ pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Up
             }
             None => request,
         };
-        let response = outbound.handle(request, client, &upstreams).await;
+        let response = outbound.handle_raw(request, client, &upstreams).await;
         out.clear();
         let answer = Answer {
             head_only,
@@ -320,11 +320,11 @@ fn parse_request(wire: &mut Wire) -> Result<Option<Head>, Refusal> {
             String::from_utf8_lossy(&head[target.0..target.0 + target.1])
         ))
     })?;
-    let fields = fields(&head, &wire.spans, "request")?;
+    let fields = scan(head, &wire.spans);
     let keep_alive = fields.reusable(version);
-    let headers = fields.headers;
-    let framing = match chunked(&headers) {
-        Some(_) if headers.contains_key(CONTENT_LENGTH) => {
+    let raw = &fields.raw;
+    let framing = match chunked(raw.values(FieldKind::TransferEncoding)) {
+        Some(_) if raw.contains(FieldKind::ContentLength) => {
             return Err(Refusal::bad(
                 "both Content-Length and Transfer-Encoding: ambiguous framing",
             ));
@@ -338,8 +338,11 @@ fn parse_request(wire: &mut Wire) -> Result<Option<Head>, Refusal> {
             ));
         }
         Some(true) => Framing::Chunked,
-        None => Framing::Length(content_length(&headers, "request")?.unwrap_or(0)),
+        None => Framing::Length(
+            content_length(raw.values(FieldKind::ContentLength), "request")?.unwrap_or(0),
+        ),
     };
+    let headers = raw.to_map(0);
     let mut request = Request::new(Full::new(Bytes::new()));
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -356,7 +359,9 @@ fn parse_request(wire: &mut Wire) -> Result<Option<Head>, Refusal> {
 /// Writes the answer's head into `out`, with the body when it is small; returns the body
 /// when it is to be written after `out`. The answer is framed by Content-Length (none for
 /// 1xx, 204 and 304; for HEAD, the one the answer carries); its own framing and
-/// Connection fields are replaced.
+/// Connection fields are replaced. An endpoint's fields ([`RawFields`] in the answer's
+/// extensions) are copied as they came, but for the names the proxy set in the header
+/// map, which come after them.
 async fn encode(
     out: &mut Vec<u8>,
     response: Response<Full<Bytes>>,
@@ -368,10 +373,12 @@ async fn encode(
         keep_alive,
         version,
     } = *answer;
-    let (parts, body) = response.into_parts();
-    let body = match body.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(never) => match never {},
+    let (parts, mut body) = response.into_parts();
+    // A `Full` body is one data frame, or none.
+    let body = match body.frame().await {
+        Some(Ok(frame)) => frame.into_data().unwrap_or_default(),
+        None => Bytes::new(),
+        Some(Err(never)) => match never {},
     };
     let status = parts.status;
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -379,32 +386,42 @@ async fn encode(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONNECTION {
-            continue;
+    let mut has_date = parts.headers.contains_key(DATE);
+    let mut length_field: Option<&[u8]> = None;
+    let raw = parts.extensions.get::<RawFields>();
+    for (kind, name, value) in raw.iter().flat_map(|r| r.iter()) {
+        let set_by_proxy =
+            || (parts.headers.keys()).any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()));
+        match kind {
+            FieldKind::ContentLength => length_field = Some(value),
+            FieldKind::TransferEncoding | FieldKind::HopByHop | FieldKind::Connection => {}
+            _ if set_by_proxy() => {}
+            FieldKind::Date => {
+                has_date = true;
+                field(out, name, value);
+            }
+            FieldKind::EndToEnd => field(out, name, value),
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
     }
-    if !parts.headers.contains_key(DATE) {
-        out.extend_from_slice(b"date: ");
-        out.extend_from_slice(date.now().as_bytes());
-        out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        match FieldKind::of(name.as_str().as_bytes()) {
+            FieldKind::ContentLength => length_field = Some(value.as_bytes()),
+            FieldKind::TransferEncoding | FieldKind::Connection => {}
+            _ => field(out, name.as_str().as_bytes(), value.as_bytes()),
+        }
+    }
+    if !has_date {
+        field(out, b"date", date.now().as_bytes());
     }
     let code = status.as_u16();
     let bodiless = status.is_informational() || code == 204 || code == 304;
     if !bodiless {
-        match parts.headers.get(CONTENT_LENGTH).filter(|_| head_only) {
-            Some(length) => {
-                out.extend_from_slice(b"content-length: ");
-                out.extend_from_slice(length.as_bytes());
-                out.extend_from_slice(b"\r\n");
-            }
-            // Writing to a Vec cannot fail.
+        match length_field.filter(|_| head_only) {
+            Some(length) => field(out, b"content-length", length),
             None => {
-                let _ = write!(out, "content-length: {}\r\n", body.len());
+                out.extend_from_slice(b"content-length: ");
+                decimal(out, body.len() as u64);
+                out.extend_from_slice(b"\r\n");
             }
         }
     }
@@ -422,6 +439,28 @@ async fn encode(
         return Bytes::new();
     }
     body
+}
+
+fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `n` in decimal.
+fn decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// The Date field's value, formatted once a second.

@@ -44,6 +44,7 @@ use crate::routing::{
 };
 use crate::transport::{EastWestPool, MeshTls, SendError};
 use crate::upstream::{Http1Pool, Http1Request, UpstreamError};
+use crate::wire::{is_hop_by_hop, merge_raw_fields};
 
 /// The header on every answer the proxy makes itself.
 pub const REASON_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-reason");
@@ -64,24 +65,6 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a cluster whose gateway refused a connection is passed over (then tried
 /// again by the next request that would go there).
 pub const UNREACHABLE_HOLD: Duration = Duration::from_secs(2);
-
-/// Whether a field (named in any case) describes one hop's connection, and is never
-/// forwarded (RFC 9110 §7.6.1). The fields a Connection header names are hop-by-hop too.
-pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
-    const HOP_BY_HOP: [&[u8]; 8] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"upgrade",
-    ];
-    // Names of other lengths are passed over at the cost of a length compare: this runs
-    // for every field of every request and answer.
-    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-}
 
 /// The answer type of the outbound path.
 pub type ProxyResponse = Response<Full<Bytes>>;
@@ -417,6 +400,25 @@ impl Outbound {
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let mut response = self.handle_raw(request, client, upstreams).await;
+        merge_raw_fields(&mut response);
+        response
+    }
+
+    /// [`Outbound::handle`], for the proxy's HTTP/1 server: an endpoint's answer keeps its
+    /// fields as [`crate::wire::RawFields`] in the response's extensions (the header map holds only
+    /// what the proxy added, which replaces the endpoint's fields of the same names), to
+    /// be copied out as they are.
+    pub(crate) async fn handle_raw<B>(
+        &self,
+        request: Request<B>,
+        client: Option<ClientAddress>,
+        upstreams: &Upstreams,
+    ) -> ProxyResponse
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let started = Instant::now();
         let mut counted = Counted::new(&self.locality_text);
         let response = self
@@ -440,10 +442,11 @@ impl Outbound {
     {
         let started = Instant::now();
         let mut counted = Counted::new(&self.locality_text);
-        let response = self
+        let mut response = self
             .serve_for_peer(request, peer, upstreams, &mut counted)
             .await;
         self.count(counted, &response, started);
+        merge_raw_fields(&mut response);
         response
     }
 
@@ -564,7 +567,11 @@ impl Outbound {
             },
             None => attempts.await,
         };
-        apply_changes(response.headers_mut(), &forward.response_headers);
+        if !forward.response_headers.is_empty() {
+            // The changes apply to the endpoint's fields too.
+            merge_raw_fields(&mut response);
+            apply_changes(response.headers_mut(), &forward.response_headers);
+        }
         response
     }
 
@@ -929,6 +936,8 @@ impl Outbound {
         last.headers_mut()
             .insert(ATTEMPTS_HEADER, HeaderValue::from(tries));
         if let Some(cookie) = hash.and_then(|h| h.set_cookie) {
+            // Beside the endpoint's own cookies, not instead of them.
+            merge_raw_fields(&mut last);
             last.headers_mut().append(http::header::SET_COOKIE, cookie);
         }
         last

@@ -18,7 +18,11 @@
 //! §6.3 says: none for HEAD, 1xx, 204 and 304; chunked when the last transfer coding is
 //! chunked; else Content-Length (every value must agree); else up to the close. The
 //! answer's hop-by-hop fields (Connection, Keep-Alive, the fields Connection names, ...)
-//! are left out as it is parsed: they describe this connection only. Limits: a head of
+//! are left out as it is parsed: they describe this connection only. The answer's
+//! end-to-end fields come back as [`crate::wire::RawFields`] in its extensions, its header map left
+//! empty: the proxy's HTTP/1 server copies them out as they are, and
+//! [`crate::wire::merge_raw_fields`] moves them into the header map where one is needed.
+//! Limits: a head of
 //! at most [`MAX_HEAD_BYTES`] and [`MAX_HEADERS`] fields; bodies are held whole, as the
 //! outbound path needs them. The reading itself is shared with the proxy's HTTP/1 server
 //! ([`crate::wire`]).
@@ -30,15 +34,15 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::FastMap;
 use crate::wire::{
-    BodyError, COALESCED_BODY, FieldSpan, Fields, MAX_HEAD_BYTES, MAX_HEADERS, Wire, chunked,
-    closed, content_length, fields, note_spans,
+    BodyError, COALESCED_BODY, FieldKind, FieldSpan, Fields, MAX_HEAD_BYTES, MAX_HEADERS, Wire,
+    chunked, closed, content_length, note_spans, scan,
 };
 
 /// Idle connections kept per endpoint; more are closed once their exchange ends.
@@ -77,7 +81,7 @@ impl Http1Pool {
     /// it (as servers do with keep-alive connections idle past their timeout), the
     /// request goes on another connection if none of it was sent, or if its method is
     /// idempotent and no answer had begun; otherwise the failure is the caller's to retry
-    /// by its policy.
+    /// by its policy. The answer's fields are [`crate::wire::RawFields`] in its extensions.
     pub async fn exchange(
         &self,
         address: SocketAddr,
@@ -409,7 +413,7 @@ impl Connection {
         let mut response = Response::new(body);
         *response.status_mut() = head.status;
         *response.version_mut() = head.version;
-        *response.headers_mut() = head.fields.headers;
+        response.extensions_mut().insert(head.fields.raw);
         Ok((response, reusable))
     }
 }
@@ -440,7 +444,7 @@ fn parse_head(buffer: &mut BytesMut, spans: &mut Vec<FieldSpan>) -> Result<Optio
     let status = StatusCode::from_u16(code)
         .map_err(|_| format!("malformed answer from the endpoint: status {code}"))?;
     let head = buffer.split_to(length).freeze();
-    let fields = fields(&head, spans, "answer from the endpoint")?;
+    let fields = scan(head, spans);
     Ok(Some(Head {
         status,
         version,
@@ -456,18 +460,20 @@ fn framing(head: &Head, head_only: bool) -> Result<(Framing, bool), String> {
     if head_only || status == 204 || status == 304 {
         return Ok((Framing::Empty, reusable));
     }
-    let headers = &head.fields.headers;
-    match chunked(headers) {
+    let fields = &head.fields.raw;
+    match chunked(fields.values(FieldKind::TransferEncoding)) {
         // A Content-Length beside it is ignored, and the connection not trusted after.
         Some(true) => Ok((
             Framing::Chunked,
-            reusable && !headers.contains_key(CONTENT_LENGTH),
+            reusable && !fields.contains(FieldKind::ContentLength),
         )),
         Some(false) => Ok((Framing::UntilClose, false)),
-        None => Ok(match content_length(headers, "answer")? {
-            Some(n) => (Framing::Length(n), reusable),
-            None => (Framing::UntilClose, false),
-        }),
+        None => Ok(
+            match content_length(fields.values(FieldKind::ContentLength), "answer")? {
+                Some(n) => (Framing::Length(n), reusable),
+                None => (Framing::UntilClose, false),
+            },
+        ),
     }
 }
 
@@ -483,6 +489,14 @@ mod tests {
     use hyper_util::rt::TokioIo;
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
+
+    use crate::wire::merge_raw_fields;
+
+    /// `answer` with its raw fields in its header map.
+    fn merged(mut answer: Response<Bytes>) -> Response<Bytes> {
+        merge_raw_fields(&mut answer);
+        answer
+    }
 
     /// An endpoint (hyper's server) answering `n` (the request's number on its
     /// connection), or with `echo`, the request's method, `x-echo` header and body; it
@@ -703,6 +717,9 @@ mod tests {
         .await;
         let pool = Http1Pool::new(Duration::from_secs(1));
         let answer = pool.exchange(address, &get(address)).await.unwrap();
+        // The fields come raw, the header map left empty, until merged.
+        assert!(answer.headers().is_empty());
+        let answer = merged(answer);
         assert_eq!(answer.body(), &Bytes::from("hello world"));
         assert_eq!(answer.headers()["x-kind"], "chunks");
         assert!(!answer.headers().contains_key("x-checksum"));
@@ -731,8 +748,8 @@ mod tests {
         assert_eq!(answer.status(), StatusCode::CREATED);
         assert_eq!(answer.body(), &Bytes::from("ok"));
         let head = request(Method::HEAD, address, Bytes::new());
-        let answer = pool.exchange(address, &head).await.unwrap();
-        assert_eq!(answer.headers()[CONTENT_LENGTH], "1234");
+        let answer = merged(pool.exchange(address, &head).await.unwrap());
+        assert_eq!(answer.headers()[http::header::CONTENT_LENGTH], "1234");
         assert!(answer.body().is_empty());
         let answer = pool.exchange(address, &get(address)).await.unwrap();
         assert_eq!(answer.status(), StatusCode::NO_CONTENT);
@@ -752,11 +769,11 @@ mod tests {
         )
         .await;
         let pool = Http1Pool::new(Duration::from_secs(1));
-        let answer = pool.exchange(address, &get(address)).await.unwrap();
+        let answer = merged(pool.exchange(address, &get(address)).await.unwrap());
         let names: Vec<&str> = answer.headers().keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["x-kept", "content-length"]);
         // An HTTP/1.0 answer that asks to keep the connection keeps it.
-        let answer = pool.exchange(address, &get(address)).await.unwrap();
+        let answer = merged(pool.exchange(address, &get(address)).await.unwrap());
         assert_eq!(answer.version(), Version::HTTP_10);
         assert!(!answer.headers().contains_key("connection"));
         pool.exchange(address, &get(address)).await.unwrap();
@@ -775,7 +792,7 @@ mod tests {
         )
         .await;
         let pool = Http1Pool::new(Duration::from_secs(1));
-        let answer = pool.exchange(address, &get(address)).await.unwrap();
+        let answer = merged(pool.exchange(address, &get(address)).await.unwrap());
         assert_eq!(answer.version(), Version::HTTP_10);
         assert_eq!(answer.body(), &Bytes::from("all of it"));
         let answer = pool.exchange(address, &get(address)).await.unwrap();

@@ -2,10 +2,11 @@
 //! ([`crate::upstream`]) and its HTTP/1 server share.
 //!
 //! A [`Wire`] is a TCP connection with what has been read from it and not yet used. A
-//! message's head is parsed by `httparse` (hyper's parser) into a header map whose values
-//! share the head's buffer; its hop-by-hop fields (RFC 9110 §7.6.1) are left out as it is
-//! parsed, keeping only the Connection options that decide whether the connection is
-//! used again. Bodies are framed as RFC 9112 §6 says and read whole.
+//! message's head is parsed by `httparse` (hyper's parser) into [`RawFields`], spans of
+//! the head's buffer, made into a header map only where one is needed; its hop-by-hop
+//! fields (RFC 9110 §7.6.1) are left out as it is parsed, keeping only the Connection
+//! options that decide whether the connection is used again. Bodies are framed as
+//! RFC 9112 §6 says and read whole.
 
 use std::io;
 use std::ops::Range;
@@ -15,8 +16,6 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Version};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-
-use crate::outbound::is_hop_by_hop;
 
 /// The most header fields a message may carry (hyper's limit).
 pub const MAX_HEADERS: usize = 100;
@@ -47,16 +46,154 @@ impl From<BodyError> for String {
     }
 }
 
-/// Where one header field's name and value lie in the read buffer.
+/// What a header field is to the proxy, told by its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FieldKind {
+    /// Passed on.
+    #[default]
+    EndToEnd,
+    /// Describes one connection only (RFC 9110 §7.6.1): never passed on.
+    HopByHop,
+    /// Connection: hop-by-hop, with options that name more hop-by-hop fields.
+    Connection,
+    /// Content-Length: the message's framing, written by whoever frames it next.
+    ContentLength,
+    /// Transfer-Encoding: the same.
+    TransferEncoding,
+    /// Date: passed on, and an answer without one is given one.
+    Date,
+}
+
+impl FieldKind {
+    /// The kind of the field named `name`, in any case. A name is told by its length
+    /// first: this runs for every field of every request and answer.
+    pub fn of(name: &[u8]) -> FieldKind {
+        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        match name.len() {
+            2 if is(b"te") => FieldKind::HopByHop,
+            4 if is(b"date") => FieldKind::Date,
+            7 if is(b"trailer") || is(b"upgrade") => FieldKind::HopByHop,
+            10 if is(b"connection") => FieldKind::Connection,
+            10 if is(b"keep-alive") => FieldKind::HopByHop,
+            14 if is(b"content-length") => FieldKind::ContentLength,
+            16 if is(b"proxy-connection") => FieldKind::HopByHop,
+            17 if is(b"transfer-encoding") => FieldKind::TransferEncoding,
+            18 if is(b"proxy-authenticate") => FieldKind::HopByHop,
+            19 if is(b"proxy-authorization") => FieldKind::HopByHop,
+            _ => FieldKind::EndToEnd,
+        }
+    }
+}
+
+/// Whether a field (named in any case) describes one hop's connection, and is never
+/// forwarded (RFC 9110 §7.6.1). The fields a Connection header names are hop-by-hop too.
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    matches!(
+        FieldKind::of(name),
+        FieldKind::HopByHop | FieldKind::Connection
+    )
+}
+
+/// Where one header field's name and value lie in the read buffer, and its kind.
+#[derive(Debug, Clone)]
 pub struct FieldSpan {
     pub name: Range<usize>,
     pub value: Range<usize>,
+    pub kind: FieldKind,
+}
+
+/// A message's end-to-end fields as they came, in order, sharing the buffer of its head.
+///
+/// An endpoint's answer to an HTTP/1 client is copied out of this field by field; a
+/// header map (hashing every name, a value per field) is made only where one is needed
+/// ([`RawFields::to_map`], [`merge_raw_fields`]). httparse took only tokens as names and
+/// only tab, visible ASCII, space and bytes over 0x7f in values: what the `http` crate's
+/// header names and values accept.
+#[derive(Debug, Clone, Default)]
+pub struct RawFields {
+    head: Bytes,
+    spans: Vec<FieldSpan>,
+}
+
+impl RawFields {
+    /// Each field's kind, name (as sent, in any case) and value.
+    pub fn iter(&self) -> impl Iterator<Item = (FieldKind, &[u8], &[u8])> {
+        self.spans.iter().map(|s| {
+            let (name, value) = (&self.head[s.name.clone()], &self.head[s.value.clone()]);
+            (s.kind, name, value)
+        })
+    }
+
+    /// The values of the fields of `kind`, in order.
+    pub fn values(&self, kind: FieldKind) -> impl Iterator<Item = &[u8]> {
+        (self.spans.iter())
+            .filter(move |s| s.kind == kind)
+            .map(|s| &self.head[s.value.clone()])
+    }
+
+    /// Whether a field is of `kind`.
+    pub fn contains(&self, kind: FieldKind) -> bool {
+        self.spans.iter().any(|s| s.kind == kind)
+    }
+
+    /// How many fields there are.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The fields in a header map whose values share the head's buffer, with `room` for
+    /// more (growing the map later rehashes it).
+    pub fn to_map(&self, room: usize) -> HeaderMap {
+        let mut headers = HeaderMap::with_capacity(self.spans.len() + room);
+        for span in &self.spans {
+            // Neither fails on what httparse took.
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(&self.head[span.name.clone()]),
+                HeaderValue::from_maybe_shared(self.head.slice(span.value.clone())),
+            ) {
+                headers.append(name, value);
+            }
+        }
+        headers
+    }
+}
+
+/// Moves the [`RawFields`] a response carries in its extensions (an endpoint's answer, as
+/// the HTTP/1 client returns it) into its header map, ahead of the fields already there;
+/// a name already there (set by the proxy) replaces the endpoint's fields of that name.
+pub fn merge_raw_fields<B>(response: &mut http::Response<B>) {
+    let Some(raw) = response.extensions_mut().remove::<RawFields>() else {
+        return;
+    };
+    let added = std::mem::take(response.headers_mut());
+    let mut headers = raw.to_map(added.len());
+    let mut last: Option<HeaderName> = None;
+    for (name, value) in added {
+        match name {
+            Some(name) => {
+                headers.insert(name.clone(), value);
+                last = Some(name);
+            }
+            // Another value of the name before it.
+            None => {
+                if let Some(name) = &last {
+                    headers.append(name.clone(), value);
+                }
+            }
+        }
+    }
+    *response.headers_mut() = headers;
 }
 
 /// A head's end-to-end fields, and the Connection options it carried.
 pub struct Fields {
     /// Without the hop-by-hop fields, which describe one connection only.
-    pub headers: HeaderMap,
+    pub raw: RawFields,
     /// The Connection field's `close` option.
     pub close: bool,
     /// Its `keep-alive` option.
@@ -226,21 +363,22 @@ pub fn note_spans(spans: &mut Vec<FieldSpan>, base: *const u8, fields: &[httpars
         FieldSpan {
             name: name..name + field.name.len(),
             value: value..value + field.value.len(),
+            kind: FieldKind::of(field.name.as_bytes()),
         }
     }));
 }
 
 /// The fields at `spans` in `head` (a head taken out of the buffer they were noted in):
-/// end-to-end fields in a header map whose values share `head`, and the Connection
-/// options. A Connection option other than `close` and `keep-alive` names a field that is
-/// hop-by-hop too. `what` names the message in errors ("answer", "request").
-pub fn fields(head: &Bytes, spans: &[FieldSpan], what: &str) -> Result<Fields, String> {
-    let field = |range: &Range<usize>| &head[range.clone()];
+/// the end-to-end ones, and the Connection options. A Connection option other than
+/// `close` and `keep-alive` names a field that is hop-by-hop too, but for the framing
+/// fields: naming Transfer-Encoding must not make a chunked body look like none (a
+/// request smuggling trick), so they stay, and the message is framed by them.
+pub fn scan(head: Bytes, spans: &[FieldSpan]) -> Fields {
     let (mut close, mut keep_alive, mut names_fields) = (false, false, false);
     let options = spans
         .iter()
-        .filter(|s| field(&s.name).eq_ignore_ascii_case(b"connection"))
-        .flat_map(|s| field(&s.value).split(|&b| b == b','))
+        .filter(|s| s.kind == FieldKind::Connection)
+        .flat_map(|s| head[s.value.clone()].split(|&b| b == b','))
         .map(<[u8]>::trim_ascii);
     for option in options.clone() {
         if option.eq_ignore_ascii_case(b"close") {
@@ -251,86 +389,84 @@ pub fn fields(head: &Bytes, spans: &[FieldSpan], what: &str) -> Result<Fields, S
             names_fields |= !option.is_empty();
         }
     }
-    // Room for the few fields the proxy adds (x-fulcrum-upstream, -cluster, -attempts):
-    // growing the map afterwards rehashes it.
-    let mut headers = HeaderMap::with_capacity(spans.len() + 4);
-    for span in spans {
-        let name = field(&span.name);
-        if is_hop_by_hop(name)
-            || (names_fields && options.clone().any(|o| o.eq_ignore_ascii_case(name)))
-        {
-            continue;
-        }
-        let name = HeaderName::from_bytes(name).map_err(|_| {
-            format!(
-                "malformed {what}: header name {:?}",
-                String::from_utf8_lossy(name)
-            )
-        })?;
-        let value = HeaderValue::from_maybe_shared(head.slice(span.value.clone()))
-            .map_err(|_| format!("malformed {what}: value of {name}"))?;
-        headers.append(name, value);
-    }
-    Ok(Fields {
-        headers,
+    let named = |span: &FieldSpan| {
+        let name = &head[span.name.clone()];
+        options.clone().any(|o| o.eq_ignore_ascii_case(name))
+    };
+    let kept = spans
+        .iter()
+        .filter(|s| !matches!(s.kind, FieldKind::HopByHop | FieldKind::Connection))
+        .filter(|s| {
+            let framing = matches!(
+                s.kind,
+                FieldKind::ContentLength | FieldKind::TransferEncoding
+            );
+            !names_fields || framing || !named(s)
+        })
+        .cloned()
+        .collect();
+    Fields {
+        raw: RawFields { head, spans: kept },
         close,
         keep_alive,
-    })
-}
-
-/// The comma-separated tokens of every `name` field, trimmed.
-pub fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
-    headers
-        .get_all(name)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-}
-
-/// The Content-Length of a message: `None` without one; an error when a value is not a
-/// number or the values differ.
-pub fn content_length(headers: &HeaderMap, what: &str) -> Result<Option<u64>, String> {
-    let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
-    let (Some(first), None) = (values.next(), values.next()) else {
-        return content_lengths(headers, what);
-    };
-    // The common case: one field with one number.
-    match digits(first.as_bytes()) {
-        Some(n) => Ok(Some(n)),
-        None => content_lengths(headers, what),
     }
 }
 
-/// [`content_length`] when there is none, or several, or a list.
-fn content_lengths(headers: &HeaderMap, what: &str) -> Result<Option<u64>, String> {
+/// The values of the `name` fields of a header map, as bytes.
+pub fn map_values<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
+    headers.get_all(name).iter().map(HeaderValue::as_bytes)
+}
+
+/// The Content-Length of a message, from the `values` of its Content-Length fields:
+/// `None` without one; an error when a value is not a number or the values differ (a
+/// value may be a list, `5, 5`).
+pub fn content_length<'a>(
+    values: impl Iterator<Item = &'a [u8]>,
+    what: &str,
+) -> Result<Option<u64>, String> {
     let mut length = None;
-    for value in tokens(headers, &http::header::CONTENT_LENGTH) {
-        match (digits(value), length) {
-            (None, _) => {
-                return Err(format!(
+    let mut agree = |n: u64| match length {
+        Some(seen) if seen != n => Err(format!(
+            "the {what} has differing Content-Lengths ({seen} and {n})"
+        )),
+        _ => {
+            length = Some(n);
+            Ok(())
+        }
+    };
+    for value in values {
+        // The common case: the value is one number.
+        if let Some(n) = digits(value) {
+            agree(n)?;
+            continue;
+        }
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            let n = digits(token).ok_or_else(|| {
+                format!(
                     "invalid Content-Length {:?} in the {what}",
-                    String::from_utf8_lossy(value)
-                ));
-            }
-            (Some(n), Some(seen)) if n != seen => {
-                return Err(format!(
-                    "the {what} has differing Content-Lengths ({seen} and {n})"
-                ));
-            }
-            (Some(n), _) => length = Some(n),
+                    String::from_utf8_lossy(token)
+                )
+            })?;
+            agree(n)?;
         }
     }
     Ok(length)
 }
 
-/// Whether the last transfer coding of a message is chunked (`None` without
-/// Transfer-Encoding).
-pub fn chunked(headers: &HeaderMap) -> Option<bool> {
-    if !headers.contains_key(http::header::TRANSFER_ENCODING) {
-        return None;
+/// Whether the last transfer coding of a message is chunked, from the `values` of its
+/// Transfer-Encoding fields (`None` without any).
+pub fn chunked<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<bool> {
+    let mut last = None;
+    for value in values {
+        last = Some(
+            value
+                .rsplit(|&b| b == b',')
+                .next()
+                .unwrap_or_default()
+                .trim_ascii(),
+        );
     }
-    let last = tokens(headers, &http::header::TRANSFER_ENCODING).last();
-    Some(last.is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked")))
+    last.map(|coding| coding.eq_ignore_ascii_case(b"chunked"))
 }
 
 /// A decimal number of one or more digits, with nothing else (no sign, no space).

@@ -393,6 +393,19 @@ async fn http1_connections_carry_pipelined_chunked_continued_and_http1_0_request
         .expect("write");
     let text = read_until(&mut stream, "/new/c").await;
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    // Naming Transfer-Encoding in Connection does not make the chunked body look like
+    // none (the chunks would be read as the next request).
+    stream
+        .write_all(
+            b"POST /old/c2 HTTP/1.1\r\nHost: shop.example\r\nConnection: Transfer-Encoding\r\n\
+              Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
+              GET /old/c3 HTTP/1.1\r\nHost: shop.example\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let text = read_until(&mut stream, "/new/c3").await;
+    assert!(text.contains("/new/c2"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{text}");
 
     // A client that waits for 100 Continue gets it before it sends the body.
     stream
@@ -429,6 +442,141 @@ async fn http1_connections_carry_pipelined_chunked_continued_and_http1_0_request
         text.contains("/new/g") && text.contains("connection: close"),
         "{text}"
     );
+}
+
+/// An endpoint answering every request with `answer`, written as it is (without its body
+/// to HEAD).
+async fn raw_endpoint(answer: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let head_end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut read = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head_only = read.starts_with(b"HEAD ");
+                        read.drain(..end + 4);
+                        let out = if head_only {
+                            &answer[..head_end]
+                        } else {
+                            answer
+                        };
+                        if stream.write_all(out).await.is_err() {
+                            return;
+                        }
+                    }
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => read.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test]
+async fn an_endpoints_fields_pass_as_sent_but_for_hop_by_hop_and_the_proxys_own() {
+    let endpoint = raw_endpoint(
+        b"HTTP/1.1 200 OK\r\nServer: raw\r\nDate: Tue, 01 Jan 2030 00:00:00 GMT\r\n\
+          X-Fulcrum-Upstream: spoofed\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\
+          Connection: X-Trace\r\nX-Trace: 1\r\nContent-Length: 2\r\n\r\nok",
+    )
+    .await;
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: raw, namespace: shop}}
+spec:
+  hosts: [raw.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a, labels: {{topology.istio.io/cluster: east}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: raw, namespace: shop}}
+spec:
+  hosts: [raw.example]
+  http:
+  - match: [{{uri: {{prefix: /dressed}}}}]
+    headers: {{response: {{set: {{server: dressed}}, add: {{set-cookie: c=3}}, remove: [date]}}}}
+    route: [{{destination: {{host: raw.example}}}}]
+  - route: [{{destination: {{host: raw.example}}}}]
+"#,
+        endpoint.port()
+    );
+    let proxy = start_east(&yaml, None).await;
+    let address = proxy.outbound_address();
+    let endpoint_name = format!("127.0.0.1:{}", endpoint.port());
+    let count = |text: &str, what: &str| text.to_ascii_lowercase().matches(what).count();
+
+    // HTTP/1: the endpoint's fields as it sent them, its own Date kept (no second one),
+    // both cookies; not what its Connection named, and not its claim to be the upstream.
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    stream
+        .write_all(b"GET /plain HTTP/1.1\r\nHost: raw.example\r\n\r\n")
+        .await
+        .expect("write");
+    let text = read_until(&mut stream, "\r\n\r\nok").await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("Server: raw\r\n"), "{text}");
+    assert!(
+        text.contains("Date: Tue, 01 Jan 2030 00:00:00 GMT\r\n"),
+        "{text}"
+    );
+    assert_eq!(count(&text, "\r\ndate:"), 1, "{text}");
+    assert_eq!(count(&text, "\r\nset-cookie:"), 2, "{text}");
+    assert_eq!(count(&text, "x-trace"), 0, "{text}");
+    assert_eq!(count(&text, "\r\nx-fulcrum-upstream:"), 1, "{text}");
+    assert!(
+        text.contains(&format!("x-fulcrum-upstream: {endpoint_name}\r\n")),
+        "{text}"
+    );
+    assert_eq!(count(&text, "\r\ncontent-length: 2\r\n"), 1, "{text}");
+
+    // HEAD: the endpoint's Content-Length, no body.
+    stream
+        .write_all(b"HEAD /plain HTTP/1.1\r\nHost: raw.example\r\n\r\n")
+        .await
+        .expect("write");
+    let text = read_until(&mut stream, "\r\n\r\n").await;
+    assert!(text.contains("content-length: 2\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\n"), "no body after the head: {text}");
+
+    // A route's response changes apply to the endpoint's fields.
+    stream
+        .write_all(b"GET /dressed HTTP/1.1\r\nHost: raw.example\r\n\r\n")
+        .await
+        .expect("write");
+    let text = read_until(&mut stream, "\r\n\r\nok").await;
+    assert_eq!(count(&text, "\r\nserver:"), 1, "{text}");
+    assert!(text.contains("server: dressed\r\n"), "{text}");
+    assert_eq!(count(&text, "\r\nset-cookie:"), 3, "{text}");
+    assert!(
+        !text.contains("2030"),
+        "the endpoint's Date was removed: {text}"
+    );
+    assert_eq!(count(&text, "\r\ndate:"), 1, "the proxy's own: {text}");
+
+    // h2c: the same fields, in a header map.
+    let a = send(address, "raw.example", "/plain", true).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.headers["server"], "raw");
+    assert_eq!(a.headers.get_all("set-cookie").iter().count(), 2);
+    assert_eq!(a.headers.get_all(UPSTREAM_HEADER).iter().count(), 1);
+    assert_eq!(a.headers[UPSTREAM_HEADER], endpoint_name.as_str());
+    assert!(!a.headers.contains_key("x-trace"));
 }
 
 #[tokio::test]
