@@ -479,31 +479,25 @@ impl Outbound {
         };
         let (parts, body) = request.into_parts();
         let known = |host: &str| routing.routes.has_host(host) || routing.discovery.knows(host);
-        let authority = match service_authority(&parts.uri, &parts.headers, known) {
+        let HostPort { host, port } = match service_authority(&parts.uri, &parts.headers, known) {
             Ok(a) => a,
             Err(reason) => return answer(StatusCode::BAD_REQUEST, &reason),
         };
-        let host = authority.host().to_string();
-        let port = authority.port_u16().unwrap_or(80);
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
+        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let decision = routing.routes.decide(
             &RouteRequest {
                 method: parts.method.as_str(),
                 scheme: parts.uri.scheme_str().unwrap_or("http"),
-                authority: &host,
-                path_and_query: &path_and_query,
+                authority: host,
+                path_and_query,
                 headers: &parts.headers,
-                port,
+                port: port.unwrap_or(80),
             },
             &mut RandomChance,
         );
-        let discovered = routing.discovery.knows(&host);
-        if discovered || routing.routes.has_host(&host) {
-            counted.service = Some(host.clone());
+        let discovered = routing.discovery.knows(host);
+        if discovered || routing.routes.has_host(host) {
+            counted.service = Some(host.to_string());
         }
         let forward = match decision {
             RouteDecision::Forward(f) => *f,
@@ -522,7 +516,7 @@ impl Outbound {
                 *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
                 return r;
             }
-            RouteDecision::NoRoute if discovered => default_route(&host, &path_and_query),
+            RouteDecision::NoRoute if discovered => default_route(host, path_and_query),
             RouteDecision::NoRoute => {
                 return answer(
                     StatusCode::NOT_FOUND,
@@ -598,7 +592,7 @@ impl Outbound {
             Ok(a) => a,
             Err(reason) => return answer(StatusCode::BAD_REQUEST, &reason),
         };
-        let host = authority.host().to_string();
+        let host = authority.host.to_string();
         if !routing.discovery.knows(&host) {
             return answer(
                 StatusCode::NOT_FOUND,
@@ -1334,11 +1328,86 @@ fn default_route(host: &str, path_and_query: &str) -> Forward {
     }
 }
 
-/// The request's authority: the URI's (h2's `:authority`, or an absolute-form URI), else
-/// the Host header.
-fn authority_of(uri: &Uri, headers: &HeaderMap) -> Result<http::uri::Authority, String> {
+/// A request's authority, split: the host as sent (a name, an IPv4 address, or an IPv6
+/// literal in brackets) and the port when one is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HostPort<'a> {
+    host: &'a str,
+    port: Option<u16>,
+}
+
+impl<'a> HostPort<'a> {
+    /// `text` as an authority without userinfo (RFC 3986 §3.2.2–3): `None` when it is not
+    /// one. Parsed in place, as it is on every request.
+    fn parse(text: &'a [u8]) -> Option<HostPort<'a>> {
+        let (host, port) = match text.first()? {
+            b'[' => {
+                let end = text.iter().position(|&b| b == b']')?;
+                let literal = &text[1..end];
+                let ok = |b: &u8| b.is_ascii_hexdigit() || matches!(b, b':' | b'.');
+                if literal.is_empty() || !literal.iter().all(ok) {
+                    return None;
+                }
+                match &text[end + 1..] {
+                    [] => (&text[..=end], None),
+                    [b':', port @ ..] => (&text[..=end], Some(port)),
+                    _ => return None,
+                }
+            }
+            _ => match text.iter().rposition(|&b| b == b':') {
+                Some(colon) => (&text[..colon], Some(&text[colon + 1..])),
+                None => (text, None),
+            },
+        };
+        // A name: unreserved characters, sub-delimiters and percent-escapes.
+        let name_byte = |b: &u8| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'%'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                )
+        };
+        if host.is_empty() || (host[0] != b'[' && !host.iter().all(name_byte)) {
+            return None;
+        }
+        let port = match port {
+            None | Some([]) => None,
+            Some(digits) if digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit) => {
+                let n = digits
+                    .iter()
+                    .fold(0u32, |n, &d| n * 10 + u32::from(d - b'0'));
+                Some(u16::try_from(n).ok()?)
+            }
+            Some(_) => return None,
+        };
+        // Only ASCII was taken.
+        let host = std::str::from_utf8(host).ok()?;
+        Some(HostPort { host, port })
+    }
+}
+
+/// The request's authority: the URI's (h2's `:authority`, or an absolute-form URI;
+/// userinfo, which it must not carry, left out), else the Host header.
+fn authority_of<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Result<HostPort<'a>, String> {
     if let Some(a) = uri.authority() {
-        return Ok(a.clone());
+        let text = a.as_str();
+        let text = text.rsplit_once('@').map_or(text, |(_, host)| host);
+        return HostPort::parse(text.as_bytes())
+            .ok_or_else(|| format!("invalid authority {text:?}"));
     }
     host_header(headers)
 }
@@ -1347,17 +1416,17 @@ fn authority_of(uri: &Uri, headers: &HeaderMap) -> Result<http::uri::Authority, 
 /// h2 request whose `:authority` names no service `known` to this proxy (a client sent
 /// to the proxy's own address, such as `h2load -H 'host: shop.example' http://proxy/`)
 /// is routed by its Host header when that names one.
-fn service_authority(
-    uri: &Uri,
-    headers: &HeaderMap,
+fn service_authority<'a>(
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
     known: impl Fn(&str) -> bool,
-) -> Result<http::uri::Authority, String> {
+) -> Result<HostPort<'a>, String> {
     let authority = authority_of(uri, headers)?;
     if uri.authority().is_some()
-        && !known(authority.host())
+        && !known(authority.host)
         && headers.contains_key(HOST)
         && let Ok(host) = host_header(headers)
-        && known(host.host())
+        && known(host.host)
     {
         return Ok(host);
     }
@@ -1365,20 +1434,16 @@ fn service_authority(
 }
 
 /// The Host header, as an authority.
-fn host_header(headers: &HeaderMap) -> Result<http::uri::Authority, String> {
+fn host_header(headers: &HeaderMap) -> Result<HostPort<'_>, String> {
     let host = headers
         .get(HOST)
         .ok_or_else(|| "missing Host header: the service is named by Host".to_string())?;
-    let text = host
-        .to_str()
-        .map_err(|_| "Host header is not valid text".to_string())?;
-    let authority: http::uri::Authority = text
-        .parse()
-        .map_err(|_| format!("invalid Host header {text:?}"))?;
-    if authority.host().is_empty() || authority.as_str().contains('@') {
-        return Err(format!("invalid Host header {text:?}"));
-    }
-    Ok(authority)
+    HostPort::parse(host.as_bytes()).ok_or_else(|| {
+        format!(
+            "invalid Host header {:?}",
+            String::from_utf8_lossy(host.as_bytes())
+        )
+    })
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -1537,15 +1602,37 @@ mod tests {
                 .unwrap_err()
                 .contains("missing Host")
         );
-        h.insert(HOST, HeaderValue::from_static("shop.example:8080"));
-        let a = authority_of(&Uri::from_static("/x"), &h).unwrap();
-        assert_eq!((a.host(), a.port_u16()), ("shop.example", Some(8080)));
-        h.insert(HOST, HeaderValue::from_static("user@shop.example"));
-        assert!(authority_of(&Uri::from_static("/x"), &h).is_err());
-        h.insert(HOST, HeaderValue::from_static("bad host"));
-        assert!(authority_of(&Uri::from_static("/x"), &h).is_err());
-        let a = authority_of(&Uri::from_static("http://api.example/x"), &HeaderMap::new()).unwrap();
-        assert_eq!(a.host(), "api.example");
+        let uri = Uri::from_static("/x");
+        let cases = [
+            ("shop.example:8080", Some(("shop.example", Some(8080)))),
+            ("shop.example", Some(("shop.example", None))),
+            ("shop.example:", Some(("shop.example", None))),
+            ("10.0.0.1:80", Some(("10.0.0.1", Some(80)))),
+            ("[::1]:8443", Some(("[::1]", Some(8443)))),
+            ("[fe80::1]", Some(("[fe80::1]", None))),
+            ("SHOP.Example", Some(("SHOP.Example", None))),
+            ("user@shop.example", None),
+            ("bad host", None),
+            ("shop.example:99999", None),
+            ("shop.example:8o", None),
+            ("shop/example", None),
+            (":80", None),
+            ("[::1", None),
+            ("[::1]x", None),
+            ("[]", None),
+        ];
+        for (text, want) in cases {
+            h.insert(HOST, HeaderValue::from_static(text));
+            let got = authority_of(&uri, &h).ok().map(|a| (a.host, a.port));
+            assert_eq!(got, want, "{text}");
+        }
+        let none = HeaderMap::new();
+        let uri = Uri::from_static("http://api.example/x");
+        let a = authority_of(&uri, &none).unwrap();
+        assert_eq!((a.host, a.port), ("api.example", None));
+        let uri = Uri::from_static("http://someone@api.example:81/x");
+        let a = authority_of(&uri, &none).unwrap();
+        assert_eq!((a.host, a.port), ("api.example", Some(81)));
     }
 
     #[test]
@@ -1555,21 +1642,22 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(HOST, HeaderValue::from_static("shop.example"));
         let a = service_authority(&uri, &h, known).unwrap();
-        assert_eq!(a.host(), "shop.example");
+        assert_eq!(a.host, "shop.example");
         // A known :authority stays, whatever Host says; an unknown Host changes nothing.
         let uri_known = Uri::from_static("http://shop.example/x");
         h.insert(HOST, HeaderValue::from_static("other.example"));
         assert_eq!(
-            service_authority(&uri_known, &h, known).unwrap().host(),
+            service_authority(&uri_known, &h, known).unwrap().host,
             "shop.example"
         );
         assert_eq!(
-            service_authority(&uri, &h, known).unwrap().host(),
+            service_authority(&uri, &h, known).unwrap().host,
             "127.0.0.1"
         );
         // HTTP/1 names the service by Host alone.
-        let a = service_authority(&Uri::from_static("/x"), &h, known).unwrap();
-        assert_eq!(a.host(), "other.example");
+        let origin_form = Uri::from_static("/x");
+        let a = service_authority(&origin_form, &h, known).unwrap();
+        assert_eq!(a.host, "other.example");
     }
 
     #[test]
