@@ -91,7 +91,8 @@ pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Up
             keep_alive,
             version,
         };
-        let body = encode(&mut out, response, &answer, &mut date).await;
+        let (response, fields) = response;
+        let body = encode(&mut out, response, fields.as_ref(), &answer, &mut date).await;
         if wire.stream.write_all(&out).await.is_err()
             || (!body.is_empty() && wire.stream.write_all(&body).await.is_err())
             || !keep_alive
@@ -269,7 +270,14 @@ async fn refuse(wire: &mut Wire, refusal: Refusal, outbound: &Outbound) {
         .headers_mut()
         .insert(CONNECTION, HeaderValue::from_static("close"));
     let mut out = Vec::new();
-    let body = encode(&mut out, response, &Answer::CLOSING, &mut Date::default()).await;
+    let body = encode(
+        &mut out,
+        response,
+        None,
+        &Answer::CLOSING,
+        &mut Date::default(),
+    )
+    .await;
     let _ = wire.stream.write_all(&out).await;
     let _ = wire.stream.write_all(&body).await;
 }
@@ -359,12 +367,12 @@ fn parse_request(wire: &mut Wire) -> Result<Option<Head>, Refusal> {
 /// Writes the answer's head into `out`, with the body when it is small; returns the body
 /// when it is to be written after `out`. The answer is framed by Content-Length (none for
 /// 1xx, 204 and 304; for HEAD, the one the answer carries); its own framing and
-/// Connection fields are replaced. An endpoint's fields ([`RawFields`] in the answer's
-/// extensions) are copied as they came, but for the names the proxy set in the header
-/// map, which come after them.
+/// Connection fields are replaced. An endpoint's `fields` are copied as they came, but
+/// for the names the proxy set in the header map, which come after them.
 async fn encode(
     out: &mut Vec<u8>,
     response: Response<Full<Bytes>>,
+    fields: Option<&RawFields>,
     answer: &Answer,
     date: &mut Date,
 ) -> Bytes {
@@ -388,8 +396,7 @@ async fn encode(
     out.extend_from_slice(b"\r\n");
     let mut has_date = parts.headers.contains_key(DATE);
     let mut length_field: Option<&[u8]> = None;
-    let raw = parts.extensions.get::<RawFields>();
-    for (kind, name, value) in raw.iter().flat_map(|r| r.iter()) {
+    for (kind, name, value) in fields.iter().flat_map(|r| r.iter()) {
         let set_by_proxy =
             || (parts.headers.keys()).any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()));
         match kind {

@@ -44,7 +44,7 @@ use crate::routing::{
 };
 use crate::transport::{EastWestPool, MeshTls, SendError};
 use crate::upstream::{Http1Pool, Http1Request, UpstreamError};
-use crate::wire::{is_hop_by_hop, merge_raw_fields};
+use crate::wire::{RawFields, is_hop_by_hop, merge_raw_fields};
 
 /// The header on every answer the proxy makes itself.
 pub const REASON_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-reason");
@@ -201,7 +201,9 @@ impl Upstreams {
 
 /// What happened to one try.
 enum Try {
-    Answered(Response<Bytes>),
+    /// An answer; from an endpoint of this cluster, with its fields as they came (the
+    /// response's header map empty).
+    Answered(Response<Bytes>, Option<RawFields>),
     ConnectFailed(String),
     Reset(String),
     TimedOut,
@@ -400,32 +402,34 @@ impl Outbound {
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let mut response = self.handle_raw(request, client, upstreams).await;
-        merge_raw_fields(&mut response);
+        let (mut response, fields) = self.handle_raw(request, client, upstreams).await;
+        if let Some(fields) = fields {
+            merge_raw_fields(response.headers_mut(), fields);
+        }
         response
     }
 
-    /// [`Outbound::handle`], for the proxy's HTTP/1 server: an endpoint's answer keeps its
-    /// fields as [`crate::wire::RawFields`] in the response's extensions (the header map holds only
-    /// what the proxy added, which replaces the endpoint's fields of the same names), to
-    /// be copied out as they are.
+    /// [`Outbound::handle`], for the proxy's HTTP/1 server: with an endpoint's answer, its
+    /// fields as they came, apart from the response's header map (which holds what the
+    /// proxy added, to replace the endpoint's fields of the same names), to be copied out
+    /// so.
     pub(crate) async fn handle_raw<B>(
         &self,
         request: Request<B>,
         client: Option<ClientAddress>,
         upstreams: &Upstreams,
-    ) -> ProxyResponse
+    ) -> (ProxyResponse, Option<RawFields>)
     where
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let started = Instant::now();
-        let mut counted = Counted::new(&self.locality_text);
+        let mut handled = Handled::new(&self.locality_text);
         let response = self
-            .route_and_forward(request, client, upstreams, &mut counted)
+            .route_and_forward(request, client, upstreams, &mut handled)
             .await;
-        self.count(counted, &response, started);
-        response
+        self.count(&handled, &response, started);
+        (response, handled.fields)
     }
 
     /// Serves a request another cluster's proxy (`peer`) sent over the east-west
@@ -441,31 +445,31 @@ impl Outbound {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let started = Instant::now();
-        let mut counted = Counted::new(&self.locality_text);
+        let mut handled = Handled::new(&self.locality_text);
         let mut response = self
-            .serve_for_peer(request, peer, upstreams, &mut counted)
+            .serve_for_peer(request, peer, upstreams, &mut handled)
             .await;
-        self.count(counted, &response, started);
-        merge_raw_fields(&mut response);
+        self.count(&handled, &response, started);
+        handled.merge_fields(&mut response);
         response
     }
 
-    fn count(&self, counted: Counted, response: &ProxyResponse, started: Instant) {
+    fn count(&self, handled: &Handled, response: &ProxyResponse, started: Instant) {
         self.metrics.count_request(
-            counted.service.as_deref().unwrap_or("unknown"),
-            &counted.locality,
+            handled.service.as_deref().unwrap_or("unknown"),
+            &handled.locality,
             response.status().as_u16(),
             started.elapsed().as_secs_f64(),
         );
     }
 
-    /// What `handle` does; names the service and destination in `counted` once known.
+    /// What `handle` does; names the service and destination in `handled` once known.
     async fn route_and_forward<B>(
         &self,
         request: Request<B>,
         client: Option<ClientAddress>,
         upstreams: &Upstreams,
-        counted: &mut Counted,
+        handled: &mut Handled,
     ) -> ProxyResponse
     where
         B: hyper::body::Body<Data = Bytes> + Send,
@@ -497,7 +501,7 @@ impl Outbound {
         );
         let discovered = routing.discovery.knows(host);
         if discovered || routing.routes.has_host(host) {
-            counted.service = Some(host.to_string());
+            handled.service = Some(host.to_string());
         }
         let forward = match decision {
             RouteDecision::Forward(f) => *f,
@@ -550,20 +554,24 @@ impl Outbound {
             .row(&forward.target)
             .filter(|r| upstreams.east_west.is_some() && !r.is_local_only());
         let request = (&parts, client);
-        let attempts = self.attempts(upstreams, &routing, row, request, &forward, body, counted);
+        let attempts = self.attempts(upstreams, &routing, row, request, &forward, body, handled);
         let mut response = match forward.timeout {
             Some(t) => match tokio::time::timeout(t, attempts).await {
                 Ok(r) => r,
-                Err(_) => answer(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    &format!("route timeout {}ms", t.as_millis()),
-                ),
+                Err(_) => {
+                    // Not the fields of an answer a try may have had before.
+                    handled.fields = None;
+                    answer(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        &format!("route timeout {}ms", t.as_millis()),
+                    )
+                }
             },
             None => attempts.await,
         };
         if !forward.response_headers.is_empty() {
             // The changes apply to the endpoint's fields too.
-            merge_raw_fields(&mut response);
+            handled.merge_fields(&mut response);
             apply_changes(response.headers_mut(), &forward.response_headers);
         }
         response
@@ -575,7 +583,7 @@ impl Outbound {
         request: Request<B>,
         peer: &str,
         upstreams: &Upstreams,
-        counted: &mut Counted,
+        handled: &mut Handled,
     ) -> ProxyResponse
     where
         B: hyper::body::Body<Data = Bytes> + Send,
@@ -599,7 +607,7 @@ impl Outbound {
                 &format!("unknown service {host:?} in cluster {}", self.cluster),
             );
         }
-        counted.service = Some(host.clone());
+        handled.service = Some(host.clone());
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -639,7 +647,7 @@ impl Outbound {
             (&parts, None),
             &forward,
             body,
-            counted,
+            handled,
         )
         .await
     }
@@ -765,7 +773,7 @@ impl Outbound {
         request: (&http::request::Parts, Option<ClientAddress>),
         forward: &Forward,
         body: Bytes,
-        counted: &mut Counted,
+        handled: &mut Handled,
     ) -> ProxyResponse {
         let (parts, client) = request;
         let discovery = routing.discovery.as_ref();
@@ -856,27 +864,31 @@ impl Outbound {
                 }
             };
             let outcome = match &result {
-                Try::Answered(r) => Outcome::Status(r.status().as_u16()),
+                Try::Answered(r, _) => Outcome::Status(r.status().as_u16()),
                 _ => Outcome::NoAnswer,
             };
             self.stats
                 .record(&target.host, cluster, locality, outcome, started.elapsed());
-            counted.locality = match &hop {
+            handled.locality = match &hop {
                 Hop::Local(_) => self.locality_text.clone(),
                 Hop::Remote { .. } => locality.to_string().into(),
             };
             if let Hop::Local(endpoint) = &hop {
                 let outcome = match &result {
-                    Try::Answered(r) => TryOutcome::Status(r.status().as_u16()),
+                    Try::Answered(r, _) => TryOutcome::Status(r.status().as_u16()),
                     _ => TryOutcome::LocalFailure,
                 };
                 self.observe(settings, target, endpoint.address, outcome, total);
             }
+            // The fields of the answer kept, if it is an endpoint's: none of an earlier try's.
+            handled.fields = None;
             let (retry, response) = match result {
-                Try::Answered(r) => {
+                Try::Answered(r, fields) => {
                     let retry = policy.retry_on.retries_status(r.status().as_u16());
                     let (mut head, body) = r.into_parts();
+                    // An endpoint's fields are end-to-end already; a peer's answer is h2.
                     strip_hop_by_hop(&mut head.headers);
+                    handled.fields = fields;
                     if let Hop::Local(endpoint) = &hop
                         && let Ok(v) = HeaderValue::from_str(&endpoint.name)
                     {
@@ -931,7 +943,7 @@ impl Outbound {
             .insert(ATTEMPTS_HEADER, HeaderValue::from(tries));
         if let Some(cookie) = hash.and_then(|h| h.set_cookie) {
             // Beside the endpoint's own cookies, not instead of them.
-            merge_raw_fields(&mut last);
+            handled.merge_fields(&mut last);
             last.headers_mut().append(http::header::SET_COOKIE, cookie);
         }
         last
@@ -1044,7 +1056,12 @@ impl Outbound {
         let _guard = InFlight::enter(&self.in_flight, endpoint.address);
         let send = async {
             match upstreams.http.exchange(endpoint.address, &request).await {
-                Ok(r) => Try::Answered(r),
+                Ok(answer) => {
+                    let mut response = Response::new(answer.body);
+                    *response.status_mut() = answer.status;
+                    *response.version_mut() = answer.version;
+                    Try::Answered(response, Some(answer.fields))
+                }
                 Err(UpstreamError::Connect(e)) => Try::ConnectFailed(e),
                 Err(UpstreamError::Reset(e)) => Try::Reset(e),
             }
@@ -1227,18 +1244,30 @@ fn hash_key(
     }
 }
 
-/// What a request is counted under in the metrics: its service (none: `unknown`) and
-/// the locality that answered.
-struct Counted {
+/// What is learnt about a request as it is handled, for after: what it is counted under
+/// in the metrics (its service, none for `unknown`, and the locality that answered), and
+/// the answering endpoint's fields while they are as they came.
+struct Handled {
     service: Option<String>,
     locality: Arc<str>,
+    /// The fields of an endpoint's answer, not in the answer's header map (which holds
+    /// what the proxy adds); `None` once merged, or for any other answer.
+    fields: Option<RawFields>,
 }
 
-impl Counted {
-    fn new(locality: &Arc<str>) -> Counted {
-        Counted {
+impl Handled {
+    fn new(locality: &Arc<str>) -> Handled {
+        Handled {
             service: None,
             locality: locality.clone(),
+            fields: None,
+        }
+    }
+
+    /// Puts the endpoint's fields, if still apart, into `response`'s header map.
+    fn merge_fields(&mut self, response: &mut ProxyResponse) {
+        if let Some(fields) = self.fields.take() {
+            merge_raw_fields(response.headers_mut(), fields);
         }
     }
 }
@@ -1247,7 +1276,7 @@ impl Counted {
 async fn answered(response: Response<hyper::body::Incoming>) -> Try {
     let (head, body) = response.into_parts();
     match body.collect().await {
-        Ok(b) => Try::Answered(Response::from_parts(head, b.to_bytes())),
+        Ok(b) => Try::Answered(Response::from_parts(head, b.to_bytes()), None),
         Err(e) => Try::Reset(e.to_string()),
     }
 }

@@ -19,9 +19,8 @@
 //! chunked; else Content-Length (every value must agree); else up to the close. The
 //! answer's hop-by-hop fields (Connection, Keep-Alive, the fields Connection names, ...)
 //! are left out as it is parsed: they describe this connection only. The answer's
-//! end-to-end fields come back as [`crate::wire::RawFields`] in its extensions, its header map left
-//! empty: the proxy's HTTP/1 server copies them out as they are, and
-//! [`crate::wire::merge_raw_fields`] moves them into the header map where one is needed.
+//! end-to-end fields come back as they came ([`RawFields`]): the proxy's HTTP/1 server
+//! copies them out so, and a header map is made from them only where one is needed.
 //! Limits: a head of
 //! at most [`MAX_HEAD_BYTES`] and [`MAX_HEADERS`] fields; bodies are held whole, as the
 //! outbound path needs them. The reading itself is shared with the proxy's HTTP/1 server
@@ -35,14 +34,14 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, StatusCode, Version};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::FastMap;
 use crate::wire::{
-    BodyError, COALESCED_BODY, FieldKind, FieldSpan, Fields, MAX_HEAD_BYTES, MAX_HEADERS, Wire,
-    chunked, closed, content_length, note_spans, scan,
+    BodyError, COALESCED_BODY, FieldKind, FieldSpan, Fields, MAX_HEAD_BYTES, MAX_HEADERS,
+    RawFields, Wire, chunked, closed, content_length, note_spans, scan,
 };
 
 /// Idle connections kept per endpoint; more are closed once their exchange ends.
@@ -50,6 +49,16 @@ pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
 /// How long a connection may sit idle before [`Http1Pool::close_idle`] closes it (as
 /// hyper's pooled client, and under the keep-alive timeouts servers commonly use).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// An endpoint's answer, read whole.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub version: Version,
+    /// Its end-to-end fields, as they came.
+    pub fields: RawFields,
+    pub body: Bytes,
+}
 
 /// Why an exchange with an endpoint got no answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,12 +90,12 @@ impl Http1Pool {
     /// it (as servers do with keep-alive connections idle past their timeout), the
     /// request goes on another connection if none of it was sent, or if its method is
     /// idempotent and no answer had begun; otherwise the failure is the caller's to retry
-    /// by its policy. The answer's fields are [`crate::wire::RawFields`] in its extensions.
+    /// by its policy.
     pub async fn exchange(
         &self,
         address: SocketAddr,
         request: &Http1Request,
-    ) -> Result<Response<Bytes>, UpstreamError> {
+    ) -> Result<Answer, UpstreamError> {
         let (message, rest) = (&request.message[..], &request.rest[..]);
         let head_only = request.method == Method::HEAD;
         let replayable = is_idempotent(&request.method);
@@ -334,7 +343,7 @@ impl Connection {
         message: &[u8],
         rest: &[u8],
         head_only: bool,
-    ) -> Result<(Response<Bytes>, bool), Failure> {
+    ) -> Result<(Answer, bool), Failure> {
         self.send(message, rest).await?;
         self.answer(head_only).await
     }
@@ -357,7 +366,7 @@ impl Connection {
         Ok(())
     }
 
-    async fn answer(&mut self, head_only: bool) -> Result<(Response<Bytes>, bool), Failure> {
+    async fn answer(&mut self, head_only: bool) -> Result<(Answer, bool), Failure> {
         let wire = &mut self.wire;
         let mut begun = false;
         let head = loop {
@@ -410,11 +419,13 @@ impl Connection {
         };
         // Bytes the endpoint sent past its answer: nothing asked for them.
         reusable &= wire.read.is_empty();
-        let mut response = Response::new(body);
-        *response.status_mut() = head.status;
-        *response.version_mut() = head.version;
-        response.extensions_mut().insert(head.fields.raw);
-        Ok((response, reusable))
+        let answer = Answer {
+            status: head.status,
+            version: head.version,
+            fields: head.fields.raw,
+            body,
+        };
+        Ok((answer, reusable))
     }
 }
 
@@ -483,20 +494,13 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use http::Response;
     use http_body_util::{BodyExt, Full};
     use hyper::server::conn::http1 as server;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
-
-    use crate::wire::merge_raw_fields;
-
-    /// `answer` with its raw fields in its header map.
-    fn merged(mut answer: Response<Bytes>) -> Response<Bytes> {
-        merge_raw_fields(&mut answer);
-        answer
-    }
 
     /// An endpoint (hyper's server) answering `n` (the request's number on its
     /// connection), or with `echo`, the request's method, `x-echo` header and body; it
@@ -609,7 +613,7 @@ mod tests {
         Http1Request::try_from(request).unwrap()
     }
 
-    fn reset_reason(result: Result<Response<Bytes>, UpstreamError>) -> String {
+    fn reset_reason(result: Result<Answer, UpstreamError>) -> String {
         match result {
             Err(UpstreamError::Reset(reason)) => reason,
             other => panic!("expected a reset, got {other:?}"),
@@ -622,7 +626,7 @@ mod tests {
         let pool = Http1Pool::new(Duration::from_secs(1));
         for n in 1..=5 {
             let answer = pool.exchange(address, &plain(address)).await.unwrap();
-            assert_eq!(answer.body(), &Bytes::from(n.to_string()));
+            assert_eq!(&answer.body, &Bytes::from(n.to_string()));
         }
         assert_eq!(connections.load(Ordering::SeqCst), 1);
     }
@@ -638,21 +642,21 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(answer.body(), &Bytes::from("POST 5 hello"));
+        assert_eq!(&answer.body, &Bytes::from("POST 5 hello"));
         // Larger than what goes out with the head: a second write.
         let large = Bytes::from(vec![b'x'; 3 * COALESCED_BODY + 7]);
         let answer = pool
             .exchange(address, &request(Method::PUT, address, large.clone()))
             .await
             .unwrap();
-        assert_eq!(answer.body().len(), "PUT 49159 ".len() + large.len());
-        assert!(answer.body().starts_with(b"PUT 49159 xxx"));
+        assert_eq!(answer.body.len(), "PUT 49159 ".len() + large.len());
+        assert!(answer.body.starts_with(b"PUT 49159 xxx"));
         // An empty POST says so (Content-Length: 0) rather than leaving the server to wait.
         let answer = pool
             .exchange(address, &request(Method::POST, address, Bytes::new()))
             .await
             .unwrap();
-        assert_eq!(answer.body(), &Bytes::from("POST 0 "));
+        assert_eq!(&answer.body, &Bytes::from("POST 0 "));
         assert_eq!(connections.load(Ordering::SeqCst), 1);
     }
 
@@ -662,7 +666,7 @@ mod tests {
         let pool = Http1Pool::new(Duration::from_secs(1));
         for _ in 0..3 {
             let answer = pool.exchange(address, &plain(address)).await.unwrap();
-            assert_eq!(answer.body(), &Bytes::from("1"));
+            assert_eq!(&answer.body, &Bytes::from("1"));
         }
         assert_eq!(connections.load(Ordering::SeqCst), 3);
     }
@@ -676,7 +680,7 @@ mod tests {
         assert_eq!(pool.close_idle(Duration::ZERO), 0, "an expired one goes");
         let answer = pool.exchange(address, &plain(address)).await.unwrap();
         assert_eq!(
-            answer.body(),
+            &answer.body,
             &Bytes::from("1"),
             "a new connection's first answer"
         );
@@ -717,14 +721,11 @@ mod tests {
         .await;
         let pool = Http1Pool::new(Duration::from_secs(1));
         let answer = pool.exchange(address, &get(address)).await.unwrap();
-        // The fields come raw, the header map left empty, until merged.
-        assert!(answer.headers().is_empty());
-        let answer = merged(answer);
-        assert_eq!(answer.body(), &Bytes::from("hello world"));
-        assert_eq!(answer.headers()["x-kind"], "chunks");
-        assert!(!answer.headers().contains_key("x-checksum"));
+        assert_eq!(&answer.body, &Bytes::from("hello world"));
+        assert_eq!(answer.fields.to_map(0)["x-kind"], "chunks");
+        assert!(!answer.fields.to_map(0).contains_key("x-checksum"));
         let answer = pool.exchange(address, &get(address)).await.unwrap();
-        assert_eq!(answer.body(), &Bytes::from("next"));
+        assert_eq!(&answer.body, &Bytes::from("next"));
         assert_eq!(
             connections.load(Ordering::SeqCst),
             1,
@@ -745,14 +746,17 @@ mod tests {
         .await;
         let pool = Http1Pool::new(Duration::from_secs(1));
         let answer = pool.exchange(address, &get(address)).await.unwrap();
-        assert_eq!(answer.status(), StatusCode::CREATED);
-        assert_eq!(answer.body(), &Bytes::from("ok"));
+        assert_eq!(answer.status, StatusCode::CREATED);
+        assert_eq!(&answer.body, &Bytes::from("ok"));
         let head = request(Method::HEAD, address, Bytes::new());
-        let answer = merged(pool.exchange(address, &head).await.unwrap());
-        assert_eq!(answer.headers()[http::header::CONTENT_LENGTH], "1234");
-        assert!(answer.body().is_empty());
+        let answer = pool.exchange(address, &head).await.unwrap();
+        assert_eq!(
+            answer.fields.to_map(0)[http::header::CONTENT_LENGTH],
+            "1234"
+        );
+        assert!(answer.body.is_empty());
         let answer = pool.exchange(address, &get(address)).await.unwrap();
-        assert_eq!(answer.status(), StatusCode::NO_CONTENT);
+        assert_eq!(answer.status, StatusCode::NO_CONTENT);
         assert_eq!(connections.load(Ordering::SeqCst), 1);
     }
 
@@ -769,13 +773,14 @@ mod tests {
         )
         .await;
         let pool = Http1Pool::new(Duration::from_secs(1));
-        let answer = merged(pool.exchange(address, &get(address)).await.unwrap());
-        let names: Vec<&str> = answer.headers().keys().map(|n| n.as_str()).collect();
+        let answer = pool.exchange(address, &get(address)).await.unwrap();
+        let fields = answer.fields.to_map(0);
+        let names: Vec<&str> = fields.keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["x-kept", "content-length"]);
         // An HTTP/1.0 answer that asks to keep the connection keeps it.
-        let answer = merged(pool.exchange(address, &get(address)).await.unwrap());
-        assert_eq!(answer.version(), Version::HTTP_10);
-        assert!(!answer.headers().contains_key("connection"));
+        let answer = pool.exchange(address, &get(address)).await.unwrap();
+        assert_eq!(answer.version, Version::HTTP_10);
+        assert!(!answer.fields.to_map(0).contains_key("connection"));
         pool.exchange(address, &get(address)).await.unwrap();
         assert_eq!(connections.load(Ordering::SeqCst), 1);
     }
@@ -792,13 +797,13 @@ mod tests {
         )
         .await;
         let pool = Http1Pool::new(Duration::from_secs(1));
-        let answer = merged(pool.exchange(address, &get(address)).await.unwrap());
-        assert_eq!(answer.version(), Version::HTTP_10);
-        assert_eq!(answer.body(), &Bytes::from("all of it"));
         let answer = pool.exchange(address, &get(address)).await.unwrap();
-        assert_eq!(answer.body(), &Bytes::from("bye"));
+        assert_eq!(answer.version, Version::HTTP_10);
+        assert_eq!(&answer.body, &Bytes::from("all of it"));
         let answer = pool.exchange(address, &get(address)).await.unwrap();
-        assert_eq!(answer.body(), &Bytes::from("new"));
+        assert_eq!(&answer.body, &Bytes::from("bye"));
+        let answer = pool.exchange(address, &get(address)).await.unwrap();
+        assert_eq!(&answer.body, &Bytes::from("new"));
         assert_eq!(connections.load(Ordering::SeqCst), 3);
     }
 
@@ -815,9 +820,9 @@ mod tests {
         .await;
         let pool = Http1Pool::new(Duration::from_secs(1));
         let answer = pool.exchange(address, &get(address)).await.unwrap();
-        assert_eq!(answer.body(), &Bytes::from("first"));
+        assert_eq!(&answer.body, &Bytes::from("first"));
         let answer = pool.exchange(address, &get(address)).await.unwrap();
-        assert_eq!(answer.body(), &Bytes::from("second"));
+        assert_eq!(&answer.body, &Bytes::from("second"));
         assert_eq!(connections.load(Ordering::SeqCst), 2);
     }
 

@@ -163,15 +163,11 @@ impl RawFields {
     }
 }
 
-/// Moves the [`RawFields`] a response carries in its extensions (an endpoint's answer, as
-/// the HTTP/1 client returns it) into its header map, ahead of the fields already there;
-/// a name already there (set by the proxy) replaces the endpoint's fields of that name.
-pub fn merge_raw_fields<B>(response: &mut http::Response<B>) {
-    let Some(raw) = response.extensions_mut().remove::<RawFields>() else {
-        return;
-    };
-    let added = std::mem::take(response.headers_mut());
-    let mut headers = raw.to_map(added.len());
+/// Puts `raw`, an endpoint's fields, into `headers`, ahead of the fields already there
+/// (the proxy's own), whose names replace the endpoint's fields of those names.
+pub fn merge_raw_fields(headers: &mut HeaderMap, raw: RawFields) {
+    let added = std::mem::take(headers);
+    *headers = raw.to_map(added.len());
     let mut last: Option<HeaderName> = None;
     for (name, value) in added {
         match name {
@@ -187,7 +183,6 @@ pub fn merge_raw_fields<B>(response: &mut http::Response<B>) {
             }
         }
     }
-    *response.headers_mut() = headers;
 }
 
 /// A head's end-to-end fields, and the Connection options it carried.
