@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use fulcrum_policy::istio::{SimpleLb, TrafficPolicy, endpoints_of};
 use fulcrum_policy::{Locality, Resource};
+use http::HeaderValue;
 
 use crate::FastMap;
 use crate::balance::{LbPolicy, OutlierSettings};
@@ -27,6 +28,8 @@ pub struct Endpoint {
     pub address: SocketAddr,
     /// Its address as text (the consistent-hash ring's name for it).
     pub name: Arc<str>,
+    /// The same, as the value of the answers' `x-fulcrum-upstream` field (made once).
+    pub name_value: HeaderValue,
     /// Its labels (subsets select on them).
     pub labels: Arc<BTreeMap<String, String>>,
 }
@@ -196,9 +199,12 @@ impl StaticDiscovery {
                         };
                         if let Ok(ip) = we.address.parse::<std::net::IpAddr>() {
                             let address = SocketAddr::new(ip, number);
+                            let name = address.to_string();
                             service.push(Endpoint {
                                 address,
-                                name: address.to_string().into(),
+                                name_value: HeaderValue::from_str(&name)
+                                    .unwrap_or(HeaderValue::from_static("")),
+                                name: name.into(),
                                 labels: Arc::new(we.labels.clone()),
                             });
                         }

@@ -168,6 +168,8 @@ pub struct Outbound {
     health: Arc<Health>,
     /// This proxy's cluster.
     cluster: String,
+    /// The same, as the value of its endpoints' answers' `x-fulcrum-cluster` field.
+    cluster_value: HeaderValue,
     /// This proxy's locality: where its endpoints are.
     locality: Locality,
     locality_text: Arc<str>,
@@ -241,6 +243,7 @@ impl Outbound {
             metrics,
             stats: Arc::default(),
             health: Arc::default(),
+            cluster_value: HeaderValue::from_str(&cluster).unwrap_or(HeaderValue::from_static("")),
             cluster,
             locality_text: locality.to_string().into(),
             locality,
@@ -543,7 +546,10 @@ impl Outbound {
         };
         // The connection pool's limit: over it, answer at once rather than queue.
         let discovery = routing.discovery.as_ref();
-        let _permit = match self.admit(discovery, &forward.target) {
+        // Looked up once for the request: the pool's limit, then the tries' balancer, hash
+        // source and outlier detection.
+        let settings = discovery.balance(&forward.target.host, &forward.target.subset);
+        let _permit = match self.admit(settings, &forward.target) {
             Ok(permit) => permit,
             Err(response) => return *response,
         };
@@ -554,7 +560,9 @@ impl Outbound {
             .row(&forward.target)
             .filter(|r| upstreams.east_west.is_some() && !r.is_local_only());
         let request = (&parts, client);
-        let attempts = self.attempts(upstreams, &routing, row, request, &forward, body, handled);
+        let attempts = self.attempts(
+            upstreams, &routing, row, request, &forward, settings, body, handled,
+        );
         let mut response = match forward.timeout {
             Some(t) => match tokio::time::timeout(t, attempts).await {
                 Ok(r) => r,
@@ -636,7 +644,9 @@ impl Outbound {
             Ok(b) => b,
             Err(response) => return *response,
         };
-        let _permit = match self.admit(routing.discovery.as_ref(), &forward.target) {
+        let discovery = routing.discovery.as_ref();
+        let settings = discovery.balance(&forward.target.host, &forward.target.subset);
+        let _permit = match self.admit(settings, &forward.target) {
             Ok(permit) => permit,
             Err(response) => return *response,
         };
@@ -646,6 +656,7 @@ impl Outbound {
             None,
             (&parts, None),
             &forward,
+            settings,
             body,
             handled,
         )
@@ -675,10 +686,10 @@ impl Outbound {
     /// `overflow` answer.
     fn admit(
         &self,
-        discovery: &dyn Discovery,
+        settings: &BalanceSettings,
         target: &Target,
     ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Box<ProxyResponse>> {
-        let Some(max) = discovery.balance(&target.host, &target.subset).max_requests else {
+        let Some(max) = settings.max_requests else {
             return Ok(None);
         };
         let semaphore = {
@@ -772,6 +783,7 @@ impl Outbound {
         row: Option<&LocalityRow>,
         request: (&http::request::Parts, Option<ClientAddress>),
         forward: &Forward,
+        settings: &BalanceSettings,
         body: Bytes,
         handled: &mut Handled,
     ) -> ProxyResponse {
@@ -799,8 +811,6 @@ impl Outbound {
         if row.is_none() && local.is_empty() {
             return answer(StatusCode::SERVICE_UNAVAILABLE, &no_local());
         }
-        // Looked up once for the request's tries: balancer, hash source, outlier detection.
-        let settings = discovery.balance(&target.host, &target.subset);
         let hash = (settings.hash_on.as_ref()).and_then(|on| hash_key(on, parts, client));
         let policy: &RetryPolicy = &forward.retries;
         let mut tried: Vec<SocketAddr> = Vec::new();
@@ -889,13 +899,20 @@ impl Outbound {
                     // An endpoint's fields are end-to-end already; a peer's answer is h2.
                     strip_hop_by_hop(&mut head.headers);
                     handled.fields = fields;
-                    if let Hop::Local(endpoint) = &hop
-                        && let Ok(v) = HeaderValue::from_str(&endpoint.name)
-                    {
-                        head.headers.insert(UPSTREAM_HEADER, v);
-                    }
-                    if let Ok(v) = HeaderValue::from_str(cluster) {
-                        head.headers.insert(CLUSTER_HEADER, v);
+                    // Room for what the proxy adds: growing a map rehashes it.
+                    head.headers.reserve(3);
+                    match &hop {
+                        Hop::Local(endpoint) => {
+                            head.headers
+                                .insert(UPSTREAM_HEADER, endpoint.name_value.clone());
+                            head.headers
+                                .insert(CLUSTER_HEADER, self.cluster_value.clone());
+                        }
+                        Hop::Remote { .. } => {
+                            if let Ok(v) = HeaderValue::from_str(cluster) {
+                                head.headers.insert(CLUSTER_HEADER, v);
+                            }
+                        }
                     }
                     (retry, Response::from_parts(head, Full::new(body)))
                 }
@@ -940,7 +957,7 @@ impl Outbound {
         let mut last =
             last.unwrap_or_else(|| answer(StatusCode::SERVICE_UNAVAILABLE, "no try was made"));
         last.headers_mut()
-            .insert(ATTEMPTS_HEADER, HeaderValue::from(tries));
+            .insert(ATTEMPTS_HEADER, attempts_value(tries));
         if let Some(cookie) = hash.and_then(|h| h.set_cookie) {
             // Beside the endpoint's own cookies, not instead of them.
             handled.merge_fields(&mut last);
@@ -1269,6 +1286,15 @@ impl Handled {
         if let Some(fields) = self.fields.take() {
             merge_raw_fields(response.headers_mut(), fields);
         }
+    }
+}
+
+/// The value of `x-fulcrum-attempts`: made without an allocation for the usual counts.
+fn attempts_value(tries: u32) -> HeaderValue {
+    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match SMALL.get(tries as usize) {
+        Some(text) => HeaderValue::from_static(text),
+        None => HeaderValue::from(tries),
     }
 }
 
