@@ -34,6 +34,13 @@ pub struct Endpoint {
     pub labels: Arc<BTreeMap<String, String>>,
 }
 
+/// An endpoint goes by its address (the consistent-hash ring's name for it).
+impl AsRef<str> for Endpoint {
+    fn as_ref(&self) -> &str {
+        &self.name
+    }
+}
+
 /// How a service's endpoints are balanced.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BalanceSettings {

@@ -36,7 +36,7 @@ use tokio::net::TcpStream;
 use crate::outbound::{ClientAddress, Outbound, Upstreams, answer};
 use crate::wire::{
     BodyError, COALESCED_BODY, FieldKind, MAX_HEAD_BYTES, MAX_HEADERS, RawFields, Wire, chunked,
-    content_length, note_spans, scan,
+    content_length, decimal, note_spans, scan,
 };
 
 /// The connection preface of HTTP/2.
@@ -453,21 +453,6 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-/// `n` in decimal.
-fn decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
 }
 
 /// The Date field's value, formatted once a second.

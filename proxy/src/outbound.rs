@@ -1024,14 +1024,28 @@ impl Outbound {
         endpoints: &[Endpoint],
         tried: &[SocketAddr],
     ) -> Option<Endpoint> {
-        let fresh: Vec<&Endpoint> = endpoints
+        // The first try has all to choose from, uncopied.
+        if !endpoints.iter().any(|e| tried.contains(&e.address)) {
+            return self.pick_among(settings, key, forward, endpoints);
+        }
+        let fresh: Vec<Endpoint> = endpoints
             .iter()
             .filter(|e| !tried.contains(&e.address))
+            .cloned()
             .collect();
-        if fresh.is_empty() {
+        self.pick_among(settings, key, forward, &fresh)
+    }
+
+    fn pick_among(
+        &self,
+        settings: &BalanceSettings,
+        key: Option<&[u8]>,
+        forward: &Forward,
+        endpoints: &[Endpoint],
+    ) -> Option<Endpoint> {
+        if endpoints.is_empty() {
             return None;
         }
-        let addresses: Vec<&str> = fresh.iter().map(|e| &*e.name).collect();
         // Read in place, not copied: this runs for every try. (Lock order: pickers, then
         // in_flight; nothing takes them the other way round.)
         let mut pickers = self.pickers.lock().ok()?;
@@ -1050,12 +1064,12 @@ impl Outbound {
             .get_mut(&target.host)
             .and_then(|p| p.get_mut(&target.subset))?;
         let i = picker.pick(
-            &addresses,
-            |i| in_flight.get(&fresh[i].address).copied().unwrap_or(0),
+            endpoints,
+            |i| in_flight.get(&endpoints[i].address).copied().unwrap_or(0),
             key,
             &mut RandomChance,
         )?;
-        Some(fresh[i].clone())
+        Some(endpoints[i].clone())
     }
 
     async fn try_local(
@@ -1567,11 +1581,9 @@ fn http1_request(
     }
     // The common case, without a copy of the client's fields: each is written as it is
     // passed over.
-    let host = HeaderValue::from_str(&forward.authority)
-        .map_err(|_| format!("invalid authority {:?}", forward.authority))?;
     let mut writer = Http1Request::start(&parts.method, &forward.path_and_query)?;
     // Host first, as RFC 9112 §3.2 asks of clients.
-    writer.field(&HOST, &host);
+    writer.field_text(&HOST, &forward.authority)?;
     for (name, value) in &parts.headers {
         let framing_or_host = name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == HOST;
         if !framing_or_host && !is_hop_by_hop(name.as_str().as_bytes()) {

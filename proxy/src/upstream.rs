@@ -26,7 +26,7 @@
 //! outbound path needs them. The reading itself is shared with the proxy's HTTP/1 server
 //! ([`crate::wire`]).
 
-use std::io::{self, Write as _};
+use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -41,7 +41,7 @@ use tokio::net::TcpStream;
 use crate::FastMap;
 use crate::wire::{
     BodyError, COALESCED_BODY, FieldKind, FieldSpan, Fields, MAX_HEAD_BYTES, MAX_HEADERS,
-    RawFields, Wire, chunked, closed, content_length, note_spans, scan,
+    RawFields, Wire, chunked, closed, content_length, decimal, note_spans, scan,
 };
 
 /// Idle connections kept per endpoint; more are closed once their exchange ends.
@@ -234,9 +234,24 @@ impl Http1Request {
 impl Http1RequestWriter {
     /// Adds a field (names and values are valid by their types: no line breaks).
     pub fn field(&mut self, name: &HeaderName, value: &HeaderValue) {
+        self.field_bytes(name, value.as_bytes());
+    }
+
+    /// Adds a field whose value is text not yet checked: refused when it holds a control
+    /// character (a line break would end the field, and the head, early).
+    pub fn field_text(&mut self, name: &HeaderName, value: &str) -> Result<(), String> {
+        let valid = |b: &u8| (b' '..=b'~').contains(b) || *b == b'\t' || *b >= 0x80;
+        if !value.as_bytes().iter().all(valid) {
+            return Err(format!("invalid {name} value {value:?}"));
+        }
+        self.field_bytes(name, value.as_bytes());
+        Ok(())
+    }
+
+    fn field_bytes(&mut self, name: &HeaderName, value: &[u8]) {
         self.out.extend_from_slice(name.as_str().as_bytes());
         self.out.extend_from_slice(b": ");
-        self.out.extend_from_slice(value.as_bytes());
+        self.out.extend_from_slice(value);
         self.out.extend_from_slice(b"\r\n");
     }
 
@@ -245,8 +260,9 @@ impl Http1RequestWriter {
     pub fn finish(mut self, body: Bytes) -> Http1Request {
         let (out, method) = (&mut self.out, &self.method);
         if !body.is_empty() || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
-            // Writing to a Vec cannot fail.
-            let _ = write!(out, "content-length: {}\r\n", body.len());
+            out.extend_from_slice(b"content-length: ");
+            decimal(out, body.len() as u64);
+            out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"\r\n");
         let rest = if body.len() <= COALESCED_BODY {
@@ -694,6 +710,21 @@ mod tests {
             assert!(e.contains("invalid request target"), "{e}");
         }
         assert!(Http1Request::start(&Method::GET, "/a?b=%20&c").is_ok());
+    }
+
+    #[test]
+    fn a_field_value_that_could_end_the_field_is_refused() {
+        let mut writer = Http1Request::start(&Method::GET, "/").unwrap();
+        for value in ["shop.example\r\nx-injected: 1", "a\nb", "nul\0"] {
+            let e = writer.field_text(&http::header::HOST, value).unwrap_err();
+            assert!(e.contains("invalid host value"), "{e}");
+        }
+        writer.field_text(&http::header::HOST, "shop.example:80").unwrap();
+        let request = writer.finish(Bytes::new());
+        assert_eq!(
+            request.message(),
+            b"GET / HTTP/1.1\r\nhost: shop.example:80\r\n\r\n"
+        );
     }
 
     #[tokio::test]

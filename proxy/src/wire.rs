@@ -464,6 +464,21 @@ pub fn chunked<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<bool> {
     last.map(|coding| coding.eq_ignore_ascii_case(b"chunked"))
 }
 
+/// Writes `n` in decimal.
+pub fn decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 /// A decimal number of one or more digits, with nothing else (no sign, no space).
 fn digits(text: &[u8]) -> Option<u64> {
     if text.is_empty() {
