@@ -163,24 +163,24 @@ impl RawFields {
     }
 }
 
-/// Puts `raw`, an endpoint's fields, into `headers`, ahead of the fields already there
-/// (the proxy's own), whose names replace the endpoint's fields of those names.
+/// Puts `raw`, an endpoint's fields, into `headers`, which holds the fields the proxy set:
+/// their names replace the endpoint's fields of those names.
 pub fn merge_raw_fields(headers: &mut HeaderMap, raw: RawFields) {
-    let added = std::mem::take(headers);
-    *headers = raw.to_map(added.len());
-    let mut last: Option<HeaderName> = None;
-    for (name, value) in added {
-        match name {
-            Some(name) => {
-                headers.insert(name.clone(), value);
-                last = Some(name);
-            }
-            // Another value of the name before it.
-            None => {
-                if let Some(name) = &last {
-                    headers.append(name.clone(), value);
-                }
-            }
+    // The proxy's names, before any of the endpoint's go in (a few, and cheap to copy:
+    // the proxy's own are static).
+    let set: Vec<HeaderName> = headers.keys().cloned().collect();
+    headers.reserve(raw.len());
+    for span in &raw.spans {
+        let name = &raw.head[span.name.clone()];
+        if set.iter().any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes())) {
+            continue;
+        }
+        // Neither fails on what httparse took.
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name),
+            HeaderValue::from_maybe_shared(raw.head.slice(span.value.clone())),
+        ) {
+            headers.append(name, value);
         }
     }
 }
