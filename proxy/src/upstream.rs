@@ -719,7 +719,9 @@ mod tests {
             let e = writer.field_text(&http::header::HOST, value).unwrap_err();
             assert!(e.contains("invalid host value"), "{e}");
         }
-        writer.field_text(&http::header::HOST, "shop.example:80").unwrap();
+        writer
+            .field_text(&http::header::HOST, "shop.example:80")
+            .unwrap();
         let request = writer.finish(Bytes::new());
         assert_eq!(
             request.message(),

@@ -172,7 +172,10 @@ pub fn merge_raw_fields(headers: &mut HeaderMap, raw: RawFields) {
     headers.reserve(raw.len());
     for span in &raw.spans {
         let name = &raw.head[span.name.clone()];
-        if set.iter().any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes())) {
+        if set
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
+        {
             continue;
         }
         // Neither fails on what httparse took.
