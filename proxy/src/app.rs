@@ -23,6 +23,7 @@ use tokio::sync::watch;
 
 use crate::balance::ClusterInfo;
 use crate::control::{self, ControlSettings, report};
+use crate::downstream::ClientTimeouts;
 use crate::framing::HeadGuard;
 use crate::health::{self, HealthCheckSettings};
 use crate::metrics::ProxyMetrics;
@@ -59,6 +60,8 @@ pub struct ProxyConfig {
     /// Threads serving the outbound and east-west listeners' connections, each with its
     /// own runtime and upstream connections ([`crate::workers`]); at least one is started.
     pub workers: usize,
+    /// How long applications' connections may idle, and stall in a request.
+    pub client_timeouts: ClientTimeouts,
 }
 
 /// The east-west listener and the mTLS material it and the client side use.
@@ -178,7 +181,8 @@ impl Proxy {
             metrics.clone(),
             settings.cluster.clone(),
             settings.locality.clone(),
-        );
+        )
+        .with_client_timeouts(settings.client_timeouts);
         let tls = match &settings.east_west {
             Some(e) => {
                 let tls = Arc::new(MeshTls::load(&e.certs, &settings.cluster)?);

@@ -14,7 +14,11 @@
 //! chunked last, Transfer-Encoding in HTTP/1.0 (400, as Envoy does: a classic request
 //! smuggling probe), malformed chunks (400), a body over the outbound path's limit (413).
 //! `Expect: 100-continue` is answered before the body is read. Requests on one
-//! connection are answered in order (pipelining).
+//! connection are answered in order (pipelining). A connection waiting for its next
+//! request is closed after [`ClientTimeouts::idle`]; a request that has begun and then
+//! sends nothing for [`ClientTimeouts::stall`] is answered 408. After a refusal the proxy reads and
+//! drops what the client still sends, for a moment, so that the client reads the answer
+//! rather than a reset.
 
 use std::convert::Infallible;
 use std::io;
@@ -22,7 +26,7 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes};
 use http::header::{CONNECTION, DATE, EXPECT, TRANSFER_ENCODING};
@@ -30,7 +34,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::outbound::{ClientAddress, Outbound, Upstreams, answer};
@@ -39,6 +43,70 @@ use crate::wire::{
     content_length, decimal, note_spans, scan,
 };
 
+/// How long applications' connections may wait, and stall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientTimeouts {
+    /// How long a connection may wait for its next request (or its first) before it is
+    /// closed.
+    pub idle: Duration,
+    /// How long a request that has begun may go without a byte, in its head or its
+    /// body, before it is answered 408 and the connection closed: a client cannot hold
+    /// a connection with a request it never finishes.
+    pub stall: Duration,
+}
+
+impl Default for ClientTimeouts {
+    /// An hour idle (Envoy's default idle timeout for the same job); 30 s stalled
+    /// (hyper's header read timeout).
+    fn default() -> ClientTimeouts {
+        ClientTimeouts {
+            idle: Duration::from_secs(3600),
+            stall: Duration::from_secs(30),
+        }
+    }
+}
+/// How late a connection's idle or stall timer may fire: it is moved only when its
+/// deadline has moved further than this, so a busy connection does not register a timer
+/// with the runtime for every request.
+const TIMER_SLACK: Duration = Duration::from_secs(1);
+
+/// The timer a connection's waits for requests run against: one per connection, never
+/// firing before the wait asked for, and at most [`TIMER_SLACK`] after.
+struct Deadline {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    at: tokio::time::Instant,
+}
+
+impl Deadline {
+    fn new() -> Deadline {
+        let at = tokio::time::Instant::now();
+        Deadline {
+            sleep: Box::pin(tokio::time::sleep_until(at)),
+            at,
+        }
+    }
+
+    /// Reads more into `wire`; `None` when nothing came within `wait`.
+    async fn fill(&mut self, wire: &mut Wire, wait: Duration) -> Option<io::Result<usize>> {
+        let at = tokio::time::Instant::now() + wait;
+        if at > self.at || at + TIMER_SLACK < self.at {
+            self.at = at + TIMER_SLACK;
+            self.sleep.as_mut().reset(self.at);
+        }
+        tokio::select! {
+            biased;
+            read = wire.fill(0) => Some(read),
+            () = self.sleep.as_mut() => None,
+        }
+    }
+}
+
+/// After a refusal, how long the proxy reads (and drops) what the client still sends
+/// before it closes, so that the client reads the refusal rather than a reset.
+const LINGER: Duration = Duration::from_secs(2);
+/// At most this much is read and dropped while lingering.
+const LINGER_BYTES: usize = 1024 * 1024;
+
 /// The connection preface of HTTP/2.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -46,12 +114,20 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// it, a request asks to close it, or a request is refused.
 pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Upstreams>) {
     let client = stream.peer_addr().ok().map(ClientAddress);
+    let timeouts = outbound.client_timeouts();
     let mut wire = Wire::new(stream, "the client");
+    wire.stall = Some(timeouts.stall);
+    let mut deadline = Deadline::new();
     // Enough of the first bytes to tell HTTP/2's preface from an HTTP/1 request line.
     while wire.read.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&wire.read) {
-        match wire.fill(0).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+        let wait = if wire.read.is_empty() {
+            timeouts.idle
+        } else {
+            timeouts.stall
+        };
+        match deadline.fill(&mut wire, wait).await {
+            Some(Ok(0) | Err(_)) | None => return,
+            Some(Ok(_)) => {}
         }
     }
     if wire.read.starts_with(H2_PREFACE) {
@@ -61,7 +137,14 @@ pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Up
     let mut out = Vec::with_capacity(1024);
     let mut date = Date::default();
     loop {
-        let incoming = match read_request(&mut wire, outbound.max_body_bytes()).await {
+        let incoming = match read_request(
+            &mut wire,
+            outbound.max_body_bytes(),
+            &timeouts,
+            &mut deadline,
+        )
+        .await
+        {
             Ok(Some(incoming)) => incoming,
             Ok(None) => return,
             Err(refusal) => {
@@ -170,7 +253,12 @@ enum Framing {
 
 /// The next request, with its body unless the client waits for `100 Continue`; `None`
 /// when the client closed the connection between requests.
-async fn read_request(wire: &mut Wire, max_body: usize) -> Result<Option<Incoming>, Refusal> {
+async fn read_request(
+    wire: &mut Wire,
+    max_body: usize,
+    timeouts: &ClientTimeouts,
+    deadline: &mut Deadline,
+) -> Result<Option<Incoming>, Refusal> {
     let Head {
         mut request,
         framing,
@@ -185,9 +273,19 @@ async fn read_request(wire: &mut Wire, max_body: usize) -> Result<Option<Incomin
                 reason: format!("request head larger than {} KiB", MAX_HEAD_BYTES / 1024),
             });
         }
-        match wire.fill(0).await {
-            Ok(0) | Err(_) => return Ok(None),
-            Ok(_) => {}
+        let begun = !wire.read.is_empty();
+        let wait = if begun { timeouts.stall } else { timeouts.idle };
+        match deadline.fill(wire, wait).await {
+            Some(Ok(0) | Err(_)) => return Ok(None),
+            Some(Ok(_)) => {}
+            // Idle: closed without a word; between requests nothing is owed.
+            None if !begun => return Ok(None),
+            None => {
+                return Err(Refusal {
+                    status: StatusCode::REQUEST_TIMEOUT,
+                    reason: format!("no byte of the request head for {:?}", timeouts.stall),
+                });
+            }
         }
     };
     let length = match framing {
@@ -257,6 +355,10 @@ async fn read_body(wire: &mut Wire, framing: &Framing, max_body: usize) -> Resul
     };
     read.map_err(|e| match e {
         BodyError::TooLarge => too_large(max_body),
+        BodyError::Stalled(after) => Refusal {
+            status: StatusCode::REQUEST_TIMEOUT,
+            reason: format!("no byte of the request body for {after:?}"),
+        },
         BodyError::Broken(why) => Refusal::bad(format!("request body could not be read: {why}")),
     })
 }
@@ -278,8 +380,24 @@ async fn refuse(wire: &mut Wire, refusal: Refusal, outbound: &Outbound) {
         &mut Date::default(),
     )
     .await;
-    let _ = wire.stream.write_all(&out).await;
-    let _ = wire.stream.write_all(&body).await;
+    if wire.stream.write_all(&out).await.is_err() || wire.stream.write_all(&body).await.is_err() {
+        return;
+    }
+    // Closing with unread bytes would reset the connection, and a client still sending
+    // (a body over the limit) could lose the answer: say no more is coming, then read
+    // and drop what it sends for a while.
+    if wire.stream.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + LINGER;
+    let mut dropped = 0;
+    let mut sink = [0u8; 8192];
+    while dropped < LINGER_BYTES {
+        match tokio::time::timeout_at(deadline, wire.stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => dropped += n,
+            _ => return,
+        }
+    }
 }
 
 fn too_large(max_body: usize) -> Refusal {

@@ -36,6 +36,7 @@ use crate::balance::{
 };
 use crate::control::report::{Outcome, ReportSource, Stats};
 use crate::discovery::{BalanceSettings, Discovery, Endpoint, HashOn};
+use crate::downstream::ClientTimeouts;
 use crate::health::Health;
 use crate::metrics::ProxyMetrics;
 use crate::routing::{
@@ -43,7 +44,7 @@ use crate::routing::{
     RouteRequest, RouteTable, Target,
 };
 use crate::transport::{EastWestPool, MeshTls, SendError};
-use crate::upstream::{Http1Pool, Http1Request, UpstreamError};
+use crate::upstream::{Http1Pool, Http1Request, MAX_ANSWER_BYTES, UpstreamError};
 use crate::wire::{RawFields, is_hop_by_hop, merge_raw_fields};
 
 /// The header on every answer the proxy makes itself.
@@ -162,6 +163,8 @@ pub struct Outbound {
     /// Spreads requests over a cluster's gateways.
     rotation: AtomicUsize,
     max_body_bytes: usize,
+    /// Applications' connections: how long they may idle, and stall in a request.
+    client_timeouts: ClientTimeouts,
     metrics: Arc<ProxyMetrics>,
     stats: Arc<Stats>,
     /// Endpoints active health checks found down.
@@ -206,6 +209,8 @@ enum Try {
     /// An answer; from an endpoint of this cluster, with its fields as they came (the
     /// response's header map empty).
     Answered(Response<Bytes>, Option<RawFields>),
+    /// An answer whose body is over [`crate::upstream::MAX_ANSWER_BYTES`].
+    TooLarge,
     ConnectFailed(String),
     Reset(String),
     TimedOut,
@@ -240,6 +245,7 @@ impl Outbound {
             unreachable: Mutex::default(),
             rotation: AtomicUsize::new(0),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            client_timeouts: ClientTimeouts::default(),
             metrics,
             stats: Arc::default(),
             health: Arc::default(),
@@ -260,6 +266,17 @@ impl Outbound {
     /// The largest request body the outbound path takes (it holds bodies whole).
     pub fn max_body_bytes(&self) -> usize {
         self.max_body_bytes
+    }
+
+    /// How long applications' connections may idle, and stall in a request.
+    pub fn client_timeouts(&self) -> ClientTimeouts {
+        self.client_timeouts
+    }
+
+    /// With `timeouts` for applications' connections.
+    pub fn with_client_timeouts(mut self, timeouts: ClientTimeouts) -> Outbound {
+        self.client_timeouts = timeouts;
+        self
     }
 
     /// Reaches other clusters over h2 with mTLS, presenting `tls`; without, every request
@@ -947,6 +964,17 @@ impl Outbound {
                     policy.retry_on.reset || policy.retry_on.gateway_error,
                     answer(StatusCode::GATEWAY_TIMEOUT, "per-try timeout"),
                 ),
+                // Another try would fetch the same answer again.
+                Try::TooLarge => (
+                    false,
+                    answer(
+                        StatusCode::BAD_GATEWAY,
+                        &format!(
+                            "the answer from {cluster} is over {} MiB",
+                            MAX_ANSWER_BYTES / (1024 * 1024)
+                        ),
+                    ),
+                ),
             };
             last = Some(response);
             tries = attempt + 1;
@@ -1095,6 +1123,7 @@ impl Outbound {
                 }
                 Err(UpstreamError::Connect(e)) => Try::ConnectFailed(e),
                 Err(UpstreamError::Reset(e)) => Try::Reset(e),
+                Err(UpstreamError::TooLarge) => Try::TooLarge,
             }
         };
         within(forward.retries.per_try_timeout, send).await
@@ -1315,8 +1344,9 @@ fn attempts_value(tries: u32) -> HeaderValue {
 /// A response read whole.
 async fn answered(response: Response<hyper::body::Incoming>) -> Try {
     let (head, body) = response.into_parts();
-    match body.collect().await {
+    match Limited::new(body, MAX_ANSWER_BYTES).collect().await {
         Ok(b) => Try::Answered(Response::from_parts(head, b.to_bytes()), None),
+        Err(e) if e.is::<LengthLimitError>() => Try::TooLarge,
         Err(e) => Try::Reset(e.to_string()),
     }
 }

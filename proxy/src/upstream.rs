@@ -23,7 +23,7 @@
 //! copies them out so, and a header map is made from them only where one is needed.
 //! Limits: a head of
 //! at most [`MAX_HEAD_BYTES`] and [`MAX_HEADERS`] fields; bodies are held whole, as the
-//! outbound path needs them. The reading itself is shared with the proxy's HTTP/1 server
+//! outbound path needs them, up to [`MAX_ANSWER_BYTES`]. The reading itself is shared with the proxy's HTTP/1 server
 //! ([`crate::wire`]).
 
 use std::io;
@@ -44,6 +44,10 @@ use crate::wire::{
     RawFields, Wire, chunked, closed, content_length, decimal, note_spans, scan,
 };
 
+/// The largest answer body read from an endpoint: answers are held whole (the proxy
+/// inspects them before passing them on), so one must not take the proxy's memory.
+/// Larger ones are refused as a bad gateway.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 /// Idle connections kept per endpoint; more are closed once their exchange ends.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
 /// How long a connection may sit idle before [`Http1Pool::close_idle`] closes it (as
@@ -67,6 +71,8 @@ pub enum UpstreamError {
     Connect(String),
     /// The connection broke before the whole answer arrived, or the answer was malformed.
     Reset(String),
+    /// The answer's body is over [`MAX_ANSWER_BYTES`].
+    TooLarge,
 }
 
 /// One worker's connections to endpoints.
@@ -114,6 +120,7 @@ impl Http1Pool {
                     ));
                 }
                 Err(Failure::Broken(e)) => return Err(UpstreamError::Reset(e)),
+                Err(Failure::TooLarge) => return Err(UpstreamError::TooLarge),
             }
         }
         // Boxed: a connection attempt's state would otherwise be part of (and be copied
@@ -130,6 +137,7 @@ impl Http1Pool {
                 "the endpoint closed the connection before answering".into(),
             )),
             Err(Failure::Broken(e)) => Err(UpstreamError::Reset(e)),
+            Err(Failure::TooLarge) => Err(UpstreamError::TooLarge),
         }
     }
 
@@ -310,6 +318,8 @@ enum Failure {
     Closed { sent: bool },
     /// Anything else: the connection broke mid-answer, or the answer was malformed.
     Broken(String),
+    /// The answer's body is over [`MAX_ANSWER_BYTES`].
+    TooLarge,
 }
 
 impl From<String> for Failure {
@@ -320,7 +330,10 @@ impl From<String> for Failure {
 
 impl From<BodyError> for Failure {
     fn from(e: BodyError) -> Failure {
-        Failure::Broken(e.into())
+        match e {
+            BodyError::TooLarge => Failure::TooLarge,
+            other => Failure::Broken(other.into()),
+        }
     }
 }
 
@@ -426,11 +439,11 @@ impl Connection {
         let (framing, mut reusable) = framing(&head, head_only)?;
         let body = match framing {
             Framing::Empty => Bytes::new(),
-            Framing::Length(length) => wire.read_length(length, usize::MAX).await?,
-            Framing::Chunked => wire.read_chunked(usize::MAX).await?,
+            Framing::Length(length) => wire.read_length(length, MAX_ANSWER_BYTES).await?,
+            Framing::Chunked => wire.read_chunked(MAX_ANSWER_BYTES).await?,
             Framing::UntilClose => {
                 reusable = false;
-                wire.read_until_close().await?
+                wire.read_until_close(MAX_ANSWER_BYTES).await?
             }
         };
         // Bytes the endpoint sent past its answer: nothing asked for them.
@@ -857,6 +870,18 @@ mod tests {
         let answer = pool.exchange(address, &get(address)).await.unwrap();
         assert_eq!(&answer.body, &Bytes::from("second"));
         assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_the_limit_is_refused_before_it_is_read() {
+        let (address, _) = raw_endpoint(
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 100000000000\r\n\r\nstart of it"],
+            false,
+        )
+        .await;
+        let pool = Http1Pool::new(Duration::from_secs(1));
+        let result = pool.exchange(address, &get(address)).await;
+        assert!(matches!(result, Err(UpstreamError::TooLarge)), "{result:?}");
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@
 
 use std::io;
 use std::ops::Range;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
@@ -33,6 +34,8 @@ const READ_MAX: usize = 1024 * 1024;
 pub enum BodyError {
     /// It is longer than the reader's limit.
     TooLarge,
+    /// No byte of it came for the wire's stall timeout.
+    Stalled(Duration),
     /// The connection broke, or the framing was malformed; says which.
     Broken(String),
 }
@@ -41,6 +44,7 @@ impl From<BodyError> for String {
     fn from(e: BodyError) -> String {
         match e {
             BodyError::TooLarge => "the body is too large".into(),
+            BodyError::Stalled(after) => format!("no byte of the body for {after:?}"),
             BodyError::Broken(why) => why,
         }
     }
@@ -215,6 +219,9 @@ pub struct Wire {
     pub spans: Vec<FieldSpan>,
     /// Who is at the other end, for messages ("the endpoint", "the client").
     peer: &'static str,
+    /// How long a message's body may go without a byte (none: as long as it takes; the
+    /// caller bounds the whole exchange).
+    pub stall: Option<Duration>,
 }
 
 impl Wire {
@@ -224,6 +231,7 @@ impl Wire {
             read: BytesMut::new(),
             spans: Vec::new(),
             peer,
+            stall: None,
         }
     }
 
@@ -240,15 +248,25 @@ impl Wire {
         &mut self,
         want: usize,
         missing: impl FnOnce() -> String,
-    ) -> Result<(), String> {
-        match self.fill(want).await {
-            Ok(0) => Err(format!(
+    ) -> Result<(), BodyError> {
+        let read = match self.stall {
+            None => self.fill(want).await,
+            Some(stall) => match tokio::time::timeout(stall, self.fill(want)).await {
+                Ok(read) => read,
+                Err(_) => return Err(BodyError::Stalled(stall)),
+            },
+        };
+        match read {
+            Ok(0) => Err(BodyError::Broken(format!(
                 "{} closed the connection before {}",
                 self.peer,
                 missing()
-            )),
+            ))),
             Ok(_) => Ok(()),
-            Err(e) => Err(format!("the connection broke before {}: {e}", missing())),
+            Err(e) => Err(BodyError::Broken(format!(
+                "the connection broke before {}: {e}",
+                missing()
+            ))),
         }
     }
 
@@ -263,8 +281,7 @@ impl Wire {
             self.fill_within(length - have, || {
                 format!("the whole body ({have} of {length} bytes)")
             })
-            .await
-            .map_err(BodyError::Broken)?;
+            .await?;
         }
         Ok(self.read.split_to(length).freeze())
     }
@@ -282,15 +299,14 @@ impl Wire {
                 }
                 Ok(httparse::Status::Partial) => {
                     self.fill_within(READ_MIN, || "the end of the chunked body".into())
-                        .await
-                        .map_err(BodyError::Broken)?;
+                        .await?;
                     continue;
                 }
                 Err(_) => return Err(broken("malformed chunk size")),
             };
             if size == 0 {
                 self.read.advance(line);
-                self.skip_trailers().await.map_err(BodyError::Broken)?;
+                self.skip_trailers().await?;
                 return Ok(body.freeze());
             }
             let size = usize::try_from(size)
@@ -303,8 +319,7 @@ impl Wire {
                 .ok_or(BodyError::TooLarge)?;
             while self.read.len() < end {
                 self.fill_within(end - self.read.len(), || "the end of a chunk".into())
-                    .await
-                    .map_err(BodyError::Broken)?;
+                    .await?;
             }
             if &self.read[end - 2..end] != b"\r\n" {
                 return Err(broken("a chunk does not end with CRLF"));
@@ -315,7 +330,7 @@ impl Wire {
     }
 
     /// Skips the trailer fields after the last chunk, up to the empty line.
-    async fn skip_trailers(&mut self) -> Result<(), String> {
+    async fn skip_trailers(&mut self) -> Result<(), BodyError> {
         loop {
             match self.read.windows(2).position(|w| w == b"\r\n") {
                 Some(0) => {
@@ -324,7 +339,7 @@ impl Wire {
                 }
                 Some(at) => self.read.advance(at + 2),
                 None if self.read.len() > MAX_HEAD_BYTES => {
-                    return Err("the trailer fields are too long".into());
+                    return Err(BodyError::Broken("the trailer fields are too long".into()));
                 }
                 None => {
                     self.fill_within(READ_MIN, || "the end of the trailer fields".into())
@@ -334,16 +349,19 @@ impl Wire {
         }
     }
 
-    /// A body that runs to the end of the stream.
-    pub async fn read_until_close(&mut self) -> Result<Bytes, String> {
+    /// A body that runs to the end of the stream, refused once longer than `limit`.
+    pub async fn read_until_close(&mut self, limit: usize) -> Result<Bytes, BodyError> {
         loop {
+            if self.read.len() > limit {
+                return Err(BodyError::TooLarge);
+            }
             match self.fill(READ_MAX).await {
                 Ok(0) => return Ok(self.read.split().freeze()),
                 Ok(_) => {}
                 Err(e) => {
-                    return Err(format!(
+                    return Err(BodyError::Broken(format!(
                         "the connection broke before the end of the body: {e}"
-                    ));
+                    )));
                 }
             }
         }

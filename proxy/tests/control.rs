@@ -15,6 +15,7 @@ use bytes::Bytes;
 use fulcrum_coordinator::app::{Bootstrap, Coordinator, CoordinatorConfig, Security};
 use fulcrum_proxy::app::{Proxy, ProxyConfig};
 use fulcrum_proxy::control::{ControlSettings, SNAPSHOT_FILE};
+use fulcrum_proxy::downstream::ClientTimeouts;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -96,6 +97,7 @@ fn proxy_settings(coordinator: SocketAddr, state_dir: &Path) -> ProxyConfig {
         report_interval: Duration::from_secs(1),
         health_checks: None,
         workers: 2,
+        client_timeouts: ClientTimeouts::default(),
     }
 }
 

@@ -20,6 +20,7 @@ use fulcrum_coordinator::app::{Bootstrap, Coordinator, CoordinatorConfig, Securi
 use fulcrum_coordinator::security::certs::{InitPlan, init};
 use fulcrum_proxy::app::{EastWestSettings, Proxy, ProxyConfig};
 use fulcrum_proxy::control::ControlSettings;
+use fulcrum_proxy::downstream::ClientTimeouts;
 use fulcrum_proxy::outbound::{CLUSTER_HEADER, HOP_HEADER};
 use fulcrum_proxy::transport::MeshTls;
 use http::{Request, Response, StatusCode};
@@ -175,6 +176,7 @@ fn settings(cluster: &str, locality: &str, coordinator: SocketAddr, dir: &Path) 
         report_interval: Duration::from_millis(250),
         health_checks: None,
         workers: 2,
+        client_timeouts: ClientTimeouts::default(),
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use fulcrum_policy::ConfigSet;
 use fulcrum_proxy::app::{Proxy, ProxyConfig};
+use fulcrum_proxy::downstream::ClientTimeouts;
 use fulcrum_proxy::health::HealthCheckSettings;
 use fulcrum_proxy::outbound::{REASON_HEADER, UPSTREAM_HEADER};
 use http::{Request, Response, StatusCode};
@@ -229,6 +230,15 @@ spec:
 /// The proxy of cluster `east` (us-east/us-east-1a) on `yaml`, which must be valid, with
 /// two workers and `health_checks` when given.
 async fn start_east(yaml: &str, health_checks: Option<HealthCheckSettings>) -> Proxy {
+    start_east_with(yaml, health_checks, ClientTimeouts::default()).await
+}
+
+/// [`start_east`], with `timeouts` for applications' connections.
+async fn start_east_with(
+    yaml: &str,
+    health_checks: Option<HealthCheckSettings>,
+    client_timeouts: ClientTimeouts,
+) -> Proxy {
     let mut config = ConfigSet::new();
     config.add_text("mesh.yaml", yaml);
     let errors: Vec<String> = config
@@ -248,6 +258,7 @@ async fn start_east(yaml: &str, health_checks: Option<HealthCheckSettings>) -> P
             report_interval: Duration::from_secs(1),
             health_checks,
             workers: 2,
+            client_timeouts,
         },
         Some(&config),
     )
@@ -577,6 +588,119 @@ spec:
     assert_eq!(a.headers.get_all(UPSTREAM_HEADER).iter().count(), 1);
     assert_eq!(a.headers[UPSTREAM_HEADER], endpoint_name.as_str());
     assert!(!a.headers.contains_key("x-trace"));
+}
+
+/// A proxy whose one service, `raw.example`, is an endpoint answering `answer`, with
+/// `timeouts` for applications' connections.
+async fn raw_service_proxy(answer: &'static [u8], timeouts: ClientTimeouts) -> Proxy {
+    let endpoint = raw_endpoint(answer).await;
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: raw, namespace: shop}}
+spec:
+  hosts: [raw.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a, labels: {{topology.istio.io/cluster: east}}}}
+"#,
+        endpoint.port()
+    );
+    start_east_with(&yaml, None, timeouts).await
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+#[tokio::test]
+async fn an_answer_too_large_to_hold_is_a_bad_gateway() {
+    let huge = b"HTTP/1.1 200 OK\r\nContent-Length: 100000000000\r\n\r\n";
+    let proxy = raw_service_proxy(huge, ClientTimeouts::default()).await;
+    let a = send(proxy.outbound_address(), "raw.example", "/x", false).await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY);
+    let reason = a.headers[REASON_HEADER].to_str().expect("text");
+    assert!(reason.contains("over 64 MiB"), "{reason}");
+    assert_eq!(a.headers["x-fulcrum-attempts"], "1", "not retried");
+}
+
+#[tokio::test]
+async fn stalled_requests_get_408_and_idle_connections_are_closed() {
+    let timeouts = ClientTimeouts {
+        idle: Duration::from_millis(800),
+        stall: Duration::from_millis(300),
+    };
+    let proxy = raw_service_proxy(OK, timeouts).await;
+    let address = proxy.outbound_address();
+
+    // A head that stops coming, and a body that stops coming: 408, then closed.
+    let cases: [(&[u8], &str); 2] = [
+        (b"GET /x HTTP/1.1\r\nHost: raw.example\r\n", "request head"),
+        (
+            b"POST /x HTTP/1.1\r\nHost: raw.example\r\nContent-Length: 10\r\n\r\nabc",
+            "request body",
+        ),
+    ];
+    for (bytes, what) in cases {
+        let mut stream = TcpStream::connect(address).await.expect("connect");
+        stream.write_all(bytes).await.expect("write");
+        let started = Instant::now();
+        let text = read_to_close(&mut stream).await;
+        assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+        assert!(text.contains(&format!("no byte of the {what}")), "{text}");
+        assert!(
+            started.elapsed() >= timeouts.stall,
+            "{what}: not before the stall timeout"
+        );
+    }
+
+    // A connection that sends nothing, and one idle after an answer: closed, no word said.
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    assert_eq!(read_to_close(&mut stream).await, "");
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    stream
+        .write_all(b"GET /x HTTP/1.1\r\nHost: raw.example\r\n\r\n")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let text = read_to_close(&mut stream).await;
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("ok"),
+        "{text}"
+    );
+    assert!(started.elapsed() >= timeouts.idle, "closed only once idle");
+}
+
+#[tokio::test]
+async fn a_client_still_sending_a_refused_body_reads_the_refusal() {
+    let proxy = raw_service_proxy(OK, ClientTimeouts::default()).await;
+    let mut stream = TcpStream::connect(proxy.outbound_address())
+        .await
+        .expect("connect");
+    // The head and the start of a body over the limit: refused before the body is read.
+    let mut first =
+        b"POST /x HTTP/1.1\r\nHost: raw.example\r\nContent-Length: 999999999\r\n\r\n".to_vec();
+    first.extend_from_slice(&[b'x'; 64 * 1024]);
+    stream.write_all(&first).await.expect("write");
+    let text = read_until(&mut stream, "bytes\n").await;
+    assert!(text.starts_with("HTTP/1.1 413 "), "{text}");
+    assert!(text.contains("connection: close\r\n"), "{text}");
+    // The client goes on sending its body. Had the proxy closed with it unread, the
+    // connection would be reset (the sends fail, and on some stacks the refusal is
+    // lost); it reads and drops it for a moment instead, having said it is done.
+    let chunk = vec![b'x'; 64 * 1024];
+    for n in 0..8 {
+        stream
+            .write_all(&chunk)
+            .await
+            .unwrap_or_else(|e| panic!("send {n} after the refusal: {e}"));
+    }
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(end, Ok(Ok(0))),
+        "the proxy ends the connection cleanly: {end:?}"
+    );
 }
 
 #[tokio::test]

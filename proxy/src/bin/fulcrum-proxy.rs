@@ -12,6 +12,7 @@ use clap::Parser;
 use fulcrum_policy::Locality;
 use fulcrum_proxy::app::{EastWestSettings, Proxy, ProxyConfig, load_config};
 use fulcrum_proxy::control::{ClientTls, ControlSettings};
+use fulcrum_proxy::downstream::ClientTimeouts;
 use fulcrum_proxy::health::HealthCheckSettings;
 
 /// mimalloc: the request path allocates small, short-lived buffers on every worker
@@ -72,6 +73,13 @@ struct Flags {
     /// This proxy's id among its cluster's proxies (default: CLUSTER-PID).
     #[arg(long)]
     proxy_id: Option<String>,
+    /// Close an application's connection after it waited this long for its next request.
+    #[arg(long, default_value = "1h", value_parser = parse_timeout)]
+    idle_timeout: std::time::Duration,
+    /// Answer 408 and close when a request that has begun (head or body) sends nothing
+    /// for this long.
+    #[arg(long, default_value = "30s", value_parser = parse_timeout)]
+    request_stall_timeout: std::time::Duration,
     /// Threads serving the outbound and east-west listeners, each with its own
     /// connections to upstreams (default: one per CPU).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -136,6 +144,10 @@ fn main() -> ExitCode {
                 || std::thread::available_parallelism().map_or(1, usize::from),
                 usize::from,
             ),
+            client_timeouts: ClientTimeouts {
+                idle: flags.idle_timeout,
+                stall: flags.request_stall_timeout,
+            },
         };
         let proxy = match Proxy::start(settings, config.as_ref()).await {
             Ok(p) => p,
@@ -189,6 +201,15 @@ fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
     match d.to_std() {
         Some(d) if !d.is_zero() && d <= std::time::Duration::from_secs(60) => Ok(d),
         _ => Err(format!("{text}: must be above 0s and at most 1m")),
+    }
+}
+
+/// A timeout: above 0 and at most a day.
+fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    let d: fulcrum_policy::Duration = text.parse().map_err(|e| format!("{e}"))?;
+    match d.to_std() {
+        Some(d) if !d.is_zero() && d <= std::time::Duration::from_secs(24 * 3600) => Ok(d),
+        _ => Err(format!("{text}: must be above 0s and at most 24h")),
     }
 }
 
