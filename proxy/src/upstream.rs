@@ -21,10 +21,9 @@
 //! are left out as it is parsed: they describe this connection only. The answer's
 //! end-to-end fields come back as they came ([`RawFields`]): the proxy's HTTP/1 server
 //! copies them out so, and a header map is made from them only where one is needed.
-//! Limits: a head of
-//! at most [`MAX_HEAD_BYTES`] and [`MAX_HEADERS`] fields; bodies are held whole, as the
-//! outbound path needs them, up to [`MAX_ANSWER_BYTES`]. The reading itself is shared with the proxy's HTTP/1 server
-//! ([`crate::wire`]).
+//! Limits: a head of at most [`MAX_HEAD_BYTES`] and [`MAX_HEADERS`] fields; bodies are
+//! held whole, as the outbound path needs them, up to [`MAX_ANSWER_BYTES`]. The reading
+//! itself is shared with the proxy's HTTP/1 server ([`crate::wire`]).
 
 use std::io;
 use std::mem::MaybeUninit;

@@ -428,11 +428,6 @@ pub fn scan(head: Bytes, spans: &[FieldSpan]) -> Fields {
     }
 }
 
-/// The values of the `name` fields of a header map, as bytes.
-pub fn map_values<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
-    headers.get_all(name).iter().map(HeaderValue::as_bytes)
-}
-
 /// The Content-Length of a message, from the `values` of its Content-Length fields:
 /// `None` without one; an error when a value is not a number or the values differ (a
 /// value may be a list, `5, 5`).
