@@ -1144,7 +1144,7 @@ impl Outbound {
         };
         let uri = format!("https://{}{}", forward.authority, forward.path_and_query);
         let mut request = match upstream_request(parts, forward, &uri, body) {
-            Ok(r) => r.map(Full::new),
+            Ok(r) => r,
             Err(e) => return Try::Reset(e),
         };
         *request.version_mut() = Version::HTTP_2;
@@ -1157,9 +1157,10 @@ impl Outbound {
         }
         let send = async {
             match pool.send(gateway, cluster, request).await {
-                Ok(r) => answered(r).await,
+                Ok(r) => Try::Answered(r, None),
                 Err(SendError::Connect(e)) => Try::ConnectFailed(e),
                 Err(SendError::Reset(e)) => Try::Reset(e),
+                Err(SendError::TooLarge) => Try::TooLarge,
             }
         };
         within(forward.retries.per_try_timeout, send).await
@@ -1338,16 +1339,6 @@ fn attempts_value(tries: u32) -> HeaderValue {
     match SMALL.get(tries as usize) {
         Some(text) => HeaderValue::from_static(text),
         None => HeaderValue::from(tries),
-    }
-}
-
-/// A response read whole.
-async fn answered(response: Response<hyper::body::Incoming>) -> Try {
-    let (head, body) = response.into_parts();
-    match Limited::new(body, MAX_ANSWER_BYTES).collect().await {
-        Ok(b) => Try::Answered(Response::from_parts(head, b.to_bytes()), None),
-        Err(e) if e.is::<LengthLimitError>() => Try::TooLarge,
-        Err(e) => Try::Reset(e.to_string()),
     }
 }
 

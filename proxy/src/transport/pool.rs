@@ -2,22 +2,37 @@
 //! gateway address, shared by every request to it (h2 multiplexes), made again when it
 //! closes. Only one connection attempt per gateway runs at a time; requests arriving
 //! meanwhile wait for it rather than open their own.
+//!
+//! The `h2` crate is driven directly: a request is sent and its answer read whole in
+//! the request's own task, and only the connection runs as a task of its own (with a
+//! ping every [`KEEPALIVE_INTERVAL`], dropped when no pong comes within
+//! [`KEEPALIVE_TIMEOUT`]). hyper's client, over the same crate, spawned a task per
+//! request and handed each answer through channels: a sixth of the sending proxy's
+//! instructions on a hop (docs/benchmarks.md).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use h2::client::SendRequest;
 use http::{Request, Response};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::tls::{ALPN_H2, MeshTls, PROXY_SERVER_NAME};
+use crate::upstream::MAX_ANSWER_BYTES;
+
+/// How often an east-west connection is pinged.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a ping may go unanswered before the connection is dropped.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The flow-control windows offered to the peer: a stream's, and the connection's (as
+/// hyper's client offers).
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 
 /// Why a request to another cluster got no answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,9 +41,16 @@ pub enum SendError {
     Connect(String),
     /// The connection or stream broke before an answer.
     Reset(String),
+    /// The answer's body is over [`MAX_ANSWER_BYTES`].
+    TooLarge,
 }
 
-type Sender = http2::SendRequest<Full<Bytes>>;
+/// A connection's request handle, and whether the connection has ended.
+#[derive(Clone)]
+struct Sender {
+    requests: SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
 
 /// The pool of east-west connections.
 pub struct EastWestPool {
@@ -47,19 +69,50 @@ impl EastWestPool {
         }
     }
 
-    /// Sends `request` to `cluster`'s listener at `gateway` (`host:port`). The request's URI must be
-    /// absolute (`https://service/path`): its authority names the service.
+    /// Sends `request` to `cluster`'s listener at `gateway` (`host:port`) and reads the
+    /// answer whole. The request's URI must be absolute (`https://service/path`): its
+    /// authority names the service.
     pub async fn send(
         &self,
         gateway: &str,
         cluster: &str,
-        request: Request<Full<Bytes>>,
-    ) -> Result<Response<Incoming>, SendError> {
-        let mut sender = self.sender(gateway, cluster).await?;
-        sender
-            .send_request(request)
-            .await
-            .map_err(|e| SendError::Reset(crate::outbound::error_chain(&e)))
+        request: Request<Bytes>,
+    ) -> Result<Response<Bytes>, SendError> {
+        let reset = |e: h2::Error| SendError::Reset(crate::outbound::error_chain(&e));
+        let sender = self.sender(gateway, cluster).await?;
+        // Waits while the peer's limit of concurrent streams is reached.
+        let mut requests = sender.requests.ready().await.map_err(reset)?;
+        let (head, body) = request.into_parts();
+        let (answer, mut stream) = requests
+            .send_request(Request::from_parts(head, ()), body.is_empty())
+            .map_err(reset)?;
+        if !body.is_empty() {
+            // Buffered by h2 as the peer's window allows: the body is bounded already.
+            stream.send_data(body, true).map_err(reset)?;
+        }
+        let (head, mut received) = answer.await.map_err(reset)?.into_parts();
+        // Mostly one DATA frame: kept as it came; joined when there are more.
+        let mut first: Option<Bytes> = None;
+        let mut joined = BytesMut::new();
+        let mut length = 0;
+        while let Some(chunk) = received.data().await {
+            let chunk = chunk.map_err(reset)?;
+            let _ = received.flow_control().release_capacity(chunk.len());
+            length += chunk.len();
+            if length > MAX_ANSWER_BYTES {
+                return Err(SendError::TooLarge);
+            }
+            match first.take() {
+                None if joined.is_empty() => first = Some(chunk),
+                None => joined.extend_from_slice(&chunk),
+                Some(earlier) => {
+                    joined.extend_from_slice(&earlier);
+                    joined.extend_from_slice(&chunk);
+                }
+            }
+        }
+        let body = first.unwrap_or_else(|| joined.freeze());
+        Ok(Response::from_parts(head, body))
     }
 
     async fn sender(&self, gateway: &str, cluster: &str) -> Result<Sender, SendError> {
@@ -71,7 +124,7 @@ impl EastWestPool {
         };
         let mut slot = cell.lock().await;
         if let Some(sender) = slot.as_ref()
-            && !sender.is_closed()
+            && !sender.closed.load(Ordering::Acquire)
         {
             return Ok(sender.clone());
         }
@@ -113,19 +166,42 @@ impl EastWestPool {
         self.tls
             .check_peer(session.peer_certificates(), Some(cluster))
             .map_err(|e| fail("refused the identity of", &e))?;
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .handshake(TokioIo::new(tls))
+        let (requests, mut connection) = h2::client::Builder::new()
+            .enable_push(false)
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .handshake::<_, Bytes>(tls)
             .await
             .map_err(|e| fail("h2 handshake failed with", &e))?;
-        let gateway_text = gateway.to_string();
+        let closed = Arc::new(AtomicBool::new(false));
+        let pings = connection.ping_pong();
+        let (gateway_text, ended) = (gateway.to_string(), closed.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(gateway = %gateway_text, "east-west connection closed: {e}");
-            }
+            let keepalive = async move {
+                let Some(mut pings) = pings else {
+                    return std::future::pending().await;
+                };
+                loop {
+                    tokio::time::sleep(KEEPALIVE_INTERVAL).await;
+                    let pong =
+                        tokio::time::timeout(KEEPALIVE_TIMEOUT, pings.ping(h2::Ping::opaque()));
+                    match pong.await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return format!("ping failed: {e}"),
+                        Err(_) => return "no pong within the keepalive timeout".to_string(),
+                    }
+                }
+            };
+            let why = tokio::select! {
+                ended = &mut connection => match ended {
+                    Ok(()) => "closed".to_string(),
+                    Err(e) => e.to_string(),
+                },
+                why = keepalive => why,
+            };
+            ended.store(true, Ordering::Release);
+            tracing::debug!(gateway = %gateway_text, "east-west connection ended: {why}");
         });
-        Ok(sender)
+        Ok(Sender { requests, closed })
     }
 }
