@@ -167,14 +167,13 @@ pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Up
             }
             None => request,
         };
-        let response = outbound.handle_raw(request, client, &upstreams).await;
+        let (response, fields) = outbound.handle_raw(request, client, &upstreams).await;
         out.clear();
         let answer = Answer {
             head_only,
             keep_alive,
             version,
         };
-        let (response, fields) = response;
         let body = encode(&mut out, response, fields.as_ref(), &answer, &mut date).await;
         if wire.stream.write_all(&out).await.is_err()
             || (!body.is_empty() && wire.stream.write_all(&body).await.is_err())

@@ -494,14 +494,15 @@ async fn raw_endpoint(answer: &'static [u8]) -> SocketAddr {
     address
 }
 
-#[tokio::test]
-async fn an_endpoints_fields_pass_as_sent_but_for_hop_by_hop_and_the_proxys_own() {
-    let endpoint = raw_endpoint(
-        b"HTTP/1.1 200 OK\r\nServer: raw\r\nDate: Tue, 01 Jan 2030 00:00:00 GMT\r\n\
-          X-Fulcrum-Upstream: spoofed\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\
-          Connection: X-Trace\r\nX-Trace: 1\r\nContent-Length: 2\r\n\r\nok",
-    )
-    .await;
+/// A proxy whose one service, `raw.example`, is an endpoint answering `answer` (its
+/// address returned beside), with `routes` (more YAML documents: its VirtualService)
+/// and `timeouts` for applications' connections.
+async fn raw_service_proxy(
+    answer: &'static [u8],
+    routes: &str,
+    timeouts: ClientTimeouts,
+) -> (Proxy, SocketAddr) {
+    let endpoint = raw_endpoint(answer).await;
     let yaml = format!(
         r#"apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -513,21 +514,34 @@ spec:
   ports: [{{number: 80, name: http, protocol: HTTP}}]
   endpoints:
   - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a, labels: {{topology.istio.io/cluster: east}}}}
----
+{routes}"#,
+        endpoint.port()
+    );
+    (start_east_with(&yaml, None, timeouts).await, endpoint)
+}
+
+#[tokio::test]
+async fn an_endpoints_fields_pass_as_sent_but_for_hop_by_hop_and_the_proxys_own() {
+    let routes = r#"---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata: {{name: raw, namespace: shop}}
+metadata: {name: raw, namespace: shop}
 spec:
   hosts: [raw.example]
   http:
-  - match: [{{uri: {{prefix: /dressed}}}}]
-    headers: {{response: {{set: {{server: dressed}}, add: {{set-cookie: c=3}}, remove: [date]}}}}
-    route: [{{destination: {{host: raw.example}}}}]
-  - route: [{{destination: {{host: raw.example}}}}]
-"#,
-        endpoint.port()
-    );
-    let proxy = start_east(&yaml, None).await;
+  - match: [{uri: {prefix: /dressed}}]
+    headers: {response: {set: {server: dressed}, add: {set-cookie: c=3}, remove: [date]}}
+    route: [{destination: {host: raw.example}}]
+  - route: [{destination: {host: raw.example}}]
+"#;
+    let (proxy, endpoint) = raw_service_proxy(
+        b"HTTP/1.1 200 OK\r\nServer: raw\r\nDate: Tue, 01 Jan 2030 00:00:00 GMT\r\n\
+          X-Fulcrum-Upstream: spoofed\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\
+          Connection: X-Trace\r\nX-Trace: 1\r\nContent-Length: 2\r\n\r\nok",
+        routes,
+        ClientTimeouts::default(),
+    )
+    .await;
     let address = proxy.outbound_address();
     let endpoint_name = format!("127.0.0.1:{}", endpoint.port());
     let count = |text: &str, what: &str| text.to_ascii_lowercase().matches(what).count();
@@ -590,33 +604,12 @@ spec:
     assert!(!a.headers.contains_key("x-trace"));
 }
 
-/// A proxy whose one service, `raw.example`, is an endpoint answering `answer`, with
-/// `timeouts` for applications' connections.
-async fn raw_service_proxy(answer: &'static [u8], timeouts: ClientTimeouts) -> Proxy {
-    let endpoint = raw_endpoint(answer).await;
-    let yaml = format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: raw, namespace: shop}}
-spec:
-  hosts: [raw.example]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  endpoints:
-  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a, labels: {{topology.istio.io/cluster: east}}}}
-"#,
-        endpoint.port()
-    );
-    start_east_with(&yaml, None, timeouts).await
-}
-
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
 #[tokio::test]
 async fn an_answer_too_large_to_hold_is_a_bad_gateway() {
     let huge = b"HTTP/1.1 200 OK\r\nContent-Length: 100000000000\r\n\r\n";
-    let proxy = raw_service_proxy(huge, ClientTimeouts::default()).await;
+    let (proxy, _) = raw_service_proxy(huge, "", ClientTimeouts::default()).await;
     let a = send(proxy.outbound_address(), "raw.example", "/x", false).await;
     assert_eq!(a.status, StatusCode::BAD_GATEWAY);
     let reason = a.headers[REASON_HEADER].to_str().expect("text");
@@ -630,7 +623,7 @@ async fn stalled_requests_get_408_and_idle_connections_are_closed() {
         idle: Duration::from_millis(800),
         stall: Duration::from_millis(300),
     };
-    let proxy = raw_service_proxy(OK, timeouts).await;
+    let (proxy, _) = raw_service_proxy(OK, "", timeouts).await;
     let address = proxy.outbound_address();
 
     // A head that stops coming, and a body that stops coming: 408, then closed.
@@ -673,7 +666,7 @@ async fn stalled_requests_get_408_and_idle_connections_are_closed() {
 
 #[tokio::test]
 async fn a_client_still_sending_a_refused_body_reads_the_refusal() {
-    let proxy = raw_service_proxy(OK, ClientTimeouts::default()).await;
+    let (proxy, _) = raw_service_proxy(OK, "", ClientTimeouts::default()).await;
     let mut stream = TcpStream::connect(proxy.outbound_address())
         .await
         .expect("connect");
