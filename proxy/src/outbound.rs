@@ -452,12 +452,20 @@ impl Outbound {
         (response, handled.fields)
     }
 
-    /// Serves a request another cluster's proxy (`peer`) sent over the east-west
-    /// listener: to this cluster's endpoints only, over `upstreams`.
+    /// The hop mark ([`HOP_HEADER`]) of the requests another cluster's proxy (`peer`)
+    /// sends: made once per east-west connection.
+    pub fn hop_mark(&self, peer: &str) -> Option<HeaderValue> {
+        HeaderValue::from_str(&format!("{peer}->{}", self.cluster)).ok()
+    }
+
+    /// Serves a request another cluster's proxy sent over the east-west listener: to this
+    /// cluster's endpoints only, over `upstreams`, marked with `hop` (its [`hop_mark`]).
+    ///
+    /// [`hop_mark`]: Outbound::hop_mark
     pub async fn handle_east_west<B>(
         &self,
         request: Request<B>,
-        peer: &str,
+        hop: Option<&HeaderValue>,
         upstreams: &Upstreams,
     ) -> ProxyResponse
     where
@@ -467,7 +475,7 @@ impl Outbound {
         let started = Instant::now();
         let mut handled = Handled::new(&self.locality_text);
         let mut response = self
-            .serve_for_peer(request, peer, upstreams, &mut handled)
+            .serve_for_peer(request, hop, upstreams, &mut handled)
             .await;
         self.count(&handled, &response, started);
         handled.merge_fields(&mut response);
@@ -606,7 +614,7 @@ impl Outbound {
     async fn serve_for_peer<B>(
         &self,
         request: Request<B>,
-        peer: &str,
+        hop: Option<&HeaderValue>,
         upstreams: &Upstreams,
         handled: &mut Handled,
     ) -> ProxyResponse
@@ -654,8 +662,8 @@ impl Outbound {
             },
             ..RetryPolicy::istio_default()
         };
-        if let Ok(v) = HeaderValue::from_str(&format!("{peer}->{}", self.cluster)) {
-            parts.headers.insert(HOP_HEADER, v);
+        if let Some(hop) = hop {
+            parts.headers.insert(HOP_HEADER, hop.clone());
         }
         let body = match self.read_body(body).await {
             Ok(b) => b,
@@ -686,6 +694,10 @@ impl Outbound {
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        // Most requests have none: known from the head (h2's END_STREAM, a zero length).
+        if body.is_end_stream() {
+            return Ok(Bytes::new());
+        }
         match Limited::new(body, self.max_body_bytes).collect().await {
             Ok(b) => Ok(b.to_bytes()),
             Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Box::new(answer(
@@ -1117,6 +1129,8 @@ impl Outbound {
             match upstreams.http.exchange(endpoint.address, &request).await {
                 Ok(answer) => {
                     let mut response = Response::new(answer.body);
+                    // Room for the endpoint's fields and the proxy's own, allocated once.
+                    *response.headers_mut() = HeaderMap::with_capacity(answer.fields.len() + 4);
                     *response.status_mut() = answer.status;
                     *response.version_mut() = answer.version;
                     Try::Answered(response, Some(answer.fields))

@@ -37,7 +37,9 @@ use tokio::net::{TcpListener, TcpStream};
 const EAST: &str = "us-east/us-east-1a";
 const WEST: &str = "us-west/us-west-1a";
 
-/// A backend answering `status` with its name, counting requests and echoing the hop mark.
+/// A backend answering `status` with its name, counting requests and echoing the hop
+/// mark and the size of the request's body; on `/big`, the answer is [`BIG_ANSWER`]
+/// bytes.
 async fn backend(name: &'static str, status: StatusCode) -> (SocketAddr, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
@@ -55,12 +57,19 @@ async fn backend(name: &'static str, status: StatusCode) -> (SocketAddr, Arc<Ato
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("")
                         .to_string();
+                    let big = r.uri().path() == "/big";
                     async move {
-                        let mut response = Response::new(Full::new(Bytes::from(name)));
+                        let received = r.into_body().collect().await.map(|b| b.to_bytes());
+                        let size = received.map_or(-1, |b| b.len() as i64);
+                        let body = match big {
+                            true => Bytes::from(vec![b'x'; BIG_ANSWER]),
+                            false => Bytes::from(name),
+                        };
+                        let mut response = Response::new(Full::new(body));
                         *response.status_mut() = status;
-                        response
-                            .headers_mut()
-                            .insert("x-seen-hop", hop.parse().expect("header"));
+                        let headers = response.headers_mut();
+                        headers.insert("x-seen-hop", hop.parse().expect("header"));
+                        headers.insert("x-seen-body-bytes", size.into());
                         Ok::<_, Infallible>(response)
                     }
                 });
@@ -72,6 +81,10 @@ async fn backend(name: &'static str, status: StatusCode) -> (SocketAddr, Arc<Ato
     });
     (address, seen)
 }
+
+/// The size of a backend's answer on `/big`: over the flow-control window an east-west
+/// stream offers, so crossing it takes window updates.
+const BIG_ANSWER: usize = 3 * 1024 * 1024;
 
 fn certs(dir: &Path, trust_domain: &str) -> PathBuf {
     let out = dir.join(format!("certs-{trust_domain}"));
@@ -414,12 +427,13 @@ async fn a_retry_in_another_locality_succeeds() {
     .await;
 }
 
-/// A client of the east-west listener presenting `identity` (certificate and key PEM).
-async fn east_west_request(
+/// An h2 connection to the east-west listener at `gateway`, presenting `identity`
+/// (certificate and key PEM).
+async fn east_west_connection(
     gateway: SocketAddr,
     ca: &Path,
     identity: Option<(&[u8], &[u8])>,
-) -> Result<(StatusCode, String), String> {
+) -> Result<hyper::client::conn::http2::SendRequest<Full<Bytes>>, String> {
     let mut roots = RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(ca).map_err(|e| e.to_string())? {
         roots
@@ -452,13 +466,23 @@ async fn east_west_request(
         .connect(name, tcp)
         .await
         .map_err(|e| format!("handshake: {e}"))?;
-    let (mut sender, connection) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+    let (sender, connection) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
         TokioExecutor::new(),
         TokioIo::new(tls),
     )
     .await
     .map_err(|e| format!("h2: {e}"))?;
     tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// Status and hop mark of a GET to the east-west listener, presenting `identity`.
+async fn east_west_request(
+    gateway: SocketAddr,
+    ca: &Path,
+    identity: Option<(&[u8], &[u8])>,
+) -> Result<(StatusCode, String), String> {
+    let mut sender = east_west_connection(gateway, ca, identity).await?;
     let request = Request::get("https://checkout.shop/")
         .body(Full::new(Bytes::new()))
         .map_err(|e| e.to_string())?;
@@ -581,6 +605,59 @@ async fn the_east_west_listener_serves_mesh_proxies_only() {
     // Still serving mesh proxies after all that.
     let served = east_west_request(gateway, &ca, Some((&east_cert, &east_key))).await;
     assert_eq!(served.map(|(s, _)| s), Ok(StatusCode::OK));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_east_west_connection_carries_many_requests_and_large_bodies_both_ways() {
+    let mesh = mesh(StatusCode::OK, "", "").await;
+    let gateway = mesh.west.east_west_address().expect("east-west");
+    let ca = mesh.certs.join("ca.pem");
+    let read = |name: &str| std::fs::read(mesh.certs.join(name)).expect("cert file");
+    let (cert, key) = (read("proxy-east.pem"), read("proxy-east-key.pem"));
+    eventually("west serves east", Duration::from_secs(20), || {
+        let (ca, cert, key) = (ca.clone(), cert.clone(), key.clone());
+        async move {
+            match east_west_request(gateway, &ca, Some((&cert, &key))).await {
+                Ok((StatusCode::OK, _)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    let sender = east_west_connection(gateway, &ca, Some((&cert, &key)))
+        .await
+        .expect("connects");
+    // Requests at once on the one connection, each with a body of its own size; every
+    // fourth asks for an answer over the stream window.
+    let requests = (0..64usize).map(|i| {
+        let mut sender = sender.clone();
+        async move {
+            let size = i * 20_000;
+            let path = if i % 4 == 0 { "/big" } else { "/" };
+            let request = Request::post(format!("https://checkout.shop{path}"))
+                .body(Full::new(Bytes::from(vec![b'y'; size])))
+                .expect("request");
+            let response = sender.send_request(request).await.expect("answered");
+            let status = response.status();
+            let seen = response
+                .headers()
+                .get("x-seen-body-bytes")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok());
+            let body = response.into_body().collect().await.expect("body");
+            (i, size, status, seen, body.to_bytes().len())
+        }
+    });
+    let answers =
+        tokio::time::timeout(Duration::from_secs(20), futures::future::join_all(requests))
+            .await
+            .expect("every request answered within 20 s");
+    for (i, size, status, seen, length) in answers {
+        assert_eq!(status, StatusCode::OK, "request {i}");
+        assert_eq!(seen, Some(size), "request {i}: the body the endpoint got");
+        let expected = if i % 4 == 0 { BIG_ANSWER } else { "west".len() };
+        assert_eq!(length, expected, "request {i}: the answer's body");
+    }
 }
 
 #[test]

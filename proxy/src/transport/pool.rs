@@ -23,16 +23,13 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::tls::{ALPN_H2, MeshTls, PROXY_SERVER_NAME};
+use super::{CONNECTION_WINDOW, STREAM_WINDOW};
 use crate::upstream::MAX_ANSWER_BYTES;
 
 /// How often an east-west connection is pinged.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a ping may go unanswered before the connection is dropped.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
-/// The flow-control windows offered to the peer: a stream's, and the connection's (as
-/// hyper's client offers).
-const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 
 /// Why a request to another cluster got no answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
