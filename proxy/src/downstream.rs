@@ -1,5 +1,5 @@
 //! The outbound listener's connections: applications' HTTP/1.1 requests, read and
-//! answered here; h2c (with prior knowledge) handed to hyper's HTTP/2 server.
+//! answered here; h2c (with prior knowledge) handed to [`crate::h2_server`].
 //!
 //! The outbound path reads a request's body whole before routing it (it may retry it) and
 //! answers with a body it holds whole, so serving HTTP/1.1 is a loop: read a head and its
@@ -20,7 +20,6 @@
 //! drops what the client still sends, for a moment, so that the client reads the answer
 //! rather than a reset.
 
-use std::convert::Infallible;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -32,11 +31,10 @@ use bytes::{Buf, Bytes};
 use http::header::{CONNECTION, DATE, EXPECT, TRANSFER_ENCODING};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::h2_server::{self, H2Settings, MAX_CONCURRENT_STREAMS};
 use crate::outbound::{ClientAddress, Outbound, Upstreams, answer};
 use crate::wire::{
     BodyError, COALESCED_BODY, FieldKind, MAX_HEAD_BYTES, MAX_HEADERS, RawFields, Wire, chunked,
@@ -591,8 +589,7 @@ impl Date {
     }
 }
 
-/// h2c with prior knowledge: the connection goes to hyper's HTTP/2 server, the bytes
-/// already read first.
+/// h2c with prior knowledge ([`crate::h2_server`]), the bytes already read first.
 async fn serve_h2(
     wire: Wire,
     client: Option<ClientAddress>,
@@ -603,18 +600,22 @@ async fn serve_h2(
         prefix: wire.read.freeze(),
         stream: wire.stream,
     };
-    let service = service_fn(move |request| {
+    let timeouts = outbound.client_timeouts();
+    let settings = H2Settings {
+        max_concurrent_streams: MAX_CONCURRENT_STREAMS,
+        max_header_list_size: MAX_HEAD_BYTES as u32,
+        idle: timeouts.idle,
+        stall: timeouts.stall,
+    };
+    let name = client.map_or_else(
+        || "h2c client".to_string(),
+        |c| format!("h2c client {}", c.0),
+    );
+    h2_server::serve(stream, settings, &name, |request| {
         let (outbound, upstreams) = (outbound.clone(), upstreams.clone());
-        async move { Ok::<_, Infallible>(outbound.handle(request, client, &upstreams).await) }
-    });
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder.max_header_list_size(MAX_HEAD_BYTES as u32);
-    if let Err(e) = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .await
-    {
-        tracing::debug!("h2c connection closed: {e}");
-    }
+        async move { outbound.handle(request, client, &upstreams).await }
+    })
+    .await;
 }
 
 /// A connection whose first bytes were already read: they are read again first.

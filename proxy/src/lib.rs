@@ -13,8 +13,10 @@
 //! Neither does I/O. Around them: [`discovery`] (this cluster's endpoints, from
 //! ServiceEntry configuration behind a trait), [`outbound`] (forwarding to this cluster's
 //! endpoints or another cluster's, with timeouts, retries, faults, header changes and
-//! mirrors), [`transport`] (h2 over mTLS between clusters' proxies, SPIFFE identities
-//! checked, certificates reloaded), [`workers`] (the threads that serve the listeners'
+//! mirrors), [`downstream`] (applications' connections: HTTP/1.1 served by the proxy's own
+//! loop), [`h2_server`] (h2c and the east-west listener's HTTP/2), [`transport`] (h2
+//! over mTLS between clusters' proxies, SPIFFE identities checked, certificates
+//! reloaded), [`workers`] (the threads that serve the listeners'
 //! connections, each with its own runtime and upstream pools) and [`app`] (the
 //! listeners). [`control`] is the coordinator session: snapshots checked, ACKed or
 //! NACKed, kept as the last-known-good file; and the reports of what this proxy saw.
@@ -27,6 +29,7 @@ pub mod control;
 pub mod discovery;
 pub mod downstream;
 pub mod framing;
+pub mod h2_server;
 pub mod health;
 pub mod metrics;
 pub mod outbound;

@@ -704,6 +704,10 @@ impl Outbound {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("request body over {} bytes", self.max_body_bytes),
             ))),
+            Err(e) if crate::h2_server::is_stall(e.as_ref()) => Err(Box::new(answer(
+                StatusCode::REQUEST_TIMEOUT,
+                &e.to_string(),
+            ))),
             Err(_) => Err(Box::new(answer(
                 StatusCode::BAD_REQUEST,
                 "request body could not be read",

@@ -665,6 +665,67 @@ async fn stalled_requests_get_408_and_idle_connections_are_closed() {
 }
 
 #[tokio::test]
+async fn over_h2c_stalled_bodies_get_408_heads_no_body_and_idle_connections_are_closed() {
+    let timeouts = ClientTimeouts {
+        idle: Duration::from_millis(800),
+        stall: Duration::from_millis(300),
+    };
+    let (proxy, _) = raw_service_proxy(OK, "", timeouts).await;
+    let stream = TcpStream::connect(proxy.outbound_address())
+        .await
+        .expect("connect");
+    let (client, connection) = h2::client::handshake(stream).await.expect("h2c handshake");
+    let connection = tokio::spawn(connection);
+
+    // A body that sends three bytes and then nothing: 408 once it has stalled.
+    let mut client = client.ready().await.expect("ready");
+    let request = Request::post("http://raw.example/x")
+        .body(())
+        .expect("request");
+    let (answer, mut body) = client.send_request(request, false).expect("sent");
+    body.send_data(Bytes::from_static(b"abc"), false)
+        .expect("data");
+    let started = Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+        .await
+        .expect("answered in time")
+        .expect("an answer");
+    assert_eq!(answer.status(), StatusCode::REQUEST_TIMEOUT);
+    let reason = answer.headers()[REASON_HEADER].to_str().expect("text");
+    assert!(reason.contains("no byte of the request body"), "{reason}");
+    assert!(
+        started.elapsed() >= timeouts.stall,
+        "not before the stall timeout"
+    );
+
+    // HEAD: the endpoint's Content-Length, and no body.
+    let mut client = client.ready().await.expect("ready");
+    let request = Request::head("http://raw.example/x")
+        .body(())
+        .expect("request");
+    let (answer, _) = client.send_request(request, true).expect("sent");
+    let answer = answer.await.expect("an answer");
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(answer.headers()["content-length"], "2");
+    assert!(answer.body().is_end_stream(), "a body after a HEAD's head");
+
+    // No request open for the idle time: the proxy closes the connection.
+    let idle_from = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(5), connection)
+        .await
+        .expect("closed within 5 s")
+        .expect("the connection task");
+    assert!(
+        closed.is_ok(),
+        "closed with a GOAWAY, not broken: {closed:?}"
+    );
+    assert!(
+        idle_from.elapsed() + Duration::from_millis(100) >= timeouts.idle,
+        "closed only once idle"
+    );
+}
+
+#[tokio::test]
 async fn a_client_still_sending_a_refused_body_reads_the_refusal() {
     let (proxy, _) = raw_service_proxy(OK, "", ClientTimeouts::default()).await;
     let mut stream = TcpStream::connect(proxy.outbound_address())

@@ -23,14 +23,8 @@ pub use tls::{MeshTls, TlsError};
 use crate::app::accept_into;
 use crate::workers::{Listener, Workers};
 
-/// Requests one east-west connection may carry at once.
-pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// How long a peer has to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// The flow-control windows each side offers the other: a stream's, and the
-/// connection's.
-const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 
 /// Accepts east-west connections and hands each to one of `workers`, until `stopped`.
 pub async fn serve_east_west(

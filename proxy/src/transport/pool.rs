@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::tls::{ALPN_H2, MeshTls, PROXY_SERVER_NAME};
-use super::{CONNECTION_WINDOW, STREAM_WINDOW};
+use crate::h2_server::{CONNECTION_WINDOW, STREAM_WINDOW};
 use crate::upstream::MAX_ANSWER_BYTES;
 
 /// How often an east-west connection is pinged.

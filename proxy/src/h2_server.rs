@@ -1,0 +1,343 @@
+//! Serving HTTP/2 on the `h2` crate directly: the outbound listener's h2c connections
+//! (applications' requests) and the east-west listener's h2-over-mTLS ones (other
+//! clusters' proxies).
+//!
+//! A connection and every request it carries run in one task, the requests as futures
+//! polled alongside the connection (polling the connection is what reads their frames and
+//! writes their answers): the answers that are ready first, then the connection, so that
+//! they leave in one write. hyper's server spawned a task per request, copying the
+//! request's large future twice, and piped each answer through a second future; without
+//! them the receiving proxy of a hop runs 55,800 -> 52,400 instructions per request
+//! (docs/benchmarks.md).
+//!
+//! Limits: a connection with no request open for [`H2Settings::idle`] is closed
+//! gracefully (GOAWAY, then the requests in flight are finished); a request whose body
+//! sends nothing for [`H2Settings::stall`] is answered 408; a request the client resets
+//! stops being served; at most [`H2Settings::max_concurrent_streams`] requests at once
+//! and [`H2Settings::max_header_list_size`] bytes of fields each (h2 refuses more).
+
+use std::error::Error;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt as _};
+use h2::RecvStream;
+use h2::server::SendResponse;
+use http::header::{CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, Sleep};
+
+use crate::outbound::ProxyResponse;
+
+/// Requests one connection may carry at once, on either listener.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// How long a client has to send its connection preface and settings.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The flow-control windows offered to the client: a stream's, and the connection's.
+pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+pub const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+
+/// The limits of one listener's HTTP/2 connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct H2Settings {
+    /// Requests one connection may carry at once.
+    pub max_concurrent_streams: u32,
+    /// The most bytes of fields a request may carry (as HPACK counts them).
+    pub max_header_list_size: u32,
+    /// How long a connection may go without an open request before it is closed.
+    pub idle: Duration,
+    /// How long a request's body may go without a byte before it is answered 408.
+    pub stall: Duration,
+}
+
+/// Serves HTTP/2 on `io` until the client closes it, it fails, or it sits idle: each
+/// request is given to `handle` and its answer sent back. `client` names the other end in
+/// logs.
+pub async fn serve<T, H, F>(io: T, settings: H2Settings, client: &str, mut handle: H)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    H: FnMut(Request<Received>) -> F,
+    F: Future<Output = ProxyResponse>,
+{
+    let handshake = h2::server::Builder::new()
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .max_header_list_size(settings.max_header_list_size)
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .handshake::<_, Bytes>(io);
+    let mut connection = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::debug!(client, "h2 handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(client, "h2 handshake timed out");
+            return;
+        }
+    };
+    let mut requests = FuturesUnordered::new();
+    let mut idle = Quiet::new(settings.idle);
+    let mut closing = false;
+    let ended = poll_fn(|cx| {
+        loop {
+            let mut progressed = false;
+            // Answers first: the connection then writes every ready one in one go.
+            while let Poll::Ready(Some(())) = requests.poll_next_unpin(cx) {
+                progressed = true;
+                if requests.is_empty() {
+                    idle.touch();
+                }
+            }
+            match connection.poll_accept(cx) {
+                Poll::Ready(Some(Ok((request, respond)))) => {
+                    let head_only = request.method() == Method::HEAD;
+                    let request = request.map(|body| Received::new(body, settings.stall));
+                    requests.push(respond_to(handle(request), respond, head_only));
+                    progressed = true;
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(e)),
+                // Closed, every request done.
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {}
+            }
+            if requests.is_empty() && !closing && idle.poll_expired(cx) {
+                tracing::debug!(
+                    client,
+                    "h2 connection idle for {:?}: closing",
+                    settings.idle
+                );
+                connection.graceful_shutdown();
+                closing = true;
+                progressed = true;
+            }
+            if !progressed {
+                return Poll::Pending;
+            }
+        }
+    })
+    .await;
+    if let Some(e) = ended {
+        tracing::debug!(client, "h2 connection ended: {e}");
+    }
+}
+
+/// Waits for `handling` and sends its answer on `respond`, unless the client gives the
+/// request up first. `head_only`: the request was a HEAD, whose answer has no body.
+async fn respond_to<F>(handling: F, mut respond: SendResponse<Bytes>, head_only: bool)
+where
+    F: Future<Output = ProxyResponse>,
+{
+    let response = tokio::select! {
+        response = handling => response,
+        // Reset by the client (it left, or its timeout passed): nobody to answer.
+        _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
+    };
+    let (mut head, body) = response.into_parts();
+    strip_connection_fields(&mut head.headers);
+    // The proxy's answers are whole already: this takes the one frame.
+    let body = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(never) => match never {},
+    };
+    if !head_only && !body.is_empty() && !head.headers.contains_key(CONTENT_LENGTH) {
+        head.headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    let ends = head_only || body.is_empty();
+    let sent = respond
+        .send_response(Response::from_parts(head, ()), ends)
+        .and_then(|mut stream| match ends {
+            true => Ok(()),
+            // Buffered by h2 as the client's window allows: the body is bounded already.
+            false => stream.send_data(body, true),
+        });
+    if let Err(e) = sent {
+        tracing::debug!("h2 answer not sent: {e}");
+    }
+}
+
+/// Takes out the fields HTTP/2 forbids (RFC 9113 §8.2.2): they describe an HTTP/1
+/// connection, and h2 refuses to send an answer that carries them.
+fn strip_connection_fields(headers: &mut HeaderMap) {
+    for name in [CONNECTION, TRANSFER_ENCODING, UPGRADE] {
+        headers.remove(name);
+    }
+    for name in ["keep-alive", "proxy-connection"] {
+        headers.remove(name);
+    }
+    if headers.get(TE).is_some_and(|v| v != "trailers") {
+        headers.remove(TE);
+    }
+}
+
+/// A timeout counted from the last sign of life: one sleep, moved only when it fires
+/// early, so that activity costs a clock read rather than a timer registration.
+struct Quiet {
+    sleep: Pin<Box<Sleep>>,
+    after: Duration,
+    since: Instant,
+}
+
+impl Quiet {
+    fn new(after: Duration) -> Quiet {
+        let since = Instant::now();
+        Quiet {
+            sleep: Box::pin(tokio::time::sleep_until(since + after)),
+            after,
+            since,
+        }
+    }
+
+    /// A sign of life: the quiet starts again from now.
+    fn touch(&mut self) {
+        self.since = Instant::now();
+    }
+
+    /// Whether it has been quiet for the whole time; if not, registers for a wake-up
+    /// when it will have been.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let due = self.since + self.after;
+            if Instant::now() >= due {
+                return true;
+            }
+            self.sleep.as_mut().reset(due);
+        }
+    }
+}
+
+/// Why a request's body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    #[error("the request's stream failed: {0}")]
+    Stream(#[from] h2::Error),
+    #[error("no byte of the request body for {0:?}")]
+    Stalled(Duration),
+}
+
+/// A request's body arriving on an h2 stream, as the proxy reads bodies: each chunk taken
+/// is given back to the client's flow-control window, and a body that sends nothing for
+/// the stall time fails with [`ReceiveError::Stalled`].
+pub struct Received {
+    stream: RecvStream,
+    /// The data has ended: trailers, if any, are next.
+    data_done: bool,
+    stall: Duration,
+    /// Made when the body first has to be waited for (most requests have none).
+    quiet: Option<Quiet>,
+}
+
+impl Received {
+    fn new(stream: RecvStream, stall: Duration) -> Received {
+        Received {
+            stream,
+            data_done: false,
+            stall,
+            quiet: None,
+        }
+    }
+
+    fn poll_stream(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ReceiveError>>> {
+        if !self.data_done {
+            match ready!(self.stream.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = self.stream.flow_control().release_capacity(data.len());
+                    if let Some(quiet) = &mut self.quiet {
+                        quiet.touch();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => self.data_done = true,
+            }
+        }
+        Poll::Ready(match ready!(self.stream.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Some(Ok(Frame::trailers(trailers))),
+            Ok(None) => None,
+            Err(e) => Some(Err(e.into())),
+        })
+    }
+
+    /// Whether the body has stalled, having been waited for; registers for a wake-up
+    /// when it will have, if not.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        let stall = self.stall;
+        self.quiet
+            .get_or_insert_with(|| Quiet::new(stall))
+            .poll_expired(cx)
+    }
+}
+
+impl Body for Received {
+    type Data = Bytes;
+    type Error = ReceiveError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ReceiveError>>> {
+        let this = &mut *self;
+        match this.poll_stream(cx) {
+            Poll::Pending if this.stalled(cx) => {
+                Poll::Ready(Some(Err(ReceiveError::Stalled(this.stall))))
+            }
+            polled => polled,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.stream.is_end_stream()
+    }
+}
+
+/// Whether `error`, from reading a request body, is a stalled [`Received`] body.
+pub fn is_stall(error: &(dyn Error + 'static)) -> bool {
+    matches!(
+        error.downcast_ref::<ReceiveError>(),
+        Some(ReceiveError::Stalled(_))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_fields_are_taken_out_and_others_kept() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("te", "gzip"),
+            ("content-type", "text/plain"),
+            ("x-request-id", "7"),
+        ] {
+            headers.append(name, value.parse().unwrap());
+        }
+        strip_connection_fields(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "x-request-id"]);
+
+        let mut trailers = HeaderMap::new();
+        trailers.insert(TE, "trailers".parse().unwrap());
+        strip_connection_fields(&mut trailers);
+        assert_eq!(trailers.get(TE).unwrap(), "trailers");
+    }
+}
