@@ -415,8 +415,11 @@ impl MeshState {
         self.topology = Arc::new(Topology::build(self.objects.values().map(|h| &h.resource)));
     }
 
-    /// Recomputes every table; a table that differs from the one before gets `index` as
-    /// its version.
+    /// Recomputes every table; a table that routes differently from the one before
+    /// ([`ServiceWeights::routes_as`]) gets `index` as its version. One that only counted
+    /// more traffic is kept (for `explain`) under its old version: a new version is a new
+    /// snapshot for every proxy, which each writes to disk, and steady traffic would make
+    /// one on every digest.
     fn recompute(&mut self, index: u64, config_changed: bool) {
         let fresh = engine::compute(&self.engine, &self.topology);
         let mut changed = config_changed;
@@ -425,7 +428,7 @@ impl MeshState {
             let same = self
                 .weights
                 .get(&weights.service)
-                .is_some_and(|old| **old == weights);
+                .is_some_and(|old| old.routes_as(&weights));
             if !same {
                 changed = true;
                 self.versions.insert(weights.service.clone(), index);
@@ -578,6 +581,71 @@ spec:
             "spiffe://t/fulcrum/admin/ops"
         );
         assert_eq!(restored.snapshot(), state.snapshot());
+    }
+
+    #[test]
+    fn traffic_that_moves_no_weight_makes_no_version_and_a_failing_locality_does() {
+        use fulcrum_policy::engine::digest::{HealthDigest, TrafficSample};
+        use fulcrum_policy::engine::window::Counters;
+        const API: &str = "api.shop.svc.cluster.local";
+        let mut state = MeshState::default();
+        state.apply(1, &at(1_000, Change::Apply { objects: objects() }));
+        let west: Locality = "us-west/us-west-1a".parse().expect("locality");
+        let traffic = |http_5xx: u64| Change::Digest {
+            digest: HealthDigest {
+                reporters: vec!["east".into(), "west".into()],
+                traffic: vec![TrafficSample {
+                    service: API.into(),
+                    source_cluster: "east".into(),
+                    locality: west.clone(),
+                    counters: Counters {
+                        requests: 500,
+                        http_5xx,
+                        ..Counters::default()
+                    },
+                }],
+                ..HealthDigest::default()
+            },
+        };
+        let west_status = |state: &MeshState| {
+            let weights = &state.weights()[API];
+            let i = weights
+                .destinations
+                .iter()
+                .position(|d| *d == west)
+                .expect("west is a destination");
+            weights.localities[i].clone()
+        };
+        // The clusters' first reports: their localities are known from now.
+        state.apply(2, &at(1_250, traffic(0)));
+        let heard = state.mesh_version();
+        assert_eq!(west_status(&state).verdict, Verdict::Healthy);
+        // Healthy traffic, more every digest: the counts move, the split does not.
+        let mut index = 3;
+        for step in 0..12 {
+            state.apply(index, &at(1_500 + step * 250, traffic(0)));
+            index += 1;
+        }
+        assert_eq!(
+            state.mesh_version(),
+            heard,
+            "no new snapshot for the proxies"
+        );
+        assert!(
+            west_status(&state).signals.requests >= 500 * 12,
+            "the counts are kept for explain: {:?}",
+            west_status(&state).signals
+        );
+        // Every request failing: the locality's verdict changes, and with it the version.
+        for step in 0..20 {
+            state.apply(index, &at(4_500 + step * 250, traffic(500)));
+            index += 1;
+        }
+        assert_ne!(west_status(&state).verdict, Verdict::Healthy);
+        assert!(
+            state.mesh_version() > heard,
+            "the proxies are sent the change"
+        );
     }
 
     #[test]

@@ -238,6 +238,34 @@ impl ServiceWeights {
     pub fn subset(&self, name: &str) -> Option<&SubsetRows> {
         self.subsets.iter().find(|s| s.subset == name)
     }
+
+    /// Whether `other` routes as these weights do: the same rows, and every destination
+    /// with the same verdict (since the same time), standing, ramp allowance and endpoint
+    /// counts, whatever the traffic counts and the causes behind them. Those move with
+    /// every report while the split stays put; they are for people (`explain`,
+    /// `status`), and a proxy has nothing to do with them.
+    pub fn routes_as(&self, other: &ServiceWeights) -> bool {
+        let same_standing = |a: &LocalityStatus, b: &LocalityStatus| {
+            a.verdict == b.verdict
+                && a.since_ms == b.since_ms
+                && a.standing == b.standing
+                && a.allowance_bp == b.allowance_bp
+                && a.health.available == b.health.available
+                && a.health.total == b.health.total
+                && a.signals.ready_endpoints == b.signals.ready_endpoints
+                && a.signals.total_endpoints == b.signals.total_endpoints
+        };
+        self.service == other.service
+            && self.policy == other.policy
+            && self.destinations == other.destinations
+            && self.subsets == other.subsets
+            && self.localities.len() == other.localities.len()
+            && self
+                .localities
+                .iter()
+                .zip(&other.localities)
+                .all(|(a, b)| same_standing(a, b))
+    }
 }
 
 impl Default for ServiceWeights {
