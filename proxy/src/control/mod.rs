@@ -134,6 +134,15 @@ pub fn store(state_dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(state_dir)?.sync_all()
 }
 
+/// [`store`] on a thread that may block: two fsyncs can take a while on a busy disk, and
+/// the session's pings must not wait for them.
+async fn store_off_runtime(state_dir: &Path, bytes: Vec<u8>) -> std::io::Result<()> {
+    let dir = state_dir.to_path_buf();
+    tokio::task::spawn_blocking(move || store(&dir, &bytes))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
 /// The last-known-good snapshot, when there is a good one. A damaged file is reported,
 /// not trusted.
 pub fn load(state_dir: &Path) -> Result<Option<(pb::Snapshot, Accepted)>, String> {
@@ -322,19 +331,21 @@ async fn session(
             continue;
         }
         let reply = match check(&snapshot) {
-            Ok(taken) => match store(&settings.state_dir, &snapshot.encode_to_vec()) {
-                Ok(()) => {
-                    *version = snapshot.version;
-                    accepted(taken);
-                    pb::subscribe_request::Message::Ack(pb::Ack {
+            Ok(taken) => {
+                match store_off_runtime(&settings.state_dir, snapshot.encode_to_vec()).await {
+                    Ok(()) => {
+                        *version = snapshot.version;
+                        accepted(taken);
+                        pb::subscribe_request::Message::Ack(pb::Ack {
+                            version: snapshot.version,
+                        })
+                    }
+                    Err(e) => pb::subscribe_request::Message::Nack(pb::Nack {
                         version: snapshot.version,
-                    })
+                        reason: format!("cannot store it in {}: {e}", settings.state_dir.display()),
+                    }),
                 }
-                Err(e) => pb::subscribe_request::Message::Nack(pb::Nack {
-                    version: snapshot.version,
-                    reason: format!("cannot store it in {}: {e}", settings.state_dir.display()),
-                }),
-            },
+            }
             Err(reason) => {
                 tracing::warn!(version = snapshot.version, "snapshot refused: {reason}");
                 pb::subscribe_request::Message::Nack(pb::Nack {
