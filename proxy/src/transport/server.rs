@@ -41,8 +41,8 @@ pub(crate) async fn serve_east_west_connection(
             return;
         }
     };
-    let peer: Arc<str> = match tls.check_peer(stream.get_ref().1.peer_certificates(), None) {
-        Ok(cluster) => cluster.into(),
+    let peer = match tls.check_peer(stream.get_ref().1.peer_certificates(), None) {
+        Ok(cluster) => cluster,
         Err(e) => {
             tracing::warn!(peer = %peer_address, "east-west peer refused: {e}");
             return;
