@@ -1,7 +1,9 @@
 //! The worker threads that serve the outbound and east-west listeners.
 //!
-//! One task per listener accepts connections and hands each to a worker, round robin. A
-//! worker is a thread running its own single-threaded runtime with its own upstream pools
+//! One task per listener accepts connections and hands each to a worker: the one with the
+//! fewest connections open, round robin among equals (an east-west listener carries a few
+//! long-lived connections among the other proxies' short reachability probes, and round
+//! robin alone could put two of them on one worker). A worker is a thread running its own single-threaded runtime with its own upstream pools
 //! ([`Upstreams`]): the client connection, the request's routing, the upstream connection
 //! and the tasks driving both all stay on that thread. With one shared multi-threaded
 //! runtime, each request woke tasks on other threads (the client side on one, the pooled
@@ -31,9 +33,29 @@ pub enum Listener {
     EastWest,
 }
 
+/// A connection handed to a worker, with the listener it came in on and its place in the
+/// worker's count of open connections.
+type Arrival = (std::net::TcpStream, Listener, Open);
+
+/// One worker's way in, and how many connections it has open.
+struct Lane {
+    arrivals: mpsc::UnboundedSender<Arrival>,
+    open: Arc<AtomicUsize>,
+}
+
+/// A connection counted open on its worker until this is dropped (when the connection's
+/// task ends).
+struct Open(Arc<AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The worker threads, each fed through its own lane.
 pub struct Workers {
-    lanes: Vec<mpsc::UnboundedSender<(std::net::TcpStream, Listener)>>,
+    lanes: Vec<Lane>,
     next: AtomicUsize,
     metrics: Arc<ProxyMetrics>,
 }
@@ -52,12 +74,15 @@ impl Workers {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let (lane, arrivals) = mpsc::unbounded_channel();
+            let (arrivals, waiting) = mpsc::unbounded_channel();
             let (outbound, stopped) = (outbound.clone(), stopped.clone());
             std::thread::Builder::new()
                 .name(format!("worker-{index}"))
-                .spawn(move || runtime.block_on(work(arrivals, outbound, stopped)))?;
-            lanes.push(lane);
+                .spawn(move || runtime.block_on(work(waiting, outbound, stopped)))?;
+            lanes.push(Lane {
+                arrivals,
+                open: Arc::default(),
+            });
         }
         Ok(Workers {
             lanes,
@@ -66,12 +91,21 @@ impl Workers {
         })
     }
 
+    /// How many connections each worker has open, in worker order.
+    pub fn open_connections(&self) -> Vec<usize> {
+        self.lanes
+            .iter()
+            .map(|l| l.open.load(Ordering::Relaxed))
+            .collect()
+    }
+
     /// Counts a connection a listener failed to accept.
     pub fn accept_failed(&self) {
         self.metrics.accept_failures.inc();
     }
 
-    /// Hands `stream`, accepted on `listener`, to the next worker.
+    /// Hands `stream`, accepted on `listener`, to the worker with the fewest connections
+    /// open (the first of them from a point that moves on with every connection).
     pub fn hand(&self, stream: TcpStream, listener: Listener) {
         let stream = match stream.into_std() {
             Ok(s) => s,
@@ -80,9 +114,17 @@ impl Workers {
                 return;
             }
         };
-        let lane = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
-        if self.lanes[lane].send((stream, listener)).is_err() {
-            tracing::warn!("worker {lane} has stopped; connection dropped");
+        let count = self.lanes.len();
+        let from = self.next.fetch_add(1, Ordering::Relaxed);
+        let index = (0..count)
+            .map(|i| (from + i) % count)
+            .min_by_key(|&i| self.lanes[i].open.load(Ordering::Relaxed))
+            .unwrap_or(0);
+        let lane = &self.lanes[index];
+        lane.open.fetch_add(1, Ordering::Relaxed);
+        let open = Open(lane.open.clone());
+        if lane.arrivals.send((stream, listener, open)).is_err() {
+            tracing::warn!("worker {index} has stopped; connection dropped");
         }
     }
 }
@@ -90,7 +132,7 @@ impl Workers {
 /// One worker: serves each connection it is handed, over its own upstream pools, until
 /// stopped.
 async fn work(
-    mut arrivals: mpsc::UnboundedReceiver<(std::net::TcpStream, Listener)>,
+    mut arrivals: mpsc::UnboundedReceiver<Arrival>,
     outbound: Arc<Outbound>,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -102,7 +144,7 @@ async fn work(
             a = arrivals.recv() => a,
             _ = stopped.changed() => None,
         };
-        let Some((stream, listener)) = arrival else {
+        let Some((stream, listener, open)) = arrival else {
             return;
         };
         let stream = match TcpStream::from_std(stream) {
@@ -112,21 +154,20 @@ async fn work(
                 continue;
             }
         };
+        let (outbound, upstreams) = (outbound.clone(), upstreams.clone());
         match (listener, &tls) {
             (Listener::Outbound, _) => {
-                tokio::spawn(downstream::serve(
-                    stream,
-                    outbound.clone(),
-                    upstreams.clone(),
-                ));
+                tokio::spawn(async move {
+                    downstream::serve(stream, outbound, upstreams).await;
+                    drop(open);
+                });
             }
             (Listener::EastWest, Some(tls)) => {
-                tokio::spawn(serve_east_west_connection(
-                    stream,
-                    tls.clone(),
-                    outbound.clone(),
-                    upstreams.clone(),
-                ));
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    serve_east_west_connection(stream, tls, outbound, upstreams).await;
+                    drop(open);
+                });
             }
             (Listener::EastWest, None) => {
                 tracing::warn!("an east-west connection, but no mTLS configured: closed");
@@ -142,5 +183,53 @@ async fn close_idle(upstreams: Arc<Upstreams>) {
     loop {
         every.tick().await;
         upstreams.close_idle(IDLE_TIMEOUT);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+    use tokio::net::TcpListener;
+
+    /// Waits until `workers` have `expected` connections open, for at most 5 s.
+    async fn until_open(workers: &Workers, expected: &[usize]) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while workers.open_connections() != expected {
+            assert!(
+                Instant::now() < deadline,
+                "open connections {:?}, expected {expected:?}",
+                workers.open_connections()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_goes_to_the_worker_with_the_fewest_open() {
+        let outbound = Arc::new(Outbound::new(
+            None,
+            Arc::new(ProxyMetrics::new()),
+            "east".into(),
+            "us-east/us-east-1a".parse().expect("locality"),
+        ));
+        let (_stop, stopped) = watch::channel(false);
+        let workers = Workers::start(2, outbound, stopped).expect("workers");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let accept = async || {
+            let client = TcpStream::connect(address).await.expect("connect");
+            let (server, _) = listener.accept().await.expect("accept");
+            workers.hand(server, Listener::Outbound);
+            client
+        };
+        // A connection that stays, one that closes at once (a probe), then another that
+        // stays: round robin alone would put both that stay on the first worker.
+        let _first = accept().await;
+        until_open(&workers, &[1, 0]).await;
+        drop(accept().await);
+        until_open(&workers, &[1, 0]).await;
+        let _second = accept().await;
+        until_open(&workers, &[1, 1]).await;
     }
 }
