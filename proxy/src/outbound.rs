@@ -217,12 +217,14 @@ enum Try {
 }
 
 /// Where one try goes.
-enum Hop {
+enum Hop<'r> {
     Local(Endpoint),
+    /// Another cluster, as the row names it.
     Remote {
-        cluster: String,
-        gateway: String,
-        locality: Locality,
+        cluster: &'r str,
+        gateway: &'r str,
+        locality: &'r Locality,
+        locality_text: &'r Arc<str>,
     },
 }
 
@@ -847,7 +849,7 @@ impl Outbound {
         let hash = (settings.hash_on.as_ref()).and_then(|on| hash_key(on, parts, client));
         let policy: &RetryPolicy = &forward.retries;
         let mut tried: Vec<SocketAddr> = Vec::new();
-        let mut tried_clusters: Vec<String> = Vec::new();
+        let mut tried_clusters: Vec<&str> = Vec::new();
         let mut tried_destinations: Vec<usize> = Vec::new();
         let mut last = None;
         let mut tries = 0u32;
@@ -892,8 +894,9 @@ impl Outbound {
                     cluster,
                     gateway,
                     locality,
+                    ..
                 } => {
-                    tried_clusters.push(cluster.clone());
+                    tried_clusters.push(*cluster);
                     let result = Box::pin(self.try_remote(
                         upstreams,
                         parts,
@@ -903,7 +906,7 @@ impl Outbound {
                         body.clone(),
                     ))
                     .await;
-                    (result, cluster.as_str(), locality)
+                    (result, *cluster, *locality)
                 }
             };
             let outcome = match &result {
@@ -914,7 +917,7 @@ impl Outbound {
                 .record(&target.host, cluster, locality, outcome, started.elapsed());
             handled.locality = match &hop {
                 Hop::Local(_) => self.locality_text.clone(),
-                Hop::Remote { .. } => locality.to_string().into(),
+                Hop::Remote { locality_text, .. } => Arc::clone(locality_text),
             };
             if let Hop::Local(endpoint) = &hop {
                 let outcome = match &result {
@@ -1013,15 +1016,15 @@ impl Outbound {
     /// Where the next try goes: a destination locality from the row (or this cluster
     /// without one), then an endpoint there; with the index of the row's destination.
     /// `tried` is what earlier tries used.
-    fn next_hop(
+    fn next_hop<'r>(
         &self,
         settings: &BalanceSettings,
-        row: Option<&LocalityRow>,
+        row: Option<&'r LocalityRow>,
         key: Option<&[u8]>,
         forward: &Forward,
         local: &[Endpoint],
-        tried: (&[SocketAddr], &[String], &[usize]),
-    ) -> Option<(Hop, Option<usize>)> {
+        tried: (&[SocketAddr], &[&str], &[usize]),
+    ) -> Option<(Hop<'r>, Option<usize>)> {
         let (endpoints, clusters, destinations) = tried;
         let Some(row) = row else {
             return self
@@ -1036,7 +1039,7 @@ impl Outbound {
             match &row.destinations()[i].place {
                 Place::Local => local.iter().any(|e| !endpoints.contains(&e.address)),
                 Place::Remote { cluster, .. } => {
-                    !clusters.contains(cluster) && !self.is_unreachable(cluster)
+                    !clusters.contains(&cluster.as_str()) && !self.is_unreachable(cluster)
                 }
                 Place::Unreachable => false,
             }
@@ -1048,9 +1051,10 @@ impl Outbound {
             Place::Remote { cluster, gateways } if !gateways.is_empty() => {
                 let n = self.rotation.fetch_add(1, Ordering::Relaxed) % gateways.len();
                 Hop::Remote {
-                    cluster: cluster.clone(),
-                    gateway: gateways[n].clone(),
-                    locality: destination.locality.clone(),
+                    cluster,
+                    gateway: &gateways[n],
+                    locality: &destination.locality,
+                    locality_text: &destination.locality_text,
                 }
             }
             _ => return None,

@@ -10,7 +10,7 @@
 //! having no healthy host, so traffic spills by the same failover priorities the
 //! coordinator would use.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use fulcrum_policy::Locality;
 use fulcrum_policy::engine::split::{Candidate, split};
@@ -51,6 +51,8 @@ pub enum Place {
 pub struct Destination {
     /// The locality.
     pub locality: Locality,
+    /// Its name, as requests are counted by it.
+    pub locality_text: Arc<str>,
     /// Where it is.
     pub place: Place,
     /// Pushed share, in basis points.
@@ -128,6 +130,7 @@ impl LocalityRow {
                 };
                 Destination {
                     locality: e.destination.clone(),
+                    locality_text: e.destination.to_string().into(),
                     place: place_of(&e.destination, own, own_cluster, clusters),
                     weight_bp: e.weight_bp,
                     priority: e.priority,
