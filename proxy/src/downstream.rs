@@ -34,7 +34,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::h2_server::{self, H2Settings, MAX_CONCURRENT_STREAMS};
+use crate::h2_server::{self, H2Settings};
 use crate::outbound::{ClientAddress, Outbound, Upstreams, answer};
 use crate::wire::{
     BodyError, COALESCED_BODY, FieldKind, MAX_HEAD_BYTES, MAX_HEADERS, RawFields, Wire, chunked,
@@ -600,13 +600,7 @@ async fn serve_h2(
         prefix: wire.read.freeze(),
         stream: wire.stream,
     };
-    let timeouts = outbound.client_timeouts();
-    let settings = H2Settings {
-        max_concurrent_streams: MAX_CONCURRENT_STREAMS,
-        max_header_list_size: MAX_HEAD_BYTES as u32,
-        idle: timeouts.idle,
-        stall: timeouts.stall,
-    };
+    let settings = H2Settings::for_clients(outbound.client_timeouts());
     let name = client.map_or_else(
         || "h2c client".to_string(),
         |c| format!("h2c client {}", c.0),

@@ -33,12 +33,14 @@ use hyper::body::{Body, Frame};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
+use crate::downstream::ClientTimeouts;
 use crate::outbound::ProxyResponse;
+use crate::wire::MAX_HEAD_BYTES;
 
 /// Requests one connection may carry at once, on either listener.
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// How long a client has to send its connection preface and settings.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const PREFACE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The flow-control windows offered to the client: a stream's, and the connection's.
 pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 pub const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
@@ -56,6 +58,19 @@ pub struct H2Settings {
     pub stall: Duration,
 }
 
+impl H2Settings {
+    /// The settings of both listeners: [`MAX_CONCURRENT_STREAMS`], heads as large as
+    /// HTTP/1's ([`MAX_HEAD_BYTES`]), and the timeouts applications' connections have.
+    pub fn for_clients(timeouts: ClientTimeouts) -> H2Settings {
+        H2Settings {
+            max_concurrent_streams: MAX_CONCURRENT_STREAMS,
+            max_header_list_size: MAX_HEAD_BYTES as u32,
+            idle: timeouts.idle,
+            stall: timeouts.stall,
+        }
+    }
+}
+
 /// Serves HTTP/2 on `io` until the client closes it, it fails, or it sits idle: each
 /// request is given to `handle` and its answer sent back. `client` names the other end in
 /// logs.
@@ -71,7 +86,7 @@ where
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .handshake::<_, Bytes>(io);
-    let mut connection = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+    let mut connection = match tokio::time::timeout(PREFACE_TIMEOUT, handshake).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             tracing::debug!(client, "h2 handshake failed: {e}");

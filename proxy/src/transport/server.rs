@@ -9,8 +9,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::HANDSHAKE_TIMEOUT;
 use super::tls::MeshTls;
-use crate::app::MAX_HEADER_BYTES;
-use crate::h2_server::{self, H2Settings, MAX_CONCURRENT_STREAMS};
+use crate::h2_server::{self, H2Settings};
 use crate::outbound::{Outbound, Upstreams};
 
 /// Serves one east-west connection: the TLS handshake (the peer must be a proxy of this
@@ -49,12 +48,7 @@ pub(crate) async fn serve_east_west_connection(
         }
     };
     let hop = outbound.hop_mark(&peer);
-    let settings = H2Settings {
-        max_concurrent_streams: MAX_CONCURRENT_STREAMS,
-        max_header_list_size: MAX_HEADER_BYTES as u32,
-        idle: outbound.client_timeouts().idle,
-        stall: outbound.client_timeouts().stall,
-    };
+    let settings = H2Settings::for_clients(outbound.client_timeouts());
     let client = format!("east-west peer {peer} at {peer_address}");
     h2_server::serve(stream, settings, &client, |request| {
         let (outbound, upstreams, hop) = (outbound.clone(), upstreams.clone(), hop.clone());
