@@ -9,12 +9,13 @@ use common::eventually;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fulcrum_coordinator::app::{Bootstrap, Coordinator, CoordinatorConfig, Security};
+use fulcrum_coordinator::security::certs::{InitPlan, init};
 use fulcrum_proxy::app::{Proxy, ProxyConfig};
-use fulcrum_proxy::control::{ControlSettings, SNAPSHOT_FILE};
+use fulcrum_proxy::control::{self, CONNECT_TIMEOUT, ClientTls, ControlSettings, SNAPSHOT_FILE};
 use fulcrum_proxy::downstream::ClientTimeouts;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -204,4 +205,42 @@ async fn a_damaged_last_known_good_file_is_not_trusted() {
         answer.map(|(s, _)| s),
         Some(StatusCode::SERVICE_UNAVAILABLE)
     );
+}
+
+#[tokio::test]
+async fn connecting_to_a_coordinator_that_accepts_but_never_answers_gives_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = dir.path().join("certs");
+    init(
+        &InitPlan {
+            trust_domain: "mesh.local".into(),
+            coordinators: 1,
+            clusters: vec!["east".into()],
+            admins: vec![],
+            valid_days: 1,
+        },
+        &certs,
+    )
+    .expect("certs init");
+    // A frozen node: its kernel completes TCP connects into the backlog, and nothing
+    // reads them, so the TLS handshake gets no answer.
+    let frozen = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = frozen.local_addr().expect("address").to_string();
+    let mut settings = proxy_settings(frozen.local_addr().expect("address"), dir.path())
+        .control
+        .expect("control settings");
+    settings.tls = Some(ClientTls::from_dir(&certs, "east").expect("client TLS"));
+    let started = Instant::now();
+    let connected =
+        tokio::time::timeout(CONNECT_TIMEOUT * 5, control::connect(&settings, &address))
+            .await
+            .expect("connect gives up rather than waiting for the node");
+    let error = connected.expect_err("nothing answered the handshake");
+    assert!(error.contains("no connection within"), "{error}");
+    assert!(
+        started.elapsed() >= CONNECT_TIMEOUT,
+        "{:?}",
+        started.elapsed()
+    );
+    drop(frozen);
 }

@@ -34,12 +34,19 @@ pub const COORDINATOR_SERVER_NAME: &str = "coordinator.fulcrum.internal";
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between sessions.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How long connecting to a coordinator may take.
+/// How long connecting to a coordinator may take, handshakes included.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// How often an idle session pings its coordinator.
-pub const KEEPALIVE: Duration = Duration::from_secs(1);
+/// How often a session pings its coordinator when nothing has come from it.
+///
+/// Pings are what notice a coordinator that stopped answering with its connections open
+/// (frozen, or cut off by a partition): a report stream sent into such a node is lost, and
+/// the failover it should have caused waits until the proxy moves. With these two
+/// settings it moves within 1.5 s of the last answer. A pong is answered by the
+/// coordinator's connection task, not by Raft or the store, so only a node whose runtime
+/// is stalled for a second misses one; a proxy that leaves it just subscribes elsewhere.
+pub const KEEPALIVE: Duration = Duration::from_millis(500);
 /// How long a ping may go unanswered before the session is given up.
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A snapshot that passed the checks.
 #[derive(Debug, Clone)]
@@ -258,7 +265,6 @@ pub async fn connect(settings: &ControlSettings, address: &str) -> Result<Channe
     };
     let endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
         .map_err(|e| format!("bad address: {e}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         // A coordinator that stops answering (frozen, cut off) sends no snapshot and no
         // error: without pings the stream would sit silent until TCP gave up, minutes
@@ -279,10 +285,16 @@ pub async fn connect(settings: &ControlSettings, address: &str) -> Result<Channe
                 .map_err(|e| format!("TLS settings: {e}"))?
         }
     };
-    endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))
+    // Timed as a whole: a frozen node's kernel still completes the TCP connect, and the
+    // TLS handshake then waits for as long as the node stays frozen.
+    match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(e)) => Err(format!("cannot connect: {e}")),
+        Err(_) => Err(format!(
+            "no connection within {}ms (TCP, TLS and HTTP/2 handshakes)",
+            CONNECT_TIMEOUT.as_millis()
+        )),
+    }
 }
 
 async fn session(
