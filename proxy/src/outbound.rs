@@ -59,6 +59,11 @@ pub const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-attem
 pub const SUBSET_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-subset");
 /// On a request an east-west listener forwards to its endpoint: `source->this` cluster.
 pub const HOP_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-hop");
+/// Set on a request sent to another cluster's proxy: the consistent-hash key the sending
+/// proxy made for it (from the client's address under `useSourceIp`, or a cookie it is
+/// about to set), so that the receiving proxy picks its endpoint by the same key. Only a
+/// proxy of the mesh sets it; one taken from an application is dropped.
+pub const HASH_KEY_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-hash-key");
 /// Largest request body the proxy buffers (it keeps the body to retry).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 /// How long a connection to an endpoint may take.
@@ -586,7 +591,7 @@ impl Outbound {
         let row = routing
             .row(&forward.target)
             .filter(|r| upstreams.east_west.is_some() && !r.is_local_only());
-        let request = (&parts, client);
+        let request = (&parts, KeyFrom::Client(client));
         let attempts = self.attempts(
             upstreams, &routing, row, request, &forward, settings, body, handled,
         );
@@ -664,6 +669,7 @@ impl Outbound {
             },
             ..RetryPolicy::istio_default()
         };
+        let carried_key = parts.headers.remove(HASH_KEY_HEADER);
         if let Some(hop) = hop {
             parts.headers.insert(HOP_HEADER, hop.clone());
         }
@@ -681,7 +687,7 @@ impl Outbound {
             upstreams,
             &routing,
             None,
-            (&parts, None),
+            (&parts, KeyFrom::Peer(carried_key)),
             &forward,
             settings,
             body,
@@ -816,13 +822,13 @@ impl Outbound {
         upstreams: &Upstreams,
         routing: &Routing,
         row: Option<&LocalityRow>,
-        request: (&http::request::Parts, Option<ClientAddress>),
+        request: (&http::request::Parts, KeyFrom),
         forward: &Forward,
         settings: &BalanceSettings,
         body: Bytes,
         handled: &mut Handled,
     ) -> ProxyResponse {
-        let (parts, client) = request;
+        let (parts, key_from) = request;
         let discovery = routing.discovery.as_ref();
         let target = &forward.target;
         let endpoints = discovery.endpoints(&target.host, &target.subset);
@@ -846,7 +852,18 @@ impl Outbound {
         if row.is_none() && local.is_empty() {
             return answer(StatusCode::SERVICE_UNAVAILABLE, &no_local());
         }
-        let hash = (settings.hash_on.as_ref()).and_then(|on| hash_key(on, parts, client));
+        let made = |client| (settings.hash_on.as_ref()).and_then(|on| hash_key(on, parts, client));
+        let hash = match key_from {
+            KeyFrom::Client(client) => made(client),
+            // A sender that set no key (it does not hash, or predates the field): as it
+            // would be made here, without a client address.
+            KeyFrom::Peer(carried) => carried
+                .map(|key| HashKey {
+                    key: key.as_bytes().to_vec(),
+                    set_cookie: None,
+                })
+                .or_else(|| made(None)),
+        };
         let policy: &RetryPolicy = &forward.retries;
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut tried_clusters: Vec<&str> = Vec::new();
@@ -901,8 +918,8 @@ impl Outbound {
                         upstreams,
                         parts,
                         forward,
-                        cluster,
-                        gateway,
+                        (cluster, gateway),
+                        hash.as_ref().map(|h| h.key.as_slice()),
                         body.clone(),
                     ))
                     .await;
@@ -1157,8 +1174,8 @@ impl Outbound {
         upstreams: &Upstreams,
         parts: &http::request::Parts,
         forward: &Forward,
-        cluster: &str,
-        gateway: &str,
+        (cluster, gateway): (&str, &str),
+        hash_key: Option<&[u8]>,
         body: Bytes,
     ) -> Try {
         let Some(pool) = &upstreams.east_west else {
@@ -1170,13 +1187,19 @@ impl Outbound {
             Err(e) => return Try::Reset(e),
         };
         *request.version_mut() = Version::HTTP_2;
+        let headers = request.headers_mut();
         // h2 carries the authority in the URI.
-        request.headers_mut().remove(HOST);
-        if !forward.target.subset.is_empty()
-            && let Ok(v) = HeaderValue::from_str(&forward.target.subset)
-        {
-            request.headers_mut().insert(SUBSET_HEADER, v);
-        }
+        headers.remove(HOST);
+        // What the peer is told here replaces whatever the application put in the same
+        // fields: neither a subset nor a hash key is the application's to choose.
+        match HeaderValue::from_str(&forward.target.subset) {
+            Ok(v) if !v.is_empty() => headers.insert(SUBSET_HEADER, v),
+            _ => headers.remove(SUBSET_HEADER),
+        };
+        match hash_key.map(HeaderValue::from_bytes) {
+            Some(Ok(v)) => headers.insert(HASH_KEY_HEADER, v),
+            _ => headers.remove(HASH_KEY_HEADER),
+        };
         let send = async {
             match pool.send(gateway, cluster, request).await {
                 Ok(r) => Try::Answered(r, None),
@@ -1268,6 +1291,14 @@ impl ReportSource for Outbound {
 /// reads it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddress(pub SocketAddr);
+
+/// Where a request's consistent-hash key comes from.
+enum KeyFrom {
+    /// An application's request: made from its fields or its client's address.
+    Client(Option<ClientAddress>),
+    /// A request from another cluster's proxy: the key it carried ([`HASH_KEY_HEADER`]).
+    Peer(Option<HeaderValue>),
+}
 
 /// A request's consistent-hash key, and the cookie to set on its answer when the key was
 /// made here.

@@ -21,7 +21,7 @@ use fulcrum_coordinator::security::certs::{InitPlan, init};
 use fulcrum_proxy::app::{EastWestSettings, Proxy, ProxyConfig};
 use fulcrum_proxy::control::ControlSettings;
 use fulcrum_proxy::downstream::ClientTimeouts;
-use fulcrum_proxy::outbound::{CLUSTER_HEADER, HOP_HEADER};
+use fulcrum_proxy::outbound::{CLUSTER_HEADER, HOP_HEADER, UPSTREAM_HEADER};
 use fulcrum_proxy::transport::MeshTls;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -425,6 +425,202 @@ async fn a_retry_in_another_locality_succeeds() {
         },
     )
     .await;
+}
+
+/// A request through `proxy`'s outbound listener from a client at `from`, to `host`, with
+/// `headers`: the answer's status and fields.
+async fn get_from(
+    proxy: SocketAddr,
+    from: std::net::IpAddr,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> Option<(StatusCode, http::HeaderMap)> {
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.bind(SocketAddr::new(from, 0)).ok()?;
+    let stream = socket.connect(proxy).await.ok()?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
+    tokio::spawn(connection);
+    let mut request = Request::get("/").header("host", host);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = sender
+        .send_request(request.body(Full::new(Bytes::new())).ok()?)
+        .await
+        .ok()?;
+    Some((response.status(), response.into_parts().0.headers))
+}
+
+/// The endpoint that served an answer, and the cluster it is in.
+fn served_by(headers: &http::HeaderMap) -> (String, String) {
+    let text = |name: &http::HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    (text(&UPSTREAM_HEADER), text(&CLUSTER_HEADER))
+}
+
+/// A consistent hash on the client's address, or on a cookie the proxy makes, holds when
+/// the endpoints are in another cluster: the proxy that sees the client makes the key and
+/// hands it over, as the receiving proxy sees only the sending one's address and would
+/// make a cookie of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consistent_hash_holds_across_clusters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    certs(dir.path(), "mesh.local");
+    let mut endpoints = String::new();
+    for name in ["west-0", "west-1", "west-2", "west-3"] {
+        let (address, _) = backend(name, StatusCode::OK).await;
+        endpoints.push_str(&format!(
+            "  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: {WEST}, labels: {{topology.istio.io/cluster: west}}}}\n",
+            address.port()
+        ));
+    }
+    let config_dir = dir.path().join("config");
+    std::fs::create_dir_all(&config_dir).expect("config dir");
+    let mut config = CoordinatorConfig::new(
+        1,
+        "127.0.0.1:0".parse().expect("address"),
+        dir.path().join("node-1"),
+        Security::InsecureDev,
+    );
+    config.bootstrap = Bootstrap::Init;
+    config.config_dir = Some(config_dir.clone());
+    let coordinator = Coordinator::start(config).await.expect("coordinator");
+    let mut proxies = Vec::new();
+    for (cluster, locality) in [("east", EAST), ("west", WEST)] {
+        let settings = settings(cluster, locality, coordinator.address(), dir.path());
+        proxies.push(Proxy::start(settings, None).await.expect("proxy starts"));
+    }
+    let gateway = |p: &Proxy| p.east_west_address().expect("east-west").port();
+    let mut yaml = format!(
+        r#"apiVersion: fulcrum.dev/v1alpha1
+kind: MeshCluster
+metadata: {{name: east}}
+spec:
+  locality: {EAST}
+  eastWestGateways: [{{address: 127.0.0.1, port: {east_gw}}}]
+---
+apiVersion: fulcrum.dev/v1alpha1
+kind: MeshCluster
+metadata: {{name: west}}
+spec:
+  locality: {WEST}
+  eastWestGateways: [{{address: 127.0.0.1, port: {west_gw}}}]
+"#,
+        east_gw = gateway(&proxies[0]),
+        west_gw = gateway(&proxies[1]),
+    );
+    for (service, hash) in [
+        ("by-ip", "{useSourceIp: true}"),
+        (
+            "by-cookie",
+            "{httpCookie: {name: sticky, path: /, ttl: 60s}}",
+        ),
+    ] {
+        yaml.push_str(&format!(
+            r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {service}, namespace: shop}}
+spec:
+  hosts: [{service}.shop]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints:
+{endpoints}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {service}, namespace: shop}}
+spec:
+  host: {service}.shop
+  trafficPolicy: {{loadBalancer: {{consistentHash: {hash}}}}}
+"#
+        ));
+    }
+    std::fs::write(config_dir.join("mesh.yaml"), yaml).expect("write config");
+    let east = proxies[0].outbound_address();
+    let localhost: std::net::IpAddr = "127.0.0.1".parse().expect("address");
+    for host in ["by-ip.shop", "by-cookie.shop"] {
+        eventually(
+            &format!("east sends {host} to the west cluster"),
+            Duration::from_secs(20),
+            || async move {
+                match get_from(east, localhost, host, &[]).await {
+                    Some((StatusCode::OK, headers)) if served_by(&headers).1 == "west" => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await;
+    }
+
+    // Twelve clients, each on its own address and with the cookie it was given: each
+    // stays on one endpoint, and between them they reach more than one.
+    let mut by_ip = std::collections::BTreeSet::new();
+    let mut by_cookie = std::collections::BTreeSet::new();
+    for client in 0..12u8 {
+        let from = std::net::IpAddr::from([127, 0, 0, client + 2]);
+        let (status, first) = get_from(east, from, "by-ip.shop", &[])
+            .await
+            .expect("answer");
+        assert_eq!(status, StatusCode::OK);
+        let (endpoint, cluster) = served_by(&first);
+        assert_eq!(cluster, "west");
+        let (status, given) = get_from(east, localhost, "by-cookie.shop", &[])
+            .await
+            .expect("answer");
+        assert_eq!(status, StatusCode::OK);
+        let cookies: Vec<&str> = given
+            .get_all(http::header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        assert_eq!(
+            cookies.len(),
+            1,
+            "one cookie, made by one proxy: {cookies:?}"
+        );
+        let cookie = cookies[0]
+            .split(';')
+            .next()
+            .expect("name=value")
+            .to_string();
+        let (cookie_endpoint, _) = served_by(&given);
+        for _ in 0..4 {
+            let (_, again) = get_from(east, from, "by-ip.shop", &[])
+                .await
+                .expect("answer");
+            assert_eq!(served_by(&again).0, endpoint, "client {from}");
+            // The key is the proxy's to make, not the application's.
+            let forged = [("x-fulcrum-hash-key", "127.0.0.99")];
+            let (_, again) = get_from(east, from, "by-ip.shop", &forged)
+                .await
+                .expect("answer");
+            assert_eq!(served_by(&again).0, endpoint, "client {from}, forged key");
+            let (_, again) = get_from(east, localhost, "by-cookie.shop", &[("cookie", &cookie)])
+                .await
+                .expect("answer");
+            assert_eq!(served_by(&again).0, cookie_endpoint, "{cookie}");
+            assert!(!again.contains_key(http::header::SET_COOKIE));
+        }
+        by_ip.insert(endpoint);
+        by_cookie.insert(cookie_endpoint);
+    }
+    assert!(
+        by_ip.len() >= 2,
+        "twelve client addresses all went to {by_ip:?}"
+    );
+    assert!(
+        by_cookie.len() >= 2,
+        "twelve cookies all went to {by_cookie:?}"
+    );
 }
 
 /// An h2 connection to the east-west listener at `gateway`, presenting `identity`
