@@ -829,6 +829,9 @@ impl Outbound {
         handled: &mut Handled,
     ) -> ProxyResponse {
         let (parts, key_from) = request;
+        // The sending proxy names the cluster and counts the tries in what it answers:
+        // the same fields from here would only be encoded, decoded and replaced.
+        let for_peer = matches!(key_from, KeyFrom::Peer(_));
         let discovery = routing.discovery.as_ref();
         let target = &forward.target;
         let endpoints = discovery.endpoints(&target.host, &target.subset);
@@ -958,8 +961,10 @@ impl Outbound {
                         Hop::Local(endpoint) => {
                             head.headers
                                 .insert(UPSTREAM_HEADER, endpoint.name_value.clone());
-                            head.headers
-                                .insert(CLUSTER_HEADER, self.cluster_value.clone());
+                            if !for_peer {
+                                head.headers
+                                    .insert(CLUSTER_HEADER, self.cluster_value.clone());
+                            }
                         }
                         Hop::Remote { .. } => {
                             if let Ok(v) = HeaderValue::from_str(cluster) {
@@ -1020,8 +1025,10 @@ impl Outbound {
         }
         let mut last =
             last.unwrap_or_else(|| answer(StatusCode::SERVICE_UNAVAILABLE, "no try was made"));
-        last.headers_mut()
-            .insert(ATTEMPTS_HEADER, attempts_value(tries));
+        if !for_peer {
+            last.headers_mut()
+                .insert(ATTEMPTS_HEADER, attempts_value(tries));
+        }
         if let Some(cookie) = hash.and_then(|h| h.set_cookie) {
             // Beside the endpoint's own cookies, not instead of them.
             handled.merge_fields(&mut last);
@@ -1181,24 +1188,9 @@ impl Outbound {
         let Some(pool) = &upstreams.east_west else {
             return Try::ConnectFailed("no east-west transport configured".into());
         };
-        let uri = format!("https://{}{}", forward.authority, forward.path_and_query);
-        let mut request = match upstream_request(parts, forward, &uri, body) {
+        let request = match h2_request(parts, forward, hash_key, body) {
             Ok(r) => r,
             Err(e) => return Try::Reset(e),
-        };
-        *request.version_mut() = Version::HTTP_2;
-        let headers = request.headers_mut();
-        // h2 carries the authority in the URI.
-        headers.remove(HOST);
-        // What the peer is told here replaces whatever the application put in the same
-        // fields: neither a subset nor a hash key is the application's to choose.
-        match HeaderValue::from_str(&forward.target.subset) {
-            Ok(v) if !v.is_empty() => headers.insert(SUBSET_HEADER, v),
-            _ => headers.remove(SUBSET_HEADER),
-        };
-        match hash_key.map(HeaderValue::from_bytes) {
-            Some(Ok(v)) => headers.insert(HASH_KEY_HEADER, v),
-            _ => headers.remove(HASH_KEY_HEADER),
         };
         let send = async {
             match pool.send(gateway, cluster, request).await {
@@ -1667,6 +1659,59 @@ fn http1_request(
     Ok(writer.finish(body))
 }
 
+/// The request to send to another cluster's proxy, over h2: the client's, without its
+/// hop-by-hop and framing fields and without Host (h2 carries the authority in the URI),
+/// with the route's header changes, and with the subset and the hash key this proxy
+/// chose. What the peer is told in those two fields replaces whatever the application
+/// put there: neither is the application's to choose.
+fn h2_request(
+    parts: &http::request::Parts,
+    forward: &Forward,
+    hash_key: Option<&[u8]>,
+    body: Bytes,
+) -> Result<Request<Bytes>, String> {
+    let uri = format!("https://{}{}", forward.authority, forward.path_and_query);
+    let ours = |name: &HeaderName| name == SUBSET_HEADER || name == HASH_KEY_HEADER;
+    let mut request =
+        if !forward.request_headers.is_empty() || parts.headers.contains_key(CONNECTION) {
+            let mut request = upstream_request(parts, forward, &uri, body)?;
+            let headers = request.headers_mut();
+            for name in [HOST, SUBSET_HEADER, HASH_KEY_HEADER] {
+                headers.remove(name);
+            }
+            request
+        } else {
+            // The common case: the fields copied in one pass, not cloned and then taken
+            // out one lookup at a time.
+            let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
+            for (name, value) in &parts.headers {
+                let framing_or_host =
+                    name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == HOST;
+                if !framing_or_host && !ours(name) && !is_hop_by_hop(name.as_str().as_bytes()) {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
+            let mut request = Request::new(body);
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = uri
+                .parse()
+                .map_err(|e| format!("cannot build the upstream URI: {e}"))?;
+            *request.headers_mut() = headers;
+            request
+        };
+    *request.version_mut() = Version::HTTP_2;
+    let headers = request.headers_mut();
+    if !forward.target.subset.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&forward.target.subset)
+    {
+        headers.insert(SUBSET_HEADER, v);
+    }
+    if let Some(Ok(v)) = hash_key.map(HeaderValue::from_bytes) {
+        headers.insert(HASH_KEY_HEADER, v);
+    }
+    Ok(request)
+}
+
 fn upstream_request(
     parts: &http::request::Parts,
     forward: &Forward,
@@ -1733,6 +1778,60 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("x-more: 3\r\n") && text.contains("host: checkout.internal"));
+    }
+
+    #[test]
+    fn the_request_to_another_cluster_keeps_end_to_end_fields_and_the_proxys_own() {
+        let client = |extra: &[(&str, &str)]| {
+            let mut request = Request::builder()
+                .method("POST")
+                .uri("/orders?id=7")
+                .header(HOST, "shop.example")
+                .header("x-app", "1")
+                .header(CONTENT_LENGTH, "2")
+                .header("te", "trailers")
+                .header("keep-alive", "timeout=5")
+                // What only a proxy may say to its peer.
+                .header(SUBSET_HEADER, "forged")
+                .header(HASH_KEY_HEADER, "forged");
+            for (name, value) in extra {
+                request = request.header(*name, *value);
+            }
+            request.body(()).unwrap().into_parts().0
+        };
+        let mut forward = default_route("checkout.internal", "/v2/orders?id=7");
+        let sent = |parts: &http::request::Parts, forward: &Forward, key: Option<&[u8]>| {
+            let request = h2_request(parts, forward, key, Bytes::from("{}")).unwrap();
+            assert_eq!(request.version(), Version::HTTP_2);
+            assert_eq!(request.method(), "POST");
+            assert_eq!(
+                request.uri(),
+                "https://checkout.internal/v2/orders?id=7",
+                "the authority travels in the URI"
+            );
+            let mut fields: Vec<String> = (request.headers().iter())
+                .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
+                .collect();
+            fields.sort();
+            fields
+        };
+        // Fast path and the slower one (a Connection field, and what it names) alike.
+        let named = client(&[("connection", "x-hop"), ("x-hop", "1")]);
+        for parts in [client(&[]), named] {
+            assert_eq!(sent(&parts, &forward, None), ["x-app: 1"]);
+            forward.target.subset = "v2".into();
+            assert_eq!(
+                sent(&parts, &forward, Some(b"10.0.0.7")),
+                [
+                    "x-app: 1",
+                    "x-fulcrum-hash-key: 10.0.0.7",
+                    "x-fulcrum-subset: v2"
+                ]
+            );
+            forward.target.subset.clear();
+        }
+        forward.request_headers.set = vec![("x-app".into(), "2".into())];
+        assert_eq!(sent(&client(&[]), &forward, None), ["x-app: 2"]);
     }
 
     #[test]
