@@ -181,6 +181,22 @@ where
 /// Takes out the fields HTTP/2 forbids (RFC 9113 §8.2.2): they describe an HTTP/1
 /// connection, and h2 refuses to send an answer that carries them.
 fn strip_connection_fields(headers: &mut HeaderMap) {
+    // A look at each name first: answers seldom carry any of these, and a removal is a
+    // hashed lookup per name.
+    let connection_field = |name: &http::HeaderName| {
+        matches!(
+            name.as_str(),
+            "connection"
+                | "transfer-encoding"
+                | "upgrade"
+                | "keep-alive"
+                | "proxy-connection"
+                | "te"
+        )
+    };
+    if !headers.keys().any(connection_field) {
+        return;
+    }
     for name in [CONNECTION, TRANSFER_ENCODING, UPGRADE] {
         headers.remove(name);
     }
@@ -349,6 +365,22 @@ mod tests {
         let mut left: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["content-type", "x-request-id"]);
+
+        // Each found alone too.
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "upgrade",
+            "te",
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-request-id", "7".parse().unwrap());
+            headers.insert(name, "gzip".parse().unwrap());
+            strip_connection_fields(&mut headers);
+            assert_eq!(headers.len(), 1, "{name} left in");
+        }
 
         let mut trailers = HeaderMap::new();
         trailers.insert(TE, "trailers".parse().unwrap());

@@ -1670,10 +1670,10 @@ fn h2_request(
     hash_key: Option<&[u8]>,
     body: Bytes,
 ) -> Result<Request<Bytes>, String> {
-    let uri = format!("https://{}{}", forward.authority, forward.path_and_query);
     let ours = |name: &HeaderName| name == SUBSET_HEADER || name == HASH_KEY_HEADER;
     let mut request =
         if !forward.request_headers.is_empty() || parts.headers.contains_key(CONNECTION) {
+            let uri = format!("https://{}{}", forward.authority, forward.path_and_query);
             let mut request = upstream_request(parts, forward, &uri, body)?;
             let headers = request.headers_mut();
             for name in [HOST, SUBSET_HEADER, HASH_KEY_HEADER] {
@@ -1693,9 +1693,7 @@ fn h2_request(
             }
             let mut request = Request::new(body);
             *request.method_mut() = parts.method.clone();
-            *request.uri_mut() = uri
-                .parse()
-                .map_err(|e| format!("cannot build the upstream URI: {e}"))?;
+            *request.uri_mut() = h2_uri(parts, forward)?;
             *request.headers_mut() = headers;
             request
         };
@@ -1710,6 +1708,22 @@ fn h2_request(
         headers.insert(HASH_KEY_HEADER, v);
     }
     Ok(request)
+}
+
+/// `https://AUTHORITY/PATH` of a request to another cluster, from its parts rather than
+/// from a string made and parsed again; the client's path is shared when the route kept it.
+fn h2_uri(parts: &http::request::Parts, forward: &Forward) -> Result<Uri, String> {
+    let bad = |e: &dyn std::fmt::Display| format!("cannot build the upstream URI: {e}");
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(http::uri::Scheme::HTTPS);
+    uri.authority =
+        Some(http::uri::Authority::try_from(forward.authority.as_str()).map_err(|e| bad(&e))?);
+    uri.path_and_query = Some(match parts.uri.path_and_query() {
+        Some(p) if p.as_str() == forward.path_and_query => p.clone(),
+        _ => http::uri::PathAndQuery::try_from(forward.path_and_query.as_str())
+            .map_err(|e| bad(&e))?,
+    });
+    Uri::from_parts(uri).map_err(|e| bad(&e))
 }
 
 fn upstream_request(
@@ -1832,6 +1846,10 @@ mod tests {
         }
         forward.request_headers.set = vec![("x-app".into(), "2".into())];
         assert_eq!(sent(&client(&[]), &forward, None), ["x-app: 2"]);
+        // A path the route kept is the client's, shared.
+        let kept = default_route("checkout.internal", "/orders?id=7");
+        let request = h2_request(&client(&[]), &kept, None, Bytes::new()).unwrap();
+        assert_eq!(request.uri(), "https://checkout.internal/orders?id=7");
     }
 
     #[test]
