@@ -26,7 +26,7 @@ use fulcrum_policy::Locality;
 use fulcrum_policy::health::EndpointInventory;
 use fulcrum_policy::weights::WeightRow;
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue, TRANSFER_ENCODING};
-use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use tokio::time::Instant;
 
@@ -517,6 +517,9 @@ impl Outbound {
             );
         };
         let (parts, body) = request.into_parts();
+        if parts.method == Method::CONNECT {
+            return refuse_connect();
+        }
         let known = |host: &str| routing.routes.has_host(host) || routing.discovery.knows(host);
         let HostPort { host, port } = match service_authority(&parts.uri, &parts.headers, known) {
             Ok(a) => a,
@@ -636,6 +639,9 @@ impl Outbound {
             );
         };
         let (mut parts, body) = request.into_parts();
+        if parts.method == Method::CONNECT {
+            return refuse_connect();
+        }
         let authority = match authority_of(&parts.uri, &parts.headers) {
             Ok(a) => a,
             Err(reason) => return answer(StatusCode::BAD_REQUEST, &reason),
@@ -1277,6 +1283,17 @@ impl ReportSource for Outbound {
             .map(|r| r.clusters.clone())
             .unwrap_or_default()
     }
+}
+
+/// The answer to a CONNECT: 404, as Envoy gives one without a `connect_matcher`. The
+/// proxy makes no tunnels, and passing the method on would be worse than refusing it: an
+/// endpoint that accepted would turn its pooled connection into a tunnel that the next
+/// request would be written into.
+fn refuse_connect() -> ProxyResponse {
+    answer(
+        StatusCode::NOT_FOUND,
+        "CONNECT is not routed: the proxy makes no tunnels",
+    )
 }
 
 /// The address of the client a request came from (a consistent hash on `useSourceIp`

@@ -938,6 +938,27 @@ async fn malformed_requests_are_400_and_the_proxy_keeps_serving() {
 }
 
 #[tokio::test]
+async fn connect_is_refused_and_the_connection_stays_http() {
+    let mesh = mesh().await;
+    let mut stream = TcpStream::connect(mesh.proxy.outbound_address())
+        .await
+        .expect("connect");
+    stream
+        .write_all(
+            b"CONNECT shop.example:80 HTTP/1.1\r\nHost: shop.example:80\r\n\r\n\
+              GET /old/x HTTP/1.1\r\nHost: shop.example\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let seen = read_until(&mut stream, "x-backend").await;
+    let first = seen.lines().next().unwrap_or("");
+    assert!(first.contains(" 404 "), "{seen}");
+    assert!(seen.contains("no tunnels"), "{seen}");
+    // The next request on the same connection is served as HTTP, by an endpoint.
+    assert!(seen.contains("HTTP/1.1 200 OK"), "{seen}");
+}
+
+#[tokio::test]
 async fn the_admin_port_says_ready_and_dumps_the_config() {
     let mesh = mesh().await;
     let admin = mesh.proxy.admin_address();
