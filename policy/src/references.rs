@@ -4,8 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::istio::{Destination, DestinationRuleSpec, VirtualServiceSpec};
+use crate::istio::{Destination, DestinationRuleSpec, TrafficPolicy, VirtualServiceSpec};
 use crate::path::FieldPath;
+use crate::resource::Object;
 use crate::validate::names;
 
 /// Istio's default cluster domain, which short host names are qualified with.
@@ -18,6 +19,44 @@ pub fn qualify_host(host: &str, namespace: &str) -> String {
         return host.to_string();
     }
     format!("{host}.{namespace}.svc.{DEFAULT_DOMAIN}")
+}
+
+/// The DestinationRule that applies to `host` (qualified): a rule for exactly that host
+/// first, then the one with the most specific wildcard, as istiod chooses. `rules` in the
+/// order ties go to (the engine and the proxy sort them by namespace and name).
+pub fn rule_for_host<'a>(
+    rules: &[&'a Object<DestinationRuleSpec>],
+    host: &str,
+) -> Option<&'a Object<DestinationRuleSpec>> {
+    let qualified =
+        |r: &Object<DestinationRuleSpec>| qualify_host(&r.spec.host, &r.metadata.namespace);
+    rules
+        .iter()
+        .find(|r| qualified(r) == host)
+        .or_else(|| {
+            rules
+                .iter()
+                .filter(|r| names::host_is_subset(host, &qualified(r)))
+                .max_by_key(|r| qualified(r).len())
+        })
+        .copied()
+}
+
+/// A subset's traffic policy merged over the rule's, field by field, as istiod does.
+pub fn merged_policy(top: Option<&TrafficPolicy>, subset: Option<&TrafficPolicy>) -> TrafficPolicy {
+    let mut merged = top.cloned().unwrap_or_default();
+    if let Some(s) = subset {
+        if s.load_balancer.is_some() {
+            merged.load_balancer = s.load_balancer.clone();
+        }
+        if s.outlier_detection.is_some() {
+            merged.outlier_detection = s.outlier_detection.clone();
+        }
+        if s.connection_pool.is_some() {
+            merged.connection_pool = s.connection_pool.clone();
+        }
+    }
+    merged
 }
 
 /// The subsets DestinationRules define, by qualified host.

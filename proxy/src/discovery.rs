@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use fulcrum_policy::istio::{SimpleLb, TrafficPolicy, endpoints_of};
+use fulcrum_policy::references::{merged_policy, qualify_host, rule_for_host};
 use fulcrum_policy::{Locality, Resource};
 use http::HeaderValue;
 
@@ -88,6 +89,8 @@ pub trait Discovery: Send + Sync {
     fn balance(&self, host: &str, subset: &str) -> &BalanceSettings;
     /// The services with at least one endpoint in this cluster, sorted.
     fn local_services(&self) -> Vec<String>;
+    /// Every service this mesh knows (in any cluster), by its full name, sorted.
+    fn known_services(&self) -> Vec<String>;
 }
 
 #[derive(Debug, Clone, Default)]
@@ -182,7 +185,8 @@ impl StaticDiscovery {
             };
             let selected = endpoints_of(se, &workloads);
             for host in &se.spec.hosts {
-                let service = endpoints.entry(host.to_ascii_lowercase()).or_default();
+                let host = qualify_host(host, &se.metadata.namespace).to_ascii_lowercase();
+                let service = endpoints.entry(host).or_default();
                 for we in &selected {
                     let ours = match we.labels.get(CLUSTER_LABEL) {
                         Some(c) => c == cluster,
@@ -229,17 +233,28 @@ impl StaticDiscovery {
                 (host, service)
             })
             .collect();
-        for r in &resources {
-            let Resource::DestinationRule(dr) = r else {
+        // Each service takes the rule istiod would give it (its exact host, else the most
+        // specific wildcard), with each subset's policy merged over the rule's.
+        let mut rules: Vec<_> = resources
+            .iter()
+            .filter_map(|r| match r {
+                Resource::DestinationRule(dr) => Some(dr.as_ref()),
+                _ => None,
+            })
+            .collect();
+        rules.sort_by(|a, b| {
+            (&a.metadata.namespace, &a.metadata.name)
+                .cmp(&(&b.metadata.namespace, &b.metadata.name))
+        });
+        for (host, service) in services.iter_mut() {
+            let Some(rule) = rule_for_host(&rules, host) else {
                 continue;
             };
-            let Some(service) = services.get_mut(&dr.spec.host.to_ascii_lowercase()) else {
-                continue;
-            };
-            if let Some(b) = balance_of(dr.spec.traffic_policy.as_ref()) {
+            let top = rule.spec.traffic_policy.as_ref();
+            if let Some(b) = balance_of(top) {
                 service.balance = b;
             }
-            for subset in &dr.spec.subsets {
+            for subset in &rule.spec.subsets {
                 let selected: Arc<[Endpoint]> = service
                     .endpoints
                     .iter()
@@ -247,7 +262,9 @@ impl StaticDiscovery {
                     .cloned()
                     .collect();
                 service.subsets.insert(subset.name.clone(), selected);
-                if let Some(b) = balance_of(subset.traffic_policy.as_ref()) {
+                if let Some(own) = subset.traffic_policy.as_ref()
+                    && let Some(b) = balance_of(Some(&merged_policy(top, Some(own))))
+                {
                     service.subset_balance.insert(subset.name.clone(), b);
                 }
             }
@@ -296,6 +313,12 @@ impl Discovery for StaticDiscovery {
             .filter(|(_, s)| !s.endpoints.is_empty())
             .map(|(n, _)| n.clone())
             .collect();
+        names.sort();
+        names
+    }
+
+    fn known_services(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.services.keys().cloned().collect();
         names.sort();
         names
     }

@@ -39,6 +39,7 @@ use crate::discovery::{BalanceSettings, Discovery, Endpoint, HashOn};
 use crate::downstream::ClientTimeouts;
 use crate::health::Health;
 use crate::metrics::ProxyMetrics;
+use crate::routing::names::ServiceNames;
 use crate::routing::{
     Forward, HeaderChanges, RandomChance, RetryOn, RetryPolicy, RouteDecision, RouteError,
     RouteRequest, RouteTable, Target,
@@ -64,6 +65,11 @@ pub const HOP_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-hop");
 /// about to set), so that the receiving proxy picks its endpoint by the same key. Only a
 /// proxy of the mesh sets it; one taken from an application is dropped.
 pub const HASH_KEY_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-hash-key");
+/// Set on a request sent to another cluster's proxy when the service the sending proxy
+/// routed it to is not the one its authority names (a VirtualService sending one host to
+/// another service, or a short name given for a Kubernetes service): the service's full
+/// name. The authority itself goes on to the endpoint unchanged, as Envoy keeps the Host.
+pub const SERVICE_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-service");
 /// Largest request body the proxy buffers (it keeps the body to retry).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 /// How long a connection to an endpoint may take.
@@ -97,6 +103,8 @@ pub struct Routing {
     pub clusters: Vec<ClusterInfo>,
     /// VirtualServices left out because they do not compile.
     pub route_errors: Vec<String>,
+    /// The short names applications may give Kubernetes services.
+    pub names: ServiceNames,
 }
 
 impl Routing {
@@ -124,16 +132,29 @@ impl Routing {
                     LocalityRow::new(w, locality, cluster, &clusters),
                 );
         }
+        let known = discovery.known_services();
+        let names = ServiceNames::new(routes.exact_hosts().chain(known.iter().map(String::as_str)));
         (
             Routing {
                 routes,
                 discovery: Arc::new(discovery),
+                names,
                 rows,
                 clusters,
                 route_errors: errors.iter().map(|e| e.to_string()).collect(),
             },
             errors,
         )
+    }
+
+    /// The service `host` (from a request's authority) names: itself when a
+    /// VirtualService or a ServiceEntry has it by name, else the Kubernetes service it is
+    /// a short form of, if any; an error when that is ambiguous.
+    fn service_named<'a>(&'a self, host: &'a str) -> Result<&'a str, String> {
+        if self.discovery.knows(host) || self.routes.claims_exactly(host) {
+            return Ok(host);
+        }
+        Ok(self.names.resolve(host)?.unwrap_or(host))
     }
 
     /// The row for `target`: its subset's, else the whole service's.
@@ -520,10 +541,18 @@ impl Outbound {
         if parts.method == Method::CONNECT {
             return refuse_connect();
         }
-        let known = |host: &str| routing.routes.has_host(host) || routing.discovery.knows(host);
+        let known = |host: &str| {
+            routing.routes.has_host(host)
+                || routing.discovery.knows(host)
+                || matches!(routing.names.resolve(host), Ok(Some(_)))
+        };
         let HostPort { host, port } = match service_authority(&parts.uri, &parts.headers, known) {
             Ok(a) => a,
             Err(reason) => return answer(StatusCode::BAD_REQUEST, &reason),
+        };
+        let service = match routing.service_named(host) {
+            Ok(s) => s,
+            Err(reason) => return answer(StatusCode::NOT_FOUND, &reason),
         };
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let decision = routing.routes.decide(
@@ -531,15 +560,16 @@ impl Outbound {
                 method: parts.method.as_str(),
                 scheme: parts.uri.scheme_str().unwrap_or("http"),
                 authority: host,
+                service,
                 path_and_query,
                 headers: &parts.headers,
                 port: port.unwrap_or(80),
             },
             &mut RandomChance,
         );
-        let discovered = routing.discovery.knows(host);
-        if discovered || routing.routes.has_host(host) {
-            handled.service = Some(host.to_string());
+        let discovered = routing.discovery.knows(service);
+        if discovered || routing.routes.has_host(service) {
+            handled.service = Some(service.to_string());
         }
         let forward = match decision {
             RouteDecision::Forward(f) => *f,
@@ -558,7 +588,7 @@ impl Outbound {
                 *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
                 return r;
             }
-            RouteDecision::NoRoute if discovered => default_route(host, path_and_query),
+            RouteDecision::NoRoute if discovered => default_route(service, host, path_and_query),
             RouteDecision::NoRoute => {
                 return answer(
                     StatusCode::NOT_FOUND,
@@ -646,20 +676,28 @@ impl Outbound {
             Ok(a) => a,
             Err(reason) => return answer(StatusCode::BAD_REQUEST, &reason),
         };
-        let host = authority.host.to_string();
-        if !routing.discovery.knows(&host) {
+        let authority = authority.host.to_string();
+        // The service the sender routed to, when its name is not the authority's.
+        let service = match parts.headers.remove(SERVICE_HEADER) {
+            Some(v) => match v.to_str() {
+                Ok(name) => name.to_string(),
+                Err(_) => return answer(StatusCode::BAD_REQUEST, "x-fulcrum-service: not text"),
+            },
+            None => authority.clone(),
+        };
+        if !routing.discovery.knows(&service) {
             return answer(
                 StatusCode::NOT_FOUND,
-                &format!("unknown service {host:?} in cluster {}", self.cluster),
+                &format!("unknown service {service:?} in cluster {}", self.cluster),
             );
         }
-        handled.service = Some(host.clone());
+        handled.service = Some(service.clone());
         let path_and_query = parts
             .uri
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string();
-        let mut forward = default_route(&host, &path_and_query);
+        let mut forward = default_route(&service, &authority, &path_and_query);
         forward.target.subset = parts
             .headers
             .remove(SUBSET_HEADER)
@@ -1461,16 +1499,18 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Istio's route for a known service no VirtualService names: the whole service.
-fn default_route(host: &str, path_and_query: &str) -> Forward {
+/// Where a request for `service` goes without a VirtualService: to the service, with
+/// the `authority` it came with.
+fn default_route(service: &str, authority: &str, path_and_query: &str) -> Forward {
     Forward {
         route: "default".into(),
         target: Target {
-            host: host.to_string(),
+            host: service.to_string(),
             subset: String::new(),
             port: None,
         },
         path_and_query: path_and_query.to_string(),
-        authority: host.to_string(),
+        authority: authority.to_string(),
         request_headers: HeaderChanges::default(),
         response_headers: HeaderChanges::default(),
         timeout: None,
@@ -1687,13 +1727,15 @@ fn h2_request(
     hash_key: Option<&[u8]>,
     body: Bytes,
 ) -> Result<Request<Bytes>, String> {
-    let ours = |name: &HeaderName| name == SUBSET_HEADER || name == HASH_KEY_HEADER;
+    let ours = |name: &HeaderName| {
+        name == SUBSET_HEADER || name == HASH_KEY_HEADER || name == SERVICE_HEADER
+    };
     let mut request =
         if !forward.request_headers.is_empty() || parts.headers.contains_key(CONNECTION) {
             let uri = format!("https://{}{}", forward.authority, forward.path_and_query);
             let mut request = upstream_request(parts, forward, &uri, body)?;
             let headers = request.headers_mut();
-            for name in [HOST, SUBSET_HEADER, HASH_KEY_HEADER] {
+            for name in [HOST, SUBSET_HEADER, HASH_KEY_HEADER, SERVICE_HEADER] {
                 headers.remove(name);
             }
             request
@@ -1723,6 +1765,12 @@ fn h2_request(
     }
     if let Some(Ok(v)) = hash_key.map(HeaderValue::from_bytes) {
         headers.insert(HASH_KEY_HEADER, v);
+    }
+    let authority_host = HostPort::parse(forward.authority.as_bytes()).map(|a| a.host);
+    if authority_host.is_none_or(|host| !host.eq_ignore_ascii_case(&forward.target.host)) {
+        let service = HeaderValue::from_str(&forward.target.host)
+            .map_err(|_| format!("invalid service name {:?}", forward.target.host))?;
+        headers.insert(SERVICE_HEADER, service);
     }
     Ok(request)
 }
@@ -1788,7 +1836,8 @@ mod tests {
             }
             request.body(()).unwrap().into_parts().0
         };
-        let mut forward = default_route("checkout.internal", "/v2/orders?id=7");
+        let mut forward =
+            default_route("checkout.internal", "checkout.internal", "/v2/orders?id=7");
         let sent = |parts: &http::request::Parts, forward: &Forward| {
             let request = http1_request(parts, forward, Bytes::from("{}")).unwrap();
             String::from_utf8(request.message().to_vec()).unwrap()
@@ -1830,14 +1879,15 @@ mod tests {
             }
             request.body(()).unwrap().into_parts().0
         };
-        let mut forward = default_route("checkout.internal", "/v2/orders?id=7");
+        let mut forward =
+            default_route("checkout.internal", "checkout.internal", "/v2/orders?id=7");
         let sent = |parts: &http::request::Parts, forward: &Forward, key: Option<&[u8]>| {
             let request = h2_request(parts, forward, key, Bytes::from("{}")).unwrap();
             assert_eq!(request.version(), Version::HTTP_2);
             assert_eq!(request.method(), "POST");
             assert_eq!(
-                request.uri(),
-                "https://checkout.internal/v2/orders?id=7",
+                request.uri().to_string(),
+                format!("https://{}{}", forward.authority, forward.path_and_query),
                 "the authority travels in the URI"
             );
             let mut fields: Vec<String> = (request.headers().iter())
@@ -1863,8 +1913,27 @@ mod tests {
         }
         forward.request_headers.set = vec![("x-app".into(), "2".into())];
         assert_eq!(sent(&client(&[]), &forward, None), ["x-app: 2"]);
+        // A route to a service the authority does not name says which, to the peer.
+        let mut elsewhere = default_route(
+            "checkout.shop.svc.cluster.local",
+            "front",
+            "/v2/orders?id=7",
+        );
+        assert_eq!(
+            sent(
+                &client(&[("x-fulcrum-service", "forged")]),
+                &elsewhere,
+                None
+            ),
+            [
+                "x-app: 1",
+                "x-fulcrum-service: checkout.shop.svc.cluster.local"
+            ]
+        );
+        elsewhere.authority = "CHECKOUT.shop.svc.cluster.local:8080".into();
+        assert_eq!(sent(&client(&[]), &elsewhere, None), ["x-app: 1"]);
         // A path the route kept is the client's, shared.
-        let kept = default_route("checkout.internal", "/orders?id=7");
+        let kept = default_route("checkout.internal", "checkout.internal", "/orders?id=7");
         let request = h2_request(&client(&[]), &kept, None, Bytes::new()).unwrap();
         assert_eq!(request.uri(), "https://checkout.internal/orders?id=7");
     }

@@ -201,6 +201,8 @@ struct Mesh {
     east_seen: Arc<AtomicU64>,
     west_seen: Arc<AtomicU64>,
     certs: PathBuf,
+    /// The directory the coordinator reads the mesh's configuration from.
+    config_dir: PathBuf,
 }
 
 async fn mesh(east_status: StatusCode, locality_lb: &str, http_route: &str) -> Mesh {
@@ -255,6 +257,7 @@ async fn mesh(east_status: StatusCode, locality_lb: &str, http_route: &str) -> M
         east_seen,
         west_seen,
         certs,
+        config_dir,
     }
 }
 
@@ -425,6 +428,53 @@ async fn a_retry_in_another_locality_succeeds() {
         },
     )
     .await;
+}
+
+/// A VirtualService whose host is not its destination's, named short: the sending proxy
+/// resolves both and tells the receiving one which service it routed to, as the
+/// authority (`front`) names none there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_to_another_service_is_served_across_clusters() {
+    let everything_west =
+        "        distribute:\n        - from: us-east/*\n          to: {\"us-west/*\": 100}";
+    let mesh = mesh(StatusCode::OK, everything_west, "").await;
+    std::fs::write(
+        mesh.config_dir.join("front.yaml"),
+        "apiVersion: networking.istio.io/v1\n\
+         kind: VirtualService\n\
+         metadata: {name: front, namespace: shop}\n\
+         spec:\n  \
+           hosts: [front]\n  \
+           http:\n  \
+           - route:\n    \
+             - destination: {host: checkout.shop}\n",
+    )
+    .expect("write config");
+    let east = mesh.east.outbound_address();
+    let localhost: std::net::IpAddr = "127.0.0.1".parse().expect("address");
+    eventually(
+        "east sends front's requests to checkout in the west cluster",
+        Duration::from_secs(20),
+        || async move {
+            match get_from(east, localhost, "front", &[]).await {
+                Some((StatusCode::OK, headers)) if served_by(&headers).1 == "west" => Ok(()),
+                Some((status, headers)) => Err(format!("{status} {headers:?}")),
+                None => Err("no answer".into()),
+            }
+        },
+    )
+    .await;
+    let before = mesh.west_seen.load(Ordering::Relaxed);
+    for _ in 0..10 {
+        let (status, headers) = get_from(east, localhost, "front.shop", &[])
+            .await
+            .expect("answer");
+        assert_eq!(
+            (status, served_by(&headers).1.as_str()),
+            (StatusCode::OK, "west")
+        );
+    }
+    assert_eq!(mesh.west_seen.load(Ordering::Relaxed) - before, 10);
 }
 
 /// A request through `proxy`'s outbound listener from a client at `from`, to `host`, with

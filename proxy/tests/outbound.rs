@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -1287,4 +1288,113 @@ spec:
     check("httpQueryParameterName", by_query);
     check("useSourceIp", by_ip);
     check("httpCookie", by_cookie);
+}
+
+/// A GET through `proxy` to `host` with `headers`: its status, the backend that answered
+/// (empty when none did) and the Host that backend saw.
+async fn get_with(
+    proxy: SocketAddr,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, String, String) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = Request::get(format!("http://{proxy}/")).header("host", host);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = client
+        .request(request.body(Full::new(Bytes::new())).expect("request"))
+        .await
+        .expect("the proxy answers");
+    let text = |name: &str| {
+        (response.headers().get(name))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    (response.status(), text("x-backend"), text("x-seen-host"))
+}
+
+/// Istio's Bookinfo rules, read in place, route as in Istio: their short host names are
+/// services in the rules' namespace, and applications reach a Kubernetes service by any
+/// of the names its pods' DNS gives it.
+#[tokio::test]
+async fn bookinfo_rules_with_short_names_route_as_in_istio() {
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/istio-samples/bookinfo");
+    let mut yaml = String::new();
+    for (service, versions) in [
+        ("reviews", &["v1", "v2", "v3"][..]),
+        ("ratings", &["v1"][..]),
+    ] {
+        let mut endpoints = String::new();
+        for version in versions {
+            let name: &'static str = Box::leak(format!("{service}-{version}").into_boxed_str());
+            let address = backend(name, Behaviour::Ok).await;
+            endpoints.push_str(&format!(
+                "  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a, labels: {{version: {version}}}}}\n",
+                address.port()
+            ));
+        }
+        // Kubernetes services as a ServiceEntry spells them: the short name, in the
+        // namespace the rules are applied to.
+        yaml.push_str(&format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {service}, namespace: default}}
+spec:
+  hosts: [{service}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  endpoints:
+{endpoints}---
+"#
+        ));
+    }
+    for file in [
+        "destination-rule-all.yaml",
+        "virtual-service-reviews-jason-v2-v3.yaml",
+        "virtual-service-ratings-test-abort.yaml",
+    ] {
+        let text = std::fs::read_to_string(samples.join(file)).expect("a Bookinfo sample");
+        yaml.push_str(&text);
+        yaml.push_str("\n---\n");
+    }
+    let running = start_east(&yaml, None).await;
+    let proxy = running.outbound_address();
+    let jason = [("end-user", "jason")];
+    for host in [
+        "reviews",
+        "reviews:9080",
+        "reviews.default",
+        "reviews.default.svc",
+        "reviews.default.svc.cluster.local:9080",
+    ] {
+        // The Host goes on as it came (its name; the proxy does not pass a port on).
+        let name = host.split(':').next().expect("name");
+        assert_eq!(
+            get_with(proxy, host, &jason).await,
+            (StatusCode::OK, "reviews-v2".into(), name.into()),
+            "{host}, as jason: subset v2"
+        );
+        for _ in 0..3 {
+            let (status, backend, _) = get_with(proxy, host, &[]).await;
+            assert_eq!(
+                (status, backend.as_str()),
+                (StatusCode::OK, "reviews-v3"),
+                "{host}"
+            );
+        }
+    }
+    // The fault applies to jason only; everyone else reaches ratings v1.
+    let (status, backend, _) = get_with(proxy, "ratings", &jason).await;
+    assert_eq!(
+        (status, backend.as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, "")
+    );
+    let (status, backend, _) = get_with(proxy, "ratings.default", &[]).await;
+    assert_eq!((status, backend.as_str()), (StatusCode::OK, "ratings-v1"));
+    // Another namespace's name is not this one's.
+    let (status, _, _) = get_with(proxy, "reviews.test", &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -13,9 +13,8 @@ use crate::engine::split::{ENVOY_DEFAULT_PANIC_PERCENT, FailoverRule, PriorityLa
 use crate::fulcrum::FailoverSettings;
 use crate::istio::{DestinationRuleSpec, LocalityLbSetting, TrafficPolicy};
 use crate::locality::{Locality, LocalityPattern};
-use crate::references::qualify_host;
+use crate::references::{merged_policy, qualify_host, rule_for_host};
 use crate::resource::{Object, Resource};
-use crate::validate::names;
 
 /// Istio's label naming an endpoint's (or proxy's) cluster.
 pub const LABEL_CLUSTER: &str = "topology.istio.io/cluster";
@@ -255,7 +254,7 @@ impl Topology {
         let services = by_host
             .into_iter()
             .map(|(host, raw)| {
-                let rule = find_rule(&rules, &host);
+                let rule = rule_for_host(&rules, &host);
                 let (policy, settings) = match policies.get(&host) {
                     Some((name, settings)) => (Some(name.clone()), settings.clone()),
                     None => (None, FailoverSettings::default()),
@@ -403,42 +402,6 @@ fn topology_labels(locality: &Locality, cluster: &str, network: &str) -> BTreeMa
     put(LABEL_ZONE, &locality.zone);
     put(LABEL_SUBZONE, &locality.subzone);
     labels
-}
-
-/// The DestinationRule for a host: an exact host first, then the most specific wildcard.
-fn find_rule<'a>(
-    rules: &[&'a Object<DestinationRuleSpec>],
-    host: &str,
-) -> Option<&'a Object<DestinationRuleSpec>> {
-    let qualified =
-        |r: &Object<DestinationRuleSpec>| qualify_host(&r.spec.host, &r.metadata.namespace);
-    rules
-        .iter()
-        .find(|r| qualified(r) == host)
-        .or_else(|| {
-            rules
-                .iter()
-                .filter(|r| names::host_is_subset(host, &qualified(r)))
-                .max_by_key(|r| qualified(r).len())
-        })
-        .copied()
-}
-
-/// A subset's traffic policy merged over the rule's, field by field, as istiod does.
-fn merged_policy(top: Option<&TrafficPolicy>, subset: Option<&TrafficPolicy>) -> TrafficPolicy {
-    let mut merged = top.cloned().unwrap_or_default();
-    if let Some(s) = subset {
-        if s.load_balancer.is_some() {
-            merged.load_balancer = s.load_balancer.clone();
-        }
-        if s.outlier_detection.is_some() {
-            merged.outlier_detection = s.outlier_detection.clone();
-        }
-        if s.connection_pool.is_some() {
-            merged.connection_pool = s.connection_pool.clone();
-        }
-    }
-    merged
 }
 
 fn locality_lb(policy: &TrafficPolicy) -> (LocalityLb, u32) {

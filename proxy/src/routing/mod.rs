@@ -15,6 +15,7 @@
 //! unavailable, cancelled and 503).
 
 mod matching;
+pub mod names;
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -26,6 +27,7 @@ use fulcrum_policy::istio::{
     Destination, HeaderOperations, HttpRedirect, HttpRetry, HttpRoute, Percentage,
     RedirectPortSelection, VirtualServiceSpec,
 };
+use fulcrum_policy::references::qualify_host;
 use http::HeaderMap;
 use regex::Regex;
 
@@ -60,8 +62,13 @@ pub struct RouteRequest<'a> {
     pub method: &'a str,
     /// `http` or `https`.
     pub scheme: &'a str,
-    /// The Host (HTTP/1.1) or `:authority` (h2), without the port.
+    /// The Host (HTTP/1.1) or `:authority` (h2), without the port: what `authority`
+    /// matches test, and what is sent on unless a rewrite changes it.
     pub authority: &'a str,
+    /// The service that authority names, as the mesh knows it: the same, or the full name
+    /// of a Kubernetes service given short (`reviews` for
+    /// `reviews.default.svc.cluster.local`). The VirtualServices of this host apply.
+    pub service: &'a str,
     /// Path and query, as sent (`/cart?id=3`).
     pub path_and_query: &'a str,
     /// The request's headers.
@@ -449,9 +456,15 @@ impl RouteTable {
                 vs.metadata.namespace, vs.metadata.name
             );
             match compile_routes(&vs.spec) {
-                Ok(routes) => {
+                Ok(mut routes) => {
+                    // Short names (`reviews`) are services in the VirtualService's
+                    // namespace, in its hosts and its destinations alike, as in Istio.
+                    let namespace = &vs.metadata.namespace;
+                    for route in &mut routes {
+                        route.qualify_hosts(namespace);
+                    }
                     for host in &vs.spec.hosts {
-                        table.insert(host, routes.clone());
+                        table.insert(&qualify_host(host, namespace), routes.clone());
                     }
                 }
                 Err(mut e) => {
@@ -494,9 +507,19 @@ impl RouteTable {
         self.routes_for(authority).is_some()
     }
 
+    /// The hosts VirtualServices claim by name (not by wildcard), lowercase.
+    pub fn exact_hosts(&self) -> impl Iterator<Item = &str> {
+        self.exact.keys().map(String::as_str)
+    }
+
+    /// Whether a VirtualService claims `host` by name (not by wildcard).
+    pub fn claims_exactly(&self, host: &str) -> bool {
+        self.exact.contains_key(crate::lower_case(host).as_ref())
+    }
+
     /// What to do with `request`.
     pub fn decide(&self, request: &RouteRequest<'_>, chance: &mut dyn Chance) -> RouteDecision {
-        let Some(routes) = self.routes_for(request.authority) else {
+        let Some(routes) = self.routes_for(request.service) else {
             return RouteDecision::NoRoute;
         };
         for route in routes {
@@ -686,6 +709,21 @@ fn compile_route(r: &HttpRoute, field: &str, index: usize) -> Result<CompiledRou
 }
 
 impl CompiledRoute {
+    /// Its destinations' and mirrors' short names made full, for a VirtualService in
+    /// `namespace`.
+    fn qualify_hosts(&mut self, namespace: &str) {
+        let targets = match &mut self.action {
+            RouteAction::Forward(targets) => targets.iter_mut().map(|t| &mut t.target).collect(),
+            _ => Vec::new(),
+        };
+        for target in targets
+            .into_iter()
+            .chain(self.mirrors.iter_mut().map(|m| &mut m.target))
+        {
+            target.host = qualify_host(&target.host, namespace);
+        }
+    }
+
     fn decide(
         &self,
         request: &RouteRequest<'_>,

@@ -81,6 +81,7 @@ impl Req {
                 method: self.method,
                 scheme: "http",
                 authority: self.authority,
+                service: self.authority,
                 path_and_query: self.path,
                 headers: &self.headers,
                 port: self.port,
