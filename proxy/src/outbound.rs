@@ -149,12 +149,19 @@ impl Routing {
 
     /// The service `host` (from a request's authority) names: itself when a
     /// VirtualService or a ServiceEntry has it by name, else the Kubernetes service it is
-    /// a short form of, if any; an error when that is ambiguous.
-    fn service_named<'a>(&'a self, host: &'a str) -> Result<&'a str, String> {
-        if self.discovery.knows(host) || self.routes.claims_exactly(host) {
-            return Ok(host);
+    /// a short form of, if any; an error when that is ambiguous. With it, whether a
+    /// ServiceEntry has it.
+    fn service_named<'a>(&'a self, host: &'a str) -> Result<(&'a str, bool), String> {
+        if self.discovery.knows(host) {
+            return Ok((host, true));
         }
-        Ok(self.names.resolve(host)?.unwrap_or(host))
+        if self.routes.claims_exactly(host) {
+            return Ok((host, false));
+        }
+        Ok(match self.names.resolve(host)? {
+            Some(full) => (full, self.discovery.knows(full)),
+            None => (host, false),
+        })
     }
 
     /// The row for `target`: its subset's, else the whole service's.
@@ -550,8 +557,8 @@ impl Outbound {
             Ok(a) => a,
             Err(reason) => return answer(StatusCode::BAD_REQUEST, &reason),
         };
-        let service = match routing.service_named(host) {
-            Ok(s) => s,
+        let (service, discovered) = match routing.service_named(host) {
+            Ok(named) => named,
             Err(reason) => return answer(StatusCode::NOT_FOUND, &reason),
         };
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -567,7 +574,6 @@ impl Outbound {
             },
             &mut RandomChance,
         );
-        let discovered = routing.discovery.knows(service);
         if discovered || routing.routes.has_host(service) {
             handled.service = Some(service.to_string());
         }
@@ -1498,9 +1504,8 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Istio's route for a known service no VirtualService names: the whole service.
-/// Where a request for `service` goes without a VirtualService: to the service, with
-/// the `authority` it came with.
+/// Istio's route for a known service no VirtualService names: the whole of `service`,
+/// with the `authority` the request came with.
 fn default_route(service: &str, authority: &str, path_and_query: &str) -> Forward {
     Forward {
         route: "default".into(),
@@ -1718,9 +1723,10 @@ fn http1_request(
 
 /// The request to send to another cluster's proxy, over h2: the client's, without its
 /// hop-by-hop and framing fields and without Host (h2 carries the authority in the URI),
-/// with the route's header changes, and with the subset and the hash key this proxy
-/// chose. What the peer is told in those two fields replaces whatever the application
-/// put there: neither is the application's to choose.
+/// with the route's header changes, and with what this proxy chose that the peer needs:
+/// the subset, the hash key, and the service when the authority does not name it. Those
+/// fields replace whatever the application put in them: none is the application's to
+/// choose.
 fn h2_request(
     parts: &http::request::Parts,
     forward: &Forward,
