@@ -526,6 +526,71 @@ impl Outbound {
         );
     }
 
+    /// Where a request from an application goes, by the VirtualServices and the services
+    /// its authority names; or the answer it gets here instead (a redirect, a direct
+    /// response, an unknown service). Names the service in `handled` once known.
+    fn route(
+        &self,
+        routing: &Routing,
+        parts: &http::request::Parts,
+        handled: &mut Handled,
+    ) -> Result<Forward, Box<ProxyResponse>> {
+        let known = |host: &str| {
+            routing.routes.has_host(host)
+                || routing.discovery.knows(host)
+                || matches!(routing.names.resolve(host), Ok(Some(_)))
+        };
+        let HostPort { host, port } = match service_authority(&parts.uri, &parts.headers, known) {
+            Ok(a) => a,
+            Err(reason) => return Err(Box::new(answer(StatusCode::BAD_REQUEST, &reason))),
+        };
+        let (service, discovered) = match routing.service_named(host) {
+            Ok(named) => named,
+            Err(reason) => return Err(Box::new(answer(StatusCode::NOT_FOUND, &reason))),
+        };
+        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let decision = routing.routes.decide(
+            &RouteRequest {
+                method: parts.method.as_str(),
+                scheme: parts.uri.scheme_str().unwrap_or("http"),
+                authority: host,
+                service,
+                path_and_query,
+                headers: &parts.headers,
+                port: port.unwrap_or(80),
+            },
+            &mut RandomChance,
+        );
+        if discovered || routing.routes.has_host(service) {
+            handled.service = Some(service.to_string());
+        }
+        match decision {
+            RouteDecision::Forward(f) => Ok(*f),
+            RouteDecision::Redirect { status, location } => {
+                let mut r = answer(
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY),
+                    "redirected by route",
+                );
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    r.headers_mut().insert(http::header::LOCATION, v);
+                }
+                Err(Box::new(r))
+            }
+            RouteDecision::Respond { status, body } => {
+                let mut r = Response::new(Full::new(body));
+                *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+                Err(Box::new(r))
+            }
+            RouteDecision::NoRoute if discovered => {
+                Ok(default_route(service, host, path_and_query))
+            }
+            RouteDecision::NoRoute => Err(Box::new(answer(
+                StatusCode::NOT_FOUND,
+                &format!("unknown service {host:?}: no route and no ServiceEntry"),
+            ))),
+        }
+    }
+
     /// What `handle` does; names the service and destination in `handled` once known.
     async fn route_and_forward<B>(
         &self,
@@ -548,59 +613,9 @@ impl Outbound {
         if parts.method == Method::CONNECT {
             return refuse_connect();
         }
-        let known = |host: &str| {
-            routing.routes.has_host(host)
-                || routing.discovery.knows(host)
-                || matches!(routing.names.resolve(host), Ok(Some(_)))
-        };
-        let HostPort { host, port } = match service_authority(&parts.uri, &parts.headers, known) {
-            Ok(a) => a,
-            Err(reason) => return answer(StatusCode::BAD_REQUEST, &reason),
-        };
-        let (service, discovered) = match routing.service_named(host) {
-            Ok(named) => named,
-            Err(reason) => return answer(StatusCode::NOT_FOUND, &reason),
-        };
-        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let decision = routing.routes.decide(
-            &RouteRequest {
-                method: parts.method.as_str(),
-                scheme: parts.uri.scheme_str().unwrap_or("http"),
-                authority: host,
-                service,
-                path_and_query,
-                headers: &parts.headers,
-                port: port.unwrap_or(80),
-            },
-            &mut RandomChance,
-        );
-        if discovered || routing.routes.has_host(service) {
-            handled.service = Some(service.to_string());
-        }
-        let forward = match decision {
-            RouteDecision::Forward(f) => *f,
-            RouteDecision::Redirect { status, location } => {
-                let mut r = answer(
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY),
-                    "redirected by route",
-                );
-                if let Ok(v) = HeaderValue::from_str(&location) {
-                    r.headers_mut().insert(http::header::LOCATION, v);
-                }
-                return r;
-            }
-            RouteDecision::Respond { status, body } => {
-                let mut r = Response::new(Full::new(body));
-                *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-                return r;
-            }
-            RouteDecision::NoRoute if discovered => default_route(service, host, path_and_query),
-            RouteDecision::NoRoute => {
-                return answer(
-                    StatusCode::NOT_FOUND,
-                    &format!("unknown service {host:?}: no route and no ServiceEntry"),
-                );
-            }
+        let forward = match self.route(&routing, &parts, handled) {
+            Ok(forward) => forward,
+            Err(answer) => return *answer,
         };
         if let Some(delay) = forward.fault.delay {
             tokio::time::sleep(delay).await;
