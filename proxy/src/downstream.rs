@@ -24,6 +24,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,7 +36,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::h2_server::{self, H2Settings};
-use crate::outbound::{ClientAddress, Outbound, Upstreams, answer};
+use crate::outbound::{ClientAddress, Outbound, Upstreams, WebSocketUpgrade, answer};
 use crate::wire::{
     BodyError, COALESCED_BODY, FieldKind, MAX_HEAD_BYTES, MAX_HEADERS, RawFields, Wire, chunked,
     content_length, decimal, note_spans, scan,
@@ -165,6 +166,22 @@ pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Up
             }
             None => request,
         };
+        if request.extensions().get::<WebSocketUpgrade>().is_some() {
+            // The connection is the tunnel's from here on, whatever the endpoint answers.
+            match outbound.open_tunnel(request, client).await {
+                Ok((upstream, answered)) => {
+                    tunnel(wire, upstream, answered, timeouts.idle).await;
+                }
+                Err(response) => {
+                    out.clear();
+                    let body = encode(&mut out, response, None, &Answer::CLOSING, &mut date).await;
+                    if wire.stream.write_all(&out).await.is_ok() && !body.is_empty() {
+                        let _ = wire.stream.write_all(&body).await;
+                    }
+                }
+            }
+            return;
+        }
         let (response, fields) = outbound.handle_raw(request, client, &upstreams).await;
         out.clear();
         let answer = Answer {
@@ -179,6 +196,80 @@ pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Up
         {
             return;
         }
+    }
+}
+
+/// Carries bytes both ways between the client and an endpoint once a WebSocket upgrade
+/// went to it: first what each side sent past the heads (`answered` is the endpoint's
+/// answer so far), then everything, each direction closing when its sender is done, until
+/// both are or nothing has moved either way for `idle`.
+async fn tunnel(mut wire: Wire, mut upstream: TcpStream, answered: Bytes, idle: Duration) {
+    if upstream.write_all(&wire.read).await.is_err()
+        || wire.stream.write_all(&answered).await.is_err()
+    {
+        return;
+    }
+    // When bytes last moved, in milliseconds from `opened` (the tunnel's two directions
+    // run as one task; an atomic only because the task may move between threads).
+    let opened = tokio::time::Instant::now();
+    let last = AtomicU64::new(0);
+    let (client_read, mut client_write) = wire.stream.split();
+    let (upstream_read, mut upstream_write) = upstream.split();
+    let up = async {
+        let mut from = Active {
+            inner: client_read,
+            opened,
+            last: &last,
+        };
+        let _ = tokio::io::copy(&mut from, &mut upstream_write).await;
+        let _ = upstream_write.shutdown().await;
+    };
+    let down = async {
+        let mut from = Active {
+            inner: upstream_read,
+            opened,
+            last: &last,
+        };
+        let _ = tokio::io::copy(&mut from, &mut client_write).await;
+        let _ = client_write.shutdown().await;
+    };
+    let quiet = async {
+        loop {
+            let moved = Duration::from_millis(last.load(Ordering::Relaxed));
+            let quiet_for = opened.elapsed().saturating_sub(moved);
+            let left = idle.saturating_sub(quiet_for);
+            if left.is_zero() {
+                return;
+            }
+            tokio::time::sleep(left).await;
+        }
+    };
+    tokio::select! {
+        _ = async { tokio::join!(up, down) } => {}
+        _ = quiet => {}
+    }
+}
+
+/// A reader that notes when bytes last came through it (milliseconds from `opened`).
+struct Active<'a, R> {
+    inner: R,
+    opened: tokio::time::Instant,
+    last: &'a AtomicU64,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Active<'_, R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let now = self.opened.elapsed().as_millis() as u64;
+            self.last.store(now, Ordering::Relaxed);
+        }
+        polled
     }
 }
 
@@ -445,6 +536,7 @@ fn parse_request(wire: &mut Wire) -> Result<Option<Head>, Refusal> {
     })?;
     let fields = scan(head, &wire.spans);
     let keep_alive = fields.reusable(version);
+    let websocket = fields.websocket && version == Version::HTTP_11 && method == Method::GET;
     let raw = &fields.raw;
     let framing = match chunked(raw.values(FieldKind::TransferEncoding)) {
         Some(_) if raw.contains(FieldKind::ContentLength) => {
@@ -472,6 +564,9 @@ fn parse_request(wire: &mut Wire) -> Result<Option<Head>, Refusal> {
     *request.version_mut() = version;
     *request.headers_mut() = headers;
     request.headers_mut().remove(TRANSFER_ENCODING);
+    if websocket && matches!(framing, Framing::Length(0)) {
+        request.extensions_mut().insert(WebSocketUpgrade);
+    }
     Ok(Some(Head {
         request,
         framing,

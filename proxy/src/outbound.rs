@@ -21,13 +21,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use fulcrum_policy::Locality;
 use fulcrum_policy::health::EndpointInventory;
 use fulcrum_policy::weights::WeightRow;
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
 
 use crate::FastMap;
@@ -46,7 +47,7 @@ use crate::routing::{
 };
 use crate::transport::{EastWestPool, MeshTls, SendError};
 use crate::upstream::{Http1Pool, Http1Request, MAX_ANSWER_BYTES, UpstreamError};
-use crate::wire::{RawFields, is_hop_by_hop, merge_raw_fields};
+use crate::wire::{MAX_HEAD_BYTES, RawFields, is_hop_by_hop, merge_raw_fields};
 
 /// The header on every answer the proxy makes itself.
 pub const REASON_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-reason");
@@ -524,6 +525,159 @@ impl Outbound {
             response.status().as_u16(),
             started.elapsed().as_secs_f64(),
         );
+    }
+
+    /// Opens the tunnel of a WebSocket upgrade (`Upgrade: websocket`, as Istio enables by
+    /// default): the request, routed as any other, is sent to one of this cluster's
+    /// endpoints on a connection of its own, with its Upgrade and Connection fields, and
+    /// the endpoint's answer is read up to the end of its head. That connection, and what
+    /// the endpoint sent so far, are the caller's to carry on as a tunnel; an answer that
+    /// is not `101` goes to the client as the endpoint gave it. Across clusters the
+    /// upgrade is not carried (that needs h2's extended CONNECT): a service with no usable
+    /// endpoint in this cluster answers 503.
+    pub(crate) async fn open_tunnel(
+        &self,
+        request: Request<Full<Bytes>>,
+        client: Option<ClientAddress>,
+    ) -> Result<(tokio::net::TcpStream, Bytes), ProxyResponse> {
+        let started = Instant::now();
+        let mut handled = Handled::new(&self.locality_text);
+        let opened = self.tunnel_to_endpoint(request, client, &mut handled).await;
+        let status = match &opened {
+            Ok((_, _, status)) => *status,
+            Err(response) => response.status(),
+        };
+        self.metrics.count_request(
+            handled.service.as_deref().unwrap_or("unknown"),
+            &handled.locality,
+            status.as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+        opened.map(|(stream, answered, _)| (stream, answered))
+    }
+
+    async fn tunnel_to_endpoint(
+        &self,
+        request: Request<Full<Bytes>>,
+        client: Option<ClientAddress>,
+        handled: &mut Handled,
+    ) -> Result<(tokio::net::TcpStream, Bytes, StatusCode), ProxyResponse> {
+        let Some(routing) = self.routing() else {
+            return Err(answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: no configuration yet (no snapshot from a coordinator)",
+            ));
+        };
+        let (parts, _) = request.into_parts();
+        let forward = self.route(&routing, &parts, handled).map_err(|a| *a)?;
+        if let Some(delay) = forward.fault.delay {
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(status) = forward.fault.abort {
+            return Err(answer(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                "fault injected by route",
+            ));
+        }
+        let target = &forward.target;
+        let discovery = routing.discovery.as_ref();
+        let settings = discovery.balance(&target.host, &target.subset);
+        let local = self.not_ejected(target, discovery.endpoints(&target.host, &target.subset));
+        let key = (settings.hash_on.as_ref()).and_then(|on| hash_key(on, &parts, client));
+        let key = key.as_ref().map(|k| k.key.as_slice());
+        let Some(endpoint) = self.pick(settings, key, &forward, &local, &[]) else {
+            return Err(answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "no usable endpoint of {}{} in this cluster: WebSocket upgrades are not carried to other clusters",
+                    target.host,
+                    subset_suffix(&target.subset)
+                ),
+            ));
+        };
+        handled.locality = self.locality_text.clone();
+        let mut head = Http1Request::start(&parts.method, &forward.path_and_query)
+            .map_err(|e| answer(StatusCode::BAD_REQUEST, &e))?;
+        head.field_text(&HOST, &forward.authority)
+            .map_err(|e| answer(StatusCode::BAD_REQUEST, &e))?;
+        let mut fields = parts.headers.clone();
+        apply_changes(&mut fields, &forward.request_headers);
+        for (name, value) in &fields {
+            let framing_or_host =
+                name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == HOST;
+            if !framing_or_host && !is_hop_by_hop(name.as_str().as_bytes()) {
+                head.field(name, value);
+            }
+        }
+        head.field(&CONNECTION, &HeaderValue::from_static("upgrade"));
+        head.field(
+            &http::header::UPGRADE,
+            &HeaderValue::from_static("websocket"),
+        );
+        let head = head.finish(Bytes::new());
+        let _guard = InFlight::enter(&self.in_flight, endpoint.address);
+        let failed = |status: StatusCode, why: String| {
+            answer(
+                status,
+                &format!("WebSocket upgrade to {}: {why}", endpoint.name),
+            )
+        };
+        let connect = tokio::net::TcpStream::connect(endpoint.address);
+        let mut stream = match tokio::time::timeout(DEFAULT_CONNECT_TIMEOUT, connect).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(failed(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+            Err(_) => {
+                return Err(failed(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "connect timed out".into(),
+                ));
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let exchange = async {
+            stream.write_all(head.message()).await?;
+            let mut answered = BytesMut::with_capacity(1024);
+            loop {
+                if stream.read_buf(&mut answered).await? == 0 {
+                    return Err(std::io::Error::other("closed before answering"));
+                }
+                let mut fields = [httparse::EMPTY_HEADER; 64];
+                match httparse::Response::new(&mut fields).parse(&answered) {
+                    Ok(httparse::Status::Complete(_)) => break,
+                    Ok(httparse::Status::Partial) if answered.len() < MAX_HEAD_BYTES => {}
+                    Ok(httparse::Status::Partial) => {
+                        return Err(std::io::Error::other("answer head too large"));
+                    }
+                    Err(e) => return Err(std::io::Error::other(format!("malformed answer: {e}"))),
+                }
+            }
+            Ok(answered.freeze())
+        };
+        let per_try = forward.retries.per_try_timeout.or(forward.timeout);
+        let answered = match per_try {
+            Some(t) => tokio::time::timeout(t, exchange).await.unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no answer in time",
+                ))
+            }),
+            None => exchange.await,
+        };
+        match answered {
+            Ok(answered) => {
+                let mut fields = [httparse::EMPTY_HEADER; 64];
+                let mut response = httparse::Response::new(&mut fields);
+                let _ = response.parse(&answered);
+                let status = (response.code)
+                    .and_then(|c| StatusCode::from_u16(c).ok())
+                    .unwrap_or(StatusCode::BAD_GATEWAY);
+                Ok((stream, answered, status))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                Err(failed(StatusCode::GATEWAY_TIMEOUT, e.to_string()))
+            }
+            Err(e) => Err(failed(StatusCode::BAD_GATEWAY, e.to_string())),
+        }
     }
 
     /// Where a request from an application goes, by the VirtualServices and the services
@@ -1354,6 +1508,12 @@ fn refuse_connect() -> ProxyResponse {
         "CONNECT is not routed: the proxy makes no tunnels",
     )
 }
+
+/// Marks a request that asks for a WebSocket upgrade the proxy will carry: HTTP/1.1 GET
+/// with `Connection: upgrade` and `Upgrade: websocket`, and no body
+/// ([`Outbound::open_tunnel`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WebSocketUpgrade;
 
 /// The address of the client a request came from (a consistent hash on `useSourceIp`
 /// reads it).

@@ -286,7 +286,6 @@ impl Http1RequestWriter {
     }
 }
 
-#[cfg(test)]
 impl Http1Request {
     /// The bytes of the first write: the head, and the body when small.
     pub(crate) fn message(&self) -> &[u8] {

@@ -200,6 +200,9 @@ pub struct Fields {
     pub close: bool,
     /// Its `keep-alive` option.
     pub keep_alive: bool,
+    /// An upgrade to WebSocket asked for: an `upgrade` option, and `websocket` among the
+    /// Upgrade field's protocols.
+    pub websocket: bool,
 }
 
 impl Fields {
@@ -390,7 +393,7 @@ pub fn note_spans(spans: &mut Vec<FieldSpan>, base: *const u8, fields: &[httpars
 /// fields: naming Transfer-Encoding must not make a chunked body look like none (a
 /// request smuggling trick), so they stay, and the message is framed by them.
 pub fn scan(head: Bytes, spans: &[FieldSpan]) -> Fields {
-    let (mut close, mut keep_alive, mut names_fields) = (false, false, false);
+    let (mut close, mut keep_alive, mut names_fields, mut upgrade) = (false, false, false, false);
     let options = spans
         .iter()
         .filter(|s| s.kind == FieldKind::Connection)
@@ -401,6 +404,9 @@ pub fn scan(head: Bytes, spans: &[FieldSpan]) -> Fields {
             close = true;
         } else if option.eq_ignore_ascii_case(b"keep-alive") {
             keep_alive = true;
+        } else if option.eq_ignore_ascii_case(b"upgrade") {
+            upgrade = true;
+            names_fields = true;
         } else {
             names_fields |= !option.is_empty();
         }
@@ -421,10 +427,20 @@ pub fn scan(head: Bytes, spans: &[FieldSpan]) -> Fields {
         })
         .cloned()
         .collect();
+    let websocket = upgrade
+        && spans
+            .iter()
+            .filter(|s| head[s.name.clone()].eq_ignore_ascii_case(b"upgrade"))
+            .flat_map(|s| head[s.value.clone()].split(|&b| b == b','))
+            .any(|protocol| {
+                let name = protocol.trim_ascii().split(|&b| b == b'/').next();
+                name.is_some_and(|n| n.eq_ignore_ascii_case(b"websocket"))
+            });
     Fields {
         raw: RawFields { head, spans: kept },
         close,
         keep_alive,
+        websocket,
     }
 }
 

@@ -1398,3 +1398,192 @@ spec:
     let (status, _, _) = get_with(proxy, "reviews.test", &[]).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// An endpoint that takes a WebSocket upgrade (answering 101, then echoing what comes)
+/// when the request asks for one as RFC 6455 says, and answers 400 otherwise. Sends each
+/// head it read on `heads`.
+async fn websocket_endpoint(heads: tokio::sync::mpsc::UnboundedSender<String>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let heads = heads.clone();
+            tokio::spawn(async move {
+                let head = read_until(&mut stream, "\r\n\r\n").await;
+                let lower = head.to_ascii_lowercase();
+                let _ = heads.send(head);
+                let asks = lower.contains("\r\nupgrade: websocket\r\n")
+                    && lower.contains("\r\nconnection: upgrade\r\n")
+                    && lower.contains("\r\nsec-websocket-key: ");
+                if !asks {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    return;
+                }
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\
+                          connection: upgrade\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+                    )
+                    .await;
+                let (mut from, mut to) = stream.split();
+                let _ = tokio::io::copy(&mut from, &mut to).await;
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test]
+async fn a_websocket_upgrade_becomes_a_tunnel_to_an_endpoint_of_this_cluster() {
+    let (heads, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let endpoint = websocket_endpoint(heads).await;
+    let elsewhere = backend("elsewhere", Behaviour::Ok).await;
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: chat, namespace: shop}}
+spec:
+  hosts: [chat.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: far, namespace: shop}}
+spec:
+  hosts: [far.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-west/us-west-1a, labels: {{topology.istio.io/cluster: west}}}}
+"#,
+        endpoint.port(),
+        elsewhere.port()
+    );
+    let running = start_east(&yaml, None).await;
+    let proxy = running.outbound_address();
+    let upgrade = |host: &str| {
+        format!(
+            "GET /room/7 HTTP/1.1\r\nHost: {host}\r\nConnection: keep-alive, Upgrade\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+    };
+
+    let mut stream = TcpStream::connect(proxy).await.expect("connect");
+    stream
+        .write_all(upgrade("chat.example").as_bytes())
+        .await
+        .expect("write");
+    let answer = read_until(&mut stream, "\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 101 "), "{answer}");
+    assert!(answer.contains("sec-websocket-accept: "), "{answer}");
+    let head = seen.recv().await.expect("the endpoint read the request");
+    assert!(head.starts_with("GET /room/7 HTTP/1.1\r\n"), "{head}");
+    assert!(head.contains("host: chat.example\r\n"), "{head}");
+    assert!(head.contains("sec-websocket-version: 13\r\n"), "{head}");
+    // Both ways, as bytes, for as long as the client keeps it.
+    for message in ["hello", "and more"] {
+        stream.write_all(message.as_bytes()).await.expect("write");
+        let echoed = read_until(&mut stream, message).await;
+        assert!(echoed.ends_with(message), "{echoed}");
+    }
+    stream.shutdown().await.expect("shutdown");
+    assert_eq!(
+        read_to_close(&mut stream).await,
+        "",
+        "closed once the client is done"
+    );
+
+    // Without the key the endpoint refuses: its answer reaches the client as it gave it.
+    let mut stream = TcpStream::connect(proxy).await.expect("connect");
+    let keyless =
+        upgrade("chat.example").replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "");
+    stream.write_all(keyless.as_bytes()).await.expect("write");
+    let answer = read_until(&mut stream, "\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    let head = seen.recv().await.expect("the endpoint read the request");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{head}"
+    );
+
+    // Only this cluster's endpoints take upgrades.
+    let mut stream = TcpStream::connect(proxy).await.expect("connect");
+    stream
+        .write_all(upgrade("far.example").as_bytes())
+        .await
+        .expect("write");
+    let answer = read_to_close(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(answer.contains("not carried to other clusters"), "{answer}");
+
+    // Another protocol is not an upgrade the proxy carries: a plain request, its Upgrade
+    // field dropped as hop-by-hop.
+    let h2c = "GET / HTTP/1.1\r\nHost: chat.example\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+               Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n";
+    let mut stream = TcpStream::connect(proxy).await.expect("connect");
+    stream.write_all(h2c.as_bytes()).await.expect("write");
+    let answer = read_until(&mut stream, "\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    let head = seen.recv().await.expect("the endpoint read the request");
+    let lower = head.to_ascii_lowercase();
+    assert!(
+        !lower.contains("upgrade") && !lower.contains("http2-settings"),
+        "{head}"
+    );
+}
+
+#[tokio::test]
+async fn a_websocket_tunnel_that_goes_quiet_is_closed_after_the_idle_timeout() {
+    let (heads, _seen) = tokio::sync::mpsc::unbounded_channel();
+    let endpoint = websocket_endpoint(heads).await;
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: chat, namespace: shop}}
+spec:
+  hosts: [chat.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a}}
+"#,
+        endpoint.port()
+    );
+    let idle = Duration::from_millis(300);
+    let timeouts = ClientTimeouts {
+        idle,
+        ..ClientTimeouts::default()
+    };
+    let running = start_east_with(&yaml, None, timeouts).await;
+    let mut stream = TcpStream::connect(running.outbound_address())
+        .await
+        .expect("connect");
+    stream
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: chat.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    assert!(
+        read_until(&mut stream, "\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 101 ")
+    );
+    // The tunnel's last bytes move after this instant: it closes no sooner than `idle`
+    // after it.
+    let before_last = Instant::now();
+    stream.write_all(b"ping").await.expect("write");
+    assert!(read_until(&mut stream, "ping").await.ends_with("ping"));
+    assert_eq!(read_to_close(&mut stream).await, "");
+    assert!(before_last.elapsed() >= idle, "{:?}", before_last.elapsed());
+}
