@@ -43,7 +43,7 @@ use crate::metrics::ProxyMetrics;
 use crate::routing::names::ServiceNames;
 use crate::routing::{
     Forward, HeaderChanges, RandomChance, RetryOn, RetryPolicy, RouteDecision, RouteError,
-    RouteRequest, RouteTable, Target,
+    RouteRequest, RouteTable, Target, with_port,
 };
 use crate::transport::{EastWestPool, MeshTls, SendError};
 use crate::upstream::{Http1Pool, Http1Request, MAX_ANSWER_BYTES, UpstreamError};
@@ -708,6 +708,7 @@ impl Outbound {
                 method: parts.method.as_str(),
                 scheme: parts.uri.scheme_str().unwrap_or("http"),
                 authority: host,
+                authority_port: port,
                 service,
                 path_and_query,
                 headers: &parts.headers,
@@ -735,9 +736,11 @@ impl Outbound {
                 *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
                 Err(Box::new(r))
             }
-            RouteDecision::NoRoute if discovered => {
-                Ok(default_route(service, host, path_and_query))
-            }
+            RouteDecision::NoRoute if discovered => Ok(default_route(
+                service,
+                &with_port(host, port),
+                path_and_query,
+            )),
             RouteDecision::NoRoute => Err(Box::new(answer(
                 StatusCode::NOT_FOUND,
                 &format!("unknown service {host:?}: no route and no ServiceEntry"),
@@ -851,14 +854,17 @@ impl Outbound {
             Ok(a) => a,
             Err(reason) => return answer(StatusCode::BAD_REQUEST, &reason),
         };
-        let authority = authority.host.to_string();
+        let (host, authority) = (
+            authority.host.to_string(),
+            with_port(authority.host, authority.port),
+        );
         // The service the sender routed to, when its name is not the authority's.
         let service = match parts.headers.remove(SERVICE_HEADER) {
             Some(v) => match v.to_str() {
                 Ok(name) => name.to_string(),
                 Err(_) => return answer(StatusCode::BAD_REQUEST, "x-fulcrum-service: not text"),
             },
-            None => authority.clone(),
+            None => host,
         };
         if !routing.discovery.knows(&service) {
             return answer(
@@ -1441,8 +1447,12 @@ impl Outbound {
             return;
         };
         let mut shadow = forward.clone();
-        // Envoy marks mirrored requests by suffixing the authority.
-        shadow.authority = format!("{}-shadow", forward.authority);
+        // Envoy marks mirrored requests by suffixing the authority's name (before its
+        // port, when it has one).
+        shadow.authority = match HostPort::parse(forward.authority.as_bytes()) {
+            Some(HostPort { host, port }) => with_port(&format!("{host}-shadow"), port),
+            None => format!("{}-shadow", forward.authority),
+        };
         let Ok(request) = http1_request(parts, &shadow, body) else {
             return;
         };

@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -1370,12 +1371,10 @@ spec:
         "reviews.default.svc",
         "reviews.default.svc.cluster.local:9080",
     ] {
-        // The Host goes on as it came (its name; the proxy does not pass a port on).
-        let name = host.split(':').next().expect("name");
         assert_eq!(
             get_with(proxy, host, &jason).await,
-            (StatusCode::OK, "reviews-v2".into(), name.into()),
-            "{host}, as jason: subset v2"
+            (StatusCode::OK, "reviews-v2".into(), host.into()),
+            "{host}, as jason: subset v2, and the Host goes on as it came"
         );
         for _ in 0..3 {
             let (status, backend, _) = get_with(proxy, host, &[]).await;
@@ -1586,4 +1585,79 @@ spec:
     assert!(read_until(&mut stream, "ping").await.ends_with("ping"));
     assert_eq!(read_to_close(&mut stream).await, "");
     assert!(before_last.elapsed() >= idle, "{:?}", before_last.elapsed());
+}
+
+#[tokio::test]
+async fn a_mirror_gets_a_copy_marked_shadow_and_never_delays_the_answer() {
+    // The mirror's endpoint notes the Host it saw, and holds its answer until released.
+    let (seen_host, mut mirrored) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let shadow = listener.local_addr().expect("address");
+    let held = release.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (seen_host, held) = (seen_host.clone(), held.clone());
+            tokio::spawn(async move {
+                let head = read_until(&mut stream, "\r\n\r\n").await;
+                let host = (head.lines())
+                    .find_map(|l| l.strip_prefix("host: "))
+                    .unwrap_or("")
+                    .to_string();
+                let _ = seen_host.send(host);
+                held.notified().await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    let primary = backend("primary", Behaviour::Ok).await;
+    let entry = |name: &str, host: &str, port: u16| {
+        format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  hosts: [{host}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 8080, name: http, protocol: HTTP}}]
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {port}}}, locality: us-east/us-east-1a}}
+---
+"#
+        )
+    };
+    let yaml = format!(
+        r#"{}{}apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: shop, namespace: shop}}
+spec:
+  hosts: [shop.example]
+  http:
+  - route:
+    - destination: {{host: shop.example}}
+    mirror: {{host: mirror.example}}
+"#,
+        entry("shop", "shop.example", primary.port()),
+        entry("mirror", "mirror.example", shadow.port()),
+    );
+    let running = start_east(&yaml, None).await;
+    let proxy = running.outbound_address();
+    let (status, backend, host) = get_with(proxy, "shop.example:8080", &[]).await;
+    assert_eq!(
+        (status, backend.as_str(), host.as_str()),
+        (StatusCode::OK, "primary", "shop.example:8080")
+    );
+    // Answered while the mirror still holds its copy: the copy is fire-and-forget.
+    let copy = tokio::time::timeout(Duration::from_secs(5), mirrored.recv())
+        .await
+        .expect("the mirror gets its copy")
+        .expect("copy");
+    assert_eq!(
+        copy, "shop.example-shadow:8080",
+        "Envoy's mark, before the port"
+    );
+    release.notify_waiters();
 }

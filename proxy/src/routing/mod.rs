@@ -63,8 +63,11 @@ pub struct RouteRequest<'a> {
     /// `http` or `https`.
     pub scheme: &'a str,
     /// The Host (HTTP/1.1) or `:authority` (h2), without the port: what `authority`
-    /// matches test, and what is sent on unless a rewrite changes it.
+    /// matches test.
     pub authority: &'a str,
+    /// The port the authority gave, if it gave one. Unless a rewrite changes it, the
+    /// authority is sent on as it came, with its port, as Envoy passes the Host on.
+    pub authority_port: Option<u16>,
     /// The service that authority names, as the mesh knows it: the same, or the full name
     /// of a Kubernetes service given short (`reviews` for
     /// `reviews.default.svc.cluster.local`). The VirtualServices of this host apply.
@@ -767,7 +770,7 @@ impl CompiledRoute {
             authority: self
                 .authority_rewrite
                 .clone()
-                .unwrap_or_else(|| request.authority.to_string()),
+                .unwrap_or_else(|| with_port(request.authority, request.authority_port)),
             request_headers: self.request_headers.clone().then(&chosen.headers),
             response_headers: self.response_headers.clone().then(&chosen.response_headers),
             timeout: self.timeout,
@@ -813,6 +816,14 @@ fn pick_weighted<'a>(targets: &'a [WeightedTarget], chance: &mut dyn Chance) -> 
     }
     // Unreachable with total > 0 (compile refuses all-zero weights).
     &targets[0]
+}
+
+/// `host`, and `:port` when there is one.
+pub fn with_port(host: &str, port: Option<u16>) -> String {
+    match port {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    }
 }
 
 fn redirect(

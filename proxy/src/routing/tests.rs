@@ -81,6 +81,7 @@ impl Req {
                 method: self.method,
                 scheme: "http",
                 authority: self.authority,
+                authority_port: None,
                 service: self.authority,
                 path_and_query: self.path,
                 headers: &self.headers,
