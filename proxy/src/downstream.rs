@@ -24,7 +24,6 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -37,6 +36,7 @@ use tokio::net::TcpStream;
 
 use crate::h2_server::{self, H2Settings};
 use crate::outbound::{ClientAddress, Outbound, Upstreams, WebSocketUpgrade, answer};
+use crate::tunnel::{TunnelIo, splice};
 use crate::wire::{
     BodyError, COALESCED_BODY, FieldKind, MAX_HEAD_BYTES, MAX_HEADERS, RawFields, Wire, chunked,
     content_length, decimal, note_spans, scan,
@@ -168,7 +168,7 @@ pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Up
         };
         if request.extensions().get::<WebSocketUpgrade>().is_some() {
             // The connection is the tunnel's from here on, whatever the endpoint answers.
-            match outbound.open_tunnel(request, client).await {
+            match outbound.open_tunnel(request, client, &upstreams).await {
                 Ok((upstream, answered)) => {
                     tunnel(wire, upstream, answered, timeouts.idle).await;
                 }
@@ -199,78 +199,17 @@ pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Up
     }
 }
 
-/// Carries bytes both ways between the client and an endpoint once a WebSocket upgrade
-/// went to it: first what each side sent past the heads (`answered` is the endpoint's
-/// answer so far), then everything, each direction closing when its sender is done, until
-/// both are or nothing has moved either way for `idle`.
-async fn tunnel(mut wire: Wire, mut upstream: TcpStream, answered: Bytes, idle: Duration) {
+/// Carries bytes both ways between the client and the other end of a WebSocket upgrade
+/// (an endpoint, or another cluster's proxy): first what each side sent past the heads
+/// (`answered` is the answer so far), then everything, until both directions are done or
+/// nothing has moved for `idle`.
+async fn tunnel(mut wire: Wire, mut upstream: Box<dyn TunnelIo>, answered: Bytes, idle: Duration) {
     if upstream.write_all(&wire.read).await.is_err()
         || wire.stream.write_all(&answered).await.is_err()
     {
         return;
     }
-    // When bytes last moved, in milliseconds from `opened` (the tunnel's two directions
-    // run as one task; an atomic only because the task may move between threads).
-    let opened = tokio::time::Instant::now();
-    let last = AtomicU64::new(0);
-    let (client_read, mut client_write) = wire.stream.split();
-    let (upstream_read, mut upstream_write) = upstream.split();
-    let up = async {
-        let mut from = Active {
-            inner: client_read,
-            opened,
-            last: &last,
-        };
-        let _ = tokio::io::copy(&mut from, &mut upstream_write).await;
-        let _ = upstream_write.shutdown().await;
-    };
-    let down = async {
-        let mut from = Active {
-            inner: upstream_read,
-            opened,
-            last: &last,
-        };
-        let _ = tokio::io::copy(&mut from, &mut client_write).await;
-        let _ = client_write.shutdown().await;
-    };
-    let quiet = async {
-        loop {
-            let moved = Duration::from_millis(last.load(Ordering::Relaxed));
-            let quiet_for = opened.elapsed().saturating_sub(moved);
-            let left = idle.saturating_sub(quiet_for);
-            if left.is_zero() {
-                return;
-            }
-            tokio::time::sleep(left).await;
-        }
-    };
-    tokio::select! {
-        _ = async { tokio::join!(up, down) } => {}
-        _ = quiet => {}
-    }
-}
-
-/// A reader that notes when bytes last came through it (milliseconds from `opened`).
-struct Active<'a, R> {
-    inner: R,
-    opened: tokio::time::Instant,
-    last: &'a AtomicU64,
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for Active<'_, R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            let now = self.opened.elapsed().as_millis() as u64;
-            self.last.store(now, Ordering::Relaxed);
-        }
-        polled
-    }
+    splice(wire.stream, upstream, idle).await;
 }
 
 /// Why a request is answered before routing, and the connection closed.
@@ -700,11 +639,12 @@ async fn serve_h2(
         || "h2c client".to_string(),
         |c| format!("h2c client {}", c.0),
     );
-    h2_server::serve(stream, settings, &name, |request| {
+    let handle = |request| {
         let (outbound, upstreams) = (outbound.clone(), upstreams.clone());
         async move { outbound.handle(request, client, &upstreams).await }
-    })
-    .await;
+    };
+    // No tunnels: an application's WebSocket over h2 (extended CONNECT) is not offered.
+    h2_server::serve(stream, settings, &name, handle, None).await;
 }
 
 /// A connection whose first bytes were already read: they are read again first.

@@ -23,6 +23,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::Either;
 use futures::stream::{FuturesUnordered, StreamExt as _};
 use h2::RecvStream;
 use h2::server::SendResponse;
@@ -71,21 +72,40 @@ impl H2Settings {
     }
 }
 
+/// Serves a tunnel: an extended CONNECT stream (RFC 8441), answered on its own.
+pub type Tunnels<'a> = &'a mut (
+            dyn FnMut(
+    Request<RecvStream>,
+    SendResponse<Bytes>,
+) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>
+                + Send
+        );
+
 /// Serves HTTP/2 on `io` until the client closes it, it fails, or it sits idle: each
-/// request is given to `handle` and its answer sent back. `client` names the other end in
-/// logs.
-pub async fn serve<T, H, F>(io: T, settings: H2Settings, client: &str, mut handle: H)
-where
+/// request is given to `handle` and its answer sent back. With `tunnels`, the connection
+/// offers extended CONNECT (RFC 8441), and each such stream goes to it instead. `client`
+/// names the other end in logs.
+pub async fn serve<T, H, F>(
+    io: T,
+    settings: H2Settings,
+    client: &str,
+    mut handle: H,
+    mut tunnels: Option<Tunnels<'_>>,
+) where
     T: AsyncRead + AsyncWrite + Unpin,
     H: FnMut(Request<Received>) -> F,
     F: Future<Output = ProxyResponse>,
 {
-    let handshake = h2::server::Builder::new()
+    let mut builder = h2::server::Builder::new();
+    builder
         .max_concurrent_streams(settings.max_concurrent_streams)
         .max_header_list_size(settings.max_header_list_size)
         .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .handshake::<_, Bytes>(io);
+        .initial_connection_window_size(CONNECTION_WINDOW);
+    if tunnels.is_some() {
+        builder.enable_connect_protocol();
+    }
+    let handshake = builder.handshake::<_, Bytes>(io);
     let mut connection = match tokio::time::timeout(PREFACE_TIMEOUT, handshake).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
@@ -112,9 +132,19 @@ where
             }
             match connection.poll_accept(cx) {
                 Poll::Ready(Some(Ok((request, respond)))) => {
-                    let head_only = request.method() == Method::HEAD;
-                    let request = request.map(|body| Received::new(body, settings.stall));
-                    requests.push(respond_to(handle(request), respond, head_only));
+                    let tunnel = request.method() == Method::CONNECT
+                        && request.extensions().get::<h2::ext::Protocol>().is_some();
+                    match tunnels.as_mut() {
+                        Some(open) if tunnel => {
+                            requests.push(Either::Right(open(request, respond)))
+                        }
+                        _ => {
+                            let head_only = request.method() == Method::HEAD;
+                            let request = request.map(|body| Received::new(body, settings.stall));
+                            let answer = respond_to(handle(request), respond, head_only);
+                            requests.push(Either::Left(answer));
+                        }
+                    }
                     progressed = true;
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(e)),

@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod routing;
 pub mod transport;
+pub mod tunnel;
 pub mod upstream;
 pub mod wire;
 pub mod workers;

@@ -46,8 +46,11 @@ use crate::routing::{
     RouteRequest, RouteTable, Target, with_port,
 };
 use crate::transport::{EastWestPool, MeshTls, SendError};
+use crate::tunnel::{H2Stream, TunnelIo, splice};
 use crate::upstream::{Http1Pool, Http1Request, MAX_ANSWER_BYTES, UpstreamError};
 use crate::wire::{MAX_HEAD_BYTES, RawFields, is_hop_by_hop, merge_raw_fields};
+use h2::RecvStream;
+use h2::server::SendResponse;
 
 /// The header on every answer the proxy makes itself.
 pub const REASON_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-reason");
@@ -528,21 +531,25 @@ impl Outbound {
     }
 
     /// Opens the tunnel of a WebSocket upgrade (`Upgrade: websocket`, as Istio enables by
-    /// default): the request, routed as any other, is sent to one of this cluster's
-    /// endpoints on a connection of its own, with its Upgrade and Connection fields, and
-    /// the endpoint's answer is read up to the end of its head. That connection, and what
-    /// the endpoint sent so far, are the caller's to carry on as a tunnel; an answer that
-    /// is not `101` goes to the client as the endpoint gave it. Across clusters the
-    /// upgrade is not carried (that needs h2's extended CONNECT): a service with no usable
-    /// endpoint in this cluster answers 503.
+    /// default): the request, routed as any other to a locality by the pushed row, goes
+    /// either to one of this cluster's endpoints, on a connection of its own with its
+    /// Upgrade fields, or to another cluster's proxy as an h2 extended CONNECT (RFC 8441)
+    /// on the east-west connection, which that proxy turns into the same upgrade to one of
+    /// its endpoints. Returns the other end and what it answered so far, as HTTP/1 bytes
+    /// for the client (an endpoint's answer as it gave it; a peer's `200` as
+    /// `101 Switching Protocols` with its fields): the caller carries the tunnel on. An
+    /// answer that is not an upgrade goes to the client all the same.
     pub(crate) async fn open_tunnel(
         &self,
         request: Request<Full<Bytes>>,
         client: Option<ClientAddress>,
-    ) -> Result<(tokio::net::TcpStream, Bytes), ProxyResponse> {
+        upstreams: &Upstreams,
+    ) -> Result<(Box<dyn TunnelIo>, Bytes), ProxyResponse> {
         let started = Instant::now();
         let mut handled = Handled::new(&self.locality_text);
-        let opened = self.tunnel_to_endpoint(request, client, &mut handled).await;
+        let opened = self
+            .open_tunnel_routed(request, client, upstreams, &mut handled)
+            .await;
         let status = match &opened {
             Ok((_, _, status)) => *status,
             Err(response) => response.status(),
@@ -553,15 +560,16 @@ impl Outbound {
             status.as_u16(),
             started.elapsed().as_secs_f64(),
         );
-        opened.map(|(stream, answered, _)| (stream, answered))
+        opened.map(|(io, answered, _)| (io, answered))
     }
 
-    async fn tunnel_to_endpoint(
+    async fn open_tunnel_routed(
         &self,
         request: Request<Full<Bytes>>,
         client: Option<ClientAddress>,
+        upstreams: &Upstreams,
         handled: &mut Handled,
-    ) -> Result<(tokio::net::TcpStream, Bytes, StatusCode), ProxyResponse> {
+    ) -> Result<(Box<dyn TunnelIo>, Bytes, StatusCode), ProxyResponse> {
         let Some(routing) = self.routing() else {
             return Err(answer(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -583,19 +591,251 @@ impl Outbound {
         let discovery = routing.discovery.as_ref();
         let settings = discovery.balance(&target.host, &target.subset);
         let local = self.not_ejected(target, discovery.endpoints(&target.host, &target.subset));
+        let row = routing
+            .row(target)
+            .filter(|r| upstreams.east_west.is_some() && !r.is_local_only());
         let key = (settings.hash_on.as_ref()).and_then(|on| hash_key(on, &parts, client));
         let key = key.as_ref().map(|k| k.key.as_slice());
+        let hop = self.next_hop(settings, row, key, &forward, &local, (&[], &[], &[]));
+        let within = forward.retries.per_try_timeout.or(forward.timeout);
+        match hop {
+            Some((Hop::Local(endpoint), _)) => {
+                handled.locality = self.locality_text.clone();
+                let (stream, answered, status) = self
+                    .upgrade_endpoint(&endpoint, &parts, &forward, within)
+                    .await?;
+                Ok((Box::new(stream), answered, status))
+            }
+            Some((
+                Hop::Remote {
+                    cluster,
+                    gateway,
+                    locality_text,
+                    ..
+                },
+                _,
+            )) => {
+                handled.locality = locality_text.clone();
+                let Some(pool) = &upstreams.east_west else {
+                    return Err(answer(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no east-west transport",
+                    ));
+                };
+                let mut request = h2_request(&parts, &forward, key, Bytes::new())
+                    .map_err(|e| answer(StatusCode::BAD_REQUEST, &e))?
+                    .map(|_| ());
+                *request.method_mut() = Method::CONNECT;
+                request
+                    .extensions_mut()
+                    .insert(h2::ext::Protocol::from_static("websocket"));
+                let failed = |e: SendError| {
+                    let why = match e {
+                        SendError::Connect(e) | SendError::Reset(e) => e,
+                        SendError::TooLarge => "answer too large".into(),
+                    };
+                    answer(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("WebSocket upgrade through cluster {cluster}: {why}"),
+                    )
+                };
+                let open = pool.open(gateway, cluster, request);
+                let (head, stream) = match within {
+                    Some(t) => tokio::time::timeout(t, open).await.map_err(|_| {
+                        answer(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            &format!(
+                                "WebSocket upgrade through cluster {cluster}: no answer in time"
+                            ),
+                        )
+                    })?,
+                    None => open.await,
+                }
+                .map_err(failed)?;
+                if head.status != StatusCode::OK {
+                    let reason = (head.headers.get(REASON_HEADER))
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("WebSocket upgrade refused by the endpoint");
+                    return Err(answer(head.status, reason));
+                }
+                // The endpoint took the upgrade: the client is told so in HTTP/1's words.
+                let mut answered = Vec::with_capacity(256);
+                answered.extend_from_slice(
+                    b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n",
+                );
+                for (name, value) in &head.headers {
+                    if !is_hop_by_hop(name.as_str().as_bytes()) && name != CONTENT_LENGTH {
+                        answered.extend_from_slice(name.as_str().as_bytes());
+                        answered.extend_from_slice(b": ");
+                        answered.extend_from_slice(value.as_bytes());
+                        answered.extend_from_slice(b"\r\n");
+                    }
+                }
+                answered.extend_from_slice(b"\r\n");
+                Ok((
+                    Box::new(stream),
+                    Bytes::from(answered),
+                    StatusCode::SWITCHING_PROTOCOLS,
+                ))
+            }
+            None => Err(answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "no usable endpoint of {}{} for a WebSocket upgrade, here or in another cluster",
+                    target.host,
+                    subset_suffix(&target.subset)
+                ),
+            )),
+        }
+    }
+
+    /// Serves a WebSocket upgrade another cluster's proxy sent as an h2 extended CONNECT
+    /// on the east-west listener: the same upgrade, to one of this cluster's endpoints;
+    /// its `101` answered `200` on the stream (with the endpoint's fields), which then
+    /// carries the tunnel. Anything else is answered with its status and the stream ends.
+    pub async fn tunnel_for_peer(
+        &self,
+        request: Request<RecvStream>,
+        mut respond: SendResponse<Bytes>,
+        hop: Option<&HeaderValue>,
+    ) {
+        let started = Instant::now();
+        let mut handled = Handled::new(&self.locality_text);
+        let (parts, recv) = request.into_parts();
+        let opened = self.upgrade_for_peer(parts, hop, &mut handled).await;
+        let status = match &opened {
+            Ok((_, _, status)) => *status,
+            Err(response) => response.status(),
+        };
+        self.metrics.count_request(
+            handled.service.as_deref().unwrap_or("unknown"),
+            &handled.locality,
+            status.as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+        let (stream, answered) = match opened {
+            Ok((stream, answered, _)) => (stream, answered),
+            Err(refused) => {
+                let (mut head, _) = refused.into_parts();
+                head.headers.remove(CONTENT_LENGTH);
+                let _ = respond.send_response(Response::from_parts(head, ()), true);
+                return;
+            }
+        };
+        let mut fields = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Response::new(&mut fields);
+        let Ok(httparse::Status::Complete(head_length)) = parsed.parse(&answered) else {
+            let _ = respond.send_response(bare(StatusCode::BAD_GATEWAY), true);
+            return;
+        };
+        if parsed.code != Some(101) {
+            let code = parsed.code.and_then(|c| StatusCode::from_u16(c).ok());
+            let _ = respond.send_response(bare(code.unwrap_or(StatusCode::BAD_GATEWAY)), true);
+            return;
+        }
+        let mut accepted = Response::new(());
+        for field in parsed.headers.iter() {
+            if is_hop_by_hop(field.name.as_bytes())
+                || field.name.eq_ignore_ascii_case("content-length")
+            {
+                continue;
+            }
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(field.name.as_bytes()),
+                HeaderValue::from_bytes(field.value),
+            ) {
+                accepted.headers_mut().append(name, value);
+            }
+        }
+        let Ok(send) = respond.send_response(accepted, false) else {
+            return;
+        };
+        let mut peer = H2Stream::new(send, recv);
+        let rest = &answered[head_length..];
+        if !rest.is_empty() && peer.write_all(rest).await.is_err() {
+            return;
+        }
+        splice(peer, stream, self.client_timeouts.idle).await;
+    }
+
+    /// What `tunnel_for_peer` does before the tunnel: the endpoint's connection, its
+    /// answer so far, and its status.
+    async fn upgrade_for_peer(
+        &self,
+        mut parts: http::request::Parts,
+        hop: Option<&HeaderValue>,
+        handled: &mut Handled,
+    ) -> Result<(tokio::net::TcpStream, Bytes, StatusCode), ProxyResponse> {
+        let Some(routing) = self.routing() else {
+            return Err(answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: no configuration yet",
+            ));
+        };
+        let authority = authority_of(&parts.uri, &parts.headers)
+            .map_err(|reason| answer(StatusCode::BAD_REQUEST, &reason))?;
+        let (host, authority) = (
+            authority.host.to_string(),
+            with_port(authority.host, authority.port),
+        );
+        let service = match parts.headers.remove(SERVICE_HEADER) {
+            Some(v) => v
+                .to_str()
+                .map(str::to_string)
+                .map_err(|_| answer(StatusCode::BAD_REQUEST, "x-fulcrum-service: not text"))?,
+            None => host,
+        };
+        if !routing.discovery.knows(&service) {
+            return Err(answer(
+                StatusCode::NOT_FOUND,
+                &format!("unknown service {service:?} in cluster {}", self.cluster),
+            ));
+        }
+        handled.service = Some(service.clone());
+        handled.locality = self.locality_text.clone();
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let mut forward = default_route(&service, &authority, &path_and_query);
+        forward.target.subset = (parts.headers.remove(SUBSET_HEADER))
+            .and_then(|v| v.to_str().ok().map(str::to_string))
+            .unwrap_or_default();
+        let carried_key = parts.headers.remove(HASH_KEY_HEADER);
+        if let Some(hop) = hop {
+            parts.headers.insert(HOP_HEADER, hop.clone());
+        }
+        // The sender's CONNECT is the endpoint's GET with an upgrade.
+        parts.method = Method::GET;
+        let target = &forward.target;
+        let discovery = routing.discovery.as_ref();
+        let settings = discovery.balance(&target.host, &target.subset);
+        let local = self.not_ejected(target, discovery.endpoints(&target.host, &target.subset));
+        let key = carried_key.as_ref().map(HeaderValue::as_bytes);
         let Some(endpoint) = self.pick(settings, key, &forward, &local, &[]) else {
             return Err(answer(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!(
-                    "no usable endpoint of {}{} in this cluster: WebSocket upgrades are not carried to other clusters",
-                    target.host,
-                    subset_suffix(&target.subset)
+                    "no usable endpoint of {service} in cluster {}",
+                    self.cluster
                 ),
             ));
         };
-        handled.locality = self.locality_text.clone();
+        self.upgrade_endpoint(&endpoint, &parts, &forward, None)
+            .await
+    }
+
+    /// Sends the WebSocket upgrade of the request in `parts`, as `forward` says, to
+    /// `endpoint` on a connection of its own, and reads its answer to the end of the head
+    /// (within `within`, when given): the connection, what it sent so far, and its status.
+    async fn upgrade_endpoint(
+        &self,
+        endpoint: &Endpoint,
+        parts: &http::request::Parts,
+        forward: &Forward,
+        within: Option<Duration>,
+    ) -> Result<(tokio::net::TcpStream, Bytes, StatusCode), ProxyResponse> {
         let mut head = Http1Request::start(&parts.method, &forward.path_and_query)
             .map_err(|e| answer(StatusCode::BAD_REQUEST, &e))?;
         head.field_text(&HOST, &forward.authority)
@@ -653,8 +893,7 @@ impl Outbound {
             }
             Ok(answered.freeze())
         };
-        let per_try = forward.retries.per_try_timeout.or(forward.timeout);
-        let answered = match per_try {
+        let answered = match within {
             Some(t) => tokio::time::timeout(t, exchange).await.unwrap_or_else(|_| {
                 Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
@@ -1506,6 +1745,13 @@ impl ReportSource for Outbound {
             .map(|r| r.clusters.clone())
             .unwrap_or_default()
     }
+}
+
+/// An answer of `status` alone, for an h2 stream.
+fn bare(status: StatusCode) -> Response<()> {
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    response
 }
 
 /// The answer to a CONNECT: 404, as Envoy gives one without a `connect_matcher`. The

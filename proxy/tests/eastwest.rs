@@ -5,8 +5,10 @@
 //! peer that is not a proxy of the mesh.
 
 mod common;
+mod websocket;
 
 use common::eventually;
+use websocket::{read_until, websocket_endpoint};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -32,6 +34,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const EAST: &str = "us-east/us-east-1a";
@@ -475,6 +478,87 @@ async fn a_route_to_another_service_is_served_across_clusters() {
         );
     }
     assert_eq!(mesh.west_seen.load(Ordering::Relaxed) - before, 10);
+}
+
+/// A WebSocket upgrade to a service whose only endpoint is in another cluster: the
+/// sending proxy carries it as an h2 extended CONNECT to the other cluster's proxy,
+/// which makes the upgrade to its endpoint; the client sees `101` and a tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_upgrade_is_carried_to_another_cluster() {
+    let mesh = mesh(StatusCode::OK, "", "").await;
+    let (heads, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let endpoint = websocket_endpoint(heads).await;
+    std::fs::write(
+        mesh.config_dir.join("chat.yaml"),
+        format!(
+            "apiVersion: networking.istio.io/v1\n\
+             kind: ServiceEntry\n\
+             metadata: {{name: chat, namespace: shop}}\n\
+             spec:\n  \
+               hosts: [chat.shop]\n  \
+               location: MESH_INTERNAL\n  \
+               resolution: STATIC\n  \
+               ports: [{{number: 80, name: http, protocol: HTTP}}]\n  \
+               endpoints:\n  \
+               - {{address: 127.0.0.1, ports: {{http: {}}}, locality: {WEST}, labels: {{topology.istio.io/cluster: west}}}}\n",
+            endpoint.port()
+        ),
+    )
+    .expect("write config");
+    let east = mesh.east.outbound_address();
+    let localhost: std::net::IpAddr = "127.0.0.1".parse().expect("address");
+    // Ready once a plain request to the service crosses (the endpoint refuses it: 400).
+    eventually(
+        "east reaches chat.shop in the west cluster",
+        Duration::from_secs(20),
+        || async move {
+            match get_from(east, localhost, "chat.shop", &[]).await {
+                Some((StatusCode::BAD_REQUEST, headers)) if served_by(&headers).1 == "west" => {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    while seen.try_recv().is_ok() {}
+
+    let mut stream = TcpStream::connect(east).await.expect("connect");
+    stream
+        .write_all(
+            b"GET /room/7 HTTP/1.1\r\nHost: chat.shop\r\nConnection: Upgrade\r\n\
+              Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+              Sec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let answer = read_until(&mut stream, "\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 101 "), "{answer}");
+    let lower = answer.to_ascii_lowercase();
+    assert!(lower.contains("\r\nupgrade: websocket\r\n"), "{answer}");
+    assert!(lower.contains("sec-websocket-accept: "), "{answer}");
+    let head = seen.recv().await.expect("the endpoint read the upgrade");
+    let head_lower = head.to_ascii_lowercase();
+    assert!(head.starts_with("GET /room/7 HTTP/1.1\r\n"), "{head}");
+    assert!(
+        head_lower.contains("sec-websocket-key: dghlihnhbxbszsbub25jzq=="),
+        "{head}"
+    );
+    assert!(head_lower.contains("x-fulcrum-hop: east->west"), "{head}");
+    // Bytes both ways through both proxies, larger than a frame and a window update.
+    let big = "w".repeat(200_000);
+    for message in ["hello", big.as_str()] {
+        stream.write_all(message.as_bytes()).await.expect("write");
+        let echoed = read_until(&mut stream, message).await;
+        assert!(echoed.ends_with(message));
+    }
+    stream.shutdown().await.expect("shutdown");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+        .await
+        .expect("closed once the client is done")
+        .expect("read");
+    assert!(rest.is_empty());
 }
 
 /// A request through `proxy`'s outbound listener from a client at `from`, to `host`, with

@@ -1,6 +1,10 @@
 //! The outbound listener end to end, in-process: real backends and the real proxy on
 //! loopback, HTTP/1.1 and h2c clients, and raw bytes for the malformed cases.
 
+mod websocket;
+
+use websocket::{read_until, websocket_endpoint};
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -351,25 +355,6 @@ async fn read_to_close(stream: &mut TcpStream) -> String {
         .await
         .expect("the proxy closes the connection in time")
         .expect("read");
-    String::from_utf8_lossy(&all).into_owned()
-}
-
-/// Reads until `text` has come, and returns all that came.
-async fn read_until(stream: &mut TcpStream, text: &str) -> String {
-    let mut all = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&all).contains(text) {
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-            .await
-            .expect("an answer in time")
-            .expect("read");
-        assert!(
-            n > 0,
-            "closed before {text:?}: {}",
-            String::from_utf8_lossy(&all)
-        );
-        all.extend_from_slice(&buf[..n]);
-    }
     String::from_utf8_lossy(&all).into_owned()
 }
 
@@ -1398,42 +1383,6 @@ spec:
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
-/// An endpoint that takes a WebSocket upgrade (answering 101, then echoing what comes)
-/// when the request asks for one as RFC 6455 says, and answers 400 otherwise. Sends each
-/// head it read on `heads`.
-async fn websocket_endpoint(heads: tokio::sync::mpsc::UnboundedSender<String>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = listener.local_addr().expect("address");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let heads = heads.clone();
-            tokio::spawn(async move {
-                let head = read_until(&mut stream, "\r\n\r\n").await;
-                let lower = head.to_ascii_lowercase();
-                let _ = heads.send(head);
-                let asks = lower.contains("\r\nupgrade: websocket\r\n")
-                    && lower.contains("\r\nconnection: upgrade\r\n")
-                    && lower.contains("\r\nsec-websocket-key: ");
-                if !asks {
-                    let _ = stream
-                        .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
-                        .await;
-                    return;
-                }
-                let _ = stream
-                    .write_all(
-                        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\
-                          connection: upgrade\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
-                    )
-                    .await;
-                let (mut from, mut to) = stream.split();
-                let _ = tokio::io::copy(&mut from, &mut to).await;
-            });
-        }
-    });
-    address
-}
-
 #[tokio::test]
 async fn a_websocket_upgrade_becomes_a_tunnel_to_an_endpoint_of_this_cluster() {
     let (heads, mut seen) = tokio::sync::mpsc::unbounded_channel();
@@ -1513,7 +1462,8 @@ spec:
         "{head}"
     );
 
-    // Only this cluster's endpoints take upgrades.
+    // A service whose endpoints are all in another cluster, with no east-west transport
+    // configured here: nowhere to take the upgrade.
     let mut stream = TcpStream::connect(proxy).await.expect("connect");
     stream
         .write_all(upgrade("far.example").as_bytes())
@@ -1521,7 +1471,7 @@ spec:
         .expect("write");
     let answer = read_to_close(&mut stream).await;
     assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
-    assert!(answer.contains("not carried to other clusters"), "{answer}");
+    assert!(answer.contains("here or in another cluster"), "{answer}");
 
     // Another protocol is not an upgrade the proxy carries: a plain request, its Upgrade
     // field dropped as hop-by-hop.

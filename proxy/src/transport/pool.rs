@@ -24,6 +24,7 @@ use tokio_rustls::TlsConnector;
 
 use super::tls::{ALPN_H2, MeshTls, PROXY_SERVER_NAME};
 use crate::h2_server::{CONNECTION_WINDOW, STREAM_WINDOW};
+use crate::tunnel::H2Stream;
 use crate::upstream::MAX_ANSWER_BYTES;
 
 /// How often an east-west connection is pinged.
@@ -110,6 +111,23 @@ impl EastWestPool {
         }
         let body = first.unwrap_or_else(|| joined.freeze());
         Ok(Response::from_parts(head, body))
+    }
+
+    /// Opens a stream to `cluster`'s listener at `gateway` with `request` (an extended
+    /// CONNECT, whose stream is a tunnel), and waits for the answer's head: the answer,
+    /// and the stream to carry bytes both ways on once it is a 200.
+    pub async fn open(
+        &self,
+        gateway: &str,
+        cluster: &str,
+        request: Request<()>,
+    ) -> Result<(http::response::Parts, H2Stream), SendError> {
+        let reset = |e: h2::Error| SendError::Reset(crate::outbound::error_chain(&e));
+        let sender = self.sender(gateway, cluster).await?;
+        let mut requests = sender.requests.ready().await.map_err(reset)?;
+        let (answer, send) = requests.send_request(request, false).map_err(reset)?;
+        let (head, recv) = answer.await.map_err(reset)?.into_parts();
+        Ok((head, H2Stream::new(send, recv)))
     }
 
     async fn sender(&self, gateway: &str, cluster: &str) -> Result<Sender, SendError> {

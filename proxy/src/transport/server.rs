@@ -2,6 +2,8 @@
 //! identity, then HTTP/2 ([`crate::h2_server`]), each request served to this cluster's
 //! endpoints.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
@@ -50,13 +52,23 @@ pub(crate) async fn serve_east_west_connection(
     let hop = outbound.hop_mark(&peer);
     let settings = H2Settings::for_clients(outbound.client_timeouts());
     let client = format!("east-west peer {peer} at {peer_address}");
-    h2_server::serve(stream, settings, &client, |request| {
+    let handle = |request| {
         let (outbound, upstreams, hop) = (outbound.clone(), upstreams.clone(), hop.clone());
         async move {
             outbound
                 .handle_east_west(request, hop.as_ref(), &upstreams)
                 .await
         }
-    })
-    .await;
+    };
+    // WebSocket upgrades another cluster's proxy carries here as extended CONNECTs.
+    let mut tunnels = |request, respond| {
+        let (outbound, hop) = (outbound.clone(), hop.clone());
+        let tunnel = async move {
+            outbound
+                .tunnel_for_peer(request, respond, hop.as_ref())
+                .await
+        };
+        Box::pin(tunnel) as Pin<Box<dyn Future<Output = ()> + Send>>
+    };
+    h2_server::serve(stream, settings, &client, handle, Some(&mut tunnels)).await;
 }
