@@ -772,40 +772,9 @@ impl Outbound {
                 "not ready: no configuration yet",
             ));
         };
-        let authority = authority_of(&parts.uri, &parts.headers)
-            .map_err(|reason| answer(StatusCode::BAD_REQUEST, &reason))?;
-        let (host, authority) = (
-            authority.host.to_string(),
-            with_port(authority.host, authority.port),
-        );
-        let service = match parts.headers.remove(SERVICE_HEADER) {
-            Some(v) => v
-                .to_str()
-                .map(str::to_string)
-                .map_err(|_| answer(StatusCode::BAD_REQUEST, "x-fulcrum-service: not text"))?,
-            None => host,
-        };
-        if !routing.discovery.knows(&service) {
-            return Err(answer(
-                StatusCode::NOT_FOUND,
-                &format!("unknown service {service:?} in cluster {}", self.cluster),
-            ));
-        }
-        handled.service = Some(service.clone());
-        handled.locality = self.locality_text.clone();
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
-        let mut forward = default_route(&service, &authority, &path_and_query);
-        forward.target.subset = (parts.headers.remove(SUBSET_HEADER))
-            .and_then(|v| v.to_str().ok().map(str::to_string))
-            .unwrap_or_default();
-        let carried_key = parts.headers.remove(HASH_KEY_HEADER);
-        if let Some(hop) = hop {
-            parts.headers.insert(HOP_HEADER, hop.clone());
-        }
+        let (forward, carried_key) = self
+            .peer_route(&routing, &mut parts, hop, handled)
+            .map_err(|a| *a)?;
         // The sender's CONNECT is the endpoint's GET with an upgrade.
         parts.method = Method::GET;
         let target = &forward.target;
@@ -817,8 +786,8 @@ impl Outbound {
             return Err(answer(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!(
-                    "no usable endpoint of {service} in cluster {}",
-                    self.cluster
+                    "no usable endpoint of {} in cluster {}",
+                    target.host, self.cluster
                 ),
             ));
         };
@@ -1067,6 +1036,51 @@ impl Outbound {
         response
     }
 
+    /// Where a request from another cluster's proxy goes: to the service the sender
+    /// routed to (its `x-fulcrum-service`, else the one the authority names), whole or
+    /// the subset it names, with the authority as it came; with the hash key the sender
+    /// made, if any. The fields only a proxy sets are taken out of `parts`, and the hop is
+    /// marked. Names the service in `handled`.
+    fn peer_route(
+        &self,
+        routing: &Routing,
+        parts: &mut http::request::Parts,
+        hop: Option<&HeaderValue>,
+        handled: &mut Handled,
+    ) -> Result<(Forward, Option<HeaderValue>), Box<ProxyResponse>> {
+        let refuse = |status, reason: &str| Box::new(answer(status, reason));
+        let authority = authority_of(&parts.uri, &parts.headers)
+            .map_err(|reason| refuse(StatusCode::BAD_REQUEST, &reason))?;
+        let (host, authority) = (
+            authority.host.to_string(),
+            with_port(authority.host, authority.port),
+        );
+        let service = match parts.headers.remove(SERVICE_HEADER) {
+            Some(v) => v
+                .to_str()
+                .map(str::to_string)
+                .map_err(|_| refuse(StatusCode::BAD_REQUEST, "x-fulcrum-service: not text"))?,
+            None => host,
+        };
+        if !routing.discovery.knows(&service) {
+            return Err(refuse(
+                StatusCode::NOT_FOUND,
+                &format!("unknown service {service:?} in cluster {}", self.cluster),
+            ));
+        }
+        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut forward = default_route(&service, &authority, path_and_query);
+        handled.service = Some(service);
+        forward.target.subset = (parts.headers.remove(SUBSET_HEADER))
+            .and_then(|v| v.to_str().ok().map(str::to_string))
+            .unwrap_or_default();
+        let carried_key = parts.headers.remove(HASH_KEY_HEADER);
+        if let Some(hop) = hop {
+            parts.headers.insert(HOP_HEADER, hop.clone());
+        }
+        Ok((forward, carried_key))
+    }
+
     /// What `handle_east_west` does.
     async fn serve_for_peer<B>(
         &self,
@@ -1089,40 +1103,10 @@ impl Outbound {
         if parts.method == Method::CONNECT {
             return refuse_connect();
         }
-        let authority = match authority_of(&parts.uri, &parts.headers) {
-            Ok(a) => a,
-            Err(reason) => return answer(StatusCode::BAD_REQUEST, &reason),
+        let (mut forward, carried_key) = match self.peer_route(&routing, &mut parts, hop, handled) {
+            Ok(routed) => routed,
+            Err(answer) => return *answer,
         };
-        let (host, authority) = (
-            authority.host.to_string(),
-            with_port(authority.host, authority.port),
-        );
-        // The service the sender routed to, when its name is not the authority's.
-        let service = match parts.headers.remove(SERVICE_HEADER) {
-            Some(v) => match v.to_str() {
-                Ok(name) => name.to_string(),
-                Err(_) => return answer(StatusCode::BAD_REQUEST, "x-fulcrum-service: not text"),
-            },
-            None => host,
-        };
-        if !routing.discovery.knows(&service) {
-            return answer(
-                StatusCode::NOT_FOUND,
-                &format!("unknown service {service:?} in cluster {}", self.cluster),
-            );
-        }
-        handled.service = Some(service.clone());
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
-        let mut forward = default_route(&service, &authority, &path_and_query);
-        forward.target.subset = parts
-            .headers
-            .remove(SUBSET_HEADER)
-            .and_then(|v| v.to_str().ok().map(str::to_string))
-            .unwrap_or_default();
         // The sender already retried by its route; here only a connection that could not
         // be made is tried on another endpoint of this cluster.
         forward.retries = RetryPolicy {
@@ -1133,10 +1117,6 @@ impl Outbound {
             },
             ..RetryPolicy::istio_default()
         };
-        let carried_key = parts.headers.remove(HASH_KEY_HEADER);
-        if let Some(hop) = hop {
-            parts.headers.insert(HOP_HEADER, hop.clone());
-        }
         let body = match self.read_body(body).await {
             Ok(b) => b,
             Err(response) => return *response,
