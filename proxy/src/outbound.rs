@@ -46,7 +46,7 @@ use crate::routing::{
     RouteRequest, RouteTable, Target, with_port,
 };
 use crate::transport::{EastWestPool, MeshTls, SendError};
-use crate::tunnel::{H2Stream, TunnelIo, splice};
+use crate::tunnel::{H2Stream, Holding, TunnelIo, splice};
 use crate::upstream::{Http1Pool, Http1Request, MAX_ANSWER_BYTES, UpstreamError};
 use crate::wire::{MAX_HEAD_BYTES, RawFields, is_hop_by_hop, merge_raw_fields};
 use h2::RecvStream;
@@ -596,6 +596,8 @@ impl Outbound {
             .filter(|r| upstreams.east_west.is_some() && !r.is_local_only());
         let key = (settings.hash_on.as_ref()).and_then(|on| hash_key(on, &parts, client));
         let key = key.as_ref().map(|k| k.key.as_slice());
+        // An open tunnel counts as a request in flight to the service.
+        let held = self.admit(settings, target).map_err(|a| *a)?;
         let hop = self.next_hop(settings, row, key, &forward, &local, (&[], &[], &[]));
         let within = forward.retries.per_try_timeout.or(forward.timeout);
         match hop {
@@ -604,7 +606,7 @@ impl Outbound {
                 let (stream, answered, status) = self
                     .upgrade_endpoint(&endpoint, &parts, &forward, within)
                     .await?;
-                Ok((Box::new(stream), answered, status))
+                Ok((Box::new(Holding { io: stream, held }), answered, status))
             }
             Some((
                 Hop::Remote {
@@ -673,7 +675,7 @@ impl Outbound {
                 }
                 answered.extend_from_slice(b"\r\n");
                 Ok((
-                    Box::new(stream),
+                    Box::new(Holding { io: stream, held }),
                     Bytes::from(answered),
                     StatusCode::SWITCHING_PROTOCOLS,
                 ))
@@ -758,14 +760,15 @@ impl Outbound {
         splice(peer, stream, self.client_timeouts.idle).await;
     }
 
-    /// What `tunnel_for_peer` does before the tunnel: the endpoint's connection, its
-    /// answer so far, and its status.
+    /// What `tunnel_for_peer` does before the tunnel: the endpoint's connection (holding
+    /// the service's request permit, when it limits requests), its answer so far, and its
+    /// status.
     async fn upgrade_for_peer(
         &self,
         mut parts: http::request::Parts,
         hop: Option<&HeaderValue>,
         handled: &mut Handled,
-    ) -> Result<(tokio::net::TcpStream, Bytes, StatusCode), ProxyResponse> {
+    ) -> Result<(Holding<tokio::net::TcpStream, Permit>, Bytes, StatusCode), ProxyResponse> {
         let Some(routing) = self.routing() else {
             return Err(answer(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -782,6 +785,7 @@ impl Outbound {
         let settings = discovery.balance(&target.host, &target.subset);
         let local = self.not_ejected(target, discovery.endpoints(&target.host, &target.subset));
         let key = carried_key.as_ref().map(HeaderValue::as_bytes);
+        let held = self.admit(settings, target).map_err(|a| *a)?;
         let Some(endpoint) = self.pick(settings, key, &forward, &local, &[]) else {
             return Err(answer(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -791,8 +795,10 @@ impl Outbound {
                 ),
             ));
         };
-        self.upgrade_endpoint(&endpoint, &parts, &forward, None)
-            .await
+        let (stream, answered, status) = self
+            .upgrade_endpoint(&endpoint, &parts, &forward, None)
+            .await?;
+        Ok((Holding { io: stream, held }, answered, status))
     }
 
     /// Sends the WebSocket upgrade of the request in `parts`, as `forward` says, to
@@ -1173,7 +1179,7 @@ impl Outbound {
         &self,
         settings: &BalanceSettings,
         target: &Target,
-    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Box<ProxyResponse>> {
+    ) -> Result<Permit, Box<ProxyResponse>> {
         let Some(max) = settings.max_requests else {
             return Ok(None);
         };
@@ -1726,6 +1732,9 @@ impl ReportSource for Outbound {
             .unwrap_or_default()
     }
 }
+
+/// A place among a service's requests in flight, when its DestinationRule limits them.
+type Permit = Option<tokio::sync::OwnedSemaphorePermit>;
 
 /// An answer of `status` alone, for an h2 stream.
 fn bare(status: StatusCode) -> Response<()> {

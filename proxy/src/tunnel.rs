@@ -173,3 +173,40 @@ impl AsyncWrite for H2Stream {
         Poll::Ready(Ok(()))
     }
 }
+
+/// A tunnel's end that holds something for as long as it lives (the service's
+/// concurrent-request permit: a tunnel is a request while it is open).
+pub struct Holding<T, G> {
+    /// The end.
+    pub io: T,
+    /// What it holds.
+    pub held: G,
+}
+
+impl<T: AsyncRead + Unpin, G: Unpin> AsyncRead for Holding<T, G> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin, G: Unpin> AsyncWrite for Holding<T, G> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}

@@ -1611,3 +1611,62 @@ spec:
     );
     release.notify_waiters();
 }
+
+#[tokio::test]
+async fn an_open_websocket_tunnel_counts_as_a_request_in_flight() {
+    let (heads, _seen) = tokio::sync::mpsc::unbounded_channel();
+    let endpoint = websocket_endpoint(heads).await;
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: chat, namespace: shop}}
+spec:
+  hosts: [chat.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: chat, namespace: shop}}
+spec:
+  host: chat.example
+  trafficPolicy: {{connectionPool: {{http: {{http2MaxRequests: 1}}}}}}
+"#,
+        endpoint.port()
+    );
+    let running = start_east(&yaml, None).await;
+    let proxy = running.outbound_address();
+    let upgrade = b"GET / HTTP/1.1\r\nHost: chat.example\r\nConnection: Upgrade\r\n\
+        Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Version: 13\r\n\r\n";
+    let open = || async {
+        let mut stream = TcpStream::connect(proxy).await.expect("connect");
+        stream.write_all(upgrade).await.expect("write");
+        let answer = read_until(&mut stream, "\r\n\r\n").await;
+        (stream, answer)
+    };
+    let (mut first, answer) = open().await;
+    assert!(answer.starts_with("HTTP/1.1 101 "), "{answer}");
+    // The service's one place is the tunnel's while it is open.
+    let (_, answer) = open().await;
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(answer.contains("overflow"), "{answer}");
+    // Closed, it gives the place back.
+    first.shutdown().await.expect("shutdown");
+    assert_eq!(read_to_close(&mut first).await, "");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, answer) = open().await;
+        if answer.starts_with("HTTP/1.1 101 ") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the place never came back: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
