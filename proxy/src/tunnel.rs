@@ -25,26 +25,10 @@ pub async fn splice(a: impl TunnelIo, b: impl TunnelIo, idle: Duration) {
     // one task; an atomic only because the task may move between threads).
     let opened = Instant::now();
     let last = AtomicU64::new(0);
-    let (a_read, mut a_write) = tokio::io::split(a);
-    let (b_read, mut b_write) = tokio::io::split(b);
-    let forth = async {
-        let mut from = Active {
-            inner: a_read,
-            opened,
-            last: &last,
-        };
-        let _ = tokio::io::copy(&mut from, &mut b_write).await;
-        let _ = b_write.shutdown().await;
-    };
-    let back = async {
-        let mut from = Active {
-            inner: b_read,
-            opened,
-            last: &last,
-        };
-        let _ = tokio::io::copy(&mut from, &mut a_write).await;
-        let _ = a_write.shutdown().await;
-    };
+    let (a_read, a_write) = tokio::io::split(a);
+    let (b_read, b_write) = tokio::io::split(b);
+    let forth = one_way(a_read, b_write, opened, &last);
+    let back = one_way(b_read, a_write, opened, &last);
     let quiet = async {
         loop {
             let moved = Duration::from_millis(last.load(Ordering::Relaxed));
@@ -59,6 +43,23 @@ pub async fn splice(a: impl TunnelIo, b: impl TunnelIo, idle: Duration) {
         _ = async { tokio::join!(forth, back) } => {}
         _ = quiet => {}
     }
+}
+
+/// Copies `from` to `to` until `from` ends, then shuts `to`'s writing down; notes in
+/// `last` when bytes last moved (milliseconds from `opened`).
+async fn one_way(
+    from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    opened: Instant,
+    last: &AtomicU64,
+) {
+    let mut from = Active {
+        inner: from,
+        opened,
+        last,
+    };
+    let _ = tokio::io::copy(&mut from, &mut to).await;
+    let _ = to.shutdown().await;
 }
 
 /// A reader that notes when bytes last came through it (milliseconds from `opened`).

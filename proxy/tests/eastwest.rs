@@ -8,7 +8,7 @@ mod common;
 mod websocket;
 
 use common::eventually;
-use websocket::{read_until, websocket_endpoint};
+use websocket::{UPGRADE_KEY, read_until, upgrade_request, websocket_endpoint};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -525,11 +525,7 @@ async fn a_websocket_upgrade_is_carried_to_another_cluster() {
 
     let mut stream = TcpStream::connect(east).await.expect("connect");
     stream
-        .write_all(
-            b"GET /room/7 HTTP/1.1\r\nHost: chat.shop\r\nConnection: Upgrade\r\n\
-              Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-              Sec-WebSocket-Version: 13\r\n\r\n",
-        )
+        .write_all(upgrade_request("chat.shop", "/room/7").as_bytes())
         .await
         .expect("write");
     let answer = read_until(&mut stream, "\r\n\r\n").await;
@@ -540,10 +536,8 @@ async fn a_websocket_upgrade_is_carried_to_another_cluster() {
     let head = seen.recv().await.expect("the endpoint read the upgrade");
     let head_lower = head.to_ascii_lowercase();
     assert!(head.starts_with("GET /room/7 HTTP/1.1\r\n"), "{head}");
-    assert!(
-        head_lower.contains("sec-websocket-key: dghlihnhbxbszsbub25jzq=="),
-        "{head}"
-    );
+    let key = format!("sec-websocket-key: {}", UPGRADE_KEY.to_ascii_lowercase());
+    assert!(head_lower.contains(&key), "{head}");
     assert!(head_lower.contains("x-fulcrum-hop: east->west"), "{head}");
     // Bytes both ways through both proxies, larger than a frame and a window update.
     let big = "w".repeat(200_000);

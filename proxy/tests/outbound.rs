@@ -3,7 +3,7 @@
 
 mod websocket;
 
-use websocket::{read_until, websocket_endpoint};
+use websocket::{UPGRADE_KEY, read_until, upgrade_request, websocket_endpoint};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -1383,12 +1383,9 @@ spec:
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
-#[tokio::test]
-async fn a_websocket_upgrade_becomes_a_tunnel_to_an_endpoint_of_this_cluster() {
-    let (heads, mut seen) = tokio::sync::mpsc::unbounded_channel();
-    let endpoint = websocket_endpoint(heads).await;
-    let elsewhere = backend("elsewhere", Behaviour::Ok).await;
-    let yaml = format!(
+/// `chat.example`: one endpoint, at `port` on this proxy's locality.
+fn chat_entry(port: u16) -> String {
+    format!(
         r#"apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {{name: chat, namespace: shop}}
@@ -1398,8 +1395,18 @@ spec:
   resolution: STATIC
   ports: [{{number: 80, name: http, protocol: HTTP}}]
   endpoints:
-  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a}}
----
+  - {{address: 127.0.0.1, ports: {{http: {port}}}, locality: us-east/us-east-1a}}
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_websocket_upgrade_becomes_a_tunnel_to_an_endpoint_of_this_cluster() {
+    let (heads, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let endpoint = websocket_endpoint(heads).await;
+    let elsewhere = backend("elsewhere", Behaviour::Ok).await;
+    let yaml = format!(
+        r#"{}---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {{name: far, namespace: shop}}
@@ -1411,18 +1418,12 @@ spec:
   endpoints:
   - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-west/us-west-1a, labels: {{topology.istio.io/cluster: west}}}}
 "#,
-        endpoint.port(),
+        chat_entry(endpoint.port()),
         elsewhere.port()
     );
     let running = start_east(&yaml, None).await;
     let proxy = running.outbound_address();
-    let upgrade = |host: &str| {
-        format!(
-            "GET /room/7 HTTP/1.1\r\nHost: {host}\r\nConnection: keep-alive, Upgrade\r\n\
-             Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-             Sec-WebSocket-Version: 13\r\n\r\n"
-        )
-    };
+    let upgrade = |host: &str| upgrade_request(host, "/room/7");
 
     let mut stream = TcpStream::connect(proxy).await.expect("connect");
     stream
@@ -1452,7 +1453,7 @@ spec:
     // Without the key the endpoint refuses: its answer reaches the client as it gave it.
     let mut stream = TcpStream::connect(proxy).await.expect("connect");
     let keyless =
-        upgrade("chat.example").replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "");
+        upgrade("chat.example").replace(&format!("Sec-WebSocket-Key: {UPGRADE_KEY}\r\n"), "");
     stream.write_all(keyless.as_bytes()).await.expect("write");
     let answer = read_until(&mut stream, "\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
@@ -1493,20 +1494,7 @@ spec:
 async fn a_websocket_tunnel_that_goes_quiet_is_closed_after_the_idle_timeout() {
     let (heads, _seen) = tokio::sync::mpsc::unbounded_channel();
     let endpoint = websocket_endpoint(heads).await;
-    let yaml = format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: chat, namespace: shop}}
-spec:
-  hosts: [chat.example]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  endpoints:
-  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a}}
-"#,
-        endpoint.port()
-    );
+    let yaml = chat_entry(endpoint.port());
     let idle = Duration::from_millis(300);
     let timeouts = ClientTimeouts {
         idle,
@@ -1517,10 +1505,7 @@ spec:
         .await
         .expect("connect");
     stream
-        .write_all(
-            b"GET / HTTP/1.1\r\nHost: chat.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
+        .write_all(upgrade_request("chat.example", "/").as_bytes())
         .await
         .expect("write");
     assert!(
@@ -1617,17 +1602,7 @@ async fn an_open_websocket_tunnel_counts_as_a_request_in_flight() {
     let (heads, _seen) = tokio::sync::mpsc::unbounded_channel();
     let endpoint = websocket_endpoint(heads).await;
     let yaml = format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: chat, namespace: shop}}
-spec:
-  hosts: [chat.example]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  endpoints:
-  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a}}
----
+        r#"{}---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {{name: chat, namespace: shop}}
@@ -1635,16 +1610,14 @@ spec:
   host: chat.example
   trafficPolicy: {{connectionPool: {{http: {{http2MaxRequests: 1}}}}}}
 "#,
-        endpoint.port()
+        chat_entry(endpoint.port())
     );
     let running = start_east(&yaml, None).await;
     let proxy = running.outbound_address();
-    let upgrade = b"GET / HTTP/1.1\r\nHost: chat.example\r\nConnection: Upgrade\r\n\
-        Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-        Sec-WebSocket-Version: 13\r\n\r\n";
+    let upgrade = upgrade_request("chat.example", "/");
     let open = || async {
         let mut stream = TcpStream::connect(proxy).await.expect("connect");
-        stream.write_all(upgrade).await.expect("write");
+        stream.write_all(upgrade.as_bytes()).await.expect("write");
         let answer = read_until(&mut stream, "\r\n\r\n").await;
         (stream, answer)
     };

@@ -6,6 +6,18 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// The key the tests' upgrade requests send (RFC 6455's example).
+pub const UPGRADE_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// A WebSocket upgrade request for `path` of `host`, as a browser sends one.
+pub fn upgrade_request(host: &str, path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: keep-alive, Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Key: {UPGRADE_KEY}\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
 /// Reads until `text` has come, and returns all that came.
 pub async fn read_until(stream: &mut TcpStream, text: &str) -> String {
     let mut all = Vec::new();
