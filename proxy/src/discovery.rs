@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use fulcrum_policy::istio::{SimpleLb, TrafficPolicy, endpoints_of};
+use fulcrum_policy::istio::{ServicePort, SimpleLb, TrafficPolicy, endpoints_of};
 use fulcrum_policy::references::{merged_policy, qualify_host, rule_for_host};
 use fulcrum_policy::{Locality, Resource};
 use http::HeaderValue;
@@ -33,6 +33,8 @@ pub struct Endpoint {
     pub name_value: HeaderValue,
     /// Its labels (subsets select on them).
     pub labels: Arc<BTreeMap<String, String>>,
+    /// Whether it is spoken to in h2 (prior knowledge, plaintext) rather than HTTP/1.1.
+    pub h2: bool,
 }
 
 /// An endpoint goes by its address (the consistent-hash ring's name for it).
@@ -163,6 +165,25 @@ fn balance_of(policy: Option<&TrafficPolicy>) -> Option<BalanceSettings> {
     Some(settings)
 }
 
+/// Whether endpoints on `port` speak h2, as Istio selects a port's protocol: its
+/// `protocol` (`HTTP2`, `GRPC`, in any case), else the name's prefix before any `-`
+/// (`grpc`, `http2`). gRPC-Web (a name starting `grpc-web`) is HTTP/1.1-compatible, and
+/// stays HTTP/1.1.
+fn speaks_h2(port: &ServicePort) -> bool {
+    let protocol = match port.protocol.as_str() {
+        "" if port
+            .name
+            .get(..8)
+            .is_some_and(|p| p.eq_ignore_ascii_case("grpc-web")) =>
+        {
+            return false;
+        }
+        "" => port.name.split('-').next().unwrap_or(""),
+        declared => declared,
+    };
+    protocol.eq_ignore_ascii_case("grpc") || protocol.eq_ignore_ascii_case("http2")
+}
+
 impl StaticDiscovery {
     /// The endpoints in `resources` that belong to `cluster` (at `locality`).
     pub fn from_resources<'a>(
@@ -217,6 +238,7 @@ impl StaticDiscovery {
                                     .unwrap_or(HeaderValue::from_static("")),
                                 name: name.into(),
                                 labels: Arc::new(we.labels.clone()),
+                                h2: speaks_h2(port),
                             });
                         }
                     }
@@ -365,6 +387,34 @@ mod tests {
             .map(|e| e.address.port())
             .collect();
         assert_eq!(ports, vec![18101]);
+    }
+
+    #[test]
+    fn a_port_speaks_h2_when_its_protocol_or_name_says_grpc_or_http2() {
+        let port = |name: &str, protocol: &str| ServicePort {
+            number: 80,
+            name: name.into(),
+            protocol: protocol.into(),
+            target_port: 0,
+        };
+        for (name, protocol, h2) in [
+            ("api", "GRPC", true),
+            ("api", "grpc", true),
+            ("api", "HTTP2", true),
+            ("api", "HTTP", false),
+            ("api", "GRPC-WEB", false),
+            ("grpc", "", true),
+            ("grpc-api", "", true),
+            ("http2-api", "", true),
+            ("grpc-web", "", false),
+            ("GRPC-Web-api", "", false),
+            ("grpcweb", "", false),
+            ("http", "", false),
+            // A declared protocol wins over the name.
+            ("grpc-api", "HTTP", false),
+        ] {
+            assert_eq!(speaks_h2(&port(name, protocol)), h2, "{name} {protocol}");
+        }
     }
 
     #[test]

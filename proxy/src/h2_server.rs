@@ -36,6 +36,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::downstream::ClientTimeouts;
 use crate::outbound::ProxyResponse;
+use crate::transport::Trailers;
 use crate::wire::MAX_HEAD_BYTES;
 
 /// Requests one connection may carry at once, on either listener.
@@ -195,13 +196,29 @@ where
         head.headers
             .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
-    let ends = head_only || body.is_empty();
+    // Trailer fields (a gRPC answer's status) follow the body.
+    let trailers = match head.extensions.remove::<Trailers>() {
+        Some(Trailers(mut fields)) if !head_only => {
+            strip_connection_fields(&mut fields);
+            Some(fields)
+        }
+        _ => None,
+    };
+    let ends = (head_only || body.is_empty()) && trailers.is_none();
     let sent = respond
         .send_response(Response::from_parts(head, ()), ends)
-        .and_then(|mut stream| match ends {
-            true => Ok(()),
+        .and_then(|mut stream| {
+            if ends {
+                return Ok(());
+            }
             // Buffered by h2 as the client's window allows: the body is bounded already.
-            false => stream.send_data(body, true),
+            if !body.is_empty() {
+                stream.send_data(body, trailers.is_none())?;
+            }
+            match trailers {
+                Some(fields) => stream.send_trailers(fields),
+                None => Ok(()),
+            }
         });
     if let Err(e) = sent {
         tracing::debug!("h2 answer not sent: {e}");

@@ -25,7 +25,9 @@ use bytes::{Bytes, BytesMut};
 use fulcrum_policy::Locality;
 use fulcrum_policy::health::EndpointInventory;
 use fulcrum_policy::weights::WeightRow;
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue, TRANSFER_ENCODING};
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue, TE, TRANSFER_ENCODING,
+};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -45,7 +47,7 @@ use crate::routing::{
     Forward, HeaderChanges, RandomChance, RetryOn, RetryPolicy, RouteDecision, RouteError,
     RouteRequest, RouteTable, Target, with_port,
 };
-use crate::transport::{EastWestPool, MeshTls, SendError};
+use crate::transport::{H2Pool, MeshTls, SendError};
 use crate::tunnel::{H2Stream, Holding, TunnelIo, splice};
 use crate::upstream::{Http1Pool, Http1Request, MAX_ANSWER_BYTES, UpstreamError};
 use crate::wire::{MAX_HEAD_BYTES, RawFields, is_hop_by_hop, merge_raw_fields};
@@ -215,14 +217,16 @@ pub struct Outbound {
     locality_text: Arc<str>,
 }
 
-/// Where requests leave the proxy: HTTP/1 connections to this cluster's endpoints and,
-/// with east-west mTLS, h2 connections to other clusters' gateways. Each worker thread
-/// has its own ([`Outbound::upstreams`], [`crate::workers`]), so that a request, its
-/// upstream connection and the tasks driving both stay on one thread.
+/// Where requests leave the proxy: HTTP/1 connections to this cluster's endpoints (h2c
+/// to those that speak h2) and, with east-west mTLS, h2 connections to other clusters'
+/// gateways. Each worker thread has its own ([`Outbound::upstreams`],
+/// [`crate::workers`]), so that a request, its upstream connection and the tasks driving
+/// both stay on one thread.
 #[derive(Clone)]
 pub struct Upstreams {
     http: Arc<Http1Pool>,
-    east_west: Option<Arc<EastWestPool>>,
+    h2c: Arc<H2Pool>,
+    east_west: Option<Arc<H2Pool>>,
 }
 
 impl Upstreams {
@@ -231,12 +235,13 @@ impl Upstreams {
         self.http.close_idle(timeout);
     }
 
-    /// Fresh pools: HTTP/1 to endpoints, and h2 over mTLS presenting `tls` when given.
+    /// Fresh pools: HTTP/1 and h2c to endpoints, and h2 over mTLS presenting `tls` when
+    /// given.
     fn new(tls: Option<&Arc<MeshTls>>) -> Upstreams {
         Upstreams {
             http: Arc::new(Http1Pool::new(DEFAULT_CONNECT_TIMEOUT)),
-            east_west: tls
-                .map(|tls| Arc::new(EastWestPool::new(tls.clone(), DEFAULT_CONNECT_TIMEOUT))),
+            h2c: Arc::new(H2Pool::plaintext(DEFAULT_CONNECT_TIMEOUT)),
+            east_west: tls.map(|tls| Arc::new(H2Pool::mesh(tls.clone(), DEFAULT_CONNECT_TIMEOUT))),
         }
     }
 }
@@ -624,7 +629,7 @@ impl Outbound {
                         "no east-west transport",
                     ));
                 };
-                let mut request = h2_request(&parts, &forward, key, Bytes::new())
+                let mut request = peer_request(&parts, &forward, key, Bytes::new())
                     .map_err(|e| answer(StatusCode::BAD_REQUEST, &e))?
                     .map(|_| ());
                 *request.method_mut() = Method::CONNECT;
@@ -1400,7 +1405,9 @@ impl Outbound {
             handled.fields = None;
             let (retry, response) = match result {
                 Try::Answered(r, fields) => {
-                    let retry = policy.retry_on.retries_status(r.status().as_u16());
+                    let retry = policy.retry_on.retries_status(r.status().as_u16())
+                        || (r.headers().get(GRPC_STATUS))
+                            .is_some_and(|code| policy.retry_on.retries_grpc(code.as_bytes()));
                     let (mut head, body) = r.into_parts();
                     // An endpoint's fields are end-to-end already; a peer's answer is h2.
                     strip_hop_by_hop(&mut head.headers);
@@ -1602,6 +1609,11 @@ impl Outbound {
         endpoint: &Endpoint,
         body: Bytes,
     ) -> Try {
+        if endpoint.h2 {
+            return self
+                .try_h2_endpoint(upstreams, parts, forward, endpoint, body)
+                .await;
+        }
         let request = match http1_request(parts, forward, body) {
             Ok(r) => r,
             Err(e) => return Try::Reset(e),
@@ -1625,6 +1637,27 @@ impl Outbound {
         within(forward.retries.per_try_timeout, send).await
     }
 
+    /// One try at an endpoint of this cluster that speaks h2 (gRPC), over h2c.
+    async fn try_h2_endpoint(
+        &self,
+        upstreams: &Upstreams,
+        parts: &http::request::Parts,
+        forward: &Forward,
+        endpoint: &Endpoint,
+        body: Bytes,
+    ) -> Try {
+        let request = match h2_request(parts, forward, http::uri::Scheme::HTTP, body) {
+            Ok(r) => r,
+            Err(e) => return Try::Reset(e),
+        };
+        let _guard = InFlight::enter(&self.in_flight, endpoint.address);
+        let send = async {
+            let sent = upstreams.h2c.send(&endpoint.name, &self.cluster, request);
+            answered(sent.await)
+        };
+        within(forward.retries.per_try_timeout, send).await
+    }
+
     /// One try in another cluster, through its east-west listener at `gateway`.
     async fn try_remote(
         &self,
@@ -1638,18 +1671,11 @@ impl Outbound {
         let Some(pool) = &upstreams.east_west else {
             return Try::ConnectFailed("no east-west transport configured".into());
         };
-        let request = match h2_request(parts, forward, hash_key, body) {
+        let request = match peer_request(parts, forward, hash_key, body) {
             Ok(r) => r,
             Err(e) => return Try::Reset(e),
         };
-        let send = async {
-            match pool.send(gateway, cluster, request).await {
-                Ok(r) => Try::Answered(r, None),
-                Err(SendError::Connect(e)) => Try::ConnectFailed(e),
-                Err(SendError::Reset(e)) => Try::Reset(e),
-                Err(SendError::TooLarge) => Try::TooLarge,
-            }
-        };
+        let send = async { answered(pool.send(gateway, cluster, request).await) };
         within(forward.retries.per_try_timeout, send).await
     }
 
@@ -1678,6 +1704,16 @@ impl Outbound {
             Some(HostPort { host, port }) => with_port(&format!("{host}-shadow"), port),
             None => format!("{}-shadow", forward.authority),
         };
+        if endpoint.h2 {
+            let Ok(request) = h2_request(parts, &shadow, http::uri::Scheme::HTTP, body) else {
+                return;
+            };
+            let (pool, cluster) = (upstreams.h2c.clone(), self.cluster.clone());
+            tokio::spawn(async move {
+                let _ = pool.send(&endpoint.name, &cluster, request).await;
+            });
+            return;
+        }
         let Ok(request) = http1_request(parts, &shadow, body) else {
             return;
         };
@@ -1730,6 +1766,20 @@ impl ReportSource for Outbound {
         self.routing()
             .map(|r| r.clusters.clone())
             .unwrap_or_default()
+    }
+}
+
+/// A gRPC answer's status code, in its trailers or, for an answer with no message, in
+/// its head.
+const GRPC_STATUS: &str = "grpc-status";
+
+/// What an exchange over h2 came to, as a try.
+fn answered(sent: Result<Response<Bytes>, SendError>) -> Try {
+    match sent {
+        Ok(r) => Try::Answered(r, None),
+        Err(SendError::Connect(e)) => Try::ConnectFailed(e),
+        Err(SendError::Reset(e)) => Try::Reset(e),
+        Err(SendError::TooLarge) => Try::TooLarge,
     }
 }
 
@@ -2018,8 +2068,14 @@ impl<'a> HostPort<'a> {
 }
 
 /// The request's authority: the URI's (h2's `:authority`, or an absolute-form URI;
-/// userinfo, which it must not carry, left out), else the Host header.
+/// userinfo, which it must not carry, left out), else the Host header. A request with
+/// more than one Host field is refused whichever it is (RFC 9112 §3.2): two proxies on
+/// the path could each take a different one.
 fn authority_of<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Result<HostPort<'a>, String> {
+    let mut hosts = headers.get_all(HOST).iter();
+    if let (Some(_), Some(_)) = (hosts.next(), hosts.next()) {
+        return Err("more than one Host header".into());
+    }
     if let Some(a) = uri.authority() {
         let text = a.as_str();
         let text = text.rsplit_once('@').map_or(text, |(_, host)| host);
@@ -2141,16 +2197,44 @@ fn http1_request(
     Ok(writer.finish(body))
 }
 
-/// The request to send to another cluster's proxy, over h2: the client's, without its
-/// hop-by-hop and framing fields and without Host (h2 carries the authority in the URI),
-/// with the route's header changes, and with what this proxy chose that the peer needs:
-/// the subset, the hash key, and the service when the authority does not name it. Those
-/// fields replace whatever the application put in them: none is the application's to
-/// choose.
-fn h2_request(
+/// The request to send to another cluster's proxy, over h2: [`h2_request`], with what
+/// this proxy chose that the peer needs: the subset, the hash key, and the service when
+/// the authority does not name it. Those fields replace whatever the application put in
+/// them: none is the application's to choose.
+fn peer_request(
     parts: &http::request::Parts,
     forward: &Forward,
     hash_key: Option<&[u8]>,
+    body: Bytes,
+) -> Result<Request<Bytes>, String> {
+    let mut request = h2_request(parts, forward, http::uri::Scheme::HTTPS, body)?;
+    let headers = request.headers_mut();
+    if !forward.target.subset.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&forward.target.subset)
+    {
+        headers.insert(SUBSET_HEADER, v);
+    }
+    if let Some(Ok(v)) = hash_key.map(HeaderValue::from_bytes) {
+        headers.insert(HASH_KEY_HEADER, v);
+    }
+    let authority_host = HostPort::parse(forward.authority.as_bytes()).map(|a| a.host);
+    if authority_host.is_none_or(|host| !host.eq_ignore_ascii_case(&forward.target.host)) {
+        let service = HeaderValue::from_str(&forward.target.host)
+            .map_err(|_| format!("invalid service name {:?}", forward.target.host))?;
+        headers.insert(SERVICE_HEADER, service);
+    }
+    Ok(request)
+}
+
+/// The request to send over h2 (to a peer, or to an endpoint that speaks h2): the
+/// client's, without its hop-by-hop and framing fields, without Host (h2 carries the
+/// authority in the URI) and without the fields proxies tell each other, with the
+/// route's header changes. `TE: trailers`, the one TE h2 allows, is kept: gRPC servers
+/// look for it.
+fn h2_request(
+    parts: &http::request::Parts,
+    forward: &Forward,
+    scheme: http::uri::Scheme,
     body: Bytes,
 ) -> Result<Request<Bytes>, String> {
     let ours = |name: &HeaderName| {
@@ -2158,7 +2242,7 @@ fn h2_request(
     };
     let mut request =
         if !forward.request_headers.is_empty() || parts.headers.contains_key(CONNECTION) {
-            let uri = format!("https://{}{}", forward.authority, forward.path_and_query);
+            let uri = format!("{scheme}://{}{}", forward.authority, forward.path_and_query);
             let mut request = upstream_request(parts, forward, &uri, body)?;
             let headers = request.headers_mut();
             for name in [HOST, SUBSET_HEADER, HASH_KEY_HEADER, SERVICE_HEADER] {
@@ -2178,35 +2262,45 @@ fn h2_request(
             }
             let mut request = Request::new(body);
             *request.method_mut() = parts.method.clone();
-            *request.uri_mut() = h2_uri(parts, forward)?;
+            *request.uri_mut() = h2_uri(parts, forward, scheme)?;
             *request.headers_mut() = headers;
             request
         };
     *request.version_mut() = Version::HTTP_2;
-    let headers = request.headers_mut();
-    if !forward.target.subset.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&forward.target.subset)
-    {
-        headers.insert(SUBSET_HEADER, v);
-    }
-    if let Some(Ok(v)) = hash_key.map(HeaderValue::from_bytes) {
-        headers.insert(HASH_KEY_HEADER, v);
-    }
-    let authority_host = HostPort::parse(forward.authority.as_bytes()).map(|a| a.host);
-    if authority_host.is_none_or(|host| !host.eq_ignore_ascii_case(&forward.target.host)) {
-        let service = HeaderValue::from_str(&forward.target.host)
-            .map_err(|_| format!("invalid service name {:?}", forward.target.host))?;
-        headers.insert(SERVICE_HEADER, service);
+    if asks_for_trailers(&parts.headers) {
+        request
+            .headers_mut()
+            .insert(TE, HeaderValue::from_static("trailers"));
     }
     Ok(request)
 }
 
-/// `https://AUTHORITY/PATH` of a request to another cluster, from its parts rather than
-/// from a string made and parsed again; the client's path is shared when the route kept it.
-fn h2_uri(parts: &http::request::Parts, forward: &Forward) -> Result<Uri, String> {
+/// Whether a request's TE field accepts trailers (`TE: trailers`, among other codings).
+fn asks_for_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',').any(|coding| {
+                coding
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("trailers")
+            })
+        })
+    })
+}
+
+/// `SCHEME://AUTHORITY/PATH` of a request over h2, from its parts rather than from a
+/// string made and parsed again; the client's path is shared when the route kept it.
+fn h2_uri(
+    parts: &http::request::Parts,
+    forward: &Forward,
+    scheme: http::uri::Scheme,
+) -> Result<Uri, String> {
     let bad = |e: &dyn std::fmt::Display| format!("cannot build the upstream URI: {e}");
     let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(http::uri::Scheme::HTTPS);
+    uri.scheme = Some(scheme);
     uri.authority =
         Some(http::uri::Authority::try_from(forward.authority.as_str()).map_err(|e| bad(&e))?);
     uri.path_and_query = Some(match parts.uri.path_and_query() {
@@ -2308,7 +2402,7 @@ mod tests {
         let mut forward =
             default_route("checkout.internal", "checkout.internal", "/v2/orders?id=7");
         let sent = |parts: &http::request::Parts, forward: &Forward, key: Option<&[u8]>| {
-            let request = h2_request(parts, forward, key, Bytes::from("{}")).unwrap();
+            let request = peer_request(parts, forward, key, Bytes::from("{}")).unwrap();
             assert_eq!(request.version(), Version::HTTP_2);
             assert_eq!(request.method(), "POST");
             assert_eq!(
@@ -2323,13 +2417,15 @@ mod tests {
             fields
         };
         // Fast path and the slower one (a Connection field, and what it names) alike.
+        // `TE: trailers`, the one TE h2 allows, is kept: gRPC servers look for it.
         let named = client(&[("connection", "x-hop"), ("x-hop", "1")]);
         for parts in [client(&[]), named] {
-            assert_eq!(sent(&parts, &forward, None), ["x-app: 1"]);
+            assert_eq!(sent(&parts, &forward, None), ["te: trailers", "x-app: 1"]);
             forward.target.subset = "v2".into();
             assert_eq!(
                 sent(&parts, &forward, Some(b"10.0.0.7")),
                 [
+                    "te: trailers",
                     "x-app: 1",
                     "x-fulcrum-hash-key: 10.0.0.7",
                     "x-fulcrum-subset: v2"
@@ -2338,7 +2434,10 @@ mod tests {
             forward.target.subset.clear();
         }
         forward.request_headers.set = vec![("x-app".into(), "2".into())];
-        assert_eq!(sent(&client(&[]), &forward, None), ["x-app: 2"]);
+        assert_eq!(
+            sent(&client(&[]), &forward, None),
+            ["te: trailers", "x-app: 2"]
+        );
         // A route to a service the authority does not name says which, to the peer.
         let mut elsewhere = default_route(
             "checkout.shop.svc.cluster.local",
@@ -2352,15 +2451,19 @@ mod tests {
                 None
             ),
             [
+                "te: trailers",
                 "x-app: 1",
                 "x-fulcrum-service: checkout.shop.svc.cluster.local"
             ]
         );
         elsewhere.authority = "CHECKOUT.shop.svc.cluster.local:8080".into();
-        assert_eq!(sent(&client(&[]), &elsewhere, None), ["x-app: 1"]);
+        assert_eq!(
+            sent(&client(&[]), &elsewhere, None),
+            ["te: trailers", "x-app: 1"]
+        );
         // A path the route kept is the client's, shared.
         let kept = default_route("checkout.internal", "checkout.internal", "/orders?id=7");
-        let request = h2_request(&client(&[]), &kept, None, Bytes::new()).unwrap();
+        let request = peer_request(&client(&[]), &kept, None, Bytes::new()).unwrap();
         assert_eq!(request.uri(), "https://checkout.internal/orders?id=7");
     }
 
@@ -2403,6 +2506,14 @@ mod tests {
         let uri = Uri::from_static("http://someone@api.example:81/x");
         let a = authority_of(&uri, &none).unwrap();
         assert_eq!((a.host, a.port), ("api.example", Some(81)));
+        // Two Host fields are refused, even the same twice, even beside a URI authority.
+        let mut two = HeaderMap::new();
+        two.append(HOST, HeaderValue::from_static("api.example"));
+        two.append(HOST, HeaderValue::from_static("api.example"));
+        for uri in [Uri::from_static("/x"), uri] {
+            let refused = authority_of(&uri, &two).unwrap_err();
+            assert!(refused.contains("more than one Host"), "{refused}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! peer that is not a proxy of the mesh.
 
 mod common;
+mod grpc;
 mod websocket;
 
 use common::eventually;
@@ -553,6 +554,81 @@ async fn a_websocket_upgrade_is_carried_to_another_cluster() {
         .expect("closed once the client is done")
         .expect("read");
     assert!(rest.is_empty());
+}
+
+/// A gRPC call to a service whose only endpoint is in another cluster: h2 from the
+/// client to the endpoint, through both proxies, and the answer's trailers (its
+/// `grpc-status`) come back the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_call_is_carried_to_another_cluster_with_its_trailers() {
+    let mesh = mesh(StatusCode::OK, "", "").await;
+    let endpoint = grpc::grpc_endpoint(grpc::Behaviour::Answer(42)).await;
+    let draining = grpc::grpc_endpoint(grpc::Behaviour::Unavailable).await;
+    let entry = |name: &str, port: u16| {
+        format!(
+            "apiVersion: networking.istio.io/v1\n\
+             kind: ServiceEntry\n\
+             metadata: {{name: {name}, namespace: shop}}\n\
+             spec:\n  \
+               hosts: [{name}.shop]\n  \
+               location: MESH_INTERNAL\n  \
+               resolution: STATIC\n  \
+               ports: [{{number: 9000, name: api, protocol: GRPC}}]\n  \
+               endpoints:\n  \
+               - {{address: 127.0.0.1, ports: {{api: {port}}}, locality: {WEST}, labels: {{topology.istio.io/cluster: west}}}}\n"
+        )
+    };
+    std::fs::write(
+        mesh.config_dir.join("kv.yaml"),
+        format!(
+            "{}---\n{}",
+            entry("kv", endpoint.address.port()),
+            entry("down", draining.address.port())
+        ),
+    )
+    .expect("write config");
+    let east = mesh.east.outbound_address();
+    eventually(
+        "east reaches kv.shop in the west cluster",
+        Duration::from_secs(20),
+        || async move {
+            let mut client = grpc::client_through(east, "kv.shop").await;
+            match client
+                .read_index(fulcrum_proto::raft::v1::ReadIndexRequest {})
+                .await
+            {
+                Ok(answer) if answer.get_ref().index == 42 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    // Larger than h2's frames and first windows, both ways.
+    let command = vec![9u8; 300_000];
+    let mut client = grpc::client_through(east, "kv.shop").await;
+    let answer = client
+        .propose(fulcrum_proto::raft::v1::ProposeRequest {
+            command: command.clone(),
+        })
+        .await
+        .expect("answered")
+        .into_inner();
+    assert_eq!(answer.index, 42);
+    assert!(answer.result == command);
+    let hop = endpoint.hop.lock().expect("hop").clone();
+    assert_eq!(hop.as_deref(), Some("east->west"));
+    // An error answer (trailers-only) comes back with its code and message, and the
+    // endpoint, the only one, was called once.
+    let mut down = grpc::client_through(east, "down.shop").await;
+    let failed = down
+        .read_index(fulcrum_proto::raft::v1::ReadIndexRequest {})
+        .await
+        .expect_err("UNAVAILABLE");
+    assert_eq!(
+        (failed.code(), failed.message()),
+        (tonic::Code::Unavailable, "draining")
+    );
+    assert_eq!(draining.calls.load(Ordering::Relaxed), 1);
 }
 
 /// A request through `proxy`'s outbound listener from a client at `from`, to `host`, with

@@ -1,14 +1,17 @@
 //! The outbound listener end to end, in-process: real backends and the real proxy on
 //! loopback, HTTP/1.1 and h2c clients, and raw bytes for the malformed cases.
 
+mod grpc;
 mod websocket;
 
+use grpc::{GrpcEndpoint, client_through, grpc_endpoint};
 use websocket::{UPGRADE_KEY, read_until, upgrade_request, websocket_endpoint};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -895,8 +898,9 @@ async fn an_unknown_service_is_404_with_a_reason() {
 async fn malformed_requests_are_400_and_the_proxy_keeps_serving() {
     let mesh = mesh().await;
     let proxy = mesh.proxy.outbound_address();
-    let cases: [&[u8]; 6] = [
+    let cases: [&[u8]; 7] = [
         b"GET / HTTP/1.1\r\nHost: bad host\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: shop.example\r\nHost: nowhere.example\r\n\r\n",
         b"POST / HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         b"POST / HTTP/1.1\r\nHost: shop.example\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
         b"GET / HTTP/1.1\r\n\r\n",
@@ -1642,4 +1646,91 @@ spec:
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// gRPC: endpoints on a port whose protocol is GRPC (declared, or named `grpc-...`) are
+/// spoken to in h2, and each answer's trailers reach the client with it. An UNAVAILABLE
+/// answer is retried at another endpoint (Istio's default retries); an error nothing
+/// mends reaches the client with its code and message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_reach_h2_endpoints_with_their_trailers_and_unavailable_is_retried() {
+    let good = grpc_endpoint(grpc::Behaviour::Answer(7)).await;
+    let draining = grpc_endpoint(grpc::Behaviour::Unavailable).await;
+    let endpoint = |e: &GrpcEndpoint, port: &str| {
+        format!(
+            "  - {{address: 127.0.0.1, ports: {{{port}: {}}}, locality: us-east/us-east-1a}}\n",
+            e.address.port()
+        )
+    };
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: kv, namespace: shop}}
+spec:
+  hosts: [kv.shop.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9000, name: api, protocol: GRPC}}]
+  endpoints:
+{}{}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: kv, namespace: shop}}
+spec:
+  host: kv.shop.example
+  trafficPolicy: {{loadBalancer: {{simple: ROUND_ROBIN}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: down, namespace: shop}}
+spec:
+  hosts: [down.shop.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9000, name: grpc-kv}}]
+  endpoints:
+{}"#,
+        endpoint(&good, "api"),
+        endpoint(&draining, "api"),
+        endpoint(&draining, "grpc-kv"),
+    );
+    let proxy = start_east(&yaml, None).await;
+
+    // Larger than h2's frames and first windows, both ways.
+    let command = vec![7u8; 300_000];
+    let mut kv = client_through(proxy.outbound_address(), "kv.shop.example").await;
+    for _ in 0..10 {
+        let answer = kv
+            .propose(fulcrum_proto::raft::v1::ProposeRequest {
+                command: command.clone(),
+            })
+            .await
+            .expect("every call answered")
+            .into_inner();
+        assert_eq!(answer.index, 7);
+        assert!(answer.result == command);
+    }
+    assert_eq!(good.calls.load(Ordering::Relaxed), 10);
+    // An endpoint of this cluster: no hop mark.
+    assert_eq!(*good.hop.lock().expect("hop"), None);
+    // Round robin: about half of the first tries went to the draining endpoint.
+    assert!(draining.calls.load(Ordering::Relaxed) >= 3);
+
+    let mut down = client_through(proxy.outbound_address(), "down.shop.example").await;
+    let before = draining.calls.load(Ordering::Relaxed);
+    let failed = down
+        .read_index(fulcrum_proto::raft::v1::ReadIndexRequest {})
+        .await
+        .expect_err("UNAVAILABLE");
+    assert_eq!(failed.code(), tonic::Code::Unavailable);
+    assert_eq!(failed.message(), "draining");
+    // Its only endpoint is not tried twice.
+    assert_eq!(draining.calls.load(Ordering::Relaxed) - before, 1);
+    assert_eq!(
+        failed
+            .metadata()
+            .get("x-fulcrum-attempts")
+            .map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
 }

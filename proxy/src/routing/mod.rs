@@ -243,6 +243,21 @@ impl RetryOn {
         Ok(on)
     }
 
+    /// Whether an answer whose gRPC status (in its head: a trailers-only answer, as
+    /// Envoy reads it) is `code` may be retried: the gRPC tokens name codes 1, 4, 8, 13
+    /// and 14.
+    pub fn retries_grpc(&self, code: &[u8]) -> bool {
+        let name = match code {
+            b"1" => "cancelled",
+            b"4" => "deadline-exceeded",
+            b"8" => "resource-exhausted",
+            b"13" => "internal",
+            b"14" => "unavailable",
+            _ => return false,
+        };
+        self.grpc.contains(&name)
+    }
+
     /// Whether an answer with `status` may be retried.
     pub fn retries_status(&self, status: u16) -> bool {
         (self.server_error && (500..600).contains(&status))

@@ -287,7 +287,20 @@ fn a_route_without_retries_gets_istios_default() {
     assert_eq!(f.retries.attempts, 2);
     assert!(f.retries.retry_on.connect_failure && f.retries.retry_on.retries_status(503));
     assert!(!f.retries.retry_on.retries_status(500));
+    // gRPC: unavailable (14) and cancelled (1), not internal (13) or OK.
+    let on = &f.retries.retry_on;
+    assert!(on.retries_grpc(b"14") && on.retries_grpc(b"1"));
+    assert!(!on.retries_grpc(b"13") && !on.retries_grpc(b"0") && !on.retries_grpc(b"x"));
     assert_eq!(f.timeout, None);
+}
+
+#[test]
+fn grpc_retry_tokens_name_grpc_status_codes() {
+    let on = RetryOn::parse("deadline-exceeded,internal,resource-exhausted", "retryOn").unwrap();
+    for code in [&b"4"[..], b"13", b"8"] {
+        assert!(on.retries_grpc(code), "{code:?}");
+    }
+    assert!(!on.retries_grpc(b"14") && !on.retries_grpc(b"1") && !on.retries_status(503));
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! (their certificate chains to the mesh CA, is in date, and carries a
 //! `spiffe://<td>/fulcrum/proxy/<cluster>` identity) and serves only this cluster's
 //! endpoints: a request that crossed once is never forwarded again. The client side is
-//! [`EastWestPool`].
+//! an [`H2Pool`] made with [`H2Pool::mesh`].
 
 pub mod pool;
 mod server;
@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use pool::{EastWestPool, SendError};
+pub use pool::{H2Pool, SendError, Trailers};
 pub(crate) use server::serve_east_west_connection;
 pub use tls::{MeshTls, TlsError};
 

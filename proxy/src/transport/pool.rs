@@ -1,7 +1,8 @@
-//! Connections to other clusters' east-west listeners: one h2 connection over mTLS per
-//! gateway address, shared by every request to it (h2 multiplexes), made again when it
-//! closes. Only one connection attempt per gateway runs at a time; requests arriving
-//! meanwhile wait for it rather than open their own.
+//! h2 connections: to other clusters' east-west listeners (over mTLS), and to this
+//! cluster's endpoints that speak h2 in plaintext (gRPC servers, ports declared `HTTP2`).
+//! One connection per peer address, shared by every request to it (h2 multiplexes), made
+//! again when it closes. Only one connection attempt per peer runs at a time; requests
+//! arriving meanwhile wait for it rather than open their own.
 //!
 //! The `h2` crate is driven directly: a request is sent and its answer read whole in
 //! the request's own task, and only the connection runs as a task of its own (with a
@@ -9,6 +10,9 @@
 //! [`KEEPALIVE_TIMEOUT`]). hyper's client, over the same crate, spawned a task per
 //! request and handed each answer through channels: a sixth of the sending proxy's
 //! instructions on a hop (docs/benchmarks.md).
+//!
+//! An answer's trailer fields (gRPC's status is in them) come with it as [`Trailers`]
+//! in the response's extensions.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,8 +21,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use h2::client::SendRequest;
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response};
 use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -32,7 +37,12 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a ping may go unanswered before the connection is dropped.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Why a request to another cluster got no answer.
+/// An answer's trailer fields, in its response's extensions (the proxy's answers hold
+/// their body whole, as bytes, so the fields after it travel beside it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trailers(pub HeaderMap);
+
+/// Why a request over h2 got no answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendError {
     /// No connection: TCP, TLS or the peer's identity failed.
@@ -50,34 +60,54 @@ struct Sender {
     closed: Arc<AtomicBool>,
 }
 
-/// The pool of east-west connections.
-pub struct EastWestPool {
-    tls: Arc<MeshTls>,
-    connect_timeout: Duration,
-    gateways: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Sender>>>>>,
+/// How a pool reaches its peers.
+enum Dial {
+    /// Other clusters' east-west listeners: TLS with this proxy's certificate, the
+    /// peer's identity checked against the cluster it should be.
+    Mesh(Arc<MeshTls>),
+    /// Endpoints of this cluster, in plaintext h2 with prior knowledge (h2c).
+    Plaintext,
 }
 
-impl EastWestPool {
-    /// A pool presenting `tls`'s certificate.
-    pub fn new(tls: Arc<MeshTls>, connect_timeout: Duration) -> EastWestPool {
-        EastWestPool {
-            tls,
+/// A pool of h2 connections, by peer address.
+pub struct H2Pool {
+    dial: Dial,
+    connect_timeout: Duration,
+    peers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Sender>>>>>,
+}
+
+impl H2Pool {
+    /// A pool of connections to other clusters' east-west listeners, presenting `tls`'s
+    /// certificate.
+    pub fn mesh(tls: Arc<MeshTls>, connect_timeout: Duration) -> H2Pool {
+        H2Pool::new(Dial::Mesh(tls), connect_timeout)
+    }
+
+    /// A pool of plaintext connections to endpoints that speak h2.
+    pub fn plaintext(connect_timeout: Duration) -> H2Pool {
+        H2Pool::new(Dial::Plaintext, connect_timeout)
+    }
+
+    fn new(dial: Dial, connect_timeout: Duration) -> H2Pool {
+        H2Pool {
+            dial,
             connect_timeout,
-            gateways: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Sends `request` to `cluster`'s listener at `gateway` (`host:port`) and reads the
-    /// answer whole. The request's URI must be absolute (`https://service/path`): its
-    /// authority names the service.
+    /// Sends `request` to the peer at `address` (`host:port`; for a mesh pool, the
+    /// east-west listener of `cluster`) and reads the answer whole, with its trailers.
+    /// The request's URI must be absolute (`https://service/path`): its authority names
+    /// the service.
     pub async fn send(
         &self,
-        gateway: &str,
+        address: &str,
         cluster: &str,
         request: Request<Bytes>,
     ) -> Result<Response<Bytes>, SendError> {
         let reset = |e: h2::Error| SendError::Reset(crate::outbound::error_chain(&e));
-        let sender = self.sender(gateway, cluster).await?;
+        let sender = self.sender(address, cluster).await?;
         // Waits while the peer's limit of concurrent streams is reached.
         let mut requests = sender.requests.ready().await.map_err(reset)?;
         let (head, body) = request.into_parts();
@@ -88,7 +118,7 @@ impl EastWestPool {
             // Buffered by h2 as the peer's window allows: the body is bounded already.
             stream.send_data(body, true).map_err(reset)?;
         }
-        let (head, mut received) = answer.await.map_err(reset)?.into_parts();
+        let (mut head, mut received) = answer.await.map_err(reset)?.into_parts();
         // Mostly one DATA frame: kept as it came; joined when there are more.
         let mut first: Option<Bytes> = None;
         let mut joined = BytesMut::new();
@@ -109,6 +139,10 @@ impl EastWestPool {
                 }
             }
         }
+        // Ends at once when the stream ended with its data, as most answers do.
+        if let Some(trailers) = received.trailers().await.map_err(reset)? {
+            head.extensions.insert(Trailers(trailers));
+        }
         let body = first.unwrap_or_else(|| joined.freeze());
         Ok(Response::from_parts(head, body))
     }
@@ -118,24 +152,24 @@ impl EastWestPool {
     /// and the stream to carry bytes both ways on once it is a 200.
     pub async fn open(
         &self,
-        gateway: &str,
+        address: &str,
         cluster: &str,
         request: Request<()>,
     ) -> Result<(http::response::Parts, H2Stream), SendError> {
         let reset = |e: h2::Error| SendError::Reset(crate::outbound::error_chain(&e));
-        let sender = self.sender(gateway, cluster).await?;
+        let sender = self.sender(address, cluster).await?;
         let mut requests = sender.requests.ready().await.map_err(reset)?;
         let (answer, send) = requests.send_request(request, false).map_err(reset)?;
         let (head, recv) = answer.await.map_err(reset)?.into_parts();
         Ok((head, H2Stream::new(send, recv)))
     }
 
-    async fn sender(&self, gateway: &str, cluster: &str) -> Result<Sender, SendError> {
+    async fn sender(&self, address: &str, cluster: &str) -> Result<Sender, SendError> {
         let cell = {
-            let Ok(mut gateways) = self.gateways.lock() else {
+            let Ok(mut peers) = self.peers.lock() else {
                 return Err(SendError::Connect("connection pool unavailable".into()));
             };
-            gateways.entry(gateway.to_string()).or_default().clone()
+            peers.entry(address.to_string()).or_default().clone()
         };
         let mut slot = cell.lock().await;
         if let Some(sender) = slot.as_ref()
@@ -146,12 +180,12 @@ impl EastWestPool {
         *slot = None;
         // Boxed: a TLS handshake's state is kilobytes, and inline it would be part of (and
         // copied with) every request's future, though connections are rarely made.
-        let connect = Box::pin(self.connect(gateway, cluster));
+        let connect = Box::pin(self.connect(address, cluster));
         let sender = tokio::time::timeout(self.connect_timeout, connect)
             .await
             .map_err(|_| {
                 SendError::Connect(format!(
-                    "connect to {gateway} timed out after {}ms",
+                    "connect to {address} timed out after {}ms",
                     self.connect_timeout.as_millis()
                 ))
             })??;
@@ -159,64 +193,83 @@ impl EastWestPool {
         Ok(sender)
     }
 
-    async fn connect(&self, gateway: &str, cluster: &str) -> Result<Sender, SendError> {
-        let fail = |what: &str, e: &dyn std::fmt::Display| {
-            SendError::Connect(format!("{what} {gateway} (cluster {cluster}): {e}"))
+    async fn connect(&self, address: &str, cluster: &str) -> Result<Sender, SendError> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| match &self.dial {
+            Dial::Mesh(_) => {
+                SendError::Connect(format!("{what} {address} (cluster {cluster}): {e}"))
+            }
+            Dial::Plaintext => SendError::Connect(format!("{what} {address}: {e}")),
         };
-        let tcp = TcpStream::connect(gateway)
+        let tcp = TcpStream::connect(address)
             .await
             .map_err(|e| fail("cannot connect to", &e))?;
         let _ = tcp.set_nodelay(true);
+        let tls = match &self.dial {
+            Dial::Plaintext => {
+                return start(tcp, address)
+                    .await
+                    .map_err(|e| fail("h2 handshake failed with", &e));
+            }
+            Dial::Mesh(tls) => tls,
+        };
         let name = ServerName::try_from(PROXY_SERVER_NAME)
             .map_err(|e| fail("bad server name for", &e))?
             .to_owned();
-        let tls = TlsConnector::from(self.tls.client_config())
+        let stream = TlsConnector::from(tls.client_config())
             .connect(name, tcp)
             .await
             .map_err(|e| fail("TLS handshake failed with", &e))?;
-        let session = tls.get_ref().1;
+        let session = stream.get_ref().1;
         if session.alpn_protocol() != Some(ALPN_H2) {
             return Err(fail("no h2 (ALPN) from", &"the peer did not agree to h2"));
         }
-        self.tls
-            .check_peer(session.peer_certificates(), Some(cluster))
+        tls.check_peer(session.peer_certificates(), Some(cluster))
             .map_err(|e| fail("refused the identity of", &e))?;
-        let (requests, mut connection) = h2::client::Builder::new()
-            .enable_push(false)
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .handshake::<_, Bytes>(tls)
+        start(stream, address)
             .await
-            .map_err(|e| fail("h2 handshake failed with", &e))?;
-        let closed = Arc::new(AtomicBool::new(false));
-        let pings = connection.ping_pong();
-        let (gateway_text, ended) = (gateway.to_string(), closed.clone());
-        tokio::spawn(async move {
-            let keepalive = async move {
-                let Some(mut pings) = pings else {
-                    return std::future::pending().await;
-                };
-                loop {
-                    tokio::time::sleep(KEEPALIVE_INTERVAL).await;
-                    let pong =
-                        tokio::time::timeout(KEEPALIVE_TIMEOUT, pings.ping(h2::Ping::opaque()));
-                    match pong.await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return format!("ping failed: {e}"),
-                        Err(_) => return "no pong within the keepalive timeout".to_string(),
-                    }
-                }
-            };
-            let why = tokio::select! {
-                ended = &mut connection => match ended {
-                    Ok(()) => "closed".to_string(),
-                    Err(e) => e.to_string(),
-                },
-                why = keepalive => why,
-            };
-            ended.store(true, Ordering::Release);
-            tracing::debug!(gateway = %gateway_text, "east-west connection ended: {why}");
-        });
-        Ok(Sender { requests, closed })
+            .map_err(|e| fail("h2 handshake failed with", &e))
     }
+}
+
+/// Starts h2 on `io`, a connection to `address`, and runs the connection as a task of its
+/// own, pinged to keep it alive.
+async fn start<T>(io: T, address: &str) -> Result<Sender, h2::Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (requests, mut connection) = h2::client::Builder::new()
+        .enable_push(false)
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .handshake::<_, Bytes>(io)
+        .await?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let pings = connection.ping_pong();
+    let (address, ended) = (address.to_string(), closed.clone());
+    tokio::spawn(async move {
+        let keepalive = async move {
+            let Some(mut pings) = pings else {
+                return std::future::pending().await;
+            };
+            loop {
+                tokio::time::sleep(KEEPALIVE_INTERVAL).await;
+                let pong = tokio::time::timeout(KEEPALIVE_TIMEOUT, pings.ping(h2::Ping::opaque()));
+                match pong.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return format!("ping failed: {e}"),
+                    Err(_) => return "no pong within the keepalive timeout".to_string(),
+                }
+            }
+        };
+        let why = tokio::select! {
+            ended = &mut connection => match ended {
+                Ok(()) => "closed".to_string(),
+                Err(e) => e.to_string(),
+            },
+            why = keepalive => why,
+        };
+        ended.store(true, Ordering::Release);
+        tracing::debug!(%address, "h2 connection ended: {why}");
+    });
+    Ok(Sender { requests, closed })
 }

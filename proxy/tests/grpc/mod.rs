@@ -1,0 +1,135 @@
+//! A gRPC endpoint for the proxy's tests, and a gRPC client that sends through a proxy.
+//!
+//! The endpoint serves the shape of Fulcrum's own Raft service (any service would do):
+//! `ReadIndex` answers with the endpoint's marker, `Propose` echoes its command back, so
+//! that a message of any size can be sent both ways. Served by tonic, as a real gRPC
+//! server; its answers end with trailers (`grpc-status`) or, for an error, are
+//! trailers-only.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use fulcrum_proto::raft::v1::raft_client::RaftClient;
+use fulcrum_proto::raft::v1::raft_server::{Raft, RaftServer};
+use fulcrum_proto::raft::v1::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    ProposeRequest, ProposeResponse, ReadIndexRequest, ReadIndexResponse, VoteRequest,
+    VoteResponse,
+};
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+/// What a test endpoint does with the calls it gets.
+#[derive(Debug, Clone, Copy)]
+pub enum Behaviour {
+    /// Answers, with this marker as `ReadIndex`'s index and `Propose`'s.
+    Answer(u64),
+    /// Fails every call as UNAVAILABLE (a trailers-only answer).
+    Unavailable,
+}
+
+/// A running test endpoint.
+pub struct GrpcEndpoint {
+    pub address: SocketAddr,
+    /// Calls it has had.
+    pub calls: Arc<AtomicU64>,
+    /// The `x-fulcrum-hop` field of the last call, when it had one.
+    pub hop: Arc<Mutex<Option<String>>>,
+}
+
+struct Service {
+    behaviour: Behaviour,
+    calls: Arc<AtomicU64>,
+    hop: Arc<Mutex<Option<String>>>,
+}
+
+impl Service {
+    /// Counts a call and notes its hop mark; the marker to answer with, or the failure.
+    fn take<T>(&self, request: &Request<T>) -> Result<u64, Status> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let hop = request.metadata().get("x-fulcrum-hop");
+        if let Ok(mut seen) = self.hop.lock() {
+            *seen = hop.and_then(|v| v.to_str().ok()).map(str::to_string);
+        }
+        match self.behaviour {
+            Behaviour::Answer(marker) => Ok(marker),
+            Behaviour::Unavailable => Err(Status::unavailable("draining")),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Raft for Service {
+    async fn append_entries(
+        &self,
+        _: Request<AppendEntriesRequest>,
+    ) -> Result<Response<AppendEntriesResponse>, Status> {
+        Err(Status::unimplemented("not a Raft node"))
+    }
+
+    async fn vote(&self, _: Request<VoteRequest>) -> Result<Response<VoteResponse>, Status> {
+        Err(Status::unimplemented("not a Raft node"))
+    }
+
+    async fn install_snapshot(
+        &self,
+        _: Request<InstallSnapshotRequest>,
+    ) -> Result<Response<InstallSnapshotResponse>, Status> {
+        Err(Status::unimplemented("not a Raft node"))
+    }
+
+    async fn propose(
+        &self,
+        request: Request<ProposeRequest>,
+    ) -> Result<Response<ProposeResponse>, Status> {
+        let marker = self.take(&request)?;
+        Ok(Response::new(ProposeResponse {
+            index: marker,
+            result: request.into_inner().command,
+        }))
+    }
+
+    async fn read_index(
+        &self,
+        request: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexResponse>, Status> {
+        let marker = self.take(&request)?;
+        Ok(Response::new(ReadIndexResponse { index: marker }))
+    }
+}
+
+/// Starts an endpoint that behaves as `behaviour`, on a port of its own.
+pub async fn grpc_endpoint(behaviour: Behaviour) -> GrpcEndpoint {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let calls = Arc::new(AtomicU64::new(0));
+    let hop = Arc::new(Mutex::new(None));
+    let service = Service {
+        behaviour,
+        calls: calls.clone(),
+        hop: hop.clone(),
+    };
+    let server = tonic::transport::Server::builder()
+        .add_service(RaftServer::new(service).max_decoding_message_size(8 * 1024 * 1024));
+    tokio::spawn(server.serve_with_incoming(TcpIncoming::from(listener)));
+    GrpcEndpoint {
+        address,
+        calls,
+        hop,
+    }
+}
+
+/// A gRPC client of `service` (the `:authority` of its calls) through the outbound
+/// listener of the proxy at `proxy`.
+pub async fn client_through(proxy: SocketAddr, service: &str) -> RaftClient<Channel> {
+    let channel = Endpoint::from_shared(format!("http://{proxy}"))
+        .expect("endpoint")
+        .origin(format!("http://{service}").parse().expect("origin"))
+        .connect()
+        .await
+        .expect("connect to the proxy");
+    RaftClient::new(channel).max_decoding_message_size(8 * 1024 * 1024)
+}
