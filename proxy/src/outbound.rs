@@ -44,8 +44,8 @@ use crate::health::Health;
 use crate::metrics::ProxyMetrics;
 use crate::routing::names::ServiceNames;
 use crate::routing::{
-    Forward, HeaderChanges, RandomChance, RetryOn, RetryPolicy, RouteDecision, RouteError,
-    RouteRequest, RouteTable, Target, with_port,
+    CorsOutcome, Forward, HeaderChanges, RandomChance, RetryOn, RetryPolicy, RouteDecision,
+    RouteError, RouteRequest, RouteTable, Target, with_port,
 };
 use crate::transport::{H2Pool, MeshTls, SendError};
 use crate::tunnel::{H2Stream, Holding, TunnelIo, splice};
@@ -922,7 +922,7 @@ impl Outbound {
             Err(reason) => return Err(Box::new(answer(StatusCode::NOT_FOUND, &reason))),
         };
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let decision = routing.routes.decide(
+        let (decision, cors) = routing.routes.decide_with_cors(
             &RouteRequest {
                 method: parts.method.as_str(),
                 scheme: parts.uri.scheme_str().unwrap_or("http"),
@@ -938,8 +938,26 @@ impl Outbound {
         if discovered || routing.routes.has_host(service) {
             handled.service = Some(service.to_string());
         }
+        // The route's CORS policy: a preflight it answers here; fields for the answer.
+        let cors = match cors.map(|c| c.decide(&parts.method, &parts.headers)) {
+            Some(CorsOutcome::Preflight(fields)) => {
+                let mut r = Response::new(Full::new(Bytes::new()));
+                r.headers_mut().extend(fields);
+                return Err(Box::new(r));
+            }
+            Some(CorsOutcome::Answer(fields)) => fields,
+            Some(CorsOutcome::Pass) | None => Vec::new(),
+        };
         match decision {
-            RouteDecision::Forward(f) => Ok(*f),
+            RouteDecision::Forward(f) => {
+                let mut forward = *f;
+                // Set last, over the route's own changes, as Envoy's CORS filter does.
+                let set = &mut forward.response_headers.set;
+                set.extend(cors.into_iter().filter_map(|(name, value)| {
+                    Some((name.to_string(), value.to_str().ok()?.to_string()))
+                }));
+                Ok(forward)
+            }
             RouteDecision::Redirect { status, location } => {
                 let mut r = answer(
                     StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY),
@@ -948,11 +966,13 @@ impl Outbound {
                 if let Ok(v) = HeaderValue::from_str(&location) {
                     r.headers_mut().insert(http::header::LOCATION, v);
                 }
+                r.headers_mut().extend(cors);
                 Err(Box::new(r))
             }
             RouteDecision::Respond { status, body } => {
                 let mut r = Response::new(Full::new(body));
                 *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+                r.headers_mut().extend(cors);
                 Err(Box::new(r))
             }
             RouteDecision::NoRoute if discovered => Ok(default_route(

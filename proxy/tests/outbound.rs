@@ -1734,3 +1734,114 @@ spec:
         Some("1")
     );
 }
+
+/// A route's `corsPolicy`: an allowed preflight is answered by the proxy (the endpoint
+/// never sees it), an unmatched one goes to the endpoint, and an allowed request's
+/// answer carries the origin it is allowed for.
+#[tokio::test]
+async fn a_routes_cors_policy_answers_preflights_and_marks_allowed_answers() {
+    let endpoint = backend("shop", Behaviour::Ok).await;
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: shop, namespace: shop}}
+spec:
+  hosts: [shop.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: shop, namespace: shop}}
+spec:
+  hosts: [shop.example]
+  http:
+  - corsPolicy:
+      allowOrigins: [{{prefix: "https://app."}}]
+      allowMethods: [GET, PUT]
+      allowHeaders: [x-token]
+      exposeHeaders: [x-backend]
+      maxAge: 10m
+    headers: {{response: {{set: {{access-control-allow-origin: "*"}}}}}}
+    route: [{{destination: {{host: shop.example}}}}]
+"#,
+        endpoint.port()
+    );
+    let proxy = start_east(&yaml, None).await;
+    let address = proxy.outbound_address();
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let ask = |method: &'static str, headers: &'static [(&'static str, &'static str)]| {
+        let client = client.clone();
+        async move {
+            let mut request = Request::builder()
+                .method(method)
+                .uri(format!("http://{address}/cart"))
+                .header("host", "shop.example");
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let response = client
+                .request(request.body(Full::new(Bytes::new())).expect("request"))
+                .await
+                .expect("answered");
+            let field = |name: &str| {
+                (response.headers().get(name)).map(|v| v.to_str().unwrap().to_string())
+            };
+            (
+                response.status(),
+                field("x-backend"),
+                field("access-control-allow-origin"),
+                field("access-control-allow-methods"),
+                field("access-control-max-age"),
+                field("access-control-expose-headers"),
+            )
+        }
+    };
+    let preflight = ask(
+        "OPTIONS",
+        &[
+            ("origin", "https://app.shop.example"),
+            ("access-control-request-method", "PUT"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        preflight,
+        (
+            StatusCode::OK,
+            None,
+            Some("https://app.shop.example".into()),
+            Some("GET,PUT".into()),
+            Some("600".into()),
+            None
+        )
+    );
+    // Not allowed: forwarded, and the endpoint answers as it would.
+    let unmatched = ask(
+        "OPTIONS",
+        &[
+            ("origin", "https://evil.example"),
+            ("access-control-request-method", "PUT"),
+        ],
+    )
+    .await;
+    assert_eq!(unmatched.1.as_deref(), Some("shop"));
+    // The policy adds nothing to its answer (the route's own field stays); an allowed
+    // origin's answer names that origin, over the route's field.
+    assert_eq!(unmatched.2.as_deref(), Some("*"));
+    let allowed = ask("GET", &[("origin", "https://app.shop.example")]).await;
+    assert_eq!(
+        allowed,
+        (
+            StatusCode::OK,
+            Some("shop".into()),
+            Some("https://app.shop.example".into()),
+            None,
+            None,
+            Some("x-backend".into())
+        )
+    );
+}

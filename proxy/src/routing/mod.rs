@@ -5,7 +5,9 @@
 //! request's method, scheme, authority, path, headers and port, and a source of chance
 //! (weighted splits, fault and mirror percentages), and says what to do: forward, with
 //! everything the forwarding needs; redirect; answer directly; or that no route matches.
-//! It never does I/O and never panics on what a client sent.
+//! It never does I/O and never panics on what a client sent. A route's `corsPolicy`
+//! comes with the decision ([`RouteTable::decide_with_cors`]) and is a pure decision of
+//! its own ([`Cors::decide`]).
 //!
 //! Semantics follow Istio: routes in order, first match wins; the blocks of a `match` are
 //! ORed and the conditions in one block ANDed; a route without `match` matches
@@ -14,6 +16,7 @@
 //! without `retries` gets Istio's default (2 attempts on connect-failure, refused-stream,
 //! unavailable, cancelled and 503).
 
+mod cors;
 mod matching;
 pub mod names;
 
@@ -31,6 +34,7 @@ use fulcrum_policy::references::qualify_host;
 use http::HeaderMap;
 use regex::Regex;
 
+pub use cors::{Cors, CorsOutcome};
 pub use matching::{MatchBlock, Matcher};
 
 /// Why a VirtualService (or one of its routes) was not taken.
@@ -387,6 +391,7 @@ struct CompiledRoute {
     mirrors: Vec<Mirror>,
     request_headers: HeaderChanges,
     response_headers: HeaderChanges,
+    cors: Option<std::sync::Arc<Cors>>,
 }
 
 /// The decision for one request.
@@ -537,8 +542,18 @@ impl RouteTable {
 
     /// What to do with `request`.
     pub fn decide(&self, request: &RouteRequest<'_>, chance: &mut dyn Chance) -> RouteDecision {
+        self.decide_with_cors(request, chance).0
+    }
+
+    /// [`RouteTable::decide`], with the `corsPolicy` of the route that matched, if it has
+    /// one (the caller applies it: [`Cors::decide`]).
+    pub fn decide_with_cors(
+        &self,
+        request: &RouteRequest<'_>,
+        chance: &mut dyn Chance,
+    ) -> (RouteDecision, Option<&Cors>) {
         let Some(routes) = self.routes_for(request.service) else {
-            return RouteDecision::NoRoute;
+            return (RouteDecision::NoRoute, None);
         };
         for route in routes {
             let matched = if route.blocks.is_empty() {
@@ -551,10 +566,10 @@ impl RouteTable {
                     .map(|b| b.uri_prefix())
             };
             if let Some(prefix) = matched {
-                return route.decide(request, prefix, chance);
+                return (route.decide(request, prefix, chance), route.cors.as_deref());
             }
         }
-        RouteDecision::NoRoute
+        (RouteDecision::NoRoute, None)
     }
 }
 
@@ -702,6 +717,13 @@ fn compile_route(r: &HttpRoute, field: &str, index: usize) -> Result<CompiledRou
         Some(retry) => RetryPolicy::compile(retry, &format!("{field}.retries"))?,
         None => RetryPolicy::istio_default(),
     };
+    let cors = match &r.cors_policy {
+        Some(policy) => Some(std::sync::Arc::new(Cors::compile(
+            policy,
+            &format!("{field}.corsPolicy"),
+        )?)),
+        None => None,
+    };
     let headers = r.headers.as_ref();
     Ok(CompiledRoute {
         name: if r.name.is_empty() {
@@ -723,6 +745,7 @@ fn compile_route(r: &HttpRoute, field: &str, index: usize) -> Result<CompiledRou
         mirrors,
         request_headers: HeaderChanges::from_ops(headers.and_then(|h| h.request.as_ref())),
         response_headers: HeaderChanges::from_ops(headers.and_then(|h| h.response.as_ref())),
+        cors,
     })
 }
 
