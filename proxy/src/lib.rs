@@ -29,6 +29,7 @@ pub mod control;
 pub mod discovery;
 pub mod downstream;
 pub mod framing;
+pub mod grpc;
 pub mod h2_server;
 pub mod health;
 pub mod metrics;

@@ -40,11 +40,12 @@ use crate::balance::{
 use crate::control::report::{Outcome, ReportSource, Stats};
 use crate::discovery::{BalanceSettings, Discovery, Endpoint, HashOn};
 use crate::downstream::ClientTimeouts;
+use crate::grpc::{GrpcCode, for_grpc_client, is_grpc};
 use crate::health::Health;
 use crate::metrics::ProxyMetrics;
 use crate::routing::names::ServiceNames;
 use crate::routing::{
-    CorsOutcome, Forward, HeaderChanges, RandomChance, RetryOn, RetryPolicy, RouteDecision,
+    Abort, CorsOutcome, Forward, HeaderChanges, RandomChance, RetryOn, RetryPolicy, RouteDecision,
     RouteError, RouteRequest, RouteTable, Target, with_port,
 };
 use crate::transport::{H2Pool, MeshTls, SendError};
@@ -86,6 +87,23 @@ pub const UNREACHABLE_HOLD: Duration = Duration::from_secs(2);
 
 /// The answer type of the outbound path.
 pub type ProxyResponse = Response<Full<Bytes>>;
+
+/// The answer of a fault that aborts a request: its HTTP status, or for a gRPC status 503
+/// that a gRPC client gets as that status ([`crate::grpc::for_grpc_client`]).
+fn aborted(abort: Abort) -> ProxyResponse {
+    let reason = "fault injected by route";
+    match abort {
+        Abort::Http(status) => answer(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            reason,
+        ),
+        Abort::Grpc(code) => {
+            let mut response = answer(StatusCode::SERVICE_UNAVAILABLE, reason);
+            response.extensions_mut().insert(GrpcCode(code));
+            response
+        }
+    }
+}
 
 /// An answer the proxy makes itself.
 pub fn answer(status: StatusCode, reason: &str) -> ProxyResponse {
@@ -489,10 +507,14 @@ impl Outbound {
     {
         let started = Instant::now();
         let mut handled = Handled::new(&self.locality_text);
+        let grpc = is_grpc(request.headers());
         let response = self
             .route_and_forward(request, client, upstreams, &mut handled)
             .await;
         self.count(&handled, &response, started);
+        if grpc {
+            return (for_grpc_client(response), handled.fields);
+        }
         (response, handled.fields)
     }
 
@@ -586,11 +608,8 @@ impl Outbound {
         if let Some(delay) = forward.fault.delay {
             tokio::time::sleep(delay).await;
         }
-        if let Some(status) = forward.fault.abort {
-            return Err(answer(
-                StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-                "fault injected by route",
-            ));
+        if let Some(abort) = forward.fault.abort {
+            return Err(aborted(abort));
         }
         let target = &forward.target;
         let discovery = routing.discovery.as_ref();
@@ -1016,11 +1035,8 @@ impl Outbound {
         if let Some(delay) = forward.fault.delay {
             tokio::time::sleep(delay).await;
         }
-        if let Some(status) = forward.fault.abort {
-            return answer(
-                StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-                "fault injected by route",
-            );
+        if let Some(abort) = forward.fault.abort {
+            return aborted(abort);
         }
         let body = match self.read_body(body).await {
             Ok(b) => b,

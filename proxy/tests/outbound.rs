@@ -1651,7 +1651,8 @@ spec:
 /// gRPC: endpoints on a port whose protocol is GRPC (declared, or named `grpc-...`) are
 /// spoken to in h2, and each answer's trailers reach the client with it. An UNAVAILABLE
 /// answer is retried at another endpoint (Istio's default retries); an error nothing
-/// mends reaches the client with its code and message.
+/// mends reaches the client with its code and message; and what the proxy answers
+/// itself comes as a gRPC status.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_calls_reach_h2_endpoints_with_their_trailers_and_unavailable_is_retried() {
     let good = grpc_endpoint(grpc::Behaviour::Answer(7)).await;
@@ -1689,7 +1690,16 @@ spec:
   resolution: STATIC
   ports: [{{number: 9000, name: grpc-kv}}]
   endpoints:
-{}"#,
+{}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: faulty, namespace: shop}}
+spec:
+  hosts: [faulty.shop.example]
+  http:
+  - fault: {{abort: {{grpcStatus: NOT_FOUND}}}}
+    route: [{{destination: {{host: kv.shop.example}}}}]
+"#,
         endpoint(&good, "api"),
         endpoint(&draining, "api"),
         endpoint(&draining, "grpc-kv"),
@@ -1733,6 +1743,26 @@ spec:
             .map(|v| v.to_str().unwrap()),
         Some("1")
     );
+
+    // What the proxy answers itself reaches a gRPC client as a gRPC status with the
+    // reason: a fault's own code, and an unknown service as UNIMPLEMENTED (404).
+    let address = proxy.outbound_address();
+    let mut faulty = client_through(address, "faulty.shop.example").await;
+    let failed = faulty
+        .read_index(fulcrum_proto::raft::v1::ReadIndexRequest {})
+        .await
+        .expect_err("the fault");
+    assert_eq!(
+        (failed.code(), failed.message()),
+        (tonic::Code::NotFound, "fault injected by route")
+    );
+    let mut nowhere = client_through(address, "nowhere.shop.example").await;
+    let failed = nowhere
+        .read_index(fulcrum_proto::raft::v1::ReadIndexRequest {})
+        .await
+        .expect_err("unknown");
+    assert_eq!(failed.code(), tonic::Code::Unimplemented);
+    assert!(failed.message().contains("unknown service"), "{failed:?}");
 }
 
 /// A route's `corsPolicy`: an allowed preflight is answered by the proxy (the endpoint

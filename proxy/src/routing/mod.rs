@@ -335,18 +335,37 @@ impl RetryPolicy {
 pub struct FaultDecision {
     /// Wait this long first.
     pub delay: Option<Duration>,
-    /// Then answer with this status instead of forwarding.
-    pub abort: Option<u16>,
+    /// Then answer so instead of forwarding.
+    pub abort: Option<Abort>,
+}
+
+/// How an injected fault answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abort {
+    /// With this HTTP status (`httpStatus`).
+    Http(u16),
+    /// With this gRPC status code (`grpcStatus`): a gRPC client gets it in a gRPC
+    /// answer; any other client gets 503.
+    Grpc(u8),
 }
 
 #[derive(Debug, Clone)]
 struct Fault {
     delay: Option<(Duration, f64)>,
-    abort: Option<(u16, f64)>,
+    abort: Option<(Abort, f64)>,
 }
 
 fn percentage(p: Option<&Percentage>) -> f64 {
     p.map_or(100.0, |p| p.value)
+}
+
+/// The code of the gRPC status `name` (`UNAVAILABLE`: 14), as Istio reads `grpcStatus`.
+fn grpc_code(name: &str) -> Option<u8> {
+    let names = fulcrum_policy::validate::names::GRPC_STATUS_NAMES;
+    names
+        .iter()
+        .position(|n| *n == name)
+        .and_then(|code| u8::try_from(code).ok())
 }
 
 /// A compiled mirror: where, and how often.
@@ -668,28 +687,39 @@ fn compile_route(r: &HttpRoute, field: &str, index: usize) -> Result<CompiledRou
         },
         None => None,
     };
-    let fault = r.fault.as_ref().map(|f| Fault {
-        delay: f.delay.as_ref().and_then(|d| {
-            let percent = if d.percentage.is_none() && d.percent > 0 {
-                f64::from(d.percent)
-            } else {
-                percentage(d.percentage.as_ref())
-            };
-            d.fixed_delay
-                .and_then(|fd| fd.to_std())
-                .map(|fd| (fd, percent))
-        }),
-        abort: f.abort.as_ref().and_then(|a| {
-            let status = match (a.http_status, &a.grpc_status) {
-                (Some(s), _) => u16::try_from(s).ok(),
-                // A gRPC abort is an HTTP 200 with grpc-status in gRPC; over plain HTTP
-                // the closest is the gateway's 503.
-                (None, Some(_)) => Some(503),
-                (None, None) => None,
-            };
-            status.map(|s| (s, percentage(a.percentage.as_ref())))
-        }),
+    let fault = r.fault.as_ref().map(|f| -> Result<Fault, RouteError> {
+        Ok(Fault {
+            delay: f.delay.as_ref().and_then(|d| {
+                let percent = if d.percentage.is_none() && d.percent > 0 {
+                    f64::from(d.percent)
+                } else {
+                    percentage(d.percentage.as_ref())
+                };
+                d.fixed_delay
+                    .and_then(|fd| fd.to_std())
+                    .map(|fd| (fd, percent))
+            }),
+            abort: match f.abort.as_ref() {
+                None => None,
+                Some(a) => {
+                    let abort = match (a.http_status, &a.grpc_status) {
+                        (Some(s), _) => u16::try_from(s).ok().map(Abort::Http),
+                        (None, Some(name)) => {
+                            Some(Abort::Grpc(grpc_code(name).ok_or_else(|| {
+                                RouteError::new(
+                                    format!("{field}.fault.abort.grpcStatus"),
+                                    format!("{name:?} is not a gRPC status name"),
+                                )
+                            })?))
+                        }
+                        (None, None) => None,
+                    };
+                    abort.map(|abort| (abort, percentage(a.percentage.as_ref())))
+                }
+            },
+        })
     });
+    let fault = fault.transpose()?;
     let mut mirrors = Vec::new();
     if let Some(m) = &r.mirror {
         let percent = r

@@ -316,11 +316,23 @@ fn faults_and_mirrors_fire_at_their_percentage() {
     // Rolls in order: weight, delay, abort, mirror (each out of 1,000,000 for percents).
     let f = forward(get("/").decide(&t, &mut Rolls::of(&[0, 99_999, 4_999, 249_999])));
     assert_eq!(f.fault.delay, Some(Duration::from_secs(5)));
-    assert_eq!(f.fault.abort, Some(503));
+    assert_eq!(f.fault.abort, Some(Abort::Http(503)));
     assert_eq!(f.mirrors.len(), 1);
     let f = forward(get("/").decide(&t, &mut Rolls::of(&[0, 100_000, 5_000, 250_000])));
     assert_eq!(f.fault, FaultDecision::default());
     assert!(f.mirrors.is_empty());
+}
+
+#[test]
+fn a_grpc_abort_names_its_status_code() {
+    let t = table(&vs(r#"
+  - fault: {abort: {grpcStatus: NOT_FOUND}}
+    route: [{destination: {host: shop}}]
+"#));
+    let f = forward(get("/").decide(&t, &mut Rolls::none()));
+    assert_eq!(f.fault.abort, Some(Abort::Grpc(5)));
+    assert_eq!(grpc_code("UNAVAILABLE"), Some(14));
+    assert_eq!(grpc_code("unavailable"), None);
 }
 
 #[test]

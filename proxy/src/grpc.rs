@@ -1,0 +1,136 @@
+//! gRPC requests as the proxy treats them, as Envoy does: an answer the proxy makes
+//! itself (a refusal, a timeout, no endpoint, an injected fault) goes to a gRPC client
+//! as a gRPC answer, HTTP 200 with `grpc-status` and `grpc-message` and no body (a
+//! "trailers-only" answer), rather than as an HTTP error a gRPC client can only guess
+//! a code from. Answers from endpoints pass as they came.
+
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use crate::outbound::{ProxyResponse, REASON_HEADER};
+
+/// The gRPC status code an answer the proxy makes must carry to a gRPC client, when it is
+/// not the one its HTTP status maps to (a fault's `grpcStatus`). In the answer's
+/// extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrpcCode(pub u8);
+
+/// Whether a request with `headers` is a gRPC call: its content type is
+/// `application/grpc`, alone or with a `+` subtype or parameters (not gRPC-Web, which
+/// is answered as HTTP).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.as_bytes().strip_prefix(b"application/grpc"))
+        .is_some_and(|rest| matches!(rest.first(), None | Some(b'+') | Some(b';')))
+}
+
+/// The gRPC status for an HTTP status, as gRPC maps them (and Envoy with it).
+pub fn code_for_http(status: StatusCode) -> u8 {
+    match status.as_u16() {
+        400 => 13,                   // INTERNAL
+        401 => 16,                   // UNAUTHENTICATED
+        403 => 7,                    // PERMISSION_DENIED
+        404 => 12,                   // UNIMPLEMENTED
+        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
+        _ => 2,                      // UNKNOWN
+    }
+}
+
+/// `response` for a gRPC client: an answer the proxy made (it names its reason) becomes a
+/// trailers-only gRPC answer; any other is returned as it is.
+pub fn for_grpc_client(mut response: ProxyResponse) -> ProxyResponse {
+    let Some(reason) = response.headers().get(REASON_HEADER).cloned() else {
+        return response;
+    };
+    let code = match response.extensions().get::<GrpcCode>() {
+        Some(GrpcCode(code)) => *code,
+        None => code_for_http(response.status()),
+    };
+    *response.status_mut() = StatusCode::OK;
+    *response.body_mut() = Default::default();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", HeaderValue::from(u16::from(code)));
+    if let Ok(message) = HeaderValue::from_str(&percent_encoded(reason.as_bytes())) {
+        headers.insert("grpc-message", message);
+    }
+    response
+}
+
+/// `text` as `grpc-message` carries it: bytes outside printable ASCII, and `%`, as `%XX`.
+fn percent_encoded(text: &[u8]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for &b in text {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbound::answer;
+    use http_body_util::BodyExt;
+
+    #[test]
+    fn grpc_is_told_by_its_content_type() {
+        let with = |value: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(CONTENT_TYPE, HeaderValue::from_static(value));
+            is_grpc(&h)
+        };
+        assert!(with("application/grpc"));
+        assert!(with("application/grpc+proto"));
+        assert!(with("application/grpc;charset=utf-8"));
+        assert!(!with("application/grpc-web"));
+        assert!(!with("application/grpcx"));
+        assert!(!with("application/json"));
+        assert!(!is_grpc(&HeaderMap::new()));
+    }
+
+    #[tokio::test]
+    async fn a_refusal_becomes_a_trailers_only_grpc_answer() {
+        let grpc = for_grpc_client(answer(
+            StatusCode::GATEWAY_TIMEOUT,
+            "route timeout 100ms, 100% spent",
+        ));
+        assert_eq!(grpc.status(), StatusCode::OK);
+        assert_eq!(grpc.headers()["content-type"], "application/grpc");
+        assert_eq!(grpc.headers()["grpc-status"], "14");
+        assert_eq!(
+            grpc.headers()["grpc-message"],
+            "route timeout 100ms, 100%25 spent"
+        );
+        let body = grpc.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.is_empty());
+        // A fault's own code wins over the HTTP status's.
+        let mut fault = answer(StatusCode::SERVICE_UNAVAILABLE, "fault injected by route");
+        fault.extensions_mut().insert(GrpcCode(5));
+        assert_eq!(for_grpc_client(fault).headers()["grpc-status"], "5");
+        for (http, code) in [
+            (400, 13),
+            (401, 16),
+            (403, 7),
+            (404, 12),
+            (429, 14),
+            (500, 2),
+        ] {
+            let status = StatusCode::from_u16(http).unwrap();
+            assert_eq!(code_for_http(status), code, "{http}");
+        }
+    }
+
+    #[test]
+    fn an_endpoints_answer_passes_as_it_came() {
+        let mut endpoint = ProxyResponse::default();
+        *endpoint.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        let passed = for_grpc_client(endpoint);
+        assert_eq!(passed.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(passed.headers().get("grpc-status").is_none());
+    }
+}
