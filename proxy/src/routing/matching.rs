@@ -143,7 +143,11 @@ impl MatchBlock {
             && self
                 .authority
                 .as_ref()
-                .is_none_or(|m| m.matches(request.authority))
+                .is_none_or(|m| match request.authority_port {
+                    // As Envoy reads `:authority`: as sent, its port included.
+                    Some(port) => m.matches(&format!("{}:{port}", request.authority)),
+                    None => m.matches(request.authority),
+                })
             && self.port.is_none_or(|p| p == request.port)
             && self
                 .headers

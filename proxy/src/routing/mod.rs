@@ -66,8 +66,8 @@ pub struct RouteRequest<'a> {
     pub method: &'a str,
     /// `http` or `https`.
     pub scheme: &'a str,
-    /// The Host (HTTP/1.1) or `:authority` (h2), without the port: what `authority`
-    /// matches test.
+    /// The Host (HTTP/1.1) or `:authority` (h2), without the port. With the port, as
+    /// sent, it is what `authority` matches test.
     pub authority: &'a str,
     /// The port the authority gave, if it gave one. Unless a rewrite changes it, the
     /// authority is sent on as it came, with its port, as Envoy passes the Host on.

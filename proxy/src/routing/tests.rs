@@ -47,6 +47,7 @@ fn vs(http: &str) -> String {
 struct Req {
     method: &'static str,
     authority: &'static str,
+    authority_port: Option<u16>,
     path: &'static str,
     headers: HeaderMap,
     port: u16,
@@ -56,6 +57,7 @@ fn get(path: &'static str) -> Req {
     Req {
         method: "GET",
         authority: "shop.example",
+        authority_port: None,
         path,
         headers: HeaderMap::new(),
         port: 80,
@@ -75,13 +77,17 @@ impl Req {
         self.authority = h;
         self
     }
+    fn authority_port(mut self, port: u16) -> Req {
+        self.authority_port = Some(port);
+        self
+    }
     fn decide(&self, t: &RouteTable, chance: &mut dyn Chance) -> RouteDecision {
         t.decide(
             &RouteRequest {
                 method: self.method,
                 scheme: "http",
                 authority: self.authority,
-                authority_port: None,
+                authority_port: self.authority_port,
                 service: self.authority,
                 path_and_query: self.path,
                 headers: &self.headers,
@@ -90,6 +96,30 @@ impl Req {
             chance,
         )
     }
+}
+
+#[test]
+fn an_authority_match_reads_the_authority_as_sent_port_included() {
+    // As Envoy matches `:authority`: `Host: shop.example:8080` is not exactly
+    // `shop.example`, but starts with it.
+    let t = table(&vs(r#"
+  - match: [{authority: {exact: shop.example}}]
+    route: [{destination: {host: exact}}]
+  - match: [{authority: {exact: "shop.example:8080"}}]
+    route: [{destination: {host: with-port}}]
+  - match: [{authority: {prefix: shop.example}}]
+    route: [{destination: {host: prefix}}]
+"#));
+    let host = |r: Req| forward(r.decide(&t, &mut Rolls::none())).target.host;
+    assert_eq!(host(get("/")), "exact.shop.svc.cluster.local");
+    assert_eq!(
+        host(get("/").authority_port(8080)),
+        "with-port.shop.svc.cluster.local"
+    );
+    assert_eq!(
+        host(get("/").authority_port(9090)),
+        "prefix.shop.svc.cluster.local"
+    );
 }
 
 fn forward(d: RouteDecision) -> Forward {
