@@ -251,6 +251,7 @@ impl Upstreams {
     /// Closes the connections to endpoints idle for `timeout` or more.
     pub fn close_idle(&self, timeout: Duration) {
         self.http.close_idle(timeout);
+        self.h2c.close_idle(timeout);
     }
 
     /// Fresh pools: HTTP/1 and h2c to endpoints, and h2 over mTLS presenting `tls` when

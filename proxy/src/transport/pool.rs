@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use h2::client::SendRequest;
@@ -69,11 +69,14 @@ enum Dial {
     Plaintext,
 }
 
+/// A peer's connection once made, with when a request last took it.
+type Slot = Arc<tokio::sync::Mutex<Option<(Sender, Instant)>>>;
+
 /// A pool of h2 connections, by peer address.
 pub struct H2Pool {
     dial: Dial,
     connect_timeout: Duration,
-    peers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Sender>>>>>,
+    peers: Mutex<HashMap<String, Slot>>,
 }
 
 impl H2Pool {
@@ -164,17 +167,45 @@ impl H2Pool {
         Ok((head, H2Stream::new(send, recv)))
     }
 
+    /// Closes the connections no request took for `timeout` (and forgets peers whose
+    /// connection ended or could not be made), unless a request is taking one right
+    /// now; returns how many peers are left. Streams still open on a closed connection
+    /// finish first. For endpoints, which come and go with the configuration.
+    pub fn close_idle(&self, timeout: Duration) -> usize {
+        let Ok(mut peers) = self.peers.lock() else {
+            return 0;
+        };
+        peers.retain(|_, cell| {
+            let Ok(mut slot) = cell.try_lock() else {
+                return true;
+            };
+            let keep = slot.as_ref().is_some_and(|(sender, used)| {
+                !sender.closed.load(Ordering::Acquire) && used.elapsed() < timeout
+            });
+            if !keep {
+                // The last handle: h2 closes the connection once its streams are done.
+                *slot = None;
+            }
+            keep
+        });
+        peers.len()
+    }
+
     async fn sender(&self, address: &str, cluster: &str) -> Result<Sender, SendError> {
         let cell = {
             let Ok(mut peers) = self.peers.lock() else {
                 return Err(SendError::Connect("connection pool unavailable".into()));
             };
-            peers.entry(address.to_string()).or_default().clone()
+            match peers.get(address) {
+                Some(cell) => cell.clone(),
+                None => peers.entry(address.to_string()).or_default().clone(),
+            }
         };
         let mut slot = cell.lock().await;
-        if let Some(sender) = slot.as_ref()
+        if let Some((sender, used)) = slot.as_mut()
             && !sender.closed.load(Ordering::Acquire)
         {
+            *used = Instant::now();
             return Ok(sender.clone());
         }
         *slot = None;
@@ -189,7 +220,7 @@ impl H2Pool {
                     self.connect_timeout.as_millis()
                 ))
             })??;
-        *slot = Some(sender.clone());
+        *slot = Some((sender.clone(), Instant::now()));
         Ok(sender)
     }
 
@@ -272,4 +303,88 @@ where
         tracing::debug!(%address, "h2 connection ended: {why}");
     });
     Ok(Sender { requests, closed })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// An h2c server answering every request 200 with a body and `grpc-status: 0` in its
+    /// trailers; says on `ended` when a connection ends.
+    async fn h2c_server(ended: tokio::sync::mpsc::UnboundedSender<()>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let ended = ended.clone();
+                tokio::spawn(async move {
+                    let Ok(mut connection) = h2::server::handshake(stream).await else {
+                        return;
+                    };
+                    while let Some(Ok((_, mut respond))) = connection.accept().await {
+                        let mut stream = respond
+                            .send_response(Response::new(()), false)
+                            .expect("answer");
+                        stream.send_data(Bytes::from("ok"), false).expect("data");
+                        let mut trailers = HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().expect("value"));
+                        stream.send_trailers(trailers).expect("trailers");
+                    }
+                    let _ = ended.send(());
+                });
+            }
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn answers_come_with_their_trailers_and_idle_connections_are_closed() {
+        let (ended, mut ends) = tokio::sync::mpsc::unbounded_channel();
+        let address = h2c_server(ended).await;
+        let pool = H2Pool::plaintext(Duration::from_secs(1));
+        let request = || {
+            Request::get(format!("http://{address}/x"))
+                .body(Bytes::new())
+                .expect("request")
+        };
+        let answer = pool
+            .send(&address, "here", request())
+            .await
+            .expect("answer");
+        assert_eq!(answer.body().as_ref(), b"ok");
+        let trailers = answer.extensions().get::<Trailers>().expect("trailers");
+        assert_eq!(trailers.0["grpc-status"], "0");
+        // Used just now: kept, and the next request takes the same connection.
+        assert_eq!(pool.close_idle(Duration::from_secs(60)), 1);
+        pool.send(&address, "here", request())
+            .await
+            .expect("answer");
+        assert!(ends.try_recv().is_err());
+        // Idle past the timeout: closed, and the peer sees the connection end.
+        assert_eq!(pool.close_idle(Duration::ZERO), 0);
+        tokio::time::timeout(Duration::from_secs(5), ends.recv())
+            .await
+            .expect("the connection ends")
+            .expect("the server says so");
+        // A request after that makes a new one.
+        pool.send(&address, "here", request())
+            .await
+            .expect("answer");
+        assert_eq!(pool.close_idle(Duration::from_secs(60)), 1);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_cannot_be_reached_is_forgotten() {
+        let pool = H2Pool::plaintext(Duration::from_secs(1));
+        let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = closed.local_addr().expect("address").to_string();
+        drop(closed);
+        let request = Request::get(format!("http://{address}/"))
+            .body(Bytes::new())
+            .expect("request");
+        let failed = pool.send(&address, "here", request).await;
+        assert!(matches!(failed, Err(SendError::Connect(_))), "{failed:?}");
+        assert_eq!(pool.close_idle(Duration::from_secs(60)), 0);
+    }
 }
