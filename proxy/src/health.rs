@@ -1,7 +1,8 @@
 //! Active health checks of this cluster's endpoints (optional, `--health-check-interval`).
 //!
-//! Every interval each endpoint is probed: a TCP connect, or with a path an HTTP/1.1
-//! `GET` that must answer 2xx, within the timeout. An endpoint is marked down after
+//! Every interval each endpoint is probed: a TCP connect, or with a path an HTTP `GET`
+//! that must answer 2xx (HTTP/1.1, or h2c for an endpoint that speaks h2), within the
+//! timeout. An endpoint is marked down after
 //! `unhealthy_threshold` failed probes in a row and up again after `healthy_threshold`
 //! good ones (Envoy's thresholds). A down endpoint gets no requests and counts as not
 //! ready in the reports, so the coordinators see a dead backend even when no traffic
@@ -43,6 +44,15 @@ impl HealthCheckSettings {
             healthy_threshold: 2,
         }
     }
+}
+
+/// An endpoint to probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Target {
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// Whether it speaks h2 (prior knowledge, plaintext): an HTTP probe is made so.
+    pub h2: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -104,8 +114,9 @@ impl Health {
     }
 }
 
-/// One probe of `endpoint`.
-pub async fn probe(endpoint: SocketAddr, settings: &HealthCheckSettings) -> Result<(), String> {
+/// One probe of `target`.
+pub async fn probe(target: Target, settings: &HealthCheckSettings) -> Result<(), String> {
+    let endpoint = target.address;
     let attempt = async {
         let mut stream = TcpStream::connect(endpoint)
             .await
@@ -113,6 +124,9 @@ pub async fn probe(endpoint: SocketAddr, settings: &HealthCheckSettings) -> Resu
         let Some(path) = &settings.path else {
             return Ok(());
         };
+        if target.h2 {
+            return probe_h2(stream, endpoint, path).await;
+        }
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {endpoint}\r\nConnection: close\r\nUser-Agent: fulcrum-health-check\r\n\r\n"
         );
@@ -141,20 +155,43 @@ pub async fn probe(endpoint: SocketAddr, settings: &HealthCheckSettings) -> Resu
         })
 }
 
+/// The `GET` of a probe in h2c, on `stream` to `endpoint`.
+async fn probe_h2(stream: TcpStream, endpoint: SocketAddr, path: &str) -> Result<(), String> {
+    let failed = |what: &str, e: h2::Error| format!("{what}: {e}");
+    let (client, connection) = h2::client::handshake(stream)
+        .await
+        .map_err(|e| failed("h2 handshake", e))?;
+    // Ends once the probe's handles are dropped (or the endpoint closes).
+    tokio::spawn(connection);
+    let request = http::Request::get(format!("http://{endpoint}{path}"))
+        .header(http::header::USER_AGENT, "fulcrum-health-check")
+        .body(())
+        .map_err(|e| format!("request: {e}"))?;
+    let mut client = client.ready().await.map_err(|e| failed("h2", e))?;
+    let (answer, _) = client
+        .send_request(request, true)
+        .map_err(|e| failed("send", e))?;
+    let status = answer.await.map_err(|e| failed("answer", e))?.status();
+    match status.is_success() {
+        true => Ok(()),
+        false => Err(format!("answered {}", status.as_u16())),
+    }
+}
+
 /// Probes the endpoints `endpoints` lists, every interval, until `stop`.
 pub async fn run(
     health: Arc<Health>,
-    endpoints: impl Fn() -> Vec<SocketAddr> + Send + Sync + 'static,
+    endpoints: impl Fn() -> Vec<Target> + Send + Sync + 'static,
     settings: HealthCheckSettings,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let current: HashSet<SocketAddr> = endpoints().into_iter().collect();
-        health.retain(&current);
+        let targets: HashSet<Target> = endpoints().into_iter().collect();
+        health.retain(&targets.iter().map(|t| t.address).collect());
         let mut probes = tokio::task::JoinSet::new();
-        for endpoint in current {
+        for target in targets {
             let settings = settings.clone();
-            probes.spawn(async move { (endpoint, probe(endpoint, &settings).await) });
+            probes.spawn(async move { (target.address, probe(target, &settings).await) });
         }
         for (endpoint, result) in probes.join_all().await {
             match health.record(endpoint, result.is_ok(), &settings) {
@@ -206,8 +243,47 @@ mod tests {
             .expect("bind");
         let open = listener.local_addr().expect("address");
         let settings = HealthCheckSettings::tcp(Duration::from_millis(500));
+        let open = Target {
+            address: open,
+            h2: false,
+        };
         assert_eq!(probe(open, &settings).await, Ok(()));
         drop(listener);
         assert!(probe(open, &settings).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn an_h2_endpoints_http_probe_is_made_in_h2c() {
+        // Answers 200 on /healthz and 503 elsewhere; h2 only, as a gRPC server.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Ok(mut connection) = h2::server::handshake(stream).await else {
+                        return;
+                    };
+                    while let Some(Ok((request, mut respond))) = connection.accept().await {
+                        let mut answer = http::Response::new(());
+                        if request.uri().path() != "/healthz" {
+                            *answer.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        let _ = respond.send_response(answer, true);
+                    }
+                });
+            }
+        });
+        let at = |path: &str| HealthCheckSettings {
+            path: Some(path.into()),
+            ..HealthCheckSettings::tcp(Duration::from_secs(1))
+        };
+        let h2 = Target { address, h2: true };
+        assert_eq!(probe(h2, &at("/healthz")).await, Ok(()));
+        assert_eq!(probe(h2, &at("/other")).await, Err("answered 503".into()));
+        // The same endpoint probed in HTTP/1.1 does not answer as HTTP/1.1.
+        let http1 = Target { address, h2: false };
+        assert!(probe(http1, &at("/healthz")).await.is_err());
     }
 }

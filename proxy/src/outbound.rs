@@ -364,18 +364,23 @@ impl Outbound {
         self.health.clone()
     }
 
-    /// Every endpoint of this cluster, of every service, once.
-    pub fn local_endpoints(&self) -> Vec<SocketAddr> {
+    /// Every endpoint of this cluster, of every service, once, as health checks probe it.
+    pub fn local_endpoints(&self) -> Vec<crate::health::Target> {
         let Some(routing) = self.routing() else {
             return Vec::new();
         };
-        let mut all: Vec<SocketAddr> = routing
+        let mut all: Vec<crate::health::Target> = routing
             .discovery
             .local_services()
             .iter()
             .flat_map(|s| {
                 let endpoints = routing.discovery.endpoints(s, "");
-                endpoints.iter().map(|e| e.address).collect::<Vec<_>>()
+                (endpoints.iter())
+                    .map(|e| crate::health::Target {
+                        address: e.address,
+                        h2: e.h2,
+                    })
+                    .collect::<Vec<_>>()
             })
             .collect();
         all.sort();
