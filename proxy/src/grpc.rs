@@ -1,13 +1,18 @@
-//! gRPC requests as the proxy treats them, as Envoy does: an answer the proxy makes
-//! itself (a refusal, a timeout, no endpoint, an injected fault) goes to a gRPC client
-//! as a gRPC answer, HTTP 200 with `grpc-status` and `grpc-message` and no body (a
-//! "trailers-only" answer), rather than as an HTTP error a gRPC client can only guess
-//! a code from. Answers from endpoints pass as they came.
+//! gRPC requests as the proxy treats them, as Envoy does:
+//! - an answer the proxy makes itself (a refusal, a timeout, no endpoint, an injected
+//!   fault) goes to a gRPC client as a gRPC answer, HTTP 200 with `grpc-status` and
+//!   `grpc-message` and no body (a "trailers-only" answer), rather than as an HTTP error
+//!   a gRPC client can only guess a code from; answers from endpoints pass as they came;
+//! - a gRPC answer counts, for outlier detection and in the reports, as the HTTP status
+//!   its `grpc-status` maps to ([`outcome_status`]): an endpoint failing every call with
+//!   UNAVAILABLE answers HTTP 200, and is failing all the same.
 
+use bytes::Bytes;
 use http::header::CONTENT_TYPE;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::outbound::{ProxyResponse, REASON_HEADER};
+use crate::transport::Trailers;
 
 /// The gRPC status code an answer the proxy makes must carry to a gRPC client, when it is
 /// not the one its HTTP status maps to (a fault's `grpcStatus`). In the answer's
@@ -34,6 +39,38 @@ pub fn code_for_http(status: StatusCode) -> u8 {
         404 => 12,                   // UNIMPLEMENTED
         429 | 502 | 503 | 504 => 14, // UNAVAILABLE
         _ => 2,                      // UNKNOWN
+    }
+}
+
+/// The HTTP status a gRPC status code stands for (Envoy's `grpcToHttpStatus`), for the
+/// codes gRPC defines; 500 for any other.
+pub fn http_for_code(code: &[u8]) -> u16 {
+    match code {
+        b"0" => 200,
+        b"1" => 499,                // CANCELLED: the client went away
+        b"3" | b"9" | b"11" => 400, // INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE
+        b"4" => 504,                // DEADLINE_EXCEEDED
+        b"5" => 404,                // NOT_FOUND
+        b"6" | b"10" => 409,        // ALREADY_EXISTS, ABORTED
+        b"7" => 403,                // PERMISSION_DENIED
+        b"8" => 429,                // RESOURCE_EXHAUSTED
+        b"12" => 501,               // UNIMPLEMENTED
+        b"14" => 503,               // UNAVAILABLE
+        b"16" => 401,               // UNAUTHENTICATED
+        _ => 500,                   // UNKNOWN, INTERNAL, DATA_LOSS, others
+    }
+}
+
+/// The status an endpoint's (or a peer's) answer counts as: its HTTP status, or for a
+/// gRPC answer the one its `grpc-status` (in its head, or in its trailers) maps to.
+pub fn outcome_status(response: &Response<Bytes>) -> u16 {
+    let grpc_status = response.headers().get("grpc-status").or_else(|| {
+        let trailers = response.extensions().get::<Trailers>()?;
+        trailers.0.get("grpc-status")
+    });
+    match grpc_status {
+        Some(code) if response.status() == StatusCode::OK => http_for_code(code.as_bytes()),
+        _ => response.status().as_u16(),
     }
 }
 
@@ -122,6 +159,39 @@ mod tests {
         ] {
             let status = StatusCode::from_u16(http).unwrap();
             assert_eq!(code_for_http(status), code, "{http}");
+        }
+    }
+
+    #[test]
+    fn a_grpc_answer_counts_as_the_http_status_its_code_maps_to() {
+        let answer = |head: Option<&'static str>, trailer: Option<&'static str>| {
+            let mut r = Response::new(Bytes::new());
+            if let Some(code) = head {
+                r.headers_mut()
+                    .insert("grpc-status", HeaderValue::from_static(code));
+            }
+            if let Some(code) = trailer {
+                let mut t = HeaderMap::new();
+                t.insert("grpc-status", HeaderValue::from_static(code));
+                r.extensions_mut().insert(Trailers(t));
+            }
+            r
+        };
+        assert_eq!(outcome_status(&answer(None, None)), 200);
+        assert_eq!(outcome_status(&answer(None, Some("0"))), 200);
+        assert_eq!(outcome_status(&answer(None, Some("14"))), 503);
+        assert_eq!(outcome_status(&answer(Some("4"), None)), 504);
+        assert_eq!(outcome_status(&answer(Some("13"), None)), 500);
+        assert_eq!(outcome_status(&answer(Some("99"), None)), 500);
+        // An HTTP error is counted as itself.
+        let mut refused = answer(Some("14"), None);
+        *refused.status_mut() = StatusCode::BAD_GATEWAY;
+        assert_eq!(outcome_status(&refused), 502);
+        for (code, http) in [("1", 499), ("3", 400), ("5", 404), ("7", 403), ("8", 429)] {
+            assert_eq!(http_for_code(code.as_bytes()), http, "{code}");
+        }
+        for (code, http) in [("10", 409), ("12", 501), ("16", 401), ("15", 500)] {
+            assert_eq!(http_for_code(code.as_bytes()), http, "{code}");
         }
     }
 

@@ -40,7 +40,7 @@ use crate::balance::{
 use crate::control::report::{Outcome, ReportSource, Stats};
 use crate::discovery::{BalanceSettings, Discovery, Endpoint, HashOn};
 use crate::downstream::ClientTimeouts;
-use crate::grpc::{GrpcCode, for_grpc_client, is_grpc};
+use crate::grpc::{GrpcCode, for_grpc_client, is_grpc, outcome_status};
 use crate::health::Health;
 use crate::metrics::ProxyMetrics;
 use crate::routing::names::ServiceNames;
@@ -1426,10 +1426,12 @@ impl Outbound {
                     (result, *cluster, *locality)
                 }
             };
-            let outcome = match &result {
-                Try::Answered(r, _) => Outcome::Status(r.status().as_u16()),
-                _ => Outcome::NoAnswer,
+            // A gRPC answer counts as the status its grpc-status stands for.
+            let status = match &result {
+                Try::Answered(r, _) => Some(outcome_status(r)),
+                _ => None,
             };
+            let outcome = status.map_or(Outcome::NoAnswer, Outcome::Status);
             self.stats
                 .record(&target.host, cluster, locality, outcome, started.elapsed());
             handled.locality = match &hop {
@@ -1437,10 +1439,7 @@ impl Outbound {
                 Hop::Remote { locality_text, .. } => Arc::clone(locality_text),
             };
             if let Hop::Local(endpoint) = &hop {
-                let outcome = match &result {
-                    Try::Answered(r, _) => TryOutcome::Status(r.status().as_u16()),
-                    _ => TryOutcome::LocalFailure,
-                };
+                let outcome = status.map_or(TryOutcome::LocalFailure, TryOutcome::Status);
                 self.observe(settings, target, endpoint.address, outcome, total);
             }
             // The fields of the answer kept, if it is an endpoint's: none of an earlier try's.
