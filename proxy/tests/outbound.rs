@@ -4,7 +4,7 @@
 mod grpc;
 mod websocket;
 
-use grpc::{GrpcEndpoint, client_through, grpc_endpoint};
+use grpc::{client_through, grpc_endpoint};
 use websocket::{UPGRADE_KEY, read_until, upgrade_request, websocket_endpoint};
 
 use std::convert::Infallible;
@@ -273,6 +273,34 @@ async fn start_east_with(
     )
     .await
     .expect("proxy starts")
+}
+
+/// A ServiceEntry `name` (namespace shop) for `host`, one port (`port`, YAML flow style,
+/// named `port_name`), and an endpoint in this proxy's locality on each of `endpoints`.
+fn service_entry(name: &str, host: &str, port: &str, port_name: &str, endpoints: &[u16]) -> String {
+    let mut yaml = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: {{name: {name}, namespace: shop}}\n\
+         spec:\n  hosts: [{host}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  \
+         ports: [{port}]\n  endpoints:\n"
+    );
+    for endpoint in endpoints {
+        yaml.push_str(&format!(
+            "  - {{address: 127.0.0.1, ports: {{{port_name}: {endpoint}}}, locality: us-east/us-east-1a}}\n"
+        ));
+    }
+    yaml
+}
+
+/// [`service_entry`] on port 80, HTTP.
+fn http_entry(name: &str, host: &str, endpoints: &[u16]) -> String {
+    service_entry(
+        name,
+        host,
+        "{number: 80, name: http, protocol: HTTP}",
+        "http",
+        endpoints,
+    )
 }
 
 struct Answer {
@@ -1071,22 +1099,7 @@ async fn an_endpoint_failing_health_checks_gets_no_requests() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.local_addr().expect("address")
     };
-    let yaml = format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: checked, namespace: shop}}
-spec:
-  hosts: [checked.example]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  endpoints:
-  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a}}
-  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a}}
-"#,
-        live.port(),
-        dead.port()
-    );
+    let yaml = http_entry("checked", "checked.example", &[live.port(), dead.port()]);
     let proxy = start_east(
         &yaml,
         Some(HealthCheckSettings {
@@ -1657,23 +1670,9 @@ spec:
 async fn grpc_calls_reach_h2_endpoints_with_their_trailers_and_unavailable_is_retried() {
     let good = grpc_endpoint(grpc::Behaviour::Answer(7)).await;
     let draining = grpc_endpoint(grpc::Behaviour::Unavailable).await;
-    let endpoint = |e: &GrpcEndpoint, port: &str| {
-        format!(
-            "  - {{address: 127.0.0.1, ports: {{{port}: {}}}, locality: us-east/us-east-1a}}\n",
-            e.address.port()
-        )
-    };
+    let (good_port, draining_port) = (good.address.port(), draining.address.port());
     let yaml = format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: kv, namespace: shop}}
-spec:
-  hosts: [kv.shop.example]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: 9000, name: api, protocol: GRPC}}]
-  endpoints:
-{}{}---
+        r#"{}---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {{name: kv, namespace: shop}}
@@ -1683,15 +1682,6 @@ spec:
     loadBalancer: {{simple: ROUND_ROBIN}}
     outlierDetection: {{consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 1m, maxEjectionPercent: 100}}
 ---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: down, namespace: shop}}
-spec:
-  hosts: [down.shop.example]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: 9000, name: grpc-kv}}]
-  endpoints:
 {}---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -1702,9 +1692,21 @@ spec:
   - fault: {{abort: {{grpcStatus: NOT_FOUND}}}}
     route: [{{destination: {{host: kv.shop.example}}}}]
 "#,
-        endpoint(&good, "api"),
-        endpoint(&draining, "api"),
-        endpoint(&draining, "grpc-kv"),
+        service_entry(
+            "kv",
+            "kv.shop.example",
+            "{number: 9000, name: api, protocol: GRPC}",
+            "api",
+            &[good_port, draining_port]
+        ),
+        // The protocol by the port's name alone.
+        service_entry(
+            "down",
+            "down.shop.example",
+            "{number: 9000, name: grpc-kv}",
+            "grpc-kv",
+            &[draining_port]
+        ),
     );
     let proxy = start_east(&yaml, None).await;
 
@@ -1775,17 +1777,7 @@ spec:
 async fn a_routes_cors_policy_answers_preflights_and_marks_allowed_answers() {
     let endpoint = backend("shop", Behaviour::Ok).await;
     let yaml = format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: shop, namespace: shop}}
-spec:
-  hosts: [shop.example]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  endpoints:
-  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a}}
----
+        r#"{}---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: shop, namespace: shop}}
@@ -1801,7 +1793,7 @@ spec:
     headers: {{response: {{set: {{access-control-allow-origin: "*"}}}}}}
     route: [{{destination: {{host: shop.example}}}}]
 "#,
-        endpoint.port()
+        http_entry("shop", "shop.example", &[endpoint.port()])
     );
     let proxy = start_east(&yaml, None).await;
     let address = proxy.outbound_address();
