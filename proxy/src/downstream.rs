@@ -496,7 +496,8 @@ fn parse_request(wire: &mut Wire) -> Result<Option<Head>, Refusal> {
             content_length(raw.values(FieldKind::ContentLength), "request")?.unwrap_or(0),
         ),
     };
-    let headers = raw.to_map(0);
+    // Room for the request id the proxy adds when the client sent none.
+    let headers = raw.to_map(1);
     let mut request = Request::new(Full::new(Bytes::new()));
     *request.method_mut() = method;
     *request.uri_mut() = uri;

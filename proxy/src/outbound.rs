@@ -105,6 +105,48 @@ fn aborted(abort: Abort) -> ProxyResponse {
     }
 }
 
+/// The field naming a request along its way, end to end: tracing systems and logs read
+/// it. The proxy that first sees a request without one gives it one, as Envoy does.
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A new request id: a random UUID (version 4), as Envoy makes them. Made for most
+/// requests, so from [`quick_random`] rather than the cryptographic generator (a
+/// thousand instructions a request): an id needs to differ, not to be unguessable.
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut bytes = ((u128::from(quick_random()) << 64) | u128::from(quick_random())).to_be_bytes();
+    // Version 4 (random) in byte 6's high nibble; variant 10 in byte 8's top bits.
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let mut text = [b'-'; 36];
+    let mut at = 0;
+    for (i, byte) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1;
+        }
+        text[at] = HEX[usize::from(byte >> 4)];
+        text[at + 1] = HEX[usize::from(byte & 0xf)];
+        at += 2;
+    }
+    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static(""))
+}
+
+thread_local! {
+    /// [`quick_random`]'s state, seeded from the operating system's randomness per thread.
+    static QUICK_RANDOM: std::cell::Cell<u64> = std::cell::Cell::new(rand::random());
+}
+
+/// 64 well-mixed bits, in a few instructions: the wyrand generator (a 64-bit counter
+/// stepped by an odd constant, its square folded), not for secrets.
+fn quick_random() -> u64 {
+    QUICK_RANDOM.with(|state| {
+        let next = state.get().wrapping_add(0xa076_1d64_78bd_642f);
+        state.set(next);
+        let wide = u128::from(next) * u128::from(next ^ 0xe703_7ed1_a0b4_28db);
+        ((wide >> 64) as u64) ^ (wide as u64)
+    })
+}
+
 /// An answer the proxy makes itself.
 pub fn answer(status: StatusCode, reason: &str) -> ProxyResponse {
     let mut response = Response::new(Full::new(Bytes::from(format!("{reason}\n"))));
@@ -1044,6 +1086,12 @@ impl Outbound {
         if let Some(abort) = forward.fault.abort {
             return aborted(abort);
         }
+        // Named along its way, as Envoy names a request that comes without a name.
+        let mut parts = parts;
+        parts
+            .headers
+            .entry(REQUEST_ID_HEADER)
+            .or_insert_with(new_request_id);
         let body = match self.read_body(body).await {
             Ok(b) => b,
             Err(response) => return *response,
@@ -2506,6 +2554,23 @@ mod tests {
         let kept = default_route("checkout.internal", "checkout.internal", "/orders?id=7");
         let request = peer_request(&client(&[]), &kept, None, Bytes::new()).unwrap();
         assert_eq!(request.uri(), "https://checkout.internal/orders?id=7");
+    }
+
+    #[test]
+    fn a_request_id_is_a_random_version_4_uuid() {
+        let a = new_request_id();
+        let text = a.to_str().unwrap();
+        assert_eq!(text.len(), 36);
+        let groups: Vec<usize> = text.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12]);
+        assert!(text.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()));
+        assert_eq!(&text[14..15], "4", "{text}");
+        assert!("89ab".contains(&text[19..20]), "{text}");
+        // A thousand in a row, all different.
+        let ids: std::collections::HashSet<HeaderValue> =
+            (0..1000).map(|_| new_request_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(!ids.contains(&a));
     }
 
     #[test]

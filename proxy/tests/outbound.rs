@@ -78,6 +78,11 @@ async fn backend(name: &'static str, behaviour: Behaviour) -> SocketAddr {
                     if let Some(v) = r.headers().get("x-route") {
                         response.headers_mut().insert("x-seen-route", v.clone());
                     }
+                    if let Some(v) = r.headers().get("x-request-id") {
+                        response
+                            .headers_mut()
+                            .insert("x-seen-request-id", v.clone());
+                    }
                     Ok::<_, Infallible>(response)
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -1869,4 +1874,44 @@ spec:
             Some("x-backend".into())
         )
     );
+}
+
+/// A request that comes without an `x-request-id` gets one (a UUID, new for each); one
+/// that has its own keeps it, over HTTP/1.1 and h2c alike.
+#[tokio::test]
+async fn a_request_without_an_id_gets_one_and_one_with_an_id_keeps_it() {
+    let endpoint = backend("shop", Behaviour::Ok).await;
+    let proxy = start_east(
+        &http_entry("shop", "shop.example", &[endpoint.port()]),
+        None,
+    )
+    .await;
+    let address = proxy.outbound_address();
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let seen = |id: Option<&'static str>| {
+        let client = client.clone();
+        async move {
+            let mut request =
+                Request::get(format!("http://{address}/")).header("host", "shop.example");
+            if let Some(id) = id {
+                request = request.header("x-request-id", id);
+            }
+            let response = client
+                .request(request.body(Full::new(Bytes::new())).expect("request"))
+                .await
+                .expect("answered");
+            (response.headers().get("x-seen-request-id"))
+                .map(|v| v.to_str().expect("text").to_string())
+        }
+    };
+    let made = seen(None).await.expect("an id was made");
+    assert_eq!(made.len(), 36, "{made}");
+    assert_ne!(
+        seen(None).await.expect("an id"),
+        made,
+        "each request its own"
+    );
+    assert_eq!(seen(Some("trace-7")).await.as_deref(), Some("trace-7"));
+    let h2 = send(address, "shop.example", "/", true).await;
+    assert_eq!(h2.headers["x-seen-request-id"].len(), 36);
 }
