@@ -21,6 +21,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use fulcrum_coordinator::app::{Bootstrap, Coordinator, CoordinatorConfig, Security};
 use fulcrum_coordinator::security::certs::{InitPlan, init};
+use fulcrum_proto::status::v1::GetServiceRequest;
+use fulcrum_proto::status::v1::status_client::StatusClient;
 use fulcrum_proxy::app::{EastWestSettings, Proxy, ProxyConfig};
 use fulcrum_proxy::control::ControlSettings;
 use fulcrum_proxy::downstream::ClientTimeouts;
@@ -199,7 +201,7 @@ fn settings(cluster: &str, locality: &str, coordinator: SocketAddr, dir: &Path) 
 
 struct Mesh {
     _dir: tempfile::TempDir,
-    _coordinator: Coordinator,
+    coordinator: Coordinator,
     east: Proxy,
     west: Proxy,
     east_seen: Arc<AtomicU64>,
@@ -255,7 +257,7 @@ async fn mesh(east_status: StatusCode, locality_lb: &str, http_route: &str) -> M
     .expect("write config");
     Mesh {
         _dir: dir,
-        _coordinator: coordinator,
+        coordinator,
         east,
         west,
         east_seen,
@@ -629,6 +631,39 @@ async fn a_grpc_call_is_carried_to_another_cluster_with_its_trailers() {
         (tonic::Code::Unavailable, "draining")
     );
     assert_eq!(draining.calls.load(Ordering::Relaxed), 1);
+    // The failure reaches the coordinator as what it is: a 5xx from the west, though the
+    // endpoint answered HTTP 200 (its UNAVAILABLE in grpc-status), so that the
+    // coordinator can fail a gRPC service over as it fails over any other.
+    let coordinator = format!("http://{}", mesh.coordinator.address());
+    eventually(
+        "the coordinator counts down.shop's UNAVAILABLE as a 5xx in the west",
+        Duration::from_secs(20),
+        || {
+            let coordinator = coordinator.clone();
+            async move {
+                let mut status = StatusClient::connect(coordinator)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let service = status
+                    .get_service(GetServiceRequest {
+                        host: "down.shop".into(),
+                        consistent: false,
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_inner();
+                let west = service
+                    .localities
+                    .iter()
+                    .find(|l| l.locality.as_ref().is_some_and(|at| at.region == "us-west"));
+                match west.and_then(|l| l.signals.as_ref()) {
+                    Some(signals) if signals.http_5xx > 0 => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
 }
 
 /// A request through `proxy`'s outbound listener from a client at `from`, to `host`, with
