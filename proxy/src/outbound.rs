@@ -1072,7 +1072,7 @@ impl Outbound {
                 "not ready: no configuration yet (no snapshot from a coordinator)",
             );
         };
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         if parts.method == Method::CONNECT {
             return refuse_connect();
         }
@@ -1087,7 +1087,6 @@ impl Outbound {
             return aborted(abort);
         }
         // Named along its way, as Envoy names a request that comes without a name.
-        let mut parts = parts;
         parts
             .headers
             .entry(REQUEST_ID_HEADER)
