@@ -47,7 +47,7 @@ struct Flags {
     #[arg(long, value_parser = parse_interval)]
     health_check_interval: Option<std::time::Duration>,
     /// With --health-check-interval: GET this path and expect 2xx, instead of a TCP
-    /// connect.
+    /// connect (in h2c to endpoints on a GRPC or HTTP2 port).
     #[arg(long, requires = "health_check_interval", value_parser = parse_path)]
     health_check_path: Option<String>,
     /// Admin listener: /ready, /config_dump, /metrics.
