@@ -1298,6 +1298,29 @@ spec:
     check("httpCookie", by_cookie);
 }
 
+/// A request without a body, of `method` for `path`, through `proxy` to `host` with
+/// `headers`, over HTTP/1.1: the answer.
+async fn request_with(
+    proxy: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Response<Incoming> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://{proxy}{path}"))
+        .header("host", host);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    client
+        .request(request.body(Full::new(Bytes::new())).expect("request"))
+        .await
+        .expect("the proxy answers")
+}
+
 /// A GET through `proxy` to `host` with `headers`: its status, the backend that answered
 /// (empty when none did) and the Host that backend saw.
 async fn get_with(
@@ -1305,15 +1328,7 @@ async fn get_with(
     host: &str,
     headers: &[(&str, &str)],
 ) -> (StatusCode, String, String) {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut request = Request::get(format!("http://{proxy}/")).header("host", host);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = client
-        .request(request.body(Full::new(Bytes::new())).expect("request"))
-        .await
-        .expect("the proxy answers");
+    let response = request_with(proxy, "GET", host, "/", headers).await;
     let text = |name: &str| {
         (response.headers().get(name))
             .and_then(|v| v.to_str().ok())
@@ -1802,33 +1817,18 @@ spec:
     );
     let proxy = start_east(&yaml, None).await;
     let address = proxy.outbound_address();
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let ask = |method: &'static str, headers: &'static [(&'static str, &'static str)]| {
-        let client = client.clone();
-        async move {
-            let mut request = Request::builder()
-                .method(method)
-                .uri(format!("http://{address}/cart"))
-                .header("host", "shop.example");
-            for (name, value) in headers {
-                request = request.header(*name, *value);
-            }
-            let response = client
-                .request(request.body(Full::new(Bytes::new())).expect("request"))
-                .await
-                .expect("answered");
-            let field = |name: &str| {
-                (response.headers().get(name)).map(|v| v.to_str().unwrap().to_string())
-            };
-            (
-                response.status(),
-                field("x-backend"),
-                field("access-control-allow-origin"),
-                field("access-control-allow-methods"),
-                field("access-control-max-age"),
-                field("access-control-expose-headers"),
-            )
-        }
+    let ask = |method: &'static str, headers: &'static [(&'static str, &'static str)]| async move {
+        let response = request_with(address, method, "shop.example", "/cart", headers).await;
+        let field =
+            |name: &str| (response.headers().get(name)).map(|v| v.to_str().unwrap().to_string());
+        (
+            response.status(),
+            field("x-backend"),
+            field("access-control-allow-origin"),
+            field("access-control-allow-methods"),
+            field("access-control-max-age"),
+            field("access-control-expose-headers"),
+        )
     };
     let preflight = ask(
         "OPTIONS",
@@ -1887,22 +1887,13 @@ async fn a_request_without_an_id_gets_one_and_one_with_an_id_keeps_it() {
     )
     .await;
     let address = proxy.outbound_address();
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let seen = |id: Option<&'static str>| {
-        let client = client.clone();
-        async move {
-            let mut request =
-                Request::get(format!("http://{address}/")).header("host", "shop.example");
-            if let Some(id) = id {
-                request = request.header("x-request-id", id);
-            }
-            let response = client
-                .request(request.body(Full::new(Bytes::new())).expect("request"))
-                .await
-                .expect("answered");
-            (response.headers().get("x-seen-request-id"))
-                .map(|v| v.to_str().expect("text").to_string())
-        }
+    let seen = |id: Option<&'static str>| async move {
+        let headers: &[(&str, &str)] = match id {
+            Some(id) => &[("x-request-id", id)],
+            None => &[],
+        };
+        let response = request_with(address, "GET", "shop.example", "/", headers).await;
+        (response.headers().get("x-seen-request-id")).map(|v| v.to_str().expect("text").to_string())
     };
     let made = seen(None).await.expect("an id was made");
     assert_eq!(made.len(), 36, "{made}");
