@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::body::ProxyBody;
 use bytes::Bytes;
 use fulcrum_policy::{ConfigSet, Locality, Severity};
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -364,7 +364,7 @@ async fn serve<S, F>(
     mut stopped: watch::Receiver<bool>,
 ) where
     S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+    F: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
 {
     let mut failures = AcceptFailures::default();
     let count = || {
@@ -461,7 +461,7 @@ async fn accept(
 pub(crate) async fn serve_connection<S, F>(stream: TcpStream, service: S)
 where
     S: Fn(Request<Incoming>, Option<ClientAddress>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+    F: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
 {
     let client = stream.peer_addr().ok().map(ClientAddress);
     let stream = HeadGuard::new(stream, MAX_HEADER_BYTES);
@@ -532,11 +532,11 @@ impl Admin<'_> {
         format!("{value}\n")
     }
 
-    fn answer(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    fn answer(&self, request: &Request<Incoming>) -> Response<ProxyBody> {
         let metrics = self.metrics;
         match request.uri().path() {
             "/metrics" => {
-                let mut r = Response::new(Full::new(Bytes::from(metrics.render())));
+                let mut r = Response::new(ProxyBody::Whole(Bytes::from(metrics.render())));
                 r.headers_mut().insert(
                     http::header::CONTENT_TYPE,
                     http::HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -546,12 +546,14 @@ impl Admin<'_> {
             // Ready once there is something to route with: configuration, a pushed snapshot
             // or the last-known-good one.
             "/ready" if self.outbound.is_ready() => {
-                Response::new(Full::new(Bytes::from_static(b"ready\n")))
+                Response::new(ProxyBody::Whole(Bytes::from_static(b"ready\n")))
             }
             "/ready" => answer(StatusCode::SERVICE_UNAVAILABLE, "no configuration yet"),
-            "/version" => Response::new(Full::new(Bytes::from(format!("{}\n", self.version)))),
+            "/version" => {
+                Response::new(ProxyBody::Whole(Bytes::from(format!("{}\n", self.version))))
+            }
             "/config_dump" => {
-                let mut r = Response::new(Full::new(Bytes::from(self.config_dump())));
+                let mut r = Response::new(ProxyBody::Whole(Bytes::from(self.config_dump())));
                 r.headers_mut().insert(
                     http::header::CONTENT_TYPE,
                     http::HeaderValue::from_static("application/json"),

@@ -20,7 +20,7 @@
 //! drops what the client still sends, for a moment, so that the client reads the answer
 //! rather than a reset.
 
-use std::io;
+use std::io::{self, Write};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -29,13 +29,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes};
 use http::header::{CONNECTION, DATE, EXPECT, TRANSFER_ENCODING};
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderValue, Method, Request, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::body::ProxyBody;
 use crate::h2_server::{self, H2Settings};
-use crate::outbound::{ClientAddress, Outbound, Upstreams, WebSocketUpgrade, answer};
+use crate::outbound::{
+    ClientAddress, Outbound, ProxyResponse, Upstreams, WebSocketUpgrade, answer,
+};
 use crate::tunnel::{TunnelIo, splice};
 use crate::wire::{
     BodyError, COALESCED_BODY, FieldKind, MAX_HEAD_BYTES, MAX_HEADERS, RawFields, Wire, chunked,
@@ -174,10 +177,9 @@ pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Up
                 }
                 Err(response) => {
                     out.clear();
-                    let body = encode(&mut out, response, None, &Answer::CLOSING, &mut date).await;
-                    if wire.stream.write_all(&out).await.is_ok() && !body.is_empty() {
-                        let _ = wire.stream.write_all(&body).await;
-                    }
+                    let (following, _) =
+                        encode(&mut out, response, None, &Answer::CLOSING, &mut date);
+                    send(&mut wire.stream, &mut out, following).await;
                 }
             }
             return;
@@ -189,11 +191,9 @@ pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Up
             keep_alive,
             version,
         };
-        let body = encode(&mut out, response, fields.as_ref(), &answer, &mut date).await;
-        if wire.stream.write_all(&out).await.is_err()
-            || (!body.is_empty() && wire.stream.write_all(&body).await.is_err())
-            || !keep_alive
-        {
+        let (following, keep_alive) =
+            encode(&mut out, response, fields.as_ref(), &answer, &mut date);
+        if !send(&mut wire.stream, &mut out, following).await || !keep_alive {
             return;
         }
     }
@@ -399,15 +399,14 @@ async fn refuse(wire: &mut Wire, refusal: Refusal, outbound: &Outbound) {
         .headers_mut()
         .insert(CONNECTION, HeaderValue::from_static("close"));
     let mut out = Vec::new();
-    let body = encode(
+    let (following, _) = encode(
         &mut out,
         response,
         None,
         &Answer::CLOSING,
         &mut Date::default(),
-    )
-    .await;
-    if wire.stream.write_all(&out).await.is_err() || wire.stream.write_all(&body).await.is_err() {
+    );
+    if !send(&mut wire.stream, &mut out, following).await {
         return;
     }
     // Closing with unread bytes would reset the connection, and a client still sending
@@ -514,29 +513,38 @@ fn parse_request(wire: &mut Wire) -> Result<Option<Head>, Refusal> {
     }))
 }
 
-/// Writes the answer's head into `out`, with the body when it is small; returns the body
-/// when it is to be written after `out`. The answer is framed by Content-Length (none for
-/// 1xx, 204 and 304; for HEAD, the one the answer carries); its own framing and
-/// Connection fields are replaced. An endpoint's `fields` are copied as they came, but
-/// for the names the proxy set in the header map, which come after them.
-async fn encode(
+/// What follows an answer's head on the connection.
+enum Following {
+    /// Nothing, or a whole body too large to be copied after the head.
+    Bytes(Bytes),
+    /// A body still arriving, written as it does: chunked when `true`, else as it comes
+    /// (its length declared, or up to the close).
+    Stream(ProxyBody, bool),
+}
+
+/// Writes the answer's head into `out`, with the body when it is whole and small; returns
+/// what is to be written after `out`, and whether the connection stays open after the
+/// answer. A whole body is framed by Content-Length (none for 1xx, 204 and 304; for HEAD,
+/// the one the answer carries); a streamed one by the length it declared, else chunked,
+/// else (to an HTTP/1.0 client) by the close. The answer's own framing and Connection
+/// fields are replaced. An endpoint's `fields` are copied as they came, but for the names
+/// the proxy set in the header map, which come after them.
+fn encode(
     out: &mut Vec<u8>,
-    response: Response<Full<Bytes>>,
+    response: ProxyResponse,
     fields: Option<&RawFields>,
     answer: &Answer,
     date: &mut Date,
-) -> Bytes {
+) -> (Following, bool) {
     let Answer {
         head_only,
-        keep_alive,
+        mut keep_alive,
         version,
     } = *answer;
-    let (parts, mut body) = response.into_parts();
-    // A `Full` body is one data frame, or none.
-    let body = match body.frame().await {
-        Some(Ok(frame)) => frame.into_data().unwrap_or_default(),
-        None => Bytes::new(),
-        Some(Err(never)) => match never {},
+    let (parts, body) = response.into_parts();
+    let (body, stream) = match body {
+        ProxyBody::Whole(bytes) => (bytes, None),
+        streaming => (Bytes::new(), Some(streaming)),
     };
     let status = parts.status;
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -572,14 +580,23 @@ async fn encode(
     }
     let code = status.as_u16();
     let bodiless = status.is_informational() || code == 204 || code == 304;
+    let mut chunked = false;
     if !bodiless {
-        match length_field.filter(|_| head_only) {
-            Some(length) => field(out, b"content-length", length),
-            None => {
+        let length = stream
+            .as_ref()
+            .map_or(Some(body.len() as u64), ProxyBody::length);
+        match (length_field.filter(|_| head_only), length) {
+            (Some(length), _) => field(out, b"content-length", length),
+            (None, Some(length)) => {
                 out.extend_from_slice(b"content-length: ");
-                decimal(out, body.len() as u64);
+                decimal(out, length);
                 out.extend_from_slice(b"\r\n");
             }
+            (None, None) if version == Version::HTTP_11 => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                chunked = true;
+            }
+            (None, None) => keep_alive = false,
         }
     }
     if !keep_alive {
@@ -589,13 +606,70 @@ async fn encode(
     }
     out.extend_from_slice(b"\r\n");
     if bodiless || head_only {
-        return Bytes::new();
+        return (Following::Bytes(Bytes::new()), keep_alive);
+    }
+    if let Some(stream) = stream {
+        return (Following::Stream(stream, chunked), keep_alive);
     }
     if body.len() <= COALESCED_BODY {
         out.extend_from_slice(&body);
-        return Bytes::new();
+        return (Following::Bytes(Bytes::new()), keep_alive);
     }
-    body
+    (Following::Bytes(body), keep_alive)
+}
+
+/// Writes an answer: its head (`out`, then used as scratch space), then what follows it.
+/// False when the connection cannot carry another answer: it broke, or a streamed body
+/// broke off (the client sees the answer end early: a short body, or a chunked one
+/// without its last chunk).
+async fn send(stream: &mut TcpStream, out: &mut Vec<u8>, following: Following) -> bool {
+    if stream.write_all(out).await.is_err() {
+        return false;
+    }
+    match following {
+        Following::Bytes(body) => body.is_empty() || stream.write_all(&body).await.is_ok(),
+        Following::Stream(body, chunked) => pass_on(stream, body, chunked, out).await.is_ok(),
+    }
+}
+
+/// Writes a streamed body as it arrives, each piece as soon as it comes (a chunk of its
+/// own, whole, when `chunked`); trailer fields are dropped, as an HTTP/1 answer carries
+/// none here.
+async fn pass_on(
+    stream: &mut TcpStream,
+    mut body: ProxyBody,
+    chunked: bool,
+    scratch: &mut Vec<u8>,
+) -> Result<(), ()> {
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| tracing::debug!("answer not passed on whole: {e}"))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if !chunked {
+            stream.write_all(&data).await.map_err(drop)?;
+            continue;
+        }
+        scratch.clear();
+        let _ = write!(scratch, "{:x}\r\n", data.len());
+        // A small piece goes out with its framing in one write.
+        if data.len() <= COALESCED_BODY {
+            scratch.extend_from_slice(&data);
+            scratch.extend_from_slice(b"\r\n");
+            stream.write_all(scratch).await.map_err(drop)?;
+            continue;
+        }
+        stream.write_all(scratch).await.map_err(drop)?;
+        stream.write_all(&data).await.map_err(drop)?;
+        stream.write_all(b"\r\n").await.map_err(drop)?;
+    }
+    if chunked {
+        stream.write_all(b"0\r\n\r\n").await.map_err(drop)?;
+    }
+    Ok(())
 }
 
 fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {

@@ -7,7 +7,6 @@
 //!   its `grpc-status` maps to ([`outcome_status`]): an endpoint failing every call with
 //!   UNAVAILABLE answers HTTP 200, and is failing all the same.
 
-use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
@@ -63,7 +62,7 @@ pub fn http_for_code(code: &[u8]) -> u16 {
 
 /// The status an endpoint's (or a peer's) answer counts as: its HTTP status, or for a
 /// gRPC answer the one its `grpc-status` (in its head, or in its trailers) maps to.
-pub fn outcome_status(response: &Response<Bytes>) -> u16 {
+pub fn outcome_status<B>(response: &Response<B>) -> u16 {
     let grpc_status = response.headers().get("grpc-status").or_else(|| {
         let trailers = response.extensions().get::<Trailers>()?;
         trailers.0.get("grpc-status")
@@ -112,6 +111,7 @@ fn percent_encoded(text: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::outbound::answer;
+    use bytes::Bytes;
     use http_body_util::BodyExt;
 
     #[test]

@@ -25,8 +25,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::Either;
 use futures::stream::{FuturesUnordered, StreamExt as _};
-use h2::RecvStream;
 use h2::server::SendResponse;
+use h2::{RecvStream, SendStream};
 use http::header::{CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use http_body_util::BodyExt;
@@ -34,6 +34,7 @@ use hyper::body::{Body, Frame};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
+use crate::body::ProxyBody;
 use crate::downstream::ClientTimeouts;
 use crate::outbound::ProxyResponse;
 use crate::transport::Trailers;
@@ -187,10 +188,10 @@ where
     };
     let (mut head, body) = response.into_parts();
     strip_connection_fields(&mut head.headers);
-    // The proxy's answers are whole already: this takes the one frame.
-    let body = match body.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(never) => match never {},
+    let body = match body {
+        ProxyBody::Whole(bytes) => bytes,
+        ProxyBody::Streaming(_) if head_only => Bytes::new(),
+        streaming => return send_streamed(respond, head, streaming).await,
     };
     if !head_only && !body.is_empty() && !head.headers.contains_key(CONTENT_LENGTH) {
         head.headers
@@ -223,6 +224,73 @@ where
     if let Err(e) = sent {
         tracing::debug!("h2 answer not sent: {e}");
     }
+}
+
+/// Sends an answer whose body is still arriving: its head, then its data as it comes, as
+/// the client's flow-control window lets it, then its trailer fields. When the body
+/// breaks off, the stream is reset, so the client does not take what came for the whole.
+async fn send_streamed(
+    mut respond: SendResponse<Bytes>,
+    mut head: http::response::Parts,
+    mut body: ProxyBody,
+) {
+    if let Some(length) = body.length() {
+        head.headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    let mut stream = match respond.send_response(Response::from_parts(head, ()), false) {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::debug!("h2 answer not sent: {e}");
+            return;
+        }
+    };
+    let ended = loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            // Reset by the client: the rest is not wanted.
+            _ = poll_fn(|cx| stream.poll_reset(cx)) => return,
+        };
+        let data = match frame.map(|f| f.map(Frame::into_data)) {
+            None => break stream.send_data(Bytes::new(), true),
+            Some(Ok(Ok(data))) => data,
+            Some(Ok(Err(frame))) => {
+                let mut fields = frame.into_trailers().unwrap_or_default();
+                strip_connection_fields(&mut fields);
+                break stream.send_trailers(fields);
+            }
+            Some(Err(e)) => {
+                tracing::debug!("{e}");
+                stream.send_reset(h2::Reason::INTERNAL_ERROR);
+                return;
+            }
+        };
+        if let Err(e) = send_within_window(&mut stream, data).await {
+            break Err(e);
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!("h2 answer not sent whole: {e}");
+    }
+}
+
+/// Sends `data` on `stream` as the peer's flow-control window makes room for it, so that
+/// no more than a window's worth waits in h2's buffers.
+async fn send_within_window(
+    stream: &mut SendStream<Bytes>,
+    mut data: Bytes,
+) -> Result<(), h2::Error> {
+    while !data.is_empty() {
+        stream.reserve_capacity(data.len());
+        let room = match poll_fn(|cx| stream.poll_capacity(cx)).await {
+            Some(room) => room?,
+            // The stream has ended: the send below says why.
+            None => data.len(),
+        };
+        let piece = data.split_to(room.min(data.len()));
+        stream.send_data(piece, false)?;
+    }
+    Ok(())
 }
 
 /// Takes out the fields HTTP/2 forbids (RFC 9113 §8.2.2): they describe an HTTP/1

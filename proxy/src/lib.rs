@@ -13,7 +13,8 @@
 //! Neither does I/O. Around them: [`discovery`] (this cluster's endpoints, from
 //! ServiceEntry configuration behind a trait), [`outbound`] (forwarding to this cluster's
 //! endpoints or another cluster's, with timeouts, retries, faults, header changes and
-//! mirrors), [`downstream`] (applications' connections: HTTP/1.1 served by the proxy's own
+//! mirrors), [`body`] (answers held whole when small and complete, else passed on as they
+//! arrive), [`downstream`] (applications' connections: HTTP/1.1 served by the proxy's own
 //! loop), [`h2_server`] (h2c and the east-west listener's HTTP/2), [`transport`] (h2
 //! over mTLS between clusters' proxies, SPIFFE identities checked, certificates
 //! reloaded), [`workers`] (the threads that serve the listeners'
@@ -25,6 +26,7 @@
 
 pub mod app;
 pub mod balance;
+pub mod body;
 pub mod control;
 pub mod discovery;
 pub mod downstream;

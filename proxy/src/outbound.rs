@@ -37,6 +37,7 @@ use crate::FastMap;
 use crate::balance::{
     ClusterInfo, EndpointPicker, LocalityRow, OutlierDetector, Place, TryOutcome,
 };
+use crate::body::ProxyBody;
 use crate::control::report::{Outcome, ReportSource, Stats};
 use crate::discovery::{BalanceSettings, Discovery, Endpoint, HashOn};
 use crate::downstream::ClientTimeouts;
@@ -50,7 +51,7 @@ use crate::routing::{
 };
 use crate::transport::{H2Pool, MeshTls, SendError};
 use crate::tunnel::{H2Stream, Holding, TunnelIo, splice};
-use crate::upstream::{Http1Pool, Http1Request, MAX_ANSWER_BYTES, UpstreamError};
+use crate::upstream::{Http1Pool, Http1Request, UpstreamError};
 use crate::wire::{MAX_HEAD_BYTES, RawFields, is_hop_by_hop, merge_raw_fields};
 use h2::RecvStream;
 use h2::server::SendResponse;
@@ -86,7 +87,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const UNREACHABLE_HOLD: Duration = Duration::from_secs(2);
 
 /// The answer type of the outbound path.
-pub type ProxyResponse = Response<Full<Bytes>>;
+pub type ProxyResponse = Response<ProxyBody>;
 
 /// The answer of a fault that aborts a request: its HTTP status, or for a gRPC status 503
 /// that a gRPC client gets as that status ([`crate::grpc::for_grpc_client`]).
@@ -149,7 +150,7 @@ fn quick_random() -> u64 {
 
 /// An answer the proxy makes itself.
 pub fn answer(status: StatusCode, reason: &str) -> ProxyResponse {
-    let mut response = Response::new(Full::new(Bytes::from(format!("{reason}\n"))));
+    let mut response = Response::new(ProxyBody::Whole(Bytes::from(format!("{reason}\n"))));
     *response.status_mut() = status;
     if let Ok(v) = HeaderValue::from_str(reason) {
         response.headers_mut().insert(REASON_HEADER, v);
@@ -311,9 +312,7 @@ impl Upstreams {
 enum Try {
     /// An answer; from an endpoint of this cluster, with its fields as they came (the
     /// response's header map empty).
-    Answered(Response<Bytes>, Option<RawFields>),
-    /// An answer whose body is over [`crate::upstream::MAX_ANSWER_BYTES`].
-    TooLarge,
+    Answered(ProxyResponse, Option<RawFields>),
     ConnectFailed(String),
     Reset(String),
     TimedOut,
@@ -704,10 +703,7 @@ impl Outbound {
                     .extensions_mut()
                     .insert(h2::ext::Protocol::from_static("websocket"));
                 let failed = |e: SendError| {
-                    let why = match e {
-                        SendError::Connect(e) | SendError::Reset(e) => e,
-                        SendError::TooLarge => "answer too large".into(),
-                    };
+                    let (SendError::Connect(why) | SendError::Reset(why)) = e;
                     answer(
                         StatusCode::SERVICE_UNAVAILABLE,
                         &format!("WebSocket upgrade through cluster {cluster}: {why}"),
@@ -1008,7 +1004,7 @@ impl Outbound {
         // The route's CORS policy: a preflight it answers here; fields for the answer.
         let cors = match cors.map(|c| c.decide(&parts.method, &parts.headers)) {
             Some(CorsOutcome::Preflight(fields)) => {
-                let mut r = Response::new(Full::new(Bytes::new()));
+                let mut r = Response::new(ProxyBody::default());
                 r.headers_mut().extend(fields);
                 return Err(Box::new(r));
             }
@@ -1037,7 +1033,7 @@ impl Outbound {
                 Err(Box::new(r))
             }
             RouteDecision::Respond { status, body } => {
-                let mut r = Response::new(Full::new(body));
+                let mut r = Response::new(ProxyBody::Whole(body));
                 *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
                 r.headers_mut().extend(cors);
                 Err(Box::new(r))
@@ -1100,7 +1096,7 @@ impl Outbound {
         // Looked up once for the request: the pool's limit, then the tries' balancer, hash
         // source and outlier detection.
         let settings = discovery.balance(&forward.target.host, &forward.target.subset);
-        let _permit = match self.admit(settings, &forward.target) {
+        let permit = match self.admit(settings, &forward.target) {
             Ok(permit) => permit,
             Err(response) => return *response,
         };
@@ -1114,9 +1110,14 @@ impl Outbound {
         let attempts = self.attempts(
             upstreams, &routing, row, request, &forward, settings, body, handled,
         );
+        let began = tokio::time::Instant::now();
         let mut response = match forward.timeout {
             Some(t) => match tokio::time::timeout(t, attempts).await {
-                Ok(r) => r,
+                Ok(mut r) => {
+                    // The timeout covers the whole answer: the rest of a streamed one too.
+                    r.body_mut().end_by(began + t, t);
+                    r
+                }
                 Err(_) => {
                     // Not the fields of an answer a try may have had before.
                     handled.fields = None;
@@ -1132,6 +1133,10 @@ impl Outbound {
             // The changes apply to the endpoint's fields too.
             handled.merge_fields(&mut response);
             apply_changes(response.headers_mut(), &forward.response_headers);
+        }
+        // A streamed answer is still in flight: it keeps its place in the limit.
+        if let Some(permit) = permit {
+            response.body_mut().keep(permit);
         }
         response
     }
@@ -1223,21 +1228,26 @@ impl Outbound {
         };
         let discovery = routing.discovery.as_ref();
         let settings = discovery.balance(&forward.target.host, &forward.target.subset);
-        let _permit = match self.admit(settings, &forward.target) {
+        let permit = match self.admit(settings, &forward.target) {
             Ok(permit) => permit,
             Err(response) => return *response,
         };
-        self.attempts(
-            upstreams,
-            &routing,
-            None,
-            (&parts, KeyFrom::Peer(carried_key)),
-            &forward,
-            settings,
-            body,
-            handled,
-        )
-        .await
+        let mut response = self
+            .attempts(
+                upstreams,
+                &routing,
+                None,
+                (&parts, KeyFrom::Peer(carried_key)),
+                &forward,
+                settings,
+                body,
+                handled,
+            )
+            .await;
+        if let Some(permit) = permit {
+            response.body_mut().keep(permit);
+        }
+        response
     }
 
     /// The whole request body, within the size limit.
@@ -1517,7 +1527,7 @@ impl Outbound {
                             }
                         }
                     }
-                    (retry, Response::from_parts(head, Full::new(body)))
+                    (retry, Response::from_parts(head, body))
                 }
                 Try::ConnectFailed(e) => {
                     self.metrics
@@ -1549,17 +1559,6 @@ impl Outbound {
                 Try::TimedOut => (
                     policy.retry_on.reset || policy.retry_on.gateway_error,
                     answer(StatusCode::GATEWAY_TIMEOUT, "per-try timeout"),
-                ),
-                // Another try would fetch the same answer again.
-                Try::TooLarge => (
-                    false,
-                    answer(
-                        StatusCode::BAD_GATEWAY,
-                        &format!(
-                            "the answer from {cluster} is over {} MiB",
-                            MAX_ANSWER_BYTES / (1024 * 1024)
-                        ),
-                    ),
                 ),
             };
             last = Some(response);
@@ -1719,7 +1718,6 @@ impl Outbound {
                 }
                 Err(UpstreamError::Connect(e)) => Try::ConnectFailed(e),
                 Err(UpstreamError::Reset(e)) => Try::Reset(e),
-                Err(UpstreamError::TooLarge) => Try::TooLarge,
             }
         };
         within(forward.retries.per_try_timeout, send).await
@@ -1862,12 +1860,11 @@ impl ReportSource for Outbound {
 const GRPC_STATUS: &str = "grpc-status";
 
 /// What an exchange over h2 came to, as a try.
-fn answered(sent: Result<Response<Bytes>, SendError>) -> Try {
+fn answered(sent: Result<ProxyResponse, SendError>) -> Try {
     match sent {
         Ok(r) => Try::Answered(r, None),
         Err(SendError::Connect(e)) => Try::ConnectFailed(e),
         Err(SendError::Reset(e)) => Try::Reset(e),
-        Err(SendError::TooLarge) => Try::TooLarge,
     }
 }
 

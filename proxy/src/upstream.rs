@@ -5,12 +5,14 @@
 //! the connection it goes over are driven by the same thread, and the pool needs none of
 //! a shared client's machinery (a key built and hashed per request, a checkout future,
 //! waiters): an idle connection is taken, used for one exchange, and put back once its
-//! answer has been read whole; the worker closes those idle for [`IDLE_TIMEOUT`].
+//! answer has been read; the worker closes those idle for [`IDLE_TIMEOUT`].
 //!
 //! The exchange itself is written here rather than left to hyper's client: the outbound
-//! path sends a request whose body it already holds and reads the answer whole (it may
-//! retry the request, and it inspects the answer before passing it on), so neither side
-//! streams, and the exchange can run inside the request's own task. hyper's client ran
+//! path sends a request whose body it already holds (it may retry the request) and reads
+//! the answer's head before passing it on, so the exchange can run inside the request's
+//! own task. A small answer is read whole there too; a larger one, or one still arriving,
+//! is read by a task of its own that passes it on piece by piece ([`crate::body`]) and
+//! puts the connection back when the answer ends. hyper's client ran
 //! each connection as a task of its own, fed through a channel, and built its answer
 //! through a general state machine; that was a third of a plain request's instructions
 //! (callgrind; docs/benchmarks.md). The answer's head is parsed by `httparse` (the parser
@@ -22,13 +24,13 @@
 //! end-to-end fields come back as they came ([`RawFields`]): the proxy's HTTP/1 server
 //! copies them out so, and a header map is made from them only where one is needed.
 //! Limits: a head of at most [`MAX_HEAD_BYTES`] and [`MAX_HEADERS`] fields; bodies are
-//! held whole, as the outbound path needs them, up to [`MAX_ANSWER_BYTES`]. The reading
-//! itself is shared with the proxy's HTTP/1 server ([`crate::wire`]).
+//! held whole up to [`WHOLE_ANSWER_BYTES`] and streamed beyond. The reading itself is
+//! shared with the proxy's HTTP/1 server ([`crate::wire`]).
 
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -36,31 +38,28 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Version};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
 use crate::FastMap;
+use crate::body::{PIECES_AHEAD, Piece as SentPiece, ProxyBody, WHOLE_ANSWER_BYTES};
 use crate::wire::{
-    BodyError, COALESCED_BODY, FieldKind, FieldSpan, Fields, MAX_HEAD_BYTES, MAX_HEADERS,
+    COALESCED_BODY, Dechunker, FieldKind, FieldSpan, Fields, MAX_HEAD_BYTES, MAX_HEADERS, Piece,
     RawFields, Wire, chunked, closed, content_length, decimal, note_spans, scan,
 };
-
-/// The largest answer body read from an endpoint: answers are held whole (the proxy
-/// inspects them before passing them on), so one must not take the proxy's memory.
-/// Larger ones are refused as a bad gateway.
-pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 /// Idle connections kept per endpoint; more are closed once their exchange ends.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
 /// How long a connection may sit idle before [`Http1Pool::close_idle`] closes it (as
 /// hyper's pooled client, and under the keep-alive timeouts servers commonly use).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// An endpoint's answer, read whole.
+/// An endpoint's answer: its head, and its body whole or still arriving.
 #[derive(Debug)]
 pub struct Answer {
     pub status: StatusCode,
     pub version: Version,
     /// Its end-to-end fields, as they came.
     pub fields: RawFields,
-    pub body: Bytes,
+    pub body: ProxyBody,
 }
 
 /// Why an exchange with an endpoint got no answer.
@@ -68,10 +67,9 @@ pub struct Answer {
 pub enum UpstreamError {
     /// No connection could be made (refused, unreachable, or over the connect timeout).
     Connect(String),
-    /// The connection broke before the whole answer arrived, or the answer was malformed.
+    /// The connection broke before the answer (or, for one read whole, before all of it)
+    /// arrived, or the answer was malformed.
     Reset(String),
-    /// The answer's body is over [`MAX_ANSWER_BYTES`].
-    TooLarge,
 }
 
 /// One worker's connections to endpoints.
@@ -90,14 +88,15 @@ impl Http1Pool {
         }
     }
 
-    /// Sends `request` to the endpoint at `address` and reads the answer whole. An idle
-    /// connection is used when there is one. When the endpoint turns out to have closed
+    /// Sends `request` to the endpoint at `address` and reads the answer: whole when it
+    /// is small and complete, else its head, with the rest passed on as it arrives. An
+    /// idle connection is used when there is one. When the endpoint turns out to have closed
     /// it (as servers do with keep-alive connections idle past their timeout), the
     /// request goes on another connection if none of it was sent, or if its method is
     /// idempotent and no answer had begun; otherwise the failure is the caller's to retry
     /// by its policy.
     pub async fn exchange(
-        &self,
+        self: &Arc<Self>,
         address: SocketAddr,
         request: &Http1Request,
     ) -> Result<Answer, UpstreamError> {
@@ -106,12 +105,7 @@ impl Http1Pool {
         let replayable = is_idempotent(&request.method);
         while let Some(mut connection) = self.take(address) {
             match connection.exchange(message, rest, head_only).await {
-                Ok((answer, reusable)) => {
-                    if reusable {
-                        self.put(address, connection);
-                    }
-                    return Ok(answer);
-                }
+                Ok((head, body)) => return Ok(self.answered(address, connection, head, body)),
                 Err(Failure::Closed { sent }) if !sent || replayable => continue,
                 Err(Failure::Closed { .. }) => {
                     return Err(UpstreamError::Reset(
@@ -119,24 +113,49 @@ impl Http1Pool {
                     ));
                 }
                 Err(Failure::Broken(e)) => return Err(UpstreamError::Reset(e)),
-                Err(Failure::TooLarge) => return Err(UpstreamError::TooLarge),
             }
         }
         // Boxed: a connection attempt's state would otherwise be part of (and be copied
         // with) every request's future, though most requests reuse a connection.
         let mut connection = Box::pin(self.connect(address)).await?;
         match connection.exchange(message, rest, head_only).await {
-            Ok((answer, reusable)) => {
-                if reusable {
-                    self.put(address, connection);
-                }
-                Ok(answer)
-            }
+            Ok((head, body)) => Ok(self.answered(address, connection, head, body)),
             Err(Failure::Closed { .. }) => Err(UpstreamError::Reset(
                 "the endpoint closed the connection before answering".into(),
             )),
             Err(Failure::Broken(e)) => Err(UpstreamError::Reset(e)),
-            Err(Failure::TooLarge) => Err(UpstreamError::TooLarge),
+        }
+    }
+
+    /// The answer whose `head` came on `connection`: with its body whole (the connection
+    /// put back if it can carry another request), or with a task reading the rest.
+    fn answered(
+        self: &Arc<Self>,
+        address: SocketAddr,
+        connection: Connection,
+        head: Head,
+        body: AnswerBody,
+    ) -> Answer {
+        let body = match body {
+            AnswerBody::Whole { body, reusable } => {
+                if reusable {
+                    self.put(address, connection);
+                }
+                ProxyBody::Whole(body)
+            }
+            AnswerBody::Rest(rest) => {
+                let length = rest.length;
+                let (sender, pieces) = mpsc::channel(PIECES_AHEAD);
+                let pool = (Arc::downgrade(self), address);
+                tokio::spawn(pass_on(connection, rest, sender, pool));
+                ProxyBody::from_pieces(pieces, length)
+            }
+        };
+        Answer {
+            status: head.status,
+            version: head.version,
+            fields: head.fields.raw,
+            body,
         }
     }
 
@@ -316,22 +335,11 @@ enum Failure {
     Closed { sent: bool },
     /// Anything else: the connection broke mid-answer, or the answer was malformed.
     Broken(String),
-    /// The answer's body is over [`MAX_ANSWER_BYTES`].
-    TooLarge,
 }
 
 impl From<String> for Failure {
     fn from(why: String) -> Failure {
         Failure::Broken(why)
-    }
-}
-
-impl From<BodyError> for Failure {
-    fn from(e: BodyError) -> Failure {
-        match e {
-            BodyError::TooLarge => Failure::TooLarge,
-            other => Failure::Broken(other.into()),
-        }
     }
 }
 
@@ -346,6 +354,123 @@ enum Framing {
     Length(u64),
     Chunked,
     UntilClose,
+}
+
+/// An answer's body as the exchange leaves it.
+enum AnswerBody {
+    /// Read whole; `reusable`: the connection can carry another request.
+    Whole { body: Bytes, reusable: bool },
+    /// Still to be read, from where the exchange left it.
+    Rest(Rest),
+}
+
+/// What is left of an answer's body to read off its connection.
+struct Rest {
+    /// Bytes of it already taken off the connection.
+    first: Bytes,
+    reader: Reader,
+    /// The Content-Length it declared.
+    length: Option<u64>,
+    /// Whether the connection can carry another request once the body is read.
+    reusable: bool,
+}
+
+/// Reads what is left of a body, piece by piece.
+enum Reader {
+    /// This many bytes.
+    Length(u64),
+    Chunked(Dechunker),
+    /// Everything up to the close.
+    UntilClose,
+}
+
+impl Reader {
+    /// The next piece from the front of `read`.
+    fn step(&mut self, read: &mut BytesMut) -> Result<Piece, String> {
+        match self {
+            Reader::Length(0) => Ok(Piece::End),
+            Reader::Chunked(dechunker) => dechunker.step(read),
+            _ if read.is_empty() => Ok(Piece::More),
+            Reader::Length(left) => {
+                let taken = usize::try_from(*left).map_or(read.len(), |l| l.min(read.len()));
+                *left -= taken as u64;
+                Ok(Piece::Data(read.split_to(taken).freeze()))
+            }
+            Reader::UntilClose => Ok(Piece::Data(read.split().freeze())),
+        }
+    }
+
+    /// How many bytes to make room for next.
+    fn wants(&self) -> usize {
+        match self {
+            Reader::Length(left) => usize::try_from(*left).unwrap_or(usize::MAX),
+            Reader::Chunked(dechunker) => dechunker.wants(),
+            Reader::UntilClose => usize::MAX,
+        }
+    }
+}
+
+/// Reads the `rest` of an answer off `connection` and sends it on to the client's side,
+/// as fast as that side takes it; puts the connection back in its pool once the answer
+/// has ended, if it can carry another request. Stops, closing the connection, when the
+/// client's side is gone.
+async fn pass_on(
+    mut connection: Connection,
+    rest: Rest,
+    sender: mpsc::Sender<SentPiece>,
+    (pool, address): (Weak<Http1Pool>, SocketAddr),
+) {
+    let Rest {
+        first,
+        mut reader,
+        reusable,
+        ..
+    } = rest;
+    if !first.is_empty() && sender.send(Ok(Some(first))).await.is_err() {
+        return;
+    }
+    let wire = &mut connection.wire;
+    loop {
+        let piece = match reader.step(&mut wire.read) {
+            Ok(piece) => piece,
+            Err(why) => {
+                let _ = sender.send(Err(why)).await;
+                return;
+            }
+        };
+        match piece {
+            Piece::Data(data) => {
+                if sender.send(Ok(Some(data))).await.is_err() {
+                    return;
+                }
+            }
+            Piece::End => break,
+            Piece::More => {
+                let read = tokio::select! {
+                    () = sender.closed() => return,
+                    read = wire.fill(reader.wants()) => read,
+                };
+                let broke = match read {
+                    Ok(0) if matches!(reader, Reader::UntilClose) => break,
+                    Ok(0) => "the endpoint closed the connection before the end of its answer"
+                        .to_string(),
+                    Ok(_) => continue,
+                    Err(e) => format!("the connection broke in the middle of the answer: {e}"),
+                };
+                let _ = sender.send(Err(broke)).await;
+                return;
+            }
+        }
+    }
+    // Put back before the end is told, so that the client's next request can take it.
+    // Bytes the endpoint sent past its answer: nothing asked for them.
+    if reusable
+        && connection.wire.read.is_empty()
+        && let Some(pool) = pool.upgrade()
+    {
+        pool.put(address, connection);
+    }
+    let _ = sender.send(Ok(None)).await;
 }
 
 /// An answer's head.
@@ -363,14 +488,14 @@ impl Connection {
         matches!(self.wire.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// Sends `message` then `rest`, and reads the answer; says whether the connection can
-    /// carry another request.
+    /// Sends `message` then `rest`, and reads the answer's head and what of its body is
+    /// to be read whole.
     async fn exchange(
         &mut self,
         message: &[u8],
         rest: &[u8],
         head_only: bool,
-    ) -> Result<(Answer, bool), Failure> {
+    ) -> Result<(Head, AnswerBody), Failure> {
         self.send(message, rest).await?;
         self.answer(head_only).await
     }
@@ -393,7 +518,7 @@ impl Connection {
         Ok(())
     }
 
-    async fn answer(&mut self, head_only: bool) -> Result<(Answer, bool), Failure> {
+    async fn answer(&mut self, head_only: bool) -> Result<(Head, AnswerBody), Failure> {
         let wire = &mut self.wire;
         let mut begun = false;
         let head = loop {
@@ -434,25 +559,49 @@ impl Connection {
                 },
             }
         };
-        let (framing, mut reusable) = framing(&head, head_only)?;
+        let (framing, reusable) = framing(&head, head_only)?;
+        let rest = |first, reader, length| {
+            AnswerBody::Rest(Rest {
+                first,
+                reader,
+                length,
+                reusable,
+            })
+        };
         let body = match framing {
             Framing::Empty => Bytes::new(),
-            Framing::Length(length) => wire.read_length(length, MAX_ANSWER_BYTES).await?,
-            Framing::Chunked => wire.read_chunked(MAX_ANSWER_BYTES).await?,
+            Framing::Length(length) if length <= WHOLE_ANSWER_BYTES => {
+                let whole = wire.read_length(length, WHOLE_ANSWER_BYTES as usize).await;
+                whole.map_err(String::from)?
+            }
+            Framing::Length(length) => {
+                return Ok((
+                    head,
+                    rest(Bytes::new(), Reader::Length(length), Some(length)),
+                ));
+            }
+            // Whole when all of it came with the head, as a small answer's does.
+            Framing::Chunked => {
+                let mut dechunker = Dechunker::default();
+                let mut first = BytesMut::new();
+                loop {
+                    match dechunker.step(&mut wire.read)? {
+                        Piece::Data(data) => first.extend_from_slice(&data),
+                        Piece::End => break first.freeze(),
+                        Piece::More => {
+                            let reader = Reader::Chunked(dechunker);
+                            return Ok((head, rest(first.freeze(), reader, None)));
+                        }
+                    }
+                }
+            }
             Framing::UntilClose => {
-                reusable = false;
-                wire.read_until_close(MAX_ANSWER_BYTES).await?
+                return Ok((head, rest(Bytes::new(), Reader::UntilClose, None)));
             }
         };
         // Bytes the endpoint sent past its answer: nothing asked for them.
-        reusable &= wire.read.is_empty();
-        let answer = Answer {
-            status: head.status,
-            version: head.version,
-            fields: head.fields.raw,
-            body,
-        };
-        Ok((answer, reusable))
+        let reusable = reusable && wire.read.is_empty();
+        Ok((head, AnswerBody::Whole { body, reusable }))
     }
 }
 
@@ -518,7 +667,6 @@ fn framing(head: &Head, head_only: bool) -> Result<(Framing, bool), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use http::Response;
@@ -573,6 +721,14 @@ mod tests {
     /// An endpoint that reads each request's head (requests here have no body) and
     /// writes the next of `answers` as given; after the last, or after each with
     /// `close_after_each`, it closes the connection. Counts its connections.
+    /// The body of an answer read whole.
+    fn whole(answer: &Answer) -> Bytes {
+        match &answer.body {
+            ProxyBody::Whole(bytes) => bytes.clone(),
+            streamed => panic!("expected a whole body, got {streamed:?}"),
+        }
+    }
+
     async fn raw_endpoint(
         answers: Vec<&'static [u8]>,
         close_after_each: bool,
@@ -650,10 +806,10 @@ mod tests {
     #[tokio::test]
     async fn a_connection_is_reused_once_its_answer_is_read() {
         let (address, connections) = endpoint(false).await;
-        let pool = Http1Pool::new(Duration::from_secs(1));
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
         for n in 1..=5 {
             let answer = pool.exchange(address, &plain(address)).await.unwrap();
-            assert_eq!(&answer.body, &Bytes::from(n.to_string()));
+            assert_eq!(&whole(&answer), &Bytes::from(n.to_string()));
         }
         assert_eq!(connections.load(Ordering::SeqCst), 1);
     }
@@ -661,7 +817,7 @@ mod tests {
     #[tokio::test]
     async fn bodies_go_out_whole_small_or_large() {
         let (address, connections) = endpoint(false).await;
-        let pool = Http1Pool::new(Duration::from_secs(1));
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
         let answer = pool
             .exchange(
                 address,
@@ -669,31 +825,31 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(&answer.body, &Bytes::from("POST 5 hello"));
+        assert_eq!(&whole(&answer), &Bytes::from("POST 5 hello"));
         // Larger than what goes out with the head: a second write.
         let large = Bytes::from(vec![b'x'; 3 * COALESCED_BODY + 7]);
         let answer = pool
             .exchange(address, &request(Method::PUT, address, large.clone()))
             .await
             .unwrap();
-        assert_eq!(answer.body.len(), "PUT 49159 ".len() + large.len());
-        assert!(answer.body.starts_with(b"PUT 49159 xxx"));
+        assert_eq!(whole(&answer).len(), "PUT 49159 ".len() + large.len());
+        assert!(whole(&answer).starts_with(b"PUT 49159 xxx"));
         // An empty POST says so (Content-Length: 0) rather than leaving the server to wait.
         let answer = pool
             .exchange(address, &request(Method::POST, address, Bytes::new()))
             .await
             .unwrap();
-        assert_eq!(&answer.body, &Bytes::from("POST 0 "));
+        assert_eq!(&whole(&answer), &Bytes::from("POST 0 "));
         assert_eq!(connections.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
     async fn a_connection_the_endpoint_closed_is_not_used_again() {
         let (address, connections) = endpoint(true).await;
-        let pool = Http1Pool::new(Duration::from_secs(1));
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
         for _ in 0..3 {
             let answer = pool.exchange(address, &plain(address)).await.unwrap();
-            assert_eq!(&answer.body, &Bytes::from("1"));
+            assert_eq!(&whole(&answer), &Bytes::from("1"));
         }
         assert_eq!(connections.load(Ordering::SeqCst), 3);
     }
@@ -701,13 +857,13 @@ mod tests {
     #[tokio::test]
     async fn connections_idle_too_long_are_closed() {
         let (address, connections) = endpoint(false).await;
-        let pool = Http1Pool::new(Duration::from_secs(1));
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
         pool.exchange(address, &plain(address)).await.unwrap();
         assert_eq!(pool.close_idle(IDLE_TIMEOUT), 1, "a fresh one stays");
         assert_eq!(pool.close_idle(Duration::ZERO), 0, "an expired one goes");
         let answer = pool.exchange(address, &plain(address)).await.unwrap();
         assert_eq!(
-            &answer.body,
+            &whole(&answer),
             &Bytes::from("1"),
             "a new connection's first answer"
         );
@@ -745,7 +901,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         drop(listener);
-        let pool = Http1Pool::new(Duration::from_secs(1));
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
         match pool.exchange(address, &get(address)).await {
             Err(UpstreamError::Connect(_)) => {}
             other => panic!("expected a connect error, got {other:?}"),
@@ -763,13 +919,13 @@ mod tests {
             false,
         )
         .await;
-        let pool = Http1Pool::new(Duration::from_secs(1));
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
         let answer = pool.exchange(address, &get(address)).await.unwrap();
-        assert_eq!(&answer.body, &Bytes::from("hello world"));
+        assert_eq!(&whole(&answer), &Bytes::from("hello world"));
         assert_eq!(answer.fields.to_map(0)["x-kind"], "chunks");
         assert!(!answer.fields.to_map(0).contains_key("x-checksum"));
         let answer = pool.exchange(address, &get(address)).await.unwrap();
-        assert_eq!(&answer.body, &Bytes::from("next"));
+        assert_eq!(&whole(&answer), &Bytes::from("next"));
         assert_eq!(
             connections.load(Ordering::SeqCst),
             1,
@@ -788,17 +944,17 @@ mod tests {
             false,
         )
         .await;
-        let pool = Http1Pool::new(Duration::from_secs(1));
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
         let answer = pool.exchange(address, &get(address)).await.unwrap();
         assert_eq!(answer.status, StatusCode::CREATED);
-        assert_eq!(&answer.body, &Bytes::from("ok"));
+        assert_eq!(&whole(&answer), &Bytes::from("ok"));
         let head = request(Method::HEAD, address, Bytes::new());
         let answer = pool.exchange(address, &head).await.unwrap();
         assert_eq!(
             answer.fields.to_map(0)[http::header::CONTENT_LENGTH],
             "1234"
         );
-        assert!(answer.body.is_empty());
+        assert!(whole(&answer).is_empty());
         let answer = pool.exchange(address, &get(address)).await.unwrap();
         assert_eq!(answer.status, StatusCode::NO_CONTENT);
         assert_eq!(connections.load(Ordering::SeqCst), 1);
@@ -816,7 +972,7 @@ mod tests {
             false,
         )
         .await;
-        let pool = Http1Pool::new(Duration::from_secs(1));
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
         let answer = pool.exchange(address, &get(address)).await.unwrap();
         let fields = answer.fields.to_map(0);
         let names: Vec<&str> = fields.keys().map(|n| n.as_str()).collect();
@@ -840,14 +996,17 @@ mod tests {
             true,
         )
         .await;
-        let pool = Http1Pool::new(Duration::from_secs(1));
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
         let answer = pool.exchange(address, &get(address)).await.unwrap();
         assert_eq!(answer.version, Version::HTTP_10);
-        assert_eq!(&answer.body, &Bytes::from("all of it"));
+        // Of no declared length: passed on as it comes, up to the close.
+        assert_eq!(answer.body.length(), None);
+        let body = answer.body.collect().await.unwrap().to_bytes();
+        assert_eq!(body, Bytes::from("all of it"));
         let answer = pool.exchange(address, &get(address)).await.unwrap();
-        assert_eq!(&answer.body, &Bytes::from("bye"));
+        assert_eq!(&whole(&answer), &Bytes::from("bye"));
         let answer = pool.exchange(address, &get(address)).await.unwrap();
-        assert_eq!(&answer.body, &Bytes::from("new"));
+        assert_eq!(&whole(&answer), &Bytes::from("new"));
         assert_eq!(connections.load(Ordering::SeqCst), 3);
     }
 
@@ -862,24 +1021,84 @@ mod tests {
             true,
         )
         .await;
-        let pool = Http1Pool::new(Duration::from_secs(1));
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
         let answer = pool.exchange(address, &get(address)).await.unwrap();
-        assert_eq!(&answer.body, &Bytes::from("first"));
+        assert_eq!(&whole(&answer), &Bytes::from("first"));
         let answer = pool.exchange(address, &get(address)).await.unwrap();
-        assert_eq!(&answer.body, &Bytes::from("second"));
+        assert_eq!(&whole(&answer), &Bytes::from("second"));
         assert_eq!(connections.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
-    async fn an_answer_over_the_limit_is_refused_before_it_is_read() {
+    async fn a_large_answer_is_passed_on_as_it_arrives_and_its_connection_kept() {
+        let size = 2 * WHOLE_ANSWER_BYTES as usize;
+        let mut large = format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n").into_bytes();
+        large.resize(large.len() + size, b'x');
+        let (address, connections) = raw_endpoint(
+            vec![
+                Vec::leak(large),
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext",
+            ],
+            false,
+        )
+        .await;
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
+        let answer = pool.exchange(address, &get(address)).await.unwrap();
+        assert!(matches!(answer.body, ProxyBody::Streaming(_)));
+        assert_eq!(answer.body.length(), Some(size as u64));
+        let body = answer.body.collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), size);
+        assert!(body.iter().all(|&b| b == b'x'));
+        // Read to its end: the connection went back to the pool for the next request.
+        let answer = pool.exchange(address, &get(address)).await.unwrap();
+        assert_eq!(&whole(&answer), &Bytes::from("next"));
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn each_piece_of_a_chunked_answer_is_passed_on_when_it_comes() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (go_on, told) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buffer = [0u8; 4096];
+            let _ = stream.read(&mut buffer).await;
+            let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n";
+            stream.write_all(head).await.unwrap();
+            // The rest only once the first piece has reached the client's side.
+            told.await.unwrap();
+            stream.write_all(b"6\r\n world\r\n0\r\n\r\n").await.unwrap();
+        });
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
+        let mut answer = pool.exchange(address, &get(address)).await.unwrap();
+        assert_eq!(answer.body.length(), None);
+        let first = answer.body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), Bytes::from("hello"));
+        go_on.send(()).unwrap();
+        let rest = answer.body.collect().await.unwrap().to_bytes();
+        assert_eq!(rest, Bytes::from(" world"));
+    }
+
+    #[tokio::test]
+    async fn an_answer_cut_off_mid_way_breaks_off_with_the_reason() {
         let (address, _) = raw_endpoint(
             vec![b"HTTP/1.1 200 OK\r\nContent-Length: 100000000000\r\n\r\nstart of it"],
             false,
         )
         .await;
-        let pool = Http1Pool::new(Duration::from_secs(1));
-        let result = pool.exchange(address, &get(address)).await;
-        assert!(matches!(result, Err(UpstreamError::TooLarge)), "{result:?}");
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
+        let mut answer = pool.exchange(address, &get(address)).await.unwrap();
+        assert_eq!(answer.body.length(), Some(100_000_000_000));
+        let first = answer.body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), Bytes::from("start of it"));
+        let broken = answer.body.frame().await.unwrap().unwrap_err();
+        assert!(
+            broken
+                .to_string()
+                .contains("closed the connection before the end of its answer"),
+            "{broken}"
+        );
     }
 
     #[tokio::test]
@@ -909,7 +1128,7 @@ mod tests {
         ];
         for (answer, why) in cases {
             let (address, _) = raw_endpoint(vec![answer], true).await;
-            let pool = Http1Pool::new(Duration::from_secs(1));
+            let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
             let reason = reset_reason(pool.exchange(address, &get(address)).await);
             assert!(reason.contains(why), "{reason:?} should say {why:?}");
         }
@@ -921,7 +1140,7 @@ mod tests {
         head.resize(MAX_HEAD_BYTES + 1, b'a');
         let head: &'static [u8] = Vec::leak(head);
         let (address, _) = raw_endpoint(vec![head], false).await;
-        let pool = Http1Pool::new(Duration::from_secs(1));
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
         let reason = reset_reason(pool.exchange(address, &get(address)).await);
         assert!(reason.contains("larger than 64 KiB"), "{reason}");
     }
@@ -929,7 +1148,7 @@ mod tests {
     #[tokio::test]
     async fn an_endpoint_closing_without_answering_a_fresh_connection_is_a_reset() {
         let (address, _) = raw_endpoint(vec![], true).await;
-        let pool = Http1Pool::new(Duration::from_secs(1));
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
         let reason = reset_reason(pool.exchange(address, &get(address)).await);
         assert!(
             reason.contains("closed the connection before answering"),

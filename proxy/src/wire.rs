@@ -6,7 +6,8 @@
 //! the head's buffer, made into a header map only where one is needed; its hop-by-hop
 //! fields (RFC 9110 §7.6.1) are left out as it is parsed, keeping only the Connection
 //! options that decide whether the connection is used again. Bodies are framed as
-//! RFC 9112 §6 says and read whole.
+//! RFC 9112 §6 says, and read whole or, chunked, taken apart as they arrive
+//! ([`Dechunker`]).
 
 use std::io;
 use std::ops::Range;
@@ -290,83 +291,121 @@ impl Wire {
     }
 
     /// A chunked body, joined, refused once longer than `limit`; the trailer fields are
-    /// skipped (bodies are passed on whole, without trailers).
+    /// skipped (request bodies are passed on whole, without trailers).
     pub async fn read_chunked(&mut self, limit: usize) -> Result<Bytes, BodyError> {
-        let broken = |why: &str| BodyError::Broken(why.to_string());
+        let mut dechunker = Dechunker::default();
         let mut body = BytesMut::new();
         loop {
-            let (line, size) = match httparse::parse_chunk_size(&self.read) {
-                Ok(httparse::Status::Complete(found)) => found,
-                Ok(httparse::Status::Partial) if self.read.len() > MAX_HEAD_BYTES => {
-                    return Err(broken("a chunk-size line is too long"));
+            match dechunker.step(&mut self.read).map_err(BodyError::Broken)? {
+                Piece::Data(data) if body.len().saturating_add(data.len()) > limit => {
+                    return Err(BodyError::TooLarge);
                 }
-                Ok(httparse::Status::Partial) => {
-                    self.fill_within(READ_MIN, || "the end of the chunked body".into())
-                        .await?;
-                    continue;
-                }
-                Err(_) => return Err(broken("malformed chunk size")),
-            };
-            if size == 0 {
-                self.read.advance(line);
-                self.skip_trailers().await?;
-                return Ok(body.freeze());
-            }
-            let size = usize::try_from(size)
-                .ok()
-                .filter(|s| body.len().saturating_add(*s) <= limit)
-                .ok_or(BodyError::TooLarge)?;
-            let end = size
-                .checked_add(line)
-                .and_then(|e| e.checked_add(2))
-                .ok_or(BodyError::TooLarge)?;
-            while self.read.len() < end {
-                self.fill_within(end - self.read.len(), || "the end of a chunk".into())
-                    .await?;
-            }
-            if &self.read[end - 2..end] != b"\r\n" {
-                return Err(broken("a chunk does not end with CRLF"));
-            }
-            body.extend_from_slice(&self.read[line..end - 2]);
-            self.read.advance(end);
-        }
-    }
-
-    /// Skips the trailer fields after the last chunk, up to the empty line.
-    async fn skip_trailers(&mut self) -> Result<(), BodyError> {
-        loop {
-            match self.read.windows(2).position(|w| w == b"\r\n") {
-                Some(0) => {
-                    self.read.advance(2);
-                    return Ok(());
-                }
-                Some(at) => self.read.advance(at + 2),
-                None if self.read.len() > MAX_HEAD_BYTES => {
-                    return Err(BodyError::Broken("the trailer fields are too long".into()));
-                }
-                None => {
-                    self.fill_within(READ_MIN, || "the end of the trailer fields".into())
+                Piece::Data(data) => body.extend_from_slice(&data),
+                Piece::End => return Ok(body.freeze()),
+                Piece::More => {
+                    self.fill_within(dechunker.wants(), || "the end of the chunked body".into())
                         .await?;
                 }
             }
         }
     }
+}
 
-    /// A body that runs to the end of the stream, refused once longer than `limit`.
-    pub async fn read_until_close(&mut self, limit: usize) -> Result<Bytes, BodyError> {
+/// What a body reader took from the front of a buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Piece {
+    /// Bytes of the body.
+    Data(Bytes),
+    /// The body is complete.
+    End,
+    /// Nothing more can be taken until more bytes arrive.
+    More,
+}
+
+/// Takes a chunked body (RFC 9112 §7.1) apart as its bytes arrive: each step takes what
+/// it can from the front of the buffer, so a body can be read whole or passed on piece
+/// by piece. Chunk extensions are ignored; the trailer fields are skipped.
+#[derive(Debug, Default)]
+pub struct Dechunker {
+    state: ChunkState,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+enum ChunkState {
+    /// At a chunk-size line.
+    #[default]
+    Size,
+    /// Inside a chunk, with this many of its bytes still to come.
+    Data(u64),
+    /// After a chunk's bytes, at the CRLF that ends it.
+    DataEnd,
+    /// After the last chunk, among the trailer fields.
+    Trailers,
+    Done,
+}
+
+impl Dechunker {
+    /// The next piece from the front of `read`, taking it out.
+    pub fn step(&mut self, read: &mut BytesMut) -> Result<Piece, String> {
         loop {
-            if self.read.len() > limit {
-                return Err(BodyError::TooLarge);
-            }
-            match self.fill(READ_MAX).await {
-                Ok(0) => return Ok(self.read.split().freeze()),
-                Ok(_) => {}
-                Err(e) => {
-                    return Err(BodyError::Broken(format!(
-                        "the connection broke before the end of the body: {e}"
-                    )));
+            match self.state {
+                ChunkState::Size => match httparse::parse_chunk_size(read) {
+                    Ok(httparse::Status::Complete((line, size))) => {
+                        read.advance(line);
+                        self.state = match size {
+                            0 => ChunkState::Trailers,
+                            n => ChunkState::Data(n),
+                        };
+                    }
+                    Ok(httparse::Status::Partial) if read.len() > MAX_HEAD_BYTES => {
+                        return Err("a chunk-size line is too long".into());
+                    }
+                    Ok(httparse::Status::Partial) => return Ok(Piece::More),
+                    Err(_) => return Err("malformed chunk size".into()),
+                },
+                ChunkState::Data(left) => {
+                    if read.is_empty() {
+                        return Ok(Piece::More);
+                    }
+                    let taken = usize::try_from(left).map_or(read.len(), |l| l.min(read.len()));
+                    let rest = left - taken as u64;
+                    self.state = match rest {
+                        0 => ChunkState::DataEnd,
+                        n => ChunkState::Data(n),
+                    };
+                    return Ok(Piece::Data(read.split_to(taken).freeze()));
                 }
+                ChunkState::DataEnd => {
+                    if read.len() < 2 {
+                        return Ok(Piece::More);
+                    }
+                    if &read[..2] != b"\r\n" {
+                        return Err("a chunk does not end with CRLF".into());
+                    }
+                    read.advance(2);
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailers => match read.windows(2).position(|w| w == b"\r\n") {
+                    Some(0) => {
+                        read.advance(2);
+                        self.state = ChunkState::Done;
+                    }
+                    Some(at) => read.advance(at + 2),
+                    None if read.len() > MAX_HEAD_BYTES => {
+                        return Err("the trailer fields are too long".into());
+                    }
+                    None => return Ok(Piece::More),
+                },
+                ChunkState::Done => return Ok(Piece::End),
             }
+        }
+    }
+
+    /// How many bytes the body needs next, at least (what to make room for).
+    pub fn wants(&self) -> usize {
+        match self.state {
+            ChunkState::Data(left) => usize::try_from(left.saturating_add(2)).unwrap_or(usize::MAX),
+            _ => READ_MIN,
         }
     }
 }
@@ -534,4 +573,70 @@ pub fn closed(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::UnexpectedEof
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `message` to a dechunker `split` bytes at a time; returns the body and the
+    /// bytes left after it, or the error.
+    fn dechunk(message: &[u8], split: usize) -> Result<(Vec<u8>, Vec<u8>), String> {
+        let mut dechunker = Dechunker::default();
+        let (mut read, mut body, mut fed) = (BytesMut::new(), Vec::new(), 0);
+        loop {
+            match dechunker.step(&mut read)? {
+                Piece::Data(data) => body.extend_from_slice(&data),
+                Piece::End => return Ok((body, read.to_vec())),
+                Piece::More if fed == message.len() => return Err("incomplete".into()),
+                Piece::More => {
+                    let end = (fed + split).min(message.len());
+                    read.extend_from_slice(&message[fed..end]);
+                    fed = end;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_chunked_body_comes_apart_the_same_however_its_bytes_arrive() {
+        let message = b"5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-trailer: t\r\n\r\nNEXT";
+        for split in [1, 2, 3, 7, 16, message.len()] {
+            let (body, left) = dechunk(message, split).unwrap();
+            assert_eq!(body, b"hello, world", "split {split}");
+            // What follows the body belongs to the next message; a byte at a time leaves
+            // none of it read.
+            assert!(b"NEXT".starts_with(&left), "split {split}: {left:?}");
+        }
+    }
+
+    #[test]
+    fn a_large_chunk_is_passed_on_as_its_bytes_arrive() {
+        let mut dechunker = Dechunker::default();
+        let mut read = BytesMut::from(&b"100000\r\nabc"[..]);
+        assert_eq!(
+            dechunker.step(&mut read),
+            Ok(Piece::Data(Bytes::from("abc")))
+        );
+        assert_eq!(dechunker.step(&mut read), Ok(Piece::More));
+        assert_eq!(dechunker.wants(), 0x100000 - 3 + 2);
+    }
+
+    #[test]
+    fn malformed_chunks_are_refused_with_the_reason() {
+        let cases: [(&[u8], &str); 3] = [
+            (b"zz\r\nhello\r\n0\r\n\r\n", "malformed chunk size"),
+            (b"5\r\nhelloXX0\r\n\r\n", "a chunk does not end with CRLF"),
+            (b"5\r\nhello\r\n0\r\n", "incomplete"),
+        ];
+        for (message, reason) in cases {
+            assert_eq!(dechunk(message, 4), Err(reason.to_string()));
+        }
+        let mut long = b"5;".to_vec();
+        long.resize(MAX_HEAD_BYTES + 2, b'a');
+        assert_eq!(
+            dechunk(&long, long.len()),
+            Err("a chunk-size line is too long".to_string())
+        );
+    }
 }

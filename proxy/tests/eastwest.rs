@@ -666,6 +666,74 @@ async fn a_grpc_call_is_carried_to_another_cluster_with_its_trailers() {
     .await;
 }
 
+/// A gRPC server stream from an endpoint in another cluster: each message reaches the
+/// client through both proxies when the endpoint sends it, not when the stream ends (the
+/// endpoint sends the next only once the client has the one before), and the stream's
+/// end comes through with its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_server_stream_from_another_cluster_arrives_message_by_message() {
+    let mesh = mesh(StatusCode::OK, "", "").await;
+    let (endpoint, events) = grpc::event_endpoint().await;
+    std::fs::write(
+        mesh.config_dir.join("events.yaml"),
+        format!(
+            "apiVersion: networking.istio.io/v1\n\
+             kind: ServiceEntry\n\
+             metadata: {{name: events, namespace: shop}}\n\
+             spec:\n  \
+               hosts: [events.shop]\n  \
+               location: MESH_INTERNAL\n  \
+               resolution: STATIC\n  \
+               ports: [{{number: 9000, name: grpc-status}}]\n  \
+               endpoints:\n  \
+               - {{address: 127.0.0.1, ports: {{grpc-status: {}}}, locality: {WEST}, labels: {{topology.istio.io/cluster: west}}}}\n",
+            endpoint.port()
+        ),
+    )
+    .expect("write config");
+    let east = mesh.east.outbound_address();
+    // Known to the east once a call there is answered by the endpoint (which serves one
+    // watch only, so the probe is a method it refuses).
+    eventually(
+        "east reaches events.shop in the west cluster",
+        Duration::from_secs(20),
+        || async move {
+            let mut client = grpc::status_client_through(east, "events.shop").await;
+            let request = fulcrum_proto::status::v1::GetRaftRequest::default();
+            match client.get_raft(request).await {
+                Err(status) if status.message() == "events only" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    let mut client = grpc::status_client_through(east, "events.shop").await;
+    let request = fulcrum_proto::status::v1::WatchEventsRequest::default();
+    let mut stream = client
+        .watch_events(request)
+        .await
+        .expect("the watch is answered")
+        .into_inner();
+    for index in [1, 2, 3] {
+        let event = fulcrum_proto::status::v1::Event {
+            index,
+            ..Default::default()
+        };
+        events.send(Ok(event)).await.expect("the endpoint streams");
+        let received = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("each message arrives while the stream is still open")
+            .expect("a message, not an error")
+            .expect("not the end");
+        assert_eq!(received.index, index);
+    }
+    drop(events);
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("the end arrives");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+}
+
 /// A request through `proxy`'s outbound listener from a client at `from`, to `host`, with
 /// `headers`: the answer's status and fields.
 async fn get_from(

@@ -4,15 +4,16 @@
 //! again when it closes. Only one connection attempt per peer runs at a time; requests
 //! arriving meanwhile wait for it rather than open their own.
 //!
-//! The `h2` crate is driven directly: a request is sent and its answer read whole in
-//! the request's own task, and only the connection runs as a task of its own (with a
+//! The `h2` crate is driven directly: a request is sent and its answer's head read in
+//! the request's own task (with its body too, when that is small: [`crate::body`]), and
+//! only the connection runs as a task of its own (with a
 //! ping every [`KEEPALIVE_INTERVAL`], dropped when no pong comes within
 //! [`KEEPALIVE_TIMEOUT`]). hyper's client, over the same crate, spawned a task per
 //! request and handed each answer through channels: a sixth of the sending proxy's
 //! instructions on a hop (docs/benchmarks.md).
 //!
-//! An answer's trailer fields (gRPC's status is in them) come with it as [`Trailers`]
-//! in the response's extensions.
+//! The trailer fields of an answer read whole (gRPC's status is in them) come with it
+//! as [`Trailers`] in the response's extensions; a streamed answer ends with them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,17 +29,18 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::tls::{ALPN_H2, MeshTls, PROXY_SERVER_NAME};
+use crate::body::{ProxyBody, WHOLE_ANSWER_BYTES};
 use crate::h2_server::{CONNECTION_WINDOW, STREAM_WINDOW};
 use crate::tunnel::H2Stream;
-use crate::upstream::MAX_ANSWER_BYTES;
+use crate::wire::content_length;
 
 /// How often an east-west connection is pinged.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a ping may go unanswered before the connection is dropped.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// An answer's trailer fields, in its response's extensions (the proxy's answers hold
-/// their body whole, as bytes, so the fields after it travel beside it).
+/// The trailer fields of an answer whose body is held whole, in its response's
+/// extensions: they travel beside the body rather than after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trailers(pub HeaderMap);
 
@@ -47,10 +49,9 @@ pub struct Trailers(pub HeaderMap);
 pub enum SendError {
     /// No connection: TCP, TLS or the peer's identity failed.
     Connect(String),
-    /// The connection or stream broke before an answer.
+    /// The connection or stream broke before an answer (or, for one read whole, before
+    /// all of it).
     Reset(String),
-    /// The answer's body is over [`MAX_ANSWER_BYTES`].
-    TooLarge,
 }
 
 /// A connection's request handle, and whether the connection has ended.
@@ -100,15 +101,16 @@ impl H2Pool {
     }
 
     /// Sends `request` to the peer at `address` (`host:port`; for a mesh pool, the
-    /// east-west listener of `cluster`) and reads the answer whole, with its trailers.
-    /// The request's URI must be absolute (`https://service/path`): its authority names
-    /// the service.
+    /// east-west listener of `cluster`) and reads the answer: whole, with its trailers,
+    /// when it declares a length of at most [`WHOLE_ANSWER_BYTES`]; else its head, the
+    /// rest passed on as it arrives. The request's URI must be absolute
+    /// (`https://service/path`): its authority names the service.
     pub async fn send(
         &self,
         address: &str,
         cluster: &str,
         request: Request<Bytes>,
-    ) -> Result<Response<Bytes>, SendError> {
+    ) -> Result<Response<ProxyBody>, SendError> {
         let reset = |e: h2::Error| SendError::Reset(crate::outbound::error_chain(&e));
         let sender = self.sender(address, cluster).await?;
         // Waits while the peer's limit of concurrent streams is reached.
@@ -122,17 +124,29 @@ impl H2Pool {
             stream.send_data(body, true).map_err(reset)?;
         }
         let (mut head, mut received) = answer.await.map_err(reset)?.into_parts();
+        if received.is_end_stream() {
+            return Ok(Response::from_parts(head, ProxyBody::default()));
+        }
+        let declared = content_length(
+            head.headers
+                .get_all(http::header::CONTENT_LENGTH)
+                .iter()
+                .map(|v| v.as_bytes()),
+            "answer",
+        )
+        .map_err(SendError::Reset)?;
+        if declared.is_none_or(|n| n > WHOLE_ANSWER_BYTES) {
+            return Ok(Response::from_parts(
+                head,
+                ProxyBody::from_h2(received, declared),
+            ));
+        }
         // Mostly one DATA frame: kept as it came; joined when there are more.
         let mut first: Option<Bytes> = None;
         let mut joined = BytesMut::new();
-        let mut length = 0;
         while let Some(chunk) = received.data().await {
             let chunk = chunk.map_err(reset)?;
             let _ = received.flow_control().release_capacity(chunk.len());
-            length += chunk.len();
-            if length > MAX_ANSWER_BYTES {
-                return Err(SendError::TooLarge);
-            }
             match first.take() {
                 None if joined.is_empty() => first = Some(chunk),
                 None => joined.extend_from_slice(&chunk),
@@ -147,7 +161,7 @@ impl H2Pool {
             head.extensions.insert(Trailers(trailers));
         }
         let body = first.unwrap_or_else(|| joined.freeze());
-        Ok(Response::from_parts(head, body))
+        Ok(Response::from_parts(head, ProxyBody::Whole(body)))
     }
 
     /// Opens a stream to `cluster`'s listener at `gateway` with `request` (an extended
@@ -308,10 +322,12 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
     use tokio::net::TcpListener;
 
     /// An h2c server answering every request 200 with a body and `grpc-status: 0` in its
-    /// trailers; says on `ended` when a connection ends.
+    /// trailers, declaring the body's length when the path is `/declared`; says on
+    /// `ended` when a connection ends.
     async fn h2c_server(ended: tokio::sync::mpsc::UnboundedSender<()>) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address").to_string();
@@ -322,10 +338,14 @@ mod tests {
                     let Ok(mut connection) = h2::server::handshake(stream).await else {
                         return;
                     };
-                    while let Some(Ok((_, mut respond))) = connection.accept().await {
-                        let mut stream = respond
-                            .send_response(Response::new(()), false)
-                            .expect("answer");
+                    while let Some(Ok((request, mut respond))) = connection.accept().await {
+                        let mut answer = Response::new(());
+                        if request.uri().path() == "/declared" {
+                            answer
+                                .headers_mut()
+                                .insert("content-length", "2".parse().expect("value"));
+                        }
+                        let mut stream = respond.send_response(answer, false).expect("answer");
                         stream.send_data(Bytes::from("ok"), false).expect("data");
                         let mut trailers = HeaderMap::new();
                         trailers.insert("grpc-status", "0".parse().expect("value"));
@@ -344,17 +364,35 @@ mod tests {
         let address = h2c_server(ended).await;
         let pool = H2Pool::plaintext(Duration::from_secs(1));
         let request = || {
-            Request::get(format!("http://{address}/x"))
+            Request::get(format!("http://{address}/declared"))
                 .body(Bytes::new())
                 .expect("request")
         };
+        // Small and of a declared length: whole, the trailers beside it.
         let answer = pool
             .send(&address, "here", request())
             .await
             .expect("answer");
-        assert_eq!(answer.body().as_ref(), b"ok");
+        assert!(matches!(answer.body(), ProxyBody::Whole(b) if b.as_ref() == b"ok"));
         let trailers = answer.extensions().get::<Trailers>().expect("trailers");
         assert_eq!(trailers.0["grpc-status"], "0");
+        // Of no declared length: passed on as it comes, the trailers after the data.
+        let undeclared = Request::get(format!("http://{address}/undeclared"))
+            .body(Bytes::new())
+            .expect("request");
+        let answer = pool
+            .send(&address, "here", undeclared)
+            .await
+            .expect("answer");
+        assert!(matches!(answer.body(), ProxyBody::Streaming(_)));
+        let collected = answer
+            .into_body()
+            .collect()
+            .await
+            .expect("the whole answer");
+        let trailers = collected.trailers().cloned().expect("trailers");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(collected.to_bytes().as_ref(), b"ok");
         // Used just now: kept, and the next request takes the same connection.
         assert_eq!(pool.close_idle(Duration::from_secs(60)), 1);
         pool.send(&address, "here", request())

@@ -5,6 +5,9 @@
 //! that a message of any size can be sent both ways. Served by tonic, as a real gRPC
 //! server; its answers end with trailers (`grpc-status`) or, for an error, are
 //! trailers-only.
+//!
+//! A second endpoint streams: it serves the status API's `WatchEvents` (a server stream),
+//! sending each event when the test gives it one.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +20,12 @@ use fulcrum_proto::raft::v1::{
     ProposeRequest, ProposeResponse, ReadIndexRequest, ReadIndexResponse, VoteRequest,
     VoteResponse,
 };
+use fulcrum_proto::status::v1 as status;
+use fulcrum_proto::status::v1::status_client::StatusClient;
+use fulcrum_proto::status::v1::status_server::StatusServer;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
@@ -125,11 +133,84 @@ pub async fn grpc_endpoint(behaviour: Behaviour) -> GrpcEndpoint {
 /// A gRPC client of `service` (the `:authority` of its calls) through the outbound
 /// listener of the proxy at `proxy`.
 pub async fn client_through(proxy: SocketAddr, service: &str) -> RaftClient<Channel> {
-    let channel = Endpoint::from_shared(format!("http://{proxy}"))
+    RaftClient::new(channel_through(proxy, service).await)
+        .max_decoding_message_size(8 * 1024 * 1024)
+}
+
+/// A connection to the outbound listener of the proxy at `proxy` whose calls name
+/// `service` as their `:authority`.
+async fn channel_through(proxy: SocketAddr, service: &str) -> Channel {
+    Endpoint::from_shared(format!("http://{proxy}"))
         .expect("endpoint")
         .origin(format!("http://{service}").parse().expect("origin"))
         .connect()
         .await
-        .expect("connect to the proxy");
-    RaftClient::new(channel).max_decoding_message_size(8 * 1024 * 1024)
+        .expect("connect to the proxy")
+}
+
+/// The event endpoint's service: its one `WatchEvents` call streams what the test sends.
+struct Events {
+    given: Mutex<Option<mpsc::Receiver<Result<status::Event, Status>>>>,
+}
+
+#[tonic::async_trait]
+impl status::status_server::Status for Events {
+    async fn get_mesh(
+        &self,
+        _: Request<status::GetMeshRequest>,
+    ) -> Result<Response<status::Mesh>, Status> {
+        Err(Status::unimplemented("events only"))
+    }
+
+    async fn get_service(
+        &self,
+        _: Request<status::GetServiceRequest>,
+    ) -> Result<Response<status::ServiceStatus>, Status> {
+        Err(Status::unimplemented("events only"))
+    }
+
+    async fn list_proxies(
+        &self,
+        _: Request<status::ListProxiesRequest>,
+    ) -> Result<Response<status::ListProxiesResponse>, Status> {
+        Err(Status::unimplemented("events only"))
+    }
+
+    type WatchEventsStream = ReceiverStream<Result<status::Event, Status>>;
+
+    async fn watch_events(
+        &self,
+        _: Request<status::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let given = self.given.lock().ok().and_then(|mut g| g.take());
+        let events = given.ok_or_else(|| Status::resource_exhausted("one watch only"))?;
+        Ok(Response::new(ReceiverStream::new(events)))
+    }
+
+    async fn get_raft(
+        &self,
+        _: Request<status::GetRaftRequest>,
+    ) -> Result<Response<status::RaftStatus>, Status> {
+        Err(Status::unimplemented("events only"))
+    }
+}
+
+/// Starts an endpoint whose first `WatchEvents` call streams each event sent on the
+/// returned sender, as it is sent; the stream ends (OK) when the sender is dropped.
+pub async fn event_endpoint() -> (SocketAddr, mpsc::Sender<Result<status::Event, Status>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let (send, events) = mpsc::channel(4);
+    let service = Events {
+        given: Mutex::new(Some(events)),
+    };
+    let server = tonic::transport::Server::builder().add_service(StatusServer::new(service));
+    tokio::spawn(server.serve_with_incoming(TcpIncoming::from(listener)));
+    (address, send)
+}
+
+/// A status API client of `service` through the outbound listener of the proxy at
+/// `proxy`.
+pub async fn status_client_through(proxy: SocketAddr, service: &str) -> StatusClient<Channel> {
+    StatusClient::new(channel_through(proxy, service).await)
 }

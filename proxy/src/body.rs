@@ -1,0 +1,249 @@
+//! The body of an answer on its way back to the client: held whole, or passed on as it
+//! arrives.
+//!
+//! Most answers are small and come complete with their head. Those are held whole
+//! ([`ProxyBody::Whole`]): the proxy's own answers, and endpoints' answers that declare a
+//! length of at most [`WHOLE_ANSWER_BYTES`] or whose chunked body came with the head. Any
+//! other answer — a larger one, or one of unknown length still arriving (server-sent
+//! events, a gRPC stream, a download) — is passed on as it arrives
+//! ([`ProxyBody::Streaming`]): the client sees each part when the endpoint sends it, and
+//! the proxy holds at most a few reads of it, taking more only as the client takes what
+//! it has. Retries and outlier detection read the answer's head, which both kinds have
+//! whole.
+//!
+//! A stream keeps what it must outlive: the route's timeout, which covers the whole
+//! answer as Envoy's does (when it passes mid-stream the stream fails, and the client's
+//! connection or h2 stream is reset rather than the answer cut short silently), and the
+//! request's place among its service's requests in flight.
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
+
+/// The largest answer body read whole before it is passed on; a larger one, or one
+/// without a declared length, is passed on as it arrives.
+pub const WHOLE_ANSWER_BYTES: u64 = 1024 * 1024;
+
+/// What a task reading an answer off an HTTP/1 connection sends: a piece of the body,
+/// `None` at its end, or why it broke off.
+pub type Piece = Result<Option<Bytes>, String>;
+
+/// How many pieces an HTTP/1 answer's reader may have sent ahead of the client.
+pub const PIECES_AHEAD: usize = 2;
+
+/// An answer's body.
+pub enum ProxyBody {
+    /// Held whole (taken out as it is read).
+    Whole(Bytes),
+    /// Still arriving.
+    Streaming(Box<Streaming>),
+}
+
+impl Default for ProxyBody {
+    fn default() -> ProxyBody {
+        ProxyBody::Whole(Bytes::new())
+    }
+}
+
+impl From<Bytes> for ProxyBody {
+    fn from(bytes: Bytes) -> ProxyBody {
+        ProxyBody::Whole(bytes)
+    }
+}
+
+impl fmt::Debug for ProxyBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxyBody::Whole(bytes) => write!(f, "Whole({} bytes)", bytes.len()),
+            ProxyBody::Streaming(s) => write!(f, "Streaming(length {:?})", s.length),
+        }
+    }
+}
+
+impl ProxyBody {
+    /// The rest of an HTTP/1 answer, as the task reading it sends it; `length` when the
+    /// answer declared one.
+    pub fn from_pieces(pieces: mpsc::Receiver<Piece>, length: Option<u64>) -> ProxyBody {
+        ProxyBody::streaming(
+            Source::Pieces {
+                pieces,
+                ended: false,
+            },
+            length,
+        )
+    }
+
+    /// The rest of an h2 answer: its data, then its trailer fields.
+    pub fn from_h2(stream: h2::RecvStream, length: Option<u64>) -> ProxyBody {
+        ProxyBody::streaming(
+            Source::H2 {
+                stream,
+                data_done: false,
+            },
+            length,
+        )
+    }
+
+    fn streaming(source: Source, length: Option<u64>) -> ProxyBody {
+        ProxyBody::Streaming(Box::new(Streaming {
+            source,
+            length,
+            deadline: None,
+            kept: Vec::new(),
+        }))
+    }
+
+    /// The length of the body when it is known before it is read: a whole body's, or
+    /// the one a streamed answer declared.
+    pub fn length(&self) -> Option<u64> {
+        match self {
+            ProxyBody::Whole(bytes) => Some(bytes.len() as u64),
+            ProxyBody::Streaming(s) => s.length,
+        }
+    }
+
+    /// A stream must end by `at` (the route's timeout, `after` from the request's start);
+    /// a whole body has nothing left to wait for.
+    pub fn end_by(&mut self, at: Instant, after: Duration) {
+        if let ProxyBody::Streaming(s) = self {
+            s.deadline = Some((Box::pin(tokio::time::sleep_until(at)), after));
+        }
+    }
+
+    /// Keeps `value` until a stream ends (or is dropped): what must last as long as the
+    /// answer does. Dropped at once for a whole body.
+    pub fn keep(&mut self, value: impl Any + Send) {
+        if let ProxyBody::Streaming(s) = self {
+            s.kept.push(Box::new(value));
+        }
+    }
+}
+
+/// An answer's body still arriving, from where it comes.
+pub struct Streaming {
+    source: Source,
+    length: Option<u64>,
+    deadline: Option<(Pin<Box<Sleep>>, Duration)>,
+    kept: Vec<Box<dyn Any + Send>>,
+}
+
+enum Source {
+    /// Sent by the task reading an HTTP/1 answer; `ended` once it said the body is whole.
+    Pieces {
+        pieces: mpsc::Receiver<Piece>,
+        ended: bool,
+    },
+    /// An h2 stream's data, then its trailer fields.
+    H2 {
+        stream: h2::RecvStream,
+        data_done: bool,
+    },
+}
+
+/// Why a streamed answer broke off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokenOff(pub String);
+
+impl fmt::Display for BrokenOff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the answer broke off: {}", self.0)
+    }
+}
+
+impl std::error::Error for BrokenOff {}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BrokenOff;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BrokenOff>>> {
+        match self.get_mut() {
+            ProxyBody::Whole(bytes) if bytes.is_empty() => Poll::Ready(None),
+            ProxyBody::Whole(bytes) => Poll::Ready(Some(Ok(Frame::data(std::mem::take(bytes))))),
+            ProxyBody::Streaming(s) => s.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, ProxyBody::Whole(bytes) if bytes.is_empty())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.length() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+impl Streaming {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BrokenOff>>> {
+        if let Some((sleep, after)) = &mut self.deadline
+            && sleep.as_mut().poll(cx).is_ready()
+        {
+            let why = format!(
+                "route timeout {}ms passed while it was still arriving",
+                after.as_millis()
+            );
+            return Poll::Ready(Some(Err(BrokenOff(why))));
+        }
+        let frame = match &mut self.source {
+            Source::Pieces { pieces, ended } => match ready!(pieces.poll_recv(cx)) {
+                Some(Ok(Some(data))) => Some(Ok(Frame::data(data))),
+                Some(Ok(None)) => {
+                    *ended = true;
+                    None
+                }
+                Some(Err(why)) => Some(Err(BrokenOff(why))),
+                None if *ended => None,
+                None => Some(Err(BrokenOff("its reader stopped".into()))),
+            },
+            Source::H2 { stream, data_done } => ready!(poll_h2(stream, data_done, cx)),
+        };
+        if frame.is_none() {
+            // Ended: what was kept for the stream's life can go now.
+            self.kept.clear();
+            self.deadline = None;
+        }
+        Poll::Ready(frame)
+    }
+}
+
+/// The next frame of an h2 answer: data (its room given back to the sender as it is
+/// taken), then the trailer fields if any.
+fn poll_h2(
+    stream: &mut h2::RecvStream,
+    data_done: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BrokenOff>>> {
+    let broken = |e: h2::Error| BrokenOff(crate::outbound::error_chain(&e));
+    if !*data_done {
+        match ready!(stream.poll_data(cx)) {
+            Some(Ok(data)) => {
+                let _ = stream.flow_control().release_capacity(data.len());
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            Some(Err(e)) => return Poll::Ready(Some(Err(broken(e)))),
+            None => *data_done = true,
+        }
+    }
+    Poll::Ready(match ready!(stream.poll_trailers(cx)) {
+        Ok(Some(fields)) => Some(Ok(Frame::trailers(fields))),
+        Ok(None) => None,
+        Err(e) => Some(Err(broken(e))),
+    })
+}
