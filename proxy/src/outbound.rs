@@ -1705,11 +1705,13 @@ impl Outbound {
             Ok(r) => r,
             Err(e) => return Try::Reset(e),
         };
-        let _guard = InFlight::enter(&self.in_flight, endpoint.address);
+        let in_flight = InFlight::enter(&self.in_flight, endpoint.address);
         let send = async {
             match upstreams.http.exchange(endpoint.address, &request).await {
                 Ok(answer) => {
                     let mut response = Response::new(answer.body);
+                    // A streamed answer is in flight until it ends (for LEAST_REQUEST).
+                    response.body_mut().keep(in_flight);
                     // Room for the endpoint's fields and the proxy's own, allocated once.
                     *response.headers_mut() = HeaderMap::with_capacity(answer.fields.len() + 4);
                     *response.status_mut() = answer.status;
@@ -1736,10 +1738,17 @@ impl Outbound {
             Ok(r) => r,
             Err(e) => return Try::Reset(e),
         };
-        let _guard = InFlight::enter(&self.in_flight, endpoint.address);
+        let in_flight = InFlight::enter(&self.in_flight, endpoint.address);
         let send = async {
-            let sent = upstreams.h2c.send(&endpoint.name, &self.cluster, request);
-            answered(sent.await)
+            let sent = upstreams
+                .h2c
+                .send(&endpoint.name, &self.cluster, request)
+                .await;
+            // A streamed answer is in flight until it ends (for LEAST_REQUEST).
+            answered(sent.map(|mut r| {
+                r.body_mut().keep(in_flight);
+                r
+            }))
         };
         within(forward.retries.per_try_timeout, send).await
     }
