@@ -18,7 +18,7 @@
 
 use std::any::Any;
 use std::fmt;
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -212,7 +212,8 @@ impl Streaming {
                 None if *ended => None,
                 None => Some(Err(BrokenOff("its reader stopped".into()))),
             },
-            Source::H2 { stream, data_done } => ready!(poll_h2(stream, data_done, cx)),
+            Source::H2 { stream, data_done } => ready!(poll_h2_frame(stream, data_done, cx))
+                .map(|frame| frame.map_err(|e| BrokenOff(crate::outbound::error_chain(&e)))),
         };
         if frame.is_none() {
             // Ended: what was kept for the stream's life can go now.
@@ -223,27 +224,46 @@ impl Streaming {
     }
 }
 
-/// The next frame of an h2 answer: data (its room given back to the sender as it is
-/// taken), then the trailer fields if any.
-fn poll_h2(
+/// The next frame of an h2 message's body (an answer's, or a request's): data, its room
+/// given back to the sender's flow-control window as it is taken, then the trailer fields
+/// if any. `data_done` notes that the data has ended.
+pub(crate) fn poll_h2_frame(
     stream: &mut h2::RecvStream,
     data_done: &mut bool,
     cx: &mut Context<'_>,
-) -> Poll<Option<Result<Frame<Bytes>, BrokenOff>>> {
-    let broken = |e: h2::Error| BrokenOff(crate::outbound::error_chain(&e));
+) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
     if !*data_done {
         match ready!(stream.poll_data(cx)) {
             Some(Ok(data)) => {
                 let _ = stream.flow_control().release_capacity(data.len());
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
-            Some(Err(e)) => return Poll::Ready(Some(Err(broken(e)))),
+            Some(Err(e)) => return Poll::Ready(Some(Err(e))),
             None => *data_done = true,
         }
     }
-    Poll::Ready(match ready!(stream.poll_trailers(cx)) {
-        Ok(Some(fields)) => Some(Ok(Frame::trailers(fields))),
-        Ok(None) => None,
-        Err(e) => Some(Err(broken(e))),
-    })
+    Poll::Ready(
+        ready!(stream.poll_trailers(cx))
+            .transpose()
+            .map(|t| t.map(Frame::trailers)),
+    )
+}
+
+/// Sends `data` on `stream` as the peer's flow-control window makes room for it, so that
+/// no more than a window's worth waits in h2's buffers.
+pub(crate) async fn send_within_window(
+    stream: &mut h2::SendStream<Bytes>,
+    mut data: Bytes,
+) -> Result<(), h2::Error> {
+    while !data.is_empty() {
+        stream.reserve_capacity(data.len());
+        let room = match poll_fn(|cx| stream.poll_capacity(cx)).await {
+            Some(room) => room?,
+            // The stream has ended: the send below says why.
+            None => data.len(),
+        };
+        let piece = data.split_to(room.min(data.len()));
+        stream.send_data(piece, false)?;
+    }
+    Ok(())
 }

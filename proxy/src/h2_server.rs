@@ -12,7 +12,8 @@
 //!
 //! Limits: a connection with no request open for [`H2Settings::idle`] is closed
 //! gracefully (GOAWAY, then the requests in flight are finished); a request whose body
-//! sends nothing for [`H2Settings::stall`] is answered 408; a request the client resets
+//! sends nothing for [`H2Settings::stall`] is answered 408 (not a gRPC request's: a
+//! client stream may pause as long as it likes); a request the client resets
 //! stops being served; at most [`H2Settings::max_concurrent_streams`] requests at once
 //! and [`H2Settings::max_header_list_size`] bytes of fields each (h2 refuses more).
 
@@ -25,8 +26,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::Either;
 use futures::stream::{FuturesUnordered, StreamExt as _};
+use h2::RecvStream;
 use h2::server::SendResponse;
-use h2::{RecvStream, SendStream};
 use http::header::{CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use http_body_util::BodyExt;
@@ -34,8 +35,9 @@ use hyper::body::{Body, Frame};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, poll_h2_frame, send_within_window};
 use crate::downstream::ClientTimeouts;
+use crate::grpc::is_grpc;
 use crate::outbound::ProxyResponse;
 use crate::transport::Trailers;
 use crate::wire::MAX_HEAD_BYTES;
@@ -142,7 +144,9 @@ pub async fn serve<T, H, F>(
                         }
                         _ => {
                             let head_only = request.method() == Method::HEAD;
-                            let request = request.map(|body| Received::new(body, settings.stall));
+                            // A gRPC request's body may be a stream, with pauses.
+                            let stall = (!is_grpc(request.headers())).then_some(settings.stall);
+                            let request = request.map(|body| Received::new(body, stall));
                             let answer = respond_to(handle(request), respond, head_only);
                             requests.push(Either::Left(answer));
                         }
@@ -274,25 +278,6 @@ async fn send_streamed(
     }
 }
 
-/// Sends `data` on `stream` as the peer's flow-control window makes room for it, so that
-/// no more than a window's worth waits in h2's buffers.
-async fn send_within_window(
-    stream: &mut SendStream<Bytes>,
-    mut data: Bytes,
-) -> Result<(), h2::Error> {
-    while !data.is_empty() {
-        stream.reserve_capacity(data.len());
-        let room = match poll_fn(|cx| stream.poll_capacity(cx)).await {
-            Some(room) => room?,
-            // The stream has ended: the send below says why.
-            None => data.len(),
-        };
-        let piece = data.split_to(room.min(data.len()));
-        stream.send_data(piece, false)?;
-    }
-    Ok(())
-}
-
 /// Takes out the fields HTTP/2 forbids (RFC 9113 §8.2.2): they describe an HTTP/1
 /// connection, and h2 refuses to send an answer that carries them.
 fn strip_connection_fields(headers: &mut HeaderMap) {
@@ -373,18 +358,18 @@ pub enum ReceiveError {
 
 /// A request's body arriving on an h2 stream, as the proxy reads bodies: each chunk taken
 /// is given back to the client's flow-control window, and a body that sends nothing for
-/// the stall time fails with [`ReceiveError::Stalled`].
+/// the stall time, when it has one, fails with [`ReceiveError::Stalled`].
 pub struct Received {
     stream: RecvStream,
     /// The data has ended: trailers, if any, are next.
     data_done: bool,
-    stall: Duration,
+    stall: Option<Duration>,
     /// Made when the body first has to be waited for (most requests have none).
     quiet: Option<Quiet>,
 }
 
 impl Received {
-    fn new(stream: RecvStream, stall: Duration) -> Received {
+    fn new(stream: RecvStream, stall: Option<Duration>) -> Received {
         Received {
             stream,
             data_done: false,
@@ -397,33 +382,19 @@ impl Received {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ReceiveError>>> {
-        if !self.data_done {
-            match ready!(self.stream.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = self.stream.flow_control().release_capacity(data.len());
-                    if let Some(quiet) = &mut self.quiet {
-                        quiet.touch();
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
-                None => self.data_done = true,
-            }
+        let polled = ready!(poll_h2_frame(&mut self.stream, &mut self.data_done, cx));
+        if let (Some(Ok(_)), Some(quiet)) = (&polled, &mut self.quiet) {
+            quiet.touch();
         }
-        Poll::Ready(match ready!(self.stream.poll_trailers(cx)) {
-            Ok(Some(trailers)) => Some(Ok(Frame::trailers(trailers))),
-            Ok(None) => None,
-            Err(e) => Some(Err(e.into())),
-        })
+        Poll::Ready(polled.map(|frame| frame.map_err(ReceiveError::from)))
     }
 
     /// Whether the body has stalled, having been waited for; registers for a wake-up
     /// when it will have, if not.
-    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
-        let stall = self.stall;
-        self.quiet
-            .get_or_insert_with(|| Quiet::new(stall))
-            .poll_expired(cx)
+    fn stalled(&mut self, cx: &mut Context<'_>) -> Option<Duration> {
+        let stall = self.stall?;
+        let quiet = self.quiet.get_or_insert_with(|| Quiet::new(stall));
+        quiet.poll_expired(cx).then_some(stall)
     }
 }
 
@@ -437,9 +408,10 @@ impl Body for Received {
     ) -> Poll<Option<Result<Frame<Bytes>, ReceiveError>>> {
         let this = &mut *self;
         match this.poll_stream(cx) {
-            Poll::Pending if this.stalled(cx) => {
-                Poll::Ready(Some(Err(ReceiveError::Stalled(this.stall))))
-            }
+            Poll::Pending => match this.stalled(cx) {
+                Some(after) => Poll::Ready(Some(Err(ReceiveError::Stalled(after)))),
+                None => Poll::Pending,
+            },
             polled => polled,
         }
     }

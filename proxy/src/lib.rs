@@ -39,6 +39,7 @@ pub mod outbound;
 pub mod routing;
 pub mod transport;
 pub mod tunnel;
+pub mod upload;
 pub mod upstream;
 pub mod wire;
 pub mod workers;

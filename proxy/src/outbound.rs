@@ -51,6 +51,7 @@ use crate::routing::{
 };
 use crate::transport::{H2Pool, MeshTls, SendError};
 use crate::tunnel::{H2Stream, Holding, TunnelIo, splice};
+use crate::upload::{RequestBody, ToSend};
 use crate::upstream::{Http1Pool, Http1Request, UpstreamError};
 use crate::wire::{MAX_HEAD_BYTES, RawFields, is_hop_by_hop, merge_raw_fields};
 use h2::RecvStream;
@@ -316,6 +317,9 @@ enum Try {
     ConnectFailed(String),
     Reset(String),
     TimedOut,
+    /// No try was made: the proxy answers itself (the request's body, read whole for an
+    /// endpoint that speaks HTTP/1, was over the limit or broke off).
+    Refused(Box<ProxyResponse>),
 }
 
 /// Where one try goes.
@@ -528,7 +532,7 @@ impl Outbound {
         upstreams: &Upstreams,
     ) -> ProxyResponse
     where
-        B: hyper::body::Body<Data = Bytes> + Send,
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let (mut response, fields) = self.handle_raw(request, client, upstreams).await;
@@ -549,7 +553,7 @@ impl Outbound {
         upstreams: &Upstreams,
     ) -> (ProxyResponse, Option<RawFields>)
     where
-        B: hyper::body::Body<Data = Bytes> + Send,
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let started = Instant::now();
@@ -582,7 +586,7 @@ impl Outbound {
         upstreams: &Upstreams,
     ) -> ProxyResponse
     where
-        B: hyper::body::Body<Data = Bytes> + Send,
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let started = Instant::now();
@@ -1059,7 +1063,7 @@ impl Outbound {
         handled: &mut Handled,
     ) -> ProxyResponse
     where
-        B: hyper::body::Body<Data = Bytes> + Send,
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let Some(routing) = self.routing() else {
@@ -1087,7 +1091,10 @@ impl Outbound {
             .headers
             .entry(REQUEST_ID_HEADER)
             .or_insert_with(new_request_id);
-        let body = match self.read_body(body).await {
+        let body = match self
+            .request_body(&parts, body, forward.mirrors.is_empty())
+            .await
+        {
             Ok(b) => b,
             Err(response) => return *response,
         };
@@ -1100,15 +1107,24 @@ impl Outbound {
             Ok(permit) => permit,
             Err(response) => return *response,
         };
-        for mirror in &forward.mirrors {
-            self.mirror(upstreams, discovery, mirror, &parts, &forward, body.clone());
+        if let RequestBody::Whole(whole) = &body {
+            for mirror in &forward.mirrors {
+                self.mirror(
+                    upstreams,
+                    discovery,
+                    mirror,
+                    &parts,
+                    &forward,
+                    whole.clone(),
+                );
+            }
         }
         let row = routing
             .row(&forward.target)
             .filter(|r| upstreams.east_west.is_some() && !r.is_local_only());
         let request = (&parts, KeyFrom::Client(client));
         let attempts = self.attempts(
-            upstreams, &routing, row, request, &forward, settings, body, handled,
+            upstreams, &routing, row, request, &forward, settings, &body, handled,
         );
         let began = tokio::time::Instant::now();
         let mut response = match forward.timeout {
@@ -1195,7 +1211,7 @@ impl Outbound {
         handled: &mut Handled,
     ) -> ProxyResponse
     where
-        B: hyper::body::Body<Data = Bytes> + Send,
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let Some(routing) = self.routing() else {
@@ -1222,7 +1238,7 @@ impl Outbound {
             },
             ..RetryPolicy::istio_default()
         };
-        let body = match self.read_body(body).await {
+        let body = match self.request_body(&parts, body, true).await {
             Ok(b) => b,
             Err(response) => return *response,
         };
@@ -1240,7 +1256,7 @@ impl Outbound {
                 (&parts, KeyFrom::Peer(carried_key)),
                 &forward,
                 settings,
-                body,
+                &body,
                 handled,
             )
             .await;
@@ -1250,10 +1266,30 @@ impl Outbound {
         response
     }
 
+    /// The request's body as its tries will send it: a gRPC request's body still
+    /// arriving is forwarded as it arrives when `may_stream` (not when the request is
+    /// mirrored: mirrors are sent the body whole); any other is read whole first.
+    async fn request_body<B>(
+        &self,
+        parts: &http::request::Parts,
+        body: B,
+        may_stream: bool,
+    ) -> Result<RequestBody, Box<ProxyResponse>>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if may_stream && !body.is_end_stream() && is_grpc(&parts.headers) {
+            let arriving = body.map_err(Into::into).boxed_unsync();
+            return Ok(RequestBody::arriving(arriving, self.max_body_bytes));
+        }
+        self.read_body(body).await.map(RequestBody::Whole)
+    }
+
     /// The whole request body, within the size limit.
     async fn read_body<B>(&self, body: B) -> Result<Bytes, Box<ProxyResponse>>
     where
-        B: hyper::body::Body<Data = Bytes> + Send,
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         // Most requests have none: known from the head (h2's END_STREAM, a zero length).
@@ -1379,7 +1415,7 @@ impl Outbound {
         request: (&http::request::Parts, KeyFrom),
         forward: &Forward,
         settings: &BalanceSettings,
-        body: Bytes,
+        body: &RequestBody,
         handled: &mut Handled,
     ) -> ProxyResponse {
         let (parts, key_from) = request;
@@ -1428,6 +1464,10 @@ impl Outbound {
         let mut last = None;
         let mut tries = 0u32;
         for attempt in 0..=policy.attempts {
+            // A body forwarded as it arrived, and not whole: no try can send it again.
+            if attempt > 0 && !body.can_send_again() {
+                break;
+            }
             let Some(hop) = self.next_hop(
                 settings,
                 row,
@@ -1460,8 +1500,7 @@ impl Outbound {
                     // Boxed, as the next: a try's state is kilobytes, and inline it would
                     // be copied with every future that holds this one, on every request.
                     let result =
-                        Box::pin(self.try_local(upstreams, parts, forward, endpoint, body.clone()))
-                            .await;
+                        Box::pin(self.try_local(upstreams, parts, forward, endpoint, body)).await;
                     (result, self.cluster.as_str(), &self.locality)
                 }
                 Hop::Remote {
@@ -1477,11 +1516,20 @@ impl Outbound {
                         forward,
                         (cluster, gateway),
                         hash.as_ref().map(|h| h.key.as_slice()),
-                        body.clone(),
+                        body,
                     ))
                     .await;
                     (result, *cluster, *locality)
                 }
+            };
+            // The proxy's own answer (the body could not be read whole): no endpoint's.
+            let result = match result {
+                Try::Refused(response) => {
+                    last = Some(*response);
+                    tries = attempt + 1;
+                    break;
+                }
+                tried => tried,
             };
             // A gRPC answer counts as the status its grpc-status stands for.
             let status = match &result {
@@ -1556,6 +1604,7 @@ impl Outbound {
                         &format!("upstream in {cluster} reset before answering: {e}"),
                     ),
                 ),
+                Try::Refused(response) => (false, *response),
                 Try::TimedOut => (
                     policy.retry_on.reset || policy.retry_on.gateway_error,
                     answer(StatusCode::GATEWAY_TIMEOUT, "per-try timeout"),
@@ -1694,13 +1743,32 @@ impl Outbound {
         parts: &http::request::Parts,
         forward: &Forward,
         endpoint: &Endpoint,
-        body: Bytes,
+        body: &RequestBody,
     ) -> Try {
         if endpoint.h2 {
             return self
                 .try_h2_endpoint(upstreams, parts, forward, endpoint, body)
                 .await;
         }
+        let body = match body.to_send() {
+            ToSend::Whole(bytes) => bytes,
+            ToSend::Arriving(mut forwarding) => {
+                let Some(arriving) = forwarding.take_body() else {
+                    return Try::Reset(NOT_AGAIN.into());
+                };
+                // Boxed as a future that is Send whatever its lifetimes: inline, the
+                // compiler cannot prove the request's future Send ("not general enough").
+                let reading: std::pin::Pin<Box<dyn Future<Output = _> + Send + '_>> =
+                    Box::pin(self.read_body(arriving));
+                let read = reading.await;
+                forwarding.read(read.as_ref().ok().cloned());
+                match read {
+                    Ok(bytes) => bytes,
+                    Err(response) => return Try::Refused(response),
+                }
+            }
+            ToSend::Gone => return Try::Reset(NOT_AGAIN.into()),
+        };
         let request = match http1_request(parts, forward, body) {
             Ok(r) => r,
             Err(e) => return Try::Reset(e),
@@ -1732,18 +1800,17 @@ impl Outbound {
         parts: &http::request::Parts,
         forward: &Forward,
         endpoint: &Endpoint,
-        body: Bytes,
+        body: &RequestBody,
     ) -> Try {
-        let request = match h2_request(parts, forward, http::uri::Scheme::HTTP, body) {
+        let to_send = body.to_send();
+        let request = match h2_request(parts, forward, http::uri::Scheme::HTTP, Bytes::new()) {
             Ok(r) => r,
             Err(e) => return Try::Reset(e),
         };
         let in_flight = InFlight::enter(&self.in_flight, endpoint.address);
         let send = async {
-            let sent = upstreams
-                .h2c
-                .send(&endpoint.name, &self.cluster, request)
-                .await;
+            let (pool, peer) = (&upstreams.h2c, &endpoint.name);
+            let sent = send_h2(pool, peer, &self.cluster, request, to_send).await;
             // A streamed answer is in flight until it ends (for LEAST_REQUEST).
             answered(sent.map(|mut r| {
                 r.body_mut().keep(in_flight);
@@ -1761,16 +1828,17 @@ impl Outbound {
         forward: &Forward,
         (cluster, gateway): (&str, &str),
         hash_key: Option<&[u8]>,
-        body: Bytes,
+        body: &RequestBody,
     ) -> Try {
         let Some(pool) = &upstreams.east_west else {
             return Try::ConnectFailed("no east-west transport configured".into());
         };
-        let request = match peer_request(parts, forward, hash_key, body) {
+        let to_send = body.to_send();
+        let request = match peer_request(parts, forward, hash_key, Bytes::new()) {
             Ok(r) => r,
             Err(e) => return Try::Reset(e),
         };
-        let send = async { answered(pool.send(gateway, cluster, request).await) };
+        let send = async { answered(send_h2(pool, gateway, cluster, request, to_send).await) };
         within(forward.retries.per_try_timeout, send).await
     }
 
@@ -1867,6 +1935,29 @@ impl ReportSource for Outbound {
 /// A gRPC answer's status code, in its trailers or, for an answer with no message, in
 /// its head.
 const GRPC_STATUS: &str = "grpc-status";
+
+/// Why a try could not send a request whose body was forwarded by an earlier one.
+const NOT_AGAIN: &str =
+    "the request's body was forwarded as it arrived and is not whole: it cannot be sent again";
+
+/// Sends `request` (its body empty) with the body `to_send` over `pool` to the peer at
+/// `address` (in `cluster`): whole, or forwarded as it arrives.
+async fn send_h2(
+    pool: &H2Pool,
+    address: &str,
+    cluster: &str,
+    request: Request<Bytes>,
+    to_send: ToSend,
+) -> Result<ProxyResponse, SendError> {
+    match to_send {
+        ToSend::Whole(body) => pool.send(address, cluster, request.map(|_| body)).await,
+        ToSend::Arriving(forwarding) => {
+            pool.send_arriving(address, cluster, request.map(|_| ()), forwarding)
+                .await
+        }
+        ToSend::Gone => Err(SendError::Reset(NOT_AGAIN.into())),
+    }
+}
 
 /// What an exchange over h2 came to, as a try.
 fn answered(sent: Result<ProxyResponse, SendError>) -> Try {

@@ -734,6 +734,39 @@ async fn a_grpc_server_stream_from_another_cluster_arrives_message_by_message() 
     assert!(matches!(end, Ok(None)), "{end:?}");
 }
 
+/// A gRPC stream both ways with an endpoint in another cluster: each message passes
+/// through both proxies while the streams are open, in each direction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_stream_both_ways_crosses_to_another_cluster_message_by_message() {
+    let mesh = mesh(StatusCode::OK, "", "").await;
+    let endpoint = grpc::echo_endpoint().await;
+    std::fs::write(
+        mesh.config_dir.join("echo.yaml"),
+        format!(
+            "apiVersion: networking.istio.io/v1\n\
+             kind: ServiceEntry\n\
+             metadata: {{name: echo, namespace: shop}}\n\
+             spec:\n  \
+               hosts: [echo.shop]\n  \
+               location: MESH_INTERNAL\n  \
+               resolution: STATIC\n  \
+               ports: [{{number: 9000, name: grpc-control}}]\n  \
+               endpoints:\n  \
+               - {{address: 127.0.0.1, ports: {{grpc-control: {}}}, locality: {WEST}, labels: {{topology.istio.io/cluster: west}}}}\n",
+            endpoint.port()
+        ),
+    )
+    .expect("write config");
+    let east = mesh.east.outbound_address();
+    eventually(
+        "east reaches echo.shop in the west cluster",
+        Duration::from_secs(20),
+        || grpc::echo_reachable_through(east, "echo.shop"),
+    )
+    .await;
+    grpc::check_echo_through(east, "echo.shop").await;
+}
+
 /// A request through `proxy`'s outbound listener from a client at `from`, to `host`, with
 /// `headers`: the answer's status and fields.
 async fn get_from(

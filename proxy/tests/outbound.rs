@@ -4,7 +4,10 @@
 mod grpc;
 mod websocket;
 
-use grpc::{client_through, event_endpoint, grpc_endpoint, status_client_through};
+use grpc::{
+    check_echo_through, client_through, echo_endpoint, echo_reachable_through, event_endpoint,
+    grpc_endpoint, status_client_through,
+};
 use websocket::{UPGRADE_KEY, read_until, upgrade_request, websocket_endpoint};
 
 use std::convert::Infallible;
@@ -1842,6 +1845,26 @@ async fn a_grpc_server_stream_arrives_message_by_message() {
         (end.code(), end.message()),
         (tonic::Code::DataLoss, "the log was compacted")
     );
+}
+
+/// A gRPC stream both ways: the client's messages reach the endpoint while its stream is
+/// open, as the endpoint's answers reach the client.
+#[tokio::test]
+async fn a_grpc_stream_both_ways_passes_each_message_as_it_comes() {
+    let endpoint = echo_endpoint().await;
+    let yaml = service_entry(
+        "echo",
+        "echo.shop.example",
+        "{number: 9000, name: grpc-control}",
+        "grpc-control",
+        &[endpoint.port()],
+    );
+    let proxy = start_east(&yaml, None).await;
+    // A client stream that ends at once reaches the endpoint, which answers it.
+    echo_reachable_through(proxy.outbound_address(), "echo.shop.example")
+        .await
+        .expect("the endpoint's own refusal");
+    check_echo_through(proxy.outbound_address(), "echo.shop.example").await;
 }
 
 /// gRPC: endpoints on a port whose protocol is GRPC (declared, or named `grpc-...`) are

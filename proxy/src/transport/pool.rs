@@ -32,6 +32,7 @@ use super::tls::{ALPN_H2, MeshTls, PROXY_SERVER_NAME};
 use crate::body::{ProxyBody, WHOLE_ANSWER_BYTES};
 use crate::h2_server::{CONNECTION_WINDOW, STREAM_WINDOW};
 use crate::tunnel::H2Stream;
+use crate::upload::Forwarding;
 use crate::wire::content_length;
 
 /// How often an east-west connection is pinged.
@@ -111,57 +112,49 @@ impl H2Pool {
         cluster: &str,
         request: Request<Bytes>,
     ) -> Result<Response<ProxyBody>, SendError> {
-        let reset = |e: h2::Error| SendError::Reset(crate::outbound::error_chain(&e));
-        let sender = self.sender(address, cluster).await?;
-        // Waits while the peer's limit of concurrent streams is reached.
-        let mut requests = sender.requests.ready().await.map_err(reset)?;
         let (head, body) = request.into_parts();
-        let (answer, mut stream) = requests
-            .send_request(Request::from_parts(head, ()), body.is_empty())
-            .map_err(reset)?;
+        let (answer, mut stream) = self
+            .send_head(
+                address,
+                cluster,
+                Request::from_parts(head, ()),
+                body.is_empty(),
+            )
+            .await?;
         if !body.is_empty() {
             // Buffered by h2 as the peer's window allows: the body is bounded already.
             stream.send_data(body, true).map_err(reset)?;
         }
-        let (mut head, mut received) = answer.await.map_err(reset)?.into_parts();
-        if received.is_end_stream() {
-            return Ok(Response::from_parts(head, ProxyBody::default()));
-        }
-        let declared = content_length(
-            head.headers
-                .get_all(http::header::CONTENT_LENGTH)
-                .iter()
-                .map(|v| v.as_bytes()),
-            "answer",
-        )
-        .map_err(SendError::Reset)?;
-        if declared.is_none_or(|n| n > WHOLE_ANSWER_BYTES) {
-            return Ok(Response::from_parts(
-                head,
-                ProxyBody::from_h2(received, declared),
-            ));
-        }
-        // Mostly one DATA frame: kept as it came; joined when there are more.
-        let mut first: Option<Bytes> = None;
-        let mut joined = BytesMut::new();
-        while let Some(chunk) = received.data().await {
-            let chunk = chunk.map_err(reset)?;
-            let _ = received.flow_control().release_capacity(chunk.len());
-            match first.take() {
-                None if joined.is_empty() => first = Some(chunk),
-                None => joined.extend_from_slice(&chunk),
-                Some(earlier) => {
-                    joined.extend_from_slice(&earlier);
-                    joined.extend_from_slice(&chunk);
-                }
-            }
-        }
-        // Ends at once when the stream ended with its data, as most answers do.
-        if let Some(trailers) = received.trailers().await.map_err(reset)? {
-            head.extensions.insert(Trailers(trailers));
-        }
-        let body = first.unwrap_or_else(|| joined.freeze());
-        Ok(Response::from_parts(head, ProxyBody::Whole(body)))
+        read_answer(answer).await
+    }
+
+    /// [`H2Pool::send`] for a request whose body is still arriving: the body is sent on
+    /// by a task of its own as it arrives ([`Forwarding::run`]).
+    pub async fn send_arriving(
+        &self,
+        address: &str,
+        cluster: &str,
+        request: Request<()>,
+        body: Forwarding,
+    ) -> Result<Response<ProxyBody>, SendError> {
+        let (answer, stream) = self.send_head(address, cluster, request, false).await?;
+        tokio::spawn(body.run(stream));
+        read_answer(answer).await
+    }
+
+    /// Sends a request's head on a connection to the peer at `address`; `ends` when it
+    /// has no body.
+    async fn send_head(
+        &self,
+        address: &str,
+        cluster: &str,
+        request: Request<()>,
+        ends: bool,
+    ) -> Result<(h2::client::ResponseFuture, h2::SendStream<Bytes>), SendError> {
+        let sender = self.sender(address, cluster).await?;
+        // Waits while the peer's limit of concurrent streams is reached.
+        let mut requests = sender.requests.ready().await.map_err(reset)?;
+        requests.send_request(request, ends).map_err(reset)
     }
 
     /// Opens a stream to `cluster`'s listener at `gateway` with `request` (an extended
@@ -173,7 +166,6 @@ impl H2Pool {
         cluster: &str,
         request: Request<()>,
     ) -> Result<(http::response::Parts, H2Stream), SendError> {
-        let reset = |e: h2::Error| SendError::Reset(crate::outbound::error_chain(&e));
         let sender = self.sender(address, cluster).await?;
         let mut requests = sender.requests.ready().await.map_err(reset)?;
         let (answer, send) = requests.send_request(request, false).map_err(reset)?;
@@ -317,6 +309,55 @@ where
         tracing::debug!(%address, "h2 connection ended: {why}");
     });
     Ok(Sender { requests, closed })
+}
+
+/// The answer to a request sent: read whole, with its trailers, when it declares a length
+/// of at most [`WHOLE_ANSWER_BYTES`]; else its head, the rest passed on as it arrives.
+async fn read_answer(answer: h2::client::ResponseFuture) -> Result<Response<ProxyBody>, SendError> {
+    let (mut head, mut received) = answer.await.map_err(reset)?.into_parts();
+    if received.is_end_stream() {
+        return Ok(Response::from_parts(head, ProxyBody::default()));
+    }
+    let declared = content_length(
+        head.headers
+            .get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .map(|v| v.as_bytes()),
+        "answer",
+    )
+    .map_err(SendError::Reset)?;
+    if declared.is_none_or(|n| n > WHOLE_ANSWER_BYTES) {
+        return Ok(Response::from_parts(
+            head,
+            ProxyBody::from_h2(received, declared),
+        ));
+    }
+    // Mostly one DATA frame: kept as it came; joined when there are more.
+    let mut first: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
+    while let Some(chunk) = received.data().await {
+        let chunk = chunk.map_err(reset)?;
+        let _ = received.flow_control().release_capacity(chunk.len());
+        match first.take() {
+            None if joined.is_empty() => first = Some(chunk),
+            None => joined.extend_from_slice(&chunk),
+            Some(earlier) => {
+                joined.extend_from_slice(&earlier);
+                joined.extend_from_slice(&chunk);
+            }
+        }
+    }
+    // Ends at once when the stream ended with its data, as most answers do.
+    if let Some(trailers) = received.trailers().await.map_err(reset)? {
+        head.extensions.insert(Trailers(trailers));
+    }
+    let body = first.unwrap_or_else(|| joined.freeze());
+    Ok(Response::from_parts(head, ProxyBody::Whole(body)))
+}
+
+/// An h2 failure, as a reset.
+fn reset(e: h2::Error) -> SendError {
+    SendError::Reset(crate::outbound::error_chain(&e))
 }
 
 #[cfg(test)]

@@ -7,12 +7,16 @@
 //! trailers-only.
 //!
 //! A second endpoint streams: it serves the status API's `WatchEvents` (a server stream),
-//! sending each event when the test gives it one.
+//! sending each event when the test gives it one. A third answers streams with streams:
+//! it serves the control API's `Subscribe` (both ways), answering each ACK as it comes.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use fulcrum_proto::control::v1 as control;
+use fulcrum_proto::control::v1::proxy_control_client::ProxyControlClient;
+use fulcrum_proto::control::v1::proxy_control_server::ProxyControlServer;
 use fulcrum_proto::raft::v1::raft_client::RaftClient;
 use fulcrum_proto::raft::v1::raft_server::{Raft, RaftServer};
 use fulcrum_proto::raft::v1::{
@@ -213,4 +217,95 @@ pub async fn event_endpoint() -> (SocketAddr, mpsc::Sender<Result<status::Event,
 /// `proxy`.
 pub async fn status_client_through(proxy: SocketAddr, service: &str) -> StatusClient<Channel> {
     StatusClient::new(channel_through(proxy, service).await)
+}
+
+/// The echo endpoint's service: `Subscribe` answers each ACK of version `v` with a
+/// snapshot of version `10 v` at once, and ends when the client's stream ends.
+struct Echo;
+
+#[tonic::async_trait]
+impl control::proxy_control_server::ProxyControl for Echo {
+    async fn report(
+        &self,
+        _: Request<tonic::Streaming<control::HealthReport>>,
+    ) -> Result<Response<control::ReportSummary>, Status> {
+        Err(Status::unimplemented("echo only"))
+    }
+
+    type SubscribeStream = ReceiverStream<Result<control::Snapshot, Status>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<tonic::Streaming<control::SubscribeRequest>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let mut asked = request.into_inner();
+        let (answer, answers) = mpsc::channel(4);
+        tokio::spawn(async move {
+            while let Ok(Some(message)) = asked.message().await {
+                let Some(control::subscribe_request::Message::Ack(ack)) = message.message else {
+                    continue;
+                };
+                let snapshot = control::Snapshot {
+                    version: ack.version * 10,
+                    ..Default::default()
+                };
+                if answer.send(Ok(snapshot)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(answers)))
+    }
+}
+
+/// Starts an endpoint whose `Subscribe` echoes each ACK as it comes (a stream both ways).
+pub async fn echo_endpoint() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let server = tonic::transport::Server::builder().add_service(ProxyControlServer::new(Echo));
+    tokio::spawn(server.serve_with_incoming(TcpIncoming::from(listener)));
+    address
+}
+
+/// Whether a call to `service` through the proxy at `proxy` reaches the echo endpoint
+/// (which refuses `Report` itself).
+pub async fn echo_reachable_through(proxy: SocketAddr, service: &str) -> Result<(), String> {
+    let mut client = ProxyControlClient::new(channel_through(proxy, service).await);
+    match client.report(tokio_stream::empty()).await {
+        Err(status) if status.message() == "echo only" => Ok(()),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// Calls `Subscribe` on `service` through the outbound listener of the proxy at `proxy`
+/// and checks that each ACK sent is answered while both streams are open (the next is
+/// sent only once the answer to the one before has come back), and that the answers end
+/// when the ACKs do.
+pub async fn check_echo_through(proxy: SocketAddr, service: &str) {
+    let mut client = ProxyControlClient::new(channel_through(proxy, service).await);
+    let (ask, asked) = mpsc::channel(4);
+    let mut answers = client
+        .subscribe(ReceiverStream::new(asked))
+        .await
+        .expect("the subscription is answered")
+        .into_inner();
+    for version in [1, 2, 3] {
+        let ack = control::SubscribeRequest {
+            message: Some(control::subscribe_request::Message::Ack(control::Ack {
+                version,
+            })),
+        };
+        ask.send(ack).await.expect("the client streams");
+        let snapshot = tokio::time::timeout(std::time::Duration::from_secs(5), answers.message())
+            .await
+            .expect("each answer comes while the client's stream is still open")
+            .expect("a message, not an error")
+            .expect("not the end");
+        assert_eq!(snapshot.version, version * 10);
+    }
+    drop(ask);
+    let end = tokio::time::timeout(std::time::Duration::from_secs(5), answers.message())
+        .await
+        .expect("the end arrives");
+    assert!(matches!(end, Ok(None)), "{end:?}");
 }
