@@ -14,7 +14,9 @@
 //! A stream keeps what it must outlive: the route's timeout, which covers the whole
 //! answer as Envoy's does (when it passes mid-stream the stream fails, and the client's
 //! connection or h2 stream is reset rather than the answer cut short silently), and the
-//! request's place among its service's requests in flight.
+//! request's place among its service's requests in flight. It can also say how it ended
+//! ([`ProxyBody::on_end`]): a gRPC answer's status comes in its trailers, after its
+//! messages.
 
 use std::any::Any;
 use std::fmt;
@@ -98,7 +100,16 @@ impl ProxyBody {
             length,
             deadline: None,
             kept: Vec::new(),
+            on_end: None,
         }))
+    }
+
+    /// Has a stream tell `told` how it ended, once it has (or once it is dropped first).
+    /// A whole body has nothing more to tell: `told` is not kept.
+    pub fn on_end(&mut self, told: impl FnOnce(End<'_>) + Send + 'static) {
+        if let ProxyBody::Streaming(s) = self {
+            s.on_end = Some(Box::new(told));
+        }
     }
 
     /// The length of the body when it is known before it is read: a whole body's, or
@@ -133,6 +144,31 @@ pub struct Streaming {
     length: Option<u64>,
     deadline: Option<(Pin<Box<Sleep>>, Duration)>,
     kept: Vec<Box<dyn Any + Send>>,
+    on_end: Option<Told>,
+}
+
+/// What a stream tells how it ended.
+type Told = Box<dyn FnOnce(End<'_>) + Send>;
+
+/// How a streamed answer ended.
+#[derive(Debug)]
+pub enum End<'a> {
+    /// With these trailer fields.
+    Trailers(&'a http::HeaderMap),
+    /// After its data, without trailer fields.
+    Data,
+    /// It broke off (its source failed, or the route's timeout passed).
+    Broken,
+    /// Dropped before its end: the client went away, or the answer was not wanted.
+    Dropped,
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        if let Some(told) = self.on_end.take() {
+            told(End::Dropped);
+        }
+    }
 }
 
 enum Source {
@@ -199,6 +235,9 @@ impl Streaming {
                 "route timeout {}ms passed while it was still arriving",
                 after.as_millis()
             );
+            if let Some(told) = self.on_end.take() {
+                told(End::Broken);
+            }
             return Poll::Ready(Some(Err(BrokenOff(why))));
         }
         let frame = match &mut self.source {
@@ -215,7 +254,15 @@ impl Streaming {
             Source::H2 { stream, data_done } => ready!(poll_h2_frame(stream, data_done, cx))
                 .map(|frame| frame.map_err(|e| BrokenOff(crate::outbound::error_chain(&e)))),
         };
-        if frame.is_none() {
+        let end = match &frame {
+            None => Some(End::Data),
+            Some(Err(_)) => Some(End::Broken),
+            Some(Ok(frame)) => frame.trailers_ref().map(End::Trailers),
+        };
+        if let Some(end) = end {
+            if let Some(told) = self.on_end.take() {
+                told(end);
+            }
             // Ended: what was kept for the stream's life can go now.
             self.kept.clear();
             self.deadline = None;

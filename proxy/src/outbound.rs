@@ -35,13 +35,13 @@ use tokio::time::Instant;
 
 use crate::FastMap;
 use crate::balance::{
-    ClusterInfo, EndpointPicker, LocalityRow, OutlierDetector, Place, TryOutcome,
+    ClusterInfo, EndpointPicker, LocalityRow, OutlierDetector, OutlierSettings, Place, TryOutcome,
 };
-use crate::body::ProxyBody;
+use crate::body::{End, ProxyBody};
 use crate::control::report::{Outcome, ReportSource, Stats};
 use crate::discovery::{BalanceSettings, Discovery, Endpoint, HashOn};
 use crate::downstream::ClientTimeouts;
-use crate::grpc::{GrpcCode, for_grpc_client, is_grpc, outcome_status};
+use crate::grpc::{GrpcCode, for_grpc_client, http_for_code, is_grpc, outcome_status};
 use crate::health::Health;
 use crate::metrics::ProxyMetrics;
 use crate::routing::names::ServiceNames;
@@ -254,7 +254,7 @@ pub struct Outbound {
     pickers: Mutex<FastMap<String, FastMap<String, EndpointPicker>>>,
     in_flight: Arc<Mutex<FastMap<SocketAddr, u32>>>,
     /// Per service host.
-    outliers: Mutex<FastMap<String, OutlierDetector>>,
+    outliers: Arc<Mutex<FastMap<String, OutlierDetector>>>,
     /// Per service host, when its DestinationRule limits requests in flight.
     limits: Mutex<FastMap<String, Arc<tokio::sync::Semaphore>>>,
     /// The certificate presented to other clusters, when east-west mTLS is configured.
@@ -347,7 +347,7 @@ impl Outbound {
             routing: std::sync::RwLock::new(routing.map(Arc::new)),
             pickers: Mutex::default(),
             in_flight: Arc::default(),
-            outliers: Mutex::default(),
+            outliers: Arc::default(),
             limits: Mutex::default(),
             tls: None,
             unreachable: Mutex::default(),
@@ -1350,27 +1350,31 @@ impl Outbound {
         outcome: TryOutcome,
         total: usize,
     ) {
-        let Some(settings) = &settings.outlier else {
-            return;
-        };
-        let Ok(mut outliers) = self.outliers.lock() else {
-            return;
-        };
-        let detector = outliers
-            .entry(target.host.clone())
-            .or_insert_with(|| OutlierDetector::new(settings.clone()));
-        let now = Instant::now().into_std();
-        if let Some(length) = detector.record(endpoint, outcome, total, now) {
-            self.metrics
-                .ejections
-                .get_or_create(&ProxyMetrics::service(&target.host))
-                .inc();
-            tracing::warn!(
-                service = %target.host,
-                %endpoint,
-                "ejected for {}s by outlier detection",
-                length.as_secs()
-            );
+        if let Some(settings) = &settings.outlier {
+            let place = (target.host.as_str(), endpoint, total);
+            observe_outlier(&self.outliers, &self.metrics, settings, place, outcome);
+        }
+    }
+
+    /// A try's outcome, to be counted once a streamed answer tells it.
+    fn tally(
+        &self,
+        settings: &BalanceSettings,
+        target: &Target,
+        (cluster, locality): (&str, &Locality),
+        endpoint: Option<SocketAddr>,
+        total: usize,
+        latency: Duration,
+    ) -> Tally {
+        Tally {
+            stats: Arc::clone(&self.stats),
+            outliers: Arc::clone(&self.outliers),
+            metrics: Arc::clone(&self.metrics),
+            service: target.host.clone(),
+            cluster: cluster.to_string(),
+            locality: locality.clone(),
+            outlier: endpoint.and_then(|e| Some((settings.outlier.clone()?, e, total))),
+            latency,
         }
     }
 
@@ -1523,7 +1527,7 @@ impl Outbound {
                 }
             };
             // The proxy's own answer (the body could not be read whole): no endpoint's.
-            let result = match result {
+            let mut result = match result {
                 Try::Refused(response) => {
                     last = Some(*response);
                     tries = attempt + 1;
@@ -1531,21 +1535,36 @@ impl Outbound {
                 }
                 tried => tried,
             };
-            // A gRPC answer counts as the status its grpc-status stands for.
-            let status = match &result {
-                Try::Answered(r, _) => Some(outcome_status(r)),
-                _ => None,
-            };
-            let outcome = status.map_or(Outcome::NoAnswer, Outcome::Status);
-            self.stats
-                .record(&target.host, cluster, locality, outcome, started.elapsed());
             handled.locality = match &hop {
                 Hop::Local(_) => self.locality_text.clone(),
                 Hop::Remote { locality_text, .. } => Arc::clone(locality_text),
             };
-            if let Hop::Local(endpoint) = &hop {
-                let outcome = status.map_or(TryOutcome::LocalFailure, TryOutcome::Status);
-                self.observe(settings, target, endpoint.address, outcome, total);
+            let endpoint = match &hop {
+                Hop::Local(endpoint) => Some(endpoint.address),
+                Hop::Remote { .. } => None,
+            };
+            match &mut result {
+                // Its status comes in its trailers, after its messages: counted then.
+                Try::Answered(r, _) if status_in_trailers(r) => {
+                    let place = (cluster, locality);
+                    let tally =
+                        self.tally(settings, target, place, endpoint, total, started.elapsed());
+                    r.body_mut().on_end(move |end| tally.count(end));
+                }
+                tried => {
+                    // A gRPC answer counts as the status its grpc-status stands for.
+                    let status = match tried {
+                        Try::Answered(r, _) => Some(outcome_status(r)),
+                        _ => None,
+                    };
+                    let outcome = status.map_or(Outcome::NoAnswer, Outcome::Status);
+                    self.stats
+                        .record(&target.host, cluster, locality, outcome, started.elapsed());
+                    if let Some(endpoint) = endpoint {
+                        let outcome = status.map_or(TryOutcome::LocalFailure, TryOutcome::Status);
+                        self.observe(settings, target, endpoint, outcome, total);
+                    }
+                }
             }
             // The fields of the answer kept, if it is an endpoint's: none of an earlier try's.
             handled.fields = None;
@@ -1935,6 +1954,86 @@ impl ReportSource for Outbound {
 /// A gRPC answer's status code, in its trailers or, for an answer with no message, in
 /// its head.
 const GRPC_STATUS: &str = "grpc-status";
+
+/// Whether `answer` is a gRPC answer whose status is yet to come, in the trailers of its
+/// streamed body: a 200 with messages to follow.
+fn status_in_trailers(answer: &ProxyResponse) -> bool {
+    answer.status() == StatusCode::OK
+        && matches!(answer.body(), ProxyBody::Streaming(_))
+        && !answer.headers().contains_key(GRPC_STATUS)
+        && is_grpc(answer.headers())
+}
+
+/// Counts a try's `outcome` at `place` (service, endpoint, and how many endpoints the
+/// service has) for outlier detection by `settings`, and an ejection it causes.
+fn observe_outlier(
+    outliers: &Mutex<FastMap<String, OutlierDetector>>,
+    metrics: &ProxyMetrics,
+    settings: &OutlierSettings,
+    (service, endpoint, total): (&str, SocketAddr, usize),
+    outcome: TryOutcome,
+) {
+    let Ok(mut outliers) = outliers.lock() else {
+        return;
+    };
+    let detector = outliers
+        .entry(service.to_string())
+        .or_insert_with(|| OutlierDetector::new(settings.clone()));
+    let now = Instant::now().into_std();
+    if let Some(length) = detector.record(endpoint, outcome, total, now) {
+        metrics
+            .ejections
+            .get_or_create(&ProxyMetrics::service(service))
+            .inc();
+        tracing::warn!(
+            service,
+            %endpoint,
+            "ejected for {}s by outlier detection",
+            length.as_secs()
+        );
+    }
+}
+
+/// A try whose outcome a streamed answer tells at its end: what to count it in.
+struct Tally {
+    stats: Arc<Stats>,
+    outliers: Arc<Mutex<FastMap<String, OutlierDetector>>>,
+    metrics: Arc<ProxyMetrics>,
+    service: String,
+    cluster: String,
+    locality: Locality,
+    /// For an endpoint of this cluster, with outlier detection: its settings, address,
+    /// and how many endpoints the service has.
+    outlier: Option<(OutlierSettings, SocketAddr, usize)>,
+    /// Until the answer's head.
+    latency: Duration,
+}
+
+impl Tally {
+    /// Counts the try as its answer ended: as the status its trailers' grpc-status stands
+    /// for; as its head's 200 without one, or when the client left first; as no answer
+    /// when it broke off.
+    fn count(self, end: End<'_>) {
+        let status = match end {
+            End::Trailers(fields) => Some(
+                fields
+                    .get(GRPC_STATUS)
+                    .map_or(200, |code| http_for_code(code.as_bytes())),
+            ),
+            End::Data | End::Dropped => Some(200),
+            End::Broken => None,
+        };
+        let outcome = status.map_or(Outcome::NoAnswer, Outcome::Status);
+        let (service, cluster) = (self.service.as_str(), self.cluster.as_str());
+        self.stats
+            .record(service, cluster, &self.locality, outcome, self.latency);
+        if let Some((settings, endpoint, total)) = &self.outlier {
+            let outcome = status.map_or(TryOutcome::LocalFailure, TryOutcome::Status);
+            let place = (service, *endpoint, *total);
+            observe_outlier(&self.outliers, &self.metrics, settings, place, outcome);
+        }
+    }
+}
 
 /// Why a try could not send a request whose body was forwarded by an earlier one.
 const NOT_AGAIN: &str =

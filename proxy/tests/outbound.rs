@@ -1800,16 +1800,28 @@ spec:
 
 /// A gRPC server stream from an h2 endpoint: each message reaches the client when the
 /// endpoint sends it (the endpoint sends the next only once the client has the one
-/// before), and the stream's end comes through with its status.
+/// before), and the stream's end comes through with its status, which outlier detection
+/// counts as the HTTP status it stands for.
 #[tokio::test]
 async fn a_grpc_server_stream_arrives_message_by_message() {
     let (endpoint, events) = event_endpoint().await;
-    let yaml = service_entry(
-        "events",
-        "events.shop.example",
-        "{number: 9000, name: grpc-status}",
-        "grpc-status",
-        &[endpoint.port()],
+    let yaml = format!(
+        "{}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: events, namespace: shop}}
+spec:
+  host: events.shop.example
+  trafficPolicy:
+    outlierDetection: {{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 1m, maxEjectionPercent: 100}}
+",
+        service_entry(
+            "events",
+            "events.shop.example",
+            "{number: 9000, name: grpc-status}",
+            "grpc-status",
+            &[endpoint.port()],
+        )
     );
     let proxy = start_east(&yaml, None).await;
     let mut client = status_client_through(proxy.outbound_address(), "events.shop.example").await;
@@ -1844,6 +1856,17 @@ async fn a_grpc_server_stream_arrives_message_by_message() {
     assert_eq!(
         (end.code(), end.message()),
         (tonic::Code::DataLoss, "the log was compacted")
+    );
+    // DATA_LOSS is a 500: the endpoint, failing once with one allowed, is ejected, and
+    // the next call is refused by the proxy without reaching it.
+    let refused = client
+        .watch_events(fulcrum_proto::status::v1::WatchEventsRequest::default())
+        .await
+        .expect_err("no endpoint left");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("ejected by outlier detection"),
+        "{refused:?}"
     );
 }
 
