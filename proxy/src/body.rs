@@ -36,7 +36,7 @@ pub const WHOLE_ANSWER_BYTES: u64 = 1024 * 1024;
 
 /// What a task reading an answer off an HTTP/1 connection sends: a piece of the body,
 /// `None` at its end, or why it broke off.
-pub type Piece = Result<Option<Bytes>, String>;
+pub type SentPiece = Result<Option<Bytes>, String>;
 
 /// How many pieces an HTTP/1 answer's reader may have sent ahead of the client.
 pub const PIECES_AHEAD: usize = 2;
@@ -73,7 +73,7 @@ impl fmt::Debug for ProxyBody {
 impl ProxyBody {
     /// The rest of an HTTP/1 answer, as the task reading it sends it; `length` when the
     /// answer declared one.
-    pub fn from_pieces(pieces: mpsc::Receiver<Piece>, length: Option<u64>) -> ProxyBody {
+    pub fn from_pieces(pieces: mpsc::Receiver<SentPiece>, length: Option<u64>) -> ProxyBody {
         ProxyBody::streaming(
             Source::Pieces {
                 pieces,
@@ -174,7 +174,7 @@ impl Drop for Streaming {
 enum Source {
     /// Sent by the task reading an HTTP/1 answer; `ended` once it said the body is whole.
     Pieces {
-        pieces: mpsc::Receiver<Piece>,
+        pieces: mpsc::Receiver<SentPiece>,
         ended: bool,
     },
     /// An h2 stream's data, then its trailer fields.

@@ -1,9 +1,10 @@
 //! The outbound listener's connections: applications' HTTP/1.1 requests, read and
 //! answered here; h2c (with prior knowledge) handed to [`crate::h2_server`].
 //!
-//! The outbound path reads a request's body whole before routing it (it may retry it) and
-//! answers with a body it holds whole, so serving HTTP/1.1 is a loop: read a head and its
-//! body, route, write the answer, and again while the connection is kept alive. hyper's
+//! The outbound path reads an HTTP/1 request's body whole before routing it (it may retry
+//! it), so serving HTTP/1.1 is a loop: read a head and its body, route, write the answer
+//! (whole, or as it arrives: [`crate::body`]), and again while the connection is kept
+//! alive. hyper's
 //! server did the same through a general dispatcher and codec, about a third of a plain
 //! request's instructions once the client side was the proxy's own (docs/benchmarks.md).
 //!
@@ -53,7 +54,8 @@ pub struct ClientTimeouts {
     pub idle: Duration,
     /// How long a request that has begun may go without a byte, in its head or its
     /// body, before it is answered 408 and the connection closed: a client cannot hold
-    /// a connection with a request it never finishes.
+    /// a connection with a request it never finishes. (Over h2, a gRPC request's body
+    /// may pause: it is a stream, forwarded as it arrives.)
     pub stall: Duration,
 }
 

@@ -13,12 +13,12 @@
 //! request is not retried. A try that must have the body whole (to an endpoint that
 //! speaks HTTP/1) reads it whole first.
 
+use std::future::poll_fn;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
-use std::future::poll_fn;
 
 use crate::body::send_within_window;
 

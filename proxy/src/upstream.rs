@@ -41,11 +41,12 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::FastMap;
-use crate::body::{PIECES_AHEAD, Piece as SentPiece, ProxyBody, WHOLE_ANSWER_BYTES};
+use crate::body::{PIECES_AHEAD, ProxyBody, SentPiece, WHOLE_ANSWER_BYTES};
 use crate::wire::{
     COALESCED_BODY, Dechunker, FieldKind, FieldSpan, Fields, MAX_HEAD_BYTES, MAX_HEADERS, Piece,
     RawFields, Wire, chunked, closed, content_length, decimal, note_spans, scan,
 };
+
 /// Idle connections kept per endpoint; more are closed once their exchange ends.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
 /// How long a connection may sit idle before [`Http1Pool::close_idle`] closes it (as

@@ -77,7 +77,7 @@ struct Flags {
     #[arg(long, default_value = "1h", value_parser = parse_timeout)]
     idle_timeout: std::time::Duration,
     /// Answer 408 and close when a request that has begun (head or body) sends nothing
-    /// for this long.
+    /// for this long (not a gRPC request's body over h2: a stream may pause).
     #[arg(long, default_value = "30s", value_parser = parse_timeout)]
     request_stall_timeout: std::time::Duration,
     /// Threads serving the outbound and east-west listeners, each with its own
