@@ -654,7 +654,7 @@ impl Outbound {
                 "not ready: no configuration yet (no snapshot from a coordinator)",
             ));
         };
-        let (parts, _) = request.into_parts();
+        let (mut parts, _) = request.into_parts();
         let forward = self.route(&routing, &parts, handled).map_err(|a| *a)?;
         if let Some(delay) = forward.fault.delay {
             tokio::time::sleep(delay).await;
@@ -662,6 +662,11 @@ impl Outbound {
         if let Some(abort) = forward.fault.abort {
             return Err(aborted(abort));
         }
+        // Named as any other request is.
+        parts
+            .headers
+            .entry(REQUEST_ID_HEADER)
+            .or_insert_with(new_request_id);
         let target = &forward.target;
         let discovery = routing.discovery.as_ref();
         let settings = discovery.balance(&target.host, &target.subset);

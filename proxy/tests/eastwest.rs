@@ -542,6 +542,8 @@ async fn a_websocket_upgrade_is_carried_to_another_cluster() {
     let key = format!("sec-websocket-key: {}", UPGRADE_KEY.to_ascii_lowercase());
     assert!(head_lower.contains(&key), "{head}");
     assert!(head_lower.contains("x-fulcrum-hop: east->west"), "{head}");
+    // Named by the proxy that saw the client, and the name carried across.
+    assert!(head_lower.contains("\r\nx-request-id: "), "{head}");
     // Bytes both ways through both proxies, larger than a frame and a window update.
     let big = "w".repeat(200_000);
     for message in ["hello", big.as_str()] {

@@ -1591,6 +1591,8 @@ spec:
     assert!(head.starts_with("GET /room/7 HTTP/1.1\r\n"), "{head}");
     assert!(head.contains("host: chat.example\r\n"), "{head}");
     assert!(head.contains("sec-websocket-version: 13\r\n"), "{head}");
+    // Named, as any request without a name is.
+    assert!(head.contains("\r\nx-request-id: "), "{head}");
     // Both ways, as bytes, for as long as the client keeps it.
     for message in ["hello", "and more"] {
         stream.write_all(message.as_bytes()).await.expect("write");
