@@ -181,7 +181,7 @@ pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Up
                     out.clear();
                     let (following, _) =
                         encode(&mut out, response, None, &Answer::CLOSING, &mut date);
-                    send(&mut wire.stream, &mut out, following).await;
+                    send(&mut wire, &mut out, following).await;
                 }
             }
             return;
@@ -195,7 +195,7 @@ pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Up
         };
         let (following, keep_alive) =
             encode(&mut out, response, fields.as_ref(), &answer, &mut date);
-        if !send(&mut wire.stream, &mut out, following).await || !keep_alive {
+        if !send(&mut wire, &mut out, following).await || !keep_alive {
             return;
         }
     }
@@ -408,7 +408,7 @@ async fn refuse(wire: &mut Wire, refusal: Refusal, outbound: &Outbound) {
         &Answer::CLOSING,
         &mut Date::default(),
     );
-    if !send(&mut wire.stream, &mut out, following).await {
+    if !send(wire, &mut out, following).await {
         return;
     }
     // Closing with unread bytes would reset the connection, and a client still sending
@@ -624,26 +624,43 @@ fn encode(
 /// False when the connection cannot carry another answer: it broke, or a streamed body
 /// broke off (the client sees the answer end early: a short body, or a chunked one
 /// without its last chunk).
-async fn send(stream: &mut TcpStream, out: &mut Vec<u8>, following: Following) -> bool {
-    if stream.write_all(out).await.is_err() {
+async fn send(wire: &mut Wire, out: &mut Vec<u8>, following: Following) -> bool {
+    if wire.stream.write_all(out).await.is_err() {
         return false;
     }
     match following {
-        Following::Bytes(body) => body.is_empty() || stream.write_all(&body).await.is_ok(),
-        Following::Stream(body, chunked) => pass_on(stream, body, chunked, out).await.is_ok(),
+        Following::Bytes(body) => body.is_empty() || wire.stream.write_all(&body).await.is_ok(),
+        Following::Stream(body, chunked) => pass_on(wire, body, chunked, out).await.is_ok(),
     }
 }
 
 /// Writes a streamed body as it arrives, each piece as soon as it comes (a chunk of its
 /// own, whole, when `chunked`); trailer fields are dropped, as an HTTP/1 answer carries
-/// none here.
+/// none here. While it waits for the next piece it watches the client's side: a client
+/// that closes its connection ends the answer at once (rather than at the next piece,
+/// which may be long in coming), and what a client sends meanwhile (its next requests)
+/// is kept for after the answer, up to a head's worth.
 async fn pass_on(
-    stream: &mut TcpStream,
+    wire: &mut Wire,
     mut body: ProxyBody,
     chunked: bool,
     scratch: &mut Vec<u8>,
 ) -> Result<(), ()> {
-    while let Some(frame) = body.frame().await {
+    loop {
+        let frame = if wire.read.len() < MAX_HEAD_BYTES {
+            tokio::select! {
+                frame = body.frame() => frame,
+                read = wire.fill(0) => match read {
+                    Ok(0) | Err(_) => return Err(()),
+                    Ok(_) => continue,
+                },
+            }
+        } else {
+            body.frame().await
+        };
+        let Some(frame) = frame else {
+            break;
+        };
         let frame = frame.map_err(|e| tracing::debug!("answer not passed on whole: {e}"))?;
         let Ok(data) = frame.into_data() else {
             continue;
@@ -651,6 +668,7 @@ async fn pass_on(
         if data.is_empty() {
             continue;
         }
+        let stream = &mut wire.stream;
         if !chunked {
             stream.write_all(&data).await.map_err(drop)?;
             continue;
@@ -669,7 +687,7 @@ async fn pass_on(
         stream.write_all(b"\r\n").await.map_err(drop)?;
     }
     if chunked {
-        stream.write_all(b"0\r\n\r\n").await.map_err(drop)?;
+        wire.stream.write_all(b"0\r\n\r\n").await.map_err(drop)?;
     }
     Ok(())
 }

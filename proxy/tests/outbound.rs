@@ -605,6 +605,38 @@ async fn an_answer_still_arriving_reaches_http1_clients_piece_by_piece() {
     assert!(rest.contains("data: two\n\n"), "{rest}");
 }
 
+/// A client that leaves while an answer is still arriving ends it at once: the proxy
+/// closes its connection to the endpoint without waiting for the endpoint's next piece.
+#[tokio::test]
+async fn a_client_that_leaves_mid_answer_ends_it_at_the_endpoint() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let endpoint = listener.local_addr().expect("address");
+    let (closed, seen_closed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf).await;
+        stream.write_all(FIRST_EVENT).await.expect("first event");
+        // No more events: only the proxy closing the connection ends this.
+        while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+        let _ = closed.send(());
+    });
+    let proxy = raw_proxy_to(endpoint, "", ClientTimeouts::default()).await;
+    let mut stream = TcpStream::connect(proxy.outbound_address())
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /events HTTP/1.1\r\nHost: raw.example\r\n\r\n")
+        .await
+        .expect("write");
+    read_until(&mut stream, "data: one\n\n\r\n").await;
+    drop(stream);
+    tokio::time::timeout(Duration::from_secs(5), seen_closed)
+        .await
+        .expect("the proxy closes the endpoint's connection once the client has gone")
+        .expect("the endpoint says so");
+}
+
 #[tokio::test]
 async fn an_answer_still_arriving_reaches_h2_clients_piece_by_piece() {
     let (endpoint, go_on) = stepped_endpoint(FIRST_EVENT, LAST_EVENT).await;
