@@ -560,6 +560,29 @@ async fn a_websocket_upgrade_is_carried_to_another_cluster() {
     assert!(rest.is_empty());
 }
 
+/// A ServiceEntry `name` (namespace shop, host `name.shop`) with one port, 9000, named
+/// `port_name` (and of the `protocol` given, if any), and its one endpoint, at `endpoint`
+/// on loopback, in the west cluster.
+fn west_grpc_entry(
+    name: &str,
+    (port_name, protocol): (&str, Option<&str>),
+    endpoint: u16,
+) -> String {
+    let protocol = protocol.map_or(String::new(), |p| format!(", protocol: {p}"));
+    format!(
+        "apiVersion: networking.istio.io/v1\n\
+         kind: ServiceEntry\n\
+         metadata: {{name: {name}, namespace: shop}}\n\
+         spec:\n  \
+           hosts: [{name}.shop]\n  \
+           location: MESH_INTERNAL\n  \
+           resolution: STATIC\n  \
+           ports: [{{number: 9000, name: {port_name}{protocol}}}]\n  \
+           endpoints:\n  \
+           - {{address: 127.0.0.1, ports: {{{port_name}: {endpoint}}}, locality: {WEST}, labels: {{topology.istio.io/cluster: west}}}}\n"
+    )
+}
+
 /// A gRPC call to a service whose only endpoint is in another cluster: h2 from the
 /// client to the endpoint, through both proxies, and the answer's trailers (its
 /// `grpc-status`) come back the same way.
@@ -568,20 +591,7 @@ async fn a_grpc_call_is_carried_to_another_cluster_with_its_trailers() {
     let mesh = mesh(StatusCode::OK, "", "").await;
     let endpoint = grpc::grpc_endpoint(grpc::Behaviour::Answer(42)).await;
     let draining = grpc::grpc_endpoint(grpc::Behaviour::Unavailable).await;
-    let entry = |name: &str, port: u16| {
-        format!(
-            "apiVersion: networking.istio.io/v1\n\
-             kind: ServiceEntry\n\
-             metadata: {{name: {name}, namespace: shop}}\n\
-             spec:\n  \
-               hosts: [{name}.shop]\n  \
-               location: MESH_INTERNAL\n  \
-               resolution: STATIC\n  \
-               ports: [{{number: 9000, name: api, protocol: GRPC}}]\n  \
-               endpoints:\n  \
-               - {{address: 127.0.0.1, ports: {{api: {port}}}, locality: {WEST}, labels: {{topology.istio.io/cluster: west}}}}\n"
-        )
-    };
+    let entry = |name: &str, port: u16| west_grpc_entry(name, ("api", Some("GRPC")), port);
     std::fs::write(
         mesh.config_dir.join("kv.yaml"),
         format!(
@@ -676,23 +686,8 @@ async fn a_grpc_call_is_carried_to_another_cluster_with_its_trailers() {
 async fn a_grpc_server_stream_from_another_cluster_arrives_message_by_message() {
     let mesh = mesh(StatusCode::OK, "", "").await;
     let (endpoint, events) = grpc::event_endpoint().await;
-    std::fs::write(
-        mesh.config_dir.join("events.yaml"),
-        format!(
-            "apiVersion: networking.istio.io/v1\n\
-             kind: ServiceEntry\n\
-             metadata: {{name: events, namespace: shop}}\n\
-             spec:\n  \
-               hosts: [events.shop]\n  \
-               location: MESH_INTERNAL\n  \
-               resolution: STATIC\n  \
-               ports: [{{number: 9000, name: grpc-status}}]\n  \
-               endpoints:\n  \
-               - {{address: 127.0.0.1, ports: {{grpc-status: {}}}, locality: {WEST}, labels: {{topology.istio.io/cluster: west}}}}\n",
-            endpoint.port()
-        ),
-    )
-    .expect("write config");
+    let entry = west_grpc_entry("events", ("grpc-status", None), endpoint.port());
+    std::fs::write(mesh.config_dir.join("events.yaml"), entry).expect("write config");
     let east = mesh.east.outbound_address();
     // Known to the east once a call there is answered by the endpoint (which serves one
     // watch only, so the probe is a method it refuses).
@@ -709,26 +704,8 @@ async fn a_grpc_server_stream_from_another_cluster_arrives_message_by_message() 
         },
     )
     .await;
-    let mut client = grpc::status_client_through(east, "events.shop").await;
-    let request = fulcrum_proto::status::v1::WatchEventsRequest::default();
-    let mut stream = client
-        .watch_events(request)
-        .await
-        .expect("the watch is answered")
-        .into_inner();
-    for index in [1, 2, 3] {
-        let event = fulcrum_proto::status::v1::Event {
-            index,
-            ..Default::default()
-        };
-        events.send(Ok(event)).await.expect("the endpoint streams");
-        let received = tokio::time::timeout(Duration::from_secs(5), stream.message())
-            .await
-            .expect("each message arrives while the stream is still open")
-            .expect("a message, not an error")
-            .expect("not the end");
-        assert_eq!(received.index, index);
-    }
+    let (_, mut stream) = grpc::watch_through(east, "events.shop").await;
+    grpc::check_events_through(&events, &mut stream).await;
     drop(events);
     let end = tokio::time::timeout(Duration::from_secs(5), stream.message())
         .await
@@ -742,23 +719,8 @@ async fn a_grpc_server_stream_from_another_cluster_arrives_message_by_message() 
 async fn a_grpc_stream_both_ways_crosses_to_another_cluster_message_by_message() {
     let mesh = mesh(StatusCode::OK, "", "").await;
     let endpoint = grpc::echo_endpoint().await;
-    std::fs::write(
-        mesh.config_dir.join("echo.yaml"),
-        format!(
-            "apiVersion: networking.istio.io/v1\n\
-             kind: ServiceEntry\n\
-             metadata: {{name: echo, namespace: shop}}\n\
-             spec:\n  \
-               hosts: [echo.shop]\n  \
-               location: MESH_INTERNAL\n  \
-               resolution: STATIC\n  \
-               ports: [{{number: 9000, name: grpc-control}}]\n  \
-               endpoints:\n  \
-               - {{address: 127.0.0.1, ports: {{grpc-control: {}}}, locality: {WEST}, labels: {{topology.istio.io/cluster: west}}}}\n",
-            endpoint.port()
-        ),
-    )
-    .expect("write config");
+    let entry = west_grpc_entry("echo", ("grpc-control", None), endpoint.port());
+    std::fs::write(mesh.config_dir.join("echo.yaml"), entry).expect("write config");
     let east = mesh.east.outbound_address();
     eventually(
         "east reaches echo.shop in the west cluster",

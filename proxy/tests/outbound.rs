@@ -5,8 +5,8 @@ mod grpc;
 mod websocket;
 
 use grpc::{
-    check_echo_through, client_through, echo_endpoint, echo_reachable_through, event_endpoint,
-    grpc_endpoint, status_client_through,
+    check_echo_through, check_events_through, client_through, echo_endpoint,
+    echo_reachable_through, event_endpoint, grpc_endpoint, watch_through,
 };
 use websocket::{UPGRADE_KEY, read_until, upgrade_request, websocket_endpoint};
 
@@ -388,6 +388,15 @@ async fn a_route_rewrites_sets_headers_and_reaches_its_subset_over_http1_and_h2c
 }
 
 /// Everything the proxy writes on a connection until it closes it.
+/// A connection to `proxy` on which `bytes` (a request, or part of one) were sent.
+async fn sent_on(proxy: &Proxy, bytes: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(proxy.outbound_address())
+        .await
+        .expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    stream
+}
+
 async fn read_to_close(stream: &mut TcpStream) -> String {
     let mut all = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut all))
@@ -587,13 +596,7 @@ const LAST_EVENT: &[u8] = b"b\r\ndata: two\n\n\r\n0\r\n\r\n";
 async fn an_answer_still_arriving_reaches_http1_clients_piece_by_piece() {
     let (endpoint, go_on) = stepped_endpoint(FIRST_EVENT, LAST_EVENT).await;
     let proxy = raw_proxy_to(endpoint, "", ClientTimeouts::default()).await;
-    let mut stream = TcpStream::connect(proxy.outbound_address())
-        .await
-        .expect("connect");
-    stream
-        .write_all(b"GET /events HTTP/1.1\r\nHost: raw.example\r\n\r\n")
-        .await
-        .expect("write");
+    let mut stream = sent_on(&proxy, b"GET /events HTTP/1.1\r\nHost: raw.example\r\n\r\n").await;
     // The first event arrives while the endpoint holds the second back.
     let text = read_until(&mut stream, "data: one\n\n\r\n").await;
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
@@ -622,13 +625,7 @@ async fn a_client_that_leaves_mid_answer_ends_it_at_the_endpoint() {
         let _ = closed.send(());
     });
     let proxy = raw_proxy_to(endpoint, "", ClientTimeouts::default()).await;
-    let mut stream = TcpStream::connect(proxy.outbound_address())
-        .await
-        .expect("connect");
-    stream
-        .write_all(b"GET /events HTTP/1.1\r\nHost: raw.example\r\n\r\n")
-        .await
-        .expect("write");
+    let mut stream = sent_on(&proxy, b"GET /events HTTP/1.1\r\nHost: raw.example\r\n\r\n").await;
     read_until(&mut stream, "data: one\n\n\r\n").await;
     drop(stream);
     tokio::time::timeout(Duration::from_secs(5), seen_closed)
@@ -684,13 +681,7 @@ spec:
     // Far more than the proxy holds whole, and it never comes.
     let endless = b"HTTP/1.1 200 OK\r\nContent-Length: 100000000000\r\n\r\nstart of it";
     let (proxy, _) = raw_service_proxy(endless, routes, ClientTimeouts::default()).await;
-    let mut stream = TcpStream::connect(proxy.outbound_address())
-        .await
-        .expect("connect");
-    stream
-        .write_all(b"GET /x HTTP/1.1\r\nHost: raw.example\r\n\r\n")
-        .await
-        .expect("write");
+    let mut stream = sent_on(&proxy, b"GET /x HTTP/1.1\r\nHost: raw.example\r\n\r\n").await;
     let started = Instant::now();
     // Passed on as it came, then the connection closed short of the declared length.
     let text = read_to_close(&mut stream).await;
@@ -1858,26 +1849,9 @@ spec:
         )
     );
     let proxy = start_east(&yaml, None).await;
-    let mut client = status_client_through(proxy.outbound_address(), "events.shop.example").await;
-    let request = fulcrum_proto::status::v1::WatchEventsRequest::default();
-    let mut stream = client
-        .watch_events(request)
-        .await
-        .expect("the watch is answered")
-        .into_inner();
-    for index in [1, 2, 3] {
-        let event = fulcrum_proto::status::v1::Event {
-            index,
-            ..Default::default()
-        };
-        events.send(Ok(event)).await.expect("the endpoint streams");
-        let received = tokio::time::timeout(Duration::from_secs(5), stream.message())
-            .await
-            .expect("each message arrives while the stream is still open")
-            .expect("a message, not an error")
-            .expect("not the end");
-        assert_eq!(received.index, index);
-    }
+    let (mut client, mut stream) =
+        watch_through(proxy.outbound_address(), "events.shop.example").await;
+    check_events_through(&events, &mut stream).await;
     // An error at the end comes through in the trailers, with its message.
     events
         .send(Err(tonic::Status::data_loss("the log was compacted")))

@@ -213,6 +213,42 @@ pub async fn event_endpoint() -> (SocketAddr, mpsc::Sender<Result<status::Event,
     (address, send)
 }
 
+/// A watch of the event endpoint's events, through the outbound listener of the proxy at
+/// `proxy`, as `service`; with the client, for more calls.
+pub async fn watch_through(
+    proxy: SocketAddr,
+    service: &str,
+) -> (StatusClient<Channel>, tonic::Streaming<status::Event>) {
+    let mut client = status_client_through(proxy, service).await;
+    let stream = client
+        .watch_events(status::WatchEventsRequest::default())
+        .await
+        .expect("the watch is answered")
+        .into_inner();
+    (client, stream)
+}
+
+/// Sends three events through `events` (the event endpoint's), one at a time, and checks
+/// that each reaches `stream` (a watch on it) while the stream is still open.
+pub async fn check_events_through(
+    events: &mpsc::Sender<Result<status::Event, Status>>,
+    stream: &mut tonic::Streaming<status::Event>,
+) {
+    for index in [1, 2, 3] {
+        let event = status::Event {
+            index,
+            ..Default::default()
+        };
+        events.send(Ok(event)).await.expect("the endpoint streams");
+        let received = tokio::time::timeout(std::time::Duration::from_secs(5), stream.message())
+            .await
+            .expect("each message arrives while the stream is still open")
+            .expect("a message, not an error")
+            .expect("not the end");
+        assert_eq!(received.index, index);
+    }
+}
+
 /// A status API client of `service` through the outbound listener of the proxy at
 /// `proxy`.
 pub async fn status_client_through(proxy: SocketAddr, service: &str) -> StatusClient<Channel> {
