@@ -1,9 +1,9 @@
-//! The body of an answer on its way back to the client: held whole, or passed on as it
-//! arrives.
+//! The body of an answer on its way back to the client (and of an HTTP/1 client's
+//! request on its way in): held whole, or passed on as it arrives.
 //!
 //! Most answers are small and come complete with their head. Those are held whole
 //! ([`ProxyBody::Whole`]): the proxy's own answers, and endpoints' answers that declare a
-//! length of at most [`WHOLE_ANSWER_BYTES`] or whose chunked body came with the head. Any
+//! length of at most [`WHOLE_BODY_BYTES`] or whose chunked body came with the head. Any
 //! other answer — a larger one, or one of unknown length still arriving (server-sent
 //! events, a gRPC stream, a download) — is passed on as it arrives
 //! ([`ProxyBody::Streaming`]): the client sees each part when the endpoint sends it, and
@@ -30,9 +30,9 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 
-/// The largest answer body read whole before it is passed on; a larger one, or one
-/// without a declared length, is passed on as it arrives.
-pub const WHOLE_ANSWER_BYTES: u64 = 1024 * 1024;
+/// The largest body read whole before it is passed on, an answer's or a request's; a
+/// larger one, or one without a declared length, is passed on as it arrives.
+pub const WHOLE_BODY_BYTES: u64 = 1024 * 1024;
 
 /// What a task reading an answer off an HTTP/1 connection sends: a piece of the body,
 /// `None` at its end, or why it broke off.
@@ -190,7 +190,7 @@ pub struct BrokenOff(pub String);
 
 impl fmt::Display for BrokenOff {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the answer broke off: {}", self.0)
+        write!(f, "the body broke off: {}", self.0)
     }
 }
 

@@ -1,25 +1,27 @@
 //! The outbound listener's connections: applications' HTTP/1.1 requests, read and
 //! answered here; h2c (with prior knowledge) handed to [`crate::h2_server`].
 //!
-//! The outbound path reads an HTTP/1 request's body whole before routing it (it may retry
-//! it), so serving HTTP/1.1 is a loop: read a head and its body, route, write the answer
-//! (whole, or as it arrives: [`crate::body`]), and again while the connection is kept
-//! alive. hyper's
+//! Serving HTTP/1.1 is a loop: read a request's head, route it with its body (read
+//! whole when small, else passed on as it arrives by a [`Pump`] while the request is
+//! handled: [`crate::upload`]), write the answer (whole, or as it arrives:
+//! [`crate::body`]), and again while the connection is kept alive. An answer that comes
+//! before the body has all arrived (an endpoint refusing an upload) is passed on, and the
+//! connection closed after it: the rest of the body is not read. hyper's
 //! server did the same through a general dispatcher and codec, about a third of a plain
 //! request's instructions once the client side was the proxy's own (docs/benchmarks.md).
 //!
-//! What is refused before routing, with `x-fulcrum-reason` and the connection closed:
-//! a malformed head (400), one larger than [`MAX_HEAD_BYTES`] or with more than
+//! What is refused before routing, with `x-fulcrum-reason` and the connection closed: a
+//! malformed head (400), one larger than [`MAX_HEAD_BYTES`] or with more than
 //! [`MAX_HEADERS`] fields (431), ambiguous framing — both Content-Length and
 //! Transfer-Encoding, differing or invalid Content-Lengths, a transfer coding other than
 //! chunked last, Transfer-Encoding in HTTP/1.0 (400, as Envoy does: a classic request
-//! smuggling probe), malformed chunks (400), a body over the outbound path's limit (413).
-//! `Expect: 100-continue` is answered before the body is read. Requests on one
-//! connection are answered in order (pipelining). A connection waiting for its next
-//! request is closed after [`ClientTimeouts::idle`]; a request that has begun and then
-//! sends nothing for [`ClientTimeouts::stall`] is answered 408. After a refusal the proxy reads and
-//! drops what the client still sends, for a moment, so that the client reads the answer
-//! rather than a reset.
+//! smuggling probe), malformed chunks (400, also when they come after the request was
+//! routed: it is dropped). `Expect: 100-continue` is answered before the body is read.
+//! Requests on one connection are answered in order (pipelining). A connection waiting for
+//! its next request is closed after [`ClientTimeouts::idle`]; a request that has begun and
+//! then sends nothing for [`ClientTimeouts::stall`] is answered 408. After a refusal, or an
+//! answer that came before the body ended, the proxy reads and drops what the client still
+//! sends, for a moment, so that the client reads the answer rather than a reset.
 
 use std::io::{self, Write};
 use std::mem::MaybeUninit;
@@ -28,22 +30,24 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
+use futures::FutureExt;
 use http::header::{CONNECTION, DATE, EXPECT, TRANSFER_ENCODING};
 use http::{HeaderValue, Method, Request, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
-use crate::body::ProxyBody;
+use crate::body::{PIECES_AHEAD, ProxyBody, SentPiece, WHOLE_BODY_BYTES};
 use crate::h2_server::{self, H2Settings};
 use crate::outbound::{
     ClientAddress, Outbound, ProxyResponse, Upstreams, WebSocketUpgrade, answer,
 };
 use crate::tunnel::{TunnelIo, splice};
 use crate::wire::{
-    BodyError, COALESCED_BODY, FieldKind, MAX_HEAD_BYTES, MAX_HEADERS, RawFields, Wire, chunked,
-    content_length, decimal, note_spans, scan,
+    BodyError, BodyReader, COALESCED_BODY, Dechunker, FieldKind, MAX_HEAD_BYTES, MAX_HEADERS,
+    Piece, RawFields, Wire, chunked, content_length, decimal, note_spans, scan,
 };
 
 /// How long applications' connections may wait, and stall.
@@ -141,14 +145,7 @@ pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Up
     let mut out = Vec::with_capacity(1024);
     let mut date = Date::default();
     loop {
-        let incoming = match read_request(
-            &mut wire,
-            outbound.max_body_bytes(),
-            &timeouts,
-            &mut deadline,
-        )
-        .await
-        {
+        let incoming = match read_request(&mut wire, &timeouts, &mut deadline).await {
             Ok(Some(incoming)) => incoming,
             Ok(None) => return,
             Err(refusal) => {
@@ -159,17 +156,25 @@ pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Up
         let Incoming {
             request,
             keep_alive,
-            after_continue,
+            framing,
+            continue_first,
         } = incoming;
         let (head_only, version) = (request.method() == Method::HEAD, request.version());
-        let request = match after_continue {
-            Some(framing) => {
-                match read_body_after_continue(&mut wire, request, &framing, &outbound).await {
-                    Ok(request) => request,
-                    Err(()) => return,
-                }
+        // Answered here: the endpoint gets the body with the request.
+        if continue_first
+            && (wire.stream)
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+        {
+            return;
+        }
+        let (request, pump) = match with_body(&mut wire, request, framing).await {
+            Ok(taken) => taken,
+            Err(refusal) => {
+                refuse(&mut wire, refusal, &outbound).await;
+                return;
             }
-            None => request,
         };
         if request.extensions().get::<WebSocketUpgrade>().is_some() {
             // The connection is the tunnel's from here on, whatever the endpoint answers.
@@ -186,17 +191,69 @@ pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Up
             }
             return;
         }
-        let (response, fields) = outbound.handle_raw(request, client, &upstreams).await;
+        let handled = match pump {
+            None => Ok((outbound.handle_raw(request, client, &upstreams).await, true)),
+            Some(pump) => {
+                handle_pumping(&outbound, request, client, &upstreams, pump, &mut wire).await
+            }
+        };
+        let ((response, fields), body_read) = match handled {
+            Ok(handled) => handled,
+            Err(refusal) => {
+                refuse(&mut wire, refusal, &outbound).await;
+                return;
+            }
+        };
         out.clear();
         let answer = Answer {
             head_only,
-            keep_alive,
+            // What is left of an unread body would be taken for the next request.
+            keep_alive: keep_alive && body_read,
             version,
         };
         let (following, keep_alive) =
             encode(&mut out, response, fields.as_ref(), &answer, &mut date);
-        if !send(&mut wire, &mut out, following).await || !keep_alive {
+        if !send(&mut wire, &mut out, following).await {
             return;
+        }
+        if !body_read {
+            linger(&mut wire).await;
+            return;
+        }
+        if !keep_alive {
+            return;
+        }
+    }
+}
+
+/// Handles a request while its body is read off `wire` by `pump` and passed on. Returns
+/// the answer, and whether the body was read to its end (an answer may come first: an
+/// endpoint refusing an upload does not wait for it; then the rest is not read, and the
+/// connection is closed after the answer). A body that breaks off (malformed, stalled, or
+/// the client gone) ends the request: it is refused, and the tries are dropped.
+async fn handle_pumping(
+    outbound: &Outbound,
+    request: Request<ProxyBody>,
+    client: Option<ClientAddress>,
+    upstreams: &Upstreams,
+    pump: Pump,
+    wire: &mut Wire,
+) -> Result<((ProxyResponse, Option<RawFields>), bool), Refusal> {
+    let handling = outbound.handle_raw(request, client, upstreams);
+    let pumping = pump.run(wire);
+    tokio::pin!(handling, pumping);
+    let mut body_read = None;
+    loop {
+        tokio::select! {
+            biased;
+            handled = &mut handling => {
+                // The pump may have read the body's end and be telling it: let it finish.
+                if body_read.is_none() {
+                    body_read = pumping.as_mut().now_or_never().and_then(Result::ok);
+                }
+                return Ok((handled, body_read == Some(true)));
+            }
+            pumped = &mut pumping, if body_read.is_none() => body_read = Some(pumped?),
         }
     }
 }
@@ -235,14 +292,15 @@ impl From<String> for Refusal {
     }
 }
 
-/// A request read off the connection.
+/// A request's head read off the connection.
 struct Incoming {
-    request: Request<Full<Bytes>>,
+    request: Request<ProxyBody>,
     /// Whether the connection stays open after the answer.
     keep_alive: bool,
-    /// When the client waits for `100 Continue` before it sends the body: how the body,
-    /// still to be read, is framed.
-    after_continue: Option<Framing>,
+    /// How the body that follows is delimited.
+    framing: Framing,
+    /// The client waits for `100 Continue` before it sends the body.
+    continue_first: bool,
 }
 
 /// How an answer is to be written.
@@ -268,7 +326,7 @@ impl Answer {
 /// A request head read off the connection: the request without its body, how the body
 /// is framed, and whether the connection stays open after the answer.
 struct Head {
-    request: Request<Full<Bytes>>,
+    request: Request<ProxyBody>,
     framing: Framing,
     keep_alive: bool,
 }
@@ -280,11 +338,10 @@ enum Framing {
     Chunked,
 }
 
-/// The next request, with its body unless the client waits for `100 Continue`; `None`
-/// when the client closed the connection between requests.
+/// The next request's head; `None` when the client closed the connection between
+/// requests.
 async fn read_request(
     wire: &mut Wire,
-    max_body: usize,
     timeouts: &ClientTimeouts,
     deadline: &mut Deadline,
 ) -> Result<Option<Incoming>, Refusal> {
@@ -317,79 +374,133 @@ async fn read_request(
             }
         }
     };
-    let length = match framing {
-        Framing::Length(n) => Some(n),
-        Framing::Chunked => None,
-    };
-    if length.is_some_and(|n| n > max_body as u64) {
-        return Err(too_large(max_body));
-    }
-    let continue_first = length != Some(0)
+    let continue_first = !matches!(framing, Framing::Length(0))
         && request.version() == Version::HTTP_11
         && request
             .headers()
             .get(EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if continue_first {
-        // Answered here: the endpoint gets the body with the request.
         request.headers_mut().remove(EXPECT);
-        return Ok(Some(Incoming {
-            request,
-            keep_alive,
-            after_continue: Some(framing),
-        }));
     }
-    let body = read_body(wire, &framing, max_body).await?;
-    *request.body_mut() = Full::new(body);
     Ok(Some(Incoming {
         request,
         keep_alive,
-        after_continue: None,
+        framing,
+        continue_first,
     }))
 }
 
-/// Sends `100 Continue`, then reads the body of `request`; `Err` when the connection is
-/// to be closed (the refusal, if any, already written).
-async fn read_body_after_continue(
+/// The request with its body: read whole when it is small (a declared length of at most
+/// [`WHOLE_BODY_BYTES`], or a chunked body all of which is already in) and passed on as
+/// it arrives otherwise, by the [`Pump`] returned with it ([`crate::upload`]).
+async fn with_body(
     wire: &mut Wire,
-    mut request: Request<Full<Bytes>>,
-    framing: &Framing,
-    outbound: &Outbound,
-) -> Result<Request<Full<Bytes>>, ()> {
-    if wire
-        .stream
-        .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-        .await
-        .is_err()
-    {
-        return Err(());
-    }
-    match read_body(wire, framing, outbound.max_body_bytes()).await {
-        Ok(body) => {
-            *request.body_mut() = Full::new(body);
-            Ok(request)
+    mut request: Request<ProxyBody>,
+    framing: Framing,
+) -> Result<(Request<ProxyBody>, Option<Pump>), Refusal> {
+    let (reader, first, length) = match framing {
+        Framing::Length(0) => return Ok((request, None)),
+        Framing::Length(n) if n <= WHOLE_BODY_BYTES => {
+            let body = wire.read_length(n, WHOLE_BODY_BYTES as usize).await;
+            *request.body_mut() = ProxyBody::Whole(body.map_err(body_refusal)?);
+            return Ok((request, None));
         }
-        Err(refusal) => {
-            refuse(wire, refusal, outbound).await;
-            Err(())
+        Framing::Length(n) => (BodyReader::Length(n), Bytes::new(), Some(n)),
+        Framing::Chunked => {
+            let mut dechunker = Dechunker::default();
+            let mut first = BytesMut::new();
+            loop {
+                match dechunker.step(&mut wire.read).map_err(bad_body)? {
+                    Piece::Data(data) => first.extend_from_slice(&data),
+                    Piece::End => {
+                        *request.body_mut() = ProxyBody::Whole(first.freeze());
+                        return Ok((request, None));
+                    }
+                    Piece::More => break (BodyReader::Chunked(dechunker), first.freeze(), None),
+                }
+            }
+        }
+    };
+    let (sender, pieces) = mpsc::channel(PIECES_AHEAD);
+    *request.body_mut() = ProxyBody::from_pieces(pieces, length);
+    let pump = Pump {
+        reader,
+        first,
+        sender,
+    };
+    Ok((request, Some(pump)))
+}
+
+/// Reads a request's body off the client's connection and sends it on, piece by piece,
+/// as fast as the request's tries take it.
+struct Pump {
+    reader: BodyReader,
+    /// What was read of it with the head.
+    first: Bytes,
+    sender: mpsc::Sender<SentPiece>,
+}
+
+impl Pump {
+    /// True once the body has been read to its end; false when the request stopped
+    /// taking it first (the rest is still on the connection). A body that breaks off
+    /// (malformed, stalled, or the connection gone) is an error, told to the request too.
+    async fn run(self, wire: &mut Wire) -> Result<bool, Refusal> {
+        let Pump {
+            mut reader,
+            first,
+            sender,
+        } = self;
+        if !first.is_empty() && sender.send(Ok(Some(first))).await.is_err() {
+            return Ok(false);
+        }
+        loop {
+            let step = reader.step(&mut wire.read).map_err(bad_body);
+            let refusal = match step {
+                Ok(Piece::Data(data)) => {
+                    if sender.send(Ok(Some(data))).await.is_err() {
+                        return Ok(false);
+                    }
+                    continue;
+                }
+                Ok(Piece::End) => {
+                    let _ = sender.send(Ok(None)).await;
+                    return Ok(true);
+                }
+                Ok(Piece::More) => {
+                    let filled = tokio::select! {
+                        filled = wire.fill_within(reader.wants(), || "the end of the body".into()) => filled,
+                        () = sender.closed() => return Ok(false),
+                    };
+                    match filled {
+                        Ok(()) => continue,
+                        Err(e) => body_refusal(e),
+                    }
+                }
+                Err(refusal) => refusal,
+            };
+            let _ = sender.send(Err(refusal.reason.clone())).await;
+            return Err(refusal);
         }
     }
 }
 
-async fn read_body(wire: &mut Wire, framing: &Framing, max_body: usize) -> Result<Bytes, Refusal> {
-    let read = match framing {
-        Framing::Length(0) => return Ok(Bytes::new()),
-        Framing::Length(n) => wire.read_length(*n, max_body).await,
-        Framing::Chunked => wire.read_chunked(max_body).await,
-    };
-    read.map_err(|e| match e {
-        BodyError::TooLarge => too_large(max_body),
+fn body_refusal(e: BodyError) -> Refusal {
+    match e {
+        BodyError::TooLarge => Refusal {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            reason: "request body too large".into(),
+        },
         BodyError::Stalled(after) => Refusal {
             status: StatusCode::REQUEST_TIMEOUT,
             reason: format!("no byte of the request body for {after:?}"),
         },
-        BodyError::Broken(why) => Refusal::bad(format!("request body could not be read: {why}")),
-    })
+        BodyError::Broken(why) => bad_body(why),
+    }
+}
+
+fn bad_body(why: String) -> Refusal {
+    Refusal::bad(format!("request body could not be read: {why}"))
 }
 
 /// Answers `refusal`, saying the connection closes (the caller then closes it), and
@@ -411,9 +522,13 @@ async fn refuse(wire: &mut Wire, refusal: Refusal, outbound: &Outbound) {
     if !send(wire, &mut out, following).await {
         return;
     }
-    // Closing with unread bytes would reset the connection, and a client still sending
-    // (a body over the limit) could lose the answer: say no more is coming, then read
-    // and drop what it sends for a while.
+    linger(wire).await;
+}
+
+/// Closes the connection while the client may still be sending (a body not read): says
+/// no more is coming, then reads and drops what the client sends for a while. Closing
+/// with unread bytes would reset the connection, and the client could lose the answer.
+async fn linger(wire: &mut Wire) {
     if wire.stream.shutdown().await.is_err() {
         return;
     }
@@ -425,13 +540,6 @@ async fn refuse(wire: &mut Wire, refusal: Refusal, outbound: &Outbound) {
             Ok(Ok(n)) if n > 0 => dropped += n,
             _ => return,
         }
-    }
-}
-
-fn too_large(max_body: usize) -> Refusal {
-    Refusal {
-        status: StatusCode::PAYLOAD_TOO_LARGE,
-        reason: format!("request body over {max_body} bytes"),
     }
 }
 
@@ -499,7 +607,7 @@ fn parse_request(wire: &mut Wire) -> Result<Option<Head>, Refusal> {
     };
     // Room for the request id the proxy adds when the client sent none.
     let headers = raw.to_map(1);
-    let mut request = Request::new(Full::new(Bytes::new()));
+    let mut request = Request::new(ProxyBody::default());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = version;

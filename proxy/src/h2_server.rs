@@ -31,7 +31,7 @@ use h2::server::SendResponse;
 use http::header::{CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame};
+use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
@@ -40,7 +40,7 @@ use crate::downstream::ClientTimeouts;
 use crate::grpc::is_grpc;
 use crate::outbound::ProxyResponse;
 use crate::transport::Trailers;
-use crate::wire::MAX_HEAD_BYTES;
+use crate::wire::{MAX_HEAD_BYTES, content_length};
 
 /// Requests one connection may carry at once, on either listener.
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
@@ -146,7 +146,17 @@ pub async fn serve<T, H, F>(
                             let head_only = request.method() == Method::HEAD;
                             // A gRPC request's body may be a stream, with pauses.
                             let stall = (!is_grpc(request.headers())).then_some(settings.stall);
-                            let request = request.map(|body| Received::new(body, stall));
+                            // h2 holds the body to the length its client declared.
+                            let length = content_length(
+                                request
+                                    .headers()
+                                    .get_all(CONTENT_LENGTH)
+                                    .iter()
+                                    .map(|v| v.as_bytes()),
+                                "request",
+                            );
+                            let length = length.ok().flatten();
+                            let request = request.map(|body| Received::new(body, stall, length));
                             let answer = respond_to(handle(request), respond, head_only);
                             requests.push(Either::Left(answer));
                         }
@@ -366,15 +376,18 @@ pub struct Received {
     stall: Option<Duration>,
     /// Made when the body first has to be waited for (most requests have none).
     quiet: Option<Quiet>,
+    /// The length its client declared.
+    length: Option<u64>,
 }
 
 impl Received {
-    fn new(stream: RecvStream, stall: Option<Duration>) -> Received {
+    fn new(stream: RecvStream, stall: Option<Duration>, length: Option<u64>) -> Received {
         Received {
             stream,
             data_done: false,
             stall,
             quiet: None,
+            length,
         }
     }
 
@@ -418,6 +431,13 @@ impl Body for Received {
 
     fn is_end_stream(&self) -> bool {
         self.stream.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.length {
+            Some(length) => SizeHint::with_exact(length),
+            None => SizeHint::default(),
+        }
     }
 }
 

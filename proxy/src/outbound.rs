@@ -29,7 +29,7 @@ use http::header::{
     CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue, TE, TRANSFER_ENCODING,
 };
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
 
@@ -37,7 +37,7 @@ use crate::FastMap;
 use crate::balance::{
     ClusterInfo, EndpointPicker, LocalityRow, OutlierDetector, OutlierSettings, Place, TryOutcome,
 };
-use crate::body::{End, ProxyBody};
+use crate::body::{End, ProxyBody, WHOLE_BODY_BYTES};
 use crate::control::report::{Outcome, ReportSource, Stats};
 use crate::discovery::{BalanceSettings, Discovery, Endpoint, HashOn};
 use crate::downstream::ClientTimeouts;
@@ -52,7 +52,7 @@ use crate::routing::{
 use crate::transport::{H2Pool, MeshTls, SendError};
 use crate::tunnel::{H2Stream, Holding, TunnelIo, splice};
 use crate::upload::{RequestBody, ToSend};
-use crate::upstream::{Http1Pool, Http1Request, UpstreamError};
+use crate::upstream::{Http1Body, Http1Pool, Http1Request, UpstreamError};
 use crate::wire::{MAX_HEAD_BYTES, RawFields, is_hop_by_hop, merge_raw_fields};
 use h2::RecvStream;
 use h2::server::SendResponse;
@@ -79,7 +79,10 @@ pub const HASH_KEY_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-hash-
 /// another service, or a short name given for a Kubernetes service): the service's full
 /// name. The authority itself goes on to the endpoint unchanged, as Envoy keeps the Host.
 pub const SERVICE_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-service");
-/// Largest request body the proxy buffers (it keeps the body to retry).
+/// The most of a request body the proxy keeps to send again (a retry, a mirror), as
+/// Envoy buffers a request for its retries up to a limit: a body forwarded as it arrives
+/// is retried only when it ended within this, and a mirrored request's body is read whole
+/// within it (413 beyond).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 /// How long a connection to an endpoint may take.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -317,9 +320,6 @@ enum Try {
     ConnectFailed(String),
     Reset(String),
     TimedOut,
-    /// No try was made: the proxy answers itself (the request's body, read whole for an
-    /// endpoint that speaks HTTP/1, was over the limit or broke off).
-    Refused(Box<ProxyResponse>),
 }
 
 /// Where one try goes.
@@ -369,11 +369,6 @@ impl Outbound {
     pub fn count_refused(&self, status: StatusCode) {
         self.metrics
             .count_request("unknown", &self.locality_text, status.as_u16(), 0.0);
-    }
-
-    /// The largest request body the outbound path takes (it holds bodies whole).
-    pub fn max_body_bytes(&self) -> usize {
-        self.max_body_bytes
     }
 
     /// How long applications' connections may idle, and stall in a request.
@@ -619,7 +614,7 @@ impl Outbound {
     /// answer that is not an upgrade goes to the client all the same.
     pub(crate) async fn open_tunnel(
         &self,
-        request: Request<Full<Bytes>>,
+        request: Request<ProxyBody>,
         client: Option<ClientAddress>,
         upstreams: &Upstreams,
     ) -> Result<(Box<dyn TunnelIo>, Bytes), ProxyResponse> {
@@ -643,7 +638,7 @@ impl Outbound {
 
     async fn open_tunnel_routed(
         &self,
-        request: Request<Full<Bytes>>,
+        request: Request<ProxyBody>,
         client: Option<ClientAddress>,
         upstreams: &Upstreams,
         handled: &mut Handled,
@@ -1271,9 +1266,10 @@ impl Outbound {
         response
     }
 
-    /// The request's body as its tries will send it: a gRPC request's body still
+    /// The request's body as its tries will send it ([`crate::upload`]): one still
     /// arriving is forwarded as it arrives when `may_stream` (not when the request is
-    /// mirrored: mirrors are sent the body whole); any other is read whole first.
+    /// mirrored: mirrors are sent the body whole) and it is a gRPC call's, or of unknown
+    /// length, or longer than [`WHOLE_BODY_BYTES`]; any other is read whole first.
     async fn request_body<B>(
         &self,
         parts: &http::request::Parts,
@@ -1284,14 +1280,17 @@ impl Outbound {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        if may_stream && !body.is_end_stream() && is_grpc(&parts.headers) {
-            let arriving = body.map_err(Into::into).boxed_unsync();
-            return Ok(RequestBody::arriving(arriving, self.max_body_bytes));
+        if may_stream && !body.is_end_stream() {
+            let large = (body.size_hint().exact()).is_none_or(|n| n > WHOLE_BODY_BYTES);
+            if large || is_grpc(&parts.headers) {
+                let arriving = body.map_err(Into::into).boxed_unsync();
+                return Ok(RequestBody::arriving(arriving, self.max_body_bytes));
+            }
         }
         self.read_body(body).await.map(RequestBody::Whole)
     }
 
-    /// The whole request body, within the size limit.
+    /// The whole request body, within the body limit ([`DEFAULT_MAX_BODY_BYTES`]).
     async fn read_body<B>(&self, body: B) -> Result<Bytes, Box<ProxyResponse>>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
@@ -1503,7 +1502,7 @@ impl Outbound {
                 tokio::time::sleep(policy.backoff * attempt).await;
             }
             let started = Instant::now();
-            let (result, cluster, locality) = match &hop {
+            let (mut result, cluster, locality) = match &hop {
                 Hop::Local(endpoint) => {
                     tried.push(endpoint.address);
                     // Boxed, as the next: a try's state is kilobytes, and inline it would
@@ -1531,15 +1530,6 @@ impl Outbound {
                     (result, *cluster, *locality)
                 }
             };
-            // The proxy's own answer (the body could not be read whole): no endpoint's.
-            let mut result = match result {
-                Try::Refused(response) => {
-                    last = Some(*response);
-                    tries = attempt + 1;
-                    break;
-                }
-                tried => tried,
-            };
             handled.locality = match &hop {
                 Hop::Local(_) => self.locality_text.clone(),
                 Hop::Remote { locality_text, .. } => Arc::clone(locality_text),
@@ -1556,6 +1546,8 @@ impl Outbound {
                         self.tally(settings, target, place, endpoint, total, started.elapsed());
                     r.body_mut().on_end(move |end| tally.count(end));
                 }
+                // Failed by the client's doing (its body broke off): nothing to count.
+                Try::Reset(_) | Try::TimedOut if body.broken_off().is_some() => {}
                 tried => {
                     // A gRPC answer counts as the status its grpc-status stands for.
                     let status = match tried {
@@ -1621,14 +1613,17 @@ impl Outbound {
                         ),
                     )
                 }
-                Try::Reset(e) => (
-                    policy.retry_on.reset,
-                    answer(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &format!("upstream in {cluster} reset before answering: {e}"),
+                Try::Reset(e) => match body.broken_off() {
+                    // The client's body broke off, not the endpoint: the client's answer.
+                    Some((status, why)) => (false, answer(status, &why)),
+                    None => (
+                        policy.retry_on.reset,
+                        answer(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            &format!("upstream in {cluster} reset before answering: {e}"),
+                        ),
                     ),
-                ),
-                Try::Refused(response) => (false, *response),
+                },
                 Try::TimedOut => (
                     policy.retry_on.reset || policy.retry_on.gateway_error,
                     answer(StatusCode::GATEWAY_TIMEOUT, "per-try timeout"),
@@ -1774,22 +1769,10 @@ impl Outbound {
                 .try_h2_endpoint(upstreams, parts, forward, endpoint, body)
                 .await;
         }
-        let body = match body.to_send() {
-            ToSend::Whole(bytes) => bytes,
-            ToSend::Arriving(mut forwarding) => {
-                let Some(arriving) = forwarding.take_body() else {
-                    return Try::Reset(NOT_AGAIN.into());
-                };
-                // Boxed as a future that is Send whatever its lifetimes: inline, the
-                // compiler cannot prove the request's future Send ("not general enough").
-                let reading: std::pin::Pin<Box<dyn Future<Output = _> + Send + '_>> =
-                    Box::pin(self.read_body(arriving));
-                let read = reading.await;
-                forwarding.read(read.as_ref().ok().cloned());
-                match read {
-                    Ok(bytes) => bytes,
-                    Err(response) => return Try::Refused(response),
-                }
+        let (body, mut arriving) = match body.to_send() {
+            ToSend::Whole(bytes) => (Http1Body::Whole(bytes), None),
+            ToSend::Arriving(forwarding) => {
+                (Http1Body::Arriving(forwarding.length()), Some(forwarding))
             }
             ToSend::Gone => return Try::Reset(NOT_AGAIN.into()),
         };
@@ -1799,7 +1782,15 @@ impl Outbound {
         };
         let in_flight = InFlight::enter(&self.in_flight, endpoint.address);
         let send = async {
-            match upstreams.http.exchange(endpoint.address, &request).await {
+            let http = &upstreams.http;
+            let exchanged = match &mut arriving {
+                None => http.exchange(endpoint.address, &request).await,
+                Some(body) => {
+                    http.exchange_arriving(endpoint.address, &request, body)
+                        .await
+                }
+            };
+            match exchanged {
                 Ok(answer) => {
                     let mut response = Response::new(answer.body);
                     // A streamed answer is in flight until it ends (for LEAST_REQUEST).
@@ -1901,7 +1892,7 @@ impl Outbound {
             });
             return;
         }
-        let Ok(request) = http1_request(parts, &shadow, body) else {
+        let Ok(request) = http1_request(parts, &shadow, Http1Body::Whole(body)) else {
             return;
         };
         let pool = upstreams.http.clone();
@@ -2056,7 +2047,12 @@ async fn send_h2(
     match to_send {
         ToSend::Whole(body) => pool.send(address, cluster, request.map(|_| body)).await,
         ToSend::Arriving(forwarding) => {
-            pool.send_arriving(address, cluster, request.map(|_| ()), forwarding)
+            let mut request = request.map(|_| ());
+            if let Some(length) = forwarding.length() {
+                // Declared as the client declared it (h2 holds the body to it).
+                (request.headers_mut()).insert(CONTENT_LENGTH, HeaderValue::from(length));
+            }
+            pool.send_arriving(address, cluster, request, forwarding)
                 .await
         }
         ToSend::Gone => Err(SendError::Reset(NOT_AGAIN.into())),
@@ -2460,17 +2456,14 @@ fn apply_changes(headers: &mut HeaderMap, changes: &HeaderChanges) {
 fn http1_request(
     parts: &http::request::Parts,
     forward: &Forward,
-    body: Bytes,
+    body: Http1Body,
 ) -> Result<Http1Request, String> {
     if !forward.request_headers.is_empty() || parts.headers.contains_key(CONNECTION) {
         // The route changes fields, or the client named hop-by-hop ones: build the
         // request's fields as the east-west path does.
-        return Http1Request::try_from(upstream_request(
-            parts,
-            forward,
-            &forward.path_and_query,
-            body,
-        )?);
+        let request = upstream_request(parts, forward, &forward.path_and_query, Bytes::new())?;
+        let writer = Http1Request::writer_for(&request.into_parts().0)?;
+        return Ok(writer.finish_with(body));
     }
     // The common case, without a copy of the client's fields: each is written as it is
     // passed over.
@@ -2483,7 +2476,7 @@ fn http1_request(
             writer.field(name, value);
         }
     }
-    Ok(writer.finish(body))
+    Ok(writer.finish_with(body))
 }
 
 /// The request to send to another cluster's proxy, over h2: [`h2_request`], with what
@@ -2648,7 +2641,8 @@ mod tests {
         let mut forward =
             default_route("checkout.internal", "checkout.internal", "/v2/orders?id=7");
         let sent = |parts: &http::request::Parts, forward: &Forward| {
-            let request = http1_request(parts, forward, Bytes::from("{}")).unwrap();
+            let request =
+                http1_request(parts, forward, Http1Body::Whole(Bytes::from("{}"))).unwrap();
             String::from_utf8(request.message().to_vec()).unwrap()
         };
         let expected = "POST /v2/orders?id=7 HTTP/1.1\r\nhost: checkout.internal\r\n\

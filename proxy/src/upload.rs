@@ -1,24 +1,28 @@
 //! A request's body as the tries of the request send it: read whole before routing, or
 //! forwarded as it arrives.
 //!
-//! Most requests are read whole before they are routed ([`RequestBody::Whole`]), so that
-//! any try can send them again. A gRPC request whose body is still arriving when its
-//! head has come (a client stream, a bidirectional stream; a unary call's one message
-//! too) is forwarded as it arrives instead ([`RequestBody::Arriving`]): the first try
-//! over h2 takes it and sends each piece on when it comes, so that a stream's messages
-//! reach the endpoint while the stream is open, as they do through Envoy. What passes is
-//! kept, up to the body limit; once the body has ended whole, a later try can send it
-//! again (a unary call can still be retried, as its message has come by the time its
-//! answer does); a body still arriving, or over the limit, cannot be sent again, so the
-//! request is not retried. A try that must have the body whole (to an endpoint that
-//! speaks HTTP/1) reads it whole first.
+//! A small body is read whole before the request is tried ([`RequestBody::Whole`]), so
+//! that any try can send it again: one that declares a length of at most
+//! [`WHOLE_BODY_BYTES`](crate::body::WHOLE_BODY_BYTES), or that came with its head. Any
+//! other — an upload larger than that, one of unknown length (chunked, or h2 without a
+//! Content-Length), a gRPC client stream or bidirectional stream — is forwarded as it
+//! arrives ([`RequestBody::Arriving`]), as Envoy forwards bodies: the first try takes it
+//! and sends each piece on when it comes, over h2 or HTTP/1, so that the proxy holds a
+//! few pieces of it at a time, whatever its size, and a stream's messages reach the
+//! endpoint while the stream is open. What passes is kept, up to the body limit, as
+//! Envoy buffers a request for its retries: once the body has ended whole within the
+//! limit, a later try can send it again (a unary gRPC call can still be retried, as its
+//! message has come by the time its answer does); a body still arriving, or over the
+//! limit, cannot be sent again, so the request is not retried.
 
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, StatusCode};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Body;
 
 use crate::body::send_within_window;
 
@@ -32,7 +36,7 @@ pub type ArrivingBody = UnsyncBoxBody<Bytes, BoxError>;
 pub enum RequestBody {
     /// Read whole before routing.
     Whole(Bytes),
-    /// Still arriving; forwarded by the first try over h2.
+    /// Still arriving; forwarded by the first try.
     Arriving(Upload),
 }
 
@@ -41,6 +45,8 @@ pub struct Upload {
     state: Arc<Mutex<State>>,
     /// The most kept for later tries.
     limit: usize,
+    /// Its length, when the client declared one.
+    length: Option<u64>,
 }
 
 enum State {
@@ -50,15 +56,17 @@ enum State {
     Taken,
     /// It ended, and all of it is kept.
     Whole(Bytes),
-    /// It broke off, or was over the limit: no other try can send it.
+    /// It was over the limit, or a try stopped forwarding it: no other try can send it.
     Gone,
+    /// The client's side of it broke off: the status to answer the client, and why.
+    BrokenOff(StatusCode, String),
 }
 
-/// What a try over h2 sends as the request's body.
+/// What a try sends as the request's body.
 pub enum ToSend {
     Whole(Bytes),
-    /// The body as it arrives: the try sends the head without ending the stream, then
-    /// [`Forwarding::run`] on the stream.
+    /// The body as it arrives: the try sends the head, then each piece
+    /// ([`Forwarding::next`]; over h2, [`Forwarding::run`] on the stream).
     Arriving(Forwarding),
     /// Another try forwarded it, and it is not whole: it cannot be sent again.
     Gone,
@@ -67,9 +75,11 @@ pub enum ToSend {
 impl RequestBody {
     /// A body still arriving, kept up to `limit` bytes for later tries.
     pub fn arriving(body: ArrivingBody, limit: usize) -> RequestBody {
+        let length = body.size_hint().exact();
         RequestBody::Arriving(Upload {
             state: Arc::new(Mutex::new(State::Waiting(body))),
             limit,
+            length,
         })
     }
 
@@ -84,7 +94,20 @@ impl RequestBody {
         }
     }
 
-    /// The body for a try over h2.
+    /// When the client's body broke off as a try forwarded it (the client reset its
+    /// stream, or stalled): the answer the client is owed, a 408 for a stall, else a
+    /// 400, with why. A try that failed then failed by the client's doing.
+    pub fn broken_off(&self) -> Option<(StatusCode, String)> {
+        let RequestBody::Arriving(upload) = self else {
+            return None;
+        };
+        match &*upload.state.lock().ok()? {
+            State::BrokenOff(status, why) => Some((*status, why.clone())),
+            _ => None,
+        }
+    }
+
+    /// The body for a try.
     pub fn to_send(&self) -> ToSend {
         let upload = match self {
             RequestBody::Whole(bytes) => return ToSend::Whole(bytes.clone()),
@@ -96,8 +119,11 @@ impl RequestBody {
         match std::mem::replace(&mut *state, State::Taken) {
             State::Waiting(body) => ToSend::Arriving(Forwarding {
                 body: Some(body),
+                kept: Some(BytesMut::new()),
+                begun: false,
                 state: Arc::clone(&upload.state),
                 limit: upload.limit,
+                length: upload.length,
             }),
             State::Whole(bytes) => {
                 *state = State::Whole(bytes.clone());
@@ -111,92 +137,131 @@ impl RequestBody {
     }
 }
 
-/// A body being forwarded by one try. Dropped before [`Forwarding::run`] (the try failed
-/// before it could send anything), it goes back for the next try.
+/// A body being forwarded by one try, piece by piece ([`Forwarding::next`]). Dropped
+/// before its first piece was taken (the try failed before it could send anything), it
+/// goes back for the next try; dropped after, before its end, no try can send it again.
 pub struct Forwarding {
     body: Option<ArrivingBody>,
+    /// What has passed so far, while it is within the limit.
+    kept: Option<BytesMut>,
+    begun: bool,
     state: Arc<Mutex<State>>,
     limit: usize,
+    length: Option<u64>,
+}
+
+/// The next piece of a body being forwarded.
+pub enum Next {
+    Data(Bytes),
+    /// The body has ended whole, with these trailer fields if it had any.
+    End(Option<HeaderMap>),
+    /// The body broke off (the client went away, or reset its stream); says why.
+    Broken(String),
 }
 
 impl Drop for Forwarding {
     fn drop(&mut self) {
-        if let (Some(body), Ok(mut state)) = (self.body.take(), self.state.lock()) {
-            *state = State::Waiting(body);
+        let Some(body) = self.body.take() else {
+            return;
+        };
+        if let Ok(mut state) = self.state.lock() {
+            *state = match self.begun {
+                false => State::Waiting(body),
+                true => State::Gone,
+            };
         }
     }
 }
 
 impl Forwarding {
-    /// The body, for a try that must have it whole (to an endpoint that speaks HTTP/1):
-    /// the try reads it, then says what it read with [`Forwarding::read`].
-    pub fn take_body(&mut self) -> Option<ArrivingBody> {
-        self.body.take()
+    /// The body's length, when its client declared one.
+    pub fn length(&self) -> Option<u64> {
+        self.length
     }
 
-    /// The body, read whole by the try that took it (`None`: it could not be), is kept
-    /// for later tries.
-    pub fn read(&self, whole: Option<Bytes>) {
-        self.ended(whole);
+    /// The next piece of the body, kept for later tries while within the limit. Once the
+    /// body has ended (whole, or broken off), it is [`Next::Broken`] again.
+    pub async fn next(&mut self) -> Next {
+        let Some(body) = &mut self.body else {
+            return Next::Broken("the body was already forwarded".into());
+        };
+        self.begun = true;
+        let frame = match body.frame().await {
+            None => {
+                self.ended(Ok(()));
+                return Next::End(None);
+            }
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => {
+                let status = match crate::h2_server::is_stall(e.as_ref()) {
+                    true => StatusCode::REQUEST_TIMEOUT,
+                    false => StatusCode::BAD_REQUEST,
+                };
+                let why = format!("the request body broke off: {e}");
+                self.ended(Err((status, why.clone())));
+                return Next::Broken(why);
+            }
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                let limit = self.limit;
+                self.kept = self.kept.take().filter(|k| k.len() + data.len() <= limit);
+                if let Some(kept) = &mut self.kept {
+                    kept.extend_from_slice(&data);
+                }
+                Next::Data(data)
+            }
+            Err(frame) => {
+                self.ended(Ok(()));
+                Next::End(frame.into_trailers().ok())
+            }
+        }
     }
 
     /// Sends the body on `stream` as it arrives (within the peer's flow-control window),
-    /// then its trailer fields if it has any; keeps it for later tries while it is within
-    /// the limit. When the body breaks off (the client reset its stream), the stream is
-    /// reset too; when the peer resets the stream, forwarding stops.
+    /// then its trailer fields if it has any. When the body breaks off (the client reset
+    /// its stream), the stream is reset too; when the peer resets the stream, forwarding
+    /// stops.
     pub async fn run(mut self, mut stream: h2::SendStream<Bytes>) {
-        let Some(mut body) = self.body.take() else {
-            return;
-        };
-        let mut kept = Some(BytesMut::new());
         loop {
-            let frame = tokio::select! {
-                frame = body.frame() => frame,
-                _ = poll_fn(|cx| stream.poll_reset(cx)) => break,
+            let next = tokio::select! {
+                next = self.next() => next,
+                _ = poll_fn(|cx| stream.poll_reset(cx)) => return,
             };
-            let frame = match frame {
-                None => {
-                    // Recorded first: the peer answers once the body has ended, and a
-                    // retry of that answer must find the body whole.
-                    self.ended(kept.take().map(BytesMut::freeze));
+            match next {
+                Next::Data(data) => {
+                    if send_within_window(&mut stream, data).await.is_err() {
+                        return;
+                    }
+                }
+                // The body was recorded whole before its end is sent: the peer answers
+                // once the body has ended, and a retry of that answer must find it whole.
+                Next::End(None) => {
                     let _ = stream.send_data(Bytes::new(), true);
                     return;
                 }
-                Some(Ok(frame)) => frame,
-                Some(Err(e)) => {
-                    tracing::debug!("request body broke off: {e}");
+                Next::End(Some(trailers)) => {
+                    let _ = stream.send_trailers(trailers);
+                    return;
+                }
+                Next::Broken(why) => {
+                    tracing::debug!("request body broke off: {why}");
                     stream.send_reset(h2::Reason::CANCEL);
-                    break;
-                }
-            };
-            match frame.into_data() {
-                Ok(data) => {
-                    kept = kept.filter(|k| k.len() + data.len() <= self.limit);
-                    if let Some(kept) = &mut kept {
-                        kept.extend_from_slice(&data);
-                    }
-                    if send_within_window(&mut stream, data).await.is_err() {
-                        break;
-                    }
-                }
-                Err(frame) => {
-                    self.ended(kept.take().map(BytesMut::freeze));
-                    if let Ok(trailers) = frame.into_trailers() {
-                        let _ = stream.send_trailers(trailers);
-                    }
                     return;
                 }
             }
         }
-        self.ended(None);
     }
 
-    /// The body has ended: whole, as `kept`, or gone.
-    fn ended(&self, kept: Option<Bytes>) {
+    /// The body has ended: whole (all of it kept, when within the limit), or broken off.
+    fn ended(&mut self, end: Result<(), (StatusCode, String)>) {
+        self.body = None;
+        let kept = self.kept.take();
         if let Ok(mut state) = self.state.lock() {
-            *state = match kept {
-                Some(bytes) => State::Whole(bytes),
-                None => State::Gone,
+            *state = match (end, kept) {
+                (Ok(()), Some(bytes)) => State::Whole(bytes.freeze()),
+                (Ok(()), None) => State::Gone,
+                (Err((status, why)), _) => State::BrokenOff(status, why),
             };
         }
     }

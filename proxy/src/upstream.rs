@@ -24,10 +24,10 @@
 //! end-to-end fields come back as they came ([`RawFields`]): the proxy's HTTP/1 server
 //! copies them out so, and a header map is made from them only where one is needed.
 //! Limits: a head of at most [`MAX_HEAD_BYTES`] and [`MAX_HEADERS`] fields; bodies are
-//! held whole up to [`WHOLE_ANSWER_BYTES`] and streamed beyond. The reading itself is
+//! held whole up to [`WHOLE_BODY_BYTES`] and streamed beyond. The reading itself is
 //! shared with the proxy's HTTP/1 server ([`crate::wire`]).
 
-use std::io;
+use std::io::{self, Write};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
@@ -41,10 +41,12 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::FastMap;
-use crate::body::{PIECES_AHEAD, ProxyBody, SentPiece, WHOLE_ANSWER_BYTES};
+use crate::body::{PIECES_AHEAD, ProxyBody, SentPiece, WHOLE_BODY_BYTES};
+use crate::upload::{Forwarding, Next};
 use crate::wire::{
-    COALESCED_BODY, Dechunker, FieldKind, FieldSpan, Fields, MAX_HEAD_BYTES, MAX_HEADERS, Piece,
-    RawFields, Wire, chunked, closed, content_length, decimal, note_spans, scan,
+    BodyReader, COALESCED_BODY, Dechunker, FieldKind, FieldSpan, Fields, MAX_HEAD_BYTES,
+    MAX_HEADERS, Piece, RawFields, Wire, chunked, closed, content_length, decimal, note_spans,
+    scan,
 };
 
 /// Idle connections kept per endpoint; more are closed once their exchange ends.
@@ -121,6 +123,62 @@ impl Http1Pool {
         let mut connection = Box::pin(self.connect(address)).await?;
         match connection.exchange(message, rest, head_only).await {
             Ok((head, body)) => Ok(self.answered(address, connection, head, body)),
+            Err(Failure::Closed { .. }) => Err(UpstreamError::Reset(
+                "the endpoint closed the connection before answering".into(),
+            )),
+            Err(Failure::Broken(e)) => Err(UpstreamError::Reset(e)),
+        }
+    }
+
+    /// [`Http1Pool::exchange`] for a request whose body is still arriving: `request` is
+    /// its head ([`Http1RequestWriter::finish_arriving`]), and the body is sent after it
+    /// piece by piece as `body` gives it. The head goes on an idle connection when there
+    /// is one, and on another if the endpoint closed that one (no piece of the body has
+    /// been taken yet). If the endpoint answers before the whole body has gone (as one
+    /// refusing an upload does), sending stops there and the answer is passed on; that
+    /// connection is not used again.
+    pub async fn exchange_arriving(
+        self: &Arc<Self>,
+        address: SocketAddr,
+        request: &Http1Request,
+        body: &mut Forwarding,
+    ) -> Result<Answer, UpstreamError> {
+        let mut connection = loop {
+            match self.take(address) {
+                Some(mut connection) => match connection.send(&request.message, &[]).await {
+                    Ok(()) => break connection,
+                    Err(Failure::Closed { .. }) => continue,
+                    Err(Failure::Broken(e)) => return Err(UpstreamError::Reset(e)),
+                },
+                None => {
+                    let mut connection = Box::pin(self.connect(address)).await?;
+                    match connection.send(&request.message, &[]).await {
+                        Ok(()) => break connection,
+                        Err(Failure::Closed { .. }) => {
+                            return Err(UpstreamError::Reset(
+                                "the endpoint closed the connection before the request's body"
+                                    .into(),
+                            ));
+                        }
+                        Err(Failure::Broken(e)) => return Err(UpstreamError::Reset(e)),
+                    }
+                }
+            }
+        };
+        let head_only = request.method == Method::HEAD;
+        let answered = async {
+            let all_sent = connection.send_arriving(body, request.chunked).await?;
+            let (head, answer) = connection.answer(head_only).await?;
+            // What is left of the body would be taken for the next request.
+            let answer = if all_sent {
+                answer
+            } else {
+                answer.not_reusable()
+            };
+            Ok((head, answer))
+        };
+        match answered.await {
+            Ok((head, answer)) => Ok(self.answered(address, connection, head, answer)),
             Err(Failure::Closed { .. }) => Err(UpstreamError::Reset(
                 "the endpoint closed the connection before answering".into(),
             )),
@@ -231,6 +289,16 @@ pub struct Http1Request {
     message: Vec<u8>,
     /// The body when it is not in `message`.
     rest: Bytes,
+    /// The body is still to come, in chunks ([`Http1RequestWriter::finish_arriving`]).
+    chunked: bool,
+}
+
+/// A request's body, as an [`Http1Request`] frames it.
+pub enum Http1Body {
+    Whole(Bytes),
+    /// Sent after the head as it arrives ([`Http1Pool::exchange_arriving`]): of this
+    /// length when one was declared, else chunked.
+    Arriving(Option<u64>),
 }
 
 /// Writes an [`Http1Request`]: the request line, then the fields, then the body.
@@ -255,6 +323,17 @@ impl Http1Request {
             method: method.clone(),
             out,
         })
+    }
+
+    /// Starts the request `parts` describe (origin-form URI, with its Host header,
+    /// without framing fields), all its fields written: the body's framing is next.
+    pub fn writer_for(parts: &http::request::Parts) -> Result<Http1RequestWriter, String> {
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut writer = Http1Request::start(&parts.method, target)?;
+        for (name, value) in &parts.headers {
+            writer.field(name, value);
+        }
+        Ok(writer)
     }
 }
 
@@ -282,6 +361,36 @@ impl Http1RequestWriter {
         self.out.extend_from_slice(b"\r\n");
     }
 
+    /// Ends the head with the body's framing (the request's own framing fields must not
+    /// have been added), and adds the body when it is whole.
+    pub fn finish_with(self, body: Http1Body) -> Http1Request {
+        match body {
+            Http1Body::Whole(bytes) => self.finish(bytes),
+            Http1Body::Arriving(length) => self.finish_arriving(length),
+        }
+    }
+
+    /// Ends the head of a request whose body is sent after it as it arrives: framed by
+    /// its `length` when it has one, else chunked.
+    pub fn finish_arriving(mut self, length: Option<u64>) -> Http1Request {
+        let out = &mut self.out;
+        match length {
+            Some(length) => {
+                out.extend_from_slice(b"content-length: ");
+                decimal(out, length);
+                out.extend_from_slice(b"\r\n");
+            }
+            None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        }
+        out.extend_from_slice(b"\r\n");
+        Http1Request {
+            method: self.method,
+            message: self.out,
+            rest: Bytes::new(),
+            chunked: length.is_none(),
+        }
+    }
+
     /// Ends the head with the body's Content-Length (the request's own framing fields
     /// must not have been added), and adds the body.
     pub fn finish(mut self, body: Bytes) -> Http1Request {
@@ -302,6 +411,7 @@ impl Http1RequestWriter {
             method: self.method,
             message: self.out,
             rest,
+            chunked: false,
         }
     }
 }
@@ -320,12 +430,7 @@ impl TryFrom<Request<Bytes>> for Http1Request {
     /// fields).
     fn try_from(request: Request<Bytes>) -> Result<Http1Request, String> {
         let (parts, body) = request.into_parts();
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut writer = Http1Request::start(&parts.method, target)?;
-        for (name, value) in &parts.headers {
-            writer.field(name, value);
-        }
-        Ok(writer.finish(body))
+        Ok(Http1Request::writer_for(&parts)?.finish(body))
     }
 }
 
@@ -365,50 +470,31 @@ enum AnswerBody {
     Rest(Rest),
 }
 
+impl AnswerBody {
+    /// The same answer, its connection not to carry another request.
+    fn not_reusable(self) -> AnswerBody {
+        match self {
+            AnswerBody::Whole { body, .. } => AnswerBody::Whole {
+                body,
+                reusable: false,
+            },
+            AnswerBody::Rest(rest) => AnswerBody::Rest(Rest {
+                reusable: false,
+                ..rest
+            }),
+        }
+    }
+}
+
 /// What is left of an answer's body to read off its connection.
 struct Rest {
     /// Bytes of it already taken off the connection.
     first: Bytes,
-    reader: Reader,
+    reader: BodyReader,
     /// The Content-Length it declared.
     length: Option<u64>,
     /// Whether the connection can carry another request once the body is read.
     reusable: bool,
-}
-
-/// Reads what is left of a body, piece by piece.
-enum Reader {
-    /// This many bytes.
-    Length(u64),
-    Chunked(Dechunker),
-    /// Everything up to the close.
-    UntilClose,
-}
-
-impl Reader {
-    /// The next piece from the front of `read`.
-    fn step(&mut self, read: &mut BytesMut) -> Result<Piece, String> {
-        match self {
-            Reader::Length(0) => Ok(Piece::End),
-            Reader::Chunked(dechunker) => dechunker.step(read),
-            _ if read.is_empty() => Ok(Piece::More),
-            Reader::Length(left) => {
-                let taken = usize::try_from(*left).map_or(read.len(), |l| l.min(read.len()));
-                *left -= taken as u64;
-                Ok(Piece::Data(read.split_to(taken).freeze()))
-            }
-            Reader::UntilClose => Ok(Piece::Data(read.split().freeze())),
-        }
-    }
-
-    /// How many bytes to make room for next.
-    fn wants(&self) -> usize {
-        match self {
-            Reader::Length(left) => usize::try_from(*left).unwrap_or(usize::MAX),
-            Reader::Chunked(dechunker) => dechunker.wants(),
-            Reader::UntilClose => usize::MAX,
-        }
-    }
 }
 
 /// Reads the `rest` of an answer off `connection` and sends it on to the client's side,
@@ -452,7 +538,7 @@ async fn pass_on(
                     read = wire.fill(reader.wants()) => read,
                 };
                 let broke = match read {
-                    Ok(0) if matches!(reader, Reader::UntilClose) => break,
+                    Ok(0) if matches!(reader, BodyReader::UntilClose) => break,
                     Ok(0) => "the endpoint closed the connection before the end of its answer"
                         .to_string(),
                     Ok(_) => continue,
@@ -519,6 +605,49 @@ impl Connection {
         Ok(())
     }
 
+    /// Sends a request's body as `body` gives it, each piece as it comes (a chunk of its
+    /// own when `chunked`), while watching the connection: when the endpoint answers, or
+    /// closes, before the body has all gone, sending stops and the answer (or the close)
+    /// is read next. True when the whole body was sent.
+    async fn send_arriving(
+        &mut self,
+        body: &mut Forwarding,
+        chunked: bool,
+    ) -> Result<bool, Failure> {
+        let Wire { stream, read, .. } = &mut self.wire;
+        let mut framed = Vec::new();
+        loop {
+            let next = tokio::select! {
+                next = body.next() => next,
+                () = answer_begun(stream, read) => return Ok(false),
+            };
+            framed.clear();
+            let data = match next {
+                Next::Data(data) if data.is_empty() => continue,
+                Next::Data(data) if chunked => {
+                    let _ = write!(framed, "{:x}\r\n", data.len());
+                    data
+                }
+                Next::Data(data) => data,
+                Next::End(_) if chunked => {
+                    // Trailer fields are dropped, as the proxy's HTTP/1 side carries none.
+                    framed.extend_from_slice(b"0\r\n\r\n");
+                    return write_watching(stream, read, &[&framed]).await;
+                }
+                Next::End(_) => return Ok(true),
+                Next::Broken(why) => {
+                    return Err(Failure::Broken(format!(
+                        "the request's body broke off: {why}"
+                    )));
+                }
+            };
+            let end: &[u8] = if chunked { b"\r\n" } else { b"" };
+            if !write_watching(stream, read, &[&framed, &data, end]).await? {
+                return Ok(false);
+            }
+        }
+    }
+
     async fn answer(&mut self, head_only: bool) -> Result<(Head, AnswerBody), Failure> {
         let wire = &mut self.wire;
         let mut begun = false;
@@ -571,14 +700,14 @@ impl Connection {
         };
         let body = match framing {
             Framing::Empty => Bytes::new(),
-            Framing::Length(length) if length <= WHOLE_ANSWER_BYTES => {
-                let whole = wire.read_length(length, WHOLE_ANSWER_BYTES as usize).await;
+            Framing::Length(length) if length <= WHOLE_BODY_BYTES => {
+                let whole = wire.read_length(length, WHOLE_BODY_BYTES as usize).await;
                 whole.map_err(String::from)?
             }
             Framing::Length(length) => {
                 return Ok((
                     head,
-                    rest(Bytes::new(), Reader::Length(length), Some(length)),
+                    rest(Bytes::new(), BodyReader::Length(length), Some(length)),
                 ));
             }
             // Whole when all of it came with the head, as a small answer's does.
@@ -590,19 +719,68 @@ impl Connection {
                         Piece::Data(data) => first.extend_from_slice(&data),
                         Piece::End => break first.freeze(),
                         Piece::More => {
-                            let reader = Reader::Chunked(dechunker);
+                            let reader = BodyReader::Chunked(dechunker);
                             return Ok((head, rest(first.freeze(), reader, None)));
                         }
                     }
                 }
             }
             Framing::UntilClose => {
-                return Ok((head, rest(Bytes::new(), Reader::UntilClose, None)));
+                return Ok((head, rest(Bytes::new(), BodyReader::UntilClose, None)));
             }
         };
         // Bytes the endpoint sent past its answer: nothing asked for them.
         let reusable = reusable && wire.read.is_empty();
         Ok((head, AnswerBody::Whole { body, reusable }))
+    }
+}
+
+/// Writes `parts` on `stream` in order, unless the endpoint answers (or closes) first:
+/// then what it sent is in `read`, and the rest is not written. True when all was
+/// written. A connection the endpoint closed or reset is not an error here: reading the
+/// answer says what became of the request.
+async fn write_watching(
+    stream: &TcpStream,
+    read: &mut BytesMut,
+    parts: &[&[u8]],
+) -> Result<bool, Failure> {
+    for part in parts {
+        let mut part = *part;
+        while !part.is_empty() {
+            tokio::select! {
+                biased;
+                ready = stream.writable() => {
+                    if let Err(e) = ready {
+                        return Err(Failure::Broken(format!("cannot send the request: {e}")));
+                    }
+                    match stream.try_write(part) {
+                        Ok(n) => part = &part[n..],
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) if closed(&e) => return Ok(false),
+                        Err(e) => {
+                            return Err(Failure::Broken(format!("cannot send the request: {e}")));
+                        }
+                    }
+                }
+                () = answer_begun(stream, read) => return Ok(false),
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Waits until the endpoint has sent something (the start of its answer, into `read`)
+/// or closed the connection.
+async fn answer_begun(stream: &TcpStream, read: &mut BytesMut) {
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        read.reserve(1024);
+        match stream.try_read_buf(read) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            _ => return,
+        }
     }
 }
 
@@ -673,6 +851,8 @@ mod tests {
     use http::Response;
     use http_body_util::{BodyExt, Full};
     use hyper::server::conn::http1 as server;
+
+    use crate::upload::{RequestBody, ToSend};
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
     use tokio::io::AsyncReadExt;
@@ -719,9 +899,6 @@ mod tests {
         (address, connections)
     }
 
-    /// An endpoint that reads each request's head (requests here have no body) and
-    /// writes the next of `answers` as given; after the last, or after each with
-    /// `close_after_each`, it closes the connection. Counts its connections.
     /// The body of an answer read whole.
     fn whole(answer: &Answer) -> Bytes {
         match &answer.body {
@@ -730,6 +907,9 @@ mod tests {
         }
     }
 
+    /// An endpoint that reads each request's head (and not its body) and writes the
+    /// next of `answers` as given; after the last, or after each with
+    /// `close_after_each`, it closes the connection. Counts its connections.
     async fn raw_endpoint(
         answers: Vec<&'static [u8]>,
         close_after_each: bool,
@@ -802,6 +982,90 @@ mod tests {
             Err(UpstreamError::Reset(reason)) => reason,
             other => panic!("expected a reset, got {other:?}"),
         }
+    }
+
+    /// A POST the hyper endpoint echoes, whose body is still to come: of `length` when
+    /// declared, else chunked. Its pieces go in on the sender returned.
+    fn arriving_post(
+        address: SocketAddr,
+        length: Option<u64>,
+    ) -> (Http1Request, RequestBody, mpsc::Sender<SentPiece>) {
+        let (parts, ()) = Request::post("/")
+            .header(http::header::HOST, address.to_string())
+            .header("x-echo", "1")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let head = Http1Request::writer_for(&parts).unwrap();
+        let (sender, pieces) = mpsc::channel(4);
+        let body = ProxyBody::from_pieces(pieces, length);
+        let body = RequestBody::arriving(body.map_err(Into::into).boxed_unsync(), 1024);
+        (head.finish_arriving(length), body, sender)
+    }
+
+    fn forwarding(body: &RequestBody) -> Forwarding {
+        match body.to_send() {
+            ToSend::Arriving(forwarding) => forwarding,
+            _ => panic!("a body still arriving"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_still_arriving_goes_out_framed_and_the_connection_is_reused() {
+        let (address, connections) = endpoint(false).await;
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
+        for length in [Some(6), None] {
+            let (request, body, sender) = arriving_post(address, length);
+            tokio::spawn(async move {
+                for piece in ["abc", "def"] {
+                    sender.send(Ok(Some(Bytes::from(piece)))).await.unwrap();
+                }
+                sender.send(Ok(None)).await.unwrap();
+            });
+            let mut forwarding = forwarding(&body);
+            let answer = pool
+                .exchange_arriving(address, &request, &mut forwarding)
+                .await
+                .unwrap();
+            assert_eq!(whole(&answer), "POST 6 abcdef", "length {length:?}");
+            // Kept whole (within the limit): a retry could send it again.
+            drop(forwarding);
+            assert!(matches!(body.to_send(), ToSend::Whole(b) if b == "abcdef"));
+        }
+        let answer = pool.exchange(address, &plain(address)).await.unwrap();
+        assert_eq!(
+            whole(&answer),
+            "3",
+            "the third request on the one connection"
+        );
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_body_has_gone_ends_the_sending_and_the_connection() {
+        let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let (address, connections) = raw_endpoint(vec![ok, ok], false).await;
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
+        let (request, body, sender) = arriving_post(address, None);
+        sender.send(Ok(Some(Bytes::from("abc")))).await.unwrap();
+        // The body never ends; the endpoint answers without waiting for it.
+        let mut forwarding = forwarding(&body);
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            pool.exchange_arriving(address, &request, &mut forwarding),
+        )
+        .await
+        .expect("the answer, though the body has not ended")
+        .unwrap();
+        assert_eq!(whole(&answer), "ok");
+        // A body cut short cannot be sent again; nor can its connection carry another
+        // request (the endpoint would take the request for the rest of the body).
+        drop(forwarding);
+        assert!(!body.can_send_again());
+        let answer = pool.exchange(address, &get(address)).await.unwrap();
+        assert_eq!(whole(&answer), "ok");
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+        drop(sender);
     }
 
     #[tokio::test]
@@ -1032,7 +1296,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_large_answer_is_passed_on_as_it_arrives_and_its_connection_kept() {
-        let size = 2 * WHOLE_ANSWER_BYTES as usize;
+        let size = 2 * WHOLE_BODY_BYTES as usize;
         let mut large = format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n").into_bytes();
         large.resize(large.len() + size, b'x');
         let (address, connections) = raw_endpoint(

@@ -289,26 +289,6 @@ impl Wire {
         }
         Ok(self.read.split_to(length).freeze())
     }
-
-    /// A chunked body, joined, refused once longer than `limit`; the trailer fields are
-    /// skipped (request bodies are passed on whole, without trailers).
-    pub async fn read_chunked(&mut self, limit: usize) -> Result<Bytes, BodyError> {
-        let mut dechunker = Dechunker::default();
-        let mut body = BytesMut::new();
-        loop {
-            match dechunker.step(&mut self.read).map_err(BodyError::Broken)? {
-                Piece::Data(data) if body.len().saturating_add(data.len()) > limit => {
-                    return Err(BodyError::TooLarge);
-                }
-                Piece::Data(data) => body.extend_from_slice(&data),
-                Piece::End => return Ok(body.freeze()),
-                Piece::More => {
-                    self.fill_within(dechunker.wants(), || "the end of the chunked body".into())
-                        .await?;
-                }
-            }
-        }
-    }
 }
 
 /// What a body reader took from the front of a buffer.
@@ -406,6 +386,41 @@ impl Dechunker {
         match self.state {
             ChunkState::Data(left) => usize::try_from(left.saturating_add(2)).unwrap_or(usize::MAX),
             _ => READ_MIN,
+        }
+    }
+}
+
+/// Reads what is left of a body, piece by piece.
+pub enum BodyReader {
+    /// This many bytes.
+    Length(u64),
+    Chunked(Dechunker),
+    /// Everything up to the close.
+    UntilClose,
+}
+
+impl BodyReader {
+    /// The next piece from the front of `read`.
+    pub fn step(&mut self, read: &mut BytesMut) -> Result<Piece, String> {
+        match self {
+            BodyReader::Length(0) => Ok(Piece::End),
+            BodyReader::Chunked(dechunker) => dechunker.step(read),
+            _ if read.is_empty() => Ok(Piece::More),
+            BodyReader::Length(left) => {
+                let taken = usize::try_from(*left).map_or(read.len(), |l| l.min(read.len()));
+                *left -= taken as u64;
+                Ok(Piece::Data(read.split_to(taken).freeze()))
+            }
+            BodyReader::UntilClose => Ok(Piece::Data(read.split().freeze())),
+        }
+    }
+
+    /// How many bytes to make room for next.
+    pub fn wants(&self) -> usize {
+        match self {
+            BodyReader::Length(left) => usize::try_from(*left).unwrap_or(usize::MAX),
+            BodyReader::Chunked(dechunker) => dechunker.wants(),
+            BodyReader::UntilClose => usize::MAX,
         }
     }
 }

@@ -6,6 +6,7 @@
 
 mod common;
 mod grpc;
+mod upload;
 mod websocket;
 
 use common::eventually;
@@ -729,6 +730,52 @@ async fn a_grpc_stream_both_ways_crosses_to_another_cluster_message_by_message()
     )
     .await;
     grpc::check_echo_through(east, "echo.shop").await;
+}
+
+/// Uploads to a service whose only endpoint is in another cluster pass through both
+/// proxies as they arrive, whatever their size, over HTTP/1 and h2c, with a length or
+/// without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_cross_to_another_cluster_as_they_arrive() {
+    let mesh = mesh(StatusCode::OK, "", "").await;
+    let (endpoint, mut seen) = upload::upload_endpoint().await;
+    let entry = west_grpc_entry("files", ("http", Some("HTTP")), endpoint.port());
+    std::fs::write(mesh.config_dir.join("files.yaml"), entry).expect("write config");
+    let east = mesh.east.outbound_address();
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+    eventually(
+        "east reaches files.shop in the west cluster",
+        Duration::from_secs(20),
+        || async move {
+            match get_from(east, loopback, "files.shop", &[]).await {
+                Some((StatusCode::OK, headers)) if headers.contains_key("x-seen-framing") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    let size = 12 * 1024 * 1024 + 5;
+    let expected = upload::Sum::of_pattern(size).text();
+    for chunked in [false, true] {
+        let text = upload::upload_over_http1(east, "files.shop", size, chunked, &mut seen).await;
+        assert!(
+            text.starts_with("HTTP/1.1 200 "),
+            "chunked {chunked}: {text}"
+        );
+        assert!(text.contains("x-fulcrum-cluster: west\r\n"), "{text}");
+        assert!(text.ends_with(&expected), "chunked {chunked}: {text}");
+    }
+    for declared in [true, false] {
+        let (status, framing, body) =
+            upload::upload_over_h2c(east, "files.shop", size, declared, &mut seen).await;
+        assert_eq!(status, 200, "declared {declared}");
+        let expected_framing = match declared {
+            true => size.to_string(),
+            false => "chunked".to_string(),
+        };
+        assert_eq!(framing, expected_framing, "declared {declared}");
+        assert_eq!(body, expected, "declared {declared}");
+    }
 }
 
 /// A request through `proxy`'s outbound listener from a client at `from`, to `host`, with

@@ -2,12 +2,14 @@
 //! loopback, HTTP/1.1 and h2c clients, and raw bytes for the malformed cases.
 
 mod grpc;
+mod upload;
 mod websocket;
 
 use grpc::{
     check_echo_through, check_events_through, client_through, echo_endpoint,
     echo_reachable_through, event_endpoint, grpc_endpoint, watch_through,
 };
+use upload::{Sum, upload_endpoint, upload_over_h2c, upload_over_http1};
 use websocket::{UPGRADE_KEY, read_until, upgrade_request, websocket_endpoint};
 
 use std::convert::Infallible;
@@ -840,9 +842,11 @@ async fn over_h2c_stalled_bodies_get_408_heads_no_body_and_idle_connections_are_
     let (client, connection) = h2::client::handshake(stream).await.expect("h2c handshake");
     let connection = tokio::spawn(connection);
 
-    // A body that sends three bytes and then nothing: 408 once it has stalled.
+    // A body that declares ten bytes, sends three and then nothing: 408 once it has
+    // stalled (a small body is read whole before it is forwarded).
     let mut client = client.ready().await.expect("ready");
     let request = Request::post("http://raw.example/x")
+        .header("content-length", "10")
         .body(())
         .expect("request");
     let (answer, mut body) = client.send_request(request, false).expect("sent");
@@ -889,28 +893,30 @@ async fn over_h2c_stalled_bodies_get_408_heads_no_body_and_idle_connections_are_
 }
 
 #[tokio::test]
-async fn a_client_still_sending_a_refused_body_reads_the_refusal() {
+async fn a_client_still_sending_its_body_reads_an_early_answer_then_the_close() {
+    // The endpoint answers as soon as it has the head, without reading the body.
     let (proxy, _) = raw_service_proxy(OK, "", ClientTimeouts::default()).await;
     let mut stream = TcpStream::connect(proxy.outbound_address())
         .await
         .expect("connect");
-    // The head and the start of a body over the limit: refused before the body is read.
+    // The head and the start of a large body, passed on as it arrives.
     let mut first =
         b"POST /x HTTP/1.1\r\nHost: raw.example\r\nContent-Length: 999999999\r\n\r\n".to_vec();
     first.extend_from_slice(&[b'x'; 64 * 1024]);
     stream.write_all(&first).await.expect("write");
-    let text = read_until(&mut stream, "bytes\n").await;
-    assert!(text.starts_with("HTTP/1.1 413 "), "{text}");
+    let text = read_until(&mut stream, "\r\n\r\nok").await;
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    // The rest of the body is not read: the connection cannot carry another request.
     assert!(text.contains("connection: close\r\n"), "{text}");
     // The client goes on sending its body. Had the proxy closed with it unread, the
-    // connection would be reset (the sends fail, and on some stacks the refusal is
+    // connection would be reset (the sends fail, and on some stacks the answer is
     // lost); it reads and drops it for a moment instead, having said it is done.
     let chunk = vec![b'x'; 64 * 1024];
     for n in 0..8 {
         stream
             .write_all(&chunk)
             .await
-            .unwrap_or_else(|e| panic!("send {n} after the refusal: {e}"));
+            .unwrap_or_else(|e| panic!("send {n} after the answer: {e}"));
     }
     let mut rest = Vec::new();
     let end = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
@@ -921,15 +927,100 @@ async fn a_client_still_sending_a_refused_body_reads_the_refusal() {
 }
 
 #[tokio::test]
+async fn uploads_of_any_size_reach_the_endpoint_as_they_arrive() {
+    let (endpoint, mut seen) = upload_endpoint().await;
+    let proxy = raw_proxy_to(endpoint, "", ClientTimeouts::default()).await;
+    let address = proxy.outbound_address();
+    // Larger than the body limit (8 MiB), which now bounds only what is kept for retries.
+    let size = 20 * 1024 * 1024 + 17;
+    let expected = Sum::of_pattern(size).text();
+    // Each client sends the first part, and the rest only once the endpoint has some of
+    // it: held back until all had come, the upload would never be answered.
+    for chunked in [false, true] {
+        let text = upload_over_http1(address, "raw.example", size, chunked, &mut seen).await;
+        assert!(
+            text.starts_with("HTTP/1.1 200 "),
+            "chunked {chunked}: {text}"
+        );
+        let framing = match chunked {
+            true => "chunked".to_string(),
+            false => size.to_string(),
+        };
+        assert!(
+            text.contains(&format!("x-seen-framing: {framing}\r\n")),
+            "chunked {chunked}: {text}"
+        );
+        assert!(text.ends_with(&expected), "chunked {chunked}: {text}");
+    }
+    for declared in [true, false] {
+        let (status, framing, body) =
+            upload_over_h2c(address, "raw.example", size, declared, &mut seen).await;
+        assert_eq!(status, 200, "declared {declared}");
+        let expected_framing = match declared {
+            true => size.to_string(),
+            false => "chunked".to_string(),
+        };
+        assert_eq!(framing, expected_framing, "declared {declared}");
+        assert_eq!(body, expected, "declared {declared}");
+    }
+    // A small body is still read whole, chunked or not (sent on with its length), and
+    // the connection carries the next request.
+    let mut stream = sent_on(
+        &proxy,
+        b"POST /x HTTP/1.1\r\nHost: raw.example\r\nContent-Length: 3\r\n\r\nabc\
+          POST /x HTTP/1.1\r\nHost: raw.example\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n",
+    )
+    .await;
+    let mut last = Sum::default();
+    last.add(b"abcd");
+    let text = read_until(&mut stream, &last.text()).await;
+    assert_eq!(text.matches("HTTP/1.1 200 ").count(), 2, "{text}");
+    assert!(text.contains("x-seen-framing: 3\r\n"), "{text}");
+    assert!(text.contains("x-seen-framing: 4\r\n"), "{text}");
+}
+
+#[tokio::test]
+async fn an_upload_that_stalls_or_breaks_its_framing_is_refused() {
+    let timeouts = ClientTimeouts {
+        idle: Duration::from_secs(5),
+        stall: Duration::from_millis(300),
+    };
+    let (endpoint, _seen) = upload_endpoint().await;
+    let proxy = raw_proxy_to(endpoint, "", timeouts).await;
+    let cases: [(&[u8], &str); 2] = [(b"3\r\nabc\r\n", "408 "), (b"3\r\nabc\r\nzz\r\n", "400 ")];
+    for (body, status) in cases {
+        let head = b"POST /x HTTP/1.1\r\nHost: raw.example\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut stream = sent_on(&proxy, &[&head[..], body].concat()).await;
+        let text = read_to_close(&mut stream).await;
+        assert!(text.starts_with(&format!("HTTP/1.1 {status}")), "{text}");
+    }
+    // The same over h2c, without a declared length: the stall breaks the stream
+    // forwarded to the endpoint, and the client is answered 408, not 503.
+    let stream = TcpStream::connect(proxy.outbound_address())
+        .await
+        .expect("connect");
+    let (client, connection) = h2::client::handshake(stream).await.expect("h2c handshake");
+    tokio::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    let request = Request::post("http://raw.example/x")
+        .body(())
+        .expect("request");
+    let (answer, mut body) = client.send_request(request, false).expect("sent");
+    body.send_data(Bytes::from_static(b"abc"), false)
+        .expect("data");
+    let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+        .await
+        .expect("answered in time")
+        .expect("an answer");
+    assert_eq!(answer.status(), StatusCode::REQUEST_TIMEOUT);
+    let reason = answer.headers()[REASON_HEADER].to_str().expect("text");
+    assert!(reason.contains("no byte of the request body"), "{reason}");
+}
+
+#[tokio::test]
 async fn requests_over_the_limits_are_refused_before_routing() {
     let mesh = mesh().await;
     let proxy = mesh.proxy.outbound_address();
-    let status = raw(
-        proxy,
-        b"POST / HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 999999999\r\n\r\n",
-    )
-    .await;
-    assert!(status.contains(" 413 "), "{status}");
     let mut many = String::from("GET / HTTP/1.1\r\nHost: shop.example\r\n");
     for i in 0..150 {
         many.push_str(&format!("x-field-{i}: {i}\r\n"));
@@ -953,7 +1044,7 @@ async fn requests_over_the_limits_are_refused_before_routing() {
     let text = send(mesh.proxy.admin_address(), "admin", "/metrics", false)
         .await
         .body;
-    for (code, count) in [("413", 1), ("431", 1), ("400", 2)] {
+    for (code, count) in [("431", 1), ("400", 2)] {
         let series = format!(
             r#"fulcrum_proxy_requests_total{{service="unknown",locality="us-east/us-east-1a",code="{code}"}} {count}"#
         );

@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::tls::{ALPN_H2, MeshTls, PROXY_SERVER_NAME};
-use crate::body::{ProxyBody, WHOLE_ANSWER_BYTES};
+use crate::body::{ProxyBody, WHOLE_BODY_BYTES};
 use crate::h2_server::{CONNECTION_WINDOW, STREAM_WINDOW};
 use crate::tunnel::H2Stream;
 use crate::upload::Forwarding;
@@ -103,7 +103,7 @@ impl H2Pool {
 
     /// Sends `request` to the peer at `address` (`host:port`; for a mesh pool, the
     /// east-west listener of `cluster`) and reads the answer: whole, with its trailers,
-    /// when it declares a length of at most [`WHOLE_ANSWER_BYTES`]; else its head, the
+    /// when it declares a length of at most [`WHOLE_BODY_BYTES`]; else its head, the
     /// rest passed on as it arrives. The request's URI must be absolute
     /// (`https://service/path`): its authority names the service.
     pub async fn send(
@@ -312,7 +312,7 @@ where
 }
 
 /// The answer to a request sent: read whole, with its trailers, when it declares a length
-/// of at most [`WHOLE_ANSWER_BYTES`]; else its head, the rest passed on as it arrives.
+/// of at most [`WHOLE_BODY_BYTES`]; else its head, the rest passed on as it arrives.
 async fn read_answer(answer: h2::client::ResponseFuture) -> Result<Response<ProxyBody>, SendError> {
     let (mut head, mut received) = answer.await.map_err(reset)?.into_parts();
     if received.is_end_stream() {
@@ -326,7 +326,7 @@ async fn read_answer(answer: h2::client::ResponseFuture) -> Result<Response<Prox
         "answer",
     )
     .map_err(SendError::Reset)?;
-    if declared.is_none_or(|n| n > WHOLE_ANSWER_BYTES) {
+    if declared.is_none_or(|n| n > WHOLE_BODY_BYTES) {
         return Ok(Response::from_parts(
             head,
             ProxyBody::from_h2(received, declared),
