@@ -154,7 +154,7 @@ pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Up
             }
         };
         let Incoming {
-            request,
+            mut request,
             keep_alive,
             framing,
             continue_first,
@@ -169,12 +169,16 @@ pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Up
         {
             return;
         }
-        let (request, pump) = match with_body(&mut wire, request, framing).await {
-            Ok(taken) => taken,
-            Err(refusal) => {
-                refuse(&mut wire, refusal, &outbound).await;
-                return;
-            }
+        // Most requests have no body: nothing to wait for.
+        let pump = match framing {
+            Framing::Length(0) => None,
+            framing => match with_body(&mut wire, &mut request, framing).await {
+                Ok(pump) => pump,
+                Err(refusal) => {
+                    refuse(&mut wire, refusal, &outbound).await;
+                    return;
+                }
+            },
         };
         if request.extensions().get::<WebSocketUpgrade>().is_some() {
             // The connection is the tunnel's from here on, whatever the endpoint answers.
@@ -191,18 +195,23 @@ pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Up
             }
             return;
         }
-        let handled = match pump {
-            None => Ok((outbound.handle_raw(request, client, &upstreams).await, true)),
-            Some(pump) => {
-                handle_pumping(&outbound, request, client, &upstreams, pump, &mut wire).await
+        let (response, fields, body_read) = match pump {
+            None => {
+                let (response, fields) = outbound.handle_raw(request, client, &upstreams).await;
+                (response, fields, true)
             }
-        };
-        let ((response, fields), body_read) = match handled {
-            Ok(handled) => handled,
-            Err(refusal) => {
-                refuse(&mut wire, refusal, &outbound).await;
-                return;
-            }
+            // Boxed: its state would otherwise be part of every connection's future.
+            Some(pump) => match Box::pin(handle_pumping(
+                &outbound, request, client, &upstreams, pump, &mut wire,
+            ))
+            .await
+            {
+                Ok(((response, fields), body_read)) => (response, fields, body_read),
+                Err(refusal) => {
+                    refuse(&mut wire, refusal, &outbound).await;
+                    return;
+                }
+            },
         };
         out.clear();
         let answer = Answer {
@@ -391,20 +400,19 @@ async fn read_request(
     }))
 }
 
-/// The request with its body: read whole when it is small (a declared length of at most
-/// [`WHOLE_BODY_BYTES`], or a chunked body all of which is already in) and passed on as
-/// it arrives otherwise, by the [`Pump`] returned with it ([`crate::upload`]).
+/// Gives `request` its body: read whole when it is small (a declared length of at most
+/// [`WHOLE_BODY_BYTES`], or a chunked body all of which is already in), else passed on
+/// as it arrives, by the [`Pump`] returned ([`crate::upload`]).
 async fn with_body(
     wire: &mut Wire,
-    mut request: Request<ProxyBody>,
+    request: &mut Request<ProxyBody>,
     framing: Framing,
-) -> Result<(Request<ProxyBody>, Option<Pump>), Refusal> {
+) -> Result<Option<Pump>, Refusal> {
     let (reader, first, length) = match framing {
-        Framing::Length(0) => return Ok((request, None)),
         Framing::Length(n) if n <= WHOLE_BODY_BYTES => {
             let body = wire.read_length(n, WHOLE_BODY_BYTES as usize).await;
             *request.body_mut() = ProxyBody::Whole(body.map_err(body_refusal)?);
-            return Ok((request, None));
+            return Ok(None);
         }
         Framing::Length(n) => (BodyReader::Length(n), Bytes::new(), Some(n)),
         Framing::Chunked => {
@@ -415,7 +423,7 @@ async fn with_body(
                     Piece::Data(data) => first.extend_from_slice(&data),
                     Piece::End => {
                         *request.body_mut() = ProxyBody::Whole(first.freeze());
-                        return Ok((request, None));
+                        return Ok(None);
                     }
                     Piece::More => break (BodyReader::Chunked(dechunker), first.freeze(), None),
                 }
@@ -424,12 +432,11 @@ async fn with_body(
     };
     let (sender, pieces) = mpsc::channel(PIECES_AHEAD);
     *request.body_mut() = ProxyBody::from_pieces(pieces, length);
-    let pump = Pump {
+    Ok(Some(Pump {
         reader,
         first,
         sender,
-    };
-    Ok((request, Some(pump)))
+    }))
 }
 
 /// Reads a request's body off the client's connection and sends it on, piece by piece,

@@ -79,10 +79,9 @@ pub const HASH_KEY_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-hash-
 /// another service, or a short name given for a Kubernetes service): the service's full
 /// name. The authority itself goes on to the endpoint unchanged, as Envoy keeps the Host.
 pub const SERVICE_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-service");
-/// The most of a request body the proxy keeps to send again (a retry, a mirror), as
-/// Envoy buffers a request for its retries up to a limit: a body forwarded as it arrives
-/// is retried only when it ended within this, and a mirrored request's body is read whole
-/// within it (413 beyond).
+/// The largest request body read whole when it could be forwarded as it arrives: a
+/// mirrored request's, as mirrors are sent the body whole (413 beyond). Other bodies have
+/// no limit ([`crate::upload`]).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 /// How long a connection to an endpoint may take.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -1284,7 +1283,10 @@ impl Outbound {
             let large = (body.size_hint().exact()).is_none_or(|n| n > WHOLE_BODY_BYTES);
             if large || is_grpc(&parts.headers) {
                 let arriving = body.map_err(Into::into).boxed_unsync();
-                return Ok(RequestBody::arriving(arriving, self.max_body_bytes));
+                // Kept for a retry as far as Envoy's default buffer limit, which is
+                // also the largest body read whole.
+                let keep = WHOLE_BODY_BYTES as usize;
+                return Ok(RequestBody::arriving(arriving, keep));
             }
         }
         self.read_body(body).await.map(RequestBody::Whole)
@@ -1785,9 +1787,10 @@ impl Outbound {
             let http = &upstreams.http;
             let exchanged = match &mut arriving {
                 None => http.exchange(endpoint.address, &request).await,
+                // Boxed: its state would otherwise be part of (and be copied with) every
+                // request's future, though most bodies are whole.
                 Some(body) => {
-                    http.exchange_arriving(endpoint.address, &request, body)
-                        .await
+                    Box::pin(http.exchange_arriving(endpoint.address, &request, body)).await
                 }
             };
             match exchanged {

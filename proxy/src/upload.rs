@@ -9,8 +9,8 @@
 //! arrives ([`RequestBody::Arriving`]), as Envoy forwards bodies: the first try takes it
 //! and sends each piece on when it comes, over h2 or HTTP/1, so that the proxy holds a
 //! few pieces of it at a time, whatever its size, and a stream's messages reach the
-//! endpoint while the stream is open. What passes is kept, up to the body limit, as
-//! Envoy buffers a request for its retries: once the body has ended whole within the
+//! endpoint while the stream is open. What passes is kept, up to the limit Envoy buffers a
+//! request to for its retries (1 MiB by default): once the body has ended whole within the
 //! limit, a later try can send it again (a unary gRPC call can still be retried, as its
 //! message has come by the time its answer does); a body still arriving, or over the
 //! limit, cannot be sent again, so the request is not retried.
