@@ -1126,23 +1126,34 @@ impl Outbound {
             upstreams, &routing, row, request, &forward, settings, &body, handled,
         );
         let began = tokio::time::Instant::now();
-        let mut response = match forward.timeout {
-            Some(t) => match tokio::time::timeout(t, attempts).await {
-                Ok(mut r) => {
+        let timed = match forward.timeout {
+            None => Ok(attempts.await),
+            Some(t) if body.is_whole() => tokio::time::timeout(t, attempts).await.map_err(|_| t),
+            // Boxed: rare, and its state would otherwise be part of every request's future.
+            Some(t) => Box::pin(after_body(&body, began, t, attempts))
+                .await
+                .ok_or(t),
+        };
+        let mut response = match timed {
+            Ok(mut r) => {
+                if let Some(t) = forward.timeout {
                     // The timeout covers the whole answer: the rest of a streamed one too.
-                    r.body_mut().end_by(began + t, t);
-                    r
+                    let from = match body.is_whole() {
+                        true => began,
+                        false => body.ended_at().unwrap_or_else(tokio::time::Instant::now),
+                    };
+                    r.body_mut().end_by(from + t, t);
                 }
-                Err(_) => {
-                    // Not the fields of an answer a try may have had before.
-                    handled.fields = None;
-                    answer(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        &format!("route timeout {}ms", t.as_millis()),
-                    )
-                }
-            },
-            None => attempts.await,
+                r
+            }
+            Err(t) => {
+                // Not the fields of an answer a try may have had before.
+                handled.fields = None;
+                answer(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!("route timeout {}ms", t.as_millis()),
+                )
+            }
         };
         if !forward.response_headers.is_empty() {
             // The changes apply to the endpoint's fields too.
@@ -1771,14 +1782,14 @@ impl Outbound {
                 .try_h2_endpoint(upstreams, parts, forward, endpoint, body)
                 .await;
         }
-        let (body, mut arriving) = match body.to_send() {
+        let (sent, mut arriving) = match body.to_send() {
             ToSend::Whole(bytes) => (Http1Body::Whole(bytes), None),
             ToSend::Arriving(forwarding) => {
                 (Http1Body::Arriving(forwarding.length()), Some(forwarding))
             }
             ToSend::Gone => return Try::Reset(NOT_AGAIN.into()),
         };
-        let request = match http1_request(parts, forward, body) {
+        let request = match http1_request(parts, forward, sent) {
             Ok(r) => r,
             Err(e) => return Try::Reset(e),
         };
@@ -1808,7 +1819,7 @@ impl Outbound {
                 Err(UpstreamError::Reset(e)) => Try::Reset(e),
             }
         };
-        within(forward.retries.per_try_timeout, send).await
+        within(forward.retries.per_try_timeout, body, send).await
     }
 
     /// One try at an endpoint of this cluster that speaks h2 (gRPC), over h2c.
@@ -1835,7 +1846,7 @@ impl Outbound {
                 r
             }))
         };
-        within(forward.retries.per_try_timeout, send).await
+        within(forward.retries.per_try_timeout, body, send).await
     }
 
     /// One try in another cluster, through its east-west listener at `gateway`.
@@ -1857,7 +1868,7 @@ impl Outbound {
             Err(e) => return Try::Reset(e),
         };
         let send = async { answered(send_h2(pool, gateway, cluster, request, to_send).await) };
-        within(forward.retries.per_try_timeout, send).await
+        within(forward.retries.per_try_timeout, body, send).await
     }
 
     /// Sends a copy and forgets it: the answer is dropped, and the caller's response is
@@ -2207,10 +2218,39 @@ fn attempts_value(tries: u32) -> HeaderValue {
 }
 
 /// `send`, within the per-try timeout when there is one.
-async fn within(timeout: Option<Duration>, send: impl Future<Output = Try>) -> Try {
+/// One try, within the per-try `timeout` if there is one. The timer starts once the
+/// request has been sent whole, as Envoy's does: for a body forwarded as it arrives, when
+/// the body has ended (or when the try began, if later), so that an upload may take as
+/// long as it takes.
+async fn within(
+    timeout: Option<Duration>,
+    body: &RequestBody,
+    send: impl Future<Output = Try>,
+) -> Try {
     match timeout {
-        Some(t) => tokio::time::timeout(t, send).await.unwrap_or(Try::TimedOut),
+        Some(t) if body.is_whole() => tokio::time::timeout(t, send).await.unwrap_or(Try::TimedOut),
+        // Boxed: rare, and its state would otherwise be part of every try's future.
+        Some(t) => {
+            let began = tokio::time::Instant::now();
+            (Box::pin(after_body(body, began, t, send)).await).unwrap_or(Try::TimedOut)
+        }
         None => send.await,
+    }
+}
+
+/// `work`, unless `t` passes after both `began` and the end of the request's `body`
+/// (which may never come: then `work` has as long as it takes).
+async fn after_body<T>(
+    body: &RequestBody,
+    began: tokio::time::Instant,
+    t: Duration,
+    work: impl Future<Output = T>,
+) -> Option<T> {
+    let deadline = async { tokio::time::sleep_until(body.ended().await.max(began) + t).await };
+    tokio::select! {
+        biased;
+        done = work => Some(done),
+        () = deadline => None,
     }
 }
 

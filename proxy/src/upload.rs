@@ -23,6 +23,8 @@ use http::{HeaderMap, StatusCode};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Body;
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::body::send_within_window;
 
@@ -42,11 +44,18 @@ pub enum RequestBody {
 
 /// A body forwarded as it arrives, and what is known of it.
 pub struct Upload {
-    state: Arc<Mutex<State>>,
+    state: Arc<Shared>,
     /// The most kept for later tries.
     limit: usize,
     /// Its length, when the client declared one.
     length: Option<u64>,
+}
+
+/// What the tries of a request know of its body.
+struct Shared {
+    state: Mutex<State>,
+    /// When the body ended whole (none yet: still arriving, or it never will).
+    ended: watch::Sender<Option<Instant>>,
 }
 
 enum State {
@@ -77,7 +86,10 @@ impl RequestBody {
     pub fn arriving(body: ArrivingBody, limit: usize) -> RequestBody {
         let length = body.size_hint().exact();
         RequestBody::Arriving(Upload {
-            state: Arc::new(Mutex::new(State::Waiting(body))),
+            state: Arc::new(Shared {
+                state: Mutex::new(State::Waiting(body)),
+                ended: watch::Sender::new(None),
+            }),
             limit,
             length,
         })
@@ -89,9 +101,39 @@ impl RequestBody {
             RequestBody::Whole(_) => true,
             RequestBody::Arriving(upload) => upload
                 .state
+                .state
                 .lock()
                 .is_ok_and(|s| matches!(*s, State::Waiting(_) | State::Whole(_))),
         }
+    }
+
+    /// Waits until the body has ended whole (at once for a body read whole), and says
+    /// when it did. Never, for a body that breaks off or that no try forwards to its end:
+    /// Envoy's route and per-try timeouts start once the request has been sent whole,
+    /// and so do the proxy's ([`RequestBody::is_whole`] tells when there is no wait).
+    pub async fn ended(&self) -> Instant {
+        let RequestBody::Arriving(upload) = self else {
+            return Instant::now();
+        };
+        let mut ended = upload.state.ended.subscribe();
+        let at = ended.wait_for(Option::is_some).await.map(|at| *at);
+        match at {
+            Ok(at) => at.unwrap_or_else(Instant::now),
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// When the body ended whole, if it has.
+    pub fn ended_at(&self) -> Option<Instant> {
+        match self {
+            RequestBody::Whole(_) => None,
+            RequestBody::Arriving(upload) => *upload.state.ended.borrow(),
+        }
+    }
+
+    /// Whether the body was read whole before the request was tried.
+    pub fn is_whole(&self) -> bool {
+        matches!(self, RequestBody::Whole(_))
     }
 
     /// When the client's body broke off as a try forwarded it (the client reset its
@@ -101,7 +143,7 @@ impl RequestBody {
         let RequestBody::Arriving(upload) = self else {
             return None;
         };
-        match &*upload.state.lock().ok()? {
+        match &*upload.state.state.lock().ok()? {
             State::BrokenOff(status, why) => Some((*status, why.clone())),
             _ => None,
         }
@@ -113,7 +155,7 @@ impl RequestBody {
             RequestBody::Whole(bytes) => return ToSend::Whole(bytes.clone()),
             RequestBody::Arriving(upload) => upload,
         };
-        let Ok(mut state) = upload.state.lock() else {
+        let Ok(mut state) = upload.state.state.lock() else {
             return ToSend::Gone;
         };
         match std::mem::replace(&mut *state, State::Taken) {
@@ -145,7 +187,7 @@ pub struct Forwarding {
     /// What has passed so far, while it is within the limit.
     kept: Option<BytesMut>,
     begun: bool,
-    state: Arc<Mutex<State>>,
+    state: Arc<Shared>,
     limit: usize,
     length: Option<u64>,
 }
@@ -164,7 +206,7 @@ impl Drop for Forwarding {
         let Some(body) = self.body.take() else {
             return;
         };
-        if let Ok(mut state) = self.state.lock() {
+        if let Ok(mut state) = self.state.state.lock() {
             *state = match self.begun {
                 false => State::Waiting(body),
                 true => State::Gone,
@@ -257,7 +299,10 @@ impl Forwarding {
     fn ended(&mut self, end: Result<(), (StatusCode, String)>) {
         self.body = None;
         let kept = self.kept.take();
-        if let Ok(mut state) = self.state.lock() {
+        if end.is_ok() {
+            self.state.ended.send_replace(Some(Instant::now()));
+        }
+        if let Ok(mut state) = self.state.state.lock() {
             *state = match (end, kept) {
                 (Ok(()), Some(bytes)) => State::Whole(bytes.freeze()),
                 (Ok(()), None) => State::Gone,

@@ -979,6 +979,54 @@ async fn uploads_of_any_size_reach_the_endpoint_as_they_arrive() {
     assert!(text.contains("x-seen-framing: 4\r\n"), "{text}");
 }
 
+/// An upload as slow as its client: the route's timeout and the per-try timeout start
+/// once the body has been sent whole, as Envoy's do, and then they hold.
+#[tokio::test]
+async fn route_and_per_try_timeouts_start_once_an_upload_has_ended() {
+    let routes = r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: raw, namespace: shop}
+spec:
+  hosts: [raw.example]
+  http:
+  - timeout: 0.6s
+    retries: {attempts: 1, perTryTimeout: 0.4s}
+    route: [{destination: {host: raw.example}}]
+"#;
+    let (endpoint, mut seen) = upload_endpoint().await;
+    let proxy = raw_proxy_to(endpoint, routes, ClientTimeouts::default()).await;
+    for path in ["/upload", "/hang"] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: raw.example\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        let mut stream = sent_on(&proxy, format!("{head}3\r\nabc\r\n").as_bytes()).await;
+        upload::first_bytes_arrive(&mut seen).await;
+        // The client pauses longer than both timeouts before the rest of its body.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        stream
+            .write_all(b"3\r\ndef\r\n0\r\n\r\n")
+            .await
+            .expect("the rest");
+        let ended = Instant::now();
+        if path == "/upload" {
+            let mut sum = Sum::default();
+            sum.add(b"abcdef");
+            let text = read_until(&mut stream, &sum.text()).await;
+            assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+            continue;
+        }
+        // The endpoint never answers: 504, once a timeout has passed after the body.
+        let text = read_until(&mut stream, "timeout").await;
+        assert!(text.starts_with("HTTP/1.1 504 "), "{text}");
+        assert!(
+            ended.elapsed() >= Duration::from_millis(400),
+            "timed from the end of the body: {:?}",
+            ended.elapsed()
+        );
+    }
+}
+
 #[tokio::test]
 async fn an_upload_that_stalls_or_breaks_its_framing_is_refused() {
     let timeouts = ClientTimeouts {

@@ -68,7 +68,7 @@ impl Sum {
 /// An HTTP/1 endpoint that reads each request's body as it arrives. It says on the
 /// receiver it returns when a body's first bytes have come, then answers, once the body
 /// has ended, with `x-seen-framing` (the Content-Length it was sent with, or `chunked`)
-/// and a body of [`Sum::text`].
+/// and a body of [`Sum::text`]; to a request for `/hang`, only after a minute.
 pub async fn upload_endpoint() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
@@ -87,6 +87,7 @@ pub async fn upload_endpoint() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
                             }
                             None => "none".into(),
                         };
+                        let hang = r.uri().path() == "/hang";
                         let mut body = r.into_body();
                         let mut sum = Sum::default();
                         while let Some(frame) = body.frame().await {
@@ -98,6 +99,9 @@ pub async fn upload_endpoint() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
                                 let _ = first_bytes.send(());
                             }
                             sum.add(&data);
+                        }
+                        if hang {
+                            tokio::time::sleep(Duration::from_secs(60)).await;
                         }
                         let mut answer = Response::new(Full::new(Bytes::from(sum.text())));
                         answer
