@@ -5,9 +5,15 @@
 //!   a gRPC client can only guess a code from; answers from endpoints pass as they came;
 //! - a gRPC answer counts, for outlier detection and in the reports, as the HTTP status
 //!   its `grpc-status` maps to ([`outcome_status`]): an endpoint failing every call with
-//!   UNAVAILABLE answers HTTP 200, and is failing all the same.
+//!   UNAVAILABLE answers HTTP 200, and is failing all the same;
+//! - a call's `grpc-timeout` is its route timeout, capped by the route's own when it has
+//!   one ([`call_timeout`]), and the endpoint is told the timeout that holds: Istio gives
+//!   every route `maxStreamDuration.grpcTimeoutHeaderMax` (its timeout, 0 for none),
+//!   which has Envoy honour the header so.
 
-use http::header::CONTENT_TYPE;
+use std::time::Duration;
+
+use http::header::{CONTENT_TYPE, HeaderName};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::outbound::{ProxyResponse, REASON_HEADER};
@@ -27,6 +33,51 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
         .get(CONTENT_TYPE)
         .and_then(|v| v.as_bytes().strip_prefix(b"application/grpc"))
         .is_some_and(|rest| matches!(rest.first(), None | Some(b'+') | Some(b';')))
+}
+
+/// The field a gRPC client gives its call's deadline in, as a timeout.
+pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
+/// The timeout a gRPC call's `grpc-timeout` field gives (gRPC over HTTP/2: at most eight
+/// digits and a unit, `H` `M` `S` `m` `u` `n`); `None` when it has none, or one that is
+/// malformed (ignored, as Envoy ignores it).
+pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(GRPC_TIMEOUT)?.as_bytes();
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = std::str::from_utf8(digits).ok()?.parse::<u64>().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// A gRPC call's timeout, as Envoy reckons it under Istio's routes: the one its client
+/// asked for (`asked`), capped by the `route`'s; the route's when the client asked for
+/// none (or for 0, which asks for none).
+pub fn call_timeout(route: Option<Duration>, asked: Option<Duration>) -> Option<Duration> {
+    match (route, asked.filter(|t| !t.is_zero())) {
+        (Some(route), Some(asked)) => Some(route.min(asked)),
+        (route, asked) => route.or(asked),
+    }
+}
+
+/// `timeout` as a `grpc-timeout` value: in milliseconds (rounded up, so that a timeout
+/// under one is not told as none), in seconds past what eight digits of them hold.
+pub fn grpc_timeout_value(timeout: Duration) -> HeaderValue {
+    let millis = timeout.as_nanos().div_ceil(1_000_000);
+    let text = match millis {
+        0..=99_999_999 => format!("{millis}m"),
+        _ => format!("{}S", timeout.as_secs().min(99_999_999)),
+    };
+    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("99999999S"))
 }
 
 /// The gRPC status for an HTTP status, as gRPC maps them (and Envoy with it).
@@ -113,6 +164,43 @@ mod tests {
     use crate::outbound::answer;
     use bytes::Bytes;
     use http_body_util::BodyExt;
+
+    #[test]
+    fn a_calls_grpc_timeout_is_its_timeout_capped_by_the_routes() {
+        let timeout = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(GRPC_TIMEOUT, HeaderValue::from_str(value).unwrap());
+            grpc_timeout(&headers)
+        };
+        assert_eq!(timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(
+            timeout("99999999u"),
+            Some(Duration::from_micros(99_999_999))
+        );
+        assert_eq!(timeout("7n"), Some(Duration::from_nanos(7)));
+        // Malformed: no unit, an unknown one, no digits, nine digits, a sign, spaces.
+        for bad in ["100", "5s", "m", "123456789m", "-5m", " 5m", "5 m", "1.5S"] {
+            assert_eq!(timeout(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&HeaderMap::new()), None);
+
+        let (s, ms) = (Duration::from_secs, Duration::from_millis);
+        assert_eq!(call_timeout(None, None), None);
+        assert_eq!(call_timeout(Some(s(5)), None), Some(s(5)));
+        assert_eq!(call_timeout(None, Some(ms(300))), Some(ms(300)));
+        assert_eq!(call_timeout(Some(s(5)), Some(ms(300))), Some(ms(300)));
+        assert_eq!(call_timeout(Some(ms(200)), Some(s(9))), Some(ms(200)));
+        // A timeout of 0 asks for none.
+        assert_eq!(call_timeout(None, Some(s(0))), None);
+        assert_eq!(call_timeout(Some(s(5)), Some(s(0))), Some(s(5)));
+
+        assert_eq!(grpc_timeout_value(ms(300)), "300m");
+        assert_eq!(grpc_timeout_value(Duration::from_micros(1)), "1m");
+        assert_eq!(grpc_timeout_value(s(86_400 * 365 * 10)), "99999999S");
+    }
 
     #[test]
     fn grpc_is_told_by_its_content_type() {

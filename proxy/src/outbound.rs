@@ -41,7 +41,10 @@ use crate::body::{End, ProxyBody, WHOLE_BODY_BYTES};
 use crate::control::report::{Outcome, ReportSource, Stats};
 use crate::discovery::{BalanceSettings, Discovery, Endpoint, HashOn};
 use crate::downstream::ClientTimeouts;
-use crate::grpc::{GrpcCode, for_grpc_client, http_for_code, is_grpc, outcome_status};
+use crate::grpc::{
+    GRPC_TIMEOUT, GrpcCode, call_timeout, for_grpc_client, grpc_timeout, grpc_timeout_value,
+    http_for_code, is_grpc, outcome_status,
+};
 use crate::health::Health;
 use crate::metrics::ProxyMetrics;
 use crate::routing::names::ServiceNames;
@@ -1075,10 +1078,13 @@ impl Outbound {
         if parts.method == Method::CONNECT {
             return refuse_connect();
         }
-        let forward = match self.route(&routing, &parts, handled) {
+        let mut forward = match self.route(&routing, &parts, handled) {
             Ok(forward) => forward,
             Err(answer) => return *answer,
         };
+        if is_grpc(&parts.headers) {
+            heed_grpc_timeout(&mut parts.headers, &mut forward);
+        }
         if let Some(delay) = forward.fault.delay {
             tokio::time::sleep(delay).await;
         }
@@ -1238,6 +1244,9 @@ impl Outbound {
             Ok(routed) => routed,
             Err(answer) => return *answer,
         };
+        if is_grpc(&parts.headers) {
+            heed_grpc_timeout(&mut parts.headers, &mut forward);
+        }
         // The sender already retried by its route; here only a connection that could not
         // be made is tried on another endpoint of this cluster.
         forward.retries = RetryPolicy {
@@ -2218,6 +2227,15 @@ fn attempts_value(tries: u32) -> HeaderValue {
 }
 
 /// `send`, within the per-try timeout when there is one.
+/// A gRPC call's route timeout is the one its `grpc-timeout` asks for, capped by the
+/// route's ([`crate::grpc::call_timeout`]); the endpoint is told the one that holds.
+fn heed_grpc_timeout(headers: &mut HeaderMap, forward: &mut Forward) {
+    forward.timeout = call_timeout(forward.timeout, grpc_timeout(headers));
+    if let Some(timeout) = forward.timeout {
+        headers.insert(GRPC_TIMEOUT, grpc_timeout_value(timeout));
+    }
+}
+
 /// One try, within the per-try `timeout` if there is one. The timer starts once the
 /// request has been sent whole, as Envoy's does: for a body forwarded as it arrives, when
 /// the body has ended (or when the try began, if later), so that an upload may take as

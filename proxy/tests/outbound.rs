@@ -2037,6 +2037,122 @@ async fn a_grpc_stream_both_ways_passes_each_message_as_it_comes() {
     check_echo_through(proxy.outbound_address(), "echo.shop.example").await;
 }
 
+/// An h2 endpoint that never answers: it sends the `grpc-timeout` of each request it
+/// gets (if any) on the receiver it returns, and holds the stream open.
+async fn silent_h2_endpoint() -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Option<String>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let (seen, timeouts) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                let mut held = Vec::new();
+                while let Some(Ok((request, respond))) = connection.accept().await {
+                    let timeout = request.headers().get("grpc-timeout");
+                    let _ = seen.send(timeout.and_then(|v| v.to_str().ok()).map(str::to_string));
+                    held.push(respond);
+                }
+            });
+        }
+    });
+    (address, timeouts)
+}
+
+/// A gRPC call's `grpc-timeout` is its route timeout, capped by the route's own, and the
+/// endpoint is told the timeout that holds; when it passes, the client gets a gRPC
+/// answer saying so, as through Envoy under Istio's routes.
+#[tokio::test]
+async fn a_grpc_calls_timeout_is_its_deadline_capped_by_the_routes() {
+    let (endpoint, mut seen) = silent_h2_endpoint().await;
+    let yaml = format!(
+        r#"{}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: kv, namespace: shop}}
+spec:
+  hosts: [kv.shop.example]
+  http:
+  - match: [{{uri: {{prefix: /capped}}}}]
+    timeout: 0.3s
+    route: [{{destination: {{host: kv.shop.example}}}}]
+  - route: [{{destination: {{host: kv.shop.example}}}}]
+"#,
+        service_entry(
+            "kv",
+            "kv.shop.example",
+            "{number: 9000, name: grpc}",
+            "grpc",
+            &[endpoint.port()]
+        ),
+    );
+    let proxy = start_east(&yaml, None).await;
+    let stream = TcpStream::connect(proxy.outbound_address())
+        .await
+        .expect("connect");
+    let (client, connection) = h2::client::handshake(stream).await.expect("h2c handshake");
+    tokio::spawn(connection);
+    // (path, the call's grpc-timeout, what the endpoint is told, when the proxy answers)
+    let cases = [
+        ("/kv.Kv/Get", Some("250m"), Some("250m"), Some(250)),
+        ("/capped/Get", Some("20S"), Some("300m"), Some(300)),
+        ("/capped/Get", None, Some("300m"), Some(300)),
+        ("/kv.Kv/Get", Some("0m"), Some("0m"), None),
+        ("/kv.Kv/Get", Some("soon"), Some("soon"), None),
+    ];
+    for (path, asked, told, after) in cases {
+        let mut request = Request::post(format!("http://kv.shop.example{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        if let Some(asked) = asked {
+            request = request.header("grpc-timeout", asked);
+        }
+        let mut client = client.clone().ready().await.expect("ready");
+        let (answer, mut body) = client
+            .send_request(request.body(()).expect("request"), false)
+            .expect("sent");
+        body.send_data(Bytes::from_static(b"\0\0\0\0\0"), true)
+            .expect("a message");
+        let started = Instant::now();
+        let got = tokio::time::timeout(Duration::from_secs(5), seen.recv())
+            .await
+            .expect("the call reaches the endpoint")
+            .expect("the endpoint runs");
+        assert_eq!(got.as_deref(), told, "{path} asking {asked:?}");
+        let Some(after) = after else {
+            // No timeout: the call is still waiting for its answer a while later.
+            let waited = tokio::time::timeout(Duration::from_millis(700), answer).await;
+            assert!(
+                waited.is_err(),
+                "{path} asking {asked:?}: answered {waited:?}"
+            );
+            continue;
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+            .await
+            .expect("answered in time")
+            .expect("an answer");
+        assert!(
+            started.elapsed() + Duration::from_millis(50) >= Duration::from_millis(after),
+            "{path}: not before the timeout"
+        );
+        assert_eq!(answer.status(), StatusCode::OK, "{path}: a gRPC answer");
+        let headers = answer.headers();
+        assert_eq!(headers["grpc-status"], "14", "{path}");
+        let message = headers["grpc-message"].to_str().expect("text");
+        assert!(
+            message.contains(&format!("route timeout {after}ms")),
+            "{message}"
+        );
+    }
+}
+
 /// gRPC: endpoints on a port whose protocol is GRPC (declared, or named `grpc-...`) are
 /// spoken to in h2, and each answer's trailers reach the client with it. An UNAVAILABLE
 /// answer is retried at another endpoint (Istio's default retries) and counts as a 503
