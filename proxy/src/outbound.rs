@@ -86,6 +86,9 @@ pub const SERVICE_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-servic
 /// mirrored request's, as mirrors are sent the body whole (413 beyond). Other bodies have
 /// no limit ([`crate::upload`]).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// The most of a request body forwarded as it arrives that is kept for a retry: Envoy's
+/// default buffer limit, past which it does not retry a request either.
+const RETRY_BUFFER_BYTES: usize = 1024 * 1024;
 /// How long a connection to an endpoint may take.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a cluster whose gateway refused a connection is passed over (then tried
@@ -1097,7 +1100,7 @@ impl Outbound {
             .entry(REQUEST_ID_HEADER)
             .or_insert_with(new_request_id);
         let body = match self
-            .request_body(&parts, body, forward.mirrors.is_empty())
+            .request_body(&parts, body, forward.mirrors.is_empty(), RETRY_BUFFER_BYTES)
             .await
         {
             Ok(b) => b,
@@ -1257,7 +1260,9 @@ impl Outbound {
             },
             ..RetryPolicy::istio_default()
         };
-        let body = match self.request_body(&parts, body, true).await {
+        // Kept for no retry: the only one here is on a connection that could not be made,
+        // before the body is taken.
+        let body = match self.request_body(&parts, body, true, 0).await {
             Ok(b) => b,
             Err(response) => return *response,
         };
@@ -1288,12 +1293,14 @@ impl Outbound {
     /// The request's body as its tries will send it ([`crate::upload`]): one still
     /// arriving is forwarded as it arrives when `may_stream` (not when the request is
     /// mirrored: mirrors are sent the body whole) and it is a gRPC call's, or of unknown
-    /// length, or longer than [`WHOLE_BODY_BYTES`]; any other is read whole first.
+    /// length, or longer than [`WHOLE_BODY_BYTES`], keeping up to `keep` bytes of it for
+    /// a retry; any other is read whole first.
     async fn request_body<B>(
         &self,
         parts: &http::request::Parts,
         body: B,
         may_stream: bool,
+        keep: usize,
     ) -> Result<RequestBody, Box<ProxyResponse>>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
@@ -1303,9 +1310,6 @@ impl Outbound {
             let large = (body.size_hint().exact()).is_none_or(|n| n > WHOLE_BODY_BYTES);
             if large || is_grpc(&parts.headers) {
                 let arriving = body.map_err(Into::into).boxed_unsync();
-                // Kept for a retry as far as Envoy's default buffer limit, which is
-                // also the largest body read whole.
-                let keep = WHOLE_BODY_BYTES as usize;
                 return Ok(RequestBody::arriving(arriving, keep));
             }
         }

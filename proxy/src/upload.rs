@@ -161,7 +161,13 @@ impl RequestBody {
         match std::mem::replace(&mut *state, State::Taken) {
             State::Waiting(body) => ToSend::Arriving(Forwarding {
                 body: Some(body),
-                kept: Some(BytesMut::new()),
+                // Room for all of it at once when its length is known; nothing kept of
+                // one longer than the limit, which could not be sent again anyway.
+                kept: match upload.length.map(usize::try_from) {
+                    None => Some(BytesMut::new()),
+                    Some(Ok(n)) if n <= upload.limit => Some(BytesMut::with_capacity(n)),
+                    Some(_) => None,
+                },
                 begun: false,
                 state: Arc::clone(&upload.state),
                 limit: upload.limit,
@@ -309,5 +315,106 @@ impl Forwarding {
                 (Err((status, why)), _) => State::BrokenOff(status, why),
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::{ProxyBody, SentPiece};
+    use tokio::sync::mpsc;
+
+    /// A body of `length` (when declared) whose pieces come from the sender returned,
+    /// kept up to `limit`.
+    fn arriving(length: Option<u64>, limit: usize) -> (RequestBody, mpsc::Sender<SentPiece>) {
+        let (sender, pieces) = mpsc::channel(8);
+        let body = ProxyBody::from_pieces(pieces, length);
+        let body = RequestBody::arriving(body.map_err(Into::into).boxed_unsync(), limit);
+        (body, sender)
+    }
+
+    /// Sends `pieces` and the end, and forwards them all with one try.
+    async fn forward_all(body: &RequestBody, sender: &mpsc::Sender<SentPiece>, pieces: &[&str]) {
+        for piece in pieces {
+            sender
+                .send(Ok(Some(Bytes::from(piece.to_string()))))
+                .await
+                .unwrap();
+        }
+        sender.send(Ok(None)).await.unwrap();
+        let ToSend::Arriving(mut forwarding) = body.to_send() else {
+            panic!("a body still arriving");
+        };
+        let mut passed = String::new();
+        loop {
+            match forwarding.next().await {
+                Next::Data(data) => passed.push_str(std::str::from_utf8(&data).unwrap()),
+                Next::End(_) => break,
+                Next::Broken(why) => panic!("broke off: {why}"),
+            }
+        }
+        assert_eq!(passed, pieces.concat(), "every piece passes, in order");
+    }
+
+    fn sent_again(body: &RequestBody) -> Option<Bytes> {
+        match body.to_send() {
+            ToSend::Whole(bytes) => Some(bytes),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_ended_within_the_limit_can_be_sent_again_whole() {
+        for length in [Some(6), None] {
+            let (body, sender) = arriving(length, 6);
+            assert!(body.ended_at().is_none());
+            forward_all(&body, &sender, &["abc", "def"]).await;
+            assert!(body.can_send_again(), "length {length:?}");
+            assert_eq!(sent_again(&body).as_deref(), Some(&b"abcdef"[..]));
+            assert!(body.ended_at().is_some(), "its end is known");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_passes_but_cannot_be_sent_again() {
+        for length in [Some(6), None] {
+            let (body, sender) = arriving(length, 5);
+            forward_all(&body, &sender, &["abc", "def"]).await;
+            assert!(!body.can_send_again(), "length {length:?}");
+            assert!(matches!(body.to_send(), ToSend::Gone));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_try_that_took_nothing_leaves_the_body_to_the_next() {
+        let (body, sender) = arriving(None, 1024);
+        let ToSend::Arriving(forwarding) = body.to_send() else {
+            panic!("a body still arriving");
+        };
+        assert!(!body.can_send_again(), "taken");
+        drop(forwarding);
+        assert!(body.can_send_again(), "given back");
+        forward_all(&body, &sender, &["xyz"]).await;
+        assert_eq!(sent_again(&body).as_deref(), Some(&b"xyz"[..]));
+    }
+
+    #[tokio::test]
+    async fn a_body_the_client_broke_off_is_the_clients_answer() {
+        let (body, sender) = arriving(None, 1024);
+        sender.send(Ok(Some(Bytes::from("ab")))).await.unwrap();
+        sender
+            .send(Err("the client went away".into()))
+            .await
+            .unwrap();
+        let ToSend::Arriving(mut forwarding) = body.to_send() else {
+            panic!("a body still arriving");
+        };
+        assert!(matches!(forwarding.next().await, Next::Data(_)));
+        assert!(matches!(forwarding.next().await, Next::Broken(_)));
+        let (status, why) = body.broken_off().expect("broken off");
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(why.contains("the client went away"), "{why}");
+        assert!(!body.can_send_again());
+        assert!(body.ended_at().is_none(), "it never ended");
     }
 }
