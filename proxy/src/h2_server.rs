@@ -157,7 +157,9 @@ pub async fn serve<T, H, F>(
                             );
                             let length = length.ok().flatten();
                             let request = request.map(|body| Received::new(body, stall, length));
-                            let answer = respond_to(handle(request), respond, head_only);
+                            // Boxed where it is made: the set of requests then moves a
+                            // pointer, not the request's state (kilobytes), as it takes it.
+                            let answer = Box::pin(respond_to(handle(request), respond, head_only));
                             requests.push(Either::Left(answer));
                         }
                     }
