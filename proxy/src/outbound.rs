@@ -2614,6 +2614,12 @@ fn h2_request(
             request
         };
     *request.version_mut() = Version::HTTP_2;
+    // A request's id is new with every request: not worth a place in the connection's
+    // HPACK table, where it would push out the fields that repeat (the authority, the
+    // path) and lengthen the search for the next one.
+    if let Some(id) = request.headers_mut().get_mut(REQUEST_ID_HEADER) {
+        id.set_sensitive(true);
+    }
     if asks_for_trailers(&parts.headers) {
         request
             .headers_mut()
@@ -2813,6 +2819,11 @@ mod tests {
         let kept = default_route("checkout.internal", "checkout.internal", "/orders?id=7");
         let request = peer_request(&client(&[]), &kept, None, Bytes::new()).unwrap();
         assert_eq!(request.uri(), "https://checkout.internal/orders?id=7");
+        // The request's id, new every time, is kept out of HPACK's table; others are not.
+        let with_id = client(&[("x-request-id", "8c1e2f9a-0000-4000-8000-000000000001")]);
+        let request = peer_request(&with_id, &kept, None, Bytes::new()).unwrap();
+        assert!(request.headers()[REQUEST_ID_HEADER].is_sensitive());
+        assert!(!request.headers()["x-app"].is_sensitive());
     }
 
     #[test]
