@@ -26,7 +26,7 @@ use fulcrum_policy::Locality;
 use fulcrum_policy::health::EndpointInventory;
 use fulcrum_policy::weights::WeightRow;
 use http::header::{
-    CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue, TE, TRANSFER_ENCODING,
+    CONNECTION, CONTENT_LENGTH, EXPECT, HOST, HeaderName, HeaderValue, TE, TRANSFER_ENCODING,
 };
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -2526,7 +2526,8 @@ fn http1_request(
     if !forward.request_headers.is_empty() || parts.headers.contains_key(CONNECTION) {
         // The route changes fields, or the client named hop-by-hop ones: build the
         // request's fields as the east-west path does.
-        let request = upstream_request(parts, forward, &forward.path_and_query, Bytes::new())?;
+        let mut request = upstream_request(parts, forward, &forward.path_and_query, Bytes::new())?;
+        request.headers_mut().remove(EXPECT);
         let writer = Http1Request::writer_for(&request.into_parts().0)?;
         return Ok(writer.finish_with(body));
     }
@@ -2536,8 +2537,9 @@ fn http1_request(
     // Host first, as RFC 9112 §3.2 asks of clients.
     writer.field_text(&HOST, &forward.authority)?;
     for (name, value) in &parts.headers {
+        // Expect too: the proxy answers `100 Continue` itself, as Envoy does.
         let framing_or_host = name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == HOST;
-        if !framing_or_host && !is_hop_by_hop(name.as_str().as_bytes()) {
+        if !framing_or_host && name != EXPECT && !is_hop_by_hop(name.as_str().as_bytes()) {
             writer.field(name, value);
         }
     }
@@ -2703,7 +2705,9 @@ mod tests {
                 .header(CONTENT_LENGTH, "2")
                 .header("te", "trailers")
                 .header("upgrade", "websocket")
-                .header("keep-alive", "timeout=5");
+                .header("keep-alive", "timeout=5")
+                // The proxy answers `100 Continue` itself.
+                .header("expect", "100-continue");
             for (name, value) in extra {
                 request = request.header(*name, *value);
             }
@@ -2732,6 +2736,20 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("x-more: 3\r\n") && text.contains("host: checkout.internal"));
+        // A body sent as it arrives: its length when known, else chunked.
+        forward.request_headers = Default::default();
+        for (length, framing) in [
+            (Some(5_000_000), "content-length: 5000000"),
+            (None, "transfer-encoding: chunked"),
+        ] {
+            let request =
+                http1_request(&client(&[]), &forward, Http1Body::Arriving(length)).unwrap();
+            let text = String::from_utf8(request.message().to_vec()).unwrap();
+            assert!(
+                text.ends_with(&format!("x-app: 1\r\n{framing}\r\n\r\n")),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -33,7 +33,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Version};
 use tokio::io::AsyncWriteExt;
@@ -769,18 +769,51 @@ async fn write_watching(
     Ok(true)
 }
 
-/// Waits until the endpoint has sent something (the start of its answer, into `read`)
-/// or closed the connection.
+/// Waits until the endpoint has begun its final answer (into `read`) or closed the
+/// connection. Interim answers (`100 Continue`, `103 Early Hints`) are taken out as they
+/// come: they do not stop a body being sent.
 async fn answer_begun(stream: &TcpStream, read: &mut BytesMut) {
     loop {
+        match interim_head(read) {
+            Some(Some(length)) => {
+                read.advance(length);
+                continue;
+            }
+            // Nothing yet, or the start of a head that may be an interim one.
+            Some(None) => {}
+            None => return,
+        }
         if stream.readable().await.is_err() {
             return;
         }
         read.reserve(1024);
         match stream.try_read_buf(read) {
+            Ok(0) => return,
+            Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            _ => return,
+            Err(_) => return,
         }
+    }
+}
+
+/// What the front of `read` is: `Some(Some(length))`, a whole interim head (1xx but 101)
+/// of that length; `Some(None)`, nothing yet or the start of a head that may be one;
+/// `None`, the start of a final answer (or something malformed, for the answer's reader
+/// to say).
+fn interim_head(read: &[u8]) -> Option<Option<usize>> {
+    // "HTTP/1.1 1": the status's first digit is the tenth byte.
+    if read.len() < 10 {
+        return Some(None);
+    }
+    if read[9] != b'1' {
+        return None;
+    }
+    let mut fields = [httparse::EMPTY_HEADER; 16];
+    let mut head = httparse::Response::new(&mut fields);
+    match head.parse(read) {
+        Ok(httparse::Status::Complete(length)) if head.code != Some(101) => Some(Some(length)),
+        Ok(httparse::Status::Partial) => Some(None),
+        _ => None,
     }
 }
 
@@ -1039,6 +1072,79 @@ mod tests {
             "the third request on the one connection"
         );
         assert_eq!(connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn interim_heads_are_told_from_the_start_of_a_final_answer() {
+        let continue_ = b"HTTP/1.1 100 Continue\r\n\r\n";
+        assert_eq!(interim_head(continue_), Some(Some(continue_.len())));
+        let hints = b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 200";
+        assert_eq!(interim_head(hints), Some(Some(hints.len() - 12)));
+        // Not yet known: nothing, a status not yet there, an interim head not all there.
+        for partial in [&b""[..], b"HTTP/1.1", b"HTTP/1.1 100 Cont"] {
+            assert_eq!(interim_head(partial), Some(None), "{partial:?}");
+        }
+        // A final answer has begun (or something the answer's reader will refuse).
+        for final_ in [
+            &b"HTTP/1.1 200"[..],
+            b"HTTP/1.1 413 Payload",
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            b"garbage!!!!!",
+        ] {
+            assert_eq!(interim_head(final_), None, "{final_:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_interim_answer_does_not_stop_a_body_still_arriving() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (continued, told) = tokio::sync::oneshot::channel();
+        let mut continued = Some(continued);
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let mut buffer = [0u8; 4096];
+            // The head, then the interim answer, then the chunked body to its end.
+            for end in [&b"\r\n\r\n"[..], b"0\r\n\r\n"] {
+                while !seen.ends_with(end) {
+                    let n = stream.read(&mut buffer).await.unwrap();
+                    assert!(n > 0, "closed early");
+                    seen.extend_from_slice(&buffer[..n]);
+                }
+                if end == b"\r\n\r\n" {
+                    stream
+                        .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                        .await
+                        .unwrap();
+                    let _ = continued.take().map(|c| c.send(()));
+                }
+            }
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndone")
+                .await
+                .unwrap();
+        });
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
+        let (request, body, sender) = arriving_post(address, None);
+        // The body comes only once the endpoint has sent its interim answer.
+        tokio::spawn(async move {
+            told.await.unwrap();
+            for piece in ["abc", "def"] {
+                sender.send(Ok(Some(Bytes::from(piece)))).await.unwrap();
+            }
+            sender.send(Ok(None)).await.unwrap();
+        });
+        let mut forwarding = forwarding(&body);
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            pool.exchange_arriving(address, &request, &mut forwarding),
+        )
+        .await
+        .expect("answered: the body went on after the interim answer")
+        .unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(whole(&answer), "done");
     }
 
     #[tokio::test]
