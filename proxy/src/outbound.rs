@@ -29,7 +29,7 @@ use http::header::{
     CONNECTION, CONTENT_LENGTH, EXPECT, HOST, HeaderName, HeaderValue, TE, TRANSFER_ENCODING,
 };
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
 
@@ -54,7 +54,7 @@ use crate::routing::{
 };
 use crate::transport::{H2Pool, MeshTls, SendError};
 use crate::tunnel::{H2Stream, Holding, TunnelIo, splice};
-use crate::upload::{RequestBody, ToSend};
+use crate::upload::{ArrivingBody, RequestBody, ToSend, after};
 use crate::upstream::{Http1Body, Http1Pool, Http1Request, UpstreamError};
 use crate::wire::{MAX_HEAD_BYTES, RawFields, is_hop_by_hop, merge_raw_fields};
 use h2::RecvStream;
@@ -82,12 +82,9 @@ pub const HASH_KEY_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-hash-
 /// another service, or a short name given for a Kubernetes service): the service's full
 /// name. The authority itself goes on to the endpoint unchanged, as Envoy keeps the Host.
 pub const SERVICE_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-service");
-/// The largest request body read whole when it could be forwarded as it arrives: a
-/// mirrored request's, as mirrors are sent the body whole (413 beyond). Other bodies have
-/// no limit ([`crate::upload`]).
-pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
-/// The most of a request body forwarded as it arrives that is kept for a retry: Envoy's
-/// default buffer limit, past which it does not retry a request either.
+/// The most of a request body forwarded as it arrives that is kept for a retry, and of a
+/// mirrored request's body read whole: Envoy's default buffer limit, past which it does
+/// not retry a request, nor shadow it, either.
 const RETRY_BUFFER_BYTES: usize = 1024 * 1024;
 /// How long a connection to an endpoint may take.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -271,7 +268,6 @@ pub struct Outbound {
     unreachable: Mutex<FastMap<String, Instant>>,
     /// Spreads requests over a cluster's gateways.
     rotation: AtomicUsize,
-    max_body_bytes: usize,
     /// Applications' connections: how long they may idle, and stall in a request.
     client_timeouts: ClientTimeouts,
     metrics: Arc<ProxyMetrics>,
@@ -357,7 +353,6 @@ impl Outbound {
             tls: None,
             unreachable: Mutex::default(),
             rotation: AtomicUsize::new(0),
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             client_timeouts: ClientTimeouts::default(),
             metrics,
             stats: Arc::default(),
@@ -1290,11 +1285,14 @@ impl Outbound {
         response
     }
 
-    /// The request's body as its tries will send it ([`crate::upload`]): one still
-    /// arriving is forwarded as it arrives when `may_stream` (not when the request is
-    /// mirrored: mirrors are sent the body whole) and it is a gRPC call's, or of unknown
-    /// length, or longer than [`WHOLE_BODY_BYTES`], keeping up to `keep` bytes of it for
-    /// a retry; any other is read whole first.
+    /// The request's body as its tries will send it ([`crate::upload`]), keeping up to
+    /// `keep` bytes of one forwarded as it arrives for a retry. A body of a declared
+    /// length of at most [`WHOLE_BODY_BYTES`] (not a gRPC call's) is read whole; any other
+    /// is forwarded as it arrives, unless the request is mirrored (`!may_stream`: mirrors
+    /// are sent the body whole): then it is read whole if it ends within
+    /// [`RETRY_BUFFER_BYTES`], and past that forwarded as it arrives without its mirrors,
+    /// as Envoy abandons a request's shadows (and retries) once its body outgrows the
+    /// buffer.
     async fn request_body<B>(
         &self,
         parts: &http::request::Parts,
@@ -1306,40 +1304,28 @@ impl Outbound {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        if may_stream && !body.is_end_stream() {
-            let large = (body.size_hint().exact()).is_none_or(|n| n > WHOLE_BODY_BYTES);
-            if large || is_grpc(&parts.headers) {
-                let arriving = body.map_err(Into::into).boxed_unsync();
-                return Ok(RequestBody::arriving(arriving, keep));
-            }
-        }
-        self.read_body(body).await.map(RequestBody::Whole)
-    }
-
-    /// The whole request body, within the body limit ([`DEFAULT_MAX_BODY_BYTES`]).
-    async fn read_body<B>(&self, body: B) -> Result<Bytes, Box<ProxyResponse>>
-    where
-        B: hyper::body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
         // Most requests have none: known from the head (h2's END_STREAM, a zero length).
         if body.is_end_stream() {
-            return Ok(Bytes::new());
+            return Ok(RequestBody::Whole(Bytes::new()));
         }
-        match Limited::new(body, self.max_body_bytes).collect().await {
-            Ok(b) => Ok(b.to_bytes()),
-            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Box::new(answer(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("request body over {} bytes", self.max_body_bytes),
-            ))),
-            Err(e) if crate::h2_server::is_stall(e.as_ref()) => Err(Box::new(answer(
-                StatusCode::REQUEST_TIMEOUT,
-                &e.to_string(),
-            ))),
-            Err(_) => Err(Box::new(answer(
-                StatusCode::BAD_REQUEST,
-                "request body could not be read",
-            ))),
+        let large = (body.size_hint().exact()).is_none_or(|n| n > WHOLE_BODY_BYTES);
+        if !large && !is_grpc(&parts.headers) {
+            // Held to its declared length by the listener that read its head.
+            return match body.collect().await {
+                Ok(whole) => Ok(RequestBody::Whole(whole.to_bytes())),
+                Err(e) => Err(Box::new(body_failed(e.into().as_ref()))),
+            };
+        }
+        let arriving = body.map_err(Into::into).boxed_unsync();
+        if may_stream {
+            return Ok(RequestBody::arriving(arriving, keep));
+        }
+        match read_whole(arriving, RETRY_BUFFER_BYTES).await? {
+            Read::Whole(bytes) => Ok(RequestBody::Whole(bytes)),
+            Read::Over(rest) => {
+                tracing::debug!("request body over {RETRY_BUFFER_BYTES} bytes: not mirrored");
+                Ok(RequestBody::arriving(rest, keep))
+            }
         }
     }
 
@@ -2231,6 +2217,42 @@ fn attempts_value(tries: u32) -> HeaderValue {
 }
 
 /// `send`, within the per-try timeout when there is one.
+/// A request body read as far as a limit.
+enum Read {
+    Whole(Bytes),
+    /// Over the limit: what was read, then the rest as it arrives.
+    Over(ArrivingBody),
+}
+
+/// Reads `body` whole if it ends within `limit` bytes; else gives it back, what was read
+/// first. A body that stalls is answered 408; one that breaks off, 400.
+async fn read_whole(mut body: ArrivingBody, limit: usize) -> Result<Read, Box<ProxyResponse>> {
+    let mut whole = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let data = match frame.map(|f| f.into_data()) {
+            Ok(Ok(data)) => data,
+            // Trailer fields, which a request read whole does not carry on (gRPC clients
+            // send none).
+            Ok(Err(_)) => continue,
+            Err(e) => return Err(Box::new(body_failed(e.as_ref()))),
+        };
+        if whole.len() + data.len() > limit {
+            whole.extend_from_slice(&data);
+            return Ok(Read::Over(after(whole.freeze(), body)));
+        }
+        whole.extend_from_slice(&data);
+    }
+    Ok(Read::Whole(whole.freeze()))
+}
+
+/// The answer to a request whose body could not be read: 408 when it stalled, else 400.
+fn body_failed(error: &(dyn std::error::Error + 'static)) -> ProxyResponse {
+    if crate::h2_server::is_stall(error) {
+        return answer(StatusCode::REQUEST_TIMEOUT, &error.to_string());
+    }
+    answer(StatusCode::BAD_REQUEST, "request body could not be read")
+}
+
 /// A gRPC call's route timeout is the one its `grpc-timeout` asks for, capped by the
 /// route's ([`crate::grpc::call_timeout`]); the endpoint is told the one that holds.
 fn heed_grpc_timeout(headers: &mut HeaderMap, forward: &mut Forward) {

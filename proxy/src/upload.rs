@@ -13,16 +13,20 @@
 //! request to for its retries (1 MiB by default): once the body has ended whole within the
 //! limit, a later try can send it again (a unary gRPC call can still be retried, as its
 //! message has come by the time its answer does); a body still arriving, or over the
-//! limit, cannot be sent again, so the request is not retried.
+//! limit, cannot be sent again, so the request is not retried. A mirrored request's body
+//! is read whole for its mirror while it fits the same limit; past it, the request is
+//! forwarded as it arrives without its mirror, as Envoy abandons a shadow then.
 
 use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::body::Body;
+use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -33,6 +37,51 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request body still arriving, of whichever listener it came on.
 pub type ArrivingBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// `rest`, after `first`: a body some of which was read already.
+pub fn after(first: Bytes, rest: ArrivingBody) -> ArrivingBody {
+    Prefixed {
+        first: Some(first),
+        rest,
+    }
+    .boxed_unsync()
+}
+
+struct Prefixed {
+    first: Option<Bytes>,
+    rest: ArrivingBody,
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let first = self.first.as_ref().map_or(0, |f| f.len() as u64);
+        match self.rest.size_hint().exact() {
+            Some(rest) => SizeHint::with_exact(first + rest),
+            None => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(first);
+                hint
+            }
+        }
+    }
+}
 
 /// A request's body, as the tries send it.
 pub enum RequestBody {

@@ -1915,6 +1915,82 @@ spec:
     release.notify_waiters();
 }
 
+/// A mirrored request's body is read whole for its mirror while it fits Envoy's buffer
+/// (1 MiB); a larger one is forwarded as it arrives without its mirror, as Envoy
+/// abandons a shadow whose body outgrows the buffer: never refused.
+#[tokio::test]
+async fn a_mirrored_upload_too_large_to_hold_goes_on_without_its_mirror() {
+    let (primary, mut primary_seen) = upload_endpoint().await;
+    let (mirror, mut mirror_seen) = upload_endpoint().await;
+    let entry = |name: &str, port: u16| {
+        format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  hosts: [{name}.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {port}}}, locality: us-east/us-east-1a}}
+---
+"#
+        )
+    };
+    let yaml = format!(
+        r#"{}{}apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: files, namespace: shop}}
+spec:
+  hosts: [files.example]
+  http:
+  - route: [{{destination: {{host: files.example}}}}]
+    mirror: {{host: copies.example}}
+"#,
+        entry("files", primary.port()),
+        entry("copies", mirror.port()),
+    );
+    let proxy = start_east(&yaml, None).await;
+    // A chunked upload of `size` bytes of the pattern, sent at once; the answer.
+    let proxy = &proxy;
+    let upload = |size: usize| async move {
+        let data = upload::upload_bytes(0, size);
+        let mut bytes =
+            b"POST /up HTTP/1.1\r\nhost: files.example\r\ntransfer-encoding: chunked\r\n\r\n"
+                .to_vec();
+        for chunk in data.chunks(100_000) {
+            bytes.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            bytes.extend_from_slice(chunk);
+            bytes.extend_from_slice(b"\r\n");
+        }
+        bytes.extend_from_slice(b"0\r\n\r\n");
+        let mut stream = sent_on(proxy, &bytes).await;
+        read_until(&mut stream, " end").await
+    };
+    // Small: read whole, and the mirror gets it too.
+    let small = 300 * 1024;
+    let text = upload(small).await;
+    assert!(text.ends_with(&Sum::of_pattern(small).text()), "{text}");
+    upload::first_bytes_arrive(&mut primary_seen).await;
+    upload::first_bytes_arrive(&mut mirror_seen).await;
+    // Large: it reaches the primary whole; no copy goes to the mirror.
+    let large = 3 * 1024 * 1024;
+    let text = upload(large).await;
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert!(text.ends_with(&Sum::of_pattern(large).text()), "{text}");
+    upload::first_bytes_arrive(&mut primary_seen).await;
+    // A small one after it is mirrored: by the time its copy is there, a copy of the
+    // large one, sent before it, would have been too.
+    upload(small).await;
+    upload::first_bytes_arrive(&mut primary_seen).await;
+    upload::first_bytes_arrive(&mut mirror_seen).await;
+    assert!(
+        mirror_seen.try_recv().is_err(),
+        "the large upload was not mirrored"
+    );
+}
+
 #[tokio::test]
 async fn an_open_websocket_tunnel_counts_as_a_request_in_flight() {
     let (heads, _seen) = tokio::sync::mpsc::unbounded_channel();
