@@ -9,7 +9,7 @@ use grpc::{
     check_echo_through, check_events_through, client_through, echo_endpoint,
     echo_reachable_through, event_endpoint, grpc_endpoint, watch_through,
 };
-use upload::{Sum, upload_endpoint, upload_over_h2c, upload_over_http1};
+use upload::{Sum, check_uploads_through, upload_endpoint};
 use websocket::{UPGRADE_KEY, read_until, upgrade_request, websocket_endpoint};
 
 use std::convert::Infallible;
@@ -931,38 +931,10 @@ async fn uploads_of_any_size_reach_the_endpoint_as_they_arrive() {
     let (endpoint, mut seen) = upload_endpoint().await;
     let proxy = raw_proxy_to(endpoint, "", ClientTimeouts::default()).await;
     let address = proxy.outbound_address();
-    // Larger than the body limit (8 MiB), which now bounds only what is kept for retries.
-    let size = 20 * 1024 * 1024 + 17;
-    let expected = Sum::of_pattern(size).text();
-    // Each client sends the first part, and the rest only once the endpoint has some of
-    // it: held back until all had come, the upload would never be answered.
-    for chunked in [false, true] {
-        let text = upload_over_http1(address, "raw.example", size, chunked, &mut seen).await;
-        assert!(
-            text.starts_with("HTTP/1.1 200 "),
-            "chunked {chunked}: {text}"
-        );
-        let framing = match chunked {
-            true => "chunked".to_string(),
-            false => size.to_string(),
-        };
-        assert!(
-            text.contains(&format!("x-seen-framing: {framing}\r\n")),
-            "chunked {chunked}: {text}"
-        );
-        assert!(text.ends_with(&expected), "chunked {chunked}: {text}");
-    }
-    for declared in [true, false] {
-        let (status, framing, body) =
-            upload_over_h2c(address, "raw.example", size, declared, &mut seen).await;
-        assert_eq!(status, 200, "declared {declared}");
-        let expected_framing = match declared {
-            true => size.to_string(),
-            false => "chunked".to_string(),
-        };
-        assert_eq!(framing, expected_framing, "declared {declared}");
-        assert_eq!(body, expected, "declared {declared}");
-    }
+    // Far larger than anything the proxy holds of a body (1 MiB, for a retry). Each
+    // client sends the first part, and the rest only once the endpoint has some of it:
+    // held back until all had come, the upload would never be answered.
+    check_uploads_through(address, "raw.example", 20 * 1024 * 1024 + 17, &mut seen).await;
     // A small body is still read whole, chunked or not (sent on with its length), and
     // the connection carries the next request.
     let mut stream = sent_on(
@@ -1922,22 +1894,6 @@ spec:
 async fn a_mirrored_upload_too_large_to_hold_goes_on_without_its_mirror() {
     let (primary, mut primary_seen) = upload_endpoint().await;
     let (mirror, mut mirror_seen) = upload_endpoint().await;
-    let entry = |name: &str, port: u16| {
-        format!(
-            r#"apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: {name}, namespace: shop}}
-spec:
-  hosts: [{name}.example]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  endpoints:
-  - {{address: 127.0.0.1, ports: {{http: {port}}}, locality: us-east/us-east-1a}}
----
-"#
-        )
-    };
     let yaml = format!(
         r#"{}{}apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -1948,8 +1904,8 @@ spec:
   - route: [{{destination: {{host: files.example}}}}]
     mirror: {{host: copies.example}}
 "#,
-        entry("files", primary.port()),
-        entry("copies", mirror.port()),
+        http_entry("files", "files.example", &[primary.port()]) + "---\n",
+        http_entry("copies", "copies.example", &[mirror.port()]) + "---\n",
     );
     let proxy = start_east(&yaml, None).await;
     // A chunked upload of `size` bytes of the pattern, sent at once; the answer.

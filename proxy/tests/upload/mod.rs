@@ -229,3 +229,40 @@ pub async fn upload_over_h2c(
     }
     (status, framing, String::from_utf8_lossy(&text).into_owned())
 }
+
+/// Sends an upload of `size` bytes to `host` through the proxy at `proxy` four ways, each
+/// in two steps: over HTTP/1.1 with its length and chunked ([`upload_over_http1`]), over
+/// h2c with a Content-Length and without one ([`upload_over_h2c`]). Checks that each
+/// reached the endpoint whole, with its length when the client declared one, else
+/// chunked. Returns the HTTP/1.1 answers, for more checks.
+pub async fn check_uploads_through(
+    proxy: SocketAddr,
+    host: &str,
+    size: usize,
+    seen: &mut mpsc::UnboundedReceiver<()>,
+) -> Vec<String> {
+    let expected = Sum::of_pattern(size).text();
+    let framing = |declared: bool| match declared {
+        true => size.to_string(),
+        false => "chunked".to_string(),
+    };
+    let mut answers = Vec::new();
+    for declared in [true, false] {
+        let text = upload_over_http1(proxy, host, size, !declared, seen).await;
+        assert!(
+            text.starts_with("HTTP/1.1 200 "),
+            "declared {declared}: {text}"
+        );
+        let field = format!("x-seen-framing: {}\r\n", framing(declared));
+        assert!(text.contains(&field), "declared {declared}: {text}");
+        assert!(text.ends_with(&expected), "declared {declared}: {text}");
+        answers.push(text);
+    }
+    for declared in [true, false] {
+        let (status, seen_framing, body) = upload_over_h2c(proxy, host, size, declared, seen).await;
+        assert_eq!(status, 200, "h2c, declared {declared}");
+        assert_eq!(seen_framing, framing(declared), "h2c, declared {declared}");
+        assert_eq!(body, expected, "h2c, declared {declared}");
+    }
+    answers
+}
