@@ -276,14 +276,21 @@ impl Forwarding {
         self.length
     }
 
+    /// Whether any of the body has been taken: before, the try may give it to another
+    /// connection, or back for the next try.
+    pub fn begun(&self) -> bool {
+        self.begun
+    }
+
     /// The next piece of the body, kept for later tries while within the limit. Once the
     /// body has ended (whole, or broken off), it is [`Next::Broken`] again.
     pub async fn next(&mut self) -> Next {
         let Some(body) = &mut self.body else {
             return Next::Broken("the body was already forwarded".into());
         };
+        let frame = body.frame().await;
         self.begun = true;
-        let frame = match body.frame().await {
+        let frame = match frame {
             None => {
                 self.ended(Ok(()));
                 return Next::End(None);

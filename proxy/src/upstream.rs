@@ -143,47 +143,43 @@ impl Http1Pool {
         request: &Http1Request,
         body: &mut Forwarding,
     ) -> Result<Answer, UpstreamError> {
-        let mut connection = loop {
-            match self.take(address) {
-                Some(mut connection) => match connection.send(&request.message, &[]).await {
-                    Ok(()) => break connection,
-                    Err(Failure::Closed { .. }) => continue,
-                    Err(Failure::Broken(e)) => return Err(UpstreamError::Reset(e)),
-                },
-                None => {
-                    let mut connection = Box::pin(self.connect(address)).await?;
-                    match connection.send(&request.message, &[]).await {
-                        Ok(()) => break connection,
-                        Err(Failure::Closed { .. }) => {
-                            return Err(UpstreamError::Reset(
-                                "the endpoint closed the connection before the request's body"
-                                    .into(),
-                            ));
-                        }
-                        Err(Failure::Broken(e)) => return Err(UpstreamError::Reset(e)),
-                    }
-                }
+        let failed = |failure| match failure {
+            Failure::Closed { .. } => {
+                UpstreamError::Reset("the endpoint closed the connection before answering".into())
             }
+            Failure::Broken(e) => UpstreamError::Reset(e),
         };
-        let head_only = request.method == Method::HEAD;
-        let answered = async {
-            let all_sent = connection.send_arriving(body, request.chunked).await?;
-            let (head, answer) = connection.answer(head_only).await?;
-            // What is left of the body would be taken for the next request.
-            let answer = if all_sent {
-                answer
-            } else {
-                answer.not_reusable()
-            };
-            Ok((head, answer))
-        };
-        match answered.await {
-            Ok((head, answer)) => Ok(self.answered(address, connection, head, answer)),
-            Err(Failure::Closed { .. }) => Err(UpstreamError::Reset(
-                "the endpoint closed the connection before answering".into(),
-            )),
-            Err(Failure::Broken(e)) => Err(UpstreamError::Reset(e)),
+        // A kept-alive connection the endpoint closed is replaced, while none of the
+        // body has gone on it.
+        while let Some(connection) = self.take(address) {
+            match self.exchange_on(address, connection, request, body).await {
+                Err(Failure::Closed { .. }) if !body.begun() => continue,
+                done => return done.map_err(failed),
+            }
         }
+        let connection = Box::pin(self.connect(address)).await?;
+        (self.exchange_on(address, connection, request, body).await).map_err(failed)
+    }
+
+    /// [`Http1Pool::exchange_arriving`] on one connection.
+    async fn exchange_on(
+        self: &Arc<Self>,
+        address: SocketAddr,
+        mut connection: Connection,
+        request: &Http1Request,
+        body: &mut Forwarding,
+    ) -> Result<Answer, Failure> {
+        let head_only = request.method == Method::HEAD;
+        connection.send(&request.message, &[]).await?;
+        let all_sent = connection.send_arriving(body, request.chunked).await?;
+        let (head, answer) = connection.answer(head_only).await?;
+        // What is left of the body would be taken for the next request.
+        let answer = if all_sent {
+            answer
+        } else {
+            answer.not_reusable()
+        };
+        Ok(self.answered(address, connection, head, answer))
     }
 
     /// The answer whose `head` came on `connection`: with its body whole (the connection
@@ -1145,6 +1141,58 @@ mod tests {
         .unwrap();
         assert_eq!(answer.status, StatusCode::OK);
         assert_eq!(whole(&answer), "done");
+    }
+
+    #[tokio::test]
+    async fn a_kept_alive_connection_closed_before_any_of_the_body_went_is_replaced() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (second, on_second) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut buffer = [0u8; 4096];
+            // The first connection answers one request, then closes on the next head.
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut heads = 0;
+            let mut seen = Vec::new();
+            while heads < 2 {
+                let n = stream.read(&mut buffer).await.unwrap();
+                seen.extend_from_slice(&buffer[..n]);
+                while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                    seen.drain(..end + 4);
+                    heads += 1;
+                    if heads == 1 {
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok1";
+                        stream.write_all(ok).await.unwrap();
+                    }
+                }
+            }
+            drop(stream);
+            // The second answers at once.
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let _ = second.send(());
+            let _ = stream.read(&mut buffer).await;
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok2")
+                .await
+                .unwrap();
+            let _ = stream.read(&mut buffer).await;
+        });
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
+        let answer = pool.exchange(address, &get(address)).await.unwrap();
+        assert_eq!(whole(&answer), "ok1");
+        // The body comes only once the request is on the second connection.
+        let (request, body, sender) = arriving_post(address, None);
+        tokio::spawn(async move {
+            on_second.await.unwrap();
+            sender.send(Ok(Some(Bytes::from("abc")))).await.unwrap();
+            sender.send(Ok(None)).await.unwrap();
+        });
+        let mut forwarding = forwarding(&body);
+        let answer = pool
+            .exchange_arriving(address, &request, &mut forwarding)
+            .await
+            .unwrap();
+        assert_eq!(whole(&answer), "ok2", "sent again on a new connection");
     }
 
     #[tokio::test]
