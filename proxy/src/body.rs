@@ -100,16 +100,21 @@ impl ProxyBody {
             length,
             deadline: None,
             kept: Vec::new(),
-            on_end: None,
+            on_end: Vec::new(),
         }))
     }
 
-    /// Has a stream tell `told` how it ended, once it has (or once it is dropped first).
-    /// A whole body has nothing more to tell: `told` is not kept.
+    /// Has a stream tell `told` how it ended, once it has (or once it is dropped first),
+    /// after any told before. A whole body has nothing more to tell: `told` is not kept.
     pub fn on_end(&mut self, told: impl FnOnce(End<'_>) + Send + 'static) {
         if let ProxyBody::Streaming(s) = self {
-            s.on_end = Some(Box::new(told));
+            s.on_end.push(Box::new(told));
         }
+    }
+
+    /// Whether the body is still arriving.
+    pub fn is_streaming(&self) -> bool {
+        matches!(self, ProxyBody::Streaming(_))
     }
 
     /// The length of the body when it is known before it is read: a whole body's, or
@@ -144,14 +149,15 @@ pub struct Streaming {
     length: Option<u64>,
     deadline: Option<(Pin<Box<Sleep>>, Duration)>,
     kept: Vec<Box<dyn Any + Send>>,
-    on_end: Option<Told>,
+    /// Each told once, in the order given.
+    on_end: Vec<Told>,
 }
 
 /// What a stream tells how it ended.
 type Told = Box<dyn FnOnce(End<'_>) + Send>;
 
 /// How a streamed answer ended.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub enum End<'a> {
     /// With these trailer fields.
     Trailers(&'a http::HeaderMap),
@@ -165,9 +171,7 @@ pub enum End<'a> {
 
 impl Drop for Streaming {
     fn drop(&mut self) {
-        if let Some(told) = self.on_end.take() {
-            told(End::Dropped);
-        }
+        self.tell(End::Dropped);
     }
 }
 
@@ -224,6 +228,13 @@ impl Body for ProxyBody {
 }
 
 impl Streaming {
+    /// Tells each who asked how the stream ended (once: they are gone after).
+    fn tell(&mut self, end: End<'_>) {
+        for told in self.on_end.drain(..) {
+            told(end);
+        }
+    }
+
     fn poll_frame(
         &mut self,
         cx: &mut Context<'_>,
@@ -235,9 +246,7 @@ impl Streaming {
                 "route timeout {}ms passed while it was still arriving",
                 after.as_millis()
             );
-            if let Some(told) = self.on_end.take() {
-                told(End::Broken);
-            }
+            self.tell(End::Broken);
             return Poll::Ready(Some(Err(BrokenOff(why))));
         }
         let frame = match &mut self.source {
@@ -260,9 +269,7 @@ impl Streaming {
             Some(Ok(frame)) => frame.trailers_ref().map(End::Trailers),
         };
         if let Some(end) = end {
-            if let Some(told) = self.on_end.take() {
-                told(end);
-            }
+            self.tell(end);
             // Ended: what was kept for the stream's life can go now.
             self.kept.clear();
             self.deadline = None;

@@ -554,10 +554,10 @@ impl Outbound {
         let started = Instant::now();
         let mut handled = Handled::new(&self.locality_text);
         let grpc = is_grpc(request.headers());
-        let response = self
+        let mut response = self
             .route_and_forward(request, client, upstreams, &mut handled)
             .await;
-        self.count(&handled, &response, started);
+        self.count(&handled, &mut response, started);
         if grpc {
             return (for_grpc_client(response), handled.fields);
         }
@@ -589,18 +589,29 @@ impl Outbound {
         let mut response = self
             .serve_for_peer(request, hop, upstreams, &mut handled)
             .await;
-        self.count(&handled, &response, started);
+        self.count(&handled, &mut response, started);
         handled.merge_fields(&mut response);
         response
     }
 
-    fn count(&self, handled: &Handled, response: &ProxyResponse, started: Instant) {
-        self.metrics.count_request(
-            handled.service.as_deref().unwrap_or("unknown"),
-            &handled.locality,
-            response.status().as_u16(),
-            started.elapsed().as_secs_f64(),
-        );
+    /// Counts a request in the metrics with how long it took: at once for an answer held
+    /// whole; for one still arriving, when it ends (or breaks off, or the client leaves),
+    /// as Envoy's request duration runs to the end of the answer.
+    fn count(&self, handled: &Handled, response: &mut ProxyResponse, started: Instant) {
+        let status = response.status().as_u16();
+        let service = handled.service.as_deref().unwrap_or("unknown");
+        if response.body().is_streaming() {
+            let metrics = Arc::clone(&self.metrics);
+            let (service, locality) = (service.to_string(), Arc::clone(&handled.locality));
+            response.body_mut().on_end(move |_| {
+                let took = started.elapsed().as_secs_f64();
+                metrics.count_request(&service, &locality, status, took);
+            });
+            return;
+        }
+        let took = started.elapsed().as_secs_f64();
+        self.metrics
+            .count_request(service, &handled.locality, status, took);
     }
 
     /// Opens the tunnel of a WebSocket upgrade (`Upgrade: websocket`, as Istio enables by

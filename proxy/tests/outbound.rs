@@ -610,6 +610,48 @@ async fn an_answer_still_arriving_reaches_http1_clients_piece_by_piece() {
     assert!(rest.contains("data: two\n\n"), "{rest}");
 }
 
+/// An answer still arriving is counted in the metrics when it ends, with how long it
+/// took in all, as Envoy's request duration runs to the end of the answer.
+#[tokio::test]
+async fn an_answer_still_arriving_is_counted_when_it_ends() {
+    let (endpoint, go_on) = stepped_endpoint(FIRST_EVENT, LAST_EVENT).await;
+    let proxy = raw_proxy_to(endpoint, "", ClientTimeouts::default()).await;
+    let metric = |name: &'static str| {
+        let admin = proxy.admin_address();
+        async move {
+            let text = send(admin, "admin", "/metrics", false).await.body;
+            (text.lines())
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|n| n.parse::<f64>().ok())
+        }
+    };
+    let count = r#"fulcrum_proxy_requests_total{service="raw.example",locality="us-east/us-east-1a",code="200"}"#;
+    let took = r#"fulcrum_proxy_request_duration_seconds_sum{service="raw.example"}"#;
+    let mut stream = sent_on(&proxy, b"GET /events HTTP/1.1\r\nHost: raw.example\r\n\r\n").await;
+    read_until(&mut stream, "data: one\n\n\r\n").await;
+    assert_eq!(
+        metric(count).await,
+        None,
+        "not counted while it is still arriving"
+    );
+    // The stream stays open a while before its last event.
+    let open = Duration::from_millis(300);
+    tokio::time::sleep(open).await;
+    go_on.send(()).expect("the endpoint waits");
+    read_until(&mut stream, "0\r\n\r\n").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(count).await != Some(1.0) {
+        assert!(Instant::now() < deadline, "counted once it ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seconds = metric(took).await.expect("a duration");
+    assert!(
+        seconds >= open.as_secs_f64(),
+        "its whole duration: {seconds}"
+    );
+}
+
 /// A client that leaves while an answer is still arriving ends it at once: the proxy
 /// closes its connection to the endpoint without waiting for the endpoint's next piece.
 #[tokio::test]
