@@ -2238,6 +2238,8 @@ enum Read {
 /// Reads `body` whole if it ends within `limit` bytes; else gives it back, what was read
 /// first. A body that stalls is answered 408; one that breaks off, 400.
 async fn read_whole(mut body: ArrivingBody, limit: usize) -> Result<Read, Box<ProxyResponse>> {
+    // Taken before any of it is read: a body's hint does not shrink as it is.
+    let length = hyper::body::Body::size_hint(&body).exact();
     let mut whole = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let data = match frame.map(|f| f.into_data()) {
@@ -2249,7 +2251,7 @@ async fn read_whole(mut body: ArrivingBody, limit: usize) -> Result<Read, Box<Pr
         };
         if whole.len() + data.len() > limit {
             whole.extend_from_slice(&data);
-            return Ok(Read::Over(after(whole.freeze(), body)));
+            return Ok(Read::Over(after(whole.freeze(), body, length)));
         }
         whole.extend_from_slice(&data);
     }

@@ -38,11 +38,13 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A request body still arriving, of whichever listener it came on.
 pub type ArrivingBody = UnsyncBoxBody<Bytes, BoxError>;
 
-/// `rest`, after `first`: a body some of which was read already.
-pub fn after(first: Bytes, rest: ArrivingBody) -> ArrivingBody {
+/// `rest`, after `first`: a body some of which was read already, of `length` in all
+/// when its client declared one.
+pub fn after(first: Bytes, rest: ArrivingBody, length: Option<u64>) -> ArrivingBody {
     Prefixed {
         first: Some(first),
         rest,
+        length,
     }
     .boxed_unsync()
 }
@@ -50,6 +52,8 @@ pub fn after(first: Bytes, rest: ArrivingBody) -> ArrivingBody {
 struct Prefixed {
     first: Option<Bytes>,
     rest: ArrivingBody,
+    /// What is still to come, when known (a body's hint does not shrink as it is read).
+    length: Option<u64>,
 }
 
 impl Body for Prefixed {
@@ -60,10 +64,17 @@ impl Body for Prefixed {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(first) = self.first.take() {
-            return Poll::Ready(Some(Ok(Frame::data(first))));
+        let this = &mut *self;
+        let frame = match this.first.take() {
+            Some(first) => Poll::Ready(Some(Ok(Frame::data(first)))),
+            None => Pin::new(&mut this.rest).poll_frame(cx),
+        };
+        if let (Poll::Ready(Some(Ok(frame))), Some(length)) = (&frame, &mut this.length)
+            && let Some(data) = frame.data_ref()
+        {
+            *length = length.saturating_sub(data.len() as u64);
         }
-        Pin::new(&mut self.rest).poll_frame(cx)
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -71,12 +82,11 @@ impl Body for Prefixed {
     }
 
     fn size_hint(&self) -> SizeHint {
-        let first = self.first.as_ref().map_or(0, |f| f.len() as u64);
-        match self.rest.size_hint().exact() {
-            Some(rest) => SizeHint::with_exact(first + rest),
+        match self.length {
+            Some(length) => SizeHint::with_exact(length),
             None => {
                 let mut hint = SizeHint::new();
-                hint.set_lower(first);
+                hint.set_lower(self.first.as_ref().map_or(0, |f| f.len() as u64));
                 hint
             }
         }

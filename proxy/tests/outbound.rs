@@ -1950,42 +1950,62 @@ spec:
         http_entry("copies", "copies.example", &[mirror.port()]) + "---\n",
     );
     let proxy = start_east(&yaml, None).await;
-    // A chunked upload of `size` bytes of the pattern, sent at once; the answer.
+    // An upload of `size` bytes of the pattern, sent at once, chunked or with its length;
+    // the answer.
     let proxy = &proxy;
-    let upload = |size: usize| async move {
+    let upload = |size: usize, chunked: bool| async move {
         let data = upload::upload_bytes(0, size);
+        let framing = match chunked {
+            true => "transfer-encoding: chunked".to_string(),
+            false => format!("content-length: {size}"),
+        };
         let mut bytes =
-            b"POST /up HTTP/1.1\r\nhost: files.example\r\ntransfer-encoding: chunked\r\n\r\n"
-                .to_vec();
-        for chunk in data.chunks(100_000) {
+            format!("POST /up HTTP/1.1\r\nhost: files.example\r\n{framing}\r\n\r\n").into_bytes();
+        if !chunked {
+            bytes.extend_from_slice(&data);
+        }
+        for chunk in data.chunks(100_000).filter(|_| chunked) {
             bytes.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
             bytes.extend_from_slice(chunk);
             bytes.extend_from_slice(b"\r\n");
         }
-        bytes.extend_from_slice(b"0\r\n\r\n");
+        if chunked {
+            bytes.extend_from_slice(b"0\r\n\r\n");
+        }
         let mut stream = sent_on(proxy, &bytes).await;
         read_until(&mut stream, " end").await
     };
     // Small: read whole, and the mirror gets it too.
     let small = 300 * 1024;
-    let text = upload(small).await;
+    let text = upload(small, true).await;
     assert!(text.ends_with(&Sum::of_pattern(small).text()), "{text}");
     upload::first_bytes_arrive(&mut primary_seen).await;
     upload::first_bytes_arrive(&mut mirror_seen).await;
-    // Large: it reaches the primary whole; no copy goes to the mirror.
+    // Large: it reaches the primary whole, with its length when it had one; no copy goes
+    // to the mirror.
     let large = 3 * 1024 * 1024;
-    let text = upload(large).await;
-    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
-    assert!(text.ends_with(&Sum::of_pattern(large).text()), "{text}");
-    upload::first_bytes_arrive(&mut primary_seen).await;
-    // A small one after it is mirrored: by the time its copy is there, a copy of the
-    // large one, sent before it, would have been too.
-    upload(small).await;
+    for chunked in [true, false] {
+        let text = upload(large, chunked).await;
+        assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+        let framing = match chunked {
+            true => "chunked".to_string(),
+            false => large.to_string(),
+        };
+        assert!(
+            text.contains(&format!("x-seen-framing: {framing}\r\n")),
+            "{text}"
+        );
+        assert!(text.ends_with(&Sum::of_pattern(large).text()), "{text}");
+        upload::first_bytes_arrive(&mut primary_seen).await;
+    }
+    // A small one after them is mirrored: by the time its copy is there, a copy of the
+    // large ones, sent before it, would have been too.
+    upload(small, true).await;
     upload::first_bytes_arrive(&mut primary_seen).await;
     upload::first_bytes_arrive(&mut mirror_seen).await;
     assert!(
         mirror_seen.try_recv().is_err(),
-        "the large upload was not mirrored"
+        "the large uploads were not mirrored"
     );
 }
 
