@@ -612,12 +612,26 @@ impl Connection {
     ) -> Result<bool, Failure> {
         let Wire { stream, read, .. } = &mut self.wire;
         let mut framed = Vec::new();
+        // Held to the length the head declared: more or less would leave the endpoint
+        // reading the next request into this one, or waiting.
+        let (declared, mut sent) = (body.length().filter(|_| !chunked), 0u64);
+        let wrong_length = |sent: u64, declared: u64| {
+            Failure::Broken(format!(
+                "the request's body was not its declared length: {sent} bytes of {declared}"
+            ))
+        };
         loop {
             let next = tokio::select! {
                 next = body.next() => next,
                 () = answer_begun(stream, read) => return Ok(false),
             };
             framed.clear();
+            if let (Next::Data(data), Some(declared)) = (&next, declared) {
+                sent += data.len() as u64;
+                if sent > declared {
+                    return Err(wrong_length(sent, declared));
+                }
+            }
             let data = match next {
                 Next::Data(data) if data.is_empty() => continue,
                 Next::Data(data) if chunked => {
@@ -630,7 +644,10 @@ impl Connection {
                     framed.extend_from_slice(b"0\r\n\r\n");
                     return write_watching(stream, read, &[&framed]).await;
                 }
-                Next::End(_) => return Ok(true),
+                Next::End(_) => match declared {
+                    Some(declared) if sent != declared => return Err(wrong_length(sent, declared)),
+                    _ => return Ok(true),
+                },
                 Next::Broken(why) => {
                     return Err(Failure::Broken(format!(
                         "the request's body broke off: {why}"
@@ -1193,6 +1210,23 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(whole(&answer), "ok2", "sent again on a new connection");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_is_not_its_declared_length_is_a_reset() {
+        let (address, _) = endpoint(false).await;
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
+        for (declared, pieces) in [(10, &["abc"][..]), (4, &["abc", "def"][..])] {
+            let (request, body, sender) = arriving_post(address, Some(declared));
+            for piece in pieces {
+                sender.send(Ok(Some(Bytes::from(*piece)))).await.unwrap();
+            }
+            sender.send(Ok(None)).await.unwrap();
+            let mut forwarding = forwarding(&body);
+            let sent = pool.exchange_arriving(address, &request, &mut forwarding);
+            let reason = reset_reason(sent.await);
+            assert!(reason.contains("not its declared length"), "{reason}");
+        }
     }
 
     #[tokio::test]
