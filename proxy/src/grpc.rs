@@ -8,8 +8,8 @@
 //!   UNAVAILABLE answers HTTP 200, and is failing all the same;
 //! - a call's `grpc-timeout` is its route timeout, capped by the route's own when it has
 //!   one ([`call_timeout`]), and the endpoint is told the timeout that holds: Istio gives
-//!   every route `maxStreamDuration.grpcTimeoutHeaderMax` (its timeout, 0 for none),
-//!   which has Envoy honour the header so.
+//!   every route `maxGrpcTimeout` (its timeout, 0 for none), which has Envoy honour the
+//!   header so.
 
 use std::time::Duration;
 
