@@ -1049,6 +1049,14 @@ mod tests {
         (head.finish_arriving(length), body, sender)
     }
 
+    /// Sends `pieces` of a body still arriving, then its end.
+    async fn send_body(sender: mpsc::Sender<SentPiece>, pieces: &'static [&'static str]) {
+        for piece in pieces {
+            sender.send(Ok(Some(Bytes::from(*piece)))).await.unwrap();
+        }
+        sender.send(Ok(None)).await.unwrap();
+    }
+
     fn forwarding(body: &RequestBody) -> Forwarding {
         match body.to_send() {
             ToSend::Arriving(forwarding) => forwarding,
@@ -1062,12 +1070,7 @@ mod tests {
         let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
         for length in [Some(6), None] {
             let (request, body, sender) = arriving_post(address, length);
-            tokio::spawn(async move {
-                for piece in ["abc", "def"] {
-                    sender.send(Ok(Some(Bytes::from(piece)))).await.unwrap();
-                }
-                sender.send(Ok(None)).await.unwrap();
-            });
+            tokio::spawn(send_body(sender, &["abc", "def"]));
             let mut forwarding = forwarding(&body);
             let answer = pool
                 .exchange_arriving(address, &request, &mut forwarding)
@@ -1143,10 +1146,7 @@ mod tests {
         // The body comes only once the endpoint has sent its interim answer.
         tokio::spawn(async move {
             told.await.unwrap();
-            for piece in ["abc", "def"] {
-                sender.send(Ok(Some(Bytes::from(piece)))).await.unwrap();
-            }
-            sender.send(Ok(None)).await.unwrap();
+            send_body(sender, &["abc", "def"]).await;
         });
         let mut forwarding = forwarding(&body);
         let answer = tokio::time::timeout(
@@ -1201,8 +1201,7 @@ mod tests {
         let (request, body, sender) = arriving_post(address, None);
         tokio::spawn(async move {
             on_second.await.unwrap();
-            sender.send(Ok(Some(Bytes::from("abc")))).await.unwrap();
-            sender.send(Ok(None)).await.unwrap();
+            send_body(sender, &["abc"]).await;
         });
         let mut forwarding = forwarding(&body);
         let answer = pool
@@ -1218,10 +1217,7 @@ mod tests {
         let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
         for (declared, pieces) in [(10, &["abc"][..]), (4, &["abc", "def"][..])] {
             let (request, body, sender) = arriving_post(address, Some(declared));
-            for piece in pieces {
-                sender.send(Ok(Some(Bytes::from(*piece)))).await.unwrap();
-            }
-            sender.send(Ok(None)).await.unwrap();
+            send_body(sender, pieces).await;
             let mut forwarding = forwarding(&body);
             let sent = pool.exchange_arriving(address, &request, &mut forwarding);
             let reason = reset_reason(sent.await);
