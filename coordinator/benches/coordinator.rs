@@ -48,9 +48,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const COORDINATOR: &str = env!("CARGO_BIN_EXE_fulcrum-coordinator");
 
-fn free_address() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").to_string()
+/// `n` distinct free loopback addresses for processes to bind: each is held until all
+/// are chosen, so no two are the same port.
+fn free_addresses(n: usize) -> Vec<String> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("addr").to_string())
+        .collect()
 }
 
 fn make_certs(dir: &Path, coordinators: u64, clusters: &[String]) -> PathBuf {
@@ -104,17 +110,28 @@ struct Group {
 async fn start_group(n: u64) -> Group {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = make_certs(dir.path(), n, &["c0".into(), "c1".into(), "c2".into()]);
-    let addresses: BTreeMap<u64, String> = (1..=n).map(|i| (i, free_address())).collect();
+    let mut sockets = BTreeMap::new();
+    for id in 1..=n {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        sockets.insert(id, listener);
+    }
+    let addresses: BTreeMap<u64, String> = sockets
+        .iter()
+        .map(|(id, l)| (*id, l.local_addr().expect("addr").to_string()))
+        .collect();
     let mut nodes = BTreeMap::new();
-    for (id, address) in &addresses {
+    for (id, listener) in sockets {
         let mut c = CoordinatorConfig::new(
-            *id,
-            address.parse().expect("address"),
+            id,
+            addresses[&id].parse().expect("address"),
             dir.path().join(format!("node-{id}")),
             Security::Certificates(certs.clone()),
         );
         c.bootstrap = Bootstrap::Members(addresses.clone());
-        nodes.insert(*id, Coordinator::start(c).await.expect("starts"));
+        let node = Coordinator::start_on(c, listener).await.expect("starts");
+        nodes.insert(id, node);
     }
     let group = Group {
         _dir: dir,
@@ -450,7 +467,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 async fn fulcrum_failover(rounds: usize, timing: &[String]) -> Vec<f64> {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = make_certs(dir.path(), 3, &[]);
-    let addresses: Vec<String> = (0..3).map(|_| free_address()).collect();
+    let addresses = free_addresses(3);
     let members = addresses
         .iter()
         .enumerate()
@@ -623,8 +640,8 @@ async fn etcd_failover(
     election_ms: u64,
 ) -> Option<Vec<f64>> {
     let dir = tempfile::tempdir().ok()?;
-    let peers: Vec<String> = (0..3).map(|_| free_address()).collect();
-    let clients: Vec<String> = (0..3).map(|_| free_address()).collect();
+    let mut peers = free_addresses(6);
+    let clients = peers.split_off(3);
     let cluster = (0..3)
         .map(|i| format!("e{i}=http://{}", peers[i]))
         .collect::<Vec<_>>()
@@ -786,7 +803,7 @@ async fn memory() {
     let dir = tempfile::tempdir().expect("tempdir");
     let names: Vec<String> = (0..clusters).map(|c| format!("c{c}")).collect();
     let certs = make_certs(dir.path(), 1, &names);
-    let address = free_address();
+    let address = free_addresses(1).remove(0);
     let child = Command::new(COORDINATOR)
         .args(["--node-id", "1", "--listen", &address, "--data-dir"])
         .arg(dir.path().join("node-1"))

@@ -163,8 +163,25 @@ pub struct Coordinator {
 const STORE_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Coordinator {
-    /// Opens the store, starts Raft and serves.
+    /// Listens on `config.listen`, opens the store, starts Raft and serves.
     pub async fn start(config: CoordinatorConfig) -> Result<Coordinator, StartError> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Io {
+                what: format!("cannot listen on {}", config.listen),
+                source,
+            })?;
+        Self::start_on(config, listener).await
+    }
+
+    /// [`Coordinator::start`] on a socket already bound (`config.listen` is not used), so
+    /// that whoever chose the address holds it from the moment it was chosen: a group
+    /// whose addresses were picked one by one and let go could be handed the same port
+    /// twice.
+    pub async fn start_on(
+        config: CoordinatorConfig,
+        listener: TcpListener,
+    ) -> Result<Coordinator, StartError> {
         if config.node_id == 0 {
             return Err(StartError::Invalid(
                 "--node-id must be a positive number".into(),
@@ -201,12 +218,6 @@ impl Coordinator {
             Security::InsecureDev => (Authorizer::insecure(), Dialer::new(None), None),
         };
 
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Io {
-                what: format!("cannot listen on {}", config.listen),
-                source,
-            })?;
         let address = listener.local_addr().map_err(|source| StartError::Io {
             what: "cannot read the bound address".into(),
             source,

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub push_latency: Histogram,
     /// Snapshots sent to proxies.
     pub pushes: Counter,
+    /// Raft calls refused because they were meant for another node.
+    pub raft_calls_misaddressed: Counter,
 }
 
 impl Default for Metrics {
@@ -79,6 +81,7 @@ impl Metrics {
             connected_proxies: Gauge::default(),
             push_latency: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
             pushes: Counter::default(),
+            raft_calls_misaddressed: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("raft_term", "Current Raft term", m.term.clone());
@@ -143,6 +146,11 @@ impl Metrics {
             m.push_latency.clone(),
         );
         registry.register("pushes", "Snapshots sent to proxies", m.pushes.clone());
+        registry.register(
+            "raft_calls_misaddressed",
+            "Raft calls refused because they were meant for another node (two node ids share an address)",
+            m.raft_calls_misaddressed.clone(),
+        );
         Metrics { registry, ..m }
     }
 

@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut};
+use fulcrum_coordinator::raft::network::{TARGET_HEADER, WRONG_NODE_CODE};
 use fulcrum_coordinator::security::Role;
 use fulcrum_coordinator::security::certs::{self, Credentials, InitPlan};
 use fulcrum_coordinator::transport::Dialer;
@@ -192,11 +193,54 @@ async fn a_well_formed_raft_message_with_wrong_content_is_invalid_argument() {
         ..Default::default()
     };
     let refused = RaftClient::new(group.channel_as(1, Role::Coordinator(2)))
-        .append_entries(request)
+        .append_entries(meant_for(1, request))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     assert!(refused.message().contains("vote"), "{refused:?}");
+}
+
+/// A Raft call addressed to node `target`, as a node's Raft client sends it.
+fn meant_for<T>(target: u64, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert(TARGET_HEADER, target.to_string().parse().expect("metadata"));
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raft_call_for_another_node_or_for_none_is_refused_before_raft_sees_it() {
+    let group = Group::start(1).await;
+    let mut raft = RaftClient::new(group.channel_as(1, Role::Coordinator(2)));
+    let elsewhere = raft
+        .vote(meant_for(3, raft::VoteRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(elsewhere.code(), WRONG_NODE_CODE, "{elsewhere:?}");
+    assert!(
+        elsewhere.message().contains("this is node 1, not node 3"),
+        "{elsewhere:?}"
+    );
+    let unnamed = raft
+        .append_entries(raft::AppendEntriesRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(unnamed.code(), tonic::Code::InvalidArgument, "{unnamed:?}");
+    assert!(unnamed.message().contains(TARGET_HEADER), "{unnamed:?}");
+    let garbled = raft
+        .install_snapshot({
+            let mut r = tonic::Request::new(raft::InstallSnapshotRequest::default());
+            r.metadata_mut()
+                .insert(TARGET_HEADER, "one".parse().expect("metadata"));
+            r
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(garbled.code(), tonic::Code::InvalidArgument, "{garbled:?}");
+    assert!(garbled.message().contains("not a node id"), "{garbled:?}");
+    let refused = group.nodes[&1].node().metrics.raft_calls_misaddressed.get();
+    assert_eq!(refused, 1, "only the call for another node is counted");
 }
 
 fn report(cluster: &str) -> control::HealthReport {

@@ -177,10 +177,12 @@ async fn a_new_node_joins_and_catches_up_by_snapshot() {
             .await
             .expect("apply");
     }
-    let address = support::free_address();
+    let (listener, address) = support::reserve().await;
     let mut c = support::config(group.dir.path(), 4, &address);
     c.bootstrap = Bootstrap::Join(group.addresses[&1].clone());
-    let joined = Coordinator::start(c).await.expect("node 4 starts");
+    let joined = Coordinator::start_on(c, listener)
+        .await
+        .expect("node 4 starts");
     group.addresses.insert(4, address);
     group.nodes.insert(4, joined);
     eventually(
@@ -212,8 +214,69 @@ async fn a_new_node_joins_and_catches_up_by_snapshot() {
 async fn a_data_dir_cannot_be_reused_by_another_node_id() {
     let mut group = Group::start(3).await;
     group.stop(3).await;
-    let mut c = support::config(group.dir.path(), 2, &support::free_address());
+    let (listener, address) = support::reserve().await;
+    let mut c = support::config(group.dir.path(), 2, &address);
     c.data_dir = group.dir.path().join("node-3");
-    let err = Coordinator::start(c).await.err().expect("refused");
+    let err = Coordinator::start_on(c, listener)
+        .await
+        .err()
+        .expect("refused");
     assert!(err.to_string().contains("belongs to node 3"), "{err}");
+}
+
+/// An address list that gives node 3 node 1's address: node 1 is sent the calls meant
+/// for node 3. It must refuse them rather than answer (or vote) for node 3, and, when it
+/// leads, rather than take its own heartbeats for another leader's, which stops Raft.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_raft_calls_meant_for_another() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    support::make_certs(dir.path(), 3);
+    let (first, a1) = support::reserve().await;
+    let (second, a2) = support::reserve().await;
+    let members: std::collections::BTreeMap<u64, String> =
+        [(1, a1.clone()), (2, a2.clone()), (3, a1.clone())].into();
+    let mut nodes = std::collections::BTreeMap::new();
+    for (id, listener, address) in [(1, first, &a1), (2, second, &a2)] {
+        let mut c = support::config(dir.path(), id, address);
+        c.bootstrap = Bootstrap::Members(members.clone());
+        let node = Coordinator::start_on(c, listener)
+            .await
+            .expect("node starts");
+        nodes.insert(id, node);
+    }
+    let group = Group {
+        dir,
+        nodes,
+        addresses: [(1, a1), (2, a2)].into(),
+    };
+    let leader = group.leader().await;
+    apply(&group, leader, MESH)
+        .await
+        .expect("committed by 1 and 2");
+    eventually(
+        Duration::from_secs(10),
+        "node 1 refuses calls meant for node 3",
+        || async {
+            let refused = group.nodes[&1].node().metrics.raft_calls_misaddressed.get();
+            if refused >= 3 {
+                Ok(())
+            } else {
+                Err(format!("{refused} refused"))
+            }
+        },
+    )
+    .await;
+    for (id, node) in &group.nodes {
+        let running = node.node().raft_metrics().borrow().running_state.clone();
+        assert!(running.is_ok(), "Raft on node {id}: {running:?}");
+    }
+    assert_eq!(group.leader().await, leader, "the leader kept leading");
+    let matched = group.nodes[&leader]
+        .node()
+        .raft_metrics()
+        .borrow()
+        .replication
+        .clone()
+        .expect("the leader replicates");
+    assert_eq!(matched.get(&3), Some(&None), "nothing reached node 3");
 }

@@ -31,11 +31,15 @@ fn backend() -> SocketAddr {
     address
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+/// Two distinct free loopback addresses for the proxy to bind: the first is held while
+/// the second is chosen, so they are not the same port.
+fn two_free_addresses() -> (SocketAddr, SocketAddr) {
+    let first = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let second = TcpListener::bind("127.0.0.1:0").expect("bind");
+    (
+        first.local_addr().expect("address"),
+        second.local_addr().expect("address"),
+    )
 }
 
 /// Kills the proxy when the test ends, however it ends.
@@ -95,12 +99,7 @@ spec:
     )
     .expect("config");
     let log = dir.path().join("proxy.log");
-    let proxy: SocketAddr = format!("127.0.0.1:{}", free_port())
-        .parse()
-        .expect("address");
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port())
-        .parse()
-        .expect("address");
+    let (proxy, admin) = two_free_addresses();
     // About 17 descriptors are open once it serves; 24 leaves room for a few connections.
     let child = Command::new("sh")
         .arg("-c")

@@ -28,6 +28,16 @@ pub const SNAPSHOT_MISMATCH_CODE: tonic::Code = tonic::Code::Aborted;
 
 type Error<E = openraft::error::Infallible> = RPCError<u64, BasicNode, RaftError<u64, E>>;
 
+/// The node id a Raft call is meant for. The receiving node refuses a call meant for
+/// another: an address list that gives two ids one address would otherwise have one node
+/// answer, and vote, for two (counting it twice toward a quorum), or have a leader take
+/// its own heartbeat as another leader's, which stops Raft on it.
+pub const TARGET_HEADER: &str = "fulcrum-raft-target";
+
+/// The gRPC status code of a call that reached a node other than the one it was meant
+/// for. The sender treats it as an unreachable peer and backs off.
+pub const WRONG_NODE_CODE: tonic::Code = tonic::Code::FailedPrecondition;
+
 /// Makes a [`Peer`] per target node.
 #[derive(Clone)]
 pub struct Network {
@@ -73,9 +83,10 @@ fn failure<E: std::error::Error>(
 ) -> RPCError<u64, BasicNode, E> {
     let what = AnyError::error(format!("{address}: {status}"));
     match status.code() {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-            RPCError::Unreachable(Unreachable::from(what))
-        }
+        tonic::Code::Unavailable
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::Cancelled
+        | WRONG_NODE_CODE => RPCError::Unreachable(Unreachable::from(what)),
         _ => RPCError::Network(NetworkError::from(what)),
     }
 }
@@ -126,9 +137,14 @@ impl Peer {
         self.client.clone().map_err(AnyError::error)
     }
 
-    fn request<T>(message: T, option: &RPCOption) -> tonic::Request<T> {
+    /// `message` addressed to this peer's node id (see [`TARGET_HEADER`]).
+    fn request<T>(&self, message: T, option: &RPCOption) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(option.hard_ttl());
+        request.metadata_mut().insert(
+            TARGET_HEADER,
+            tonic::metadata::MetadataValue::from(self.target),
+        );
         request
     }
 }
@@ -144,7 +160,7 @@ impl RaftNetwork<TypeConfig> for Peer {
             .map_err(|e| RPCError::Unreachable(Unreachable::from(e)))?;
         let (rpc, cut_after) = within_budget(rpc);
         let response = client
-            .append_entries(Self::request(wire::append_request(&rpc), &option))
+            .append_entries(self.request(wire::append_request(&rpc), &option))
             .await
             .map_err(|s| failure(&self.address, &s))?;
         let response = wire::from_append_response(response.get_ref())
@@ -167,7 +183,7 @@ impl RaftNetwork<TypeConfig> for Peer {
             .client()
             .map_err(|e| RPCError::Unreachable(Unreachable::from(e)))?;
         let response = client
-            .install_snapshot(Self::request(wire::snapshot_request(&rpc), &option))
+            .install_snapshot(self.request(wire::snapshot_request(&rpc), &option))
             .await;
         match response {
             Ok(r) => {
@@ -195,7 +211,7 @@ impl RaftNetwork<TypeConfig> for Peer {
             .client()
             .map_err(|e| RPCError::Unreachable(Unreachable::from(e)))?;
         let response = client
-            .vote(Self::request(wire::vote_request(&rpc), &option))
+            .vote(self.request(wire::vote_request(&rpc), &option))
             .await
             .map_err(|s| failure(&self.address, &s))?;
         wire::from_vote_response(response.get_ref()).map_err(|e| malformed(&self.address, e))

@@ -10,7 +10,7 @@ use fulcrum_proto::raft::v1::raft_server::Raft as RaftRpc;
 use openraft::error::{InstallSnapshotError, RaftError};
 use tonic::{Request, Response, Status};
 
-use super::network::SNAPSHOT_MISMATCH_CODE;
+use super::network::{SNAPSHOT_MISMATCH_CODE, TARGET_HEADER, WRONG_NODE_CODE};
 use super::wire;
 use crate::mesh::encoding::decode_change;
 use crate::node::Node;
@@ -112,6 +112,50 @@ impl RaftService {
     }
 }
 
+/// Refuses a Raft call meant for another node (see [`TARGET_HEADER`]), counting it and
+/// saying so in the log the first time and every thousandth after.
+fn meant_for<T>(node: &Node, request: &Request<T>) -> Result<(), Status> {
+    let refused = misaddressed(node.id, request);
+    if let Err(status) = &refused
+        && status.code() == WRONG_NODE_CODE
+    {
+        let before = node.metrics.raft_calls_misaddressed.inc();
+        if before.is_multiple_of(1000) {
+            tracing::warn!(
+                refused = before + 1,
+                "{}; check the coordinator addresses",
+                status.message()
+            );
+        }
+    }
+    refused
+}
+
+fn misaddressed<T>(node: u64, request: &Request<T>) -> Result<(), Status> {
+    let Some(value) = request.metadata().get(TARGET_HEADER) else {
+        return Err(Status::invalid_argument(format!(
+            "{TARGET_HEADER}: missing; a Raft call names the node it is meant for"
+        )));
+    };
+    let target = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| {
+            Status::invalid_argument(format!("{TARGET_HEADER}: {value:?} is not a node id"))
+        })?;
+    if target != node {
+        return Err(Status::new(
+            WRONG_NODE_CODE,
+            format!(
+                "this is node {node}, not node {target}: the sender's address for node \
+                 {target} is this node's"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn raft_status<E: std::error::Error>(e: RaftError<u64, E>) -> Status {
     match e {
         RaftError::APIError(e) => Status::failed_precondition(e.to_string()),
@@ -126,6 +170,7 @@ impl RaftRpc for RaftService {
         request: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         self.node.authz.authorize(&request, Action::Raft)?;
+        meant_for(&self.node, &request)?;
         let rpc = wire::from_append_request(request.get_ref())?;
         let response = self
             .node
@@ -147,6 +192,7 @@ impl RaftRpc for RaftService {
         request: Request<pb::VoteRequest>,
     ) -> Result<Response<pb::VoteResponse>, Status> {
         self.node.authz.authorize(&request, Action::Raft)?;
+        meant_for(&self.node, &request)?;
         let rpc = wire::from_vote_request(request.get_ref())?;
         let response = self
             .node
@@ -163,6 +209,7 @@ impl RaftRpc for RaftService {
         request: Request<pb::InstallSnapshotRequest>,
     ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
         self.node.authz.authorize(&request, Action::Raft)?;
+        meant_for(&self.node, &request)?;
         let rpc = wire::from_snapshot_request(request.get_ref())?;
         match self.node.raft.install_snapshot(rpc).await {
             Ok(response) => {

@@ -13,6 +13,7 @@ use fulcrum_coordinator::raft::RaftSettings;
 use fulcrum_coordinator::security::certs::{self, InitPlan};
 use fulcrum_coordinator::security::{Credentials, Role};
 use fulcrum_coordinator::transport::Dialer;
+use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
 pub const TRUST_DOMAIN: &str = "test.fulcrum";
@@ -107,10 +108,13 @@ pub fn config(dir: &Path, id: u64, listen: &str) -> CoordinatorConfig {
     c
 }
 
-/// A free loopback port, reserved by binding and releasing it.
-pub fn free_address() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").to_string()
+/// A loopback socket for a node, and its address. The node is started on the socket
+/// itself ([`Coordinator::start_on`]): an address let go before the node binds it could
+/// be handed to another node or taken by a client's connection meanwhile.
+pub async fn reserve() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    (listener, address)
 }
 
 impl Group {
@@ -118,12 +122,21 @@ impl Group {
     pub async fn start(n: u64) -> Group {
         let dir = tempfile::tempdir().expect("tempdir");
         make_certs(dir.path(), n + 2);
-        let addresses: BTreeMap<u64, String> = (1..=n).map(|id| (id, free_address())).collect();
+        let mut sockets = BTreeMap::new();
+        let mut addresses = BTreeMap::new();
+        for id in 1..=n {
+            let (listener, address) = reserve().await;
+            sockets.insert(id, listener);
+            addresses.insert(id, address);
+        }
         let mut nodes = BTreeMap::new();
-        for (id, address) in &addresses {
-            let mut c = config(dir.path(), *id, address);
+        for (id, listener) in sockets {
+            let mut c = config(dir.path(), id, &addresses[&id]);
             c.bootstrap = Bootstrap::Members(addresses.clone());
-            nodes.insert(*id, Coordinator::start(c).await.expect("node starts"));
+            let node = Coordinator::start_on(c, listener)
+                .await
+                .expect("node starts");
+            nodes.insert(id, node);
         }
         let group = Group {
             dir,
