@@ -570,7 +570,11 @@ impl Mesh {
                 });
             }
         }
-        let coordinator_ip = Ipv4Addr::new(127, 0, 0, 1);
+        // Not 127.0.0.1: that is every loopback connection's source address, so a port
+        // there can be taken, while a coordinator is down, by a client's own ephemeral
+        // port (a connection retried against a dead port in the ephemeral range can even
+        // connect to itself), and the coordinator could not bind it again.
+        let coordinator_ip = Ipv4Addr::new(127, 0, 0, 2);
         let addresses: Vec<SocketAddr> = (0..spec.coordinators)
             .map(|_| ports.reserve(coordinator_ip))
             .collect::<Result<_, _>>()?;
