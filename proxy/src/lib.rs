@@ -13,7 +13,7 @@
 //! Neither does I/O. Around them: [`discovery`] (this cluster's endpoints, from
 //! ServiceEntry configuration behind a trait), [`outbound`] (forwarding to this cluster's
 //! endpoints or another cluster's, with timeouts, retries, faults, header changes and
-//! mirrors), [`body`] (answers held whole when small and complete, else passed on as they
+//! mirrors; [`upload`] and [`tee`] for request bodies sent as they arrive), [`body`] (answers held whole when small and complete, else passed on as they
 //! arrive), [`downstream`] (applications' connections: HTTP/1.1 served by the proxy's own
 //! loop), [`h2_server`] (h2c and the east-west listener's HTTP/2), [`transport`] (h2
 //! over mTLS between clusters' proxies, SPIFFE identities checked, certificates
@@ -37,6 +37,7 @@ pub mod health;
 pub mod metrics;
 pub mod outbound;
 pub mod routing;
+pub mod tee;
 pub mod transport;
 pub mod tunnel;
 pub mod upload;

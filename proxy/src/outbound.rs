@@ -52,9 +52,10 @@ use crate::routing::{
     Abort, CorsOutcome, Forward, HeaderChanges, RandomChance, RetryOn, RetryPolicy, RouteDecision,
     RouteError, RouteRequest, RouteTable, Target, with_port,
 };
+use crate::tee::tee;
 use crate::transport::{H2Pool, MeshTls, SendError};
 use crate::tunnel::{H2Stream, Holding, TunnelIo, splice};
-use crate::upload::{ArrivingBody, RequestBody, ToSend, after};
+use crate::upload::{ArrivingBody, RequestBody, ToSend};
 use crate::upstream::{Http1Body, Http1Pool, Http1Request, UpstreamError};
 use crate::wire::{MAX_HEAD_BYTES, RawFields, is_hop_by_hop, merge_raw_fields};
 use h2::RecvStream;
@@ -82,9 +83,9 @@ pub const HASH_KEY_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-hash-
 /// another service, or a short name given for a Kubernetes service): the service's full
 /// name. The authority itself goes on to the endpoint unchanged, as Envoy keeps the Host.
 pub const SERVICE_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-service");
-/// The most of a request body forwarded as it arrives that is kept for a retry, and of a
-/// mirrored request's body read whole: Envoy's default buffer limit, past which it does
-/// not retry a request, nor shadow it, either.
+/// The most of a request body forwarded as it arrives that is kept for a retry, and that
+/// may wait for a mirror's copy of it to be sent: Envoy's default buffer limit, past
+/// which it does not retry a request, nor go on shadowing it.
 const RETRY_BUFFER_BYTES: usize = 1024 * 1024;
 /// How long a connection to an endpoint may take.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -1105,8 +1106,9 @@ impl Outbound {
             .headers
             .entry(REQUEST_ID_HEADER)
             .or_insert_with(new_request_id);
-        let body = match self
-            .request_body(&parts, body, forward.mirrors.is_empty(), RETRY_BUFFER_BYTES)
+        let mirrors = forward.mirrors.len();
+        let (body, shadows) = match self
+            .request_body(&parts, body, RETRY_BUFFER_BYTES, mirrors)
             .await
         {
             Ok(b) => b,
@@ -1121,17 +1123,8 @@ impl Outbound {
             Ok(permit) => permit,
             Err(response) => return *response,
         };
-        if let RequestBody::Whole(whole) = &body {
-            for mirror in &forward.mirrors {
-                self.mirror(
-                    upstreams,
-                    discovery,
-                    mirror,
-                    &parts,
-                    &forward,
-                    whole.clone(),
-                );
-            }
+        for (mirror, shadow) in forward.mirrors.iter().zip(shadows) {
+            self.mirror(upstreams, discovery, mirror, &parts, &forward, shadow);
         }
         let row = routing
             .row(&forward.target)
@@ -1268,7 +1261,7 @@ impl Outbound {
         };
         // Kept for no retry: the only one here is on a connection that could not be made,
         // before the body is taken.
-        let body = match self.request_body(&parts, body, true, 0).await {
+        let (body, _) = match self.request_body(&parts, body, 0, 0).await {
             Ok(b) => b,
             Err(response) => return *response,
         };
@@ -1297,47 +1290,46 @@ impl Outbound {
     }
 
     /// The request's body as its tries will send it ([`crate::upload`]), keeping up to
-    /// `keep` bytes of one forwarded as it arrives for a retry. A body of a declared
-    /// length of at most [`WHOLE_BODY_BYTES`] (not a gRPC call's) is read whole; any other
-    /// is forwarded as it arrives, unless the request is mirrored (`!may_stream`: mirrors
-    /// are sent the body whole): then it is read whole if it ends within
-    /// [`RETRY_BUFFER_BYTES`], and past that forwarded as it arrives without its mirrors,
-    /// as Envoy abandons a request's shadows (and retries) once its body outgrows the
-    /// buffer.
+    /// `keep` bytes of one forwarded as it arrives for a retry, and a copy of it for each
+    /// of its `mirrors`. A body of a declared length of at most [`WHOLE_BODY_BYTES`] (not
+    /// a gRPC call's) is read whole, and its copies are the same bytes. Any other is
+    /// forwarded as it arrives, and its copies arrive as it is read ([`tee`]), each let
+    /// go once it is more than [`RETRY_BUFFER_BYTES`] behind: Envoy's buffer limit, which
+    /// ends a shadow too.
     async fn request_body<B>(
         &self,
         parts: &http::request::Parts,
         body: B,
-        may_stream: bool,
         keep: usize,
-    ) -> Result<RequestBody, Box<ProxyResponse>>
+        mirrors: usize,
+    ) -> Result<(RequestBody, Vec<Shadow>), Box<ProxyResponse>>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let whole = |bytes: Bytes| {
+            let shadows = (0..mirrors).map(|_| Shadow::Whole(bytes.clone())).collect();
+            (RequestBody::Whole(bytes), shadows)
+        };
         // Most requests have none: known from the head (h2's END_STREAM, a zero length).
         if body.is_end_stream() {
-            return Ok(RequestBody::Whole(Bytes::new()));
+            return Ok(whole(Bytes::new()));
         }
         let large = (body.size_hint().exact()).is_none_or(|n| n > WHOLE_BODY_BYTES);
         if !large && !is_grpc(&parts.headers) {
             // Held to its declared length by the listener that read its head.
             return match body.collect().await {
-                Ok(whole) => Ok(RequestBody::Whole(whole.to_bytes())),
+                Ok(body) => Ok(whole(body.to_bytes())),
                 Err(e) => Err(Box::new(body_failed(e.into().as_ref()))),
             };
         }
-        let arriving = body.map_err(Into::into).boxed_unsync();
-        if may_stream {
-            return Ok(RequestBody::arriving(arriving, keep));
+        let body = body.map_err(Into::into).boxed_unsync();
+        if mirrors == 0 {
+            return Ok((RequestBody::arriving(body, keep), Vec::new()));
         }
-        match read_whole(arriving, RETRY_BUFFER_BYTES).await? {
-            Read::Whole(bytes) => Ok(RequestBody::Whole(bytes)),
-            Read::Over(rest) => {
-                tracing::debug!("request body over {RETRY_BUFFER_BYTES} bytes: not mirrored");
-                Ok(RequestBody::arriving(rest, keep))
-            }
-        }
+        let (body, copies) = tee(body, mirrors, RETRY_BUFFER_BYTES);
+        let shadows = copies.into_iter().map(Shadow::Arriving).collect();
+        Ok((RequestBody::arriving(body, keep), shadows))
     }
 
     /// A place within the service's request limit, when it has one; else the 503
@@ -1881,8 +1873,9 @@ impl Outbound {
         within(forward.retries.per_try_timeout, body, send).await
     }
 
-    /// Sends a copy and forgets it: the answer is dropped, and the caller's response is
-    /// never delayed.
+    /// Sends a copy and forgets it: the caller's response is never delayed, and the
+    /// copy's answer is read to its end and dropped (a connection to the mirror's
+    /// endpoint is then used again, and a stream to it ends as it would for a client).
     fn mirror(
         &self,
         upstreams: &Upstreams,
@@ -1890,7 +1883,7 @@ impl Outbound {
         target: &Target,
         parts: &http::request::Parts,
         forward: &Forward,
-        body: Bytes,
+        shadow: Shadow,
     ) {
         let Some(endpoint) = discovery
             .endpoints(&target.host, &target.subset)
@@ -1899,31 +1892,68 @@ impl Outbound {
         else {
             return;
         };
-        let mut shadow = forward.clone();
+        let mut copy = forward.clone();
         // Envoy marks mirrored requests by suffixing the authority's name (before its
         // port, when it has one).
-        shadow.authority = match HostPort::parse(forward.authority.as_bytes()) {
+        copy.authority = match HostPort::parse(forward.authority.as_bytes()) {
             Some(HostPort { host, port }) => with_port(&format!("{host}-shadow"), port),
             None => format!("{}-shadow", forward.authority),
         };
+        // Nothing kept: a mirror is not retried.
+        let to_send = match shadow {
+            Shadow::Whole(bytes) => ToSend::Whole(bytes),
+            Shadow::Arriving(body) => RequestBody::arriving(body, 0).to_send(),
+        };
         if endpoint.h2 {
-            let Ok(request) = h2_request(parts, &shadow, http::uri::Scheme::HTTP, body) else {
+            let scheme = http::uri::Scheme::HTTP;
+            let Ok(request) = h2_request(parts, &copy, scheme, Bytes::new()) else {
                 return;
             };
             let (pool, cluster) = (upstreams.h2c.clone(), self.cluster.clone());
             tokio::spawn(async move {
-                let _ = pool.send(&endpoint.name, &cluster, request).await;
+                let sent = send_h2(&pool, &endpoint.name, &cluster, request, to_send).await;
+                if let Ok(answer) = sent {
+                    drain(answer.into_body()).await;
+                }
             });
             return;
         }
-        let Ok(request) = http1_request(parts, &shadow, Http1Body::Whole(body)) else {
+        let (sent, arriving) = match to_send {
+            ToSend::Whole(bytes) => (Http1Body::Whole(bytes), None),
+            ToSend::Arriving(forwarding) => {
+                (Http1Body::Arriving(forwarding.length()), Some(forwarding))
+            }
+            ToSend::Gone => return,
+        };
+        let Ok(request) = http1_request(parts, &copy, sent) else {
             return;
         };
         let pool = upstreams.http.clone();
         tokio::spawn(async move {
-            let _ = pool.exchange(endpoint.address, &request).await;
+            let exchanged = match arriving {
+                None => pool.exchange(endpoint.address, &request).await,
+                Some(mut body) => {
+                    pool.exchange_arriving(endpoint.address, &request, &mut body)
+                        .await
+                }
+            };
+            if let Ok(answer) = exchanged {
+                drain(answer.body).await;
+            }
         });
     }
+}
+
+/// A mirror's copy of its request's body.
+enum Shadow {
+    Whole(Bytes),
+    /// Arriving as the request's own does ([`tee`]).
+    Arriving(ArrivingBody),
+}
+
+/// Reads `body` to its end, dropping what it reads.
+async fn drain(mut body: ProxyBody) {
+    while let Some(Ok(_)) = body.frame().await {}
 }
 
 impl ReportSource for Outbound {
@@ -2225,37 +2255,6 @@ fn attempts_value(tries: u32) -> HeaderValue {
         Some(text) => HeaderValue::from_static(text),
         None => HeaderValue::from(tries),
     }
-}
-
-/// `send`, within the per-try timeout when there is one.
-/// A request body read as far as a limit.
-enum Read {
-    Whole(Bytes),
-    /// Over the limit: what was read, then the rest as it arrives.
-    Over(ArrivingBody),
-}
-
-/// Reads `body` whole if it ends within `limit` bytes; else gives it back, what was read
-/// first. A body that stalls is answered 408; one that breaks off, 400.
-async fn read_whole(mut body: ArrivingBody, limit: usize) -> Result<Read, Box<ProxyResponse>> {
-    // Taken before any of it is read: a body's hint does not shrink as it is.
-    let length = hyper::body::Body::size_hint(&body).exact();
-    let mut whole = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let data = match frame.map(|f| f.into_data()) {
-            Ok(Ok(data)) => data,
-            // Trailer fields, which a request read whole does not carry on (gRPC clients
-            // send none).
-            Ok(Err(_)) => continue,
-            Err(e) => return Err(Box::new(body_failed(e.as_ref()))),
-        };
-        if whole.len() + data.len() > limit {
-            whole.extend_from_slice(&data);
-            return Ok(Read::Over(after(whole.freeze(), body, length)));
-        }
-        whole.extend_from_slice(&data);
-    }
-    Ok(Read::Whole(whole.freeze()))
 }
 
 /// The answer to a request whose body could not be read: 408 when it stalled, else 400.

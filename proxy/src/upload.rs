@@ -13,20 +13,17 @@
 //! request to for its retries (1 MiB by default): once the body has ended whole within the
 //! limit, a later try can send it again (a unary gRPC call can still be retried, as its
 //! message has come by the time its answer does); a body still arriving, or over the
-//! limit, cannot be sent again, so the request is not retried. A mirrored request's body
-//! is read whole for its mirror while it fits the same limit; past it, the request is
-//! forwarded as it arrives without its mirror, as Envoy abandons a shadow then.
+//! limit, cannot be sent again, so the request is not retried. A mirror is sent a copy
+//! of it as it is read ([`crate::tee`]).
 
 use std::future::poll_fn;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::body::{Body, Frame, SizeHint};
+use hyper::body::Body;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -37,61 +34,6 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request body still arriving, of whichever listener it came on.
 pub type ArrivingBody = UnsyncBoxBody<Bytes, BoxError>;
-
-/// `rest`, after `first`: a body some of which was read already, of `length` in all
-/// when its client declared one.
-pub fn after(first: Bytes, rest: ArrivingBody, length: Option<u64>) -> ArrivingBody {
-    Prefixed {
-        first: Some(first),
-        rest,
-        length,
-    }
-    .boxed_unsync()
-}
-
-struct Prefixed {
-    first: Option<Bytes>,
-    rest: ArrivingBody,
-    /// What is still to come, when known (a body's hint does not shrink as it is read).
-    length: Option<u64>,
-}
-
-impl Body for Prefixed {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let frame = match this.first.take() {
-            Some(first) => Poll::Ready(Some(Ok(Frame::data(first)))),
-            None => Pin::new(&mut this.rest).poll_frame(cx),
-        };
-        if let (Poll::Ready(Some(Ok(frame))), Some(length)) = (&frame, &mut this.length)
-            && let Some(data) = frame.data_ref()
-        {
-            *length = length.saturating_sub(data.len() as u64);
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.rest.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.length {
-            Some(length) => SizeHint::with_exact(length),
-            None => {
-                let mut hint = SizeHint::new();
-                hint.set_lower(self.first.as_ref().map_or(0, |f| f.len() as u64));
-                hint
-            }
-        }
-    }
-}
 
 /// A request's body, as the tries send it.
 pub enum RequestBody {

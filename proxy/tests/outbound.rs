@@ -7,7 +7,7 @@ mod websocket;
 
 use grpc::{
     check_echo_through, check_events_through, client_through, echo_endpoint,
-    echo_reachable_through, event_endpoint, grpc_endpoint, watch_through,
+    echo_reachable_through, event_endpoint, grpc_endpoint, noting_echo_endpoint, watch_through,
 };
 use upload::{Sum, check_uploads_through, upload_endpoint};
 use websocket::{UPGRADE_KEY, read_until, upgrade_request, websocket_endpoint};
@@ -1926,15 +1926,44 @@ spec:
     release.notify_waiters();
 }
 
-/// A mirrored request's body is read whole for its mirror while it fits Envoy's buffer
-/// (1 MiB); a larger one is forwarded as it arrives without its mirror, as Envoy
-/// abandons a shadow whose body outgrows the buffer: never refused.
+/// An endpoint that takes one connection and reads nothing from it until released; then
+/// reads to the connection's end and says how many bytes came.
+async fn stuck_endpoint() -> (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::sync::oneshot::Receiver<usize>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let (release, released) = tokio::sync::oneshot::channel();
+    let (count, counted) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        let _ = released.await;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut read = 0;
+        while let Ok(n @ 1..) = stream.read(&mut buf).await {
+            read += n;
+        }
+        let _ = count.send(read);
+    });
+    (address, release, counted)
+}
+
+/// A mirror is sent an upload as the upload arrives, whatever its size, as Envoy's
+/// streaming shadows are: the request goes on without waiting for its mirror (the client
+/// holds back most of each upload until the endpoint has the first bytes), the mirror
+/// gets every byte, and a mirror that falls more than 1 MiB behind is cut off while its
+/// request goes on.
 #[tokio::test]
-async fn a_mirrored_upload_too_large_to_hold_goes_on_without_its_mirror() {
+async fn a_mirror_is_sent_an_upload_as_it_arrives_and_cut_off_if_it_falls_behind() {
     let (primary, mut primary_seen) = upload_endpoint().await;
-    let (mirror, mut mirror_seen) = upload_endpoint().await;
+    let (mirror, _, mut mirror_sums) = upload::summing_upload_endpoint().await;
+    let (stuck, release, counted) = stuck_endpoint().await;
     let yaml = format!(
-        r#"{}{}apiVersion: networking.istio.io/v1
+        r#"{}{}{}{}apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: files, namespace: shop}}
 spec:
@@ -1942,68 +1971,54 @@ spec:
   http:
   - route: [{{destination: {{host: files.example}}}}]
     mirror: {{host: copies.example}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: slow, namespace: shop}}
+spec:
+  hosts: [slow.example]
+  http:
+  - route: [{{destination: {{host: slow.example}}}}]
+    mirror: {{host: stuck.example}}
 "#,
         http_entry("files", "files.example", &[primary.port()]) + "---\n",
         http_entry("copies", "copies.example", &[mirror.port()]) + "---\n",
+        http_entry("slow", "slow.example", &[primary.port()]) + "---\n",
+        http_entry("stuck", "stuck.example", &[stuck.port()]) + "---\n",
     );
     let proxy = start_east(&yaml, None).await;
-    // An upload of `size` bytes of the pattern, sent at once, chunked or with its length;
-    // the answer.
-    let proxy = &proxy;
-    let upload = |size: usize, chunked: bool| async move {
-        let data = upload::upload_bytes(0, size);
-        let framing = match chunked {
-            true => "transfer-encoding: chunked".to_string(),
-            false => format!("content-length: {size}"),
-        };
-        let mut bytes =
-            format!("POST /up HTTP/1.1\r\nhost: files.example\r\n{framing}\r\n\r\n").into_bytes();
-        if !chunked {
-            bytes.extend_from_slice(&data);
-        }
-        for chunk in data.chunks(100_000).filter(|_| chunked) {
-            bytes.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
-            bytes.extend_from_slice(chunk);
-            bytes.extend_from_slice(b"\r\n");
-        }
-        if chunked {
-            bytes.extend_from_slice(b"0\r\n\r\n");
-        }
-        let mut stream = sent_on(proxy, &bytes).await;
-        read_until(&mut stream, " end").await
-    };
-    // Small: read whole, and the mirror gets it too.
-    let small = 300 * 1024;
-    let text = upload(small, true).await;
-    assert!(text.ends_with(&Sum::of_pattern(small).text()), "{text}");
-    upload::first_bytes_arrive(&mut primary_seen).await;
-    upload::first_bytes_arrive(&mut mirror_seen).await;
-    // Large: it reaches the primary whole, with its length when it had one; no copy goes
-    // to the mirror.
-    let large = 3 * 1024 * 1024;
-    for chunked in [true, false] {
-        let text = upload(large, chunked).await;
-        assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
-        let framing = match chunked {
-            true => "chunked".to_string(),
-            false => large.to_string(),
-        };
-        assert!(
-            text.contains(&format!("x-seen-framing: {framing}\r\n")),
-            "{text}"
-        );
-        assert!(text.ends_with(&Sum::of_pattern(large).text()), "{text}");
-        upload::first_bytes_arrive(&mut primary_seen).await;
+    let size = 3 * 1024 * 1024;
+    check_uploads_through(
+        proxy.outbound_address(),
+        "files.example",
+        size,
+        &mut primary_seen,
+    )
+    .await;
+    for way in 0..4 {
+        let copy = tokio::time::timeout(Duration::from_secs(5), mirror_sums.recv())
+            .await
+            .expect("the mirror has its copy")
+            .expect("the mirror runs");
+        assert_eq!(copy, Ok(Sum::of_pattern(size)), "upload {way}");
     }
-    // A small one after them is mirrored: by the time its copy is there, a copy of the
-    // large ones, sent before it, would have been too.
-    upload(small, true).await;
-    upload::first_bytes_arrive(&mut primary_seen).await;
-    upload::first_bytes_arrive(&mut mirror_seen).await;
-    assert!(
-        mirror_seen.try_recv().is_err(),
-        "the large uploads were not mirrored"
-    );
+
+    let size = 24 * 1024 * 1024;
+    let answer = upload::upload_over_http1(
+        proxy.outbound_address(),
+        "slow.example",
+        size,
+        true,
+        &mut primary_seen,
+    )
+    .await;
+    assert!(answer.ends_with(&Sum::of_pattern(size).text()), "{answer}");
+    release.send(()).expect("the stuck endpoint waits");
+    let read = tokio::time::timeout(Duration::from_secs(10), counted)
+        .await
+        .expect("the stuck mirror's connection ends")
+        .expect("counted");
+    assert!(read < size, "the mirror was cut off after {read} bytes");
 }
 
 #[tokio::test]
@@ -2126,6 +2141,47 @@ async fn a_grpc_stream_both_ways_passes_each_message_as_it_comes() {
         .await
         .expect("the endpoint's own refusal");
     check_echo_through(proxy.outbound_address(), "echo.shop.example").await;
+}
+
+/// A mirrored gRPC stream both ways: the client's messages reach the endpoint while its
+/// stream is open, and the mirror's endpoint too, each as it comes.
+#[tokio::test]
+async fn a_mirrored_grpc_stream_passes_each_message_to_both_as_it_comes() {
+    let endpoint = echo_endpoint().await;
+    let (mirror, mut noted) = noting_echo_endpoint().await;
+    let grpc_entry = |name: &str, host: &str, port: u16| {
+        service_entry(
+            name,
+            host,
+            "{number: 9000, name: grpc-control}",
+            "grpc-control",
+            &[port],
+        ) + "---\n"
+    };
+    let yaml = format!(
+        r#"{}{}apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: echo, namespace: shop}}
+spec:
+  hosts: [echo.shop.example]
+  http:
+  - route: [{{destination: {{host: echo.shop.example}}}}]
+    mirror: {{host: copies.shop.example}}
+"#,
+        grpc_entry("echo", "echo.shop.example", endpoint.port()),
+        grpc_entry("copies", "copies.shop.example", mirror.port()),
+    );
+    let proxy = start_east(&yaml, None).await;
+    // Each message is answered before the next is sent: a stream held back for its
+    // mirror would not be.
+    check_echo_through(proxy.outbound_address(), "echo.shop.example").await;
+    for version in [1, 2, 3] {
+        let seen = tokio::time::timeout(Duration::from_secs(5), noted.recv())
+            .await
+            .expect("the mirror is sent each message")
+            .expect("the mirror runs");
+        assert_eq!(seen, version);
+    }
 }
 
 /// An h2 endpoint that never answers: it sends the `grpc-timeout` of each request it

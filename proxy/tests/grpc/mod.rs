@@ -256,8 +256,9 @@ pub async fn status_client_through(proxy: SocketAddr, service: &str) -> StatusCl
 }
 
 /// The echo endpoint's service: `Subscribe` answers each ACK of version `v` with a
-/// snapshot of version `10 v` at once, and ends when the client's stream ends.
-struct Echo;
+/// snapshot of version `10 v` at once, and ends when the client's stream ends. It says
+/// each version it is sent on its sender, when it has one.
+struct Echo(Option<mpsc::UnboundedSender<u64>>);
 
 #[tonic::async_trait]
 impl control::proxy_control_server::ProxyControl for Echo {
@@ -276,11 +277,15 @@ impl control::proxy_control_server::ProxyControl for Echo {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let mut asked = request.into_inner();
         let (answer, answers) = mpsc::channel(4);
+        let noted = self.0.clone();
         tokio::spawn(async move {
             while let Ok(Some(message)) = asked.message().await {
                 let Some(control::subscribe_request::Message::Ack(ack)) = message.message else {
                     continue;
                 };
+                if let Some(noted) = &noted {
+                    let _ = noted.send(ack.version);
+                }
                 let snapshot = control::Snapshot {
                     version: ack.version * 10,
                     ..Default::default()
@@ -296,9 +301,23 @@ impl control::proxy_control_server::ProxyControl for Echo {
 
 /// Starts an endpoint whose `Subscribe` echoes each ACK as it comes (a stream both ways).
 pub async fn echo_endpoint() -> SocketAddr {
+    serve_echo(Echo(None)).await
+}
+
+/// [`echo_endpoint`], also saying on the receiver it returns each version it is sent.
+#[allow(
+    dead_code,
+    reason = "the outbound tests use it; the east-west tests do not"
+)]
+pub async fn noting_echo_endpoint() -> (SocketAddr, mpsc::UnboundedReceiver<u64>) {
+    let (noted, versions) = mpsc::unbounded_channel();
+    (serve_echo(Echo(Some(noted))).await, versions)
+}
+
+async fn serve_echo(echo: Echo) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
-    let server = tonic::transport::Server::builder().add_service(ProxyControlServer::new(Echo));
+    let server = tonic::transport::Server::builder().add_service(ProxyControlServer::new(echo));
     tokio::spawn(server.serve_with_incoming(TcpIncoming::from(listener)));
     address
 }

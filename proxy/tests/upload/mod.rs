@@ -70,15 +70,27 @@ impl Sum {
 /// has ended, with `x-seen-framing` (the Content-Length it was sent with, or `chunked`)
 /// and a body of [`Sum::text`]; to a request for `/hang`, only after a minute.
 pub async fn upload_endpoint() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
+    let (address, seen, _) = summing_upload_endpoint().await;
+    (address, seen)
+}
+
+/// [`upload_endpoint`], also saying on a second receiver what each body came to as it
+/// ends: its sum, or the sum of what came before it broke off as an error.
+pub async fn summing_upload_endpoint() -> (
+    SocketAddr,
+    mpsc::UnboundedReceiver<()>,
+    mpsc::UnboundedReceiver<Result<Sum, Sum>>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
     let (first_bytes, seen) = mpsc::unbounded_channel();
+    let (ended, sums) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let first_bytes = first_bytes.clone();
+            let (first_bytes, ended) = (first_bytes.clone(), ended.clone());
             tokio::spawn(async move {
                 let service = service_fn(move |r: Request<Incoming>| {
-                    let first_bytes = first_bytes.clone();
+                    let (first_bytes, ended) = (first_bytes.clone(), ended.clone());
                     async move {
                         let framing = match r.headers().get("content-length") {
                             Some(length) => length.to_str().unwrap_or("?").to_string(),
@@ -90,8 +102,10 @@ pub async fn upload_endpoint() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
                         let hang = r.uri().path() == "/hang";
                         let mut body = r.into_body();
                         let mut sum = Sum::default();
+                        let mut whole = true;
                         while let Some(frame) = body.frame().await {
                             let Ok(data) = frame.map(|f| f.into_data()) else {
+                                whole = false;
                                 break;
                             };
                             let Ok(data) = data else { continue };
@@ -100,6 +114,7 @@ pub async fn upload_endpoint() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
                             }
                             sum.add(&data);
                         }
+                        let _ = ended.send(if whole { Ok(sum) } else { Err(sum) });
                         if hang {
                             tokio::time::sleep(Duration::from_secs(60)).await;
                         }
@@ -116,7 +131,7 @@ pub async fn upload_endpoint() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
             });
         }
     });
-    (address, seen)
+    (address, seen, sums)
 }
 
 /// Waits until the endpoint says it has a body's first bytes.
