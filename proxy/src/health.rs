@@ -248,8 +248,12 @@ mod tests {
             h2: false,
         };
         assert_eq!(probe(open, &settings).await, Ok(()));
-        drop(listener);
-        assert!(probe(open, &settings).await.is_err());
+        let (_held, closed) = crate::testing::refusing_address();
+        let closed = Target {
+            address: closed,
+            h2: false,
+        };
+        assert!(probe(closed, &settings).await.is_err());
     }
 
     #[tokio::test]

@@ -61,3 +61,21 @@ pub fn lower_case(host: &str) -> std::borrow::Cow<'_, str> {
 
 /// A set read on every request; see [`FastMap`].
 pub type FastSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
+
+/// What the crate's own tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::net::SocketAddr;
+
+    /// A loopback address where connections are refused, held so for as long as the
+    /// socket returned lives: bound, not listening. (A port bound and let go could be
+    /// taken by another test meanwhile, and answer.)
+    pub fn refusing_address() -> (tokio::net::TcpSocket, SocketAddr) {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bind");
+        let address = socket.local_addr().expect("address");
+        (socket, address)
+    }
+}

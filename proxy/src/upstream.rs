@@ -1347,9 +1347,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_connection_is_a_connect_error() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        drop(listener);
+        let (_held, address) = crate::testing::refusing_address();
         let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
         match pool.exchange(address, &get(address)).await {
             Err(UpstreamError::Connect(_)) => {}

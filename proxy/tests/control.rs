@@ -186,11 +186,12 @@ async fn a_proxy_routes_on_pushed_snapshots_and_on_the_last_known_good_without_c
 async fn a_damaged_last_known_good_file_is_not_trusted() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join(SNAPSHOT_FILE), b"\xff\xff not a snapshot").expect("write");
-    // No coordinator listens at this address (bound, then released).
-    let nobody = TcpListener::bind("127.0.0.1:0")
-        .await
-        .and_then(|l| l.local_addr())
-        .expect("address");
+    // No coordinator listens at this address: bound, not listening, for as long as the
+    // test runs (a port let go could be taken by another test's coordinator).
+    let held = tokio::net::TcpSocket::new_v4().expect("a socket");
+    held.bind("127.0.0.1:0".parse().expect("address"))
+        .expect("bind");
+    let nobody = held.local_addr().expect("address");
     let proxy = Proxy::start(proxy_settings(nobody, dir.path()), None)
         .await
         .expect("proxy starts");

@@ -456,9 +456,8 @@ mod tests {
     #[tokio::test]
     async fn a_peer_that_cannot_be_reached_is_forgotten() {
         let pool = H2Pool::plaintext(Duration::from_secs(1));
-        let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = closed.local_addr().expect("address").to_string();
-        drop(closed);
+        let (_held, address) = crate::testing::refusing_address();
+        let address = address.to_string();
         let request = Request::get(format!("http://{address}/"))
             .body(Bytes::new())
             .expect("request");
