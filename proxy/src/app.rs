@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use crate::balance::ClusterInfo;
 use crate::control::{self, ControlSettings, report};
 use crate::downstream::ClientTimeouts;
+use crate::drain::DrainSwitch;
 use crate::framing::HeadGuard;
 use crate::health::{self, HealthCheckSettings};
 use crate::metrics::ProxyMetrics;
@@ -36,6 +37,9 @@ use crate::workers::{Listener, Workers};
 /// routing (the outbound listener's HTTP/1 limit is [`crate::wire::MAX_HEAD_BYTES`], the
 /// same).
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// How often a drain looks for connections still open.
+const DRAIN_CHECK_EVERY: Duration = Duration::from_millis(50);
 
 /// What a proxy needs to start.
 #[derive(Debug, Clone)]
@@ -101,6 +105,8 @@ pub struct Proxy {
     admin: SocketAddr,
     east_west: Option<SocketAddr>,
     stop: watch::Sender<bool>,
+    drain: DrainSwitch,
+    workers: Arc<Workers>,
 }
 
 /// Reads configuration files (YAML or JSON, files or directories) for the proxy; any
@@ -183,6 +189,8 @@ impl Proxy {
             settings.locality.clone(),
         )
         .with_client_timeouts(settings.client_timeouts);
+        let (drain, draining) = crate::drain::drain();
+        outbound = outbound.with_drain(draining);
         let tls = match &settings.east_west {
             Some(e) => {
                 let tls = Arc::new(MeshTls::load(&e.certs, &settings.cluster)?);
@@ -325,6 +333,8 @@ impl Proxy {
             admin: addresses.1,
             east_west,
             stop,
+            drain,
+            workers,
         })
     }
 
@@ -343,7 +353,32 @@ impl Proxy {
         self.admin
     }
 
-    /// Stops accepting; connections in progress finish.
+    /// Begins draining the connections ([`crate::drain`]): `/ready` answers 503, and each
+    /// connection closes once what it is doing is done. The listeners still accept, and
+    /// serve new connections the same way.
+    pub fn drain(&self) {
+        tracing::info!("draining: connections close as their requests finish");
+        self.drain.begin();
+    }
+
+    /// Waits until no application's or peer's connection is open, or `within` has
+    /// passed; says whether none is.
+    pub async fn drained(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let open: usize = self.workers.open_connections().iter().sum();
+            if open == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("drain time up with {open} connections open");
+                return false;
+            }
+            tokio::time::sleep(DRAIN_CHECK_EVERY).await;
+        }
+    }
+
+    /// Stops: the listeners close, and so do the connections, whatever they are doing.
     pub fn stop(&self) {
         let _ = self.stop.send(true);
     }
@@ -543,6 +578,11 @@ impl Admin<'_> {
                 );
                 r
             }
+            // Not ready while draining: a load balancer should send no new connections.
+            "/ready" if self.outbound.drain().begun() => answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining: the proxy is about to exit",
+            ),
             // Ready once there is something to route with: configuration, a pushed snapshot
             // or the last-known-good one.
             "/ready" if self.outbound.is_ready() => {

@@ -40,6 +40,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::body::{PIECES_AHEAD, ProxyBody, SentPiece, WHOLE_BODY_BYTES};
+use crate::drain::DrainWatch;
 use crate::h2_server::{self, H2Settings};
 use crate::outbound::{
     ClientAddress, Outbound, ProxyResponse, Upstreams, WebSocketUpgrade, answer,
@@ -133,6 +134,8 @@ pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Up
         } else {
             timeouts.stall
         };
+        // Not closed by a drain: a client that has just connected is about to send a
+        // request, which is then served, and the connection closed after it.
         match deadline.fill(&mut wire, wait).await {
             Some(Ok(0) | Err(_)) | None => return,
             Some(Ok(_)) => {}
@@ -144,8 +147,10 @@ pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Up
     }
     let mut out = Vec::with_capacity(1024);
     let mut date = Date::default();
+    let mut draining = outbound.drain().watch();
     loop {
-        let incoming = match read_request(&mut wire, &timeouts, &mut deadline).await {
+        let reading = read_request(&mut wire, &timeouts, &mut deadline, &mut draining);
+        let incoming = match reading.await {
             Ok(Some(incoming)) => incoming,
             Ok(None) => return,
             Err(refusal) => {
@@ -216,8 +221,9 @@ pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Up
         out.clear();
         let answer = Answer {
             head_only,
-            // What is left of an unread body would be taken for the next request.
-            keep_alive: keep_alive && body_read,
+            // What is left of an unread body would be taken for the next request; a
+            // draining proxy takes no next request.
+            keep_alive: keep_alive && body_read && !outbound.drain().begun(),
             version,
         };
         let (following, keep_alive) =
@@ -349,10 +355,14 @@ enum Framing {
 
 /// The next request's head; `None` when the client closed the connection between
 /// requests.
+/// Reads the next request's head off `wire`: `None` when the client closes the
+/// connection or leaves it idle, or when the proxy drains it while it is idle
+/// (`draining`).
 async fn read_request(
     wire: &mut Wire,
     timeouts: &ClientTimeouts,
     deadline: &mut Deadline,
+    draining: &mut DrainWatch<'_>,
 ) -> Result<Option<Incoming>, Refusal> {
     let Head {
         mut request,
@@ -370,7 +380,16 @@ async fn read_request(
         }
         let begun = !wire.read.is_empty();
         let wait = if begun { timeouts.stall } else { timeouts.idle };
-        match deadline.fill(wire, wait).await {
+        let filled = match begun {
+            true => deadline.fill(wire, wait).await,
+            // Between requests a draining proxy closes the connection.
+            false => tokio::select! {
+                biased;
+                filled = deadline.fill(wire, wait) => filled,
+                () = &mut *draining => return Ok(None),
+            },
+        };
+        match filled {
             Some(Ok(0) | Err(_)) => return Ok(None),
             Some(Ok(_)) => {}
             // Idle: closed without a word; between requests nothing is owed.
@@ -854,7 +873,8 @@ async fn serve_h2(
         async move { outbound.handle(request, client, &upstreams).await }
     };
     // No tunnels: an application's WebSocket over h2 (extended CONNECT) is not offered.
-    h2_server::serve(stream, settings, &name, handle, None).await;
+    let drain = outbound.drain().clone();
+    h2_server::serve(stream, settings, &name, &drain, handle, None).await;
 }
 
 /// A connection whose first bytes were already read: they are read again first.

@@ -37,6 +37,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::body::{ProxyBody, poll_h2_frame, send_within_window};
 use crate::downstream::ClientTimeouts;
+use crate::drain::Drain;
 use crate::grpc::is_grpc;
 use crate::outbound::ProxyResponse;
 use crate::transport::Trailers;
@@ -88,11 +89,13 @@ pub type Tunnels<'a> = &'a mut (
 /// Serves HTTP/2 on `io` until the client closes it, it fails, or it sits idle: each
 /// request is given to `handle` and its answer sent back. With `tunnels`, the connection
 /// offers extended CONNECT (RFC 8441), and each such stream goes to it instead. `client`
-/// names the other end in logs.
+/// names the other end in logs. Once `drain` begins, the connection is closed as when
+/// idle: GOAWAY, and the requests in flight finished.
 pub async fn serve<T, H, F>(
     io: T,
     settings: H2Settings,
     client: &str,
+    drain: &Drain,
     mut handle: H,
     mut tunnels: Option<Tunnels<'_>>,
 ) where
@@ -124,6 +127,7 @@ pub async fn serve<T, H, F>(
     let mut requests = FuturesUnordered::new();
     let mut idle = Quiet::new(settings.idle);
     let mut closing = false;
+    let mut draining = drain.watch();
     let ended = poll_fn(|cx| {
         loop {
             let mut progressed = false;
@@ -176,6 +180,12 @@ pub async fn serve<T, H, F>(
                     "h2 connection idle for {:?}: closing",
                     settings.idle
                 );
+                connection.graceful_shutdown();
+                closing = true;
+                progressed = true;
+            }
+            if !closing && Pin::new(&mut draining).poll(cx).is_ready() {
+                tracing::debug!(client, "draining: closing the h2 connection");
                 connection.graceful_shutdown();
                 closing = true;
                 progressed = true;

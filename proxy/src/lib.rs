@@ -30,6 +30,7 @@ pub mod body;
 pub mod control;
 pub mod discovery;
 pub mod downstream;
+pub mod drain;
 pub mod framing;
 pub mod grpc;
 pub mod h2_server;

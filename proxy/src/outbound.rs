@@ -41,6 +41,7 @@ use crate::body::{End, ProxyBody, WHOLE_BODY_BYTES};
 use crate::control::report::{Outcome, ReportSource, Stats};
 use crate::discovery::{BalanceSettings, Discovery, Endpoint, HashOn};
 use crate::downstream::ClientTimeouts;
+use crate::drain::Drain;
 use crate::grpc::{
     GRPC_TIMEOUT, GrpcCode, call_timeout, for_grpc_client, grpc_timeout, grpc_timeout_value,
     http_for_code, is_grpc, outcome_status,
@@ -271,6 +272,8 @@ pub struct Outbound {
     rotation: AtomicUsize,
     /// Applications' connections: how long they may idle, and stall in a request.
     client_timeouts: ClientTimeouts,
+    /// Whether the proxy is draining its connections before it exits.
+    drain: Drain,
     metrics: Arc<ProxyMetrics>,
     stats: Arc<Stats>,
     /// Endpoints active health checks found down.
@@ -355,6 +358,7 @@ impl Outbound {
             unreachable: Mutex::default(),
             rotation: AtomicUsize::new(0),
             client_timeouts: ClientTimeouts::default(),
+            drain: Drain::default(),
             metrics,
             stats: Arc::default(),
             health: Arc::default(),
@@ -381,6 +385,17 @@ impl Outbound {
     pub fn with_client_timeouts(mut self, timeouts: ClientTimeouts) -> Outbound {
         self.client_timeouts = timeouts;
         self
+    }
+
+    /// Its connections drain once `drain` has begun ([`crate::drain`]).
+    pub fn with_drain(mut self, drain: Drain) -> Outbound {
+        self.drain = drain;
+        self
+    }
+
+    /// Whether the connections are to drain.
+    pub fn drain(&self) -> &Drain {
+        &self.drain
     }
 
     /// Reaches other clusters over h2 with mTLS, presenting `tls`; without, every request

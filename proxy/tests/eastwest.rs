@@ -484,6 +484,41 @@ async fn a_route_to_another_service_is_served_across_clusters() {
     assert_eq!(mesh.west_seen.load(Ordering::Relaxed) - before, 10);
 }
 
+/// A peer that drains sends GOAWAY on the connection the sending proxy has to it: the
+/// next requests go on a new connection (the draining peer still serves them), and
+/// none fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_to_a_draining_peer_move_to_a_new_connection_and_none_fails() {
+    let everything_west =
+        "        distribute:\n        - from: us-east/*\n          to: {\"us-west/*\": 100}";
+    let mesh = mesh(StatusCode::OK, everything_west, "").await;
+    let east = mesh.east.outbound_address();
+    let localhost: std::net::IpAddr = "127.0.0.1".parse().expect("address");
+    eventually(
+        "east sends checkout's requests to the west cluster",
+        Duration::from_secs(20),
+        || async move {
+            match get_from(east, localhost, "checkout.shop", &[]).await {
+                Some((StatusCode::OK, headers)) if served_by(&headers).1 == "west" => Ok(()),
+                Some((status, headers)) => Err(format!("{status} {headers:?}")),
+                None => Err("no answer".into()),
+            }
+        },
+    )
+    .await;
+    mesh.west.drain();
+    for i in 0..20 {
+        let (status, headers) = get_from(east, localhost, "checkout.shop", &[])
+            .await
+            .expect("answer");
+        assert_eq!(
+            (status, served_by(&headers).1.as_str()),
+            (StatusCode::OK, "west"),
+            "request {i} after the drain began: {headers:?}"
+        );
+    }
+}
+
 /// A WebSocket upgrade to a service whose only endpoint is in another cluster: the
 /// sending proxy carries it as an h2 extended CONNECT to the other cluster's proxy,
 /// which makes the upgrade to its endpoint; the client sees `101` and a tunnel.

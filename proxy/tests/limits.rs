@@ -2,10 +2,14 @@
 //! keeps serving what it has, does not spin or flood its log, and accepts again once
 //! descriptors are free.
 
+mod process;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use process::{Running, two_free_addresses, wait_for};
 
 /// A backend answering every request on a connection with `200 ok`.
 fn backend() -> SocketAddr {
@@ -31,27 +35,6 @@ fn backend() -> SocketAddr {
     address
 }
 
-/// Two distinct free loopback addresses for the proxy to bind: the first is held while
-/// the second is chosen, so they are not the same port.
-fn two_free_addresses() -> (SocketAddr, SocketAddr) {
-    let first = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let second = TcpListener::bind("127.0.0.1:0").expect("bind");
-    (
-        first.local_addr().expect("address"),
-        second.local_addr().expect("address"),
-    )
-}
-
-/// Kills the proxy when the test ends, however it ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// One request on a new connection; the status line, or why there was none.
 fn get(proxy: SocketAddr) -> Result<String, String> {
     let mut stream = TcpStream::connect(proxy).map_err(|e| e.to_string())?;
@@ -66,14 +49,6 @@ fn get(proxy: SocketAddr) -> Result<String, String> {
         .read_to_string(&mut answer)
         .map_err(|e| e.to_string())?;
     Ok(answer.lines().next().unwrap_or("").to_string())
-}
-
-fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

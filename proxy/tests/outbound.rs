@@ -931,6 +931,118 @@ async fn over_h2c_stalled_bodies_get_408_heads_no_body_and_idle_connections_are_
     );
 }
 
+/// An endpoint that answers `/held` with `held` only once `release` turns true (saying
+/// on `arrived` that such a request has come), and anything else with `quick` at once.
+async fn holding_endpoint() -> (
+    SocketAddr,
+    tokio::sync::watch::Sender<bool>,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let (release, released) = tokio::sync::watch::channel(false);
+    let (came, arrived) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (released, came) = (released.clone(), came.clone());
+            let service = service_fn(move |r: Request<Incoming>| {
+                let (mut released, came) = (released.clone(), came.clone());
+                async move {
+                    let text = match r.uri().path() {
+                        "/held" => {
+                            let _ = came.send(());
+                            let _ = released.wait_for(|r| *r).await;
+                            "held"
+                        }
+                        _ => "quick",
+                    };
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    (address, release, arrived)
+}
+
+/// Draining, as on SIGTERM: `/ready` says so; an idle connection is closed at once; one
+/// with a request in progress gets its answer, told `Connection: close`, then the close;
+/// an h2c connection is sent GOAWAY and finishes its stream; a connection made meanwhile
+/// is served once, the same way; and the drain is over once none is left.
+#[tokio::test]
+async fn a_draining_proxy_lets_requests_finish_then_closes_each_connection() {
+    let (endpoint, release, mut arrived) = holding_endpoint().await;
+    let proxy = start_east(
+        &http_entry("slow", "slow.example", &[endpoint.port()]),
+        None,
+    )
+    .await;
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nhost: slow.example\r\n\r\n");
+    let mut idle = sent_on(&proxy, get("/quick").as_bytes()).await;
+    read_until(&mut idle, "quick").await;
+    let mut busy = sent_on(&proxy, get("/held").as_bytes()).await;
+    let stream = TcpStream::connect(proxy.outbound_address())
+        .await
+        .expect("connect");
+    let (client, connection) = h2::client::handshake(stream).await.expect("h2c handshake");
+    let connection = tokio::spawn(connection);
+    let request = Request::get("http://slow.example/held")
+        .body(())
+        .expect("request");
+    let mut client = client.ready().await.expect("ready");
+    let (h2_answer, _) = client.send_request(request, true).expect("sent");
+    drop(client);
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(5), arrived.recv())
+            .await
+            .expect("both held requests reach the endpoint")
+            .expect("the endpoint runs");
+    }
+
+    proxy.drain();
+    assert_eq!(read_to_close(&mut idle).await, "", "the idle one is closed");
+    let ready = send(proxy.admin_address(), "admin", "/ready", false).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        ready.headers[REASON_HEADER]
+            .to_str()
+            .expect("text")
+            .contains("draining")
+    );
+    let mut late = sent_on(&proxy, get("/quick").as_bytes()).await;
+    let text = read_to_close(&mut late).await;
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert!(text.contains("connection: close\r\n"), "{text}");
+    assert!(text.ends_with("quick"), "{text}");
+    assert!(
+        !proxy.drained(Duration::from_millis(100)).await,
+        "two requests are still in progress"
+    );
+
+    release.send_replace(true);
+    let text = read_to_close(&mut busy).await;
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert!(text.contains("connection: close\r\n"), "{text}");
+    assert!(text.ends_with("held"), "{text}");
+    let answer = tokio::time::timeout(Duration::from_secs(5), h2_answer)
+        .await
+        .expect("answered in time")
+        .expect("an answer");
+    assert_eq!(answer.status(), StatusCode::OK);
+    let mut body = answer.into_body();
+    let data = body.data().await.expect("a body").expect("data");
+    assert_eq!(&data[..], b"held");
+    let closed = tokio::time::timeout(Duration::from_secs(5), connection)
+        .await
+        .expect("the h2c connection is closed")
+        .expect("the connection task");
+    assert!(closed.is_ok(), "closed with a GOAWAY: {closed:?}");
+    assert!(proxy.drained(Duration::from_secs(5)).await, "none left");
+}
+
 #[tokio::test]
 async fn a_client_still_sending_its_body_reads_an_early_answer_then_the_close() {
     // The endpoint answers as soon as it has the head, without reading the body.

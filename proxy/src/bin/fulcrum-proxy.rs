@@ -2,7 +2,9 @@
 //! VirtualService semantics and sends each request to a locality by the weights the
 //! coordinators push (or, on a configuration file alone, to this cluster); the east-west
 //! listener (h2 over mTLS, with `--certs`) serves other clusters' proxies; the admin
-//! listener serves /ready, /config_dump and /metrics. Stops on SIGINT or SIGTERM.
+//! listener serves /ready, /config_dump and /metrics. On SIGINT or SIGTERM it drains
+//! (connections close as their requests finish, for at most `--drain-duration`), then
+//! exits; a second signal ends the drain at once.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -84,6 +86,11 @@ struct Flags {
     /// connections to upstreams (default: one per CPU).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
+    /// On SIGTERM or SIGINT, how long connections get to finish their requests before
+    /// the proxy exits (Istio's terminationDrainDuration); it exits sooner once none is
+    /// open. 0s exits at once.
+    #[arg(long, default_value = "5s", value_parser = parse_drain)]
+    drain_duration: std::time::Duration,
 }
 
 fn main() -> ExitCode {
@@ -156,7 +163,19 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        stopped().await;
+        let mut signals = Signals::new();
+        signals.next().await;
+        if !flags.drain_duration.is_zero() {
+            proxy.drain();
+            tokio::select! {
+                drained = proxy.drained(flags.drain_duration) => {
+                    if drained {
+                        tracing::info!("drained: no connection left");
+                    }
+                }
+                () = signals.next() => tracing::info!("a second signal: not waiting any longer"),
+            }
+        }
         proxy.stop();
         ExitCode::SUCCESS
     })
@@ -213,20 +232,51 @@ fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
     }
 }
 
-/// Waits for SIGINT or SIGTERM.
-async fn stopped() {
+/// SIGINT and SIGTERM, as they come.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+    unix: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let unix = match (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) {
+                (Ok(interrupt), Ok(terminate)) => Some((interrupt, terminate)),
+                _ => None,
+            };
+            Signals { unix }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// Waits for the next SIGINT or SIGTERM.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some((interrupt, terminate)) = &mut self.unix {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
             }
             return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `--drain-duration`: from 0s (no drain) to an hour.
+fn parse_drain(text: &str) -> Result<std::time::Duration, String> {
+    let d: fulcrum_policy::Duration = text.parse().map_err(|e| format!("{e}"))?;
+    match d.to_std() {
+        Some(d) if d <= std::time::Duration::from_secs(3600) => Ok(d),
+        _ => Err(format!("{text}: must be from 0s to 1h")),
+    }
 }
 
 /// `--health-check-path`: an absolute path, no spaces or control characters.

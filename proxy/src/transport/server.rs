@@ -70,5 +70,14 @@ pub(crate) async fn serve_east_west_connection(
         };
         Box::pin(tunnel) as Pin<Box<dyn Future<Output = ()> + Send>>
     };
-    h2_server::serve(stream, settings, &client, handle, Some(&mut tunnels)).await;
+    let drain = outbound.drain().clone();
+    h2_server::serve(
+        stream,
+        settings,
+        &client,
+        &drain,
+        handle,
+        Some(&mut tunnels),
+    )
+    .await;
 }

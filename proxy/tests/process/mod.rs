@@ -1,0 +1,36 @@
+//! The proxy as a process, for tests that start the binary: its addresses, a guard that
+//! kills it when the test ends, and a wait for a condition.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+/// Two distinct free loopback addresses for the proxy to bind: the first is held while
+/// the second is chosen, so they are not the same port.
+pub fn two_free_addresses() -> (SocketAddr, SocketAddr) {
+    let first = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let second = TcpListener::bind("127.0.0.1:0").expect("bind");
+    (
+        first.local_addr().expect("address"),
+        second.local_addr().expect("address"),
+    )
+}
+
+/// Kills the proxy when the test ends, however it ends.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Checks `done` every 20 ms until it holds; fails the test after `within`.
+pub fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

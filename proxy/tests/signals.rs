@@ -1,0 +1,191 @@
+//! The proxy process on SIGTERM: it drains (a request in progress is answered, and its
+//! connection closed after it) and then exits; a second signal ends the drain at once.
+
+mod process;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use process::{Running, two_free_addresses, wait_for};
+
+/// A backend answering `/held` only once the test sends on the returned sender (saying
+/// on the returned receiver that such a request came), anything else at once.
+fn holding_backend() -> (SocketAddr, mpsc::Sender<()>, mpsc::Receiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address");
+    let (release, released) = mpsc::channel::<()>();
+    let (came, arrived) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut buf = [0u8; 4096];
+            let Ok(n) = stream.read(&mut buf) else {
+                continue;
+            };
+            let held = String::from_utf8_lossy(&buf[..n]).starts_with("GET /held ");
+            if held {
+                let _ = came.send(());
+                if released.recv().is_err() {
+                    return;
+                }
+            }
+            let body = if held { "held" } else { "quick" };
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    (address, release, arrived)
+}
+
+/// The proxy binary, routing `slow.example` to `backend`, draining for `drain`.
+fn start_proxy(backend: SocketAddr, drain: &str) -> (Running, SocketAddr, SocketAddr) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("slow.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: slow, namespace: shop}}
+spec:
+  hosts: [slow.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: r1/z1}}
+"#,
+            backend.port()
+        ),
+    )
+    .expect("config");
+    let (proxy, admin) = two_free_addresses();
+    let child = Command::new(env!("CARGO_BIN_EXE_fulcrum-proxy"))
+        .args(["--cluster", "east", "--locality", "r1/z1", "--workers", "1"])
+        .arg("--config")
+        .arg(&config)
+        .args(["--listen", &proxy.to_string()])
+        .args(["--admin", &admin.to_string()])
+        .args(["--drain-duration", drain])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the proxy starts");
+    let running = Running(child);
+    wait_for("the proxy is ready", Duration::from_secs(10), || {
+        status_line(admin, "admin", "/ready").is_ok_and(|s| s.contains(" 200 "))
+    });
+    // Read by now; the directory can go.
+    drop(dir);
+    (running, proxy, admin)
+}
+
+/// The status line of one request to `address` on a new connection.
+fn status_line(address: SocketAddr, host: &str, path: &str) -> Result<String, String> {
+    let mut stream = TcpStream::connect(address).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .map_err(|e| e.to_string())?;
+    Ok(answer.lines().next().unwrap_or("").to_string())
+}
+
+/// Sends `kill -SIGNAL` to the proxy.
+fn signal(proxy: &Running, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(proxy.0.id().to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{name}: {status}");
+}
+
+/// Waits until the proxy has exited, and says how.
+fn exits(proxy: &mut Running, within: Duration) -> ExitStatus {
+    let mut exited = None;
+    wait_for("the proxy exits", within, || {
+        exited = proxy.0.try_wait().expect("the proxy's state");
+        exited.is_some()
+    });
+    exited.expect("exited")
+}
+
+/// A request held by its backend, on a connection kept alive, in progress when the
+/// proxy is told to stop: returns that connection.
+fn held_request(proxy: SocketAddr, arrived: &mpsc::Receiver<()>) -> TcpStream {
+    let mut client = TcpStream::connect(proxy).expect("connect");
+    client
+        .write_all(b"GET /held HTTP/1.1\r\nhost: slow.example\r\n\r\n")
+        .expect("write");
+    arrived
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the request reaches the backend");
+    client
+}
+
+#[test]
+fn on_sigterm_a_request_in_progress_is_answered_then_the_proxy_exits() {
+    let (backend, release, arrived) = holding_backend();
+    let (mut proxy, address, admin) = start_proxy(backend, "30s");
+    let mut client = held_request(address, &arrived);
+
+    signal(&proxy, "TERM");
+    wait_for("/ready says it drains", Duration::from_secs(10), || {
+        status_line(admin, "admin", "/ready").is_ok_and(|s| s.contains(" 503 "))
+    });
+    assert!(
+        proxy.0.try_wait().expect("state").is_none(),
+        "still running while a request is in progress"
+    );
+    release.send(()).expect("the backend waits");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut answer = String::new();
+    client
+        .read_to_string(&mut answer)
+        .expect("the answer, then the close");
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.contains("connection: close\r\n"), "{answer}");
+    assert!(answer.ends_with("held"), "{answer}");
+    // No connection left: it exits well before its 30 s are up.
+    let status = exits(&mut proxy, Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn a_second_signal_ends_the_drain_at_once() {
+    let (backend, _release, arrived) = holding_backend();
+    let (mut proxy, address, admin) = start_proxy(backend, "1h");
+    let mut client = held_request(address, &arrived);
+
+    signal(&proxy, "TERM");
+    wait_for("/ready says it drains", Duration::from_secs(10), || {
+        status_line(admin, "admin", "/ready").is_ok_and(|s| s.contains(" 503 "))
+    });
+    signal(&proxy, "INT");
+    let status = exits(&mut proxy, Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    // The request still held is cut off: the connection ends without an answer.
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut answer = Vec::new();
+    let _ = client.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+}
