@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use fulcrum_policy::istio::{ServicePort, SimpleLb, TrafficPolicy, endpoints_of};
+use fulcrum_policy::istio::{
+    ConnectionPoolSettings, ServicePort, SimpleLb, TrafficPolicy, endpoints_of,
+};
 use fulcrum_policy::references::{merged_policy, qualify_host, rule_for_host};
 use fulcrum_policy::{Locality, Resource};
 use http::HeaderValue;
@@ -53,9 +55,53 @@ pub struct BalanceSettings {
     pub hash_on: Option<HashOn>,
     /// Outlier detection, when the rule asks for it (none without `outlierDetection`).
     pub outlier: Option<OutlierSettings>,
-    /// Most requests in flight to the service (`connectionPool.http.http2MaxRequests`);
-    /// more are answered 503 `overflow`.
-    pub max_requests: Option<u32>,
+    /// The DestinationRule's connection-pool limits.
+    pub limits: PoolLimits,
+}
+
+/// A DestinationRule's `connectionPool` limits, Envoy's circuit breakers: each off
+/// unless set above zero (Istio leaves them at 2^32-1). A subset's own policy has its
+/// own limits, as each subset is its own Envoy cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolLimits {
+    /// Most requests in flight to the service (`http.http2MaxRequests`); more are
+    /// answered 503 `overflow`.
+    pub requests: Option<u32>,
+    /// Most connections to the service's endpoints (`tcp.maxConnections`). An HTTP/1
+    /// connection carries one request at a time, so for a service spoken to in HTTP/1
+    /// this is how many of its requests may be in flight; more wait for one to end.
+    /// (Over h2 a connection carries every request to its endpoint, and this does not
+    /// bind.)
+    pub connections: Option<u32>,
+    /// Most requests waiting for one of those connections
+    /// (`http.http1MaxPendingRequests`); more are answered 503 `overflow`.
+    pub pending: Option<u32>,
+    /// Most retries in flight to the service (`http.maxRetries`); past it a failed try
+    /// is not retried, and its answer stands.
+    pub retries: Option<u32>,
+}
+
+impl PoolLimits {
+    fn of(pool: Option<&ConnectionPoolSettings>, h2: bool) -> PoolLimits {
+        let set = |n: i32| u32::try_from(n).ok().filter(|n| *n > 0);
+        let (tcp, http) = (
+            pool.and_then(|p| p.tcp.as_ref()),
+            pool.and_then(|p| p.http.as_ref()),
+        );
+        PoolLimits {
+            requests: http.and_then(|h| set(h.http2_max_requests)),
+            connections: tcp.and_then(|t| set(t.max_connections)).filter(|_| !h2),
+            pending: http
+                .and_then(|h| set(h.http1_max_pending_requests))
+                .filter(|_| !h2),
+            retries: http.and_then(|h| set(h.max_retries)),
+        }
+    }
+
+    /// Whether any limit is set.
+    pub fn any(&self) -> bool {
+        *self != PoolLimits::default()
+    }
 }
 
 /// Where a consistent hash (`loadBalancer.consistentHash`) takes its key from.
@@ -109,7 +155,12 @@ static DEFAULT_BALANCE: BalanceSettings = BalanceSettings {
     policy: LbPolicy::LeastRequest,
     hash_on: None,
     outlier: None,
-    max_requests: None,
+    limits: PoolLimits {
+        requests: None,
+        connections: None,
+        pending: None,
+        retries: None,
+    },
 };
 
 /// Endpoints read from ServiceEntry objects.
@@ -118,19 +169,15 @@ pub struct StaticDiscovery {
     services: FastMap<String, Service>,
 }
 
-fn balance_of(policy: Option<&TrafficPolicy>) -> Option<BalanceSettings> {
+/// How a service is balanced under `policy`; `h2`: the service is spoken to in h2.
+fn balance_of(policy: Option<&TrafficPolicy>, h2: bool) -> Option<BalanceSettings> {
     let policy = policy?;
     let mut settings = BalanceSettings {
         outlier: policy
             .outlier_detection
             .as_ref()
             .map(OutlierSettings::from_rule),
-        max_requests: policy
-            .connection_pool
-            .as_ref()
-            .and_then(|c| c.http.as_ref())
-            .and_then(|h| u32::try_from(h.http2_max_requests).ok())
-            .filter(|n| *n > 0),
+        limits: PoolLimits::of(policy.connection_pool.as_ref(), h2),
         ..BalanceSettings::default()
     };
     if let Some(lb) = &policy.load_balancer {
@@ -200,6 +247,9 @@ impl StaticDiscovery {
             })
             .collect();
         let mut endpoints: FastMap<String, Vec<Endpoint>> = FastMap::default();
+        // Whether each service is spoken to in h2, by its ports (whether or not it has
+        // endpoints here).
+        let mut speaks_h2_by_host: FastMap<String, bool> = FastMap::default();
         for r in &resources {
             let Resource::ServiceEntry(se) = r else {
                 continue;
@@ -207,6 +257,7 @@ impl StaticDiscovery {
             let selected = endpoints_of(se, &workloads);
             for host in &se.spec.hosts {
                 let host = qualify_host(host, &se.metadata.namespace).to_ascii_lowercase();
+                speaks_h2_by_host.insert(host.clone(), se.spec.ports.iter().any(speaks_h2));
                 let service = endpoints.entry(host).or_default();
                 for we in &selected {
                     let ours = match we.labels.get(CLUSTER_LABEL) {
@@ -273,7 +324,11 @@ impl StaticDiscovery {
                 continue;
             };
             let top = rule.spec.traffic_policy.as_ref();
-            if let Some(b) = balance_of(top) {
+            let h2 = speaks_h2_by_host
+                .get(host.as_str())
+                .copied()
+                .unwrap_or(false);
+            if let Some(b) = balance_of(top, h2) {
                 service.balance = b;
             }
             for subset in &rule.spec.subsets {
@@ -285,7 +340,7 @@ impl StaticDiscovery {
                     .collect();
                 service.subsets.insert(subset.name.clone(), selected);
                 if let Some(own) = subset.traffic_policy.as_ref()
-                    && let Some(b) = balance_of(Some(&merged_policy(top, Some(own))))
+                    && let Some(b) = balance_of(Some(&merged_policy(top, Some(own))), h2)
                 {
                     service.subset_balance.insert(subset.name.clone(), b);
                 }
@@ -491,5 +546,83 @@ spec: {address: 10.0.0.5, labels: {app: vms, topology.istio.io/cluster: west}}
             .map(|e| e.address.to_string())
             .collect();
         assert_eq!(endpoints, vec!["10.0.0.1:8080", "10.0.0.2:9090"]);
+    }
+
+    #[test]
+    fn connection_pool_limits_are_read_per_service_and_subset() {
+        let mut config = ConfigSet::new();
+        config.add_text(
+            "limits.yaml",
+            r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web, namespace: shop}
+spec:
+  hosts: [web.shop.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints: [{address: 10.0.0.1, labels: {version: v1, topology.istio.io/cluster: east}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: rpc, namespace: shop}
+spec:
+  hosts: [rpc.shop.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 90, name: grpc, protocol: GRPC}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: shop}
+spec:
+  host: web.shop.example
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 1}
+      http: {http1MaxPendingRequests: 2, http2MaxRequests: 3, maxRetries: 4}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      connectionPool: {tcp: {maxConnections: 10}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: rpc, namespace: shop}
+spec:
+  host: rpc.shop.example
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 1}
+      http: {http1MaxPendingRequests: 2, http2MaxRequests: 3}
+"#,
+        );
+        let east =
+            StaticDiscovery::from_resources(config.resources(), "east", &"r1/z1".parse().unwrap());
+        let limits = |host: &str, subset: &str| east.balance(host, subset).limits;
+        let all = PoolLimits {
+            requests: Some(3),
+            connections: Some(1),
+            pending: Some(2),
+            retries: Some(4),
+        };
+        assert_eq!(limits("web.shop.example", ""), all);
+        // The subset's own setting over the rule's.
+        assert_eq!(
+            limits("web.shop.example", "v1").connections,
+            Some(10),
+            "{:?}",
+            limits("web.shop.example", "v1")
+        );
+        // Over h2 one connection carries every request: only the request limit binds.
+        assert_eq!(
+            limits("rpc.shop.example", ""),
+            PoolLimits {
+                requests: Some(3),
+                ..PoolLimits::default()
+            }
+        );
+        assert!(!limits("nowhere.example", "").any());
     }
 }

@@ -34,6 +34,11 @@ pub struct ProxyMetrics {
     pub ejections: Family<Labels, Counter>,
     /// Requests refused over the connection pool's limit, by service.
     pub overflows: Family<Labels, Counter>,
+    /// Retries not made over the connection pool's retry limit, by service.
+    pub retry_overflows: Family<Labels, Counter>,
+    /// Requests waiting for a place under the connection pool's connection limit, by
+    /// service.
+    pub pending: Family<Labels, Gauge>,
     /// Connections the listeners failed to accept (mostly: out of file descriptors).
     pub accept_failures: Counter,
     /// 1 while a coordinator session is up.
@@ -74,6 +79,8 @@ impl ProxyMetrics {
             connect_errors: Family::default(),
             ejections: Family::default(),
             overflows: Family::default(),
+            retry_overflows: Family::default(),
+            pending: Family::default(),
             accept_failures: Counter::default(),
             coordinator_connected: Gauge::default(),
             snapshot_version: Gauge::default(),
@@ -107,6 +114,16 @@ impl ProxyMetrics {
             "overflows",
             "Requests answered 503 overflow over the connection pool's limit, by service",
             m.overflows.clone(),
+        );
+        registry.register(
+            "retry_overflows",
+            "Retries not made over the connection pool's retry limit (maxRetries), by service",
+            m.retry_overflows.clone(),
+        );
+        registry.register(
+            "pending_requests",
+            "Requests waiting for a connection under the connection pool's limit (maxConnections), by service",
+            m.pending.clone(),
         );
         registry.register(
             "accept_failures",

@@ -39,7 +39,7 @@ use crate::balance::{
 };
 use crate::body::{End, ProxyBody, WHOLE_BODY_BYTES};
 use crate::control::report::{Outcome, ReportSource, Stats};
-use crate::discovery::{BalanceSettings, Discovery, Endpoint, HashOn};
+use crate::discovery::{BalanceSettings, Discovery, Endpoint, HashOn, PoolLimits};
 use crate::downstream::ClientTimeouts;
 use crate::drain::Drain;
 use crate::grpc::{
@@ -262,8 +262,9 @@ pub struct Outbound {
     in_flight: Arc<Mutex<FastMap<SocketAddr, u32>>>,
     /// Per service host.
     outliers: Arc<Mutex<FastMap<String, OutlierDetector>>>,
-    /// Per service host, when its DestinationRule limits requests in flight.
-    limits: Mutex<FastMap<String, Arc<tokio::sync::Semaphore>>>,
+    /// By service host, then subset, when its DestinationRule sets connection-pool
+    /// limits.
+    limits: Mutex<FastMap<String, FastMap<String, Arc<Limiters>>>>,
     /// The certificate presented to other clusters, when east-west mTLS is configured.
     tls: Option<Arc<MeshTls>>,
     /// Clusters whose gateway refused us lately, until when.
@@ -699,7 +700,7 @@ impl Outbound {
         let key = (settings.hash_on.as_ref()).and_then(|on| hash_key(on, &parts, client));
         let key = key.as_ref().map(|k| k.key.as_slice());
         // An open tunnel counts as a request in flight to the service.
-        let held = self.admit(settings, target).map_err(|a| *a)?;
+        let held = self.admit(settings, target).await.map_err(|a| *a)?;
         let hop = self.next_hop(settings, row, key, &forward, &local, (&[], &[], &[]));
         let within = forward.retries.per_try_timeout.or(forward.timeout);
         match hop {
@@ -884,7 +885,7 @@ impl Outbound {
         let settings = discovery.balance(&target.host, &target.subset);
         let local = self.not_ejected(target, discovery.endpoints(&target.host, &target.subset));
         let key = carried_key.as_ref().map(HeaderValue::as_bytes);
-        let held = self.admit(settings, target).map_err(|a| *a)?;
+        let held = self.admit_from_peer(settings, target).map_err(|a| *a)?;
         let Some(endpoint) = self.pick(settings, key, &forward, &local, &[]) else {
             return Err(answer(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -1134,7 +1135,7 @@ impl Outbound {
         // Looked up once for the request: the pool's limit, then the tries' balancer, hash
         // source and outlier detection.
         let settings = discovery.balance(&forward.target.host, &forward.target.subset);
-        let permit = match self.admit(settings, &forward.target) {
+        let permit = match self.admit(settings, &forward.target).await {
             Ok(permit) => permit,
             Err(response) => return *response,
         };
@@ -1184,7 +1185,7 @@ impl Outbound {
             apply_changes(response.headers_mut(), &forward.response_headers);
         }
         // A streamed answer is still in flight: it keeps its place in the limit.
-        if let Some(permit) = permit {
+        if permit.holds() {
             response.body_mut().keep(permit);
         }
         response
@@ -1282,7 +1283,7 @@ impl Outbound {
         };
         let discovery = routing.discovery.as_ref();
         let settings = discovery.balance(&forward.target.host, &forward.target.subset);
-        let permit = match self.admit(settings, &forward.target) {
+        let permit = match self.admit_from_peer(settings, &forward.target) {
             Ok(permit) => permit,
             Err(response) => return *response,
         };
@@ -1298,7 +1299,7 @@ impl Outbound {
                 handled,
             )
             .await;
-        if let Some(permit) = permit {
+        if permit.holds() {
             response.body_mut().keep(permit);
         }
         response
@@ -1347,32 +1348,127 @@ impl Outbound {
         Ok((RequestBody::arriving(body, keep), shadows))
     }
 
-    /// A place within the service's request limit, when it has one; else the 503
-    /// `overflow` answer.
-    fn admit(
+    /// The limiters of `target`'s connection-pool limits, when its DestinationRule sets
+    /// any: made anew when the limits change (requests in flight keep their places in the
+    /// old ones).
+    fn limiters(&self, settings: &BalanceSettings, target: &Target) -> Option<Arc<Limiters>> {
+        if !settings.limits.any() {
+            return None;
+        }
+        let mut limits = self.limits.lock().ok()?;
+        let subsets = limits.entry(target.host.clone()).or_default();
+        match subsets.get(&target.subset) {
+            Some(l) if l.limits == settings.limits => Some(l.clone()),
+            _ => {
+                let made = Arc::new(Limiters::new(settings.limits));
+                subsets.insert(target.subset.clone(), made.clone());
+                Some(made)
+            }
+        }
+    }
+
+    /// A place within `target`'s connection-pool limits, as Envoy's circuit breakers
+    /// give one: a connection when the service's connections are limited, waited for
+    /// among at most its pending requests; then a place among its requests in flight.
+    /// Over a limit, the 503 `overflow` answer.
+    async fn admit(
         &self,
         settings: &BalanceSettings,
         target: &Target,
     ) -> Result<Permit, Box<ProxyResponse>> {
-        let Some(max) = settings.max_requests else {
-            return Ok(None);
+        let Some(limiters) = self.limiters(settings, target) else {
+            return Ok(Permit::default());
         };
-        let semaphore = {
-            let Ok(mut limits) = self.limits.lock() else {
-                return Ok(None);
-            };
-            limits
-                .entry(target.host.clone())
-                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(max as usize)))
-                .clone()
+        let connection = match &limiters.connections {
+            None => None,
+            Some(connections) => match connections.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    let place = match &limiters.pending {
+                        Some(pending) => Some(
+                            (pending.clone().try_acquire_owned())
+                                .map_err(|_| self.overflow(target))?,
+                        ),
+                        None => None,
+                    };
+                    let gauge = (self.metrics.pending)
+                        .get_or_create(&ProxyMetrics::service(&target.host))
+                        .clone();
+                    let waiting = Waiting::new(gauge, place);
+                    let permit = (connections.clone().acquire_owned().await)
+                        .map_err(|_| self.overflow(target))?;
+                    drop(waiting);
+                    Some(permit)
+                }
+            },
         };
-        semaphore.try_acquire_owned().map(Some).map_err(|_| {
-            self.metrics
-                .overflows
-                .get_or_create(&ProxyMetrics::service(&target.host))
-                .inc();
-            Box::new(answer(StatusCode::SERVICE_UNAVAILABLE, "overflow"))
+        let request = match &limiters.requests {
+            Some(requests) => {
+                Some((requests.clone().try_acquire_owned()).map_err(|_| self.overflow(target))?)
+            }
+            None => None,
+        };
+        Ok(Permit {
+            request,
+            connection,
         })
+    }
+
+    /// A place within `target`'s limit of requests in flight only: for a request from
+    /// another cluster's proxy, which the sending proxy held to the rest of the limits.
+    fn admit_from_peer(
+        &self,
+        settings: &BalanceSettings,
+        target: &Target,
+    ) -> Result<Permit, Box<ProxyResponse>> {
+        let requests = self
+            .limiters(settings, target)
+            .and_then(|l| l.requests.clone());
+        let request = match requests {
+            Some(requests) => {
+                Some((requests.try_acquire_owned()).map_err(|_| self.overflow(target))?)
+            }
+            None => None,
+        };
+        Ok(Permit {
+            request,
+            connection: None,
+        })
+    }
+
+    /// The answer to a request over a limit, counted.
+    fn overflow(&self, target: &Target) -> Box<ProxyResponse> {
+        self.metrics
+            .overflows
+            .get_or_create(&ProxyMetrics::service(&target.host))
+            .inc();
+        Box::new(answer(StatusCode::SERVICE_UNAVAILABLE, "overflow"))
+    }
+
+    /// A place among `target`'s retries in flight: `Some(None)` when they are not
+    /// limited, `None` (counted) when the limit is reached and the try is not to be
+    /// retried.
+    fn retry_permit(
+        &self,
+        settings: &BalanceSettings,
+        target: &Target,
+    ) -> Option<Option<tokio::sync::OwnedSemaphorePermit>> {
+        let Some(retries) = self
+            .limiters(settings, target)
+            .and_then(|l| l.retries.clone())
+        else {
+            return Some(None);
+        };
+        match retries.try_acquire_owned() {
+            Ok(permit) => Some(Some(permit)),
+            Err(_) => {
+                self.metrics
+                    .retry_overflows
+                    .get_or_create(&ProxyMetrics::service(&target.host))
+                    .inc();
+                None
+            }
+        }
     }
 
     /// Counts a try's outcome for outlier detection, when the service has it.
@@ -1501,10 +1597,19 @@ impl Outbound {
         let mut tried_destinations: Vec<usize> = Vec::new();
         let mut last = None;
         let mut tries = 0u32;
+        // A retry's place among the service's retries in flight, held while it is tried.
+        let mut _retrying = None;
         for attempt in 0..=policy.attempts {
             // A body forwarded as it arrived, and not whole: no try can send it again.
             if attempt > 0 && !body.can_send_again() {
                 break;
+            }
+            if attempt > 0 {
+                // Over the service's limit of retries in flight, the last answer stands.
+                let Some(permit) = self.retry_permit(settings, target) else {
+                    break;
+                };
+                _retrying = permit;
             }
             let Some(hop) = self.next_hop(
                 settings,
@@ -2137,8 +2242,70 @@ fn answered(sent: Result<ProxyResponse, SendError>) -> Try {
     }
 }
 
-/// A place among a service's requests in flight, when its DestinationRule limits them.
-type Permit = Option<tokio::sync::OwnedSemaphorePermit>;
+/// A request's places within its service's connection-pool limits, held while it is in
+/// flight (a streamed answer's until it ends).
+#[derive(Default)]
+struct Permit {
+    request: Option<tokio::sync::OwnedSemaphorePermit>,
+    connection: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Permit {
+    /// Whether it holds any place.
+    fn holds(&self) -> bool {
+        self.request.is_some() || self.connection.is_some()
+    }
+}
+
+/// A request waiting for a connection under its service's limit: its place among the
+/// pending requests, counted in the `pending_requests` gauge until it stops waiting
+/// (given a connection, or given up by its client).
+struct Waiting {
+    gauge: prometheus_client::metrics::gauge::Gauge,
+    _place: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Waiting {
+    fn new(
+        gauge: prometheus_client::metrics::gauge::Gauge,
+        place: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Waiting {
+        gauge.inc();
+        Waiting {
+            gauge,
+            _place: place,
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// One service's (or subset's) connection-pool limiters ([`PoolLimits`]).
+struct Limiters {
+    /// The limits they were made for.
+    limits: PoolLimits,
+    requests: Option<Arc<tokio::sync::Semaphore>>,
+    connections: Option<Arc<tokio::sync::Semaphore>>,
+    pending: Option<Arc<tokio::sync::Semaphore>>,
+    retries: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+impl Limiters {
+    fn new(limits: PoolLimits) -> Limiters {
+        let make = |n: Option<u32>| n.map(|n| Arc::new(tokio::sync::Semaphore::new(n as usize)));
+        Limiters {
+            limits,
+            requests: make(limits.requests),
+            connections: make(limits.connections),
+            pending: make(limits.pending),
+            retries: make(limits.retries),
+        }
+    }
+}
 
 /// An answer of `status` alone, for an h2 stream.
 fn bare(status: StatusCode) -> Response<()> {

@@ -1,10 +1,12 @@
 //! The outbound listener end to end, in-process: real backends and the real proxy on
 //! loopback, HTTP/1.1 and h2c clients, and raw bytes for the malformed cases.
 
+mod common;
 mod grpc;
 mod upload;
 mod websocket;
 
+use common::eventually;
 use grpc::{
     check_echo_through, check_events_through, client_through, echo_endpoint,
     echo_reachable_through, event_endpoint, grpc_endpoint, noting_echo_endpoint, watch_through,
@@ -155,27 +157,6 @@ spec:
     outlierDetection: {{consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 1s, maxEjectionPercent: 100}}
 ---
 apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: limited, namespace: shop}}
-spec:
-  host: limited.example
-  trafficPolicy:
-    connectionPool: {{http: {{http2MaxRequests: 1}}}}
-  subsets:
-  - {{name: slow, labels: {{version: slow}}}}
-  - {{name: fast, labels: {{version: fast}}}}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: limited, namespace: shop}}
-spec:
-  hosts: [limited.example]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  endpoints:
-{}{}---
-apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: eject, namespace: shop}}
 spec:
@@ -183,19 +164,6 @@ spec:
   http:
   - retries: {{attempts: 0}}
     route: [{{destination: {{host: eject.example}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: limited, namespace: shop}}
-spec:
-  hosts: [limited.example]
-  http:
-  - match: [{{uri: {{prefix: /hang}}}}]
-    timeout: 3s
-    retries: {{attempts: 0}}
-    route: [{{destination: {{host: limited.example, subset: slow}}}}]
-  - retries: {{attempts: 0}}
-    route: [{{destination: {{host: limited.example, subset: fast}}}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -239,8 +207,6 @@ spec:
         endpoint(slow, "v1", "east"),
         endpoint(v1, "v1", "east"),
         endpoint(v2, "v2", "east"),
-        endpoint(slow, "slow", "east"),
-        endpoint(v1, "fast", "east"),
     );
     let proxy = start_east(&yaml, None).await;
     Mesh { proxy }
@@ -1043,6 +1009,157 @@ async fn a_draining_proxy_lets_requests_finish_then_closes_each_connection() {
     assert!(proxy.drained(Duration::from_secs(5)).await, "none left");
 }
 
+/// A DestinationRule for `host` with the connection-pool settings `pool` (YAML flow).
+fn pool_rule(host: &str, pool: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+         metadata: {{name: limits, namespace: shop}}\n\
+         spec:\n  host: {host}\n  trafficPolicy:\n    \
+         loadBalancer: {{simple: ROUND_ROBIN}}\n    connectionPool: {pool}\n"
+    )
+}
+
+/// Istio's circuit-breaking task: one connection and one pending request allowed. The
+/// first request takes the connection, the second waits for it, a third is answered
+/// 503 `overflow` at once; the waiting one goes on once the first is done.
+#[tokio::test]
+async fn over_the_connection_limit_a_request_waits_and_past_the_pending_limit_overflows() {
+    let (endpoint, release, mut arrived) = holding_endpoint().await;
+    let yaml = http_entry("slow", "slow.example", &[endpoint.port()])
+        + "---\n"
+        + &pool_rule(
+            "slow.example",
+            "{tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}",
+        );
+    let proxy = start_east(&yaml, None).await;
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nhost: slow.example\r\n\r\n");
+    let mut first = sent_on(&proxy, get("/held").as_bytes()).await;
+    tokio::time::timeout(Duration::from_secs(5), arrived.recv())
+        .await
+        .expect("the first request reaches the endpoint")
+        .expect("the endpoint runs");
+    let mut waiting = sent_on(&proxy, get("/held").as_bytes()).await;
+    let pending = "fulcrum_proxy_pending_requests{service=\"slow.example\"} 1\n";
+    eventually(
+        "the second request waits",
+        Duration::from_secs(5),
+        || async {
+            let metrics = send(proxy.admin_address(), "admin", "/metrics", false).await;
+            match metrics.body.contains(pending) {
+                true => Ok(()),
+                false => Err("not waiting yet".to_string()),
+            }
+        },
+    )
+    .await;
+    let overflow = send(proxy.outbound_address(), "slow.example", "/quick", false).await;
+    assert_eq!(overflow.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(overflow.headers[REASON_HEADER], "overflow");
+    assert!(
+        arrived.try_recv().is_err(),
+        "the second request waits for the connection"
+    );
+    release.send_replace(true);
+    for stream in [&mut first, &mut waiting] {
+        let text = read_until(stream, "held").await;
+        assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    }
+    let after = send(proxy.outbound_address(), "slow.example", "/quick", false).await;
+    assert_eq!(after.status, StatusCode::OK, "the places are given back");
+    let metrics = send(proxy.admin_address(), "admin", "/metrics", false).await;
+    assert!(
+        metrics
+            .body
+            .contains("fulcrum_proxy_overflows_total{service=\"slow.example\"} "),
+        "{}",
+        metrics.body
+    );
+}
+
+/// Two endpoints sharing one count of the requests they get: the first and third are
+/// answered 503 at once, the second only once `release` turns true, the rest 200 at once.
+/// Says each request's number on the receiver.
+async fn sequenced_endpoints() -> (
+    [SocketAddr; 2],
+    tokio::sync::watch::Sender<bool>,
+    tokio::sync::mpsc::UnboundedReceiver<usize>,
+) {
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (release, released) = tokio::sync::watch::channel(false);
+    let (came, arrived) = tokio::sync::mpsc::unbounded_channel();
+    let mut addresses = Vec::new();
+    for _ in 0..2 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        addresses.push(listener.local_addr().expect("address"));
+        let (count, released, came) = (count.clone(), released.clone(), came.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (count, released, came) = (count.clone(), released.clone(), came.clone());
+                let service = service_fn(move |_: Request<Incoming>| {
+                    let (mut released, came) = (released.clone(), came.clone());
+                    let number = count.fetch_add(1, Ordering::SeqCst) + 1;
+                    async move {
+                        let _ = came.send(number);
+                        if number == 2 {
+                            let _ = released.wait_for(|r| *r).await;
+                        }
+                        let status = match number {
+                            1 | 3 => StatusCode::SERVICE_UNAVAILABLE,
+                            _ => StatusCode::OK,
+                        };
+                        let mut answer = Response::new(Full::new(Bytes::from("answer")));
+                        *answer.status_mut() = status;
+                        Ok::<_, Infallible>(answer)
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+    }
+    ([addresses[0], addresses[1]], release, arrived)
+}
+
+/// `http.maxRetries: 1`: while one request's retry is in flight, another's failed try
+/// is not retried, and its answer stands.
+#[tokio::test]
+async fn past_the_retry_limit_a_failed_try_is_not_retried() {
+    let (endpoints, release, mut arrived) = sequenced_endpoints().await;
+    let yaml = http_entry(
+        "flaky",
+        "flaky.example",
+        &[endpoints[0].port(), endpoints[1].port()],
+    ) + "---\n"
+        + &pool_rule("flaky.example", "{http: {maxRetries: 1}}")
+        + "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+           metadata: {name: flaky, namespace: shop}\n\
+           spec:\n  hosts: [flaky.example]\n  http:\n  \
+           - route: [{destination: {host: flaky.example}}]\n    \
+             retries: {attempts: 2, retryOn: 5xx}\n";
+    let proxy = start_east(&yaml, None).await;
+    let address = proxy.outbound_address();
+    let retried = tokio::spawn(async move { send(address, "flaky.example", "/", false).await });
+    for expected in [1, 2] {
+        let number = tokio::time::timeout(Duration::from_secs(5), arrived.recv())
+            .await
+            .expect("the try reaches an endpoint")
+            .expect("the endpoints run");
+        assert_eq!(number, expected);
+    }
+    // The first request's retry holds the only place: the second's 503 stands.
+    let refused = send(address, "flaky.example", "/", false).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers["x-fulcrum-attempts"], "1");
+    release.send_replace(true);
+    let answer = retried.await.expect("the first request");
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.headers["x-fulcrum-attempts"], "2");
+    let seen: Vec<usize> = std::iter::from_fn(|| arrived.try_recv().ok()).collect();
+    assert_eq!(seen, vec![3], "the second request was tried once");
+}
+
 #[tokio::test]
 async fn a_client_still_sending_its_body_reads_an_early_answer_then_the_close() {
     // The endpoint answers as soon as it has the head, without reading the body.
@@ -1468,35 +1585,69 @@ async fn a_failing_endpoint_is_ejected_then_returns() {
 
 #[tokio::test]
 async fn over_the_connection_pool_limit_the_answer_is_503_overflow() {
-    let mesh = mesh().await;
-    let proxy = mesh.proxy.outbound_address();
-    // One request may be in flight: while one hangs on the slow endpoint, a quick one is
-    // refused at once (before it is admitted, the quick ones pass).
-    let hang =
-        move || tokio::spawn(async move { send(proxy, "limited.example", "/hang", false).await });
-    let mut hanging = hang();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        if hanging.is_finished() {
-            // It arrived while a quick one held the only slot (the proxy's workers serve
-            // both at once): refused the same way. Send it again.
-            let a = hanging.await.expect("the hanging request's task");
-            assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
-            assert_eq!(a.headers[REASON_HEADER], "overflow");
-            hanging = hang();
-        }
-        let a = send(proxy, "limited.example", "/", false).await;
-        if a.status == StatusCode::SERVICE_UNAVAILABLE {
-            assert_eq!(a.headers[REASON_HEADER], "overflow");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never over the limit: {}",
-            a.status
-        );
-    }
-    hanging.abort();
+    let (endpoint, release, mut arrived) = holding_endpoint().await;
+    // Both subsets select the one endpoint; each is its own Envoy cluster, with its own
+    // limit of one request in flight.
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: limited, namespace: shop}}
+spec:
+  hosts: [limited.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a, labels: {{version: v1}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: limited, namespace: shop}}
+spec:
+  host: limited.example
+  trafficPolicy:
+    connectionPool: {{http: {{http2MaxRequests: 1}}}}
+  subsets:
+  - {{name: a, labels: {{version: v1}}}}
+  - {{name: b, labels: {{version: v1}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: limited, namespace: shop}}
+spec:
+  hosts: [limited.example]
+  http:
+  - match: [{{headers: {{subset: {{exact: b}}}}}}]
+    route: [{{destination: {{host: limited.example, subset: b}}}}]
+  - route: [{{destination: {{host: limited.example, subset: a}}}}]
+"#,
+        endpoint.port()
+    );
+    let proxy = start_east(&yaml, None).await;
+    let mut held = sent_on(
+        &proxy,
+        b"GET /held HTTP/1.1\r\nhost: limited.example\r\n\r\n",
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(5), arrived.recv())
+        .await
+        .expect("the first request reaches the endpoint")
+        .expect("the endpoint runs");
+    let refused = send(proxy.outbound_address(), "limited.example", "/quick", false).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers[REASON_HEADER], "overflow");
+    let other = raw(
+        proxy.outbound_address(),
+        b"GET /quick HTTP/1.1\r\nhost: limited.example\r\nsubset: b\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        other, "HTTP/1.1 200 OK",
+        "the other subset has its own limit"
+    );
+    release.send_replace(true);
+    let text = read_until(&mut held, "held").await;
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
 }
 
 #[tokio::test]
