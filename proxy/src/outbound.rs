@@ -1135,7 +1135,13 @@ impl Outbound {
         // Looked up once for the request: the pool's limit, then the tries' balancer, hash
         // source and outlier detection.
         let settings = discovery.balance(&forward.target.host, &forward.target.subset);
-        let permit = match self.admit(settings, &forward.target).await {
+        // Boxed: most services set no limits, and the wait for a place would otherwise
+        // be part of every request's future.
+        let admitted = match settings.limits.any() {
+            true => Box::pin(self.admit(settings, &forward.target)).await,
+            false => Ok(Permit::default()),
+        };
+        let permit = match admitted {
             Ok(permit) => permit,
             Err(response) => return *response,
         };
