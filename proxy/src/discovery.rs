@@ -20,6 +20,7 @@ use http::HeaderValue;
 
 use crate::FastMap;
 use crate::balance::{LbPolicy, OutlierSettings};
+use crate::upstream::PoolSettings;
 
 /// Istio's label naming the cluster a workload runs in.
 pub const CLUSTER_LABEL: &str = "topology.istio.io/cluster";
@@ -57,6 +58,8 @@ pub struct BalanceSettings {
     pub outlier: Option<OutlierSettings>,
     /// The DestinationRule's connection-pool limits.
     pub limits: PoolLimits,
+    /// And its settings for each connection.
+    pub pool: PoolSettings,
 }
 
 /// A DestinationRule's `connectionPool` limits, Envoy's circuit breakers: each off
@@ -161,12 +164,34 @@ static DEFAULT_BALANCE: BalanceSettings = BalanceSettings {
         pending: None,
         retries: None,
     },
+    pool: PoolSettings {
+        connect_timeout: None,
+        max_requests_per_connection: None,
+    },
 };
 
 /// Endpoints read from ServiceEntry objects.
 #[derive(Debug, Clone, Default)]
 pub struct StaticDiscovery {
     services: FastMap<String, Service>,
+}
+
+/// A DestinationRule's settings for each connection: `tcp.connectTimeout` and
+/// `http.maxRequestsPerConnection` (0, Istio's default: unlimited).
+fn pool_settings(pool: Option<&ConnectionPoolSettings>) -> PoolSettings {
+    let (tcp, http) = (
+        pool.and_then(|p| p.tcp.as_ref()),
+        pool.and_then(|p| p.http.as_ref()),
+    );
+    PoolSettings {
+        connect_timeout: tcp
+            .and_then(|t| t.connect_timeout)
+            .and_then(|t| t.to_std())
+            .filter(|t| !t.is_zero()),
+        max_requests_per_connection: http
+            .and_then(|h| u32::try_from(h.max_requests_per_connection).ok())
+            .filter(|n| *n > 0),
+    }
 }
 
 /// How a service is balanced under `policy`; `h2`: the service is spoken to in h2.
@@ -178,6 +203,7 @@ fn balance_of(policy: Option<&TrafficPolicy>, h2: bool) -> Option<BalanceSetting
             .as_ref()
             .map(OutlierSettings::from_rule),
         limits: PoolLimits::of(policy.connection_pool.as_ref(), h2),
+        pool: pool_settings(policy.connection_pool.as_ref()),
         ..BalanceSettings::default()
     };
     if let Some(lb) = &policy.load_balancer {
@@ -579,8 +605,8 @@ spec:
   host: web.shop.example
   trafficPolicy:
     connectionPool:
-      tcp: {maxConnections: 1}
-      http: {http1MaxPendingRequests: 2, http2MaxRequests: 3, maxRetries: 4}
+      tcp: {maxConnections: 1, connectTimeout: 25ms}
+      http: {http1MaxPendingRequests: 2, http2MaxRequests: 3, maxRetries: 4, maxRequestsPerConnection: 5}
   subsets:
   - name: v1
     labels: {version: v1}
@@ -608,6 +634,13 @@ spec:
             retries: Some(4),
         };
         assert_eq!(limits("web.shop.example", ""), all);
+        assert_eq!(
+            east.balance("web.shop.example", "").pool,
+            PoolSettings {
+                connect_timeout: Some(std::time::Duration::from_millis(25)),
+                max_requests_per_connection: Some(5),
+            }
+        );
         // The subset's own setting over the rule's.
         assert_eq!(
             limits("web.shop.example", "v1").connections,

@@ -1648,8 +1648,14 @@ impl Outbound {
                     tried.push(endpoint.address);
                     // Boxed, as the next: a try's state is kilobytes, and inline it would
                     // be copied with every future that holds this one, on every request.
-                    let result =
-                        Box::pin(self.try_local(upstreams, parts, forward, endpoint, body)).await;
+                    let result = Box::pin(self.try_local(
+                        upstreams,
+                        parts,
+                        forward,
+                        (endpoint, settings),
+                        body,
+                    ))
+                    .await;
                     (result, self.cluster.as_str(), &self.locality)
                 }
                 Hop::Remote {
@@ -1897,12 +1903,13 @@ impl Outbound {
         Some(endpoints[i].clone())
     }
 
+    /// One try on `endpoint` of this cluster, under its service's `settings`.
     async fn try_local(
         &self,
         upstreams: &Upstreams,
         parts: &http::request::Parts,
         forward: &Forward,
-        endpoint: &Endpoint,
+        (endpoint, settings): (&Endpoint, &BalanceSettings),
         body: &RequestBody,
     ) -> Try {
         if endpoint.h2 {
@@ -1918,7 +1925,7 @@ impl Outbound {
             ToSend::Gone => return Try::Reset(NOT_AGAIN.into()),
         };
         let request = match http1_request(parts, forward, sent) {
-            Ok(r) => r,
+            Ok(r) => r.with_pool(settings.pool),
             Err(e) => return Try::Reset(e),
         };
         let in_flight = InFlight::enter(&self.in_flight, endpoint.address);

@@ -107,6 +107,7 @@ impl Http1Pool {
         let head_only = request.method == Method::HEAD;
         let replayable = is_idempotent(&request.method);
         while let Some(mut connection) = self.take(address) {
+            connection.carries(&request.pool);
             match connection.exchange(message, rest, head_only).await {
                 Ok((head, body)) => return Ok(self.answered(address, connection, head, body)),
                 Err(Failure::Closed { sent }) if !sent || replayable => continue,
@@ -120,7 +121,8 @@ impl Http1Pool {
         }
         // Boxed: a connection attempt's state would otherwise be part of (and be copied
         // with) every request's future, though most requests reuse a connection.
-        let mut connection = Box::pin(self.connect(address)).await?;
+        let mut connection = Box::pin(self.connect(address, request.pool.connect_timeout)).await?;
+        connection.carries(&request.pool);
         match connection.exchange(message, rest, head_only).await {
             Ok((head, body)) => Ok(self.answered(address, connection, head, body)),
             Err(Failure::Closed { .. }) => Err(UpstreamError::Reset(
@@ -157,7 +159,7 @@ impl Http1Pool {
                 done => return done.map_err(failed),
             }
         }
-        let connection = Box::pin(self.connect(address)).await?;
+        let connection = Box::pin(self.connect(address, request.pool.connect_timeout)).await?;
         (self.exchange_on(address, connection, request, body).await).map_err(failed)
     }
 
@@ -170,6 +172,7 @@ impl Http1Pool {
         body: &mut Forwarding,
     ) -> Result<Answer, Failure> {
         let head_only = request.method == Method::HEAD;
+        connection.carries(&request.pool);
         connection.send(&request.message, &[]).await?;
         let all_sent = connection.send_arriving(body, request.chunked).await?;
         let (head, answer) = connection.answer(head_only).await?;
@@ -227,7 +230,15 @@ impl Http1Pool {
         None
     }
 
+    /// Keeps `connection` for the next request to `address`, unless it has carried as
+    /// many as its service allows.
     fn put(&self, address: SocketAddr, connection: Connection) {
+        if connection
+            .carries_at_most
+            .is_some_and(|most| connection.carried >= most)
+        {
+            return;
+        }
         if let Ok(mut idle) = self.idle.lock() {
             let connections = idle.entry(address).or_default();
             if connections.len() < MAX_IDLE_PER_ENDPOINT {
@@ -250,21 +261,29 @@ impl Http1Pool {
         idle.values().map(Vec::len).sum()
     }
 
-    async fn connect(&self, address: SocketAddr) -> Result<Connection, UpstreamError> {
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(address)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => return Err(UpstreamError::Connect(e.to_string())),
-                Err(_) => {
-                    return Err(UpstreamError::Connect(format!(
-                        "no connection within {}ms",
-                        self.connect_timeout.as_millis()
-                    )));
-                }
-            };
+    /// A new connection to `address`, within `within` if given, else the pool's
+    /// connect timeout.
+    async fn connect(
+        &self,
+        address: SocketAddr,
+        within: Option<Duration>,
+    ) -> Result<Connection, UpstreamError> {
+        let within = within.unwrap_or(self.connect_timeout);
+        let stream = match tokio::time::timeout(within, TcpStream::connect(address)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(UpstreamError::Connect(e.to_string())),
+            Err(_) => {
+                return Err(UpstreamError::Connect(format!(
+                    "no connection within {}ms",
+                    within.as_millis()
+                )));
+            }
+        };
         let _ = stream.set_nodelay(true);
         Ok(Connection {
             wire: Wire::new(stream, "the endpoint"),
+            carried: 0,
+            carries_at_most: None,
         })
     }
 }
@@ -287,6 +306,19 @@ pub struct Http1Request {
     rest: Bytes,
     /// The body is still to come, in chunks ([`Http1RequestWriter::finish_arriving`]).
     chunked: bool,
+    /// Its service's connection settings.
+    pool: PoolSettings,
+}
+
+/// A service's settings for its connections (a DestinationRule's `connectionPool`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// How long a new connection may take (`tcp.connectTimeout`); the pool's own when
+    /// none.
+    pub connect_timeout: Option<Duration>,
+    /// How many requests a connection carries before it is closed
+    /// (`http.maxRequestsPerConnection`); unlimited when none.
+    pub max_requests_per_connection: Option<u32>,
 }
 
 /// A request's body, as an [`Http1Request`] frames it.
@@ -384,6 +416,7 @@ impl Http1RequestWriter {
             message: self.out,
             rest: Bytes::new(),
             chunked: length.is_none(),
+            pool: PoolSettings::default(),
         }
     }
 
@@ -408,11 +441,18 @@ impl Http1RequestWriter {
             message: self.out,
             rest,
             chunked: false,
+            pool: PoolSettings::default(),
         }
     }
 }
 
 impl Http1Request {
+    /// Sent under its service's connection settings.
+    pub fn with_pool(mut self, pool: PoolSettings) -> Http1Request {
+        self.pool = pool;
+        self
+    }
+
     /// The bytes of the first write: the head, and the body when small.
     pub(crate) fn message(&self) -> &[u8] {
         &self.message
@@ -448,6 +488,18 @@ impl From<String> for Failure {
 /// An open connection to an endpoint.
 struct Connection {
     wire: Wire,
+    /// Requests sent on it.
+    carried: u32,
+    /// The most it may carry, when its service limits that.
+    carries_at_most: Option<u32>,
+}
+
+impl Connection {
+    /// Counts a request of a service with `pool` settings sent on it.
+    fn carries(&mut self, pool: &PoolSettings) {
+        self.carried += 1;
+        self.carries_at_most = pool.max_requests_per_connection;
+    }
 }
 
 /// How an answer's body is delimited (RFC 9112 §6.3).
@@ -1261,6 +1313,59 @@ mod tests {
             assert_eq!(&whole(&answer), &Bytes::from(n.to_string()));
         }
         assert_eq!(connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_carries_at_most_its_services_requests_per_connection() {
+        let (address, connections) = endpoint(false).await;
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
+        let settings = PoolSettings {
+            max_requests_per_connection: Some(2),
+            ..PoolSettings::default()
+        };
+        let mut numbers = Vec::new();
+        for _ in 0..5 {
+            let request = plain(address).with_pool(settings);
+            let answer = pool.exchange(address, &request).await.unwrap();
+            numbers.push(String::from_utf8_lossy(&whole(&answer)).into_owned());
+        }
+        assert_eq!(numbers, ["1", "2", "1", "2", "1"]);
+        assert_eq!(connections.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_services_connect_timeout_is_the_one_that_holds() {
+        // A listener with a backlog of one that never accepts: once the backlog is full,
+        // the kernel drops new connection attempts, and a connect waits.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = socket.local_addr().unwrap();
+        let _listener = socket.listen(1).unwrap();
+        let mut fillers = Vec::new();
+        loop {
+            let within = Duration::from_millis(200);
+            match std::net::TcpStream::connect_timeout(&address, within) {
+                Ok(stream) => fillers.push(stream),
+                Err(_) => break,
+            }
+            assert!(fillers.len() < 64, "the backlog never filled");
+        }
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(30)));
+        let settings = PoolSettings {
+            connect_timeout: Some(Duration::from_millis(50)),
+            ..PoolSettings::default()
+        };
+        let request = plain(address).with_pool(settings);
+        let exchanged =
+            tokio::time::timeout(Duration::from_secs(5), pool.exchange(address, &request))
+                .await
+                .expect("within the service's timeout, not the pool's 30 s");
+        match exchanged {
+            Err(UpstreamError::Connect(e)) => {
+                assert!(e.contains("no connection within 50ms"), "{e}")
+            }
+            other => panic!("expected a connect error, got {other:?}"),
+        }
     }
 
     #[tokio::test]
