@@ -233,22 +233,8 @@ async fn a_node_refuses_raft_calls_meant_for_another() {
     support::make_certs(dir.path(), 3);
     let (first, a1) = support::reserve().await;
     let (second, a2) = support::reserve().await;
-    let members: std::collections::BTreeMap<u64, String> =
-        [(1, a1.clone()), (2, a2.clone()), (3, a1.clone())].into();
-    let mut nodes = std::collections::BTreeMap::new();
-    for (id, listener, address) in [(1, first, &a1), (2, second, &a2)] {
-        let mut c = support::config(dir.path(), id, address);
-        c.bootstrap = Bootstrap::Members(members.clone());
-        let node = Coordinator::start_on(c, listener)
-            .await
-            .expect("node starts");
-        nodes.insert(id, node);
-    }
-    let group = Group {
-        dir,
-        nodes,
-        addresses: [(1, a1), (2, a2)].into(),
-    };
+    let members = [(1, a1.clone()), (2, a2), (3, a1)].into();
+    let group = Group::start_on(dir, [(1, first), (2, second)].into(), members).await;
     let leader = group.leader().await;
     apply(&group, leader, MESH)
         .await

@@ -29,7 +29,7 @@ pub fn tee(body: ArrivingBody, copies: usize, limit: usize) -> (ArrivingBody, Ve
     let copies = queues
         .iter()
         .map(|queue| {
-            Copy {
+            Copied {
                 queue: Arc::clone(queue),
                 length,
             }
@@ -173,13 +173,13 @@ impl Drop for Tee {
 }
 
 /// One mirror's copy.
-struct Copy {
+struct Copied {
     queue: Arc<Mutex<Queue>>,
     /// What is still to come, when the client declared a length.
     length: Option<u64>,
 }
 
-impl Body for Copy {
+impl Body for Copied {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -216,7 +216,7 @@ impl Body for Copy {
     }
 }
 
-impl Drop for Copy {
+impl Drop for Copied {
     /// A mirror that no longer reads its copy (its request failed, or ended early) is
     /// queued nothing more.
     fn drop(&mut self) {

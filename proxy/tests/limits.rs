@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use process::{Running, two_free_addresses, wait_for};
+use process::{Running, service_file, two_free_addresses, wait_for};
 
 /// A backend answering every request on a connection with `200 ok`.
 fn backend() -> SocketAddr {
@@ -55,24 +55,7 @@ fn get(proxy: SocketAddr) -> Result<String, String> {
 fn out_of_file_descriptors_the_proxy_pauses_accepting_then_recovers() {
     let backend = backend();
     let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(
-        dir.path().join("limits.yaml"),
-        format!(
-            r#"apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: limits, namespace: shop}}
-spec:
-  hosts: [limits.example]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  endpoints:
-  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: r1/z1}}
-"#,
-            backend.port()
-        ),
-    )
-    .expect("config");
+    let config = service_file(dir.path(), "limits", backend);
     let log = dir.path().join("proxy.log");
     let (proxy, admin) = two_free_addresses();
     // About 17 descriptors are open once it serves; 24 leaves room for a few connections.
@@ -82,7 +65,7 @@ spec:
         .arg(env!("CARGO_BIN_EXE_fulcrum-proxy"))
         .args(["--cluster", "east", "--locality", "r1/z1", "--workers", "1"])
         .arg("--config")
-        .arg(dir.path().join("limits.yaml"))
+        .arg(&config)
         .args(["--listen", &proxy.to_string()])
         .args(["--admin", &admin.to_string()])
         .env("RUST_LOG", "warn")

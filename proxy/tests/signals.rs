@@ -9,7 +9,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use process::{Running, two_free_addresses, wait_for};
+use process::{Running, service_file, two_free_addresses, wait_for};
 
 /// A backend answering `/held` only once the test sends on the returned sender (saying
 /// on the returned receiver that such a request came), anything else at once.
@@ -46,25 +46,7 @@ fn holding_backend() -> (SocketAddr, mpsc::Sender<()>, mpsc::Receiver<()>) {
 /// The proxy binary, routing `slow.example` to `backend`, draining for `drain`.
 fn start_proxy(backend: SocketAddr, drain: &str) -> (Running, SocketAddr, SocketAddr) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("slow.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: slow, namespace: shop}}
-spec:
-  hosts: [slow.example]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  endpoints:
-  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: r1/z1}}
-"#,
-            backend.port()
-        ),
-    )
-    .expect("config");
+    let config = service_file(dir.path(), "slow", backend);
     let (proxy, admin) = two_free_addresses();
     let child = Command::new(env!("CARGO_BIN_EXE_fulcrum-proxy"))
         .args(["--cluster", "east", "--locality", "r1/z1", "--workers", "1"])

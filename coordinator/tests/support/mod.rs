@@ -129,14 +129,29 @@ impl Group {
             sockets.insert(id, listener);
             addresses.insert(id, address);
         }
+        let members = addresses.clone();
+        Group::start_on(dir, sockets, members).await
+    }
+
+    /// Starts a node on each of `sockets` (by node id), all with the initial membership
+    /// `members`, which may name nodes not started here; waits for a leader. `dir` holds
+    /// the certificates.
+    pub async fn start_on(
+        dir: tempfile::TempDir,
+        sockets: BTreeMap<u64, TcpListener>,
+        members: BTreeMap<u64, String>,
+    ) -> Group {
         let mut nodes = BTreeMap::new();
+        let mut addresses = BTreeMap::new();
         for (id, listener) in sockets {
-            let mut c = config(dir.path(), id, &addresses[&id]);
-            c.bootstrap = Bootstrap::Members(addresses.clone());
+            let address = listener.local_addr().expect("address").to_string();
+            let mut c = config(dir.path(), id, &address);
+            c.bootstrap = Bootstrap::Members(members.clone());
             let node = Coordinator::start_on(c, listener)
                 .await
                 .expect("node starts");
             nodes.insert(id, node);
+            addresses.insert(id, address);
         }
         let group = Group {
             dir,

@@ -2,6 +2,7 @@
 //! kills it when the test ends, and a wait for a condition.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -33,4 +34,29 @@ pub fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "{what}: not within {within:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Writes a configuration file in `dir` for the service `name` (host `NAME.example`,
+/// port 80, HTTP) whose one endpoint is `backend`, in locality r1/z1; returns its path.
+pub fn service_file(dir: &Path, name: &str, backend: SocketAddr) -> PathBuf {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  hosts: [{name}.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: r1/z1}}
+"#,
+            backend.port()
+        ),
+    )
+    .expect("config");
+    path
 }
