@@ -167,6 +167,7 @@ static DEFAULT_BALANCE: BalanceSettings = BalanceSettings {
     pool: PoolSettings {
         connect_timeout: None,
         max_requests_per_connection: None,
+        idle_timeout: None,
     },
 };
 
@@ -176,8 +177,9 @@ pub struct StaticDiscovery {
     services: FastMap<String, Service>,
 }
 
-/// A DestinationRule's settings for each connection: `tcp.connectTimeout` and
-/// `http.maxRequestsPerConnection` (0, Istio's default: unlimited).
+/// A DestinationRule's settings for each connection: `tcp.connectTimeout`,
+/// `http.maxRequestsPerConnection` (0, Istio's default: unlimited) and
+/// `http.idleTimeout`.
 fn pool_settings(pool: Option<&ConnectionPoolSettings>) -> PoolSettings {
     let (tcp, http) = (
         pool.and_then(|p| p.tcp.as_ref()),
@@ -191,6 +193,10 @@ fn pool_settings(pool: Option<&ConnectionPoolSettings>) -> PoolSettings {
         max_requests_per_connection: http
             .and_then(|h| u32::try_from(h.max_requests_per_connection).ok())
             .filter(|n| *n > 0),
+        idle_timeout: http
+            .and_then(|h| h.idle_timeout)
+            .and_then(|t| t.to_std())
+            .filter(|t| !t.is_zero()),
     }
 }
 
@@ -606,7 +612,7 @@ spec:
   trafficPolicy:
     connectionPool:
       tcp: {maxConnections: 1, connectTimeout: 25ms}
-      http: {http1MaxPendingRequests: 2, http2MaxRequests: 3, maxRetries: 4, maxRequestsPerConnection: 5}
+      http: {http1MaxPendingRequests: 2, http2MaxRequests: 3, maxRetries: 4, maxRequestsPerConnection: 5, idleTimeout: 30s}
   subsets:
   - name: v1
     labels: {version: v1}
@@ -639,6 +645,7 @@ spec:
             PoolSettings {
                 connect_timeout: Some(std::time::Duration::from_millis(25)),
                 max_requests_per_connection: Some(5),
+                idle_timeout: Some(std::time::Duration::from_secs(30)),
             }
         );
         // The subset's own setting over the rule's.

@@ -222,8 +222,8 @@ impl Http1Pool {
     fn take(&self, address: SocketAddr) -> Option<Connection> {
         let mut idle = self.idle.lock().ok()?;
         let connections = idle.get_mut(&address)?;
-        while let Some((connection, _)) = connections.pop() {
-            if connection.still_open() {
+        while let Some((connection, since)) = connections.pop() {
+            if connection.fresh(since, IDLE_TIMEOUT) {
                 return Some(connection);
             }
         }
@@ -254,8 +254,7 @@ impl Http1Pool {
             return 0;
         };
         idle.retain(|_, connections| {
-            connections
-                .retain(|(connection, since)| since.elapsed() < timeout && connection.still_open());
+            connections.retain(|(connection, since)| connection.fresh(*since, timeout));
             !connections.is_empty()
         });
         idle.values().map(Vec::len).sum()
@@ -284,6 +283,7 @@ impl Http1Pool {
             wire: Wire::new(stream, "the endpoint"),
             carried: 0,
             carries_at_most: None,
+            idle_timeout: None,
         })
     }
 }
@@ -319,6 +319,9 @@ pub struct PoolSettings {
     /// How many requests a connection carries before it is closed
     /// (`http.maxRequestsPerConnection`); unlimited when none.
     pub max_requests_per_connection: Option<u32>,
+    /// How long a connection may sit idle before it is closed (`http.idleTimeout`), when
+    /// shorter than the pool's own [`IDLE_TIMEOUT`].
+    pub idle_timeout: Option<Duration>,
 }
 
 /// A request's body, as an [`Http1Request`] frames it.
@@ -492,6 +495,8 @@ struct Connection {
     carried: u32,
     /// The most it may carry, when its service limits that.
     carries_at_most: Option<u32>,
+    /// How long it may sit idle, when its service says.
+    idle_timeout: Option<Duration>,
 }
 
 impl Connection {
@@ -499,6 +504,14 @@ impl Connection {
     fn carries(&mut self, pool: &PoolSettings) {
         self.carried += 1;
         self.carries_at_most = pool.max_requests_per_connection;
+        self.idle_timeout = pool.idle_timeout;
+    }
+
+    /// Whether it may still be used after sitting idle since `since`, the pool closing
+    /// connections idle for `timeout`.
+    fn fresh(&self, since: Instant, timeout: Duration) -> bool {
+        let timeout = self.idle_timeout.map_or(timeout, |t| t.min(timeout));
+        since.elapsed() < timeout && self.still_open()
     }
 }
 
@@ -1331,6 +1344,31 @@ mod tests {
         }
         assert_eq!(numbers, ["1", "2", "1", "2", "1"]);
         assert_eq!(connections.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_past_its_services_idle_timeout_is_not_used_again() {
+        let (address, connections) = endpoint(false).await;
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
+        let idle = Duration::from_millis(100);
+        let settings = PoolSettings {
+            idle_timeout: Some(idle),
+            ..PoolSettings::default()
+        };
+        let request = plain(address).with_pool(settings);
+        for _ in 0..2 {
+            pool.exchange(address, &request).await.unwrap();
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 1, "reused while fresh");
+        // The scenario: the connection sits idle past its timeout.
+        tokio::time::sleep(idle * 2).await;
+        pool.exchange(address, &request).await.unwrap();
+        assert_eq!(connections.load(Ordering::SeqCst), 2, "a new one after");
+        assert_eq!(
+            pool.close_idle(Duration::from_secs(60)),
+            1,
+            "the new one kept"
+        );
     }
 
     #[tokio::test]
