@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use process::{Running, service_file, two_free_addresses, wait_for};
+use process::{Running, service_file, status_line, two_free_addresses, wait_for};
 
 /// A backend answering every request on a connection with `200 ok`.
 fn backend() -> SocketAddr {
@@ -33,22 +33,6 @@ fn backend() -> SocketAddr {
         }
     });
     address
-}
-
-/// One request on a new connection; the status line, or why there was none.
-fn get(proxy: SocketAddr) -> Result<String, String> {
-    let mut stream = TcpStream::connect(proxy).map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nhost: limits.example\r\nconnection: close\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut answer = String::new();
-    stream
-        .read_to_string(&mut answer)
-        .map_err(|e| e.to_string())?;
-    Ok(answer.lines().next().unwrap_or("").to_string())
 }
 
 #[test]
@@ -75,7 +59,7 @@ fn out_of_file_descriptors_the_proxy_pauses_accepting_then_recovers() {
         .expect("the proxy starts");
     let _running = Running(child);
     wait_for("the proxy serves", Duration::from_secs(10), || {
-        get(proxy).is_ok_and(|s| s.contains("200"))
+        status_line(proxy, "limits.example", "/").is_ok_and(|s| s.contains("200"))
     });
 
     // Connections beyond its descriptors wait in the listen queue.
@@ -91,7 +75,7 @@ fn out_of_file_descriptors_the_proxy_pauses_accepting_then_recovers() {
     // Closing them frees descriptors: it accepts and serves again.
     drop(held);
     wait_for("the proxy serves again", Duration::from_secs(10), || {
-        get(proxy).is_ok_and(|s| s.contains("200"))
+        status_line(proxy, "limits.example", "/").is_ok_and(|s| s.contains("200"))
     });
     let text = logged();
     assert_eq!(

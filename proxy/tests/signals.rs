@@ -9,7 +9,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use process::{Running, service_file, two_free_addresses, wait_for};
+use process::{Running, service_file, status_line, two_free_addresses, wait_for};
 
 /// A backend answering `/held` only once the test sends on the returned sender (saying
 /// on the returned receiver that such a request came), anything else at once.
@@ -67,24 +67,6 @@ fn start_proxy(backend: SocketAddr, drain: &str) -> (Running, SocketAddr, Socket
     // Read by now; the directory can go.
     drop(dir);
     (running, proxy, admin)
-}
-
-/// The status line of one request to `address` on a new connection.
-fn status_line(address: SocketAddr, host: &str, path: &str) -> Result<String, String> {
-    let mut stream = TcpStream::connect(address).map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .map_err(|e| e.to_string())?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
-    let mut answer = String::new();
-    stream
-        .read_to_string(&mut answer)
-        .map_err(|e| e.to_string())?;
-    Ok(answer.lines().next().unwrap_or("").to_string())
 }
 
 /// Sends `kill -SIGNAL` to the proxy.

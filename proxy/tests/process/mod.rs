@@ -1,7 +1,8 @@
 //! The proxy as a process, for tests that start the binary: its addresses, a guard that
 //! kills it when the test ends, and a wait for a condition.
 
-use std::net::{SocketAddr, TcpListener};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -59,4 +60,22 @@ spec:
     )
     .expect("config");
     path
+}
+
+/// The status line of one request to `address` on a new connection.
+pub fn status_line(address: SocketAddr, host: &str, path: &str) -> Result<String, String> {
+    let mut stream = TcpStream::connect(address).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .map_err(|e| e.to_string())?;
+    Ok(answer.lines().next().unwrap_or("").to_string())
 }
