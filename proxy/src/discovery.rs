@@ -20,7 +20,7 @@ use http::HeaderValue;
 
 use crate::FastMap;
 use crate::balance::{LbPolicy, OutlierSettings};
-use crate::upstream::PoolSettings;
+use crate::upstream::{Keepalive, PoolSettings};
 
 /// Istio's label naming the cluster a workload runs in.
 pub const CLUSTER_LABEL: &str = "topology.istio.io/cluster";
@@ -168,6 +168,8 @@ static DEFAULT_BALANCE: BalanceSettings = BalanceSettings {
         connect_timeout: None,
         max_requests_per_connection: None,
         idle_timeout: None,
+        max_connection_duration: None,
+        keepalive: None,
     },
 };
 
@@ -178,25 +180,29 @@ pub struct StaticDiscovery {
 }
 
 /// A DestinationRule's settings for each connection: `tcp.connectTimeout`,
-/// `http.maxRequestsPerConnection` (0, Istio's default: unlimited) and
-/// `http.idleTimeout`.
+/// `tcp.maxConnectionDuration`, `tcp.tcpKeepalive`, `http.maxRequestsPerConnection`
+/// (0, Istio's default: unlimited) and `http.idleTimeout`. A zero duration is unset.
 fn pool_settings(pool: Option<&ConnectionPoolSettings>) -> PoolSettings {
     let (tcp, http) = (
         pool.and_then(|p| p.tcp.as_ref()),
         pool.and_then(|p| p.http.as_ref()),
     );
+    let set =
+        |d: Option<fulcrum_policy::Duration>| d.and_then(|d| d.to_std()).filter(|d| !d.is_zero());
     PoolSettings {
-        connect_timeout: tcp
-            .and_then(|t| t.connect_timeout)
-            .and_then(|t| t.to_std())
-            .filter(|t| !t.is_zero()),
+        connect_timeout: set(tcp.and_then(|t| t.connect_timeout)),
         max_requests_per_connection: http
             .and_then(|h| u32::try_from(h.max_requests_per_connection).ok())
             .filter(|n| *n > 0),
-        idle_timeout: http
-            .and_then(|h| h.idle_timeout)
-            .and_then(|t| t.to_std())
-            .filter(|t| !t.is_zero()),
+        idle_timeout: set(http.and_then(|h| h.idle_timeout)),
+        max_connection_duration: set(tcp.and_then(|t| t.max_connection_duration)),
+        keepalive: tcp
+            .and_then(|t| t.tcp_keepalive.as_ref())
+            .map(|k| Keepalive {
+                time: set(k.time),
+                interval: set(k.interval),
+                probes: Some(k.probes).filter(|n| *n > 0),
+            }),
     }
 }
 
@@ -611,7 +617,7 @@ spec:
   host: web.shop.example
   trafficPolicy:
     connectionPool:
-      tcp: {maxConnections: 1, connectTimeout: 25ms}
+      tcp: {maxConnections: 1, connectTimeout: 25ms, maxConnectionDuration: 10m, tcpKeepalive: {time: 30s, probes: 3}}
       http: {http1MaxPendingRequests: 2, http2MaxRequests: 3, maxRetries: 4, maxRequestsPerConnection: 5, idleTimeout: 30s}
   subsets:
   - name: v1
@@ -646,6 +652,12 @@ spec:
                 connect_timeout: Some(std::time::Duration::from_millis(25)),
                 max_requests_per_connection: Some(5),
                 idle_timeout: Some(std::time::Duration::from_secs(30)),
+                max_connection_duration: Some(std::time::Duration::from_secs(600)),
+                keepalive: Some(Keepalive {
+                    time: Some(std::time::Duration::from_secs(30)),
+                    interval: None,
+                    probes: Some(3),
+                }),
             }
         );
         // The subset's own setting over the rule's.

@@ -54,7 +54,7 @@ use crate::routing::{
     RouteError, RouteRequest, RouteTable, Target, with_port,
 };
 use crate::tee::tee;
-use crate::transport::{H2Pool, MeshTls, SendError};
+use crate::transport::{EAST_WEST, H2Pool, MeshTls, Peer, SendError};
 use crate::tunnel::{H2Stream, Holding, TunnelIo, splice};
 use crate::upload::{ArrivingBody, RequestBody, ToSend};
 use crate::upstream::{Http1Body, Http1Pool, Http1Request, UpstreamError};
@@ -741,7 +741,12 @@ impl Outbound {
                         &format!("WebSocket upgrade through cluster {cluster}: {why}"),
                     )
                 };
-                let open = pool.open(gateway, cluster, request);
+                let peer = Peer {
+                    address: gateway,
+                    cluster,
+                    settings: &EAST_WEST,
+                };
+                let open = pool.open(peer, request);
                 let (head, stream) = match within {
                     Some(t) => tokio::time::timeout(t, open).await.map_err(|_| {
                         answer(
@@ -1914,7 +1919,7 @@ impl Outbound {
     ) -> Try {
         if endpoint.h2 {
             return self
-                .try_h2_endpoint(upstreams, parts, forward, endpoint, body)
+                .try_h2_endpoint(upstreams, parts, forward, (endpoint, settings), body)
                 .await;
         }
         let (sent, mut arriving) = match body.to_send() {
@@ -1957,13 +1962,14 @@ impl Outbound {
         within(forward.retries.per_try_timeout, body, send).await
     }
 
-    /// One try at an endpoint of this cluster that speaks h2 (gRPC), over h2c.
+    /// One try at an endpoint of this cluster that speaks h2 (gRPC), over h2c, under its
+    /// service's `settings`.
     async fn try_h2_endpoint(
         &self,
         upstreams: &Upstreams,
         parts: &http::request::Parts,
         forward: &Forward,
-        endpoint: &Endpoint,
+        (endpoint, settings): (&Endpoint, &BalanceSettings),
         body: &RequestBody,
     ) -> Try {
         let to_send = body.to_send();
@@ -1973,8 +1979,12 @@ impl Outbound {
         };
         let in_flight = InFlight::enter(&self.in_flight, endpoint.address);
         let send = async {
-            let (pool, peer) = (&upstreams.h2c, &endpoint.name);
-            let sent = send_h2(pool, peer, &self.cluster, request, to_send).await;
+            let peer = Peer {
+                address: &endpoint.name,
+                cluster: &self.cluster,
+                settings: &settings.pool,
+            };
+            let sent = send_h2(&upstreams.h2c, peer, request, to_send).await;
             // A streamed answer is in flight until it ends (for LEAST_REQUEST).
             answered(sent.map(|mut r| {
                 r.body_mut().keep(in_flight);
@@ -2002,7 +2012,12 @@ impl Outbound {
             Ok(r) => r,
             Err(e) => return Try::Reset(e),
         };
-        let send = async { answered(send_h2(pool, gateway, cluster, request, to_send).await) };
+        let peer = Peer {
+            address: gateway,
+            cluster,
+            settings: &EAST_WEST,
+        };
+        let send = async { answered(send_h2(pool, peer, request, to_send).await) };
         within(forward.retries.per_try_timeout, body, send).await
     }
 
@@ -2025,6 +2040,8 @@ impl Outbound {
         else {
             return;
         };
+        // Its connections are the mirror service's, under its settings.
+        let settings = discovery.balance(&target.host, &target.subset).pool;
         let mut copy = forward.clone();
         // Envoy marks mirrored requests by suffixing the authority's name (before its
         // port, when it has one).
@@ -2044,7 +2061,12 @@ impl Outbound {
             };
             let (pool, cluster) = (upstreams.h2c.clone(), self.cluster.clone());
             tokio::spawn(async move {
-                let sent = send_h2(&pool, &endpoint.name, &cluster, request, to_send).await;
+                let peer = Peer {
+                    address: &endpoint.name,
+                    cluster: &cluster,
+                    settings: &settings,
+                };
+                let sent = send_h2(&pool, peer, request, to_send).await;
                 if let Ok(answer) = sent {
                     drain(answer.into_body()).await;
                 }
@@ -2061,6 +2083,7 @@ impl Outbound {
         let Ok(request) = http1_request(parts, &copy, sent) else {
             return;
         };
+        let request = request.with_pool(settings);
         let pool = upstreams.http.clone();
         tokio::spawn(async move {
             let exchanged = match arriving {
@@ -2222,25 +2245,23 @@ impl Tally {
 const NOT_AGAIN: &str =
     "the request's body was forwarded as it arrived and is not whole: it cannot be sent again";
 
-/// Sends `request` (its body empty) with the body `to_send` over `pool` to the peer at
-/// `address` (in `cluster`): whole, or forwarded as it arrives.
+/// Sends `request` (its body empty) with the body `to_send` over `pool` to `peer`:
+/// whole, or forwarded as it arrives.
 async fn send_h2(
     pool: &H2Pool,
-    address: &str,
-    cluster: &str,
+    peer: Peer<'_>,
     request: Request<Bytes>,
     to_send: ToSend,
 ) -> Result<ProxyResponse, SendError> {
     match to_send {
-        ToSend::Whole(body) => pool.send(address, cluster, request.map(|_| body)).await,
+        ToSend::Whole(body) => pool.send(peer, request.map(|_| body)).await,
         ToSend::Arriving(forwarding) => {
             let mut request = request.map(|_| ());
             if let Some(length) = forwarding.length() {
                 // Declared as the client declared it (h2 holds the body to it).
                 (request.headers_mut()).insert(CONTENT_LENGTH, HeaderValue::from(length));
             }
-            pool.send_arriving(address, cluster, request, forwarding)
-                .await
+            pool.send_arriving(peer, request, forwarding).await
         }
         ToSend::Gone => Err(SendError::Reset(NOT_AGAIN.into())),
     }

@@ -5,7 +5,8 @@
 //! the connection it goes over are driven by the same thread, and the pool needs none of
 //! a shared client's machinery (a key built and hashed per request, a checkout future,
 //! waiters): an idle connection is taken, used for one exchange, and put back once its
-//! answer has been read; the worker closes those idle for [`IDLE_TIMEOUT`].
+//! answer has been read; the worker closes those idle for [`IDLE_TIMEOUT`] (or their
+//! service's own idle timeout, [`PoolSettings`]).
 //!
 //! The exchange itself is written here rather than left to hyper's client: the outbound
 //! path sends a request whose body it already holds (it may retry the request) and reads
@@ -121,7 +122,7 @@ impl Http1Pool {
         }
         // Boxed: a connection attempt's state would otherwise be part of (and be copied
         // with) every request's future, though most requests reuse a connection.
-        let mut connection = Box::pin(self.connect(address, request.pool.connect_timeout)).await?;
+        let mut connection = Box::pin(self.connect(address, &request.pool)).await?;
         connection.carries(&request.pool);
         match connection.exchange(message, rest, head_only).await {
             Ok((head, body)) => Ok(self.answered(address, connection, head, body)),
@@ -159,7 +160,7 @@ impl Http1Pool {
                 done => return done.map_err(failed),
             }
         }
-        let connection = Box::pin(self.connect(address, request.pool.connect_timeout)).await?;
+        let connection = Box::pin(self.connect(address, &request.pool)).await?;
         (self.exchange_on(address, connection, request, body).await).map_err(failed)
     }
 
@@ -231,12 +232,11 @@ impl Http1Pool {
     }
 
     /// Keeps `connection` for the next request to `address`, unless it has carried as
-    /// many as its service allows.
+    /// many as its service allows or is past the age its service allows.
     fn put(&self, address: SocketAddr, connection: Connection) {
-        if connection
-            .carries_at_most
-            .is_some_and(|most| connection.carried >= most)
-        {
+        let carried_all =
+            (connection.carries_at_most).is_some_and(|most| connection.carried >= most);
+        if carried_all || connection.too_old() {
             return;
         }
         if let Ok(mut idle) = self.idle.lock() {
@@ -260,14 +260,14 @@ impl Http1Pool {
         idle.values().map(Vec::len).sum()
     }
 
-    /// A new connection to `address`, within `within` if given, else the pool's
-    /// connect timeout.
+    /// A new connection to `address` under its service's `settings`: made within their
+    /// connect timeout if they have one, else the pool's.
     async fn connect(
         &self,
         address: SocketAddr,
-        within: Option<Duration>,
+        settings: &PoolSettings,
     ) -> Result<Connection, UpstreamError> {
-        let within = within.unwrap_or(self.connect_timeout);
+        let within = settings.connect_timeout.unwrap_or(self.connect_timeout);
         let stream = match tokio::time::timeout(within, TcpStream::connect(address)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => return Err(UpstreamError::Connect(e.to_string())),
@@ -278,12 +278,14 @@ impl Http1Pool {
                 )));
             }
         };
-        let _ = stream.set_nodelay(true);
+        settings.ready(&stream);
         Ok(Connection {
             wire: Wire::new(stream, "the endpoint"),
+            opened: Instant::now(),
             carried: 0,
             carries_at_most: None,
             idle_timeout: None,
+            max_duration: None,
         })
     }
 }
@@ -319,9 +321,58 @@ pub struct PoolSettings {
     /// How many requests a connection carries before it is closed
     /// (`http.maxRequestsPerConnection`); unlimited when none.
     pub max_requests_per_connection: Option<u32>,
-    /// How long a connection may sit idle before it is closed (`http.idleTimeout`), when
-    /// shorter than the pool's own [`IDLE_TIMEOUT`].
+    /// How long a connection may sit idle before it is closed (`http.idleTimeout`); the
+    /// pool's own [`IDLE_TIMEOUT`] when none.
     pub idle_timeout: Option<Duration>,
+    /// How long after it was made a connection may still be given a request
+    /// (`tcp.maxConnectionDuration`); past it, it is closed once its exchange ends, as
+    /// Envoy drains it. Unlimited when none.
+    pub max_connection_duration: Option<Duration>,
+    /// TCP keepalive probes on its connections (`tcp.tcpKeepalive`); off when none.
+    pub keepalive: Option<Keepalive>,
+}
+
+/// A DestinationRule's `tcp.tcpKeepalive`: the kernel probes a connection idle for
+/// `time`, every `interval`, and drops it after `probes` go unanswered. What is not set
+/// is left to the system (on Linux 2 hours, 75 s and 9 probes), as Envoy does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Keepalive {
+    pub time: Option<Duration>,
+    pub interval: Option<Duration>,
+    pub probes: Option<u32>,
+}
+
+impl Keepalive {
+    /// Turns keepalive on for `stream` with these settings. The kernel counts in whole
+    /// seconds: as Istio does, a time or interval is cut to whole seconds, and one under
+    /// a second is left to the system.
+    pub fn apply(&self, stream: &TcpStream) -> io::Result<()> {
+        let seconds = |d: Duration| Some(Duration::from_secs(d.as_secs())).filter(|d| !d.is_zero());
+        let mut keepalive = socket2::TcpKeepalive::new();
+        if let Some(time) = self.time.and_then(seconds) {
+            keepalive = keepalive.with_time(time);
+        }
+        if let Some(interval) = self.interval.and_then(seconds) {
+            keepalive = keepalive.with_interval(interval);
+        }
+        if let Some(probes) = self.probes.filter(|n| *n > 0) {
+            keepalive = keepalive.with_retries(probes);
+        }
+        socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
+    }
+}
+
+impl PoolSettings {
+    /// Readies a connection just made under these settings: no Nagle delay (a request
+    /// or an answer goes out whole), and keepalive probes when asked for.
+    pub fn ready(&self, stream: &TcpStream) {
+        let _ = stream.set_nodelay(true);
+        if let Some(keepalive) = &self.keepalive
+            && let Err(e) = keepalive.apply(stream)
+        {
+            tracing::warn!("cannot set TCP keepalive on a connection: {e}");
+        }
+    }
 }
 
 /// A request's body, as an [`Http1Request`] frames it.
@@ -491,27 +542,39 @@ impl From<String> for Failure {
 /// An open connection to an endpoint.
 struct Connection {
     wire: Wire,
+    /// When it was made.
+    opened: Instant,
     /// Requests sent on it.
     carried: u32,
     /// The most it may carry, when its service limits that.
     carries_at_most: Option<u32>,
     /// How long it may sit idle, when its service says.
     idle_timeout: Option<Duration>,
+    /// How long after it was made it may be given a request, when its service says.
+    max_duration: Option<Duration>,
 }
 
 impl Connection {
-    /// Counts a request of a service with `pool` settings sent on it.
+    /// Counts a request of a service with `pool` settings sent on it. The settings of
+    /// the last request it carried hold for it.
     fn carries(&mut self, pool: &PoolSettings) {
         self.carried += 1;
         self.carries_at_most = pool.max_requests_per_connection;
         self.idle_timeout = pool.idle_timeout;
+        self.max_duration = pool.max_connection_duration;
     }
 
-    /// Whether it may still be used after sitting idle since `since`, the pool closing
-    /// connections idle for `timeout`.
+    /// Whether it may still be used after sitting idle since `since`: within its
+    /// service's idle timeout (`timeout`, the pool's, when the service sets none) and
+    /// age, and not closed by the endpoint.
     fn fresh(&self, since: Instant, timeout: Duration) -> bool {
-        let timeout = self.idle_timeout.map_or(timeout, |t| t.min(timeout));
-        since.elapsed() < timeout && self.still_open()
+        let timeout = self.idle_timeout.unwrap_or(timeout);
+        since.elapsed() < timeout && !self.too_old() && self.still_open()
+    }
+
+    /// Whether it is past the age its service allows a connection.
+    fn too_old(&self) -> bool {
+        (self.max_duration).is_some_and(|most| self.opened.elapsed() >= most)
     }
 }
 
@@ -1368,6 +1431,95 @@ mod tests {
             pool.close_idle(Duration::from_secs(60)),
             1,
             "the new one kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_services_idle_timeout_longer_than_the_pools_holds() {
+        let (address, connections) = endpoint(false).await;
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
+        let settings = PoolSettings {
+            idle_timeout: Some(Duration::from_secs(3600)),
+            ..PoolSettings::default()
+        };
+        let request = plain(address).with_pool(settings);
+        pool.exchange(address, &request).await.unwrap();
+        // A sweep that would close every connection idle under the pool's own timeout.
+        assert_eq!(pool.close_idle(Duration::ZERO), 1, "kept for its service");
+        pool.exchange(address, &request).await.unwrap();
+        assert_eq!(connections.load(Ordering::SeqCst), 1, "and used again");
+    }
+
+    #[tokio::test]
+    async fn a_connection_past_its_services_max_duration_gets_no_more_requests() {
+        let (address, connections) = endpoint(false).await;
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
+        let most = Duration::from_millis(200);
+        let settings = PoolSettings {
+            max_connection_duration: Some(most),
+            ..PoolSettings::default()
+        };
+        let request = plain(address).with_pool(settings);
+        let (first, deadline) = (Instant::now(), Instant::now() + Duration::from_secs(10));
+        // Requests back to back: all on the first connection until it is too old.
+        let mut carried = 0u32;
+        while connections.load(Ordering::SeqCst) == 1 || carried == 0 {
+            let answer = pool.exchange(address, &request).await.unwrap();
+            assert!(
+                Instant::now() < deadline,
+                "no new connection after {most:?}"
+            );
+            carried += 1;
+            if connections.load(Ordering::SeqCst) == 1 {
+                // Its answers count the requests it carried.
+                assert_eq!(whole(&answer), Bytes::from(carried.to_string()));
+            }
+        }
+        assert!(carried > 2, "the first connection carried {carried}");
+        assert!(
+            first.elapsed() >= most,
+            "replaced after {:?}",
+            first.elapsed()
+        );
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_services_tcp_keepalive_is_set_on_its_connections() {
+        let (address, _) = endpoint(false).await;
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
+        let keepalive = Keepalive {
+            time: Some(Duration::from_secs(45)),
+            // Cut to whole seconds, as Istio does: the kernel counts in seconds.
+            interval: Some(Duration::from_millis(2500)),
+            probes: Some(4),
+        };
+        let settings = PoolSettings {
+            keepalive: Some(keepalive),
+            ..PoolSettings::default()
+        };
+        pool.exchange(address, &plain(address).with_pool(settings))
+            .await
+            .unwrap();
+        let connection = pool.take(address).expect("the connection, idle");
+        let socket = socket2::SockRef::from(&connection.wire.stream);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(
+            socket.tcp_keepalive_time().unwrap(),
+            Duration::from_secs(45)
+        );
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(2)
+        );
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 4);
+        // Without the setting, no probes.
+        pool.exchange(address, &plain(address)).await.unwrap();
+        let connection = pool.take(address).expect("a new connection, idle");
+        assert!(
+            !socket2::SockRef::from(&connection.wire.stream)
+                .keepalive()
+                .unwrap()
         );
     }
 

@@ -1011,9 +1011,10 @@ async fn a_draining_proxy_lets_requests_finish_then_closes_each_connection() {
 
 /// A DestinationRule for `host` with the connection-pool settings `pool` (YAML flow).
 fn pool_rule(host: &str, pool: &str) -> String {
+    let name = host.replace('.', "-");
     format!(
         "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
-         metadata: {{name: limits, namespace: shop}}\n\
+         metadata: {{name: {name}, namespace: shop}}\n\
          spec:\n  host: {host}\n  trafficPolicy:\n    \
          loadBalancer: {{simple: ROUND_ROBIN}}\n    connectionPool: {pool}\n"
     )
@@ -1074,6 +1075,69 @@ async fn over_the_connection_limit_a_request_waits_and_past_the_pending_limit_ov
         "{}",
         metrics.body
     );
+}
+
+/// An endpoint speaking HTTP/1.1 and h2c (prior knowledge) alike, answering `ok`; counts
+/// the connections it accepted.
+async fn counting_endpoint() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let service = service_fn(|_: Request<Incoming>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+            });
+            tokio::spawn(async move {
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (address, accepted)
+}
+
+/// A DestinationRule's `maxRequestsPerConnection` holds on the connections to a
+/// service's endpoints, in HTTP/1.1 and in h2 alike: five requests, at most two a
+/// connection, take three connections.
+#[tokio::test]
+async fn a_services_connections_carry_at_most_its_requests_per_connection() {
+    let (http1, http1_connections) = counting_endpoint().await;
+    let (h2, h2_connections) = counting_endpoint().await;
+    let h2_port = "{number: 80, name: http2, protocol: HTTP2}";
+    let yaml = [
+        http_entry("one", "one.example", &[http1.port()]),
+        service_entry("two", "two.example", h2_port, "http2", &[h2.port()]),
+        pool_rule("one.example", "{http: {maxRequestsPerConnection: 2}}"),
+        pool_rule("two.example", "{http: {maxRequestsPerConnection: 2}}"),
+    ]
+    .join("---\n");
+    let proxy = start_east(&yaml, None).await;
+    // One client connection, so one worker and its pools carry every request.
+    let stream = TcpStream::connect(proxy.outbound_address())
+        .await
+        .expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(connection);
+    for host in ["one.example", "two.example"] {
+        for _ in 0..5 {
+            let request = Request::get("/")
+                .header("host", host)
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            let answer = sender.send_request(request).await.expect("an answer");
+            assert_eq!(answer.status(), StatusCode::OK, "{host}");
+            answer.into_body().collect().await.expect("its body");
+        }
+    }
+    assert_eq!(http1_connections.load(Ordering::SeqCst), 3, "HTTP/1.1");
+    assert_eq!(h2_connections.load(Ordering::SeqCst), 3, "h2");
 }
 
 /// Two endpoints sharing one count of the requests they get: the first and third are

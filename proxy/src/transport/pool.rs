@@ -14,6 +14,13 @@
 //!
 //! The trailer fields of an answer read whole (gRPC's status is in them) come with it
 //! as [`Trailers`] in the response's extensions; a streamed answer ends with them.
+//!
+//! A connection to an endpoint keeps its service's DestinationRule settings
+//! ([`PoolSettings`]): its connect timeout, keepalive probes, and how many requests, how
+//! long idle and how long after it was made it may be given a request. Past those, the
+//! next request makes a new connection and the old one closes once its streams end, as
+//! Envoy drains it. A connection to another cluster's east-west listener is shared by
+//! every service to that cluster, and keeps the pool's own settings.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +40,7 @@ use crate::body::{ProxyBody, WHOLE_BODY_BYTES};
 use crate::h2_server::{CONNECTION_WINDOW, STREAM_WINDOW};
 use crate::tunnel::H2Stream;
 use crate::upload::Forwarding;
+use crate::upstream::PoolSettings;
 use crate::wire::content_length;
 
 /// How often an east-west connection is pinged.
@@ -71,8 +79,52 @@ enum Dial {
     Plaintext,
 }
 
-/// A peer's connection once made, with when a request last took it.
-type Slot = Arc<tokio::sync::Mutex<Option<(Sender, Instant)>>>;
+/// Where a request over h2 goes.
+#[derive(Clone, Copy)]
+pub struct Peer<'a> {
+    /// `host:port`.
+    pub address: &'a str,
+    /// The cluster it is in (a mesh pool checks the peer's identity against it).
+    pub cluster: &'a str,
+    /// The connection settings of the request's service.
+    pub settings: &'a PoolSettings,
+}
+
+/// The settings of a connection to another cluster's east-west listener: the pool's own.
+pub static EAST_WEST: PoolSettings = PoolSettings {
+    connect_timeout: None,
+    max_requests_per_connection: None,
+    idle_timeout: None,
+    max_connection_duration: None,
+    keepalive: None,
+};
+
+/// A peer's connection once made.
+struct Held {
+    sender: Sender,
+    /// When it was made, and when a request last took it.
+    opened: Instant,
+    used: Instant,
+    /// Requests it has been given.
+    carried: u32,
+    /// The settings of the last request's service.
+    settings: PoolSettings,
+}
+
+impl Held {
+    /// Whether it may be given a request of a service with `settings`.
+    fn takes(&self, settings: &PoolSettings) -> bool {
+        let idle_ok = settings
+            .idle_timeout
+            .is_none_or(|t| self.used.elapsed() < t);
+        let young = (settings.max_connection_duration).is_none_or(|t| self.opened.elapsed() < t);
+        let room = (settings.max_requests_per_connection).is_none_or(|n| self.carried < n);
+        !self.sender.closed.load(Ordering::Acquire) && idle_ok && young && room
+    }
+}
+
+/// A peer's connection once made, if any.
+type Slot = Arc<tokio::sync::Mutex<Option<Held>>>;
 
 /// A pool of h2 connections, by peer address.
 pub struct H2Pool {
@@ -108,18 +160,12 @@ impl H2Pool {
     /// (`https://service/path`): its authority names the service.
     pub async fn send(
         &self,
-        address: &str,
-        cluster: &str,
+        peer: Peer<'_>,
         request: Request<Bytes>,
     ) -> Result<Response<ProxyBody>, SendError> {
         let (head, body) = request.into_parts();
         let (answer, mut stream) = self
-            .send_head(
-                address,
-                cluster,
-                Request::from_parts(head, ()),
-                body.is_empty(),
-            )
+            .send_head(peer, Request::from_parts(head, ()), body.is_empty())
             .await?;
         if !body.is_empty() {
             // Buffered by h2 as the peer's window allows: the body is bounded already.
@@ -132,26 +178,23 @@ impl H2Pool {
     /// by a task of its own as it arrives ([`Forwarding::run`]).
     pub async fn send_arriving(
         &self,
-        address: &str,
-        cluster: &str,
+        peer: Peer<'_>,
         request: Request<()>,
         body: Forwarding,
     ) -> Result<Response<ProxyBody>, SendError> {
-        let (answer, stream) = self.send_head(address, cluster, request, false).await?;
+        let (answer, stream) = self.send_head(peer, request, false).await?;
         tokio::spawn(body.run(stream));
         read_answer(answer).await
     }
 
-    /// Sends a request's head on a connection to the peer at `address`; `ends` when it
-    /// has no body.
+    /// Sends a request's head on a connection to `peer`; `ends` when it has no body.
     async fn send_head(
         &self,
-        address: &str,
-        cluster: &str,
+        peer: Peer<'_>,
         request: Request<()>,
         ends: bool,
     ) -> Result<(h2::client::ResponseFuture, h2::SendStream<Bytes>), SendError> {
-        let sender = self.sender(address, cluster).await?;
+        let sender = self.sender(peer).await?;
         // Waits while the peer's limit of concurrent streams is reached.
         let mut requests = sender.requests.ready().await.map_err(reset)?;
         requests.send_request(request, ends).map_err(reset)
@@ -162,20 +205,19 @@ impl H2Pool {
     /// and the stream to carry bytes both ways on once it is a 200.
     pub async fn open(
         &self,
-        address: &str,
-        cluster: &str,
+        peer: Peer<'_>,
         request: Request<()>,
     ) -> Result<(http::response::Parts, H2Stream), SendError> {
-        let sender = self.sender(address, cluster).await?;
+        let sender = self.sender(peer).await?;
         let mut requests = sender.requests.ready().await.map_err(reset)?;
         let (answer, send) = requests.send_request(request, false).map_err(reset)?;
         let (head, recv) = answer.await.map_err(reset)?.into_parts();
         Ok((head, H2Stream::new(send, recv)))
     }
 
-    /// Closes the connections no request took for `timeout` (and forgets peers whose
-    /// connection ended or could not be made), unless a request is taking one right
-    /// now; returns how many peers are left. Streams still open on a closed connection
+    /// Closes the connections no request took for `timeout` (or their service's own idle
+    /// timeout), and forgets peers whose connection ended or could not be made, unless a
+    /// request is taking one right now; returns how many peers are left. Streams still open on a closed connection
     /// finish first. For endpoints, which come and go with the configuration.
     pub fn close_idle(&self, timeout: Duration) -> usize {
         let Ok(mut peers) = self.peers.lock() else {
@@ -185,8 +227,9 @@ impl H2Pool {
             let Ok(mut slot) = cell.try_lock() else {
                 return true;
             };
-            let keep = slot.as_ref().is_some_and(|(sender, used)| {
-                !sender.closed.load(Ordering::Acquire) && used.elapsed() < timeout
+            let keep = slot.as_ref().is_some_and(|held| {
+                let timeout = held.settings.idle_timeout.unwrap_or(timeout);
+                !held.sender.closed.load(Ordering::Acquire) && held.used.elapsed() < timeout
             });
             if !keep {
                 // The last handle: h2 closes the connection once its streams are done.
@@ -197,7 +240,9 @@ impl H2Pool {
         peers.len()
     }
 
-    async fn sender(&self, address: &str, cluster: &str) -> Result<Sender, SendError> {
+    /// The connection to `peer`, made when there is none it may take.
+    async fn sender(&self, peer: Peer<'_>) -> Result<Sender, SendError> {
+        let (address, settings) = (peer.address, peer.settings);
         let cell = {
             let Ok(mut peers) = self.peers.lock() else {
                 return Err(SendError::Connect("connection pool unavailable".into()));
@@ -208,29 +253,39 @@ impl H2Pool {
             }
         };
         let mut slot = cell.lock().await;
-        if let Some((sender, used)) = slot.as_mut()
-            && !sender.closed.load(Ordering::Acquire)
+        if let Some(held) = slot.as_mut()
+            && held.takes(settings)
         {
-            *used = Instant::now();
-            return Ok(sender.clone());
+            held.used = Instant::now();
+            held.carried += 1;
+            held.settings = *settings;
+            return Ok(held.sender.clone());
         }
+        // Dropped: h2 closes the connection once the streams still on it end.
         *slot = None;
         // Boxed: a TLS handshake's state is kilobytes, and inline it would be part of (and
         // copied with) every request's future, though connections are rarely made.
-        let connect = Box::pin(self.connect(address, cluster));
-        let sender = tokio::time::timeout(self.connect_timeout, connect)
-            .await
-            .map_err(|_| {
-                SendError::Connect(format!(
-                    "connect to {address} timed out after {}ms",
-                    self.connect_timeout.as_millis()
-                ))
-            })??;
-        *slot = Some((sender.clone(), Instant::now()));
+        let connect = Box::pin(self.connect(peer));
+        let within = settings.connect_timeout.unwrap_or(self.connect_timeout);
+        let sender = tokio::time::timeout(within, connect).await.map_err(|_| {
+            SendError::Connect(format!(
+                "connect to {address} timed out after {}ms",
+                within.as_millis()
+            ))
+        })??;
+        let now = Instant::now();
+        *slot = Some(Held {
+            sender: sender.clone(),
+            opened: now,
+            used: now,
+            carried: 1,
+            settings: *settings,
+        });
         Ok(sender)
     }
 
-    async fn connect(&self, address: &str, cluster: &str) -> Result<Sender, SendError> {
+    async fn connect(&self, peer: Peer<'_>) -> Result<Sender, SendError> {
+        let (address, cluster) = (peer.address, peer.cluster);
         let fail = |what: &str, e: &dyn std::fmt::Display| match &self.dial {
             Dial::Mesh(_) => {
                 SendError::Connect(format!("{what} {address} (cluster {cluster}): {e}"))
@@ -240,7 +295,7 @@ impl H2Pool {
         let tcp = TcpStream::connect(address)
             .await
             .map_err(|e| fail("cannot connect to", &e))?;
-        let _ = tcp.set_nodelay(true);
+        peer.settings.ready(&tcp);
         let tls = match &self.dial {
             Dial::Plaintext => {
                 return start(tcp, address)
@@ -364,16 +419,31 @@ fn reset(e: h2::Error) -> SendError {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+    use std::sync::atomic::AtomicUsize;
     use tokio::net::TcpListener;
+
+    /// An endpoint of this cluster at `address`, its service with no settings.
+    fn here(address: &str) -> Peer<'_> {
+        Peer {
+            address,
+            cluster: "here",
+            settings: &EAST_WEST,
+        }
+    }
 
     /// An h2c server answering every request 200 with a body and `grpc-status: 0` in its
     /// trailers, declaring the body's length when the path is `/declared`; says on
-    /// `ended` when a connection ends.
-    async fn h2c_server(ended: tokio::sync::mpsc::UnboundedSender<()>) -> String {
+    /// `ended` when a connection ends, and counts the connections it accepted.
+    async fn h2c_server(
+        ended: tokio::sync::mpsc::UnboundedSender<()>,
+    ) -> (String, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address").to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
                 let ended = ended.clone();
                 tokio::spawn(async move {
                     let Ok(mut connection) = h2::server::handshake(stream).await else {
@@ -396,13 +466,99 @@ mod tests {
                 });
             }
         });
-        address
+        (address, accepted)
+    }
+
+    /// A GET for `address`.
+    fn get(address: &str) -> Request<Bytes> {
+        Request::get(format!("http://{address}/declared"))
+            .body(Bytes::new())
+            .expect("request")
+    }
+
+    #[tokio::test]
+    async fn a_connection_carries_at_most_its_services_requests_then_closes() {
+        let (ended, mut ends) = tokio::sync::mpsc::unbounded_channel();
+        let (address, accepted) = h2c_server(ended).await;
+        let pool = H2Pool::plaintext(Duration::from_secs(1));
+        let settings = PoolSettings {
+            max_requests_per_connection: Some(2),
+            ..PoolSettings::default()
+        };
+        let peer = Peer {
+            settings: &settings,
+            ..here(&address)
+        };
+        for _ in 0..5 {
+            pool.send(peer, get(&address)).await.expect("answer");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        // The two it carried all it could on end, their streams done.
+        for _ in 0..2 {
+            tokio::time::timeout(Duration::from_secs(5), ends.recv())
+                .await
+                .expect("a full connection ends")
+                .expect("the server says so");
+        }
+        assert!(ends.try_recv().is_err(), "the third is still open");
+    }
+
+    #[tokio::test]
+    async fn a_connection_past_its_services_max_duration_is_replaced() {
+        let (ended, _ends) = tokio::sync::mpsc::unbounded_channel();
+        let (address, accepted) = h2c_server(ended).await;
+        let pool = H2Pool::plaintext(Duration::from_secs(1));
+        let most = Duration::from_millis(200);
+        let settings = PoolSettings {
+            max_connection_duration: Some(most),
+            ..PoolSettings::default()
+        };
+        let peer = Peer {
+            settings: &settings,
+            ..here(&address)
+        };
+        let (first, deadline) = (Instant::now(), Instant::now() + Duration::from_secs(10));
+        let mut sent = 0;
+        while accepted.load(Ordering::SeqCst) < 2 {
+            pool.send(peer, get(&address)).await.expect("answer");
+            assert!(
+                Instant::now() < deadline,
+                "no new connection after {most:?}"
+            );
+            sent += 1;
+        }
+        assert!(sent > 2, "the first connection carried {}", sent - 1);
+        assert!(
+            first.elapsed() >= most,
+            "replaced after {:?}",
+            first.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_services_idle_timeout_holds_over_the_pools() {
+        let (ended, _ends) = tokio::sync::mpsc::unbounded_channel();
+        let (address, accepted) = h2c_server(ended).await;
+        let pool = H2Pool::plaintext(Duration::from_secs(1));
+        let settings = PoolSettings {
+            idle_timeout: Some(Duration::from_secs(3600)),
+            ..PoolSettings::default()
+        };
+        let peer = Peer {
+            settings: &settings,
+            ..here(&address)
+        };
+        pool.send(peer, get(&address)).await.expect("answer");
+        // A sweep that would close every connection idle under the pool's own timeout.
+        assert_eq!(pool.close_idle(Duration::ZERO), 1, "kept for its service");
+        pool.send(peer, get(&address)).await.expect("answer");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "and used again");
     }
 
     #[tokio::test]
     async fn answers_come_with_their_trailers_and_idle_connections_are_closed() {
         let (ended, mut ends) = tokio::sync::mpsc::unbounded_channel();
-        let address = h2c_server(ended).await;
+        let (address, _) = h2c_server(ended).await;
         let pool = H2Pool::plaintext(Duration::from_secs(1));
         let request = || {
             Request::get(format!("http://{address}/declared"))
@@ -410,10 +566,7 @@ mod tests {
                 .expect("request")
         };
         // Small and of a declared length: whole, the trailers beside it.
-        let answer = pool
-            .send(&address, "here", request())
-            .await
-            .expect("answer");
+        let answer = pool.send(here(&address), request()).await.expect("answer");
         assert!(matches!(answer.body(), ProxyBody::Whole(b) if b.as_ref() == b"ok"));
         let trailers = answer.extensions().get::<Trailers>().expect("trailers");
         assert_eq!(trailers.0["grpc-status"], "0");
@@ -421,10 +574,7 @@ mod tests {
         let undeclared = Request::get(format!("http://{address}/undeclared"))
             .body(Bytes::new())
             .expect("request");
-        let answer = pool
-            .send(&address, "here", undeclared)
-            .await
-            .expect("answer");
+        let answer = pool.send(here(&address), undeclared).await.expect("answer");
         assert!(matches!(answer.body(), ProxyBody::Streaming(_)));
         let collected = answer
             .into_body()
@@ -436,9 +586,7 @@ mod tests {
         assert_eq!(collected.to_bytes().as_ref(), b"ok");
         // Used just now: kept, and the next request takes the same connection.
         assert_eq!(pool.close_idle(Duration::from_secs(60)), 1);
-        pool.send(&address, "here", request())
-            .await
-            .expect("answer");
+        pool.send(here(&address), request()).await.expect("answer");
         assert!(ends.try_recv().is_err());
         // Idle past the timeout: closed, and the peer sees the connection end.
         assert_eq!(pool.close_idle(Duration::ZERO), 0);
@@ -447,9 +595,7 @@ mod tests {
             .expect("the connection ends")
             .expect("the server says so");
         // A request after that makes a new one.
-        pool.send(&address, "here", request())
-            .await
-            .expect("answer");
+        pool.send(here(&address), request()).await.expect("answer");
         assert_eq!(pool.close_idle(Duration::from_secs(60)), 1);
     }
 
@@ -461,7 +607,7 @@ mod tests {
         let request = Request::get(format!("http://{address}/"))
             .body(Bytes::new())
             .expect("request");
-        let failed = pool.send(&address, "here", request).await;
+        let failed = pool.send(here(&address), request).await;
         assert!(matches!(failed, Err(SendError::Connect(_))), "{failed:?}");
         assert_eq!(pool.close_idle(Duration::from_secs(60)), 0);
     }
