@@ -58,8 +58,8 @@ pub struct BalanceSettings {
     pub outlier: Option<OutlierSettings>,
     /// The DestinationRule's connection-pool limits.
     pub limits: PoolLimits,
-    /// And its settings for each connection.
-    pub pool: PoolSettings,
+    /// And its settings for each connection, when it sets any.
+    pub pool: Option<Arc<PoolSettings>>,
 }
 
 /// A DestinationRule's `connectionPool` limits, Envoy's circuit breakers: each off
@@ -164,13 +164,7 @@ static DEFAULT_BALANCE: BalanceSettings = BalanceSettings {
         pending: None,
         retries: None,
     },
-    pool: PoolSettings {
-        connect_timeout: None,
-        max_requests_per_connection: None,
-        idle_timeout: None,
-        max_connection_duration: None,
-        keepalive: None,
-    },
+    pool: None,
 };
 
 /// Endpoints read from ServiceEntry objects.
@@ -181,15 +175,16 @@ pub struct StaticDiscovery {
 
 /// A DestinationRule's settings for each connection: `tcp.connectTimeout`,
 /// `tcp.maxConnectionDuration`, `tcp.tcpKeepalive`, `http.maxRequestsPerConnection`
-/// (0, Istio's default: unlimited) and `http.idleTimeout`. A zero duration is unset.
-fn pool_settings(pool: Option<&ConnectionPoolSettings>) -> PoolSettings {
+/// (0, Istio's default: unlimited) and `http.idleTimeout`. A zero duration is unset;
+/// none when nothing is set.
+fn pool_settings(pool: Option<&ConnectionPoolSettings>) -> Option<Arc<PoolSettings>> {
     let (tcp, http) = (
         pool.and_then(|p| p.tcp.as_ref()),
         pool.and_then(|p| p.http.as_ref()),
     );
     let set =
         |d: Option<fulcrum_policy::Duration>| d.and_then(|d| d.to_std()).filter(|d| !d.is_zero());
-    PoolSettings {
+    let settings = PoolSettings {
         connect_timeout: set(tcp.and_then(|t| t.connect_timeout)),
         max_requests_per_connection: http
             .and_then(|h| u32::try_from(h.max_requests_per_connection).ok())
@@ -203,7 +198,8 @@ fn pool_settings(pool: Option<&ConnectionPoolSettings>) -> PoolSettings {
                 interval: set(k.interval),
                 probes: Some(k.probes).filter(|n| *n > 0),
             }),
-    }
+    };
+    (settings != PoolSettings::default()).then(|| Arc::new(settings))
 }
 
 /// How a service is balanced under `policy`; `h2`: the service is spoken to in h2.
@@ -647,8 +643,8 @@ spec:
         };
         assert_eq!(limits("web.shop.example", ""), all);
         assert_eq!(
-            east.balance("web.shop.example", "").pool,
-            PoolSettings {
+            east.balance("web.shop.example", "").pool.as_deref(),
+            Some(&PoolSettings {
                 connect_timeout: Some(std::time::Duration::from_millis(25)),
                 max_requests_per_connection: Some(5),
                 idle_timeout: Some(std::time::Duration::from_secs(30)),
@@ -658,8 +654,9 @@ spec:
                     interval: None,
                     probes: Some(3),
                 }),
-            }
+            })
         );
+        assert_eq!(east.balance("rpc.shop.example", "").pool, None);
         // The subset's own setting over the rule's.
         assert_eq!(
             limits("web.shop.example", "v1").connections,

@@ -54,10 +54,10 @@ use crate::routing::{
     RouteError, RouteRequest, RouteTable, Target, with_port,
 };
 use crate::tee::tee;
-use crate::transport::{EAST_WEST, H2Pool, MeshTls, Peer, SendError};
+use crate::transport::{H2Pool, MeshTls, Peer, SendError};
 use crate::tunnel::{H2Stream, Holding, TunnelIo, splice};
 use crate::upload::{ArrivingBody, RequestBody, ToSend};
-use crate::upstream::{Http1Body, Http1Pool, Http1Request, UpstreamError};
+use crate::upstream::{Http1Body, Http1Pool, Http1Request, POOL_DEFAULTS, UpstreamError};
 use crate::wire::{MAX_HEAD_BYTES, RawFields, is_hop_by_hop, merge_raw_fields};
 use h2::RecvStream;
 use h2::server::SendResponse;
@@ -744,7 +744,8 @@ impl Outbound {
                 let peer = Peer {
                     address: gateway,
                     cluster,
-                    settings: &EAST_WEST,
+                    // Shared by every service to the cluster: the pool's own settings.
+                    settings: &POOL_DEFAULTS,
                 };
                 let open = pool.open(peer, request);
                 let (head, stream) = match within {
@@ -1930,7 +1931,7 @@ impl Outbound {
             ToSend::Gone => return Try::Reset(NOT_AGAIN.into()),
         };
         let request = match http1_request(parts, forward, sent) {
-            Ok(r) => r.with_pool(settings.pool),
+            Ok(r) => r.with_pool(settings.pool.clone()),
             Err(e) => return Try::Reset(e),
         };
         let in_flight = InFlight::enter(&self.in_flight, endpoint.address);
@@ -1982,7 +1983,7 @@ impl Outbound {
             let peer = Peer {
                 address: &endpoint.name,
                 cluster: &self.cluster,
-                settings: &settings.pool,
+                settings: settings.pool.as_deref().unwrap_or(&POOL_DEFAULTS),
             };
             let sent = send_h2(&upstreams.h2c, peer, request, to_send).await;
             // A streamed answer is in flight until it ends (for LEAST_REQUEST).
@@ -2015,7 +2016,8 @@ impl Outbound {
         let peer = Peer {
             address: gateway,
             cluster,
-            settings: &EAST_WEST,
+            // Shared by every service to the cluster: the pool's own settings.
+            settings: &POOL_DEFAULTS,
         };
         let send = async { answered(send_h2(pool, peer, request, to_send).await) };
         within(forward.retries.per_try_timeout, body, send).await
@@ -2041,7 +2043,7 @@ impl Outbound {
             return;
         };
         // Its connections are the mirror service's, under its settings.
-        let settings = discovery.balance(&target.host, &target.subset).pool;
+        let settings = discovery.balance(&target.host, &target.subset).pool.clone();
         let mut copy = forward.clone();
         // Envoy marks mirrored requests by suffixing the authority's name (before its
         // port, when it has one).
@@ -2064,7 +2066,7 @@ impl Outbound {
                 let peer = Peer {
                     address: &endpoint.name,
                     cluster: &cluster,
-                    settings: &settings,
+                    settings: settings.as_deref().unwrap_or(&POOL_DEFAULTS),
                 };
                 let sent = send_h2(&pool, peer, request, to_send).await;
                 if let Ok(answer) = sent {

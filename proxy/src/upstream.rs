@@ -76,10 +76,15 @@ pub enum UpstreamError {
     Reset(String),
 }
 
+/// A connection kept for the next request, and since when. Boxed: a connection is moved
+/// out of the pool and back on every request, and as a pointer it moves without a copy
+/// call (callgrind).
+type Idle = (Box<Connection>, Instant);
+
 /// One worker's connections to endpoints.
 pub struct Http1Pool {
     /// Per endpoint, oldest first, with when each was put back.
-    idle: Mutex<FastMap<SocketAddr, Vec<(Connection, Instant)>>>,
+    idle: Mutex<FastMap<SocketAddr, Vec<Idle>>>,
     connect_timeout: Duration,
 }
 
@@ -108,7 +113,7 @@ impl Http1Pool {
         let head_only = request.method == Method::HEAD;
         let replayable = is_idempotent(&request.method);
         while let Some(mut connection) = self.take(address) {
-            connection.carries(&request.pool);
+            connection.carried += 1;
             match connection.exchange(message, rest, head_only).await {
                 Ok((head, body)) => return Ok(self.answered(address, connection, head, body)),
                 Err(Failure::Closed { sent }) if !sent || replayable => continue,
@@ -122,8 +127,8 @@ impl Http1Pool {
         }
         // Boxed: a connection attempt's state would otherwise be part of (and be copied
         // with) every request's future, though most requests reuse a connection.
-        let mut connection = Box::pin(self.connect(address, &request.pool)).await?;
-        connection.carries(&request.pool);
+        let mut connection = Box::pin(self.connect(address, request.settings())).await?;
+        connection.carried += 1;
         match connection.exchange(message, rest, head_only).await {
             Ok((head, body)) => Ok(self.answered(address, connection, head, body)),
             Err(Failure::Closed { .. }) => Err(UpstreamError::Reset(
@@ -160,7 +165,7 @@ impl Http1Pool {
                 done => return done.map_err(failed),
             }
         }
-        let connection = Box::pin(self.connect(address, &request.pool)).await?;
+        let connection = Box::pin(self.connect(address, request.settings())).await?;
         (self.exchange_on(address, connection, request, body).await).map_err(failed)
     }
 
@@ -168,12 +173,12 @@ impl Http1Pool {
     async fn exchange_on(
         self: &Arc<Self>,
         address: SocketAddr,
-        mut connection: Connection,
+        mut connection: Box<Connection>,
         request: &Http1Request,
         body: &mut Forwarding,
     ) -> Result<Answer, Failure> {
         let head_only = request.method == Method::HEAD;
-        connection.carries(&request.pool);
+        connection.carried += 1;
         connection.send(&request.message, &[]).await?;
         let all_sent = connection.send_arriving(body, request.chunked).await?;
         let (head, answer) = connection.answer(head_only).await?;
@@ -191,7 +196,7 @@ impl Http1Pool {
     fn answered(
         self: &Arc<Self>,
         address: SocketAddr,
-        connection: Connection,
+        connection: Box<Connection>,
         head: Head,
         body: AnswerBody,
     ) -> Answer {
@@ -220,7 +225,7 @@ impl Http1Pool {
 
     /// The most recently used idle connection to `address` (the likeliest to be open)
     /// that the endpoint has not closed.
-    fn take(&self, address: SocketAddr) -> Option<Connection> {
+    fn take(&self, address: SocketAddr) -> Option<Box<Connection>> {
         let mut idle = self.idle.lock().ok()?;
         let connections = idle.get_mut(&address)?;
         while let Some((connection, since)) = connections.pop() {
@@ -233,10 +238,8 @@ impl Http1Pool {
 
     /// Keeps `connection` for the next request to `address`, unless it has carried as
     /// many as its service allows or is past the age its service allows.
-    fn put(&self, address: SocketAddr, connection: Connection) {
-        let carried_all =
-            (connection.carries_at_most).is_some_and(|most| connection.carried >= most);
-        if carried_all || connection.too_old() {
+    fn put(&self, address: SocketAddr, connection: Box<Connection>) {
+        if connection.spent() {
             return;
         }
         if let Ok(mut idle) = self.idle.lock() {
@@ -266,7 +269,7 @@ impl Http1Pool {
         &self,
         address: SocketAddr,
         settings: &PoolSettings,
-    ) -> Result<Connection, UpstreamError> {
+    ) -> Result<Box<Connection>, UpstreamError> {
         let within = settings.connect_timeout.unwrap_or(self.connect_timeout);
         let stream = match tokio::time::timeout(within, TcpStream::connect(address)).await {
             Ok(Ok(stream)) => stream,
@@ -279,14 +282,11 @@ impl Http1Pool {
             }
         };
         settings.ready(&stream);
-        Ok(Connection {
+        Ok(Box::new(Connection {
             wire: Wire::new(stream, "the endpoint"),
-            opened: Instant::now(),
             carried: 0,
-            carries_at_most: None,
-            idle_timeout: None,
-            max_duration: None,
-        })
+            limits: ConnectionLimits::of(settings),
+        }))
     }
 }
 
@@ -308,9 +308,18 @@ pub struct Http1Request {
     rest: Bytes,
     /// The body is still to come, in chunks ([`Http1RequestWriter::finish_arriving`]).
     chunked: bool,
-    /// Its service's connection settings.
-    pool: PoolSettings,
+    /// Its service's connection settings, when it has any.
+    pool: Option<Arc<PoolSettings>>,
 }
+
+/// The settings of a service whose DestinationRule sets none: the pool's own.
+pub static POOL_DEFAULTS: PoolSettings = PoolSettings {
+    connect_timeout: None,
+    max_requests_per_connection: None,
+    idle_timeout: None,
+    max_connection_duration: None,
+    keepalive: None,
+};
 
 /// A service's settings for its connections (a DestinationRule's `connectionPool`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -470,7 +479,7 @@ impl Http1RequestWriter {
             message: self.out,
             rest: Bytes::new(),
             chunked: length.is_none(),
-            pool: PoolSettings::default(),
+            pool: None,
         }
     }
 
@@ -495,16 +504,21 @@ impl Http1RequestWriter {
             message: self.out,
             rest,
             chunked: false,
-            pool: PoolSettings::default(),
+            pool: None,
         }
     }
 }
 
 impl Http1Request {
-    /// Sent under its service's connection settings.
-    pub fn with_pool(mut self, pool: PoolSettings) -> Http1Request {
+    /// Sent under its service's connection settings (none: the pool's own).
+    pub fn with_pool(mut self, pool: Option<Arc<PoolSettings>>) -> Http1Request {
         self.pool = pool;
         self
+    }
+
+    /// Its service's connection settings.
+    fn settings(&self) -> &PoolSettings {
+        self.pool.as_deref().unwrap_or(&POOL_DEFAULTS)
     }
 
     /// The bytes of the first write: the head, and the body when small.
@@ -542,39 +556,62 @@ impl From<String> for Failure {
 /// An open connection to an endpoint.
 struct Connection {
     wire: Wire,
-    /// When it was made.
-    opened: Instant,
     /// Requests sent on it.
     carried: u32,
-    /// The most it may carry, when its service limits that.
+    /// Its service's limits on it, when it has any.
+    limits: Option<ConnectionLimits>,
+}
+
+/// A connection's limits, fixed by the service of the request that made it.
+struct ConnectionLimits {
+    /// The most requests it may carry.
     carries_at_most: Option<u32>,
-    /// How long it may sit idle, when its service says.
+    /// How long it may sit idle.
     idle_timeout: Option<Duration>,
-    /// How long after it was made it may be given a request, when its service says.
-    max_duration: Option<Duration>,
+    /// When it stops being given requests.
+    retires_at: Option<Instant>,
+}
+
+impl ConnectionLimits {
+    /// The limits `settings` set on a connection made now, if any.
+    fn of(settings: &PoolSettings) -> Option<ConnectionLimits> {
+        let limits = ConnectionLimits {
+            carries_at_most: settings.max_requests_per_connection,
+            idle_timeout: settings.idle_timeout,
+            retires_at: (settings.max_connection_duration).map(|most| Instant::now() + most),
+        };
+        let any = limits.carries_at_most.is_some()
+            || limits.idle_timeout.is_some()
+            || limits.retires_at.is_some();
+        any.then_some(limits)
+    }
 }
 
 impl Connection {
-    /// Counts a request of a service with `pool` settings sent on it. The settings of
-    /// the last request it carried hold for it.
-    fn carries(&mut self, pool: &PoolSettings) {
-        self.carried += 1;
-        self.carries_at_most = pool.max_requests_per_connection;
-        self.idle_timeout = pool.idle_timeout;
-        self.max_duration = pool.max_connection_duration;
-    }
-
     /// Whether it may still be used after sitting idle since `since`: within its
     /// service's idle timeout (`timeout`, the pool's, when the service sets none) and
     /// age, and not closed by the endpoint.
     fn fresh(&self, since: Instant, timeout: Duration) -> bool {
-        let timeout = self.idle_timeout.unwrap_or(timeout);
-        since.elapsed() < timeout && !self.too_old() && self.still_open()
+        let limits = self.limits.as_ref();
+        let timeout = limits.and_then(|l| l.idle_timeout).unwrap_or(timeout);
+        since.elapsed() < timeout && !self.retired() && self.still_open()
     }
 
-    /// Whether it is past the age its service allows a connection.
-    fn too_old(&self) -> bool {
-        (self.max_duration).is_some_and(|most| self.opened.elapsed() >= most)
+    /// Whether it has carried as many requests as its service allows, or is past the
+    /// age it allows.
+    fn spent(&self) -> bool {
+        let Some(limits) = self.limits.as_ref() else {
+            return false;
+        };
+        (limits.carries_at_most).is_some_and(|most| self.carried >= most) || self.retired()
+    }
+
+    /// Whether it is past the age its service allows.
+    fn retired(&self) -> bool {
+        let limits = self.limits.as_ref();
+        limits
+            .and_then(|l| l.retires_at)
+            .is_some_and(|at| Instant::now() >= at)
     }
 }
 
@@ -626,7 +663,7 @@ struct Rest {
 /// has ended, if it can carry another request. Stops, closing the connection, when the
 /// client's side is gone.
 async fn pass_on(
-    mut connection: Connection,
+    mut connection: Box<Connection>,
     rest: Rest,
     sender: mpsc::Sender<SentPiece>,
     (pool, address): (Weak<Http1Pool>, SocketAddr),
@@ -1401,7 +1438,7 @@ mod tests {
         };
         let mut numbers = Vec::new();
         for _ in 0..5 {
-            let request = plain(address).with_pool(settings);
+            let request = plain(address).with_pool(Some(Arc::new(settings)));
             let answer = pool.exchange(address, &request).await.unwrap();
             numbers.push(String::from_utf8_lossy(&whole(&answer)).into_owned());
         }
@@ -1418,7 +1455,7 @@ mod tests {
             idle_timeout: Some(idle),
             ..PoolSettings::default()
         };
-        let request = plain(address).with_pool(settings);
+        let request = plain(address).with_pool(Some(Arc::new(settings)));
         for _ in 0..2 {
             pool.exchange(address, &request).await.unwrap();
         }
@@ -1442,7 +1479,7 @@ mod tests {
             idle_timeout: Some(Duration::from_secs(3600)),
             ..PoolSettings::default()
         };
-        let request = plain(address).with_pool(settings);
+        let request = plain(address).with_pool(Some(Arc::new(settings)));
         pool.exchange(address, &request).await.unwrap();
         // A sweep that would close every connection idle under the pool's own timeout.
         assert_eq!(pool.close_idle(Duration::ZERO), 1, "kept for its service");
@@ -1459,7 +1496,7 @@ mod tests {
             max_connection_duration: Some(most),
             ..PoolSettings::default()
         };
-        let request = plain(address).with_pool(settings);
+        let request = plain(address).with_pool(Some(Arc::new(settings)));
         let (first, deadline) = (Instant::now(), Instant::now() + Duration::from_secs(10));
         // Requests back to back: all on the first connection until it is too old.
         let mut carried = 0u32;
@@ -1498,7 +1535,7 @@ mod tests {
             keepalive: Some(keepalive),
             ..PoolSettings::default()
         };
-        pool.exchange(address, &plain(address).with_pool(settings))
+        pool.exchange(address, &plain(address).with_pool(Some(Arc::new(settings))))
             .await
             .unwrap();
         let connection = pool.take(address).expect("the connection, idle");
@@ -1545,7 +1582,7 @@ mod tests {
             connect_timeout: Some(Duration::from_millis(50)),
             ..PoolSettings::default()
         };
-        let request = plain(address).with_pool(settings);
+        let request = plain(address).with_pool(Some(Arc::new(settings)));
         let exchanged =
             tokio::time::timeout(Duration::from_secs(5), pool.exchange(address, &request))
                 .await

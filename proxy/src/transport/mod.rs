@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use pool::{EAST_WEST, H2Pool, Peer, SendError, Trailers};
+pub use pool::{H2Pool, Peer, SendError, Trailers};
 pub(crate) use server::serve_east_west_connection;
 pub use tls::{MeshTls, TlsError};
 

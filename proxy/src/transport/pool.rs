@@ -15,12 +15,14 @@
 //! The trailer fields of an answer read whole (gRPC's status is in them) come with it
 //! as [`Trailers`] in the response's extensions; a streamed answer ends with them.
 //!
-//! A connection to an endpoint keeps its service's DestinationRule settings
-//! ([`PoolSettings`]): its connect timeout, keepalive probes, and how many requests, how
-//! long idle and how long after it was made it may be given a request. Past those, the
+//! A connection to an endpoint keeps the DestinationRule settings ([`PoolSettings`]) of
+//! the service whose request made it: its connect timeout, keepalive probes, and how
+//! many requests, how long idle and how long after it was made it may be given a
+//! request. Past those, the
 //! next request makes a new connection and the old one closes once its streams end, as
 //! Envoy drains it. A connection to another cluster's east-west listener is shared by
-//! every service to that cluster, and keeps the pool's own settings.
+//! every service to that cluster, and keeps the pool's own settings
+//! ([`crate::upstream::POOL_DEFAULTS`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -90,15 +92,6 @@ pub struct Peer<'a> {
     pub settings: &'a PoolSettings,
 }
 
-/// The settings of a connection to another cluster's east-west listener: the pool's own.
-pub static EAST_WEST: PoolSettings = PoolSettings {
-    connect_timeout: None,
-    max_requests_per_connection: None,
-    idle_timeout: None,
-    max_connection_duration: None,
-    keepalive: None,
-};
-
 /// A peer's connection once made.
 struct Held {
     sender: Sender,
@@ -107,13 +100,14 @@ struct Held {
     used: Instant,
     /// Requests it has been given.
     carried: u32,
-    /// The settings of the last request's service.
+    /// The settings of the service whose request made it.
     settings: PoolSettings,
 }
 
 impl Held {
-    /// Whether it may be given a request of a service with `settings`.
-    fn takes(&self, settings: &PoolSettings) -> bool {
+    /// Whether it may be given another request.
+    fn takes(&self) -> bool {
+        let settings = &self.settings;
         let idle_ok = settings
             .idle_timeout
             .is_none_or(|t| self.used.elapsed() < t);
@@ -254,11 +248,10 @@ impl H2Pool {
         };
         let mut slot = cell.lock().await;
         if let Some(held) = slot.as_mut()
-            && held.takes(settings)
+            && held.takes()
         {
             held.used = Instant::now();
             held.carried += 1;
-            held.settings = *settings;
             return Ok(held.sender.clone());
         }
         // Dropped: h2 closes the connection once the streams still on it end.
@@ -418,6 +411,7 @@ fn reset(e: h2::Error) -> SendError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::POOL_DEFAULTS;
     use http_body_util::BodyExt;
     use std::sync::atomic::AtomicUsize;
     use tokio::net::TcpListener;
@@ -427,7 +421,7 @@ mod tests {
         Peer {
             address,
             cluster: "here",
-            settings: &EAST_WEST,
+            settings: &POOL_DEFAULTS,
         }
     }
 
