@@ -2,6 +2,7 @@
 //! (the client's and an endpoint's, or either and an h2 stream to another cluster's
 //! proxy) until both directions are done or nothing moves for a while.
 
+use std::any::Any;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -94,6 +95,8 @@ pub struct H2Stream {
     /// What a DATA frame brought that the reader has not taken yet.
     unread: Bytes,
     ended: bool,
+    /// Held for as long as the stream is (its place on its connection).
+    kept: Option<Box<dyn Any + Send>>,
 }
 
 impl H2Stream {
@@ -104,7 +107,14 @@ impl H2Stream {
             recv,
             unread: Bytes::new(),
             ended: false,
+            kept: None,
         }
+    }
+
+    /// The same stream, holding `value` until it is dropped.
+    pub fn keeping(mut self, value: impl Any + Send) -> H2Stream {
+        self.kept = Some(Box::new(value));
+        self
     }
 }
 

@@ -1,8 +1,11 @@
 //! h2 connections: to other clusters' east-west listeners (over mTLS), and to this
 //! cluster's endpoints that speak h2 in plaintext (gRPC servers, ports declared `HTTP2`).
 //! One connection per peer address, shared by every request to it (h2 multiplexes), made
-//! again when it closes. Only one connection attempt per peer runs at a time; requests
-//! arriving meanwhile wait for it rather than open their own.
+//! again when it closes; another one when every connection to the peer carries as many
+//! streams as the peer allows at once (its SETTINGS_MAX_CONCURRENT_STREAMS), as Envoy
+//! does, rather than leave a request waiting for a long-lived stream (a WebSocket, a gRPC
+//! watch) to end. Only one connection attempt per peer runs at a time; requests arriving
+//! meanwhile wait for it rather than open their own.
 //!
 //! The `h2` crate is driven directly: a request is sent and its answer's head read in
 //! the request's own task (with its body too, when that is small: [`crate::body`]), and
@@ -25,7 +28,7 @@
 //! ([`crate::upstream::POOL_DEFAULTS`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -72,6 +75,24 @@ struct Sender {
     closed: Arc<AtomicBool>,
 }
 
+/// A stream's place on its connection: counted from before its request is sent until
+/// its answer has ended (kept by the answer's body, or by the tunnel), so that a
+/// connection is given no more streams than its peer takes at once.
+struct Place(Arc<AtomicUsize>);
+
+impl Place {
+    fn take(open: &Arc<AtomicUsize>) -> Place {
+        open.fetch_add(1, Ordering::Relaxed);
+        Place(open.clone())
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// How a pool reaches its peers.
 enum Dial {
     /// Other clusters' east-west listeners: TLS with this proxy's certificate, the
@@ -95,6 +116,8 @@ pub struct Peer<'a> {
 /// A peer's connection once made.
 struct Held {
     sender: Sender,
+    /// Its streams in progress ([`Place`]).
+    open: Arc<AtomicUsize>,
     /// When it was made, and when a request last took it.
     opened: Instant,
     used: Instant,
@@ -115,10 +138,20 @@ impl Held {
         let room = (settings.max_requests_per_connection).is_none_or(|n| self.carried < n);
         !self.sender.closed.load(Ordering::Acquire) && idle_ok && young && room
     }
+
+    /// Whether the peer takes another stream on it now.
+    fn has_room(&self) -> bool {
+        self.open.load(Ordering::Relaxed) < self.sender.requests.current_max_send_streams()
+    }
+
+    /// Whether it is carrying a stream.
+    fn busy(&self) -> bool {
+        self.open.load(Ordering::Relaxed) > 0
+    }
 }
 
-/// A peer's connection once made, if any.
-type Slot = Arc<tokio::sync::Mutex<Option<Held>>>;
+/// A peer's connections, oldest first.
+type Slot = Arc<tokio::sync::Mutex<Vec<Held>>>;
 
 /// A pool of h2 connections, by peer address.
 pub struct H2Pool {
@@ -158,14 +191,14 @@ impl H2Pool {
         request: Request<Bytes>,
     ) -> Result<Response<ProxyBody>, SendError> {
         let (head, body) = request.into_parts();
-        let (answer, mut stream) = self
+        let (answer, mut stream, place) = self
             .send_head(peer, Request::from_parts(head, ()), body.is_empty())
             .await?;
         if !body.is_empty() {
             // Buffered by h2 as the peer's window allows: the body is bounded already.
             stream.send_data(body, true).map_err(reset)?;
         }
-        read_answer(answer).await
+        read_answer(answer, place).await
     }
 
     /// [`H2Pool::send`] for a request whose body is still arriving: the body is sent on
@@ -176,9 +209,9 @@ impl H2Pool {
         request: Request<()>,
         body: Forwarding,
     ) -> Result<Response<ProxyBody>, SendError> {
-        let (answer, stream) = self.send_head(peer, request, false).await?;
+        let (answer, stream, place) = self.send_head(peer, request, false).await?;
         tokio::spawn(body.run(stream));
-        read_answer(answer).await
+        read_answer(answer, place).await
     }
 
     /// Sends a request's head on a connection to `peer`; `ends` when it has no body.
@@ -187,11 +220,11 @@ impl H2Pool {
         peer: Peer<'_>,
         request: Request<()>,
         ends: bool,
-    ) -> Result<(h2::client::ResponseFuture, h2::SendStream<Bytes>), SendError> {
-        let sender = self.sender(peer).await?;
-        // Waits while the peer's limit of concurrent streams is reached.
+    ) -> Result<(h2::client::ResponseFuture, h2::SendStream<Bytes>, Place), SendError> {
+        let (sender, place) = self.sender(peer).await?;
         let mut requests = sender.requests.ready().await.map_err(reset)?;
-        requests.send_request(request, ends).map_err(reset)
+        let (answer, stream) = requests.send_request(request, ends).map_err(reset)?;
+        Ok((answer, stream, place))
     }
 
     /// Opens a stream to `cluster`'s listener at `gateway` with `request` (an extended
@@ -202,17 +235,17 @@ impl H2Pool {
         peer: Peer<'_>,
         request: Request<()>,
     ) -> Result<(http::response::Parts, H2Stream), SendError> {
-        let sender = self.sender(peer).await?;
+        let (sender, place) = self.sender(peer).await?;
         let mut requests = sender.requests.ready().await.map_err(reset)?;
         let (answer, send) = requests.send_request(request, false).map_err(reset)?;
         let (head, recv) = answer.await.map_err(reset)?.into_parts();
-        Ok((head, H2Stream::new(send, recv)))
+        Ok((head, H2Stream::new(send, recv).keeping(place)))
     }
 
     /// Closes the connections no request took for `timeout` (or their service's own idle
-    /// timeout), and forgets peers whose connection ended or could not be made, unless a
-    /// request is taking one right now; returns how many peers are left. Streams still open on a closed connection
-    /// finish first. For endpoints, which come and go with the configuration.
+    /// timeout) and that carry no stream, and forgets peers whose connections ended or
+    /// could not be made, unless a request is taking one right now; returns how many
+    /// peers are left. For endpoints, which come and go with the configuration.
     pub fn close_idle(&self, timeout: Duration) -> usize {
         let Ok(mut peers) = self.peers.lock() else {
             return 0;
@@ -221,21 +254,20 @@ impl H2Pool {
             let Ok(mut slot) = cell.try_lock() else {
                 return true;
             };
-            let keep = slot.as_ref().is_some_and(|held| {
+            // A connection let go: h2 closes it once its last handle and streams are gone.
+            slot.retain(|held| {
                 let timeout = held.settings.idle_timeout.unwrap_or(timeout);
-                !held.sender.closed.load(Ordering::Acquire) && held.used.elapsed() < timeout
+                let recent = held.used.elapsed() < timeout;
+                !held.sender.closed.load(Ordering::Acquire) && (recent || held.busy())
             });
-            if !keep {
-                // The last handle: h2 closes the connection once its streams are done.
-                *slot = None;
-            }
-            keep
+            !slot.is_empty()
         });
         peers.len()
     }
 
-    /// The connection to `peer`, made when there is none it may take.
-    async fn sender(&self, peer: Peer<'_>) -> Result<Sender, SendError> {
+    /// A place on a connection to `peer`: on the oldest that may take another request
+    /// and has room for its stream, else on a new one.
+    async fn sender(&self, peer: Peer<'_>) -> Result<(Sender, Place), SendError> {
         let (address, settings) = (peer.address, peer.settings);
         let cell = {
             let Ok(mut peers) = self.peers.lock() else {
@@ -247,15 +279,13 @@ impl H2Pool {
             }
         };
         let mut slot = cell.lock().await;
-        if let Some(held) = slot.as_mut()
-            && held.takes()
-        {
+        // Those let go close once the streams still on them end.
+        slot.retain(Held::takes);
+        if let Some(held) = slot.iter_mut().find(|held| held.has_room()) {
             held.used = Instant::now();
             held.carried += 1;
-            return Ok(held.sender.clone());
+            return Ok((held.sender.clone(), Place::take(&held.open)));
         }
-        // Dropped: h2 closes the connection once the streams still on it end.
-        *slot = None;
         // Boxed: a TLS handshake's state is kilobytes, and inline it would be part of (and
         // copied with) every request's future, though connections are rarely made.
         let connect = Box::pin(self.connect(peer));
@@ -267,14 +297,17 @@ impl H2Pool {
             ))
         })??;
         let now = Instant::now();
-        *slot = Some(Held {
+        let open = Arc::new(AtomicUsize::new(0));
+        let place = Place::take(&open);
+        slot.push(Held {
             sender: sender.clone(),
+            open,
             opened: now,
             used: now,
             carried: 1,
             settings: *settings,
         });
-        Ok(sender)
+        Ok((sender, place))
     }
 
     async fn connect(&self, peer: Peer<'_>) -> Result<Sender, SendError> {
@@ -361,7 +394,11 @@ where
 
 /// The answer to a request sent: read whole, with its trailers, when it declares a length
 /// of at most [`WHOLE_BODY_BYTES`]; else its head, the rest passed on as it arrives.
-async fn read_answer(answer: h2::client::ResponseFuture) -> Result<Response<ProxyBody>, SendError> {
+/// The stream's `place` is given back once the answer has ended.
+async fn read_answer(
+    answer: h2::client::ResponseFuture,
+    place: Place,
+) -> Result<Response<ProxyBody>, SendError> {
     let (mut head, mut received) = answer.await.map_err(reset)?.into_parts();
     if received.is_end_stream() {
         return Ok(Response::from_parts(head, ProxyBody::default()));
@@ -375,10 +412,9 @@ async fn read_answer(answer: h2::client::ResponseFuture) -> Result<Response<Prox
     )
     .map_err(SendError::Reset)?;
     if declared.is_none_or(|n| n > WHOLE_BODY_BYTES) {
-        return Ok(Response::from_parts(
-            head,
-            ProxyBody::from_h2(received, declared),
-        ));
+        let mut body = ProxyBody::from_h2(received, declared);
+        body.keep(place);
+        return Ok(Response::from_parts(head, body));
     }
     // Mostly one DATA frame: kept as it came; joined when there are more.
     let mut first: Option<Bytes> = None;
@@ -468,6 +504,86 @@ mod tests {
         Request::get(format!("http://{address}/declared"))
             .body(Bytes::new())
             .expect("request")
+    }
+
+    /// An h2c server taking at most `most` streams at once on a connection, holding each
+    /// answer until `release` turns true; counts the connections it accepted and the
+    /// requests that reached it.
+    async fn holding_h2c_server(
+        most: u32,
+    ) -> (
+        String,
+        [Arc<AtomicUsize>; 2],
+        tokio::sync::watch::Sender<bool>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        let counts = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+        let (release, released) = tokio::sync::watch::channel(false);
+        let [accepted, arrived] = counts.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let (arrived, released) = (arrived.clone(), released.clone());
+                tokio::spawn(async move {
+                    let handshake = h2::server::Builder::new()
+                        .max_concurrent_streams(most)
+                        .handshake(stream);
+                    let Ok(mut connection) = handshake.await else {
+                        return;
+                    };
+                    while let Some(Ok((_, mut respond))) = connection.accept().await {
+                        arrived.fetch_add(1, Ordering::SeqCst);
+                        let mut released = released.clone();
+                        tokio::spawn(async move {
+                            let _ = released.wait_for(|r| *r).await;
+                            let mut stream = respond.send_response(Response::new(()), false)?;
+                            stream.send_data(Bytes::from("ok"), true)
+                        });
+                    }
+                });
+            }
+        });
+        (address, counts, release)
+    }
+
+    #[tokio::test]
+    async fn a_peer_at_its_stream_limit_gets_the_next_request_on_another_connection() {
+        let (address, [accepted, arrived], release) = holding_h2c_server(2).await;
+        let pool = Arc::new(H2Pool::plaintext(Duration::from_secs(1)));
+        let send = |pool: Arc<H2Pool>, address: String| async move {
+            let answer = pool.send(here(&address), get(&address)).await;
+            answer.map(|a| a.status())
+        };
+        // Two streams held open: as many as the peer takes on a connection.
+        let held: Vec<_> = (0..2)
+            .map(|_| tokio::spawn(send(pool.clone(), address.clone())))
+            .collect();
+        let reached = |n: usize| {
+            let arrived = arrived.clone();
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while arrived.load(Ordering::SeqCst) < n {
+                    assert!(Instant::now() < deadline, "{n} requests never reached the peer");
+                    tokio::task::yield_now().await;
+                }
+            }
+        };
+        reached(2).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        // A third reaches the peer at once, on a second connection, rather than wait for
+        // one of the two to end.
+        let third = tokio::spawn(send(pool.clone(), address.clone()));
+        reached(3).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        release.send_replace(true);
+        for answer in held.into_iter().chain([third]) {
+            assert_eq!(answer.await.expect("task").expect("answer"), 200);
+        }
+        // Their places given back, the oldest connection takes the next request.
+        send(pool.clone(), address.clone()).await.expect("answer");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.close_idle(Duration::from_secs(60)), 1, "one peer");
     }
 
     #[tokio::test]
