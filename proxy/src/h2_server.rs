@@ -47,9 +47,16 @@ use crate::wire::{MAX_HEAD_BYTES, content_length};
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// How long a client has to send its connection preface and settings.
 pub const PREFACE_TIMEOUT: Duration = Duration::from_secs(5);
-/// The flow-control windows offered to the client: a stream's, and the connection's.
+/// The flow-control windows offered to the client: a stream's, and an application's
+/// connection's.
 pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 pub const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+/// The connection's window on a connection that carries many clients' streams: one to
+/// or from another cluster's proxy, or to an endpoint. Data a stream's reader has not
+/// taken holds the connection's window as well as the stream's, so a window of a few
+/// streams' would let a few slow readers stop every other stream on it; this one leaves
+/// each stream's own window to bound what it holds, as Envoy's 256 MiB windows do.
+pub const SHARED_CONNECTION_WINDOW: u32 = 1 << 30;
 
 /// The limits of one listener's HTTP/2 connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,17 +69,30 @@ pub struct H2Settings {
     pub idle: Duration,
     /// How long a request's body may go without a byte before it is answered 408.
     pub stall: Duration,
+    /// The connection's flow-control window.
+    pub connection_window: u32,
 }
 
 impl H2Settings {
-    /// The settings of both listeners: [`MAX_CONCURRENT_STREAMS`], heads as large as
-    /// HTTP/1's ([`MAX_HEAD_BYTES`]), and the timeouts applications' connections have.
+    /// The settings of the outbound listener: [`MAX_CONCURRENT_STREAMS`], heads as large
+    /// as HTTP/1's ([`MAX_HEAD_BYTES`]), and the timeouts applications' connections have.
     pub fn for_clients(timeouts: ClientTimeouts) -> H2Settings {
         H2Settings {
             max_concurrent_streams: MAX_CONCURRENT_STREAMS,
             max_header_list_size: MAX_HEAD_BYTES as u32,
             idle: timeouts.idle,
             stall: timeouts.stall,
+            connection_window: CONNECTION_WINDOW,
+        }
+    }
+
+    /// The settings of the east-west listener: the same, but for the window of a
+    /// connection every client of another cluster's proxy shares
+    /// ([`SHARED_CONNECTION_WINDOW`]).
+    pub fn for_peers(timeouts: ClientTimeouts) -> H2Settings {
+        H2Settings {
+            connection_window: SHARED_CONNECTION_WINDOW,
+            ..H2Settings::for_clients(timeouts)
         }
     }
 }
@@ -108,7 +128,7 @@ pub async fn serve<T, H, F>(
         .max_concurrent_streams(settings.max_concurrent_streams)
         .max_header_list_size(settings.max_header_list_size)
         .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW);
+        .initial_connection_window_size(settings.connection_window);
     if tunnels.is_some() {
         builder.enable_connect_protocol();
     }

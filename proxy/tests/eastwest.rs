@@ -46,7 +46,7 @@ const WEST: &str = "us-west/us-west-1a";
 
 /// A backend answering `status` with its name, counting requests and echoing the hop
 /// mark and the size of the request's body; on `/big`, the answer is [`BIG_ANSWER`]
-/// bytes.
+/// bytes, on `/huge` [`HUGE_ANSWER`].
 async fn backend(name: &'static str, status: StatusCode) -> (SocketAddr, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
@@ -64,13 +64,14 @@ async fn backend(name: &'static str, status: StatusCode) -> (SocketAddr, Arc<Ato
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("")
                         .to_string();
-                    let big = r.uri().path() == "/big";
+                    let path = r.uri().path().to_string();
                     async move {
                         let received = r.into_body().collect().await.map(|b| b.to_bytes());
                         let size = received.map_or(-1, |b| b.len() as i64);
-                        let body = match big {
-                            true => Bytes::from(vec![b'x'; BIG_ANSWER]),
-                            false => Bytes::from(name),
+                        let body = match path.as_str() {
+                            "/big" => Bytes::from(vec![b'x'; BIG_ANSWER]),
+                            "/huge" => huge_answer(),
+                            _ => Bytes::from(name),
                         };
                         let mut response = Response::new(Full::new(body));
                         *response.status_mut() = status;
@@ -92,6 +93,18 @@ async fn backend(name: &'static str, status: StatusCode) -> (SocketAddr, Arc<Ato
 /// The size of a backend's answer on `/big`: over the flow-control window an east-west
 /// stream offers, so crossing it takes window updates.
 const BIG_ANSWER: usize = 3 * 1024 * 1024;
+
+/// The size of a backend's answer on `/huge`: more than the socket buffers between a
+/// proxy and a client that does not read can hold, so that the rest waits in the
+/// proxies, in the flow-control windows of its east-west stream.
+const HUGE_ANSWER: usize = 16 * 1024 * 1024;
+
+/// [`HUGE_ANSWER`] bytes, made once and shared by every answer.
+fn huge_answer() -> Bytes {
+    static HUGE: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    HUGE.get_or_init(|| Bytes::from(vec![b'x'; HUGE_ANSWER]))
+        .clone()
+}
 
 fn certs(dir: &Path, trust_domain: &str) -> PathBuf {
     let out = dir.join(format!("certs-{trust_domain}"));
@@ -517,6 +530,66 @@ async fn requests_to_a_draining_peer_move_to_a_new_connection_and_none_fails() {
             "request {i} after the drain began: {headers:?}"
         );
     }
+}
+
+/// Clients that stop reading large answers from another cluster hold those answers
+/// back, and no other: the receiving proxy's connection-wide flow-control window is not
+/// what stops them (only each stream's own is), so the other requests on the same
+/// east-west connection are answered as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stop_reading_hold_back_no_other_answer_across_clusters() {
+    let everything_west =
+        "        distribute:\n        - from: us-east/*\n          to: {\"us-west/*\": 100}";
+    let mesh = mesh(StatusCode::OK, everything_west, "").await;
+    let east = mesh.east.outbound_address();
+    let localhost: std::net::IpAddr = "127.0.0.1".parse().expect("address");
+    eventually(
+        "east sends checkout's requests to the west cluster",
+        Duration::from_secs(20),
+        || async move {
+            match get_from(east, localhost, "checkout.shop", &[]).await {
+                Some((StatusCode::OK, headers)) if served_by(&headers).1 == "west" => Ok(()),
+                Some((status, headers)) => Err(format!("{status} {headers:?}")),
+                None => Err("no answer".into()),
+            }
+        },
+    )
+    .await;
+    // Four stalled answers on each worker's connection: each would hold a stream's
+    // whole window (2 MiB) of the connection's.
+    let before = mesh.west_seen.load(Ordering::SeqCst);
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        let mut stream = TcpStream::connect(east).await.expect("connect");
+        let request = "GET /huge HTTP/1.1\r\nhost: checkout.shop\r\n\r\n";
+        stream.write_all(request.as_bytes()).await.expect("write");
+        stalled.push(stream);
+    }
+    let seen = mesh.west_seen.clone();
+    eventually(
+        "the stalled requests reach the west cluster",
+        Duration::from_secs(10),
+        || {
+            let seen = seen.clone();
+            async move {
+                match seen.load(Ordering::SeqCst) - before {
+                    8.. => Ok(()),
+                    n => Err(format!("{n} of 8")),
+                }
+            }
+        },
+    )
+    .await;
+    // Small requests, each on a connection of its own (to either worker), answered in
+    // time while those answers wait.
+    for i in 0..40 {
+        let mut stream = TcpStream::connect(east).await.expect("connect");
+        let request = "GET / HTTP/1.1\r\nhost: checkout.shop\r\nconnection: close\r\n\r\n";
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let answer = read_until(&mut stream, "\r\n\r\nwest").await;
+        assert!(answer.starts_with("HTTP/1.1 200 "), "request {i}: {answer}");
+    }
+    drop(stalled);
 }
 
 /// A WebSocket upgrade to a service whose only endpoint is in another cluster: the

@@ -42,7 +42,7 @@ use tokio_rustls::TlsConnector;
 
 use super::tls::{ALPN_H2, MeshTls, PROXY_SERVER_NAME};
 use crate::body::{ProxyBody, WHOLE_BODY_BYTES};
-use crate::h2_server::{CONNECTION_WINDOW, STREAM_WINDOW};
+use crate::h2_server::{SHARED_CONNECTION_WINDOW, STREAM_WINDOW};
 use crate::tunnel::H2Stream;
 use crate::upload::Forwarding;
 use crate::upstream::PoolSettings;
@@ -358,7 +358,7 @@ where
     let (requests, mut connection) = h2::client::Builder::new()
         .enable_push(false)
         .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_connection_window_size(SHARED_CONNECTION_WINDOW)
         .handshake::<_, Bytes>(io)
         .await?;
     let closed = Arc::new(AtomicBool::new(false));
@@ -564,7 +564,10 @@ mod tests {
             async move {
                 let deadline = Instant::now() + Duration::from_secs(5);
                 while arrived.load(Ordering::SeqCst) < n {
-                    assert!(Instant::now() < deadline, "{n} requests never reached the peer");
+                    assert!(
+                        Instant::now() < deadline,
+                        "{n} requests never reached the peer"
+                    );
                     tokio::task::yield_now().await;
                 }
             }

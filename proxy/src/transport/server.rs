@@ -50,7 +50,7 @@ pub(crate) async fn serve_east_west_connection(
         }
     };
     let hop = outbound.hop_mark(&peer);
-    let settings = H2Settings::for_clients(outbound.client_timeouts());
+    let settings = H2Settings::for_peers(outbound.client_timeouts());
     let client = format!("east-west peer {peer} at {peer_address}");
     let handle = |request| {
         let (outbound, upstreams, hop) = (outbound.clone(), upstreams.clone(), hop.clone());
