@@ -21,6 +21,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::access_log::{AccessLog, Destination};
 use crate::balance::ClusterInfo;
 use crate::control::{self, ControlSettings, report};
 use crate::downstream::ClientTimeouts;
@@ -66,6 +67,8 @@ pub struct ProxyConfig {
     pub workers: usize,
     /// How long applications' connections may idle, and stall in a request.
     pub client_timeouts: ClientTimeouts,
+    /// Where a line per request is written, when anywhere ([`crate::access_log`]).
+    pub access_log: Option<Destination>,
 }
 
 /// The east-west listener and the mTLS material it and the client side use.
@@ -97,6 +100,9 @@ pub enum StartError {
     /// The worker threads could not be started.
     #[error("cannot start the worker threads: {0}")]
     Workers(std::io::Error),
+    /// The access log could not be opened.
+    #[error("cannot open the access log: {0}")]
+    AccessLog(std::io::Error),
 }
 
 /// A running proxy.
@@ -191,6 +197,11 @@ impl Proxy {
         .with_client_timeouts(settings.client_timeouts);
         let (drain, draining) = crate::drain::drain();
         outbound = outbound.with_drain(draining);
+        if let Some(destination) = &settings.access_log {
+            let dropped = metrics.access_log_dropped.clone();
+            let log = AccessLog::open(destination, dropped).map_err(StartError::AccessLog)?;
+            outbound = outbound.with_access_log(log);
+        }
         let tls = match &settings.east_west {
             Some(e) => {
                 let tls = Arc::new(MeshTls::load(&e.certs, &settings.cluster)?);

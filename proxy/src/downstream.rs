@@ -532,7 +532,7 @@ fn bad_body(why: String) -> Refusal {
 /// Answers `refusal`, saying the connection closes (the caller then closes it), and
 /// counts it.
 async fn refuse(wire: &mut Wire, refusal: Refusal, outbound: &Outbound) {
-    outbound.count_refused(refusal.status);
+    outbound.count_refused(refusal.status, &refusal.reason);
     let mut response = answer(refusal.status, &refusal.reason);
     response
         .headers_mut()

@@ -24,6 +24,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod app;
 pub mod balance;
 pub mod body;

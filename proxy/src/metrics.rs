@@ -41,6 +41,8 @@ pub struct ProxyMetrics {
     pub pending: Family<Labels, Gauge>,
     /// Connections the listeners failed to accept (mostly: out of file descriptors).
     pub accept_failures: Counter,
+    /// Access log lines dropped behind a slow writer.
+    pub access_log_dropped: Counter,
     /// 1 while a coordinator session is up.
     pub coordinator_connected: Gauge,
     /// The version of the snapshot routed on (0: none, or a configuration file).
@@ -82,6 +84,7 @@ impl ProxyMetrics {
             retry_overflows: Family::default(),
             pending: Family::default(),
             accept_failures: Counter::default(),
+            access_log_dropped: Counter::default(),
             coordinator_connected: Gauge::default(),
             snapshot_version: Gauge::default(),
             weights: Family::default(),
@@ -129,6 +132,11 @@ impl ProxyMetrics {
             "accept_failures",
             "Connections the listeners failed to accept (mostly: out of file descriptors)",
             m.accept_failures.clone(),
+        );
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer was too far behind",
+            m.access_log_dropped.clone(),
         );
         registry.register(
             "coordinator_connected",

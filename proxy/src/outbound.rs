@@ -19,7 +19,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use fulcrum_policy::Locality;
@@ -34,6 +34,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
 
 use crate::FastMap;
+use crate::access_log::{AccessLog, Line};
 use crate::balance::{
     ClusterInfo, EndpointPicker, LocalityRow, OutlierDetector, OutlierSettings, Place, TryOutcome,
 };
@@ -286,6 +287,8 @@ pub struct Outbound {
     /// This proxy's locality: where its endpoints are.
     locality: Locality,
     locality_text: Arc<str>,
+    /// Where each request is logged, when the proxy keeps an access log.
+    access_log: Option<Arc<AccessLog>>,
 }
 
 /// Where requests leave the proxy: HTTP/1 connections to this cluster's endpoints (h2c
@@ -367,14 +370,98 @@ impl Outbound {
             cluster,
             locality_text: locality.to_string().into(),
             locality,
+            access_log: None,
         }
     }
 
-    /// Counts a request the listener refused before routing (malformed, over a limit):
-    /// its service is unknown.
-    pub fn count_refused(&self, status: StatusCode) {
+    /// Counts a request the listener refused before routing (malformed, over a limit)
+    /// for `reason`: its service is unknown, and so is the rest of it but its protocol.
+    pub fn count_refused(&self, status: StatusCode, reason: &str) {
         self.metrics
             .count_request("unknown", &self.locality_text, status.as_u16(), 0.0);
+        if let Some(log) = &self.access_log {
+            let mut line = Line::new();
+            line.time("start_time", SystemTime::now())
+                .text("method", Some("-"))
+                .text("path", Some("-"))
+                .text("protocol", Some("HTTP/1.1"))
+                .text("listener", Some("outbound"))
+                .number("response_code", Some(u64::from(status.as_u16())))
+                .text("reason", Some(reason))
+                .text("upstream_locality", Some(&self.locality_text))
+                .number("duration", Some(0));
+            log.log(line);
+        }
+    }
+
+    /// Logs each request in `log` ([`crate::access_log`]).
+    pub fn with_access_log(mut self, log: AccessLog) -> Outbound {
+        self.access_log = Some(Arc::new(log));
+        self
+    }
+
+    /// The start of `request`'s access log line, when the proxy keeps a log: what its
+    /// head says, and when it came. A request without an `x-request-id` is given one
+    /// now, so that its line has the name it travels under.
+    fn log_start<B>(
+        &self,
+        request: &mut Request<B>,
+        client: Option<ClientAddress>,
+        listener: &'static str,
+    ) -> Option<(Line, Instant)> {
+        self.access_log.as_ref()?;
+        let mut line = Line::new();
+        line.time("start_time", SystemTime::now());
+        (request.headers_mut().entry(REQUEST_ID_HEADER)).or_insert_with(new_request_id);
+        let (uri, headers) = (request.uri(), request.headers());
+        let text = |name| {
+            headers
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+        };
+        let authority = uri.authority().map(|a| a.as_str()).or_else(|| text(HOST));
+        let client = client.map(|c| c.0.to_string());
+        line.text("method", Some(request.method().as_str()))
+            .text(
+                "path",
+                Some(uri.path_and_query().map_or("/", |p| p.as_str())),
+            )
+            .text("protocol", Some(protocol_name(request.version())))
+            .text("authority", authority)
+            .text("user_agent", text(http::header::USER_AGENT))
+            .text("x_request_id", text(REQUEST_ID_HEADER))
+            .text("downstream_remote_address", client.as_deref())
+            .text("listener", Some(listener));
+        Some((line, Instant::now()))
+    }
+
+    /// Adds how a request was answered (by `response`, once `handled`) to its `line`.
+    fn log_answer(&self, line: &mut Line, handled: &Handled, response: &ProxyResponse) {
+        let headers = response.headers();
+        let text = |name| {
+            headers
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+        };
+        line.number("response_code", Some(u64::from(response.status().as_u16())))
+            .text("reason", text(REASON_HEADER))
+            .text("service", handled.service.as_deref())
+            .text("upstream_cluster", text(CLUSTER_HEADER))
+            .text("upstream_host", text(UPSTREAM_HEADER))
+            .text("upstream_locality", Some(&handled.locality))
+            .text("attempts", text(ATTEMPTS_HEADER))
+            .number("bytes_sent", response.body().length());
+    }
+
+    /// Logs a tunnel's `line` as its upgrade was answered (`status`, once `handled`).
+    fn log_tunnel(&self, line: Option<(Line, Instant)>, handled: &Handled, status: StatusCode) {
+        let line = line.map(|(mut line, since)| {
+            line.number("response_code", Some(u64::from(status.as_u16())))
+                .text("service", handled.service.as_deref())
+                .text("upstream_locality", Some(&handled.locality));
+            (line, since)
+        });
+        log_end(self.access_log.as_deref(), line);
     }
 
     /// How long applications' connections may idle, and stall in a request.
@@ -560,7 +647,7 @@ impl Outbound {
     /// so.
     pub(crate) async fn handle_raw<B>(
         &self,
-        request: Request<B>,
+        mut request: Request<B>,
         client: Option<ClientAddress>,
         upstreams: &Upstreams,
     ) -> (ProxyResponse, Option<RawFields>)
@@ -569,12 +656,13 @@ impl Outbound {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let started = Instant::now();
+        let line = self.log_start(&mut request, client, "outbound");
         let mut handled = Handled::new(&self.locality_text);
         let grpc = is_grpc(request.headers());
         let mut response = self
             .route_and_forward(request, client, upstreams, &mut handled)
             .await;
-        self.count(&handled, &mut response, started);
+        self.count(&handled, &mut response, started, line);
         if grpc {
             return (for_grpc_client(response), handled.fields);
         }
@@ -593,7 +681,7 @@ impl Outbound {
     /// [`hop_mark`]: Outbound::hop_mark
     pub async fn handle_east_west<B>(
         &self,
-        request: Request<B>,
+        mut request: Request<B>,
         hop: Option<&HeaderValue>,
         upstreams: &Upstreams,
     ) -> ProxyResponse
@@ -602,33 +690,48 @@ impl Outbound {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let started = Instant::now();
+        let line = self.log_start(&mut request, None, "east-west");
         let mut handled = Handled::new(&self.locality_text);
         let mut response = self
             .serve_for_peer(request, hop, upstreams, &mut handled)
             .await;
-        self.count(&handled, &mut response, started);
+        self.count(&handled, &mut response, started, line);
         handled.merge_fields(&mut response);
         response
     }
 
-    /// Counts a request in the metrics with how long it took: at once for an answer held
-    /// whole; for one still arriving, when it ends (or breaks off, or the client leaves),
-    /// as Envoy's request duration runs to the end of the answer.
-    fn count(&self, handled: &Handled, response: &mut ProxyResponse, started: Instant) {
+    /// Counts a request in the metrics with how long it took, and logs its `entry` when
+    /// the proxy keeps an access log: at once for an answer held whole; for one still
+    /// arriving, when it ends (or breaks off, or the client leaves), as Envoy's request
+    /// duration runs to the end of the answer.
+    fn count(
+        &self,
+        handled: &Handled,
+        response: &mut ProxyResponse,
+        started: Instant,
+        line: Option<(Line, Instant)>,
+    ) {
         let status = response.status().as_u16();
         let service = handled.service.as_deref().unwrap_or("unknown");
+        let mut line = line;
+        if let Some((line, _)) = &mut line {
+            self.log_answer(line, handled, response);
+        }
         if response.body().is_streaming() {
             let metrics = Arc::clone(&self.metrics);
             let (service, locality) = (service.to_string(), Arc::clone(&handled.locality));
+            let log = self.access_log.clone();
             response.body_mut().on_end(move |_| {
                 let took = started.elapsed().as_secs_f64();
                 metrics.count_request(&service, &locality, status, took);
+                log_end(log.as_deref(), line);
             });
             return;
         }
         let took = started.elapsed().as_secs_f64();
         self.metrics
             .count_request(service, &handled.locality, status, took);
+        log_end(self.access_log.as_deref(), line);
     }
 
     /// Opens the tunnel of a WebSocket upgrade (`Upgrade: websocket`, as Istio enables by
@@ -642,11 +745,12 @@ impl Outbound {
     /// answer that is not an upgrade goes to the client all the same.
     pub(crate) async fn open_tunnel(
         &self,
-        request: Request<ProxyBody>,
+        mut request: Request<ProxyBody>,
         client: Option<ClientAddress>,
         upstreams: &Upstreams,
     ) -> Result<(Box<dyn TunnelIo>, Bytes), ProxyResponse> {
         let started = Instant::now();
+        let line = self.log_start(&mut request, client, "outbound");
         let mut handled = Handled::new(&self.locality_text);
         let opened = self
             .open_tunnel_routed(request, client, upstreams, &mut handled)
@@ -661,6 +765,7 @@ impl Outbound {
             status.as_u16(),
             started.elapsed().as_secs_f64(),
         );
+        self.log_tunnel(line, &handled, status);
         opened.map(|(io, answered, _)| (io, answered))
     }
 
@@ -808,6 +913,8 @@ impl Outbound {
         hop: Option<&HeaderValue>,
     ) {
         let started = Instant::now();
+        let mut request = request;
+        let line = self.log_start(&mut request, None, "east-west");
         let mut handled = Handled::new(&self.locality_text);
         let (parts, recv) = request.into_parts();
         let opened = self.upgrade_for_peer(parts, hop, &mut handled).await;
@@ -821,6 +928,7 @@ impl Outbound {
             status.as_u16(),
             started.elapsed().as_secs_f64(),
         );
+        self.log_tunnel(line, &handled, status);
         let (stream, answered) = match opened {
             Ok((stream, answered, _)) => (stream, answered),
             Err(refused) => {
@@ -2463,6 +2571,26 @@ impl Handled {
         if let Some(fields) = self.fields.take() {
             merge_raw_fields(response.headers_mut(), fields);
         }
+    }
+}
+
+/// Logs a request's `line`, begun at `since`, in `log` as the request ends.
+fn log_end(log: Option<&AccessLog>, line: Option<(Line, Instant)>) {
+    if let (Some((mut line, since)), Some(log)) = (line, log) {
+        line.number("duration", Some(since.elapsed().as_millis() as u64));
+        log.log(line);
+    }
+}
+
+/// How a request's protocol is written in the access log.
+fn protocol_name(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP",
     }
 }
 

@@ -99,6 +99,7 @@ fn proxy_settings(coordinator: SocketAddr, state_dir: &Path) -> ProxyConfig {
         health_checks: None,
         workers: 2,
         client_timeouts: ClientTimeouts::default(),
+        access_log: None,
     }
 }
 

@@ -210,6 +210,7 @@ fn settings(cluster: &str, locality: &str, coordinator: SocketAddr, dir: &Path) 
         health_checks: None,
         workers: 2,
         client_timeouts: ClientTimeouts::default(),
+        access_log: None,
     }
 }
 

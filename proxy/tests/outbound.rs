@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fulcrum_policy::ConfigSet;
+use fulcrum_proxy::access_log::Destination;
 use fulcrum_proxy::app::{Proxy, ProxyConfig};
 use fulcrum_proxy::downstream::ClientTimeouts;
 use fulcrum_proxy::health::HealthCheckSettings;
@@ -224,6 +225,16 @@ async fn start_east_with(
     health_checks: Option<HealthCheckSettings>,
     client_timeouts: ClientTimeouts,
 ) -> Proxy {
+    start_east_logged(yaml, health_checks, client_timeouts, None).await
+}
+
+/// [`start_east_with`], writing its access log to `access_log` when given.
+async fn start_east_logged(
+    yaml: &str,
+    health_checks: Option<HealthCheckSettings>,
+    client_timeouts: ClientTimeouts,
+    access_log: Option<Destination>,
+) -> Proxy {
     let mut config = ConfigSet::new();
     config.add_text("mesh.yaml", yaml);
     let errors: Vec<String> = config
@@ -244,6 +255,7 @@ async fn start_east_with(
             health_checks,
             workers: 2,
             client_timeouts,
+            access_log,
         },
         Some(&config),
     )
@@ -1507,6 +1519,93 @@ async fn an_unknown_service_is_404_with_a_reason() {
             .to_str()
             .unwrap()
             .contains("unknown service")
+    );
+}
+
+/// With `--access-log`, each request is a JSON line once its answer has ended: what it
+/// asked for, how it was answered and by whom; a request the proxy names gets the name
+/// it travelled under, and one refused before routing is logged with why.
+#[tokio::test]
+async fn each_request_is_a_line_of_the_access_log() {
+    let endpoint = backend("shop-v1", Behaviour::Ok).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("access.log");
+    let yaml = http_entry("shop", "shop.example", &[endpoint.port()]);
+    let destination = Some(Destination::File(path.clone()));
+    let proxy = start_east_logged(&yaml, None, ClientTimeouts::default(), destination).await;
+    let outbound = proxy.outbound_address();
+    let named = "GET /cart?items=2 HTTP/1.1\r\nhost: shop.example\r\nuser-agent: test/1\r\n\
+                 x-request-id: order-7\r\nconnection: close\r\n\r\n";
+    assert!(
+        raw(outbound, named.as_bytes())
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    let unknown = send(outbound, "nowhere.example", "/", true).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    let malformed = b"GET / HTTP/1.1\r\nhost: shop.example\r\ncontent-length: 1\r\n\
+                      transfer-encoding: chunked\r\n\r\n";
+    assert!(raw(outbound, malformed).await.starts_with("HTTP/1.1 400"));
+
+    let lines = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.lines().count() >= 3 {
+                break text;
+            }
+            assert!(Instant::now() < deadline, "three lines, not {text:?}");
+            tokio::task::yield_now().await;
+        }
+    };
+    let entries: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    let [served, unknown, refused] = &entries[..] else {
+        panic!("three entries: {lines}");
+    };
+    assert_eq!(served["method"], "GET");
+    assert_eq!(served["path"], "/cart?items=2");
+    assert_eq!(served["protocol"], "HTTP/1.1");
+    assert_eq!(served["response_code"], 200);
+    assert_eq!(served["x_request_id"], "order-7");
+    assert_eq!(served["user_agent"], "test/1");
+    assert_eq!(served["authority"], "shop.example");
+    assert_eq!(served["service"], "shop.example");
+    assert_eq!(served["upstream_host"], endpoint.to_string());
+    assert_eq!(served["upstream_cluster"], "east");
+    assert_eq!(served["upstream_locality"], "us-east/us-east-1a");
+    assert_eq!(served["attempts"], "1");
+    assert_eq!(served["bytes_sent"], "/cart?items=2".len());
+    assert_eq!(served["reason"], serde_json::Value::Null);
+    let client = served["downstream_remote_address"]
+        .as_str()
+        .expect("client");
+    assert!(client.starts_with("127.0.0.1:"), "{client}");
+    assert!(
+        served["start_time"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z'))
+    );
+
+    assert_eq!(unknown["protocol"], "HTTP/2");
+    assert_eq!(unknown["response_code"], 404);
+    assert!(
+        unknown["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("unknown service"))
+    );
+    // Named by the proxy, as it would have travelled.
+    assert_eq!(unknown["x_request_id"].as_str().map(str::len), Some(36));
+
+    assert_eq!(refused["response_code"], 400);
+    assert_eq!(refused["method"], "-");
+    assert!(
+        refused["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("Transfer-Encoding")),
+        "{refused}"
     );
 }
 

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use fulcrum_policy::Locality;
+use fulcrum_proxy::access_log::Destination;
 use fulcrum_proxy::app::{EastWestSettings, Proxy, ProxyConfig, load_config};
 use fulcrum_proxy::control::{ClientTls, ControlSettings};
 use fulcrum_proxy::downstream::ClientTimeouts;
@@ -91,6 +92,10 @@ struct Flags {
     /// open. 0s exits at once.
     #[arg(long, default_value = "5s", value_parser = parse_drain)]
     drain_duration: std::time::Duration,
+    /// Write a JSON line per request to this file (appended to), or to standard output
+    /// with `-`. Off unless given
+    #[arg(long, value_name = "PATH")]
+    access_log: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -155,6 +160,7 @@ fn main() -> ExitCode {
                 idle: flags.idle_timeout,
                 stall: flags.request_stall_timeout,
             },
+            access_log: flags.access_log.as_deref().map(Destination::parse),
         };
         let proxy = match Proxy::start(settings, config.as_ref()).await {
             Ok(p) => p,
