@@ -12,14 +12,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use fulcrum_policy::istio::{
-    ConnectionPoolSettings, ServicePort, SimpleLb, TrafficPolicy, endpoints_of,
+    ConnectionPoolSettings, LoadBalancerSettings, ServicePort, SimpleLb, TrafficPolicy,
+    endpoints_of,
 };
 use fulcrum_policy::references::{merged_policy, qualify_host, rule_for_host};
 use fulcrum_policy::{Locality, Resource};
 use http::HeaderValue;
 
 use crate::FastMap;
-use crate::balance::{LbPolicy, OutlierSettings};
+use crate::balance::{LbPolicy, OutlierSettings, Warmup};
 use crate::upstream::{Keepalive, PoolSettings};
 
 /// Istio's label naming the cluster a workload runs in.
@@ -60,6 +61,9 @@ pub struct BalanceSettings {
     pub limits: PoolLimits,
     /// And its settings for each connection, when it sets any.
     pub pool: Option<Arc<PoolSettings>>,
+    /// How a new endpoint's share grows (`loadBalancer.warmup`), for round robin and
+    /// least request.
+    pub warmup: Option<Warmup>,
 }
 
 /// A DestinationRule's `connectionPool` limits, Envoy's circuit breakers: each off
@@ -165,6 +169,7 @@ static DEFAULT_BALANCE: BalanceSettings = BalanceSettings {
         retries: None,
     },
     pool: None,
+    warmup: None,
 };
 
 /// Endpoints read from ServiceEntry objects.
@@ -242,8 +247,31 @@ fn balance_of(policy: Option<&TrafficPolicy>, h2: bool) -> Option<BalanceSetting
                 | SimpleLb::Passthrough => LbPolicy::LeastRequest,
             };
         }
+        settings.warmup = warmup_of(lb).filter(|_| {
+            matches!(
+                settings.policy,
+                LbPolicy::RoundRobin | LbPolicy::LeastRequest
+            )
+        });
     }
     Some(settings)
+}
+
+/// A load balancer's `warmup` (else its older `warmupDurationSecs`), with Istio's
+/// defaults: a 10% minimum, a linear ramp. None for a zero duration.
+fn warmup_of(lb: &LoadBalancerSettings) -> Option<Warmup> {
+    let (duration, minimum, aggression) = match (&lb.warmup, lb.warmup_duration_secs) {
+        (Some(w), _) => (Some(w.duration), w.minimum_percent, w.aggression),
+        (None, duration) => (duration, None, None),
+    };
+    let duration = duration?.to_std().filter(|d| !d.is_zero())?;
+    let minimum = minimum.filter(|p| p.is_finite()).unwrap_or(10.0);
+    let aggression = aggression.filter(|a| a.is_finite()).unwrap_or(1.0);
+    Some(Warmup {
+        duration,
+        minimum: (minimum / 100.0).clamp(0.0, 1.0),
+        aggression: aggression.max(0.0),
+    })
 }
 
 /// Whether endpoints on `port` speak h2, as Istio selects a port's protocol: its
@@ -580,6 +608,71 @@ spec: {address: 10.0.0.5, labels: {app: vms, topology.istio.io/cluster: west}}
             .map(|e| e.address.to_string())
             .collect();
         assert_eq!(endpoints, vec!["10.0.0.1:8080", "10.0.0.2:9090"]);
+    }
+
+    #[test]
+    fn a_warmup_is_read_with_istios_defaults_for_the_balancers_that_ramp() {
+        let rule = |host: &str, lb: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+                 metadata: {{name: {host}, namespace: shop}}\nspec:\n  hosts: [{host}.example]\n  \
+                 location: MESH_INTERNAL\n  resolution: STATIC\n  \
+                 ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints:\n  \
+                 - {{address: 10.0.0.1, locality: r1/z1}}\n---\n\
+                 apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+                 metadata: {{name: {host}, namespace: shop}}\n\
+                 spec: {{host: {host}.example, trafficPolicy: {{loadBalancer: {lb}}}}}\n---\n"
+            )
+        };
+        let mut config = ConfigSet::new();
+        config.add_text(
+            "warmup.yaml",
+            &[
+                rule("full", "{simple: ROUND_ROBIN, warmup: {duration: 30s, minimumPercent: 25, aggression: 2}}"),
+                rule("defaults", "{warmup: {duration: 1m}}"),
+                rule("older", "{simple: LEAST_REQUEST, warmupDurationSecs: 20s}"),
+                rule("hashed", "{consistentHash: {httpHeaderName: x-user}, warmup: {duration: 1m}}"),
+            ]
+            .concat(),
+        );
+        let errors: Vec<_> = config
+            .diagnostics()
+            .filter(|d| d.severity == fulcrum_policy::Severity::Error)
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        let east =
+            StaticDiscovery::from_resources(config.resources(), "east", &"r1/z1".parse().unwrap());
+        let warmup = |host: &str| east.balance(host, "").warmup;
+        let seconds = std::time::Duration::from_secs;
+        assert_eq!(
+            warmup("full.example"),
+            Some(Warmup {
+                duration: seconds(30),
+                minimum: 0.25,
+                aggression: 2.0
+            })
+        );
+        assert_eq!(
+            warmup("defaults.example"),
+            Some(Warmup {
+                duration: seconds(60),
+                minimum: 0.1,
+                aggression: 1.0
+            })
+        );
+        assert_eq!(
+            warmup("older.example"),
+            Some(Warmup {
+                duration: seconds(20),
+                minimum: 0.1,
+                aggression: 1.0
+            })
+        );
+        assert_eq!(
+            warmup("hashed.example"),
+            None,
+            "no ramp for a consistent hash"
+        );
     }
 
     #[test]

@@ -1996,14 +1996,17 @@ impl Outbound {
         let mut pickers = self.pickers.lock().ok()?;
         let in_flight = self.in_flight.lock().ok()?;
         let target = &forward.target;
+        // A new picker when the service's rule has changed its balancer since.
+        let (policy, warmup) = (settings.policy, settings.warmup);
         if !pickers
             .get(&target.host)
-            .is_some_and(|p| p.contains_key(&target.subset))
+            .and_then(|p| p.get(&target.subset))
+            .is_some_and(|picker| picker.is_for(policy, warmup))
         {
-            pickers
-                .entry(target.host.clone())
-                .or_default()
-                .insert(target.subset.clone(), EndpointPicker::new(settings.policy));
+            pickers.entry(target.host.clone()).or_default().insert(
+                target.subset.clone(),
+                EndpointPicker::with_warmup(policy, warmup),
+            );
         }
         let picker = pickers
             .get_mut(&target.host)

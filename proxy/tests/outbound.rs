@@ -27,7 +27,8 @@ use fulcrum_proxy::access_log::Destination;
 use fulcrum_proxy::app::{Proxy, ProxyConfig};
 use fulcrum_proxy::downstream::ClientTimeouts;
 use fulcrum_proxy::health::HealthCheckSettings;
-use fulcrum_proxy::outbound::{REASON_HEADER, UPSTREAM_HEADER};
+use fulcrum_proxy::metrics::ProxyMetrics;
+use fulcrum_proxy::outbound::{Outbound, REASON_HEADER, Routing, UPSTREAM_HEADER};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -1087,6 +1088,98 @@ async fn over_the_connection_limit_a_request_waits_and_past_the_pending_limit_ov
         "{}",
         metrics.body
     );
+}
+
+/// The routing a proxy of cluster `east` (us-east/us-east-1a) builds from `yaml`.
+fn east_routing(yaml: &str) -> Routing {
+    let mut config = ConfigSet::new();
+    config.add_text("mesh.yaml", yaml);
+    let resources: Vec<_> = config.resources().collect();
+    let locality = "us-east/us-east-1a".parse().expect("locality");
+    let (routing, errors) = Routing::new(&resources, &[], Vec::new(), "east", &locality);
+    assert!(errors.is_empty(), "{errors:?}");
+    routing
+}
+
+/// Which backend answers each of `n` requests to `host` (for user `user`).
+async fn backends_of(outbound: &Outbound, host: &str, user: &str, n: usize) -> Vec<String> {
+    let upstreams = outbound.upstreams();
+    let mut seen = Vec::new();
+    for _ in 0..n {
+        let request = Request::get("/")
+            .header("host", host)
+            .header("x-user", user)
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let answer = outbound.handle(request, None, &upstreams).await;
+        assert_eq!(answer.status(), StatusCode::OK);
+        seen.push(backend_of(answer.headers()));
+    }
+    seen
+}
+
+/// A DestinationRule whose balancer changes while the proxy runs takes effect with the
+/// next request: round robin, then a consistent hash on a header.
+#[tokio::test]
+async fn a_changed_load_balancer_takes_effect_at_once() {
+    let mut ports = Vec::new();
+    for name in ["one", "two", "three"] {
+        ports.push(backend(name, Behaviour::Ok).await.port());
+    }
+    let entry = http_entry("shop", "shop.example", &ports);
+    let rule = |lb: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+             metadata: {{name: shop, namespace: shop}}\n\
+             spec: {{host: shop.example, trafficPolicy: {{loadBalancer: {lb}}}}}\n"
+        )
+    };
+    let round_robin = entry.clone() + &rule("{simple: ROUND_ROBIN}");
+    let metrics = Arc::new(ProxyMetrics::new());
+    let locality = "us-east/us-east-1a".parse().expect("locality");
+    let routing = Some(east_routing(&round_robin));
+    let outbound = Outbound::new(routing, metrics, "east".into(), locality);
+    let mut turns = backends_of(&outbound, "shop.example", "ann", 6).await;
+    turns.sort();
+    turns.dedup();
+    assert_eq!(turns.len(), 3, "in turn: {turns:?}");
+    let hashed = entry + &rule("{consistentHash: {httpHeaderName: x-user}}");
+    outbound.update(east_routing(&hashed));
+    let mut keyed = backends_of(&outbound, "shop.example", "ann", 6).await;
+    keyed.dedup();
+    assert_eq!(keyed.len(), 1, "one user, one endpoint: {keyed:?}");
+}
+
+/// With a `warmup`, an endpoint that joins a service gets a small share of its requests
+/// at first: by round robin, two warm endpoints and one within a 2 s warmup that holds it
+/// at half its weight (a 50% minimum, no ramp) get 2, 2 and 1 of every 5.
+#[tokio::test]
+async fn an_endpoint_that_joins_under_a_warmup_gets_a_small_share_at_first() {
+    let mut ports = Vec::new();
+    for name in ["one", "two", "new"] {
+        ports.push(backend(name, Behaviour::Ok).await.port());
+    }
+    let warmup = Duration::from_secs(2);
+    let rule = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+                metadata: {name: shop, namespace: shop}\n\
+                spec: {host: shop.example, trafficPolicy: {loadBalancer: \
+                {simple: ROUND_ROBIN, warmup: {duration: 2s, minimumPercent: 50, aggression: 0}}}}\n";
+    let metrics = Arc::new(ProxyMetrics::new());
+    let locality = "us-east/us-east-1a".parse().expect("locality");
+    let two = http_entry("shop", "shop.example", &ports[..2]) + rule;
+    let outbound = Outbound::new(Some(east_routing(&two)), metrics, "east".into(), locality);
+    let before = backends_of(&outbound, "shop.example", "ann", 4).await;
+    assert!(before.iter().all(|b| b != "new"), "{before:?}");
+    // The scenario: the two endpoints serve past their own warmup.
+    tokio::time::sleep(warmup).await;
+    outbound.update(east_routing(
+        &(http_entry("shop", "shop.example", &ports) + rule),
+    ));
+    let joined = Instant::now();
+    let after = backends_of(&outbound, "shop.example", "ann", 200).await;
+    assert!(joined.elapsed() < warmup, "served within the warmup");
+    let new = after.iter().filter(|b| *b == "new").count();
+    assert!(new.abs_diff(40) <= 1, "{new} of 200 to the new endpoint");
 }
 
 /// An endpoint speaking HTTP/1.1 and h2c (prior knowledge) alike, answering `ok`; counts

@@ -3,7 +3,17 @@
 //! `consistentHash` over a ring (a header, cookie, source IP or query parameter gives
 //! the key; the caller extracts it). Endpoints that are ejected or not ready are never
 //! offered here: the caller passes only the eligible ones.
+//!
+//! With a `warmup` ([`Warmup`], Envoy's slow start, for `ROUND_ROBIN` and
+//! `LEAST_REQUEST`), an endpoint new to the picker gets a weight that grows over the
+//! warmup's duration, and while the weights differ the endpoints are chosen by a smooth
+//! weighted round robin, as Envoy's EDF scheduler chooses them: for least request, by
+//! each weight over its endpoint's requests in flight plus one. Endpoints the picker has
+//! seen since it began all start together, and so have equal weights, as in Envoy.
 
+use std::time::{Duration, Instant};
+
+use crate::FastMap;
 use crate::routing::Chance;
 
 /// Virtual nodes per endpoint on the hash ring (Envoy's default minimum ring is 1,024
@@ -24,6 +34,36 @@ pub enum LbPolicy {
     RingHash,
 }
 
+/// A DestinationRule's `loadBalancer.warmup`: the weight of an endpoint `age` after it
+/// joined is its full weight times `max(minimum, (max(age, 1 s) / duration) ^ (1 /
+/// aggression))` until `duration` has passed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Warmup {
+    pub duration: Duration,
+    /// The least share of its weight an endpoint gets, 0 to 1 (Istio's 10% by default).
+    pub minimum: f64,
+    /// The ramp's curve: 1 is linear; above 1, faster at first.
+    pub aggression: f64,
+}
+
+/// Its values are finite (checked where it is read), so equality is an equivalence.
+impl Eq for Warmup {}
+
+impl Warmup {
+    /// The share of its weight an endpoint gets `age` after it joined.
+    pub fn factor(&self, age: Duration) -> f64 {
+        if age >= self.duration {
+            return 1.0;
+        }
+        let time = age.max(Duration::from_secs(1)).as_secs_f64() / self.duration.as_secs_f64();
+        let ramp = match self.aggression {
+            1.0 => time,
+            aggression => time.powf(1.0 / aggression),
+        };
+        ramp.max(self.minimum).min(1.0)
+    }
+}
+
 /// The endpoint chooser of one (service, subset, locality).
 #[derive(Debug, Clone, Default)]
 pub struct EndpointPicker {
@@ -32,6 +72,11 @@ pub struct EndpointPicker {
     /// Sorted (point, endpoint index) for RingHash, built for `ring_for` endpoints.
     ring: Vec<(u64, usize)>,
     ring_for: Vec<String>,
+    warmup: Option<Warmup>,
+    /// When each endpoint was first offered, for the warmup.
+    joined: FastMap<String, Instant>,
+    /// Each endpoint's running weight in the smooth weighted round robin.
+    running: FastMap<String, f64>,
 }
 
 /// FNV-1a, 64 bits, then MurmurHash3's finalizer: stable across processes and Rust
@@ -58,10 +103,64 @@ impl EndpointPicker {
         }
     }
 
+    /// A picker with `policy` and, for round robin and least request, `warmup`.
+    pub fn with_warmup(policy: LbPolicy, warmup: Option<Warmup>) -> EndpointPicker {
+        let ramps = matches!(policy, LbPolicy::RoundRobin | LbPolicy::LeastRequest);
+        EndpointPicker {
+            warmup: warmup.filter(|_| ramps),
+            ..EndpointPicker::new(policy)
+        }
+    }
+
+    /// Whether it picks as `policy` and `warmup` say (a new rule needs a new picker).
+    pub fn is_for(&self, policy: LbPolicy, warmup: Option<Warmup>) -> bool {
+        let ramps = matches!(policy, LbPolicy::RoundRobin | LbPolicy::LeastRequest);
+        self.policy == policy && self.warmup == warmup.filter(|_| ramps)
+    }
+
     /// The index into `endpoints` (their addresses) of the next one, or `None` when
     /// there is none. `in_flight(i)` is endpoint `i`'s requests in flight; `key` is the
     /// consistent-hash key (a request without one is treated as RANDOM would).
     pub fn pick<S: AsRef<str>>(
+        &mut self,
+        endpoints: &[S],
+        in_flight: impl Fn(usize) -> u32,
+        key: Option<&[u8]>,
+        chance: &mut dyn Chance,
+    ) -> Option<usize> {
+        match self.warmup {
+            Some(_) => self.pick_at(Instant::now(), endpoints, in_flight, key, chance),
+            None => self.pick_plain(endpoints, in_flight, key, chance),
+        }
+    }
+
+    /// [`EndpointPicker::pick`], the time being `now`.
+    pub fn pick_at<S: AsRef<str>>(
+        &mut self,
+        now: Instant,
+        endpoints: &[S],
+        in_flight: impl Fn(usize) -> u32,
+        key: Option<&[u8]>,
+        chance: &mut dyn Chance,
+    ) -> Option<usize> {
+        if endpoints.is_empty() {
+            return None;
+        }
+        if let Some(warmup) = self.warmup
+            && let Some(mut weights) = self.warming(warmup, now, endpoints)
+        {
+            if self.policy == LbPolicy::LeastRequest {
+                for (i, weight) in weights.iter_mut().enumerate() {
+                    *weight /= f64::from(in_flight(i)) + 1.0;
+                }
+            }
+            return Some(self.by_weight(endpoints, &weights));
+        }
+        self.pick_plain(endpoints, in_flight, key, chance)
+    }
+
+    /// [`EndpointPicker::pick`] by its policy alone.
+    fn pick_plain<S: AsRef<str>>(
         &mut self,
         endpoints: &[S],
         in_flight: impl Fn(usize) -> u32,
@@ -94,6 +193,60 @@ impl EndpointPicker {
                 Some(key) => self.on_ring(endpoints, stable_hash(key)),
             },
         })
+    }
+
+    /// The endpoints' weights under `warmup` at `now`, when they differ (one of them is
+    /// still warming up, and not all joined together). An endpoint offered for the first
+    /// time joins now.
+    fn warming<S: AsRef<str>>(
+        &mut self,
+        warmup: Warmup,
+        now: Instant,
+        endpoints: &[S],
+    ) -> Option<Vec<f64>> {
+        // Those gone long enough to be many are forgotten (rejoining later, they warm up
+        // again).
+        if self.joined.len() > 2 * endpoints.len() + 16 {
+            let current: Vec<&str> = endpoints.iter().map(AsRef::as_ref).collect();
+            self.joined
+                .retain(|address, _| current.contains(&address.as_str()));
+            self.running
+                .retain(|address, _| current.contains(&address.as_str()));
+        }
+        let weights: Vec<f64> = endpoints
+            .iter()
+            .map(|e| {
+                let joined = match self.joined.get(e.as_ref()) {
+                    Some(at) => *at,
+                    None => *self.joined.entry(e.as_ref().to_string()).or_insert(now),
+                };
+                warmup.factor(now.saturating_duration_since(joined))
+            })
+            .collect();
+        let differ = weights.iter().any(|w| *w != weights[0]);
+        differ.then_some(weights)
+    }
+
+    /// An endpoint chosen by `weights` in a smooth weighted round robin: each pick, every
+    /// endpoint's running weight grows by its weight, and the largest is picked and set
+    /// back by the total.
+    fn by_weight<S: AsRef<str>>(&mut self, endpoints: &[S], weights: &[f64]) -> usize {
+        let total: f64 = weights.iter().sum();
+        let mut best = (0, f64::MIN);
+        for (i, (endpoint, weight)) in endpoints.iter().zip(weights).enumerate() {
+            let running = self
+                .running
+                .entry(endpoint.as_ref().to_string())
+                .or_insert(0.0);
+            *running += weight;
+            if *running > best.1 {
+                best = (i, *running);
+            }
+        }
+        if let Some(running) = self.running.get_mut(endpoints[best.0].as_ref()) {
+            *running -= total;
+        }
+        best.0
     }
 
     fn on_ring<S: AsRef<str>>(&mut self, endpoints: &[S], hash: u64) -> usize {
@@ -221,6 +374,119 @@ mod tests {
             counts.iter().all(|&n| (67..=133).contains(&n)),
             "{counts:?}"
         );
+    }
+
+    #[test]
+    fn a_warmup_ramps_an_endpoints_weight_over_its_duration() {
+        let linear = Warmup {
+            duration: Duration::from_secs(10),
+            minimum: 0.1,
+            aggression: 1.0,
+        };
+        let at = Duration::from_secs_f64;
+        // A second at least: a new endpoint starts at a tenth of the ten seconds.
+        assert_eq!(linear.factor(at(0.0)), 0.1);
+        assert_eq!(linear.factor(at(5.0)), 0.5);
+        assert_eq!(linear.factor(at(10.0)), 1.0);
+        assert_eq!(linear.factor(at(60.0)), 1.0);
+        let steep = Warmup {
+            aggression: 2.0,
+            minimum: 0.3,
+            ..linear
+        };
+        assert_eq!(steep.factor(at(2.5)), 0.5, "the square root of a quarter");
+        assert_eq!(
+            steep.factor(at(0.5)),
+            0.316_227_766_016_837_94,
+            "the root of a tenth"
+        );
+        let flat = Warmup {
+            aggression: 0.0,
+            ..linear
+        };
+        assert_eq!(
+            flat.factor(at(9.0)),
+            0.1,
+            "no ramp: the minimum until the end"
+        );
+    }
+
+    #[test]
+    fn round_robin_gives_a_warming_endpoint_its_weighted_share() {
+        let warmup = Warmup {
+            duration: Duration::from_secs(10),
+            minimum: 0.1,
+            aggression: 1.0,
+        };
+        let mut p = EndpointPicker::with_warmup(LbPolicy::RoundRobin, Some(warmup));
+        let (three, four) = (endpoints(3), endpoints(4));
+        let start = Instant::now();
+        // Offered together from the start: all warm up together, so in turn.
+        let picks: Vec<_> = (0..6)
+            .map(|_| {
+                p.pick_at(start, &three, |_| 0, None, &mut Counter(0))
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+        // A minute on, a fourth joins: a tenth of a weight, then half, then a whole one.
+        let joins = start + Duration::from_secs(60);
+        for (after, rounds, expected) in [(0, 3_100, 100), (5, 3_500, 500), (10, 4_000, 1_000)] {
+            let now = joins + Duration::from_secs(after);
+            let new = (0..rounds)
+                .filter(|_| p.pick_at(now, &four, |_| 0, None, &mut Counter(0)) == Some(3))
+                .count();
+            assert!(
+                new.abs_diff(expected) <= 1,
+                "{after} s after it joined: {new} of {rounds}, not {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn least_request_weighs_a_warming_endpoint_and_the_requests_in_flight() {
+        let warmup = Warmup {
+            duration: Duration::from_secs(10),
+            minimum: 0.1,
+            aggression: 1.0,
+        };
+        let mut p = EndpointPicker::with_warmup(LbPolicy::LeastRequest, Some(warmup));
+        let (three, four) = (endpoints(3), endpoints(4));
+        let start = Instant::now();
+        p.pick_at(start, &three, |_| 0, None, &mut Counter(0));
+        let now = start + Duration::from_secs(60);
+        let share = |p: &mut EndpointPicker, busy: u32| {
+            let in_flight = |i: usize| if i == 0 { busy } else { 0 };
+            let picks: Vec<usize> = (0..3_100)
+                .filter_map(|_| p.pick_at(now, &four, in_flight, None, &mut Counter(0)))
+                .collect();
+            [0, 3].map(|i| picks.iter().filter(|&&p| p == i).count())
+        };
+        // Idle: by weight alone, a tenth for the new one (100 of 3,100).
+        let [_, new] = share(&mut p, 0);
+        assert!(new.abs_diff(100) <= 1, "{new} of 3100");
+        // The first one busy with 9 requests: a tenth of its weight for it.
+        let [busy, new] = share(&mut p, 9);
+        assert!(
+            busy.abs_diff(141) <= 2 && new.abs_diff(141) <= 2,
+            "{busy}, {new} of 3100"
+        );
+    }
+
+    #[test]
+    fn a_picker_is_for_its_rules_policy_and_warmup_only() {
+        let warmup = Some(Warmup {
+            duration: Duration::from_secs(10),
+            minimum: 0.1,
+            aggression: 1.0,
+        });
+        let p = EndpointPicker::with_warmup(LbPolicy::RoundRobin, warmup);
+        assert!(p.is_for(LbPolicy::RoundRobin, warmup));
+        assert!(!p.is_for(LbPolicy::RoundRobin, None));
+        assert!(!p.is_for(LbPolicy::LeastRequest, warmup));
+        // A consistent hash has no warmup, as in Istio.
+        let ring = EndpointPicker::with_warmup(LbPolicy::RingHash, warmup);
+        assert!(ring.is_for(LbPolicy::RingHash, None));
     }
 
     #[test]
