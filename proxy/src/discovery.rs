@@ -39,6 +39,8 @@ pub struct Endpoint {
     pub labels: Arc<BTreeMap<String, String>>,
     /// Whether it is spoken to in h2 (prior knowledge, plaintext) rather than HTTP/1.1.
     pub h2: bool,
+    /// The service port it serves (a ServiceEntry `ports[].number`).
+    pub port: u16,
 }
 
 /// An endpoint goes by its address (the consistent-hash ring's name for it).
@@ -135,9 +137,16 @@ pub enum HashOn {
 
 /// The endpoints of services in this cluster.
 pub trait Discovery: Send + Sync {
-    /// The endpoints of `host` in `subset` (empty: every endpoint), this cluster only.
-    /// Read on every request: implementations hand out a shared list, not a copy.
+    /// The endpoints of `host` in `subset` (empty: every endpoint), this cluster only,
+    /// on every port of the service.
     fn endpoints(&self, host: &str, subset: &str) -> Arc<[Endpoint]>;
+    /// The same, serving one port of the service: `port` when the service declares it,
+    /// else 80 when it declares that (a request that names no port), else its first.
+    /// Read on every request: implementations hand out a shared list, not a copy.
+    fn endpoints_on(&self, host: &str, subset: &str, port: Option<u16>) -> Arc<[Endpoint]> {
+        let _ = port;
+        self.endpoints(host, subset)
+    }
     /// Whether `host` is a service this mesh knows (in any cluster).
     fn knows(&self, host: &str) -> bool;
     /// How `host` (and `subset`) is balanced.
@@ -155,6 +164,53 @@ struct Service {
     subsets: FastMap<String, Arc<[Endpoint]>>,
     balance: BalanceSettings,
     subset_balance: FastMap<String, BalanceSettings>,
+    /// Its ports (`ports[].number`), in the order they were declared.
+    ports: Vec<u16>,
+    /// With more than one port: by subset (empty: every endpoint), the endpoints of each
+    /// port, selected once.
+    by_port: FastMap<String, FastMap<u16, Arc<[Endpoint]>>>,
+}
+
+impl Service {
+    /// The endpoints of `subset` (empty: every endpoint), on every port.
+    fn endpoints_of(&self, subset: &str) -> Arc<[Endpoint]> {
+        if subset.is_empty() {
+            return self.endpoints.clone();
+        }
+        // A subset no DestinationRule defines selects nothing, as in Istio.
+        (self.subsets.get(subset).cloned()).unwrap_or_else(|| Arc::new([]))
+    }
+
+    /// The port a request for `wanted` goes to: it, when declared; else 80, when
+    /// declared (a request naming no port is for port 80, as it would be through a
+    /// sidecar); else the first declared.
+    fn port_for(&self, wanted: Option<u16>) -> Option<u16> {
+        let declared = |p: u16| self.ports.contains(&p);
+        wanted
+            .filter(|p| declared(*p))
+            .or(Some(80).filter(|p| declared(*p)))
+            .or(self.ports.first().copied())
+    }
+
+    /// Splits the endpoints of every subset by port, when there is more than one.
+    fn split_by_port(&mut self) {
+        if self.ports.len() < 2 {
+            return;
+        }
+        let lists = std::iter::once((String::new(), self.endpoints.clone()))
+            .chain(self.subsets.iter().map(|(n, e)| (n.clone(), e.clone())));
+        for (subset, endpoints) in lists {
+            let ports = self.ports.iter().map(|&port| {
+                let serving: Arc<[Endpoint]> = endpoints
+                    .iter()
+                    .filter(|e| e.port == port)
+                    .cloned()
+                    .collect();
+                (port, serving)
+            });
+            self.by_port.insert(subset, ports.collect());
+        }
+    }
 }
 
 /// How a service nobody configured is balanced (Istio's defaults).
@@ -312,6 +368,7 @@ impl StaticDiscovery {
         // Whether each service is spoken to in h2, by its ports (whether or not it has
         // endpoints here).
         let mut speaks_h2_by_host: FastMap<String, bool> = FastMap::default();
+        let mut ports_by_host: FastMap<String, Vec<u16>> = FastMap::default();
         for r in &resources {
             let Resource::ServiceEntry(se) = r else {
                 continue;
@@ -320,6 +377,14 @@ impl StaticDiscovery {
             for host in &se.spec.hosts {
                 let host = qualify_host(host, &se.metadata.namespace).to_ascii_lowercase();
                 speaks_h2_by_host.insert(host.clone(), se.spec.ports.iter().any(speaks_h2));
+                let ports = ports_by_host.entry(host.clone()).or_default();
+                for port in &se.spec.ports {
+                    if let Ok(number) = u16::try_from(port.number)
+                        && !ports.contains(&number)
+                    {
+                        ports.push(number);
+                    }
+                }
                 let service = endpoints.entry(host).or_default();
                 for we in &selected {
                     let ours = match we.labels.get(CLUSTER_LABEL) {
@@ -352,6 +417,7 @@ impl StaticDiscovery {
                                 name: name.into(),
                                 labels: Arc::new(we.labels.clone()),
                                 h2: speaks_h2(port),
+                                port: u16::try_from(port.number).unwrap_or(0),
                             });
                         }
                     }
@@ -363,6 +429,7 @@ impl StaticDiscovery {
             .map(|(host, endpoints)| {
                 let service = Service {
                     endpoints: endpoints.into(),
+                    ports: ports_by_host.remove(&host).unwrap_or_default(),
                     ..Service::default()
                 };
                 (host, service)
@@ -408,6 +475,9 @@ impl StaticDiscovery {
                 }
             }
         }
+        for service in services.values_mut() {
+            service.split_by_port();
+        }
         StaticDiscovery { services }
     }
 }
@@ -421,16 +491,22 @@ impl StaticDiscovery {
 
 impl Discovery for StaticDiscovery {
     fn endpoints(&self, host: &str, subset: &str) -> Arc<[Endpoint]> {
+        match self.service(host) {
+            Some(service) => service.endpoints_of(subset),
+            None => Arc::new([]),
+        }
+    }
+
+    fn endpoints_on(&self, host: &str, subset: &str, port: Option<u16>) -> Arc<[Endpoint]> {
         let Some(service) = self.service(host) else {
             return Arc::new([]);
         };
-        if subset.is_empty() {
-            return service.endpoints.clone();
+        if service.by_port.is_empty() {
+            return service.endpoints_of(subset);
         }
-        // A subset no DestinationRule defines selects nothing, as in Istio.
-        service
-            .subsets
-            .get(subset)
+        let port = service.port_for(port);
+        (service.by_port.get(subset))
+            .and_then(|ports| ports.get(&port?))
             .cloned()
             .unwrap_or_else(|| Arc::new([]))
     }
@@ -673,6 +749,79 @@ spec: {address: 10.0.0.5, labels: {app: vms, topology.istio.io/cluster: west}}
             None,
             "no ramp for a consistent hash"
         );
+    }
+
+    #[test]
+    fn a_service_with_several_ports_gives_each_port_its_own_endpoints() {
+        let mut config = ConfigSet::new();
+        config.add_text(
+            "ports.yaml",
+            r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web, namespace: shop}
+spec:
+  hosts: [web.shop.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports:
+  - {number: 80, name: http, protocol: HTTP}
+  - {number: 9090, name: grpc, protocol: GRPC}
+  endpoints:
+  - {address: 10.0.0.1, ports: {http: 8080, grpc: 9000}, labels: {version: v1}, locality: r1/z1}
+  - {address: 10.0.0.2, ports: {http: 8080, grpc: 9000}, labels: {version: v2}, locality: r1/z1}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: admin, namespace: shop}
+spec:
+  hosts: [admin.shop.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports:
+  - {number: 8443, name: http-admin, protocol: HTTP}
+  - {number: 9443, name: http-metrics, protocol: HTTP}
+  endpoints:
+  - {address: 10.0.0.3, locality: r1/z1}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: shop}
+spec:
+  host: web.shop.example
+  subsets: [{name: v2, labels: {version: v2}}]
+"#,
+        );
+        let here =
+            StaticDiscovery::from_resources(config.resources(), "east", &"r1/z1".parse().unwrap());
+        let on = |host: &str, subset: &str, port: Option<u16>| -> Vec<String> {
+            let endpoints = here.endpoints_on(host, subset, port);
+            endpoints.iter().map(|e| e.name.to_string()).collect()
+        };
+        assert_eq!(
+            here.endpoints("web.shop.example", "").len(),
+            4,
+            "every port"
+        );
+        assert_eq!(
+            on("web.shop.example", "", Some(9090)),
+            ["10.0.0.1:9000", "10.0.0.2:9000"]
+        );
+        // No port named, or one not declared: port 80.
+        assert_eq!(
+            on("web.shop.example", "", None),
+            ["10.0.0.1:8080", "10.0.0.2:8080"]
+        );
+        assert_eq!(
+            on("web.shop.example", "", Some(81)),
+            ["10.0.0.1:8080", "10.0.0.2:8080"]
+        );
+        assert_eq!(on("web.shop.example", "v2", Some(9090)), ["10.0.0.2:9000"]);
+        let grpc = here.endpoints_on("web.shop.example", "", Some(9090));
+        assert!(grpc.iter().all(|e| e.h2 && e.port == 9090));
+        // Without a port 80, the first declared.
+        assert_eq!(on("admin.shop.example", "", None), ["10.0.0.3:8443"]);
+        assert_eq!(on("admin.shop.example", "", Some(9443)), ["10.0.0.3:9443"]);
+        assert!(on("nowhere.example", "", None).is_empty());
     }
 
     #[test]

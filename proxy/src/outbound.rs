@@ -85,6 +85,9 @@ pub const HASH_KEY_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-hash-
 /// another service, or a short name given for a Kubernetes service): the service's full
 /// name. The authority itself goes on to the endpoint unchanged, as Envoy keeps the Host.
 pub const SERVICE_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-service");
+/// Sent to another cluster's proxy with a request its route sent to a service port other
+/// than the one its authority names (`destination.port`): that port.
+pub const PORT_HEADER: HeaderName = HeaderName::from_static("x-fulcrum-port");
 /// The most of a request body forwarded as it arrives that is kept for a retry, and that
 /// may wait for a mirror's copy of it to be sent: Envoy's default buffer limit, past
 /// which it does not retry a request, nor go on shadowing it.
@@ -798,7 +801,8 @@ impl Outbound {
         let target = &forward.target;
         let discovery = routing.discovery.as_ref();
         let settings = discovery.balance(&target.host, &target.subset);
-        let local = self.not_ejected(target, discovery.endpoints(&target.host, &target.subset));
+        let endpoints = discovery.endpoints_on(&target.host, &target.subset, target.port);
+        let local = self.not_ejected(target, endpoints);
         let row = routing
             .row(target)
             .filter(|r| upstreams.east_west.is_some() && !r.is_local_only());
@@ -997,7 +1001,8 @@ impl Outbound {
         let target = &forward.target;
         let discovery = routing.discovery.as_ref();
         let settings = discovery.balance(&target.host, &target.subset);
-        let local = self.not_ejected(target, discovery.endpoints(&target.host, &target.subset));
+        let endpoints = discovery.endpoints_on(&target.host, &target.subset, target.port);
+        let local = self.not_ejected(target, endpoints);
         let key = carried_key.as_ref().map(HeaderValue::as_bytes);
         let held = self.admit_from_peer(settings, target).map_err(|a| *a)?;
         let Some(endpoint) = self.pick(settings, key, &forward, &local, &[]) else {
@@ -1160,6 +1165,8 @@ impl Outbound {
         match decision {
             RouteDecision::Forward(f) => {
                 let mut forward = *f;
+                // The service port: the route's, else the one the request named.
+                forward.target.port = forward.target.port.or(port);
                 // Set last, over the route's own changes, as Envoy's CORS filter does.
                 let set = &mut forward.response_headers.set;
                 set.extend(cors.into_iter().filter_map(|(name, value)| {
@@ -1184,11 +1191,11 @@ impl Outbound {
                 r.headers_mut().extend(cors);
                 Err(Box::new(r))
             }
-            RouteDecision::NoRoute if discovered => Ok(default_route(
-                service,
-                &with_port(host, port),
-                path_and_query,
-            )),
+            RouteDecision::NoRoute if discovered => {
+                let mut forward = default_route(service, &with_port(host, port), path_and_query);
+                forward.target.port = port;
+                Ok(forward)
+            }
             RouteDecision::NoRoute => Err(Box::new(answer(
                 StatusCode::NOT_FOUND,
                 &format!("unknown service {host:?}: no route and no ServiceEntry"),
@@ -1326,9 +1333,10 @@ impl Outbound {
         let refuse = |status, reason: &str| Box::new(answer(status, reason));
         let authority = authority_of(&parts.uri, &parts.headers)
             .map_err(|reason| refuse(StatusCode::BAD_REQUEST, &reason))?;
-        let (host, authority) = (
+        let (host, authority, named_port) = (
             authority.host.to_string(),
             with_port(authority.host, authority.port),
+            authority.port,
         );
         let service = match parts.headers.remove(SERVICE_HEADER) {
             Some(v) => v
@@ -1349,6 +1357,9 @@ impl Outbound {
         forward.target.subset = (parts.headers.remove(SUBSET_HEADER))
             .and_then(|v| v.to_str().ok().map(str::to_string))
             .unwrap_or_default();
+        // The service port the sending proxy's route chose, else the authority's.
+        let chosen = parts.headers.remove(PORT_HEADER);
+        forward.target.port = (chosen.and_then(|v| v.to_str().ok()?.parse().ok())).or(named_port);
         let carried_key = parts.headers.remove(HASH_KEY_HEADER);
         if let Some(hop) = hop {
             parts.headers.insert(HOP_HEADER, hop.clone());
@@ -1678,7 +1689,7 @@ impl Outbound {
         let for_peer = matches!(key_from, KeyFrom::Peer(_));
         let discovery = routing.discovery.as_ref();
         let target = &forward.target;
-        let endpoints = discovery.endpoints(&target.host, &target.subset);
+        let endpoints = discovery.endpoints_on(&target.host, &target.subset, target.port);
         let total = endpoints.len();
         let local = self.not_ejected(target, endpoints);
         let no_local = || {
@@ -2147,7 +2158,7 @@ impl Outbound {
         shadow: Shadow,
     ) {
         let Some(endpoint) = discovery
-            .endpoints(&target.host, &target.subset)
+            .endpoints_on(&target.host, &target.subset, target.port)
             .first()
             .cloned()
         else {
@@ -2949,11 +2960,17 @@ fn peer_request(
     if let Some(Ok(v)) = hash_key.map(HeaderValue::from_bytes) {
         headers.insert(HASH_KEY_HEADER, v);
     }
-    let authority_host = HostPort::parse(forward.authority.as_bytes()).map(|a| a.host);
+    let authority = HostPort::parse(forward.authority.as_bytes());
+    let authority_host = authority.as_ref().map(|a| a.host);
     if authority_host.is_none_or(|host| !host.eq_ignore_ascii_case(&forward.target.host)) {
         let service = HeaderValue::from_str(&forward.target.host)
             .map_err(|_| format!("invalid service name {:?}", forward.target.host))?;
         headers.insert(SERVICE_HEADER, service);
+    }
+    if let Some(port) = forward.target.port
+        && authority.and_then(|a| a.port) != Some(port)
+    {
+        headers.insert(PORT_HEADER, HeaderValue::from(port));
     }
     Ok(request)
 }
@@ -2970,14 +2987,23 @@ fn h2_request(
     body: Bytes,
 ) -> Result<Request<Bytes>, String> {
     let ours = |name: &HeaderName| {
-        name == SUBSET_HEADER || name == HASH_KEY_HEADER || name == SERVICE_HEADER
+        name == SUBSET_HEADER
+            || name == HASH_KEY_HEADER
+            || name == SERVICE_HEADER
+            || name == PORT_HEADER
     };
     let mut request =
         if !forward.request_headers.is_empty() || parts.headers.contains_key(CONNECTION) {
             let uri = format!("{scheme}://{}{}", forward.authority, forward.path_and_query);
             let mut request = upstream_request(parts, forward, &uri, body)?;
             let headers = request.headers_mut();
-            for name in [HOST, SUBSET_HEADER, HASH_KEY_HEADER, SERVICE_HEADER] {
+            for name in [
+                HOST,
+                SUBSET_HEADER,
+                HASH_KEY_HEADER,
+                SERVICE_HEADER,
+                PORT_HEADER,
+            ] {
                 headers.remove(name);
             }
             request

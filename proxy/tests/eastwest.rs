@@ -451,6 +451,73 @@ async fn a_retry_in_another_locality_succeeds() {
     .await;
 }
 
+/// A service with two ports whose endpoints are in another cluster: the receiving proxy
+/// serves the port the sending one chose, the authority's, or the route's
+/// `destination.port`, which it is told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_port_a_request_names_holds_across_clusters() {
+    let everything_west =
+        "        distribute:\n        - from: us-east/*\n          to: {\"us-west/*\": 100}";
+    let mesh = mesh(StatusCode::OK, everything_west, "").await;
+    let (web, _) = backend("web", StatusCode::OK).await;
+    let (admin, _) = backend("admin", StatusCode::OK).await;
+    let config = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: multi, namespace: shop}}
+spec:
+  hosts: [multi.shop]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports:
+  - {{number: 80, name: http, protocol: HTTP}}
+  - {{number: 8080, name: http-admin, protocol: HTTP}}
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {}, http-admin: {}}}, locality: {WEST}, labels: {{topology.istio.io/cluster: west}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: admin, namespace: shop}}
+spec:
+  hosts: [admin.shop]
+  http:
+  - route: [{{destination: {{host: multi.shop, port: {{number: 8080}}}}}}]
+"#,
+        web.port(),
+        admin.port()
+    );
+    std::fs::write(mesh.config_dir.join("multi.yaml"), config).expect("write config");
+    let east = mesh.east.outbound_address();
+    let localhost: std::net::IpAddr = "127.0.0.1".parse().expect("address");
+    eventually(
+        "east sends multi's requests to the west cluster",
+        Duration::from_secs(20),
+        || async move {
+            match get_from(east, localhost, "admin.shop", &[]).await {
+                Some((StatusCode::OK, headers)) if served_by(&headers).1 == "west" => Ok(()),
+                Some((status, headers)) => Err(format!("{status} {headers:?}")),
+                None => Err("no answer".into()),
+            }
+        },
+    )
+    .await;
+    for (host, expected) in [
+        ("multi.shop", web),
+        ("multi.shop:8080", admin),
+        ("admin.shop", admin),
+    ] {
+        for _ in 0..5 {
+            let (status, headers) = get_from(east, localhost, host, &[]).await.expect("answer");
+            assert_eq!(status, StatusCode::OK, "{host}");
+            assert_eq!(
+                served_by(&headers),
+                (expected.to_string(), "west".into()),
+                "{host}"
+            );
+        }
+    }
+}
+
 /// A VirtualService whose host is not its destination's, named short: the sending proxy
 /// resolves both and tells the receiving one which service it routed to, as the
 /// authority (`front`) names none there.

@@ -1182,6 +1182,56 @@ async fn an_endpoint_that_joins_under_a_warmup_gets_a_small_share_at_first() {
     assert!(new.abs_diff(40) <= 1, "{new} of 200 to the new endpoint");
 }
 
+/// A service with two ports sends a request to the endpoints of the port it names (its
+/// Host's, or its route's `destination.port`), port 80 when it names none, never to the
+/// other port's.
+#[tokio::test]
+async fn a_request_goes_to_the_endpoints_of_the_service_port_it_names() {
+    let (web, admin) = (
+        backend("web", Behaviour::Ok).await,
+        backend("admin", Behaviour::Ok).await,
+    );
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: multi, namespace: shop}}
+spec:
+  hosts: [multi.example, admin.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports:
+  - {{number: 80, name: http, protocol: HTTP}}
+  - {{number: 8080, name: http-admin, protocol: HTTP}}
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {}, http-admin: {}}}, locality: us-east/us-east-1a}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: admin, namespace: shop}}
+spec:
+  hosts: [admin.example]
+  http:
+  - route: [{{destination: {{host: multi.example, port: {{number: 8080}}}}}}]
+"#,
+        web.port(),
+        admin.port()
+    );
+    let proxy = start_east(&yaml, None).await;
+    let outbound = proxy.outbound_address();
+    for (host, expected) in [
+        ("multi.example", "web"),
+        ("multi.example:80", "web"),
+        ("multi.example:8080", "admin"),
+        ("admin.example", "admin"),
+    ] {
+        for _ in 0..4 {
+            let answer = send(outbound, host, "/", false).await;
+            assert_eq!(answer.status, StatusCode::OK, "{host}");
+            assert_eq!(backend_of(&answer.headers), expected, "{host}");
+        }
+    }
+}
+
 /// An endpoint speaking HTTP/1.1 and h2c (prior knowledge) alike, answering `ok`; counts
 /// the connections it accepted.
 async fn counting_endpoint() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
