@@ -802,7 +802,7 @@ impl Outbound {
         let discovery = routing.discovery.as_ref();
         let settings = discovery.balance(&target.host, &target.subset);
         let endpoints = discovery.endpoints_on(&target.host, &target.subset, target.port);
-        let local = self.not_ejected(target, endpoints);
+        let local = self.not_ejected(target, endpoints, settings.outlier.as_ref());
         let row = routing
             .row(target)
             .filter(|r| upstreams.east_west.is_some() && !r.is_local_only());
@@ -1002,7 +1002,7 @@ impl Outbound {
         let discovery = routing.discovery.as_ref();
         let settings = discovery.balance(&target.host, &target.subset);
         let endpoints = discovery.endpoints_on(&target.host, &target.subset, target.port);
-        let local = self.not_ejected(target, endpoints);
+        let local = self.not_ejected(target, endpoints, settings.outlier.as_ref());
         let key = carried_key.as_ref().map(HeaderValue::as_bytes);
         let held = self.admit_from_peer(settings, target).map_err(|a| *a)?;
         let Some(endpoint) = self.pick(settings, key, &forward, &local, &[]) else {
@@ -1639,8 +1639,15 @@ impl Outbound {
         }
     }
 
-    /// The endpoints outlier detection has not ejected and health checks find up.
-    fn not_ejected(&self, target: &Target, endpoints: Arc<[Endpoint]>) -> Arc<[Endpoint]> {
+    /// The endpoints outlier detection has not ejected and health checks find up; all of
+    /// them when those are fewer than the service's `minHealthPercent` (`outlier`), as
+    /// Envoy's panic threshold has it.
+    fn not_ejected(
+        &self,
+        target: &Target,
+        endpoints: Arc<[Endpoint]>,
+        outlier: Option<&OutlierSettings>,
+    ) -> Arc<[Endpoint]> {
         let now = Instant::now().into_std();
         let outliers = self.outliers.lock().ok();
         let detector = outliers.as_ref().and_then(|o| o.get(&target.host));
@@ -1651,7 +1658,12 @@ impl Outbound {
         if endpoints.iter().all(|e| usable(&e)) {
             return endpoints;
         }
-        endpoints.iter().filter(usable).cloned().collect()
+        let left: Arc<[Endpoint]> = endpoints.iter().filter(usable).cloned().collect();
+        let panic = outlier.map_or(0, |o| o.min_health_percent) as usize;
+        if left.len() * 100 < panic * endpoints.len() {
+            return endpoints;
+        }
+        left
     }
 
     fn is_unreachable(&self, cluster: &str) -> bool {
@@ -1691,7 +1703,7 @@ impl Outbound {
         let target = &forward.target;
         let endpoints = discovery.endpoints_on(&target.host, &target.subset, target.port);
         let total = endpoints.len();
-        let local = self.not_ejected(target, endpoints);
+        let local = self.not_ejected(target, endpoints, settings.outlier.as_ref());
         let no_local = || {
             if total == 0 {
                 format!(

@@ -1232,6 +1232,71 @@ spec:
     }
 }
 
+/// A DestinationRule's `minHealthPercent` (Envoy's panic threshold): once ejections
+/// leave fewer usable endpoints than that share, they are set aside and every endpoint
+/// is used again; without it, an ejected endpoint gets nothing.
+#[tokio::test]
+async fn below_min_health_percent_ejected_endpoints_are_used_again() {
+    let entry = |name: &str, ports: [u16; 2], min_health: &str| {
+        format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  hosts: [{name}.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a}}
+  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  host: {name}.example
+  trafficPolicy:
+    loadBalancer: {{simple: ROUND_ROBIN}}
+    outlierDetection: {{consecutive5xxErrors: 1, baseEjectionTime: 1m, maxEjectionPercent: 100{min_health}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  hosts: [{name}.example]
+  http:
+  - retries: {{attempts: 0}}
+    route: [{{destination: {{host: {name}.example}}}}]
+---
+"#,
+            ports[0], ports[1]
+        )
+    };
+    let (good, failing) = (
+        backend("good", Behaviour::Ok).await.port(),
+        backend("failing", Behaviour::Fail503).await.port(),
+    );
+    let yaml = entry("strict", [good, failing], "")
+        + &entry("lenient", [good, failing], ", minHealthPercent: 60");
+    let proxy = start_east(&yaml, None).await;
+    let outbound = proxy.outbound_address();
+    let failures = |host: &'static str| async move {
+        let mut failures = 0;
+        for _ in 0..20 {
+            if send(outbound, host, "/", false).await.status != StatusCode::OK {
+                failures += 1;
+            }
+        }
+        failures
+    };
+    // Strict: the failing endpoint's first 503 ejects it.
+    assert_eq!(failures("strict.example").await, 1);
+    // Lenient: one of two left is under 60%, so both go on taking turns.
+    let lenient = failures("lenient.example").await;
+    assert!(lenient >= 9, "{lenient} of 20");
+}
+
 /// An endpoint speaking HTTP/1.1 and h2c (prior knowledge) alike, answering `ok`; counts
 /// the connections it accepted.
 async fn counting_endpoint() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {

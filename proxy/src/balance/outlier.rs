@@ -37,6 +37,9 @@ pub struct OutlierSettings {
     pub max_ejection_percent: u32,
     /// The multiplier's decay period.
     pub interval: Duration,
+    /// Below this share of usable endpoints, in percent, ejections are set aside and
+    /// every endpoint is used (`minHealthPercent`, Envoy's panic threshold; 0: never).
+    pub min_health_percent: u32,
 }
 
 impl Default for OutlierSettings {
@@ -47,6 +50,7 @@ impl Default for OutlierSettings {
             base_ejection: DEFAULT_BASE_EJECTION,
             max_ejection_percent: DEFAULT_MAX_EJECTION_PERCENT,
             interval: DEFAULT_INTERVAL,
+            min_health_percent: 0,
         }
     }
 }
@@ -71,6 +75,7 @@ impl OutlierSettings {
                 .unwrap_or(d.max_ejection_percent)
                 .min(100),
             interval: o.interval.and_then(|t| t.to_std()).unwrap_or(d.interval),
+            min_health_percent: positive(o.min_health_percent).unwrap_or(0).min(100),
         }
     }
 }
@@ -198,6 +203,7 @@ mod tests {
             base_ejection: Duration::from_secs(10),
             max_ejection_percent: 50,
             interval: Duration::from_secs(10),
+            min_health_percent: 0,
         }
     }
 
