@@ -12,8 +12,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use fulcrum_policy::istio::{
-    ConnectionPoolSettings, LoadBalancerSettings, ServicePort, SimpleLb, TrafficPolicy,
-    endpoints_of,
+    ConnectionPoolSettings, H2UpgradePolicy, LoadBalancerSettings, ServicePort, SimpleLb,
+    TrafficPolicy, endpoints_of,
 };
 use fulcrum_policy::references::{merged_policy, qualify_host, rule_for_host};
 use fulcrum_policy::{Locality, Resource};
@@ -66,6 +66,9 @@ pub struct BalanceSettings {
     /// How a new endpoint's share grows (`loadBalancer.warmup`), for round robin and
     /// least request.
     pub warmup: Option<Warmup>,
+    /// Each request goes to the endpoint in its client's protocol, h2 or HTTP/1.1, not
+    /// the port's (`http.useClientProtocol`).
+    pub use_client_protocol: bool,
 }
 
 /// A DestinationRule's `connectionPool` limits, Envoy's circuit breakers: each off
@@ -226,6 +229,7 @@ static DEFAULT_BALANCE: BalanceSettings = BalanceSettings {
     },
     pool: None,
     warmup: None,
+    use_client_protocol: false,
 };
 
 /// Endpoints read from ServiceEntry objects.
@@ -236,7 +240,7 @@ pub struct StaticDiscovery {
 
 /// A DestinationRule's settings for each connection: `tcp.connectTimeout`,
 /// `tcp.maxConnectionDuration`, `tcp.tcpKeepalive`, `http.maxRequestsPerConnection`
-/// (0, Istio's default: unlimited) and `http.idleTimeout`. A zero duration is unset;
+/// (0, Istio's default: unlimited), `http.idleTimeout` and `http.maxConcurrentStreams`. A zero duration is unset;
 /// none when nothing is set.
 fn pool_settings(pool: Option<&ConnectionPoolSettings>) -> Option<Arc<PoolSettings>> {
     let (tcp, http) = (
@@ -252,6 +256,9 @@ fn pool_settings(pool: Option<&ConnectionPoolSettings>) -> Option<Arc<PoolSettin
             .filter(|n| *n > 0),
         idle_timeout: set(http.and_then(|h| h.idle_timeout)),
         max_connection_duration: set(tcp.and_then(|t| t.max_connection_duration)),
+        max_concurrent_streams: http
+            .and_then(|h| u32::try_from(h.max_concurrent_streams).ok())
+            .filter(|n| *n > 0),
         keepalive: tcp
             .and_then(|t| t.tcp_keepalive.as_ref())
             .map(|k| Keepalive {
@@ -261,6 +268,24 @@ fn pool_settings(pool: Option<&ConnectionPoolSettings>) -> Option<Arc<PoolSettin
             }),
     };
     (settings != PoolSettings::default()).then(|| Arc::new(settings))
+}
+
+/// Whether a rule's `policy` has its service's HTTP/1.1 endpoints spoken to in h2
+/// (`h2UpgradePolicy: UPGRADE`, not undone by `useClientProtocol`).
+fn upgrades(policy: Option<&TrafficPolicy>) -> bool {
+    let http = policy.and_then(|p| p.connection_pool.as_ref()?.http.as_ref());
+    http.is_some_and(|h| {
+        h.h2_upgrade_policy == Some(H2UpgradePolicy::Upgrade) && !h.use_client_protocol
+    })
+}
+
+/// `endpoints`, each spoken to in h2 (prior knowledge).
+fn upgraded(endpoints: &[Endpoint]) -> Arc<[Endpoint]> {
+    let h2 = |e: &Endpoint| Endpoint {
+        h2: true,
+        ..e.clone()
+    };
+    endpoints.iter().map(h2).collect()
 }
 
 /// How a service is balanced under `policy`; `h2`: the service is spoken to in h2.
@@ -273,6 +298,9 @@ fn balance_of(policy: Option<&TrafficPolicy>, h2: bool) -> Option<BalanceSetting
             .map(OutlierSettings::from_rule),
         limits: PoolLimits::of(policy.connection_pool.as_ref(), h2),
         pool: pool_settings(policy.connection_pool.as_ref()),
+        use_client_protocol: (policy.connection_pool.as_ref())
+            .and_then(|p| p.http.as_ref())
+            .is_some_and(|h| h.use_client_protocol),
         ..BalanceSettings::default()
     };
     if let Some(lb) = &policy.load_balancer {
@@ -457,19 +485,27 @@ impl StaticDiscovery {
                 .get(host.as_str())
                 .copied()
                 .unwrap_or(false);
-            if let Some(b) = balance_of(top, h2) {
+            if let Some(b) = balance_of(top, h2 || upgrades(top)) {
                 service.balance = b;
             }
+            let declared = service.endpoints.clone();
+            if upgrades(top) {
+                service.endpoints = upgraded(&declared);
+            }
             for subset in &rule.spec.subsets {
-                let selected: Arc<[Endpoint]> = service
-                    .endpoints
+                let selected: Vec<Endpoint> = declared
                     .iter()
                     .filter(|e| (subset.labels.iter()).all(|(k, v)| e.labels.get(k) == Some(v)))
                     .cloned()
                     .collect();
+                let merged = merged_policy(top, subset.traffic_policy.as_ref());
+                let selected = match upgrades(Some(&merged)) {
+                    true => upgraded(&selected),
+                    false => selected.into(),
+                };
                 service.subsets.insert(subset.name.clone(), selected);
-                if let Some(own) = subset.traffic_policy.as_ref()
-                    && let Some(b) = balance_of(Some(&merged_policy(top, Some(own))), h2)
+                if subset.traffic_policy.is_some()
+                    && let Some(b) = balance_of(Some(&merged), h2 || upgrades(Some(&merged)))
                 {
                     service.subset_balance.insert(subset.name.clone(), b);
                 }
@@ -856,7 +892,7 @@ spec:
   trafficPolicy:
     connectionPool:
       tcp: {maxConnections: 1, connectTimeout: 25ms, maxConnectionDuration: 10m, tcpKeepalive: {time: 30s, probes: 3}}
-      http: {http1MaxPendingRequests: 2, http2MaxRequests: 3, maxRetries: 4, maxRequestsPerConnection: 5, idleTimeout: 30s}
+      http: {http1MaxPendingRequests: 2, http2MaxRequests: 3, maxRetries: 4, maxRequestsPerConnection: 5, idleTimeout: 30s, maxConcurrentStreams: 6}
   subsets:
   - name: v1
     labels: {version: v1}
@@ -896,6 +932,7 @@ spec:
                     interval: None,
                     probes: Some(3),
                 }),
+                max_concurrent_streams: Some(6),
             })
         );
         assert_eq!(east.balance("rpc.shop.example", "").pool, None);

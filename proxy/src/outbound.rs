@@ -2052,7 +2052,7 @@ impl Outbound {
         (endpoint, settings): (&Endpoint, &BalanceSettings),
         body: &RequestBody,
     ) -> Try {
-        if endpoint.h2 {
+        if in_h2(endpoint, settings, parts) {
             return self
                 .try_h2_endpoint(upstreams, parts, forward, (endpoint, settings), body)
                 .await;
@@ -2190,7 +2190,11 @@ impl Outbound {
             Shadow::Whole(bytes) => ToSend::Whole(bytes),
             Shadow::Arriving(body) => RequestBody::arriving(body, 0).to_send(),
         };
-        if endpoint.h2 {
+        if in_h2(
+            &endpoint,
+            discovery.balance(&target.host, &target.subset),
+            parts,
+        ) {
             let scheme = http::uri::Scheme::HTTP;
             let Ok(request) = h2_request(parts, &copy, scheme, Bytes::new()) else {
                 return;
@@ -2597,6 +2601,15 @@ impl Handled {
         if let Some(fields) = self.fields.take() {
             merge_raw_fields(response.headers_mut(), fields);
         }
+    }
+}
+
+/// Whether a request (`parts`) goes to `endpoint` in h2: as its port is spoken, or as its
+/// client spoke when the service's rule says to keep the client's protocol.
+fn in_h2(endpoint: &Endpoint, settings: &BalanceSettings, parts: &http::request::Parts) -> bool {
+    match settings.use_client_protocol {
+        true => parts.version == Version::HTTP_2,
+        false => endpoint.h2,
     }
 }
 

@@ -319,6 +319,7 @@ pub static POOL_DEFAULTS: PoolSettings = PoolSettings {
     idle_timeout: None,
     max_connection_duration: None,
     keepalive: None,
+    max_concurrent_streams: None,
 };
 
 /// A service's settings for its connections (a DestinationRule's `connectionPool`).
@@ -339,6 +340,9 @@ pub struct PoolSettings {
     pub max_connection_duration: Option<Duration>,
     /// TCP keepalive probes on its connections (`tcp.tcpKeepalive`); off when none.
     pub keepalive: Option<Keepalive>,
+    /// How many requests an h2 connection carries at once (`http.maxConcurrentStreams`),
+    /// when fewer than the endpoint allows: past it, another connection is made.
+    pub max_concurrent_streams: Option<u32>,
 }
 
 /// A DestinationRule's `tcp.tcpKeepalive`: the kernel probes a connection idle for

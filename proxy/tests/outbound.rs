@@ -1297,6 +1297,94 @@ spec:
     assert!(lenient >= 9, "{lenient} of 20");
 }
 
+/// An endpoint speaking HTTP/1.1 and h2c (prior knowledge) alike, answering with the
+/// version of HTTP each request came in.
+async fn version_endpoint() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = service_fn(|request: Request<Incoming>| async move {
+                let version = format!("{:?}", request.version());
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(version))))
+            });
+            tokio::spawn(async move {
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    address
+}
+
+/// A DestinationRule's `h2UpgradePolicy: UPGRADE` has a service's HTTP/1.1 endpoints
+/// spoken to in h2 (but for a subset that says `DO_NOT_UPGRADE`), and
+/// `useClientProtocol` has each request go in its client's protocol.
+#[tokio::test]
+async fn a_rule_chooses_the_protocol_spoken_to_its_endpoints() {
+    let endpoint = version_endpoint().await.port();
+    let entry = |name: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+             metadata: {{name: {name}, namespace: shop}}\nspec:\n  hosts: [{name}.example]\n  \
+             location: MESH_INTERNAL\n  resolution: STATIC\n  \
+             ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints:\n  \
+             - {{address: 127.0.0.1, ports: {{http: {endpoint}}}, locality: us-east/us-east-1a, \
+             labels: {{version: v1}}}}\n---\n"
+        )
+    };
+    let yaml = entry("plain")
+        + &entry("up")
+        + &entry("client")
+        + r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: up, namespace: shop}
+spec:
+  host: up.example
+  trafficPolicy: {connectionPool: {http: {h2UpgradePolicy: UPGRADE}}}
+  subsets:
+  - name: old
+    labels: {version: v1}
+    trafficPolicy: {connectionPool: {http: {h2UpgradePolicy: DO_NOT_UPGRADE}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: up, namespace: shop}
+spec:
+  hosts: [up.example]
+  http:
+  - match: [{uri: {prefix: /old}}]
+    route: [{destination: {host: up.example, subset: old}}]
+  - route: [{destination: {host: up.example}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: client, namespace: shop}
+spec:
+  host: client.example
+  trafficPolicy: {connectionPool: {http: {useClientProtocol: true}}}
+"#;
+    let proxy = start_east(&yaml, None).await;
+    let outbound = proxy.outbound_address();
+    for (host, path, client_h2, expected) in [
+        ("plain.example", "/", false, "HTTP/1.1"),
+        ("plain.example", "/", true, "HTTP/1.1"),
+        ("up.example", "/", false, "HTTP/2.0"),
+        ("up.example", "/old", false, "HTTP/1.1"),
+        ("client.example", "/", false, "HTTP/1.1"),
+        ("client.example", "/", true, "HTTP/2.0"),
+    ] {
+        let answer = send(outbound, host, path, client_h2).await;
+        assert_eq!(answer.status, StatusCode::OK, "{host}{path}");
+        assert_eq!(
+            answer.body, expected,
+            "{host}{path}, client in h2: {client_h2}"
+        );
+    }
+}
+
 /// An endpoint speaking HTTP/1.1 and h2c (prior knowledge) alike, answering `ok`; counts
 /// the connections it accepted.
 async fn counting_endpoint() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {

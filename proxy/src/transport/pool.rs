@@ -139,9 +139,11 @@ impl Held {
         !self.sender.closed.load(Ordering::Acquire) && idle_ok && young && room
     }
 
-    /// Whether the peer takes another stream on it now.
+    /// Whether the peer takes another stream on it now, and its service allows one.
     fn has_room(&self) -> bool {
-        self.open.load(Ordering::Relaxed) < self.sender.requests.current_max_send_streams()
+        let peer = self.sender.requests.current_max_send_streams();
+        let most = (self.settings.max_concurrent_streams).map_or(peer, |n| peer.min(n as usize));
+        self.open.load(Ordering::Relaxed) < most
     }
 
     /// Whether it is carrying a stream.
@@ -549,13 +551,31 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_at_its_stream_limit_gets_the_next_request_on_another_connection() {
-        let (address, [accepted, arrived], release) = holding_h2c_server(2).await;
-        let pool = Arc::new(H2Pool::plaintext(Duration::from_secs(1)));
-        let send = |pool: Arc<H2Pool>, address: String| async move {
-            let answer = pool.send(here(&address), get(&address)).await;
-            answer.map(|a| a.status())
+        two_streams_a_connection(2, PoolSettings::default()).await;
+    }
+
+    #[tokio::test]
+    async fn a_service_at_its_stream_limit_gets_the_next_request_on_another_connection() {
+        let settings = PoolSettings {
+            max_concurrent_streams: Some(2),
+            ..PoolSettings::default()
         };
-        // Two streams held open: as many as the peer takes on a connection.
+        two_streams_a_connection(100, settings).await;
+    }
+
+    /// Checks that two streams held open on a connection (the peer taking at most
+    /// `peer_most` at once, the service `settings`) leave a third request to another.
+    async fn two_streams_a_connection(peer_most: u32, settings: PoolSettings) {
+        let (address, [accepted, arrived], release) = holding_h2c_server(peer_most).await;
+        let pool = Arc::new(H2Pool::plaintext(Duration::from_secs(1)));
+        let send = move |pool: Arc<H2Pool>, address: String| async move {
+            let peer = Peer {
+                settings: &settings,
+                ..here(&address)
+            };
+            pool.send(peer, get(&address)).await.map(|a| a.status())
+        };
+        // Two streams held open: as many as a connection takes.
         let held: Vec<_> = (0..2)
             .map(|_| tokio::spawn(send(pool.clone(), address.clone())))
             .collect();
