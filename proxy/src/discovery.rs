@@ -69,6 +69,9 @@ pub struct BalanceSettings {
     /// Each request goes to the endpoint in its client's protocol, h2 or HTTP/1.1, not
     /// the port's (`http.useClientProtocol`).
     pub use_client_protocol: bool,
+    /// Endpoints of HTTP/1.1 ports are spoken to in h2 (`http.h2UpgradePolicy:
+    /// UPGRADE`).
+    pub h2_upgrade: bool,
 }
 
 /// A DestinationRule's `connectionPool` limits, Envoy's circuit breakers: each off
@@ -154,6 +157,12 @@ pub trait Discovery: Send + Sync {
     fn knows(&self, host: &str) -> bool;
     /// How `host` (and `subset`) is balanced.
     fn balance(&self, host: &str, subset: &str) -> &BalanceSettings;
+    /// The same, on one of its ports (as [`Discovery::endpoints_on`] picks it), whose
+    /// own settings (`portLevelSettings`) hold when it has some.
+    fn balance_on(&self, host: &str, subset: &str, port: Option<u16>) -> &BalanceSettings {
+        let _ = port;
+        self.balance(host, subset)
+    }
     /// The services with at least one endpoint in this cluster, sorted.
     fn local_services(&self) -> Vec<String>;
     /// Every service this mesh knows (in any cluster), by its full name, sorted.
@@ -172,6 +181,9 @@ struct Service {
     /// With more than one port: by subset (empty: every endpoint), the endpoints of each
     /// port, selected once.
     by_port: FastMap<String, FastMap<u16, Arc<[Endpoint]>>>,
+    /// By subset (empty: the whole service), the settings of the ports a rule's
+    /// `portLevelSettings` name.
+    port_balance: FastMap<String, FastMap<u16, BalanceSettings>>,
 }
 
 impl Service {
@@ -230,6 +242,7 @@ static DEFAULT_BALANCE: BalanceSettings = BalanceSettings {
     pool: None,
     warmup: None,
     use_client_protocol: false,
+    h2_upgrade: false,
 };
 
 /// Endpoints read from ServiceEntry objects.
@@ -270,6 +283,53 @@ fn pool_settings(pool: Option<&ConnectionPoolSettings>) -> Option<Arc<PoolSettin
     (settings != PoolSettings::default()).then(|| Arc::new(settings))
 }
 
+/// The ports the `portLevelSettings` of a rule's `top` policy and of a subset's `own`
+/// name.
+fn port_level_ports(top: Option<&TrafficPolicy>, own: Option<&TrafficPolicy>) -> Vec<u16> {
+    let mut ports: Vec<u16> = [top, own]
+        .into_iter()
+        .flatten()
+        .flat_map(|p| &p.port_level_settings)
+        .filter_map(|p| u16::try_from(p.port.as_ref()?.number).ok())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// The policy on `port` of a rule's `top` policy and a subset's `own`, merged as istiod
+/// merges them: the rule's own settings for the port over the rule's, the subset's over
+/// those, and the subset's for the port over all. Settings for a port replace the load
+/// balancer, connection pool, outlier detection and TLS whole, unset ones included.
+fn policy_on_port(
+    top: Option<&TrafficPolicy>,
+    own: Option<&TrafficPolicy>,
+    port: u16,
+) -> TrafficPolicy {
+    let on_port = |policy: &mut TrafficPolicy, of: Option<&TrafficPolicy>| {
+        let Some(settings) = of
+            .into_iter()
+            .flat_map(|p| &p.port_level_settings)
+            .find(|p| {
+                p.port
+                    .as_ref()
+                    .is_some_and(|s| u16::try_from(s.number) == Ok(port))
+            })
+        else {
+            return;
+        };
+        policy.load_balancer = settings.load_balancer.clone();
+        policy.connection_pool = settings.connection_pool.clone();
+        policy.outlier_detection = settings.outlier_detection.clone();
+        policy.tls = settings.tls.clone();
+    };
+    let mut policy = top.cloned().unwrap_or_default();
+    on_port(&mut policy, top);
+    let mut policy = merged_policy(Some(&policy), own);
+    on_port(&mut policy, own);
+    policy
+}
+
 /// Whether a rule's `policy` has its service's HTTP/1.1 endpoints spoken to in h2
 /// (`h2UpgradePolicy: UPGRADE`, not undone by `useClientProtocol`).
 fn upgrades(policy: Option<&TrafficPolicy>) -> bool {
@@ -277,15 +337,6 @@ fn upgrades(policy: Option<&TrafficPolicy>) -> bool {
     http.is_some_and(|h| {
         h.h2_upgrade_policy == Some(H2UpgradePolicy::Upgrade) && !h.use_client_protocol
     })
-}
-
-/// `endpoints`, each spoken to in h2 (prior knowledge).
-fn upgraded(endpoints: &[Endpoint]) -> Arc<[Endpoint]> {
-    let h2 = |e: &Endpoint| Endpoint {
-        h2: true,
-        ..e.clone()
-    };
-    endpoints.iter().map(h2).collect()
 }
 
 /// How a service is balanced under `policy`; `h2`: the service is spoken to in h2.
@@ -301,6 +352,7 @@ fn balance_of(policy: Option<&TrafficPolicy>, h2: bool) -> Option<BalanceSetting
         use_client_protocol: (policy.connection_pool.as_ref())
             .and_then(|p| p.http.as_ref())
             .is_some_and(|h| h.use_client_protocol),
+        h2_upgrade: upgrades(Some(policy)),
         ..BalanceSettings::default()
     };
     if let Some(lb) = &policy.load_balancer {
@@ -488,26 +540,32 @@ impl StaticDiscovery {
             if let Some(b) = balance_of(top, h2 || upgrades(top)) {
                 service.balance = b;
             }
-            let declared = service.endpoints.clone();
-            if upgrades(top) {
-                service.endpoints = upgraded(&declared);
+            for port in port_level_ports(top, None) {
+                let policy = policy_on_port(top, None, port);
+                let b = balance_of(Some(&policy), h2 || upgrades(Some(&policy)));
+                (service.port_balance.entry(String::new()).or_default())
+                    .insert(port, b.unwrap_or_default());
             }
             for subset in &rule.spec.subsets {
-                let selected: Vec<Endpoint> = declared
+                let selected: Arc<[Endpoint]> = service
+                    .endpoints
                     .iter()
                     .filter(|e| (subset.labels.iter()).all(|(k, v)| e.labels.get(k) == Some(v)))
                     .cloned()
                     .collect();
                 let merged = merged_policy(top, subset.traffic_policy.as_ref());
-                let selected = match upgrades(Some(&merged)) {
-                    true => upgraded(&selected),
-                    false => selected.into(),
-                };
                 service.subsets.insert(subset.name.clone(), selected);
                 if subset.traffic_policy.is_some()
                     && let Some(b) = balance_of(Some(&merged), h2 || upgrades(Some(&merged)))
                 {
                     service.subset_balance.insert(subset.name.clone(), b);
+                }
+                let own = subset.traffic_policy.as_ref();
+                for port in port_level_ports(top, own) {
+                    let policy = policy_on_port(top, own, port);
+                    let b = balance_of(Some(&policy), h2 || upgrades(Some(&policy)));
+                    (service.port_balance.entry(subset.name.clone()).or_default())
+                        .insert(port, b.unwrap_or_default());
                 }
             }
         }
@@ -545,6 +603,22 @@ impl Discovery for StaticDiscovery {
             .and_then(|ports| ports.get(&port?))
             .cloned()
             .unwrap_or_else(|| Arc::new([]))
+    }
+
+    fn balance_on(&self, host: &str, subset: &str, port: Option<u16>) -> &BalanceSettings {
+        let Some(service) = self.service(host) else {
+            return &DEFAULT_BALANCE;
+        };
+        if !service.port_balance.is_empty()
+            && let Some(port) = service.port_for(port)
+            && let Some(settings) = (service.port_balance.get(subset)).and_then(|p| p.get(&port))
+        {
+            return settings;
+        }
+        service
+            .subset_balance
+            .get(subset)
+            .unwrap_or(&service.balance)
     }
 
     fn knows(&self, host: &str) -> bool {
@@ -858,6 +932,77 @@ spec:
         assert_eq!(on("admin.shop.example", "", None), ["10.0.0.3:8443"]);
         assert_eq!(on("admin.shop.example", "", Some(9443)), ["10.0.0.3:9443"]);
         assert!(on("nowhere.example", "", None).is_empty());
+    }
+
+    #[test]
+    fn port_level_settings_replace_the_rules_on_their_port() {
+        let mut config = ConfigSet::new();
+        config.add_text(
+            "ports.yaml",
+            r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web, namespace: shop}
+spec:
+  hosts: [web.shop.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports:
+  - {number: 80, name: http, protocol: HTTP}
+  - {number: 9090, name: http-api, protocol: HTTP}
+  endpoints:
+  - {address: 10.0.0.1, labels: {version: v2}, locality: r1/z1}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: shop}
+spec:
+  host: web.shop.example
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+    portLevelSettings:
+    - port: {number: 9090}
+      loadBalancer: {simple: RANDOM}
+      connectionPool: {http: {http2MaxRequests: 7}}
+  subsets:
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      outlierDetection: {consecutive5xxErrors: 3}
+      portLevelSettings:
+      - port: {number: 80}
+        loadBalancer: {simple: LEAST_REQUEST}
+"#,
+        );
+        let here =
+            StaticDiscovery::from_resources(config.resources(), "east", &"r1/z1".parse().unwrap());
+        let on =
+            |subset: &str, port: Option<u16>| here.balance_on("web.shop.example", subset, port);
+        assert_eq!(on("", Some(80)).policy, LbPolicy::RoundRobin);
+        assert_eq!(on("", None).policy, LbPolicy::RoundRobin, "port 80");
+        let api = on("", Some(9090));
+        assert_eq!(
+            (api.policy, api.limits.requests),
+            (LbPolicy::Random, Some(7))
+        );
+        // The rule's settings for the port, then the subset's own over them.
+        let v2_api = on("v2", Some(9090));
+        assert_eq!(
+            (v2_api.policy, v2_api.limits.requests),
+            (LbPolicy::Random, Some(7))
+        );
+        assert_eq!(v2_api.outlier.as_ref().map(|o| o.consecutive_5xx), Some(3));
+        // The subset's settings for its port replace the rest whole.
+        let v2_web = on("v2", None);
+        assert_eq!(v2_web.policy, LbPolicy::LeastRequest);
+        assert_eq!(
+            (v2_web.outlier.as_ref(), v2_web.limits.requests),
+            (None, None)
+        );
+        // Without a port, the rule's own.
+        assert_eq!(
+            here.balance("web.shop.example", "").policy,
+            LbPolicy::RoundRobin
+        );
     }
 
     #[test]

@@ -261,8 +261,8 @@ impl Routing {
 /// each accepted snapshot; balancing, outlier and limit state stay across swaps.
 pub struct Outbound {
     routing: std::sync::RwLock<Option<Arc<Routing>>>,
-    /// By service, then subset.
-    pickers: Mutex<FastMap<String, FastMap<String, EndpointPicker>>>,
+    /// By service, then subset, then service port.
+    pickers: Mutex<FastMap<String, FastMap<String, PickersByPort>>>,
     in_flight: Arc<Mutex<FastMap<SocketAddr, u32>>>,
     /// Per service host.
     outliers: Arc<Mutex<FastMap<String, OutlierDetector>>>,
@@ -800,7 +800,7 @@ impl Outbound {
             .or_insert_with(new_request_id);
         let target = &forward.target;
         let discovery = routing.discovery.as_ref();
-        let settings = discovery.balance(&target.host, &target.subset);
+        let settings = discovery.balance_on(&target.host, &target.subset, target.port);
         let endpoints = discovery.endpoints_on(&target.host, &target.subset, target.port);
         let local = self.not_ejected(target, endpoints, settings.outlier.as_ref());
         let row = routing
@@ -1000,7 +1000,7 @@ impl Outbound {
         parts.method = Method::GET;
         let target = &forward.target;
         let discovery = routing.discovery.as_ref();
-        let settings = discovery.balance(&target.host, &target.subset);
+        let settings = discovery.balance_on(&target.host, &target.subset, target.port);
         let endpoints = discovery.endpoints_on(&target.host, &target.subset, target.port);
         let local = self.not_ejected(target, endpoints, settings.outlier.as_ref());
         let key = carried_key.as_ref().map(HeaderValue::as_bytes);
@@ -1255,7 +1255,11 @@ impl Outbound {
         let discovery = routing.discovery.as_ref();
         // Looked up once for the request: the pool's limit, then the tries' balancer, hash
         // source and outlier detection.
-        let settings = discovery.balance(&forward.target.host, &forward.target.subset);
+        let settings = discovery.balance_on(
+            &forward.target.host,
+            &forward.target.subset,
+            forward.target.port,
+        );
         // Boxed: most services set no limits, and the wait for a place would otherwise
         // be part of every request's future.
         let admitted = match settings.limits.any() {
@@ -1413,7 +1417,11 @@ impl Outbound {
             Err(response) => return *response,
         };
         let discovery = routing.discovery.as_ref();
-        let settings = discovery.balance(&forward.target.host, &forward.target.subset);
+        let settings = discovery.balance_on(
+            &forward.target.host,
+            &forward.target.subset,
+            forward.target.port,
+        );
         let permit = match self.admit_from_peer(settings, &forward.target) {
             Ok(permit) => permit,
             Err(response) => return *response,
@@ -2019,21 +2027,25 @@ impl Outbound {
         let mut pickers = self.pickers.lock().ok()?;
         let in_flight = self.in_flight.lock().ok()?;
         let target = &forward.target;
+        if !(pickers.get(&target.host)).is_some_and(|p| p.contains_key(&target.subset)) {
+            let subsets = pickers.entry(target.host.clone()).or_default();
+            subsets.insert(target.subset.clone(), Vec::new());
+        }
+        let by_port = (pickers.get_mut(&target.host)).and_then(|p| p.get_mut(&target.subset))?;
+        // One per port: each port has its own endpoints, and may have its own balancer.
+        let at = match by_port.iter().position(|(port, _)| *port == target.port) {
+            Some(at) => at,
+            None => {
+                by_port.push((target.port, EndpointPicker::default()));
+                by_port.len() - 1
+            }
+        };
+        let picker = &mut by_port[at].1;
         // A new picker when the service's rule has changed its balancer since.
         let (policy, warmup) = (settings.policy, settings.warmup);
-        if !pickers
-            .get(&target.host)
-            .and_then(|p| p.get(&target.subset))
-            .is_some_and(|picker| picker.is_for(policy, warmup))
-        {
-            pickers.entry(target.host.clone()).or_default().insert(
-                target.subset.clone(),
-                EndpointPicker::with_warmup(policy, warmup),
-            );
+        if !picker.is_for(policy, warmup) {
+            *picker = EndpointPicker::with_warmup(policy, warmup);
         }
-        let picker = pickers
-            .get_mut(&target.host)
-            .and_then(|p| p.get_mut(&target.subset))?;
         let i = picker.pick(
             endpoints,
             |i| in_flight.get(&endpoints[i].address).copied().unwrap_or(0),
@@ -2177,7 +2189,10 @@ impl Outbound {
             return;
         };
         // Its connections are the mirror service's, under its settings.
-        let settings = discovery.balance(&target.host, &target.subset).pool.clone();
+        let settings = discovery
+            .balance_on(&target.host, &target.subset, target.port)
+            .pool
+            .clone();
         let mut copy = forward.clone();
         // Envoy marks mirrored requests by suffixing the authority's name (before its
         // port, when it has one).
@@ -2192,7 +2207,7 @@ impl Outbound {
         };
         if in_h2(
             &endpoint,
-            discovery.balance(&target.host, &target.subset),
+            discovery.balance_on(&target.host, &target.subset, target.port),
             parts,
         ) {
             let scheme = http::uri::Scheme::HTTP;
@@ -2604,14 +2619,18 @@ impl Handled {
     }
 }
 
-/// Whether a request (`parts`) goes to `endpoint` in h2: as its port is spoken, or as its
-/// client spoke when the service's rule says to keep the client's protocol.
+/// Whether a request (`parts`) goes to `endpoint` in h2: as its port is spoken (or
+/// upgraded to, by the service's rule), or as its client spoke when the rule says to keep
+/// the client's protocol.
 fn in_h2(endpoint: &Endpoint, settings: &BalanceSettings, parts: &http::request::Parts) -> bool {
     match settings.use_client_protocol {
         true => parts.version == Version::HTTP_2,
-        false => endpoint.h2,
+        false => endpoint.h2 || settings.h2_upgrade,
     }
 }
+
+/// The endpoint pickers of one service and subset, by the service port asked for.
+type PickersByPort = Vec<(Option<u16>, EndpointPicker)>;
 
 /// Logs a request's `line`, begun at `since`, in `log` as the request ends.
 fn log_end(log: Option<&AccessLog>, line: Option<(Line, Instant)>) {

@@ -1320,8 +1320,9 @@ async fn version_endpoint() -> SocketAddr {
 }
 
 /// A DestinationRule's `h2UpgradePolicy: UPGRADE` has a service's HTTP/1.1 endpoints
-/// spoken to in h2 (but for a subset that says `DO_NOT_UPGRADE`), and
-/// `useClientProtocol` has each request go in its client's protocol.
+/// spoken to in h2 (but for a subset that says `DO_NOT_UPGRADE`; or only on the port
+/// whose `portLevelSettings` say it), and `useClientProtocol` has each request go in its
+/// client's protocol.
 #[tokio::test]
 async fn a_rule_chooses_the_protocol_spoken_to_its_endpoints() {
     let endpoint = version_endpoint().await.port();
@@ -1338,7 +1339,7 @@ async fn a_rule_chooses_the_protocol_spoken_to_its_endpoints() {
     let yaml = entry("plain")
         + &entry("up")
         + &entry("client")
-        + r#"apiVersion: networking.istio.io/v1
+        + &r#"apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: up, namespace: shop}
 spec:
@@ -1365,7 +1366,29 @@ metadata: {name: client, namespace: shop}
 spec:
   host: client.example
   trafficPolicy: {connectionPool: {http: {useClientProtocol: true}}}
-"#;
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ported, namespace: shop}
+spec:
+  hosts: [ported.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}, {number: 8080, name: http-alt, protocol: HTTP}]
+  endpoints:
+  - {address: 127.0.0.1, ports: {http: PORT, http-alt: PORT}, locality: us-east/us-east-1a}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ported, namespace: shop}
+spec:
+  host: ported.example
+  trafficPolicy:
+    portLevelSettings:
+    - port: {number: 8080}
+      connectionPool: {http: {h2UpgradePolicy: UPGRADE}}
+"#
+        .replace("PORT", &endpoint.to_string());
     let proxy = start_east(&yaml, None).await;
     let outbound = proxy.outbound_address();
     for (host, path, client_h2, expected) in [
@@ -1375,6 +1398,8 @@ spec:
         ("up.example", "/old", false, "HTTP/1.1"),
         ("client.example", "/", false, "HTTP/1.1"),
         ("client.example", "/", true, "HTTP/2.0"),
+        ("ported.example", "/", false, "HTTP/1.1"),
+        ("ported.example:8080", "/", false, "HTTP/2.0"),
     ] {
         let answer = send(outbound, host, path, client_h2).await;
         assert_eq!(answer.status, StatusCode::OK, "{host}{path}");
