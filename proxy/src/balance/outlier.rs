@@ -40,6 +40,11 @@ pub struct OutlierSettings {
     /// Below this share of usable endpoints, in percent, ejections are set aside and
     /// every endpoint is used (`minHealthPercent`, Envoy's panic threshold; 0: never).
     pub min_health_percent: u32,
+    /// With `splitExternalLocalOriginErrors`: the failures to reach an endpoint (no
+    /// connection, a reset, a timeout) in a row that eject it
+    /// (`consecutiveLocalOriginFailures`, 5 by default), counted apart from its answers'
+    /// 5xx. Without, such a failure counts as a 503.
+    pub local_origin: Option<u32>,
 }
 
 impl Default for OutlierSettings {
@@ -51,6 +56,7 @@ impl Default for OutlierSettings {
             max_ejection_percent: DEFAULT_MAX_EJECTION_PERCENT,
             interval: DEFAULT_INTERVAL,
             min_health_percent: 0,
+            local_origin: None,
         }
     }
 }
@@ -76,6 +82,9 @@ impl OutlierSettings {
                 .min(100),
             interval: o.interval.and_then(|t| t.to_std()).unwrap_or(d.interval),
             min_health_percent: positive(o.min_health_percent).unwrap_or(0).min(100),
+            local_origin: o
+                .split_external_local_origin_errors
+                .then(|| o.consecutive_local_origin_failures.unwrap_or(5)),
         }
     }
 }
@@ -93,6 +102,7 @@ pub enum TryOutcome {
 struct EndpointHealth {
     consecutive_5xx: u32,
     consecutive_gateway: u32,
+    consecutive_local: u32,
     ejected_until: Option<Instant>,
     times_ejected: u32,
     last_ejection_end: Option<Instant>,
@@ -139,14 +149,28 @@ impl OutlierDetector {
         total: usize,
         now: Instant,
     ) -> Option<Duration> {
-        let status = match outcome {
-            TryOutcome::Status(s) => s,
-            TryOutcome::LocalFailure => 503,
-        };
+        let s = &self.settings;
         let health = self.endpoints.entry(endpoint).or_default();
         if health.ejected_until.is_some_and(|u| now >= u) {
             health.ejected_until = None;
         }
+        let status = match (outcome, s.local_origin) {
+            (TryOutcome::Status(status), _) => {
+                // It was reached.
+                health.consecutive_local = 0;
+                status
+            }
+            (TryOutcome::LocalFailure, None) => 503,
+            // Counted apart from the answers' 5xx.
+            (TryOutcome::LocalFailure, Some(most)) => {
+                health.consecutive_local += 1;
+                let tripped = most > 0 && health.consecutive_local >= most;
+                if !tripped || health.ejected_until.is_some() {
+                    return None;
+                }
+                return self.eject(endpoint, total, now);
+            }
+        };
         if !(500..600).contains(&status) {
             health.consecutive_5xx = 0;
             health.consecutive_gateway = 0;
@@ -158,12 +182,18 @@ impl OutlierDetector {
         } else {
             health.consecutive_gateway = 0;
         }
-        let s = &self.settings;
         let tripped = (s.consecutive_5xx > 0 && health.consecutive_5xx >= s.consecutive_5xx)
             || (s.consecutive_gateway > 0 && health.consecutive_gateway >= s.consecutive_gateway);
         if !tripped || health.ejected_until.is_some() {
             return None;
         }
+        self.eject(endpoint, total, now)
+    }
+
+    /// Ejects `endpoint` (one of `total`) at `now`, unless as many are out as may be;
+    /// returns for how long.
+    fn eject(&mut self, endpoint: SocketAddr, total: usize, now: Instant) -> Option<Duration> {
+        let s = &self.settings;
         // At least one endpoint may always be out, whatever the percentage.
         let allowed = (total * s.max_ejection_percent as usize / 100).max(1);
         if self.ejected(now) >= allowed {
@@ -184,6 +214,7 @@ impl OutlierDetector {
         health.last_ejection_end = Some(now + length);
         health.consecutive_5xx = 0;
         health.consecutive_gateway = 0;
+        health.consecutive_local = 0;
         Some(length)
     }
 }
@@ -204,6 +235,7 @@ mod tests {
             max_ejection_percent: 50,
             interval: Duration::from_secs(10),
             min_health_percent: 0,
+            local_origin: None,
         }
     }
 
@@ -219,6 +251,53 @@ mod tests {
         );
         assert!(d.is_ejected(ep(1), t0 + Duration::from_secs(9)));
         assert!(!d.is_ejected(ep(1), t0 + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn split_local_origin_failures_eject_on_their_own_count() {
+        let split = OutlierSettings {
+            local_origin: Some(2),
+            ..settings()
+        };
+        let mut d = OutlierDetector::new(split);
+        let t0 = Instant::now();
+        // Two answers' 5xx and a failure to reach it: neither count reaches its limit.
+        for outcome in [
+            TryOutcome::Status(500),
+            TryOutcome::Status(500),
+            TryOutcome::LocalFailure,
+        ] {
+            assert_eq!(d.record(ep(1), outcome, 4, t0), None);
+        }
+        // The failure to reach it left the answers' run alone: a third 5xx ejects it.
+        assert_eq!(
+            d.record(ep(1), TryOutcome::Status(500), 4, t0),
+            Some(Duration::from_secs(10))
+        );
+        let t1 = t0 + Duration::from_secs(10);
+        assert!(!d.is_ejected(ep(1), t1));
+        // An answer between two failures to reach it starts their count again.
+        assert_eq!(d.record(ep(1), TryOutcome::LocalFailure, 4, t1), None);
+        assert_eq!(d.record(ep(1), TryOutcome::Status(200), 4, t1), None);
+        assert_eq!(d.record(ep(1), TryOutcome::LocalFailure, 4, t1), None);
+        // Two in a row.
+        assert!(d.record(ep(1), TryOutcome::LocalFailure, 4, t1).is_some());
+        assert!(d.is_ejected(ep(1), t1));
+    }
+
+    #[test]
+    fn a_rule_splits_local_origin_failures_only_when_it_says_so() {
+        let read = |split: bool, failures: Option<u32>| {
+            let rule = OutlierDetection {
+                split_external_local_origin_errors: split,
+                consecutive_local_origin_failures: failures,
+                ..OutlierDetection::default()
+            };
+            OutlierSettings::from_rule(&rule).local_origin
+        };
+        assert_eq!(read(false, Some(2)), None);
+        assert_eq!(read(true, None), Some(5), "Envoy's default");
+        assert_eq!(read(true, Some(2)), Some(2));
     }
 
     #[test]
