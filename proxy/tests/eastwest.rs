@@ -282,6 +282,28 @@ async fn mesh(east_status: StatusCode, locality_lb: &str, http_route: &str) -> M
     }
 }
 
+/// The locality rule sending every request from the east cluster to the west one.
+const EVERYTHING_WEST: &str =
+    "        distribute:\n        - from: us-east/*\n          to: {\"us-west/*\": 100}";
+
+/// Waits until the proxy at `east` sends `host`'s requests to the west cluster, which
+/// answers them.
+async fn served_in_west(east: SocketAddr, host: &'static str) {
+    let localhost: std::net::IpAddr = "127.0.0.1".parse().expect("address");
+    eventually(
+        &format!("east sends {host}'s requests to the west cluster"),
+        Duration::from_secs(20),
+        || async move {
+            match get_from(east, localhost, host, &[]).await {
+                Some((StatusCode::OK, headers)) if served_by(&headers).1 == "west" => Ok(()),
+                Some((status, headers)) => Err(format!("{status} {headers:?}")),
+                None => Err("no answer".into()),
+            }
+        },
+    )
+    .await;
+}
+
 /// Status, serving cluster and body of a GET through a proxy's outbound listener.
 async fn get(
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
@@ -456,9 +478,7 @@ async fn a_retry_in_another_locality_succeeds() {
 /// `destination.port`, which it is told.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_port_a_request_names_holds_across_clusters() {
-    let everything_west =
-        "        distribute:\n        - from: us-east/*\n          to: {\"us-west/*\": 100}";
-    let mesh = mesh(StatusCode::OK, everything_west, "").await;
+    let mesh = mesh(StatusCode::OK, EVERYTHING_WEST, "").await;
     let (web, _) = backend("web", StatusCode::OK).await;
     let (admin, _) = backend("admin", StatusCode::OK).await;
     let config = format!(
@@ -489,18 +509,7 @@ spec:
     std::fs::write(mesh.config_dir.join("multi.yaml"), config).expect("write config");
     let east = mesh.east.outbound_address();
     let localhost: std::net::IpAddr = "127.0.0.1".parse().expect("address");
-    eventually(
-        "east sends multi's requests to the west cluster",
-        Duration::from_secs(20),
-        || async move {
-            match get_from(east, localhost, "admin.shop", &[]).await {
-                Some((StatusCode::OK, headers)) if served_by(&headers).1 == "west" => Ok(()),
-                Some((status, headers)) => Err(format!("{status} {headers:?}")),
-                None => Err("no answer".into()),
-            }
-        },
-    )
-    .await;
+    served_in_west(east, "admin.shop").await;
     for (host, expected) in [
         ("multi.shop", web),
         ("multi.shop:8080", admin),
@@ -523,9 +532,7 @@ spec:
 /// authority (`front`) names none there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_to_another_service_is_served_across_clusters() {
-    let everything_west =
-        "        distribute:\n        - from: us-east/*\n          to: {\"us-west/*\": 100}";
-    let mesh = mesh(StatusCode::OK, everything_west, "").await;
+    let mesh = mesh(StatusCode::OK, EVERYTHING_WEST, "").await;
     std::fs::write(
         mesh.config_dir.join("front.yaml"),
         "apiVersion: networking.istio.io/v1\n\
@@ -540,18 +547,7 @@ async fn a_route_to_another_service_is_served_across_clusters() {
     .expect("write config");
     let east = mesh.east.outbound_address();
     let localhost: std::net::IpAddr = "127.0.0.1".parse().expect("address");
-    eventually(
-        "east sends front's requests to checkout in the west cluster",
-        Duration::from_secs(20),
-        || async move {
-            match get_from(east, localhost, "front", &[]).await {
-                Some((StatusCode::OK, headers)) if served_by(&headers).1 == "west" => Ok(()),
-                Some((status, headers)) => Err(format!("{status} {headers:?}")),
-                None => Err("no answer".into()),
-            }
-        },
-    )
-    .await;
+    served_in_west(east, "front").await;
     let before = mesh.west_seen.load(Ordering::Relaxed);
     for _ in 0..10 {
         let (status, headers) = get_from(east, localhost, "front.shop", &[])
@@ -570,23 +566,10 @@ async fn a_route_to_another_service_is_served_across_clusters() {
 /// none fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_to_a_draining_peer_move_to_a_new_connection_and_none_fails() {
-    let everything_west =
-        "        distribute:\n        - from: us-east/*\n          to: {\"us-west/*\": 100}";
-    let mesh = mesh(StatusCode::OK, everything_west, "").await;
+    let mesh = mesh(StatusCode::OK, EVERYTHING_WEST, "").await;
     let east = mesh.east.outbound_address();
     let localhost: std::net::IpAddr = "127.0.0.1".parse().expect("address");
-    eventually(
-        "east sends checkout's requests to the west cluster",
-        Duration::from_secs(20),
-        || async move {
-            match get_from(east, localhost, "checkout.shop", &[]).await {
-                Some((StatusCode::OK, headers)) if served_by(&headers).1 == "west" => Ok(()),
-                Some((status, headers)) => Err(format!("{status} {headers:?}")),
-                None => Err("no answer".into()),
-            }
-        },
-    )
-    .await;
+    served_in_west(east, "checkout.shop").await;
     mesh.west.drain();
     for i in 0..20 {
         let (status, headers) = get_from(east, localhost, "checkout.shop", &[])
@@ -606,23 +589,9 @@ async fn requests_to_a_draining_peer_move_to_a_new_connection_and_none_fails() {
 /// east-west connection are answered as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_stop_reading_hold_back_no_other_answer_across_clusters() {
-    let everything_west =
-        "        distribute:\n        - from: us-east/*\n          to: {\"us-west/*\": 100}";
-    let mesh = mesh(StatusCode::OK, everything_west, "").await;
+    let mesh = mesh(StatusCode::OK, EVERYTHING_WEST, "").await;
     let east = mesh.east.outbound_address();
-    let localhost: std::net::IpAddr = "127.0.0.1".parse().expect("address");
-    eventually(
-        "east sends checkout's requests to the west cluster",
-        Duration::from_secs(20),
-        || async move {
-            match get_from(east, localhost, "checkout.shop", &[]).await {
-                Some((StatusCode::OK, headers)) if served_by(&headers).1 == "west" => Ok(()),
-                Some((status, headers)) => Err(format!("{status} {headers:?}")),
-                None => Err("no answer".into()),
-            }
-        },
-    )
-    .await;
+    served_in_west(east, "checkout.shop").await;
     // Four stalled answers on each worker's connection: each would hold a stream's
     // whole window (2 MiB) of the connection's.
     let before = mesh.west_seen.load(Ordering::SeqCst);

@@ -1238,19 +1238,9 @@ spec:
 #[tokio::test]
 async fn below_min_health_percent_ejected_endpoints_are_used_again() {
     let entry = |name: &str, ports: [u16; 2], min_health: &str| {
-        format!(
-            r#"apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: {name}, namespace: shop}}
-spec:
-  hosts: [{name}.example]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  endpoints:
-  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a}}
-  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a}}
----
+        http_entry(name, &format!("{name}.example"), &ports)
+            + &format!(
+                r#"---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {{name: {name}, namespace: shop}}
@@ -1269,9 +1259,8 @@ spec:
   - retries: {{attempts: 0}}
     route: [{{destination: {{host: {name}.example}}}}]
 ---
-"#,
-            ports[0], ports[1]
-        )
+"#
+            )
     };
     let (good, failing) = (
         backend("good", Behaviour::Ok).await.port(),
