@@ -8,12 +8,16 @@
 //! 50 ms and flushes them: a request never waits for the disk, nor wakes the writer.
 //! When the writer falls [`BACKLOG`] lines behind, new lines are dropped and counted
 //! (`fulcrum_proxy_access_log_dropped`) rather than held. The file is opened for
-//! appending, so a rotation that truncates it in place keeps working.
+//! appending, so a rotation that truncates it in place keeps working; one that moves it
+//! away has the proxy reopen its path ([`AccessLog::reopen`], on SIGUSR1, as Envoy
+//! reopens its logs).
 
 use std::fmt::Write as _;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -48,21 +52,36 @@ impl Destination {
 pub struct AccessLog {
     lines: SyncSender<String>,
     dropped: Counter,
+    /// Set to have the writer reopen its file before it writes again.
+    reopen: Arc<AtomicBool>,
 }
 
 impl AccessLog {
     /// Opens `destination` and starts the thread writing to it; `dropped` counts the
     /// lines dropped behind a slow writer.
     pub fn open(destination: &Destination, dropped: Counter) -> io::Result<AccessLog> {
-        let out: Box<dyn Write + Send> = match destination {
-            Destination::Stdout => Box::new(io::stdout()),
-            Destination::File(path) => Box::new(append_to(path)?),
-        };
+        let out = open(destination)?;
         let (lines, waiting) = std::sync::mpsc::sync_channel(BACKLOG);
+        let reopen = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            destination: destination.clone(),
+            out: io::BufWriter::new(out),
+            reopen: reopen.clone(),
+        };
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_lines(waiting, io::BufWriter::new(out)))?;
-        Ok(AccessLog { lines, dropped })
+            .spawn(move || writer.run(waiting))?;
+        Ok(AccessLog {
+            lines,
+            dropped,
+            reopen,
+        })
+    }
+
+    /// Has the writer open its file again, by its path, before it writes the next lines
+    /// (after a rotation moved it away). Nothing for standard output.
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Release);
     }
 
     /// Logs `line`, unless the writer is [`BACKLOG`] lines behind (or has stopped).
@@ -73,6 +92,14 @@ impl AccessLog {
     }
 }
 
+/// Where the lines go, opened (a file for appending, created when missing).
+fn open(destination: &Destination) -> io::Result<Box<dyn Write + Send>> {
+    Ok(match destination {
+        Destination::Stdout => Box::new(io::stdout()),
+        Destination::File(path) => Box::new(append_to(path)?),
+    })
+}
+
 fn append_to(path: &Path) -> io::Result<std::fs::File> {
     OpenOptions::new()
         .create(true)
@@ -81,32 +108,55 @@ fn append_to(path: &Path) -> io::Result<std::fs::File> {
         .map_err(|e| io::Error::new(e.kind(), format!("access log {}: {e}", path.display())))
 }
 
-/// Every [`WRITE_EVERY`], writes the lines waiting and flushes them; ends once every
-/// sender is gone, or on a write error (reported once).
-fn write_lines(waiting: Receiver<String>, mut out: impl Write) {
-    loop {
-        std::thread::sleep(WRITE_EVERY);
-        let mut wrote = false;
-        let ended = loop {
-            match waiting.try_recv() {
-                Ok(line) => {
-                    if let Err(e) = out.write_all(line.as_bytes()) {
-                        tracing::error!("access log: {e}; no more lines are written");
-                        return;
-                    }
-                    wrote = true;
-                }
-                Err(TryRecvError::Empty) => break false,
-                Err(TryRecvError::Disconnected) => break true,
+/// The thread writing the lines.
+struct Writer {
+    destination: Destination,
+    out: io::BufWriter<Box<dyn Write + Send>>,
+    reopen: Arc<AtomicBool>,
+}
+
+impl Writer {
+    /// Every [`WRITE_EVERY`], writes the lines `waiting` and flushes them; ends once
+    /// every sender is gone, or on a write error (reported once).
+    fn run(mut self, waiting: Receiver<String>) {
+        loop {
+            std::thread::sleep(WRITE_EVERY);
+            if let Err(e) = self.reopen_if_asked() {
+                tracing::error!("access log: {e}; writing on to the file it had open");
             }
-        };
-        if wrote && let Err(e) = out.flush() {
-            tracing::error!("access log: {e}; no more lines are written");
-            return;
+            let mut wrote = false;
+            let ended = loop {
+                match waiting.try_recv() {
+                    Ok(line) => {
+                        if let Err(e) = self.out.write_all(line.as_bytes()) {
+                            tracing::error!("access log: {e}; no more lines are written");
+                            return;
+                        }
+                        wrote = true;
+                    }
+                    Err(TryRecvError::Empty) => break false,
+                    Err(TryRecvError::Disconnected) => break true,
+                }
+            };
+            if wrote && let Err(e) = self.out.flush() {
+                tracing::error!("access log: {e}; no more lines are written");
+                return;
+            }
+            if ended {
+                return;
+            }
         }
-        if ended {
-            return;
+    }
+
+    /// Opens the file again by its path when asked to, the lines before written to the
+    /// old one.
+    fn reopen_if_asked(&mut self) -> io::Result<()> {
+        if !self.reopen.swap(false, Ordering::AcqRel) || self.destination == Destination::Stdout {
+            return Ok(());
         }
+        self.out.flush()?;
+        self.out = io::BufWriter::new(open(&self.destination)?);
+        Ok(())
     }
 }
 

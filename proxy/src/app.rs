@@ -113,6 +113,7 @@ pub struct Proxy {
     stop: watch::Sender<bool>,
     drain: DrainSwitch,
     workers: Arc<Workers>,
+    access_log: Option<Arc<AccessLog>>,
 }
 
 /// Reads configuration files (YAML or JSON, files or directories) for the proxy; any
@@ -197,10 +198,13 @@ impl Proxy {
         .with_client_timeouts(settings.client_timeouts);
         let (drain, draining) = crate::drain::drain();
         outbound = outbound.with_drain(draining);
+        let mut access_log = None;
         if let Some(destination) = &settings.access_log {
             let dropped = metrics.access_log_dropped.clone();
             let log = AccessLog::open(destination, dropped).map_err(StartError::AccessLog)?;
-            outbound = outbound.with_access_log(log);
+            let log = Arc::new(log);
+            outbound = outbound.with_access_log(log.clone());
+            access_log = Some(log);
         }
         let tls = match &settings.east_west {
             Some(e) => {
@@ -346,6 +350,7 @@ impl Proxy {
             stop,
             drain,
             workers,
+            access_log,
         })
     }
 
@@ -392,6 +397,15 @@ impl Proxy {
     /// Stops: the listeners close, and so do the connections, whatever they are doing.
     pub fn stop(&self) {
         let _ = self.stop.send(true);
+    }
+
+    /// Has the access log open its file again by its path (after a rotation moved it
+    /// away), when the proxy keeps one.
+    pub fn reopen_access_log(&self) {
+        if let Some(log) = &self.access_log {
+            tracing::info!("reopening the access log");
+            log.reopen();
+        }
     }
 }
 

@@ -398,8 +398,8 @@ impl Outbound {
     }
 
     /// Logs each request in `log` ([`crate::access_log`]).
-    pub fn with_access_log(mut self, log: AccessLog) -> Outbound {
-        self.access_log = Some(Arc::new(log));
+    pub fn with_access_log(mut self, log: Arc<AccessLog>) -> Outbound {
+        self.access_log = Some(log);
         self
     }
 

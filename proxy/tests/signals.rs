@@ -1,5 +1,6 @@
 //! The proxy process on SIGTERM: it drains (a request in progress is answered, and its
 //! connection closed after it) and then exits; a second signal ends the drain at once.
+//! On SIGUSR1 it reopens its access log.
 
 mod process;
 
@@ -152,4 +153,75 @@ fn a_second_signal_ends_the_drain_at_once() {
     let mut answer = Vec::new();
     let _ = client.read_to_end(&mut answer);
     assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+}
+
+/// A rotation that moves the access log away, then SIGUSR1: the proxy writes on in a new
+/// file at the log's path, the lines before it in the moved one.
+#[test]
+fn on_sigusr1_the_access_log_is_opened_again_by_its_path() {
+    let (backend, _release, _arrived) = holding_backend();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = service_file(dir.path(), "logged", backend);
+    let (log, moved) = (
+        dir.path().join("access.log"),
+        dir.path().join("access.log.1"),
+    );
+    let (proxy, admin) = two_free_addresses();
+    let child = Command::new(env!("CARGO_BIN_EXE_fulcrum-proxy"))
+        .args(["--cluster", "east", "--locality", "r1/z1", "--workers", "1"])
+        .arg("--config")
+        .arg(&config)
+        .args(["--listen", &proxy.to_string()])
+        .args(["--admin", &admin.to_string()])
+        .arg("--access-log")
+        .arg(&log)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the proxy starts");
+    let running = Running(child);
+    let lines = |path: &std::path::Path| {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    let logged = |path: &std::path::Path, request: &str| {
+        wait_for(
+            &format!("{request} logged in {}", path.display()),
+            Duration::from_secs(10),
+            || {
+                lines(path)
+                    .iter()
+                    .any(|l| l.contains(&format!("\"path\":\"{request}\"")))
+            },
+        );
+    };
+    wait_for("the proxy serves", Duration::from_secs(10), || {
+        status_line(proxy, "logged.example", "/before").is_ok_and(|s| s.contains(" 200 "))
+    });
+    logged(&log, "/before");
+    std::fs::rename(&log, &moved).expect("the rotation moves the log");
+    signal(&running, "USR1");
+    // The signal is taken at the writer's next turn: until then a line may still go to
+    // the moved file. Each request is logged once, in one of the two.
+    wait_for(
+        "a line in a new file at the log's path",
+        Duration::from_secs(10),
+        || {
+            let _ = status_line(proxy, "logged.example", "/after");
+            lines(&log)
+                .iter()
+                .any(|l| l.contains("\"path\":\"/after\""))
+        },
+    );
+    assert!(
+        lines(&moved)
+            .iter()
+            .any(|l| l.contains("\"path\":\"/before\""))
+    );
+    assert!(
+        lines(&log).iter().all(|l| !l.contains("/before")),
+        "{:?}",
+        lines(&log)
+    );
 }

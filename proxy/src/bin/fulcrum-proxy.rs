@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use fulcrum_policy::Locality;
@@ -92,8 +93,8 @@ struct Flags {
     /// open. 0s exits at once.
     #[arg(long, default_value = "5s", value_parser = parse_drain)]
     drain_duration: std::time::Duration,
-    /// Write a JSON line per request to this file (appended to), or to standard output
-    /// with `-`. Off unless given
+    /// Write a JSON line per request to this file (appended to; opened again by its path
+    /// on SIGUSR1, after a rotation), or to standard output with `-`. Off unless given
     #[arg(long, value_name = "PATH")]
     access_log: Option<String>,
 }
@@ -170,6 +171,8 @@ fn main() -> ExitCode {
             }
         };
         let mut signals = Signals::new();
+        let proxy = Arc::new(proxy);
+        reopen_on_sigusr1(proxy.clone());
         signals.next().await;
         if !flags.drain_duration.is_zero() {
             proxy.drain();
@@ -274,6 +277,27 @@ impl Signals {
         }
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// On each SIGUSR1, has the proxy reopen its access log (after a rotation moved it
+/// away), as Envoy does.
+fn reopen_on_sigusr1(proxy: Arc<Proxy>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::user_defined1()) {
+            Ok(mut reopen) => {
+                tokio::spawn(async move {
+                    while reopen.recv().await.is_some() {
+                        proxy.reopen_access_log();
+                    }
+                });
+            }
+            Err(e) => tracing::warn!("SIGUSR1 will not reopen the access log: {e}"),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = proxy;
 }
 
 /// `--drain-duration`: from 0s (no drain) to an hour.
