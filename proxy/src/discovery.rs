@@ -7,16 +7,16 @@
 //! `topology.istio.io/cluster` label names it, or when it carries no such label and its
 //! locality is this proxy's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use fulcrum_policy::istio::{
-    ConnectionPoolSettings, H2UpgradePolicy, LoadBalancerSettings, ServicePort, SimpleLb,
-    TrafficPolicy, endpoints_of,
+    ClientTlsSettings, ConnectionPoolSettings, DestinationRuleSpec, H2UpgradePolicy,
+    LoadBalancerSettings, ServicePort, SimpleLb, TlsMode, TrafficPolicy, endpoints_of,
 };
 use fulcrum_policy::references::{merged_policy, qualify_host, rule_for_host};
-use fulcrum_policy::{Locality, Resource};
+use fulcrum_policy::{Locality, Object, Resource};
 use http::HeaderValue;
 
 use crate::FastMap;
@@ -283,6 +283,63 @@ fn pool_settings(pool: Option<&ConnectionPoolSettings>) -> Option<Arc<PoolSettin
     (settings != PoolSettings::default()).then(|| Arc::new(settings))
 }
 
+/// The settings of a traffic policy this proxy does not apply: TLS it would originate to
+/// endpoints (`SIMPLE`, `MUTUAL`: endpoints are reached in plaintext in their cluster, and
+/// other clusters' proxies over the mesh's own mTLS), tunnels, the PROXY protocol, retry
+/// budgets and balancing by backend utilization.
+fn unapplied(policy: &TrafficPolicy) -> Vec<&'static str> {
+    let originates = |tls: &Option<ClientTlsSettings>| {
+        tls.as_ref()
+            .is_some_and(|t| matches!(t.mode, Some(TlsMode::Simple | TlsMode::Mutual)))
+    };
+    let mut fields = Vec::new();
+    if originates(&policy.tls)
+        || policy
+            .port_level_settings
+            .iter()
+            .any(|p| originates(&p.tls))
+    {
+        fields.push("tls");
+    }
+    let set = [
+        (policy.tunnel.is_some(), "tunnel"),
+        (policy.proxy_protocol.is_some(), "proxyProtocol"),
+        (policy.retry_budget.is_some(), "retryBudget"),
+        (
+            (policy.load_balancer.as_ref()).is_some_and(|lb| lb.backend_utilization.is_some()),
+            "loadBalancer.backendUtilization",
+        ),
+    ];
+    fields.extend(
+        set.into_iter()
+            .filter(|(set, _)| *set)
+            .map(|(_, field)| field),
+    );
+    fields
+}
+
+/// Warns, once per rule and field, of the settings of `rule` this proxy does not apply.
+fn warn_unapplied(rule: &Object<DestinationRuleSpec>) {
+    static WARNED: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+    let policies = (rule.spec.traffic_policy.iter()).chain(
+        rule.spec
+            .subsets
+            .iter()
+            .filter_map(|s| s.traffic_policy.as_ref()),
+    );
+    let name = format!("{}/{}", rule.metadata.namespace, rule.metadata.name);
+    for field in policies.flat_map(unapplied) {
+        let Ok(mut warned) = WARNED.lock() else {
+            return;
+        };
+        if warned.insert(format!("{name} {field}")) {
+            tracing::warn!(
+                "DestinationRule {name}: trafficPolicy.{field} is not applied by fulcrum-proxy"
+            );
+        }
+    }
+}
+
 /// The ports the `portLevelSettings` of a rule's `top` policy and of a subset's `own`
 /// name.
 fn port_level_ports(top: Option<&TrafficPolicy>, own: Option<&TrafficPolicy>) -> Vec<u16> {
@@ -533,6 +590,7 @@ impl StaticDiscovery {
                 continue;
             };
             let top = rule.spec.traffic_policy.as_ref();
+            warn_unapplied(rule);
             let h2 = speaks_h2_by_host
                 .get(host.as_str())
                 .copied()
@@ -1003,6 +1061,54 @@ spec:
             here.balance("web.shop.example", "").policy,
             LbPolicy::RoundRobin
         );
+    }
+
+    #[test]
+    fn the_settings_the_proxy_does_not_apply_are_named() {
+        let mut config = ConfigSet::new();
+        config.add_text(
+            "unapplied.yaml",
+            r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: mtls, namespace: shop}
+spec:
+  host: mtls.shop.example
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}, loadBalancer: {simple: ROUND_ROBIN}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: egress, namespace: shop}
+spec:
+  host: egress.shop.example
+  trafficPolicy:
+    proxyProtocol: {version: V1}
+    portLevelSettings:
+    - port: {number: 443}
+      tls: {mode: SIMPLE}
+"#,
+        );
+        let errors: Vec<_> = config
+            .diagnostics()
+            .filter(|d| d.severity == fulcrum_policy::Severity::Error)
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        let unapplied_by: BTreeMap<String, Vec<&str>> = config
+            .resources()
+            .filter_map(|r| match r {
+                Resource::DestinationRule(dr) => Some((
+                    dr.metadata.name.clone(),
+                    dr.spec
+                        .traffic_policy
+                        .as_ref()
+                        .map(unapplied)
+                        .unwrap_or_default(),
+                )),
+                _ => None,
+            })
+            .collect();
+        // The mesh's own mutual TLS is what the proxy does: nothing to say.
+        assert_eq!(unapplied_by["mtls"], Vec::<&str>::new());
+        assert_eq!(unapplied_by["egress"], ["tls", "proxyProtocol"]);
     }
 
     #[test]
