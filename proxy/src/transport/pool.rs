@@ -19,13 +19,12 @@
 //! as [`Trailers`] in the response's extensions; a streamed answer ends with them.
 //!
 //! A connection to an endpoint keeps the DestinationRule settings ([`PoolSettings`]) of
-//! the service whose request made it: its connect timeout, keepalive probes, and how
-//! many requests, how long idle and how long after it was made it may be given a
-//! request. Past those, the
-//! next request makes a new connection and the old one closes once its streams end, as
-//! Envoy drains it. A connection to another cluster's east-west listener is shared by
-//! every service to that cluster, and keeps the pool's own settings
-//! ([`crate::upstream::POOL_DEFAULTS`]).
+//! the service whose request made it: its connect timeout, keepalive probes, how many
+//! streams it carries at once, and how many requests, how long idle and how long after
+//! it was made it may be given a request. Past those, the next request makes a new
+//! connection and the old one closes once its streams end, as Envoy drains it. A
+//! connection to another cluster's east-west listener is shared by every service to
+//! that cluster, and keeps the pool's own settings ([`crate::upstream::POOL_DEFAULTS`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
