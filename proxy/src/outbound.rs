@@ -411,7 +411,7 @@ impl Outbound {
         request: &mut Request<B>,
         client: Option<ClientAddress>,
         listener: &'static str,
-    ) -> Option<(Line, Instant)> {
+    ) -> Option<Line> {
         self.access_log.as_ref()?;
         let mut line = Line::new();
         line.time("start_time", SystemTime::now());
@@ -435,7 +435,7 @@ impl Outbound {
             .text("x_request_id", text(REQUEST_ID_HEADER))
             .text("downstream_remote_address", client.as_deref())
             .text("listener", Some(listener));
-        Some((line, Instant::now()))
+        Some(line)
     }
 
     /// Adds how a request was answered (by `response`, once `handled`) to its `line`.
@@ -456,15 +456,21 @@ impl Outbound {
             .number("bytes_sent", response.body().length());
     }
 
-    /// Logs a tunnel's `line` as its upgrade was answered (`status`, once `handled`).
-    fn log_tunnel(&self, line: Option<(Line, Instant)>, handled: &Handled, status: StatusCode) {
-        let line = line.map(|(mut line, since)| {
+    /// Logs a tunnel's `line`, begun at `started`, as its upgrade was answered
+    /// (`status`, once `handled`).
+    fn log_tunnel(
+        &self,
+        line: Option<Line>,
+        (handled, status): (&Handled, StatusCode),
+        started: Instant,
+    ) {
+        let line = line.map(|mut line| {
             line.number("response_code", Some(u64::from(status.as_u16())))
                 .text("service", handled.service.as_deref())
                 .text("upstream_locality", Some(&handled.locality));
-            (line, since)
+            line
         });
-        log_end(self.access_log.as_deref(), line);
+        log_end(self.access_log.as_deref(), line, started);
     }
 
     /// How long applications' connections may idle, and stall in a request.
@@ -712,12 +718,12 @@ impl Outbound {
         handled: &Handled,
         response: &mut ProxyResponse,
         started: Instant,
-        line: Option<(Line, Instant)>,
+        line: Option<Line>,
     ) {
         let status = response.status().as_u16();
         let service = handled.service.as_deref().unwrap_or("unknown");
         let mut line = line;
-        if let Some((line, _)) = &mut line {
+        if let Some(line) = &mut line {
             self.log_answer(line, handled, response);
         }
         if response.body().is_streaming() {
@@ -727,14 +733,14 @@ impl Outbound {
             response.body_mut().on_end(move |_| {
                 let took = started.elapsed().as_secs_f64();
                 metrics.count_request(&service, &locality, status, took);
-                log_end(log.as_deref(), line);
+                log_end(log.as_deref(), line, started);
             });
             return;
         }
         let took = started.elapsed().as_secs_f64();
         self.metrics
             .count_request(service, &handled.locality, status, took);
-        log_end(self.access_log.as_deref(), line);
+        log_end(self.access_log.as_deref(), line, started);
     }
 
     /// Opens the tunnel of a WebSocket upgrade (`Upgrade: websocket`, as Istio enables by
@@ -768,7 +774,7 @@ impl Outbound {
             status.as_u16(),
             started.elapsed().as_secs_f64(),
         );
-        self.log_tunnel(line, &handled, status);
+        self.log_tunnel(line, (&handled, status), started);
         opened.map(|(io, answered, _)| (io, answered))
     }
 
@@ -932,7 +938,7 @@ impl Outbound {
             status.as_u16(),
             started.elapsed().as_secs_f64(),
         );
-        self.log_tunnel(line, &handled, status);
+        self.log_tunnel(line, (&handled, status), started);
         let (stream, answered) = match opened {
             Ok((stream, answered, _)) => (stream, answered),
             Err(refused) => {
@@ -2632,9 +2638,9 @@ fn in_h2(endpoint: &Endpoint, settings: &BalanceSettings, parts: &http::request:
 /// The endpoint pickers of one service and subset, by the service port asked for.
 type PickersByPort = Vec<(Option<u16>, EndpointPicker)>;
 
-/// Logs a request's `line`, begun at `since`, in `log` as the request ends.
-fn log_end(log: Option<&AccessLog>, line: Option<(Line, Instant)>) {
-    if let (Some((mut line, since)), Some(log)) = (line, log) {
+/// Logs a request's `line`, the request begun at `since`, in `log` as it ends.
+fn log_end(log: Option<&AccessLog>, line: Option<Line>, since: Instant) {
+    if let (Some(mut line), Some(log)) = (line, log) {
         line.number("duration", Some(since.elapsed().as_millis() as u64));
         log.log(line);
     }
