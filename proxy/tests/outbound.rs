@@ -1286,6 +1286,57 @@ spec:
     assert!(lenient >= 9, "{lenient} of 20");
 }
 
+/// A route that delegates to another VirtualService (one without hosts, in another
+/// namespace) stands for its routes, each within the root route's match, as istiod
+/// merges them; a delegate route outside it is left out.
+#[tokio::test]
+async fn a_delegated_route_serves_the_delegates_routes_within_its_own() {
+    let (cart, catalog, other) = (
+        backend("cart", Behaviour::Ok).await,
+        backend("catalog", Behaviour::Ok).await,
+        backend("other", Behaviour::Ok).await,
+    );
+    let yaml = http_entry("cart", "cart.shop", &[cart.port()])
+        + "---\n"
+        + &http_entry("catalog", "catalog.shop", &[catalog.port()])
+        + "---\n"
+        + &http_entry("other", "other.shop", &[other.port()])
+        + r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: front, namespace: shop}
+spec:
+  hosts: [front.shop]
+  http:
+  - match: [{uri: {prefix: /store}}]
+    delegate: {name: store, namespace: team}
+  - route: [{destination: {host: other.shop}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: store, namespace: team}
+spec:
+  http:
+  - match: [{uri: {prefix: /store/cart}}]
+    route: [{destination: {host: cart.shop}}]
+  - match: [{uri: {prefix: /elsewhere}}]
+    route: [{destination: {host: cart.shop}}]
+  - route: [{destination: {host: catalog.shop}}]
+"#;
+    let proxy = start_east(&yaml, None).await;
+    let outbound = proxy.outbound_address();
+    for (path, expected) in [
+        ("/store/cart/1", "cart"),
+        ("/store/items", "catalog"),
+        ("/elsewhere", "other"),
+        ("/", "other"),
+    ] {
+        let answer = send(outbound, "front.shop", path, false).await;
+        assert_eq!(answer.status, StatusCode::OK, "{path}");
+        assert_eq!(backend_of(&answer.headers), expected, "{path}");
+    }
+}
+
 /// An endpoint speaking HTTP/1.1 and h2c (prior knowledge) alike, answering with the
 /// version of HTTP each request came in.
 async fn version_endpoint() -> SocketAddr {

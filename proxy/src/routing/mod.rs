@@ -17,6 +17,7 @@
 //! unavailable, cancelled and 503).
 
 mod cors;
+mod delegate;
 mod matching;
 pub mod names;
 
@@ -28,7 +29,7 @@ use bytes::Bytes;
 use fulcrum_policy::Resource;
 use fulcrum_policy::istio::{
     Destination, HeaderOperations, HttpRedirect, HttpRetry, HttpRoute, Percentage,
-    RedirectPortSelection, VirtualServiceSpec,
+    RedirectPortSelection,
 };
 use fulcrum_policy::references::qualify_host;
 use http::HeaderMap;
@@ -492,19 +493,41 @@ impl RouteTable {
             (&a.metadata.namespace, &a.metadata.name)
                 .cmp(&(&b.metadata.namespace, &b.metadata.name))
         });
-        for vs in services {
+        // Delegates (VirtualServices without hosts), by namespace and name.
+        let delegates: FastMap<(&str, &str), (&str, &[HttpRoute])> = services
+            .iter()
+            .filter(|vs| vs.spec.hosts.is_empty())
+            .map(|vs| {
+                let (namespace, name) = (vs.metadata.namespace.as_str(), vs.metadata.name.as_str());
+                ((namespace, name), (namespace, vs.spec.http.as_slice()))
+            })
+            .collect();
+        for vs in &services {
+            if vs.spec.hosts.is_empty() {
+                continue;
+            }
             let object = format!(
                 "VirtualService {}/{}",
                 vs.metadata.namespace, vs.metadata.name
             );
-            match compile_routes(&vs.spec) {
-                Ok(mut routes) => {
-                    // Short names (`reviews`) are services in the VirtualService's
-                    // namespace, in its hosts and its destinations alike, as in Istio.
+            let resolved = delegate::resolve(&vs.spec.http, &vs.metadata.namespace, |ns, name| {
+                delegates.get(&(ns, name)).copied()
+            });
+            let compiled: Result<Vec<CompiledRoute>, RouteError> = resolved
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let mut route = compile_route(&r.route, &r.field, i)?;
+                    // Short names (`reviews`) are services in the namespace of the
+                    // VirtualService the route is written in, in its hosts and its
+                    // destinations alike, as in Istio.
+                    route.qualify_hosts(r.namespace);
+                    Ok(route)
+                })
+                .collect();
+            match compiled {
+                Ok(routes) => {
                     let namespace = &vs.metadata.namespace;
-                    for route in &mut routes {
-                        route.qualify_hosts(namespace);
-                    }
                     for host in &vs.spec.hosts {
                         table.insert(&qualify_host(host, namespace), routes.clone());
                     }
@@ -590,14 +613,6 @@ impl RouteTable {
         }
         (RouteDecision::NoRoute, None)
     }
-}
-
-fn compile_routes(spec: &VirtualServiceSpec) -> Result<Vec<CompiledRoute>, RouteError> {
-    spec.http
-        .iter()
-        .enumerate()
-        .map(|(i, r)| compile_route(r, &format!("spec.http[{i}]"), i))
-        .collect()
 }
 
 fn compile_route(r: &HttpRoute, field: &str, index: usize) -> Result<CompiledRoute, RouteError> {
