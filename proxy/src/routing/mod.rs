@@ -503,7 +503,11 @@ impl RouteTable {
             })
             .collect();
         for vs in &services {
-            if vs.spec.hosts.is_empty() {
+            // A delegate has no hosts; one bound to gateways, but not to `mesh`, routes
+            // at those gateways only, as in Istio: neither routes this proxy's requests.
+            let gateways = &vs.spec.gateways;
+            let mesh = gateways.is_empty() || gateways.iter().any(|g| g == "mesh");
+            if vs.spec.hosts.is_empty() || !mesh {
                 continue;
             }
             let object = format!(

@@ -394,3 +394,32 @@ fn a_bad_virtual_service_is_left_out_alone_with_its_field() {
     assert_eq!(errors[0].field, "spec.http[0].retries.retryOn");
     assert!(errors[0].reason.contains("sometimes"), "{}", errors[0]);
 }
+
+#[test]
+fn a_virtual_service_bound_to_gateways_only_routes_no_mesh_request() {
+    // Istio's bookinfo ingress route: hosts `*`, bound to its gateway.
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/istio-samples/bookinfo/bookinfo-gateway.yaml");
+    let mut config = ConfigSet::new();
+    config.add_path(&corpus);
+    let (t, errors) = RouteTable::build(config.resources());
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(
+        !t.has_host("shop.example"),
+        "the gateway's `*` claims nothing here"
+    );
+    assert!(matches!(
+        get("/productpage").decide(&t, &mut Rolls::none()),
+        RouteDecision::NoRoute
+    ));
+    // Bound to `mesh` as well, it routes here too.
+    let both = |gateways: &str| {
+        table(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+             metadata: {{name: shop, namespace: shop}}\nspec:\n  hosts: [shop.example]\n  \
+             gateways: {gateways}\n  http:\n  - route: [{{destination: {{host: cart}}}}]\n"
+        ))
+    };
+    assert!(both("[shop/ingress, mesh]").has_host("shop.example"));
+    assert!(!both("[shop/ingress]").has_host("shop.example"));
+}
