@@ -323,7 +323,7 @@ pub static POOL_DEFAULTS: PoolSettings = PoolSettings {
 };
 
 /// A service's settings for its connections (a DestinationRule's `connectionPool`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolSettings {
     /// How long a new connection may take (`tcp.connectTimeout`); the pool's own when
     /// none.
@@ -372,6 +372,13 @@ impl Keepalive {
             keepalive = keepalive.with_retries(probes);
         }
         socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
+    }
+}
+
+/// [`POOL_DEFAULTS`].
+impl Default for PoolSettings {
+    fn default() -> PoolSettings {
+        POOL_DEFAULTS
     }
 }
 

@@ -46,6 +46,11 @@ fn holding_backend() -> (SocketAddr, mpsc::Sender<()>, mpsc::Receiver<()>) {
 
 /// The proxy binary, routing `slow.example` to `backend`, draining for `drain`.
 fn start_proxy(backend: SocketAddr, drain: &str) -> (Running, SocketAddr, SocketAddr) {
+    start_proxy_with(backend, &["--drain-duration", drain])
+}
+
+/// The proxy binary, routing `slow.example` to `backend`, with `flags` too.
+fn start_proxy_with(backend: SocketAddr, flags: &[&str]) -> (Running, SocketAddr, SocketAddr) {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = service_file(dir.path(), "slow", backend);
     let (proxy, admin) = two_free_addresses();
@@ -55,7 +60,7 @@ fn start_proxy(backend: SocketAddr, drain: &str) -> (Running, SocketAddr, Socket
         .arg(&config)
         .args(["--listen", &proxy.to_string()])
         .args(["--admin", &admin.to_string()])
-        .args(["--drain-duration", drain])
+        .args(flags)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -68,6 +73,13 @@ fn start_proxy(backend: SocketAddr, drain: &str) -> (Running, SocketAddr, Socket
     // Read by now; the directory can go.
     drop(dir);
     (running, proxy, admin)
+}
+
+/// Waits until the proxy's `/ready` at `admin` says it drains.
+fn until_draining(admin: SocketAddr) {
+    wait_for("/ready says it drains", Duration::from_secs(10), || {
+        status_line(admin, "admin", "/ready").is_ok_and(|s| s.contains(" 503 "))
+    });
 }
 
 /// Sends `kill -SIGNAL` to the proxy.
@@ -110,9 +122,7 @@ fn on_sigterm_a_request_in_progress_is_answered_then_the_proxy_exits() {
     let mut client = held_request(address, &arrived);
 
     signal(&proxy, "TERM");
-    wait_for("/ready says it drains", Duration::from_secs(10), || {
-        status_line(admin, "admin", "/ready").is_ok_and(|s| s.contains(" 503 "))
-    });
+    until_draining(admin);
     assert!(
         proxy.0.try_wait().expect("state").is_none(),
         "still running while a request is in progress"
@@ -140,9 +150,7 @@ fn a_second_signal_ends_the_drain_at_once() {
     let mut client = held_request(address, &arrived);
 
     signal(&proxy, "TERM");
-    wait_for("/ready says it drains", Duration::from_secs(10), || {
-        status_line(admin, "admin", "/ready").is_ok_and(|s| s.contains(" 503 "))
-    });
+    until_draining(admin);
     signal(&proxy, "INT");
     let status = exits(&mut proxy, Duration::from_secs(10));
     assert!(status.success(), "{status}");
@@ -161,26 +169,12 @@ fn a_second_signal_ends_the_drain_at_once() {
 fn on_sigusr1_the_access_log_is_opened_again_by_its_path() {
     let (backend, _release, _arrived) = holding_backend();
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = service_file(dir.path(), "logged", backend);
     let (log, moved) = (
         dir.path().join("access.log"),
         dir.path().join("access.log.1"),
     );
-    let (proxy, admin) = two_free_addresses();
-    let child = Command::new(env!("CARGO_BIN_EXE_fulcrum-proxy"))
-        .args(["--cluster", "east", "--locality", "r1/z1", "--workers", "1"])
-        .arg("--config")
-        .arg(&config)
-        .args(["--listen", &proxy.to_string()])
-        .args(["--admin", &admin.to_string()])
-        .arg("--access-log")
-        .arg(&log)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the proxy starts");
-    let running = Running(child);
+    let log_flag = log.to_str().expect("a UTF-8 path");
+    let (running, proxy, _) = start_proxy_with(backend, &["--access-log", log_flag]);
     let lines = |path: &std::path::Path| {
         let text = std::fs::read_to_string(path).unwrap_or_default();
         text.lines().map(str::to_string).collect::<Vec<_>>()
@@ -197,7 +191,7 @@ fn on_sigusr1_the_access_log_is_opened_again_by_its_path() {
         );
     };
     wait_for("the proxy serves", Duration::from_secs(10), || {
-        status_line(proxy, "logged.example", "/before").is_ok_and(|s| s.contains(" 200 "))
+        status_line(proxy, "slow.example", "/before").is_ok_and(|s| s.contains(" 200 "))
     });
     logged(&log, "/before");
     std::fs::rename(&log, &moved).expect("the rotation moves the log");
@@ -208,7 +202,7 @@ fn on_sigusr1_the_access_log_is_opened_again_by_its_path() {
         "a line in a new file at the log's path",
         Duration::from_secs(10),
         || {
-            let _ = status_line(proxy, "logged.example", "/after");
+            let _ = status_line(proxy, "slow.example", "/after");
             lines(&log)
                 .iter()
                 .any(|l| l.contains("\"path\":\"/after\""))
