@@ -713,6 +713,18 @@ mod tests {
 
     use super::*;
 
+    /// The discovery of cluster `east` (at r1/z1) from `yaml`, which must be valid.
+    fn east_of(yaml: &str) -> StaticDiscovery {
+        let mut config = ConfigSet::new();
+        config.add_text("test.yaml", yaml);
+        let errors: Vec<_> = config
+            .diagnostics()
+            .filter(|d| d.severity == fulcrum_policy::Severity::Error)
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        StaticDiscovery::from_resources(config.resources(), "east", &"r1/z1".parse().unwrap())
+    }
+
     fn sample() -> ConfigSet {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/config");
         let mut config = ConfigSet::new();
@@ -868,24 +880,13 @@ spec: {address: 10.0.0.5, labels: {app: vms, topology.istio.io/cluster: west}}
                  spec: {{host: {host}.example, trafficPolicy: {{loadBalancer: {lb}}}}}\n---\n"
             )
         };
-        let mut config = ConfigSet::new();
-        config.add_text(
-            "warmup.yaml",
-            &[
+        let east = east_of(&[
                 rule("full", "{simple: ROUND_ROBIN, warmup: {duration: 30s, minimumPercent: 25, aggression: 2}}"),
                 rule("defaults", "{warmup: {duration: 1m}}"),
                 rule("older", "{simple: LEAST_REQUEST, warmupDurationSecs: 20s}"),
                 rule("hashed", "{consistentHash: {httpHeaderName: x-user}, warmup: {duration: 1m}}"),
             ]
-            .concat(),
-        );
-        let errors: Vec<_> = config
-            .diagnostics()
-            .filter(|d| d.severity == fulcrum_policy::Severity::Error)
-            .collect();
-        assert!(errors.is_empty(), "{errors:?}");
-        let east =
-            StaticDiscovery::from_resources(config.resources(), "east", &"r1/z1".parse().unwrap());
+            .concat());
         let warmup = |host: &str| east.balance(host, "").warmup;
         let seconds = std::time::Duration::from_secs;
         assert_eq!(
@@ -921,9 +922,7 @@ spec: {address: 10.0.0.5, labels: {app: vms, topology.istio.io/cluster: west}}
 
     #[test]
     fn a_service_with_several_ports_gives_each_port_its_own_endpoints() {
-        let mut config = ConfigSet::new();
-        config.add_text(
-            "ports.yaml",
+        let here = east_of(
             r#"apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: web, namespace: shop}
@@ -959,8 +958,6 @@ spec:
   subsets: [{name: v2, labels: {version: v2}}]
 "#,
         );
-        let here =
-            StaticDiscovery::from_resources(config.resources(), "east", &"r1/z1".parse().unwrap());
         let on = |host: &str, subset: &str, port: Option<u16>| -> Vec<String> {
             let endpoints = here.endpoints_on(host, subset, port);
             endpoints.iter().map(|e| e.name.to_string()).collect()
@@ -994,9 +991,7 @@ spec:
 
     #[test]
     fn port_level_settings_replace_the_rules_on_their_port() {
-        let mut config = ConfigSet::new();
-        config.add_text(
-            "ports.yaml",
+        let here = east_of(
             r#"apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: web, namespace: shop}
@@ -1031,8 +1026,6 @@ spec:
         loadBalancer: {simple: LEAST_REQUEST}
 "#,
         );
-        let here =
-            StaticDiscovery::from_resources(config.resources(), "east", &"r1/z1".parse().unwrap());
         let on =
             |subset: &str, port: Option<u16>| here.balance_on("web.shop.example", subset, port);
         assert_eq!(on("", Some(80)).policy, LbPolicy::RoundRobin);
@@ -1113,9 +1106,7 @@ spec:
 
     #[test]
     fn connection_pool_limits_are_read_per_service_and_subset() {
-        let mut config = ConfigSet::new();
-        config.add_text(
-            "limits.yaml",
+        let east = east_of(
             r#"apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: web, namespace: shop}
@@ -1161,8 +1152,6 @@ spec:
       http: {http1MaxPendingRequests: 2, http2MaxRequests: 3}
 "#,
         );
-        let east =
-            StaticDiscovery::from_resources(config.resources(), "east", &"r1/z1".parse().unwrap());
         let limits = |host: &str, subset: &str| east.balance(host, subset).limits;
         let all = PoolLimits {
             requests: Some(3),
