@@ -21,6 +21,7 @@ use http::HeaderValue;
 
 use crate::FastMap;
 use crate::balance::{LbPolicy, OutlierSettings, Warmup};
+use crate::transport::origin::OriginTls;
 use crate::upstream::{Keepalive, PoolSettings};
 
 /// Istio's label naming the cluster a workload runs in.
@@ -253,9 +254,12 @@ pub struct StaticDiscovery {
 
 /// A DestinationRule's settings for each connection: `tcp.connectTimeout`,
 /// `tcp.maxConnectionDuration`, `tcp.tcpKeepalive`, `http.maxRequestsPerConnection`
-/// (0, Istio's default: unlimited), `http.idleTimeout` and `http.maxConcurrentStreams`. A zero duration is unset;
-/// none when nothing is set.
-fn pool_settings(pool: Option<&ConnectionPoolSettings>) -> Option<Arc<PoolSettings>> {
+/// (0, Istio's default: unlimited), `http.idleTimeout` and `http.maxConcurrentStreams`,
+/// and `tls` to originate. A zero duration is unset; none when nothing is set.
+fn pool_settings(
+    pool: Option<&ConnectionPoolSettings>,
+    tls: Option<Arc<OriginTls>>,
+) -> Option<Arc<PoolSettings>> {
     let (tcp, http) = (
         pool.and_then(|p| p.tcp.as_ref()),
         pool.and_then(|p| p.http.as_ref()),
@@ -279,27 +283,30 @@ fn pool_settings(pool: Option<&ConnectionPoolSettings>) -> Option<Arc<PoolSettin
                 interval: set(k.interval),
                 probes: Some(k.probes).filter(|n| *n > 0),
             }),
+        tls,
     };
     (settings != PoolSettings::default()).then(|| Arc::new(settings))
 }
 
-/// The settings of a traffic policy this proxy does not apply: TLS it would originate to
-/// endpoints (`SIMPLE`, `MUTUAL`: endpoints are reached in plaintext in their cluster, and
-/// other clusters' proxies over the mesh's own mTLS), tunnels, the PROXY protocol, retry
-/// budgets and balancing by backend utilization.
+/// The settings of a traffic policy this proxy does not apply: credentials for TLS to
+/// endpoints in a Kubernetes secret (`tls.credentialName`: connections fail, see
+/// [`OriginTls`]), tunnels, the PROXY protocol, retry budgets and balancing by backend
+/// utilization.
 fn unapplied(policy: &TrafficPolicy) -> Vec<&'static str> {
-    let originates = |tls: &Option<ClientTlsSettings>| {
-        tls.as_ref()
-            .is_some_and(|t| matches!(t.mode, Some(TlsMode::Simple | TlsMode::Mutual)))
+    let from_secret = |tls: &Option<ClientTlsSettings>| {
+        tls.as_ref().is_some_and(|t| {
+            matches!(t.mode, Some(TlsMode::Simple | TlsMode::Mutual))
+                && !t.credential_name.is_empty()
+        })
     };
     let mut fields = Vec::new();
-    if originates(&policy.tls)
+    if from_secret(&policy.tls)
         || policy
             .port_level_settings
             .iter()
-            .any(|p| originates(&p.tls))
+            .any(|p| from_secret(&p.tls))
     {
-        fields.push("tls");
+        fields.push("tls.credentialName");
     }
     let set = [
         (policy.tunnel.is_some(), "tunnel"),
@@ -396,8 +403,13 @@ fn upgrades(policy: Option<&TrafficPolicy>) -> bool {
     })
 }
 
-/// How a service is balanced under `policy`; `h2`: the service is spoken to in h2.
-fn balance_of(policy: Option<&TrafficPolicy>, h2: bool) -> Option<BalanceSettings> {
+/// How a service is balanced under `policy`; `h2`: the service is spoken to in h2;
+/// `sans`: the names its ServiceEntry says its endpoints' certificates carry.
+fn balance_of(
+    policy: Option<&TrafficPolicy>,
+    h2: bool,
+    sans: &[String],
+) -> Option<BalanceSettings> {
     let policy = policy?;
     let mut settings = BalanceSettings {
         outlier: policy
@@ -405,7 +417,10 @@ fn balance_of(policy: Option<&TrafficPolicy>, h2: bool) -> Option<BalanceSetting
             .as_ref()
             .map(OutlierSettings::from_rule),
         limits: PoolLimits::of(policy.connection_pool.as_ref(), h2),
-        pool: pool_settings(policy.connection_pool.as_ref()),
+        pool: pool_settings(
+            policy.connection_pool.as_ref(),
+            (policy.tls.as_ref()).and_then(|tls| OriginTls::of(tls, sans)),
+        ),
         use_client_protocol: (policy.connection_pool.as_ref())
             .and_then(|p| p.http.as_ref())
             .is_some_and(|h| h.use_client_protocol),
@@ -506,6 +521,8 @@ impl StaticDiscovery {
         // endpoints here).
         let mut speaks_h2_by_host: FastMap<String, bool> = FastMap::default();
         let mut ports_by_host: FastMap<String, Vec<u16>> = FastMap::default();
+        // The names its endpoints' certificates carry, for TLS to them.
+        let mut sans_by_host: FastMap<String, Vec<String>> = FastMap::default();
         for r in &resources {
             let Resource::ServiceEntry(se) = r else {
                 continue;
@@ -514,6 +531,9 @@ impl StaticDiscovery {
             for host in &se.spec.hosts {
                 let host = qualify_host(host, &se.metadata.namespace).to_ascii_lowercase();
                 speaks_h2_by_host.insert(host.clone(), se.spec.ports.iter().any(speaks_h2));
+                if !se.spec.subject_alt_names.is_empty() {
+                    sans_by_host.insert(host.clone(), se.spec.subject_alt_names.clone());
+                }
                 let ports = ports_by_host.entry(host.clone()).or_default();
                 for port in &se.spec.ports {
                     if let Ok(number) = u16::try_from(port.number)
@@ -595,12 +615,17 @@ impl StaticDiscovery {
                 .get(host.as_str())
                 .copied()
                 .unwrap_or(false);
-            if let Some(b) = balance_of(top, h2 || upgrades(top)) {
+            let sans = sans_by_host
+                .get(host.as_str())
+                .map_or(&[][..], Vec::as_slice);
+            let balance_of =
+                |policy: Option<&TrafficPolicy>| balance_of(policy, h2 || upgrades(policy), sans);
+            if let Some(b) = balance_of(top) {
                 service.balance = b;
             }
             for port in port_level_ports(top, None) {
                 let policy = policy_on_port(top, None, port);
-                let b = balance_of(Some(&policy), h2 || upgrades(Some(&policy)));
+                let b = balance_of(Some(&policy));
                 (service.port_balance.entry(String::new()).or_default())
                     .insert(port, b.unwrap_or_default());
             }
@@ -614,14 +639,14 @@ impl StaticDiscovery {
                 let merged = merged_policy(top, subset.traffic_policy.as_ref());
                 service.subsets.insert(subset.name.clone(), selected);
                 if subset.traffic_policy.is_some()
-                    && let Some(b) = balance_of(Some(&merged), h2 || upgrades(Some(&merged)))
+                    && let Some(b) = balance_of(Some(&merged))
                 {
                     service.subset_balance.insert(subset.name.clone(), b);
                 }
                 let own = subset.traffic_policy.as_ref();
                 for port in port_level_ports(top, own) {
                     let policy = policy_on_port(top, own, port);
-                    let b = balance_of(Some(&policy), h2 || upgrades(Some(&policy)));
+                    let b = balance_of(Some(&policy));
                     (service.port_balance.entry(subset.name.clone()).or_default())
                         .insert(port, b.unwrap_or_default());
                 }
@@ -1075,9 +1100,10 @@ spec:
   host: egress.shop.example
   trafficPolicy:
     proxyProtocol: {version: V1}
+    tls: {mode: SIMPLE}
     portLevelSettings:
     - port: {number: 443}
-      tls: {mode: SIMPLE}
+      tls: {mode: SIMPLE, credentialName: api-cert}
 "#,
         );
         let errors: Vec<_> = config
@@ -1099,9 +1125,13 @@ spec:
                 _ => None,
             })
             .collect();
-        // The mesh's own mutual TLS is what the proxy does: nothing to say.
+        // The mesh's own mutual TLS is what the proxy does, and TLS to endpoints from
+        // files is originated: nothing to say of them.
         assert_eq!(unapplied_by["mtls"], Vec::<&str>::new());
-        assert_eq!(unapplied_by["egress"], ["tls", "proxyProtocol"]);
+        assert_eq!(
+            unapplied_by["egress"],
+            ["tls.credentialName", "proxyProtocol"]
+        );
     }
 
     #[test]
@@ -1173,6 +1203,7 @@ spec:
                     probes: Some(3),
                 }),
                 max_concurrent_streams: Some(6),
+                tls: None,
             })
         );
         assert_eq!(east.balance("rpc.shop.example", "").pool, None);

@@ -1,8 +1,9 @@
 //! Active health checks of this cluster's endpoints (optional, `--health-check-interval`).
 //!
 //! Every interval each endpoint is probed: a TCP connect, or with a path an HTTP `GET`
-//! that must answer 2xx (HTTP/1.1, or h2c for an endpoint that speaks h2), within the
-//! timeout. An endpoint is marked down after
+//! that must answer 2xx (HTTP/1.1, or h2 for an endpoint that speaks h2), within the
+//! timeout; in TLS to an endpoint its service's rule has the proxy speak TLS to (the
+//! handshake is then part of a TCP probe, as the cluster's transport is in Envoy's). An endpoint is marked down after
 //! `unhealthy_threshold` failed probes in a row and up again after `healthy_threshold`
 //! good ones (Envoy's thresholds). A down endpoint gets no requests and counts as not
 //! ready in the reports, so the coordinators see a dead backend even when no traffic
@@ -13,10 +14,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::{FastMap, FastSet};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
+
+use crate::upstream::{POOL_DEFAULTS, PoolSettings, UpstreamError, connect_endpoint};
+use crate::{FastMap, FastSet};
 
 /// How endpoints are probed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,12 +50,28 @@ impl HealthCheckSettings {
 }
 
 /// An endpoint to probe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone)]
 pub struct Target {
     /// Where it listens.
     pub address: SocketAddr,
-    /// Whether it speaks h2 (prior knowledge, plaintext): an HTTP probe is made so.
+    /// Whether it speaks h2 (prior knowledge): an HTTP probe is made so.
     pub h2: bool,
+    /// Its service's connection settings, when it has any: in TLS when they originate
+    /// it, to this server name.
+    pub settings: Option<Arc<PoolSettings>>,
+    pub server_name: Option<ServerName<'static>>,
+}
+
+impl Target {
+    /// The endpoint at `address`, spoken to in plaintext, in h2 when `h2`.
+    pub fn plain(address: SocketAddr, h2: bool) -> Target {
+        Target {
+            address,
+            h2,
+            settings: None,
+            server_name: None,
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -115,12 +134,17 @@ impl Health {
 }
 
 /// One probe of `target`.
-pub async fn probe(target: Target, settings: &HealthCheckSettings) -> Result<(), String> {
+pub async fn probe(target: &Target, settings: &HealthCheckSettings) -> Result<(), String> {
     let endpoint = target.address;
     let attempt = async {
-        let mut stream = TcpStream::connect(endpoint)
+        let pool = target.settings.as_deref().unwrap_or(&POOL_DEFAULTS);
+        let name = target.server_name.clone();
+        let mut stream = connect_endpoint(endpoint, pool, name, target.h2, settings.timeout)
             .await
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(|e| {
+                let (UpstreamError::Connect(why) | UpstreamError::Reset(why)) = e;
+                format!("connect: {why}")
+            })?;
         let Some(path) = &settings.path else {
             return Ok(());
         };
@@ -134,6 +158,8 @@ pub async fn probe(target: Target, settings: &HealthCheckSettings) -> Result<(),
             .write_all(request.as_bytes())
             .await
             .map_err(|e| format!("write: {e}"))?;
+        // What TLS holds goes out now (plaintext holds nothing).
+        stream.flush().await.map_err(|e| format!("write: {e}"))?;
         let mut head = [0u8; 12];
         stream
             .read_exact(&mut head)
@@ -155,8 +181,11 @@ pub async fn probe(target: Target, settings: &HealthCheckSettings) -> Result<(),
         })
 }
 
-/// The `GET` of a probe in h2c, on `stream` to `endpoint`.
-async fn probe_h2(stream: TcpStream, endpoint: SocketAddr, path: &str) -> Result<(), String> {
+/// The `GET` of a probe in h2, on `stream` to `endpoint`.
+async fn probe_h2<S>(stream: S, endpoint: SocketAddr, path: &str) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let failed = |what: &str, e: h2::Error| format!("{what}: {e}");
     let (client, connection) = h2::client::handshake(stream)
         .await
@@ -186,12 +215,12 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let targets: HashSet<Target> = endpoints().into_iter().collect();
+        let targets = endpoints();
         health.retain(&targets.iter().map(|t| t.address).collect());
         let mut probes = tokio::task::JoinSet::new();
         for target in targets {
             let settings = settings.clone();
-            probes.spawn(async move { (target.address, probe(target, &settings).await) });
+            probes.spawn(async move { (target.address, probe(&target, &settings).await) });
         }
         for (endpoint, result) in probes.join_all().await {
             match health.record(endpoint, result.is_ok(), &settings) {
@@ -243,17 +272,11 @@ mod tests {
             .expect("bind");
         let open = listener.local_addr().expect("address");
         let settings = HealthCheckSettings::tcp(Duration::from_millis(500));
-        let open = Target {
-            address: open,
-            h2: false,
-        };
-        assert_eq!(probe(open, &settings).await, Ok(()));
+        let open = Target::plain(open, false);
+        assert_eq!(probe(&open, &settings).await, Ok(()));
         let (_held, closed) = crate::testing::refusing_address();
-        let closed = Target {
-            address: closed,
-            h2: false,
-        };
-        assert!(probe(closed, &settings).await.is_err());
+        let closed = Target::plain(closed, false);
+        assert!(probe(&closed, &settings).await.is_err());
     }
 
     #[tokio::test]
@@ -283,11 +306,11 @@ mod tests {
             path: Some(path.into()),
             ..HealthCheckSettings::tcp(Duration::from_secs(1))
         };
-        let h2 = Target { address, h2: true };
-        assert_eq!(probe(h2, &at("/healthz")).await, Ok(()));
-        assert_eq!(probe(h2, &at("/other")).await, Err("answered 503".into()));
+        let h2 = Target::plain(address, true);
+        assert_eq!(probe(&h2, &at("/healthz")).await, Ok(()));
+        assert_eq!(probe(&h2, &at("/other")).await, Err("answered 503".into()));
         // The same endpoint probed in HTTP/1.1 does not answer as HTTP/1.1.
-        let http1 = Target { address, h2: false };
-        assert!(probe(http1, &at("/healthz")).await.is_err());
+        let http1 = Target::plain(address, false);
+        assert!(probe(&http1, &at("/healthz")).await.is_err());
     }
 }

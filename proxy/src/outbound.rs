@@ -58,7 +58,10 @@ use crate::tee::tee;
 use crate::transport::{H2Pool, MeshTls, Peer, SendError};
 use crate::tunnel::{H2Stream, Holding, TunnelIo, splice};
 use crate::upload::{ArrivingBody, RequestBody, ToSend};
-use crate::upstream::{Http1Body, Http1Pool, Http1Request, POOL_DEFAULTS, UpstreamError};
+use crate::upstream::{
+    EndpointIo, Http1Body, Http1Pool, Http1Request, POOL_DEFAULTS, PoolSettings, UpstreamError,
+    connect_endpoint,
+};
 use crate::wire::{MAX_HEAD_BYTES, RawFields, is_hop_by_hop, merge_raw_fields};
 use h2::RecvStream;
 use h2::server::SendResponse;
@@ -517,27 +520,36 @@ impl Outbound {
         self.health.clone()
     }
 
-    /// Every endpoint of this cluster, of every service, once, as health checks probe it.
+    /// Every endpoint of this cluster, of every service, once, as health checks probe it:
+    /// under the connection settings of its service's port (in TLS when they originate
+    /// it, to the service's name unless the rule sets one).
     pub fn local_endpoints(&self) -> Vec<crate::health::Target> {
         let Some(routing) = self.routing() else {
             return Vec::new();
         };
-        let mut all: Vec<crate::health::Target> = routing
-            .discovery
+        let discovery = routing.discovery.as_ref();
+        let mut all: Vec<crate::health::Target> = discovery
             .local_services()
             .iter()
-            .flat_map(|s| {
-                let endpoints = routing.discovery.endpoints(s, "");
+            .flat_map(|service| {
+                let endpoints = discovery.endpoints(service, "");
                 (endpoints.iter())
-                    .map(|e| crate::health::Target {
-                        address: e.address,
-                        h2: e.h2,
+                    .map(|e| {
+                        let settings = discovery.balance_on(service, "", Some(e.port)).pool.clone();
+                        let tls = settings.as_ref().and_then(|s| s.tls.as_ref());
+                        let server_name = tls.and_then(|t| t.server_name(service).ok());
+                        crate::health::Target {
+                            address: e.address,
+                            h2: e.h2,
+                            settings,
+                            server_name,
+                        }
                     })
                     .collect::<Vec<_>>()
             })
             .collect();
-        all.sort();
-        all.dedup();
+        all.sort_by_key(|t| t.address);
+        all.dedup_by_key(|t| t.address);
         all
     }
 
@@ -822,7 +834,7 @@ impl Outbound {
             Some((Hop::Local(endpoint), _)) => {
                 handled.locality = self.locality_text.clone();
                 let (stream, answered, status) = self
-                    .upgrade_endpoint(&endpoint, &parts, &forward, within)
+                    .upgrade_endpoint((&endpoint, settings), &parts, &forward, within)
                     .await?;
                 Ok((Box::new(Holding { io: stream, held }), answered, status))
             }
@@ -856,13 +868,7 @@ impl Outbound {
                         &format!("WebSocket upgrade through cluster {cluster}: {why}"),
                     )
                 };
-                let peer = Peer {
-                    address: gateway,
-                    cluster,
-                    // Shared by every service to the cluster: the pool's own settings.
-                    settings: &POOL_DEFAULTS,
-                };
-                let open = pool.open(peer, request);
+                let open = pool.open(Peer::east_west(gateway, cluster), request);
                 let (head, stream) = match within {
                     Some(t) => tokio::time::timeout(t, open).await.map_err(|_| {
                         answer(
@@ -992,7 +998,7 @@ impl Outbound {
         mut parts: http::request::Parts,
         hop: Option<&HeaderValue>,
         handled: &mut Handled,
-    ) -> Result<(Holding<tokio::net::TcpStream, Permit>, Bytes, StatusCode), ProxyResponse> {
+    ) -> Result<(Holding<EndpointIo, Permit>, Bytes, StatusCode), ProxyResponse> {
         let Some(routing) = self.routing() else {
             return Err(answer(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -1021,21 +1027,22 @@ impl Outbound {
             ));
         };
         let (stream, answered, status) = self
-            .upgrade_endpoint(&endpoint, &parts, &forward, None)
+            .upgrade_endpoint((&endpoint, settings), &parts, &forward, None)
             .await?;
         Ok((Holding { io: stream, held }, answered, status))
     }
 
     /// Sends the WebSocket upgrade of the request in `parts`, as `forward` says, to
-    /// `endpoint` on a connection of its own, and reads its answer to the end of the head
-    /// (within `within`, when given): the connection, what it sent so far, and its status.
+    /// `endpoint` on a connection of its own (under its service's `settings`: in TLS when
+    /// they originate it), and reads its answer to the end of the head (within `within`,
+    /// when given): the connection, what it sent so far, and its status.
     async fn upgrade_endpoint(
         &self,
-        endpoint: &Endpoint,
+        (endpoint, settings): (&Endpoint, &BalanceSettings),
         parts: &http::request::Parts,
         forward: &Forward,
         within: Option<Duration>,
-    ) -> Result<(tokio::net::TcpStream, Bytes, StatusCode), ProxyResponse> {
+    ) -> Result<(EndpointIo, Bytes, StatusCode), ProxyResponse> {
         let mut head = Http1Request::start(&parts.method, &forward.path_and_query)
             .map_err(|e| answer(StatusCode::BAD_REQUEST, &e))?;
         head.field_text(&HOST, &forward.authority)
@@ -1062,18 +1069,21 @@ impl Outbound {
                 &format!("WebSocket upgrade to {}: {why}", endpoint.name),
             )
         };
-        let connect = tokio::net::TcpStream::connect(endpoint.address);
-        let mut stream = match tokio::time::timeout(DEFAULT_CONNECT_TIMEOUT, connect).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(failed(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
-            Err(_) => {
-                return Err(failed(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "connect timed out".into(),
-                ));
-            }
+        let pool = settings.pool.as_deref().unwrap_or(&POOL_DEFAULTS);
+        let name = match &pool.tls {
+            Some(tls) => Some(
+                tls.server_name(tls_host(pool, &forward.authority))
+                    .map_err(|e| failed(StatusCode::SERVICE_UNAVAILABLE, e))?,
+            ),
+            None => None,
         };
-        let _ = stream.set_nodelay(true);
+        let within_connect = pool.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let mut stream = connect_endpoint(endpoint.address, pool, name, false, within_connect)
+            .await
+            .map_err(|e| {
+                let (UpstreamError::Connect(why) | UpstreamError::Reset(why)) = e;
+                failed(StatusCode::SERVICE_UNAVAILABLE, why)
+            })?;
         let exchange = async {
             stream.write_all(head.message()).await?;
             let mut answered = BytesMut::with_capacity(1024);
@@ -2086,6 +2096,10 @@ impl Outbound {
             Ok(r) => r.with_pool(settings.pool.clone()),
             Err(e) => return Try::Reset(e),
         };
+        let request = match &settings.pool {
+            Some(pool) => request.for_host(tls_host(pool, &forward.authority)),
+            None => request,
+        };
         let in_flight = InFlight::enter(&self.in_flight, endpoint.address);
         let send = async {
             let http = &upstreams.http;
@@ -2132,10 +2146,12 @@ impl Outbound {
         };
         let in_flight = InFlight::enter(&self.in_flight, endpoint.address);
         let send = async {
+            let settings = settings.pool.as_deref().unwrap_or(&POOL_DEFAULTS);
             let peer = Peer {
                 address: &endpoint.name,
                 cluster: &self.cluster,
-                settings: settings.pool.as_deref().unwrap_or(&POOL_DEFAULTS),
+                host: tls_host(settings, &forward.authority),
+                settings,
             };
             let sent = send_h2(&upstreams.h2c, peer, request, to_send).await;
             // A streamed answer is in flight until it ends (for LEAST_REQUEST).
@@ -2165,12 +2181,7 @@ impl Outbound {
             Ok(r) => r,
             Err(e) => return Try::Reset(e),
         };
-        let peer = Peer {
-            address: gateway,
-            cluster,
-            // Shared by every service to the cluster: the pool's own settings.
-            settings: &POOL_DEFAULTS,
-        };
+        let peer = Peer::east_west(gateway, cluster);
         let send = async { answered(send_h2(pool, peer, request, to_send).await) };
         within(forward.retries.per_try_timeout, body, send).await
     }
@@ -2222,10 +2233,12 @@ impl Outbound {
             };
             let (pool, cluster) = (upstreams.h2c.clone(), self.cluster.clone());
             tokio::spawn(async move {
+                let settings = settings.as_deref().unwrap_or(&POOL_DEFAULTS);
                 let peer = Peer {
                     address: &endpoint.name,
                     cluster: &cluster,
-                    settings: settings.as_deref().unwrap_or(&POOL_DEFAULTS),
+                    host: tls_host(settings, &copy.authority),
+                    settings,
                 };
                 let sent = send_h2(&pool, peer, request, to_send).await;
                 if let Ok(answer) = sent {
@@ -2244,7 +2257,11 @@ impl Outbound {
         let Ok(request) = http1_request(parts, &copy, sent) else {
             return;
         };
-        let request = request.with_pool(settings);
+        let request = request.with_pool(settings.clone());
+        let request = match &settings {
+            Some(pool) => request.for_host(tls_host(pool, &copy.authority)),
+            None => request,
+        };
         let pool = upstreams.http.clone();
         tokio::spawn(async move {
             let exchanged = match arriving {
@@ -2259,6 +2276,16 @@ impl Outbound {
             }
         });
     }
+}
+
+/// The host of `authority` (without its port) when a service's connection `settings`
+/// originate TLS to its endpoints (the server name, unless their rule sets one); else
+/// nothing, not looked for.
+fn tls_host<'a>(settings: &PoolSettings, authority: &'a str) -> &'a str {
+    if settings.tls.is_none() {
+        return "";
+    }
+    HostPort::parse(authority.as_bytes()).map_or(authority, |h| h.host)
 }
 
 /// A mirror's copy of its request's body.

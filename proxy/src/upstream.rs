@@ -28,21 +28,27 @@
 //! held whole up to [`WHOLE_BODY_BYTES`] and streamed beyond. The reading itself is
 //! shared with the proxy's HTTP/1 server ([`crate::wire`]).
 
+use std::future::poll_fn;
 use std::io::{self, Write};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Version};
-use tokio::io::AsyncWriteExt;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio_rustls::client::TlsStream;
 
 use crate::FastMap;
 use crate::body::{PIECES_AHEAD, ProxyBody, SentPiece, WHOLE_BODY_BYTES};
+use crate::transport::origin::OriginTls;
 use crate::upload::{Forwarding, Next};
 use crate::wire::{
     BodyReader, COALESCED_BODY, Dechunker, FieldKind, FieldSpan, Fields, MAX_HEAD_BYTES,
@@ -81,9 +87,16 @@ pub enum UpstreamError {
 /// call (callgrind).
 type Idle = (Box<Connection>, Instant);
 
+/// The settings ([`OriginTls::id`]) and server name of a connection in TLS; none in
+/// plaintext. A connection is used again only for requests that would make the same
+/// one. Boxed, to keep a plaintext request's future as small as it was.
+type TlsKey = Option<Box<(u64, ServerName<'static>)>>;
+
 /// One worker's connections to endpoints.
 pub struct Http1Pool {
-    /// Per endpoint, oldest first, with when each was put back.
+    /// Per endpoint, oldest first, with when each was put back. Kept by address alone
+    /// (most endpoints are spoken to one way): a connection is taken for a request only
+    /// when made as the request's would be ([`Connection::tls`]).
     idle: Mutex<FastMap<SocketAddr, Vec<Idle>>>,
     connect_timeout: Duration,
 }
@@ -112,7 +125,8 @@ impl Http1Pool {
         let (message, rest) = (&request.message[..], &request.rest[..]);
         let head_only = request.method == Method::HEAD;
         let replayable = is_idempotent(&request.method);
-        while let Some(mut connection) = self.take(address) {
+        let tls = request.tls_key()?;
+        while let Some(mut connection) = self.take(address, &tls) {
             connection.carried += 1;
             match connection.exchange(message, rest, head_only).await {
                 Ok((head, body)) => return Ok(self.answered(address, connection, head, body)),
@@ -127,7 +141,7 @@ impl Http1Pool {
         }
         // Boxed: a connection attempt's state would otherwise be part of (and be copied
         // with) every request's future, though most requests reuse a connection.
-        let mut connection = Box::pin(self.connect(address, request.settings())).await?;
+        let mut connection = Box::pin(self.connect(address, tls, request.settings())).await?;
         connection.carried += 1;
         match connection.exchange(message, rest, head_only).await {
             Ok((head, body)) => Ok(self.answered(address, connection, head, body)),
@@ -159,13 +173,14 @@ impl Http1Pool {
         };
         // A kept-alive connection the endpoint closed is replaced, while none of the
         // body has gone on it.
-        while let Some(connection) = self.take(address) {
+        let tls = request.tls_key()?;
+        while let Some(connection) = self.take(address, &tls) {
             match self.exchange_on(address, connection, request, body).await {
                 Err(Failure::Closed { .. }) if !body.begun() => continue,
                 done => return done.map_err(failed),
             }
         }
-        let connection = Box::pin(self.connect(address, request.settings())).await?;
+        let connection = Box::pin(self.connect(address, tls, request.settings())).await?;
         (self.exchange_on(address, connection, request, body).await).map_err(failed)
     }
 
@@ -224,11 +239,16 @@ impl Http1Pool {
     }
 
     /// The most recently used idle connection to `address` (the likeliest to be open)
-    /// that the endpoint has not closed.
-    fn take(&self, address: SocketAddr) -> Option<Box<Connection>> {
+    /// made as `tls` says, that the endpoint has not closed.
+    fn take(&self, address: SocketAddr, tls: &TlsKey) -> Option<Box<Connection>> {
         let mut idle = self.idle.lock().ok()?;
         let connections = idle.get_mut(&address)?;
-        while let Some((connection, since)) = connections.pop() {
+        while let Some(at) = connections.iter().rposition(|(c, _)| c.tls == *tls) {
+            // Mostly the last one: taken off the end without moving the others.
+            let (connection, since) = match at + 1 == connections.len() {
+                true => connections.pop()?,
+                false => connections.remove(at),
+            };
             if connection.fresh(since, IDLE_TIMEOUT) {
                 return Some(connection);
             }
@@ -263,30 +283,57 @@ impl Http1Pool {
         idle.values().map(Vec::len).sum()
     }
 
-    /// A new connection to `address` under its service's `settings`: made within their
-    /// connect timeout if they have one, else the pool's.
+    /// A new connection to `address` under its service's `settings`, in TLS when `tls`
+    /// says: made (with its handshake) within their connect timeout if they have one,
+    /// else the pool's.
     async fn connect(
         &self,
         address: SocketAddr,
+        tls: TlsKey,
         settings: &PoolSettings,
     ) -> Result<Box<Connection>, UpstreamError> {
         let within = settings.connect_timeout.unwrap_or(self.connect_timeout);
-        let stream = match tokio::time::timeout(within, TcpStream::connect(address)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(UpstreamError::Connect(e.to_string())),
-            Err(_) => {
-                return Err(UpstreamError::Connect(format!(
-                    "no connection within {}ms",
-                    within.as_millis()
-                )));
-            }
-        };
-        settings.ready(&stream);
+        let name = tls.as_ref().map(|tls| tls.1.clone());
+        let stream = connect_endpoint(address, settings, name, false, within).await?;
         Ok(Box::new(Connection {
             wire: Wire::new(stream, "the endpoint"),
+            tls,
             carried: 0,
             limits: ConnectionLimits::of(settings),
         }))
+    }
+}
+
+/// A new connection to the endpoint at `address` under its service's `settings`, made
+/// (with its TLS handshake to the server `name`, offering h2 when `h2`, when they
+/// originate TLS) `within` this long.
+pub(crate) async fn connect_endpoint(
+    address: SocketAddr,
+    settings: &PoolSettings,
+    name: Option<ServerName<'static>>,
+    h2: bool,
+    within: Duration,
+) -> Result<EndpointIo, UpstreamError> {
+    let connect = async {
+        let tcp = TcpStream::connect(address)
+            .await
+            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        settings.ready(&tcp);
+        match (&settings.tls, name) {
+            (Some(tls), Some(name)) => {
+                let stream = tls.connect(tcp, name, h2).await;
+                let stream = stream.map_err(UpstreamError::Connect)?;
+                Ok(EndpointIo::Tls(Box::new(stream)))
+            }
+            _ => Ok(EndpointIo::Plain(tcp)),
+        }
+    };
+    match tokio::time::timeout(within, connect).await {
+        Ok(made) => made,
+        Err(_) => Err(UpstreamError::Connect(format!(
+            "no connection within {}ms",
+            within.as_millis()
+        ))),
     }
 }
 
@@ -310,6 +357,9 @@ pub struct Http1Request {
     chunked: bool,
     /// Its service's connection settings, when it has any.
     pool: Option<Arc<PoolSettings>>,
+    /// The host it is for (its authority's, without a port), kept when its service's
+    /// endpoints are spoken to in TLS: the server name, unless the rule sets one.
+    tls_host: Option<Box<str>>,
 }
 
 /// The settings of a service whose DestinationRule sets none: the pool's own.
@@ -320,10 +370,12 @@ pub static POOL_DEFAULTS: PoolSettings = PoolSettings {
     max_connection_duration: None,
     keepalive: None,
     max_concurrent_streams: None,
+    tls: None,
 };
 
-/// A service's settings for its connections (a DestinationRule's `connectionPool`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A service's settings for its connections (a DestinationRule's `connectionPool`, and
+/// its `tls`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSettings {
     /// How long a new connection may take (`tcp.connectTimeout`); the pool's own when
     /// none.
@@ -343,6 +395,8 @@ pub struct PoolSettings {
     /// How many requests an h2 connection carries at once (`http.maxConcurrentStreams`),
     /// when fewer than the endpoint allows: past it, another connection is made.
     pub max_concurrent_streams: Option<u32>,
+    /// TLS to the endpoints (`tls` in mode `SIMPLE` or `MUTUAL`); plaintext when none.
+    pub tls: Option<Arc<OriginTls>>,
 }
 
 /// A DestinationRule's `tcp.tcpKeepalive`: the kernel probes a connection idle for
@@ -378,7 +432,7 @@ impl Keepalive {
 /// [`POOL_DEFAULTS`].
 impl Default for PoolSettings {
     fn default() -> PoolSettings {
-        POOL_DEFAULTS
+        POOL_DEFAULTS.clone()
     }
 }
 
@@ -491,6 +545,7 @@ impl Http1RequestWriter {
             rest: Bytes::new(),
             chunked: length.is_none(),
             pool: None,
+            tls_host: None,
         }
     }
 
@@ -516,6 +571,7 @@ impl Http1RequestWriter {
             rest,
             chunked: false,
             pool: None,
+            tls_host: None,
         }
     }
 }
@@ -527,9 +583,29 @@ impl Http1Request {
         self
     }
 
+    /// For `host` (its authority's, without a port): the server name of a TLS
+    /// connection, if its service's endpoints are spoken to in TLS.
+    pub fn for_host(mut self, host: &str) -> Http1Request {
+        if self.settings().tls.is_some() {
+            self.tls_host = Some(host.into());
+        }
+        self
+    }
+
     /// Its service's connection settings.
     fn settings(&self) -> &PoolSettings {
         self.pool.as_deref().unwrap_or(&POOL_DEFAULTS)
+    }
+
+    /// How its connection is made: in TLS, to its server name, when its service's
+    /// endpoints are spoken to in TLS.
+    fn tls_key(&self) -> Result<TlsKey, UpstreamError> {
+        let Some(tls) = &self.settings().tls else {
+            return Ok(None);
+        };
+        let host = self.tls_host.as_deref().unwrap_or("");
+        let name = tls.server_name(host).map_err(UpstreamError::Connect)?;
+        Ok(Some(Box::new((tls.id(), name))))
     }
 
     /// The bytes of the first write: the head, and the body when small.
@@ -564,9 +640,89 @@ impl From<String> for Failure {
     }
 }
 
+/// A connection's bytes: as they are, or in TLS the proxy originates
+/// ([`PoolSettings::tls`]).
+pub(crate) enum EndpointIo {
+    Plain(TcpStream),
+    /// Boxed: a TLS session is kilobytes, and plaintext connections are moved often.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl EndpointIo {
+    /// The TCP connection under it.
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            EndpointIo::Plain(tcp) => tcp,
+            EndpointIo::Tls(tls) => tls.get_ref().0,
+        }
+    }
+
+    /// False when the endpoint closed the connection (or sent something unasked) while it
+    /// sat idle. In plaintext no system call unless the reactor saw the socket turn
+    /// readable; in TLS a look at the socket that leaves what is there (a TLS record
+    /// must not be taken from under the session).
+    fn still_open(&self) -> bool {
+        match self {
+            EndpointIo::Plain(tcp) => {
+                let mut probe = [0u8; 1];
+                matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+            EndpointIo::Tls(_) => {
+                let mut probe = [MaybeUninit::<u8>::uninit(); 1];
+                let socket = socket2::SockRef::from(self.tcp());
+                matches!(socket.peek(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+}
+
+impl AsyncRead for EndpointIo {
+    #[inline]
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            EndpointIo::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            EndpointIo::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for EndpointIo {
+    #[inline]
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            EndpointIo::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            EndpointIo::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            EndpointIo::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            EndpointIo::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            EndpointIo::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            EndpointIo::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// An open connection to an endpoint.
 struct Connection {
-    wire: Wire,
+    wire: Wire<EndpointIo>,
+    /// How it was made: in TLS, under these settings and to this server name.
+    tls: TlsKey,
     /// Requests sent on it.
     carried: u32,
     /// Its service's limits on it, when it has any.
@@ -743,8 +899,7 @@ impl Connection {
     /// False when the endpoint closed the connection (or sent something unasked) while it
     /// sat idle. No system call unless the reactor saw the socket turn readable.
     fn still_open(&self) -> bool {
-        let mut probe = [0u8; 1];
-        matches!(self.wire.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        self.wire.stream.still_open()
     }
 
     /// Sends `message` then `rest`, and reads the answer's head and what of its body is
@@ -773,6 +928,16 @@ impl Connection {
                     Err(e) => return Err(Failure::Broken(format!("cannot send the request: {e}"))),
                 }
             }
+        }
+        // TLS may hold the last of it; plaintext holds nothing.
+        if let EndpointIo::Tls(tls) = &mut self.wire.stream
+            && let Err(e) = tls.flush().await
+        {
+            return Err(if closed(&e) {
+                Failure::Closed { sent }
+            } else {
+                Failure::Broken(format!("cannot send the request: {e}"))
+            });
         }
         Ok(())
     }
@@ -928,40 +1093,59 @@ impl Connection {
 /// then what it sent is in `read`, and the rest is not written. True when all was
 /// written. A connection the endpoint closed or reset is not an error here: reading the
 /// answer says what became of the request.
-async fn write_watching(
-    stream: &TcpStream,
+async fn write_watching<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     read: &mut BytesMut,
     parts: &[&[u8]],
 ) -> Result<bool, Failure> {
+    let failed = |e: io::Error| Failure::Broken(format!("cannot send the request: {e}"));
     for part in parts {
         let mut part = *part;
         while !part.is_empty() {
-            tokio::select! {
-                biased;
-                ready = stream.writable() => {
-                    if let Err(e) = ready {
-                        return Err(Failure::Broken(format!("cannot send the request: {e}")));
-                    }
-                    match stream.try_write(part) {
-                        Ok(n) => part = &part[n..],
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) if closed(&e) => return Ok(false),
-                        Err(e) => {
-                            return Err(Failure::Broken(format!("cannot send the request: {e}")));
-                        }
-                    }
+            let written = poll_fn(|cx| {
+                if poll_answer_begun(stream, read, cx).is_ready() {
+                    return Poll::Ready(None);
                 }
-                () = answer_begun(stream, read) => return Ok(false),
+                Pin::new(&mut *stream).poll_write(cx, part).map(Some)
+            })
+            .await;
+            match written {
+                None => return Ok(false),
+                Some(Ok(n)) => part = &part[n..],
+                Some(Err(e)) if closed(&e) => return Ok(false),
+                Some(Err(e)) => return Err(failed(e)),
             }
         }
     }
-    Ok(true)
+    // What TLS holds goes out now (plaintext holds nothing).
+    let flushed = poll_fn(|cx| {
+        if poll_answer_begun(stream, read, cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Pin::new(&mut *stream).poll_flush(cx).map(Some)
+    })
+    .await;
+    match flushed {
+        None => Ok(false),
+        Some(Ok(())) => Ok(true),
+        Some(Err(e)) if closed(&e) => Ok(false),
+        Some(Err(e)) => Err(failed(e)),
+    }
 }
 
 /// Waits until the endpoint has begun its final answer (into `read`) or closed the
 /// connection. Interim answers (`100 Continue`, `103 Early Hints`) are taken out as they
 /// come: they do not stop a body being sent.
-async fn answer_begun(stream: &TcpStream, read: &mut BytesMut) {
+async fn answer_begun<S: AsyncRead + Unpin>(stream: &mut S, read: &mut BytesMut) {
+    poll_fn(|cx| poll_answer_begun(stream, read, cx)).await;
+}
+
+/// [`answer_begun`], polled.
+fn poll_answer_begun<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    read: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
     loop {
         match interim_head(read) {
             Some(Some(length)) => {
@@ -970,17 +1154,14 @@ async fn answer_begun(stream: &TcpStream, read: &mut BytesMut) {
             }
             // Nothing yet, or the start of a head that may be an interim one.
             Some(None) => {}
-            None => return,
+            None => return Poll::Ready(()),
         }
-        if stream.readable().await.is_err() {
-            return;
-        }
-        read.reserve(1024);
-        match stream.try_read_buf(read) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
+        let mut chunk = [0u8; 1024];
+        let mut buf = ReadBuf::new(&mut chunk);
+        match ready!(Pin::new(&mut *stream).poll_read(cx, &mut buf)) {
+            Ok(()) if buf.filled().is_empty() => return Poll::Ready(()),
+            Ok(()) => read.extend_from_slice(buf.filled()),
+            Err(_) => return Poll::Ready(()),
         }
     }
 }
@@ -1449,7 +1630,7 @@ mod tests {
         };
         let mut numbers = Vec::new();
         for _ in 0..5 {
-            let request = plain(address).with_pool(Some(Arc::new(settings)));
+            let request = plain(address).with_pool(Some(Arc::new(settings.clone())));
             let answer = pool.exchange(address, &request).await.unwrap();
             numbers.push(String::from_utf8_lossy(&whole(&answer)).into_owned());
         }
@@ -1549,8 +1730,9 @@ mod tests {
         pool.exchange(address, &plain(address).with_pool(Some(Arc::new(settings))))
             .await
             .unwrap();
-        let connection = pool.take(address).expect("the connection, idle");
-        let socket = socket2::SockRef::from(&connection.wire.stream);
+        let connection = pool.take(address, &None);
+        let connection = connection.expect("the connection, idle");
+        let socket = socket2::SockRef::from(connection.wire.stream.tcp());
         assert!(socket.keepalive().unwrap());
         assert_eq!(
             socket.tcp_keepalive_time().unwrap(),
@@ -1563,9 +1745,10 @@ mod tests {
         assert_eq!(socket.tcp_keepalive_retries().unwrap(), 4);
         // Without the setting, no probes.
         pool.exchange(address, &plain(address)).await.unwrap();
-        let connection = pool.take(address).expect("a new connection, idle");
+        let connection = pool.take(address, &None);
+        let connection = connection.expect("a new connection, idle");
         assert!(
-            !socket2::SockRef::from(&connection.wire.stream)
+            !socket2::SockRef::from(connection.wire.stream.tcp())
                 .keepalive()
                 .unwrap()
         );

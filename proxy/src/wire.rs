@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Version};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 
 /// The most header fields a message may carry (hyper's limit).
@@ -220,8 +220,8 @@ impl Fields {
 }
 
 /// A connection and what has been read from it and not yet used.
-pub struct Wire {
-    pub stream: TcpStream,
+pub struct Wire<S = TcpStream> {
+    pub stream: S,
     pub read: BytesMut,
     /// Scratch space for parsing heads, kept so that parsing allocates nothing once it has
     /// grown.
@@ -233,8 +233,8 @@ pub struct Wire {
     pub stall: Option<Duration>,
 }
 
-impl Wire {
-    pub fn new(stream: TcpStream, peer: &'static str) -> Wire {
+impl<S: AsyncRead + Unpin> Wire<S> {
+    pub fn new(stream: S, peer: &'static str) -> Wire<S> {
         Wire {
             stream,
             read: BytesMut::new(),

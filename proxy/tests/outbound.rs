@@ -3,6 +3,7 @@
 
 mod common;
 mod grpc;
+mod tls_endpoint;
 mod upload;
 mod websocket;
 
@@ -11,6 +12,7 @@ use grpc::{
     check_echo_through, check_events_through, client_through, echo_endpoint,
     echo_reachable_through, event_endpoint, grpc_endpoint, noting_echo_endpoint, watch_through,
 };
+use tls_endpoint::{Certificates, SERVER_DNS, SERVER_URI, tls_endpoint};
 use upload::{Sum, check_uploads_through, upload_endpoint};
 use websocket::{UPGRADE_KEY, read_until, upgrade_request, websocket_endpoint};
 
@@ -3311,4 +3313,240 @@ async fn a_request_without_an_id_gets_one_and_one_with_an_id_keeps_it() {
     assert_eq!(seen(Some("trace-7")).await.as_deref(), Some("trace-7"));
     let h2 = send(address, "shop.example", "/", true).await;
     assert_eq!(h2.headers["x-seen-request-id"].len(), 36);
+}
+
+/// A service `host` on port 80 whose endpoint at `endpoint` is spoken to as its rule
+/// `tls` (YAML flow style) says; `protocol` of the port, HTTP or GRPC.
+fn tls_service(host: &str, endpoint: u16, protocol: &str, tls: &str) -> String {
+    let name = host.replace('.', "-");
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: {{name: {name}, namespace: shop}}\nspec:\n  hosts: [{host}]\n  \
+         location: MESH_EXTERNAL\n  resolution: STATIC\n  \
+         ports: [{{number: 80, name: web, protocol: {protocol}}}]\n  endpoints:\n  \
+         - {{address: 127.0.0.1, ports: {{web: {endpoint}}}, locality: us-east/us-east-1a}}\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+         metadata: {{name: {name}, namespace: shop}}\nspec:\n  host: {host}\n  \
+         trafficPolicy: {{tls: {tls}}}\n---\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_has_tls_originated_to_its_endpoints_and_the_server_checked_as_envoy_does() {
+    let certs = Certificates::make();
+    let (open, accepted) = tls_endpoint(&certs, false).await;
+    let (mutual, _) = tls_endpoint(&certs, true).await;
+    let (open, mutual) = (open.port(), mutual.port());
+    let ca = format!("caCertificates: {}", certs.ca.display());
+    let other_ca = format!("caCertificates: {}", certs.other_ca.display());
+    let client = format!(
+        "clientCertificate: {}, privateKey: {}",
+        certs.client.display(),
+        certs.client_key.display()
+    );
+    // A CA file that will change: the wrong CA first.
+    let rotated = tempfile::tempdir().expect("directory");
+    let rotating = rotated.path().join("ca.pem");
+    std::fs::copy(&certs.other_ca, &rotating).expect("copy");
+    let services = [
+        (
+            "rotated.example",
+            open,
+            "HTTP",
+            format!(
+                "{{mode: SIMPLE, caCertificates: {}, sni: {SERVER_DNS}}}",
+                rotating.display()
+            ),
+        ),
+        // The request's host is the server name, and what the certificate must name.
+        (SERVER_DNS, open, "HTTP", format!("{{mode: SIMPLE, {ca}}}")),
+        (
+            "a.wild.example",
+            open,
+            "HTTP",
+            format!("{{mode: SIMPLE, {ca}}}"),
+        ),
+        (
+            "wrong.example",
+            open,
+            "HTTP",
+            format!("{{mode: SIMPLE, {ca}}}"),
+        ),
+        // A fixed SNI, and no names to match: the chain alone.
+        (
+            "sni.example",
+            open,
+            "HTTP",
+            format!("{{mode: SIMPLE, {ca}, sni: {SERVER_DNS}}}"),
+        ),
+        (
+            "named.example",
+            open,
+            "HTTP",
+            format!("{{mode: SIMPLE, {ca}, subjectAltNames: [{SERVER_URI}]}}"),
+        ),
+        (
+            "misnamed.example",
+            open,
+            "HTTP",
+            format!("{{mode: SIMPLE, {ca}, subjectAltNames: [spiffe://example.org/ns/x/sa/x]}}"),
+        ),
+        (
+            "untrusted.example",
+            open,
+            "HTTP",
+            format!("{{mode: SIMPLE, {other_ca}}}"),
+        ),
+        (
+            "unchecked.example",
+            open,
+            "HTTP",
+            "{mode: SIMPLE, insecureSkipVerify: true}".to_string(),
+        ),
+        (
+            "mutual.example",
+            mutual,
+            "HTTP",
+            format!("{{mode: MUTUAL, {ca}, {client}, sni: {SERVER_DNS}}}"),
+        ),
+        (
+            "anonymous.example",
+            mutual,
+            "HTTP",
+            format!("{{mode: SIMPLE, {ca}, sni: {SERVER_DNS}}}"),
+        ),
+        (
+            "rpc.example",
+            open,
+            "GRPC",
+            format!("{{mode: SIMPLE, {ca}, sni: {SERVER_DNS}}}"),
+        ),
+        ("plain.example", open, "HTTP", "{mode: DISABLE}".to_string()),
+    ];
+    let yaml: String = services
+        .iter()
+        .map(|(host, port, protocol, tls)| tls_service(host, *port, protocol, tls))
+        .collect();
+    let proxy = start_east(&yaml, None).await;
+    let outbound = proxy.outbound_address();
+    let served = |version: &str, sni: &str, client: &str| {
+        format!("{version} sni={sni} client={client} body=0")
+    };
+    for (host, expected) in [
+        (SERVER_DNS, Ok(served("HTTP/1.1", SERVER_DNS, "no"))),
+        (
+            "a.wild.example",
+            Ok(served("HTTP/1.1", "a.wild.example", "no")),
+        ),
+        ("wrong.example", Err("certificate")),
+        ("sni.example", Ok(served("HTTP/1.1", SERVER_DNS, "no"))),
+        (
+            "named.example",
+            Ok(served("HTTP/1.1", "named.example", "no")),
+        ),
+        ("misnamed.example", Err("names none of")),
+        ("untrusted.example", Err("certificate")),
+        (
+            "unchecked.example",
+            Ok(served("HTTP/1.1", "unchecked.example", "no")),
+        ),
+        ("mutual.example", Ok(served("HTTP/1.1", SERVER_DNS, "yes"))),
+        ("anonymous.example", Err("")),
+        ("rpc.example", Ok(served("HTTP/2.0", SERVER_DNS, "no"))),
+    ] {
+        let answer = send(outbound, host, "/", false).await;
+        match expected {
+            Ok(body) => {
+                assert_eq!(
+                    answer.status,
+                    StatusCode::OK,
+                    "{host}: {:?}",
+                    answer.headers
+                );
+                assert_eq!(answer.body, body, "{host}");
+            }
+            Err(why) => {
+                assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{host}");
+                let reason = answer.headers.get(REASON_HEADER).expect("a reason");
+                let reason = reason.to_str().expect("text");
+                assert!(reason.contains(why), "{host}: {reason}");
+            }
+        }
+    }
+    // The files are read again when they change, as the next connection is made.
+    let answer = send(outbound, "rotated.example", "/", false).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    std::fs::copy(&certs.ca, &rotating).expect("copy");
+    let answer = send(outbound, "rotated.example", "/", false).await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.headers);
+    // DISABLE: plaintext, which a TLS endpoint does not take.
+    let answer = send(outbound, "plain.example", "/", false).await;
+    assert_ne!(answer.status, StatusCode::OK);
+    // Connections in TLS are kept and used again: ten more requests, no new connection.
+    let before = accepted.load(Ordering::SeqCst);
+    for _ in 0..10 {
+        let answer = send(outbound, SERVER_DNS, "/", false).await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    assert!(
+        accepted.load(Ordering::SeqCst) <= before + 2,
+        "one connection per worker at most: {before} then {}",
+        accepted.load(Ordering::SeqCst)
+    );
+    // A WebSocket upgrade becomes a tunnel in TLS to the endpoint.
+    let mut stream = TcpStream::connect(outbound).await.expect("connect");
+    let upgrade = upgrade_request(SERVER_DNS, "/chat");
+    stream.write_all(upgrade.as_bytes()).await.expect("write");
+    let answer = read_until(&mut stream, "\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 101 "), "{answer}");
+    stream.write_all(b"over tls").await.expect("write");
+    let echoed = read_until(&mut stream, "over tls").await;
+    assert!(echoed.ends_with("over tls"), "{echoed}");
+    drop(stream);
+    // A body past what is held whole goes as it arrives, in TLS too.
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let large = Bytes::from(vec![b'x'; 3 << 20]);
+    let request = Request::post(format!("http://{outbound}/"))
+        .header("host", SERVER_DNS)
+        .body(Full::new(large))
+        .expect("request");
+    let answer = client.request(request).await.expect("answer");
+    assert_eq!(answer.status(), StatusCode::OK);
+    let body = answer.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        format!("HTTP/1.1 sni={SERVER_DNS} client=no body={}", 3 << 20)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_of_an_endpoint_spoken_to_in_tls_are_made_in_tls() {
+    let certs = Certificates::make();
+    let (endpoint, accepted) = tls_endpoint(&certs, false).await;
+    let tls = format!("{{mode: SIMPLE, caCertificates: {}}}", certs.ca.display());
+    let yaml = tls_service(SERVER_DNS, endpoint.port(), "HTTP", &tls);
+    let proxy = start_east(
+        &yaml,
+        Some(HealthCheckSettings {
+            interval: Duration::from_millis(50),
+            timeout: Duration::from_millis(500),
+            path: Some("/healthz".into()),
+            unhealthy_threshold: 1,
+            healthy_threshold: 1,
+        }),
+    )
+    .await;
+    // Each probe is a connection of its own: a handshake the endpoint took, then a GET.
+    eventually("probes in TLS", Duration::from_secs(10), || {
+        let accepted = accepted.load(Ordering::SeqCst);
+        async move {
+            match accepted >= 3 {
+                true => Ok(()),
+                false => Err(format!("{accepted} TLS connections")),
+            }
+        }
+    })
+    .await;
+    let answer = send(proxy.outbound_address(), SERVER_DNS, "/", false).await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.headers);
 }

@@ -6,6 +6,7 @@
 //! endpoints: a request that crossed once is never forwarded again. The client side is
 //! an [`H2Pool`] made with [`H2Pool::mesh`].
 
+pub mod origin;
 pub mod pool;
 mod server;
 pub mod tls;

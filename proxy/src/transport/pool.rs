@@ -26,6 +26,7 @@
 //! connection to another cluster's east-west listener is shared by every service to
 //! that cluster, and keeps the pool's own settings ([`crate::upstream::POOL_DEFAULTS`]).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,7 +45,7 @@ use crate::body::{ProxyBody, WHOLE_BODY_BYTES};
 use crate::h2_server::{SHARED_CONNECTION_WINDOW, STREAM_WINDOW};
 use crate::tunnel::H2Stream;
 use crate::upload::Forwarding;
-use crate::upstream::PoolSettings;
+use crate::upstream::{POOL_DEFAULTS, PoolSettings};
 use crate::wire::content_length;
 
 /// How often an east-west connection is pinged.
@@ -97,7 +98,8 @@ enum Dial {
     /// Other clusters' east-west listeners: TLS with this proxy's certificate, the
     /// peer's identity checked against the cluster it should be.
     Mesh(Arc<MeshTls>),
-    /// Endpoints of this cluster, in plaintext h2 with prior knowledge (h2c).
+    /// Endpoints of this cluster, in h2 with prior knowledge: in plaintext (h2c), or in TLS
+    /// when their service's rule originates it ([`PoolSettings::tls`]).
     Plaintext,
 }
 
@@ -110,6 +112,22 @@ pub struct Peer<'a> {
     pub cluster: &'a str,
     /// The connection settings of the request's service.
     pub settings: &'a PoolSettings,
+    /// The request's host (its authority's, without a port): the server name of a TLS
+    /// connection to an endpoint, unless its rule sets one.
+    pub host: &'a str,
+}
+
+impl<'a> Peer<'a> {
+    /// The east-west listener at `gateway` of `cluster`: shared by every service to the
+    /// cluster, under the pool's own settings.
+    pub fn east_west(gateway: &'a str, cluster: &'a str) -> Peer<'a> {
+        Peer {
+            address: gateway,
+            cluster,
+            settings: &POOL_DEFAULTS,
+            host: "",
+        }
+    }
 }
 
 /// A peer's connection once made.
@@ -270,13 +288,27 @@ impl H2Pool {
     /// and has room for its stream, else on a new one.
     async fn sender(&self, peer: Peer<'_>) -> Result<(Sender, Place), SendError> {
         let (address, settings) = (peer.address, peer.settings);
+        // Connections in TLS to an endpoint are apart from others to it, by their
+        // settings and server name.
+        let name = match (&self.dial, &settings.tls) {
+            (Dial::Plaintext, Some(tls)) => {
+                Some(tls.server_name(peer.host).map_err(SendError::Connect)?)
+            }
+            _ => None,
+        };
+        let key = match (&name, &settings.tls) {
+            (Some(name), Some(tls)) => {
+                Cow::Owned(format!("{address} tls {} {}", tls.id(), name.to_str()))
+            }
+            _ => Cow::Borrowed(address),
+        };
         let cell = {
             let Ok(mut peers) = self.peers.lock() else {
                 return Err(SendError::Connect("connection pool unavailable".into()));
             };
-            match peers.get(address) {
+            match peers.get(key.as_ref()) {
                 Some(cell) => cell.clone(),
-                None => peers.entry(address.to_string()).or_default().clone(),
+                None => peers.entry(key.into_owned()).or_default().clone(),
             }
         };
         let mut slot = cell.lock().await;
@@ -289,7 +321,7 @@ impl H2Pool {
         }
         // Boxed: a TLS handshake's state is kilobytes, and inline it would be part of (and
         // copied with) every request's future, though connections are rarely made.
-        let connect = Box::pin(self.connect(peer));
+        let connect = Box::pin(self.connect(peer, name));
         let within = settings.connect_timeout.unwrap_or(self.connect_timeout);
         let sender = tokio::time::timeout(within, connect).await.map_err(|_| {
             SendError::Connect(format!(
@@ -306,12 +338,18 @@ impl H2Pool {
             opened: now,
             used: now,
             carried: 1,
-            settings: *settings,
+            settings: settings.clone(),
         });
         Ok((sender, place))
     }
 
-    async fn connect(&self, peer: Peer<'_>) -> Result<Sender, SendError> {
+    /// A new connection to `peer`; in TLS to the server `name`, when its service's
+    /// endpoints are spoken to in TLS.
+    async fn connect(
+        &self,
+        peer: Peer<'_>,
+        name: Option<ServerName<'static>>,
+    ) -> Result<Sender, SendError> {
         let (address, cluster) = (peer.address, peer.cluster);
         let fail = |what: &str, e: &dyn std::fmt::Display| match &self.dial {
             Dial::Mesh(_) => {
@@ -325,9 +363,15 @@ impl H2Pool {
         peer.settings.ready(&tcp);
         let tls = match &self.dial {
             Dial::Plaintext => {
-                return start(tcp, address)
-                    .await
-                    .map_err(|e| fail("h2 handshake failed with", &e));
+                let started = match (&peer.settings.tls, name) {
+                    (Some(tls), Some(name)) => {
+                        let stream = (tls.connect(tcp, name, true).await)
+                            .map_err(|e| fail("cannot reach", &e))?;
+                        start(stream, address).await
+                    }
+                    _ => start(tcp, address).await,
+                };
+                return started.map_err(|e| fail("h2 handshake failed with", &e));
             }
             Dial::Mesh(tls) => tls,
         };
@@ -459,6 +503,7 @@ mod tests {
             address,
             cluster: "here",
             settings: &POOL_DEFAULTS,
+            host: "here",
         }
     }
 
@@ -567,12 +612,16 @@ mod tests {
     async fn two_streams_a_connection(peer_most: u32, settings: PoolSettings) {
         let (address, [accepted, arrived], release) = holding_h2c_server(peer_most).await;
         let pool = Arc::new(H2Pool::plaintext(Duration::from_secs(1)));
-        let send = move |pool: Arc<H2Pool>, address: String| async move {
-            let peer = Peer {
-                settings: &settings,
-                ..here(&address)
-            };
-            pool.send(peer, get(&address)).await.map(|a| a.status())
+        let settings = Arc::new(settings);
+        let send = move |pool: Arc<H2Pool>, address: String| {
+            let settings = settings.clone();
+            async move {
+                let peer = Peer {
+                    settings: &settings,
+                    ..here(&address)
+                };
+                pool.send(peer, get(&address)).await.map(|a| a.status())
+            }
         };
         // Two streams held open: as many as a connection takes.
         let held: Vec<_> = (0..2)
