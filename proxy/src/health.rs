@@ -12,7 +12,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -85,12 +85,21 @@ struct Streak {
 pub struct Health {
     down: RwLock<FastSet<SocketAddr>>,
     streaks: RwLock<FastMap<SocketAddr, Streak>>,
+    /// When each endpoint found down last came up again.
+    recovered: RwLock<FastMap<SocketAddr, Instant>>,
 }
 
 impl Health {
     /// Whether `endpoint` may get requests (an endpoint never probed may).
     pub fn is_up(&self, endpoint: SocketAddr) -> bool {
         self.down.read().map_or(true, |d| !d.contains(&endpoint))
+    }
+
+    /// When `endpoint`, once found down, last came up again: a warmup starts again then,
+    /// as Envoy's slow start does for a host that passes its health checks after failing
+    /// them.
+    pub fn recovered_at(&self, endpoint: SocketAddr) -> Option<Instant> {
+        self.recovered.read().ok()?.get(&endpoint).copied()
     }
 
     /// Records a probe of `endpoint`; returns the new state when it changed.
@@ -117,6 +126,9 @@ impl Health {
         }
         if is_down && streak.successes >= settings.healthy_threshold.max(1) {
             down.remove(&endpoint);
+            if let Ok(mut recovered) = self.recovered.write() {
+                recovered.insert(endpoint, Instant::now());
+            }
             return Some(true);
         }
         None
@@ -129,6 +141,9 @@ impl Health {
         }
         if let Ok(mut s) = self.streaks.write() {
             s.retain(|e, _| endpoints.contains(e));
+        }
+        if let Ok(mut r) = self.recovered.write() {
+            r.retain(|e, _| endpoints.contains(e));
         }
     }
 }
@@ -261,8 +276,11 @@ mod tests {
             "the streak restarts"
         );
         assert_eq!(health.record(e, true, &settings), None);
+        assert_eq!(health.recovered_at(e), None, "never down and up again yet");
+        let before = Instant::now();
         assert_eq!(health.record(e, true, &settings), Some(true));
         assert!(health.is_up(e));
+        assert!(health.recovered_at(e).is_some_and(|at| at >= before));
     }
 
     #[tokio::test]

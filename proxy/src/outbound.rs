@@ -2062,6 +2062,14 @@ impl Outbound {
         if !picker.is_for(policy, warmup) {
             *picker = EndpointPicker::with_warmup(policy, warmup);
         }
+        // An endpoint back from failing its health checks warms up again, as in Envoy.
+        if warmup.is_some() {
+            for e in endpoints {
+                if let Some(at) = self.health.recovered_at(e.address) {
+                    picker.rejoined(&e.name, at);
+                }
+            }
+        }
         let i = picker.pick(
             endpoints,
             |i| in_flight.get(&endpoints[i].address).copied().unwrap_or(0),

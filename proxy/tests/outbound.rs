@@ -1184,6 +1184,45 @@ async fn an_endpoint_that_joins_under_a_warmup_gets_a_small_share_at_first() {
     assert!(new.abs_diff(40) <= 1, "{new} of 200 to the new endpoint");
 }
 
+/// An endpoint back from failing its health checks warms up again, as a host does in
+/// Envoy: of two warm endpoints under a 2 s warmup that holds an endpoint at 10% of its
+/// weight (no ramp), the one that was down gets a tenth of the other's weight, 20 of 220
+/// requests, not half.
+#[tokio::test]
+async fn an_endpoint_back_from_failing_health_checks_warms_up_again() {
+    let one = backend("one", Behaviour::Ok).await;
+    let two = backend("two", Behaviour::Ok).await;
+    let rule = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+                metadata: {name: shop, namespace: shop}\n\
+                spec: {host: shop.example, trafficPolicy: {loadBalancer: \
+                {simple: ROUND_ROBIN, warmup: {duration: 2s, minimumPercent: 10, aggression: 0}}}}\n";
+    let yaml = http_entry("shop", "shop.example", &[one.port(), two.port()]) + rule;
+    let metrics = Arc::new(ProxyMetrics::new());
+    let locality = "us-east/us-east-1a".parse().expect("locality");
+    let outbound = Outbound::new(Some(east_routing(&yaml)), metrics, "east".into(), locality);
+    let count = |seen: &[String]| seen.iter().filter(|b| *b == "two").count();
+    // Joined together: in turn.
+    let together = backends_of(&outbound, "shop.example", "ann", 10).await;
+    assert_eq!(count(&together), 5, "{together:?}");
+    // The scenario: both serve past their warmup.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The health checks find the second down, then up again.
+    let (health, checks) = (
+        outbound.health(),
+        HealthCheckSettings::tcp(Duration::from_secs(1)),
+    );
+    for ok in [false, false, true, true] {
+        health.record(two, ok, &checks);
+    }
+    let recovered = Instant::now();
+    let back = backends_of(&outbound, "shop.example", "ann", 220).await;
+    assert!(
+        recovered.elapsed() < Duration::from_secs(2),
+        "served within the warmup"
+    );
+    assert!(count(&back).abs_diff(20) <= 1, "{} of 220", count(&back));
+}
+
 /// A service with two ports sends a request to the endpoints of the port it names (its
 /// Host's, or its route's `destination.port`), port 80 when it names none, never to the
 /// other port's.

@@ -134,6 +134,13 @@ impl EndpointPicker {
         }
     }
 
+    /// Starts `endpoint`'s warmup again at `at`, unless it joined later.
+    pub fn rejoined(&mut self, endpoint: &str, at: Instant) {
+        if let Some(joined) = self.joined.get_mut(endpoint) {
+            *joined = (*joined).max(at);
+        }
+    }
+
     /// [`EndpointPicker::pick`], the time being `now`.
     pub fn pick_at<S: AsRef<str>>(
         &mut self,
@@ -441,6 +448,34 @@ mod tests {
                 "{after} s after it joined: {new} of {rounds}, not {expected}"
             );
         }
+    }
+
+    #[test]
+    fn an_endpoint_that_rejoins_warms_up_again() {
+        let warmup = Warmup {
+            duration: Duration::from_secs(10),
+            minimum: 0.1,
+            aggression: 1.0,
+        };
+        let mut p = EndpointPicker::with_warmup(LbPolicy::RoundRobin, Some(warmup));
+        let two = endpoints(2);
+        let start = Instant::now();
+        let share = |p: &mut EndpointPicker, now: Instant| {
+            (0..1_100)
+                .filter(|_| p.pick_at(now, &two, |_| 0, None, &mut Counter(0)) == Some(1))
+                .count()
+        };
+        // Joined together: in turn.
+        assert_eq!(share(&mut p, start), 550);
+        // The second back (from failing its health checks) a minute on: a tenth again.
+        let back = start + Duration::from_secs(60);
+        p.rejoined(two[1].as_str(), back);
+        let new = share(&mut p, back);
+        assert!(new.abs_diff(100) <= 1, "{new} of 1100");
+        // A rejoin before it last joined changes nothing.
+        p.rejoined(two[1].as_str(), start);
+        let new = share(&mut p, back);
+        assert!(new.abs_diff(100) <= 1, "{new} of 1100");
     }
 
     #[test]
