@@ -56,7 +56,11 @@ impl Cors {
             .map(|o| Matcher::Exact(o.clone()))
             .collect();
         for (i, m) in policy.allow_origins.iter().enumerate() {
-            origins.push(Matcher::compile(m, &format!("{field}.allowOrigins[{i}]"))?);
+            // An entry that sets nothing allows no origin: istiod leaves it out.
+            match Matcher::compile(m, &format!("{field}.allowOrigins[{i}]"))? {
+                Matcher::Present => {}
+                origin => origins.push(origin),
+            }
         }
         let joined = |list: &[String], name: &str| -> Result<Option<HeaderValue>, RouteError> {
             if list.is_empty() {

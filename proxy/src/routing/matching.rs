@@ -19,21 +19,28 @@ pub enum Matcher {
     Prefix(String),
     /// Fully matches (anchored).
     Regex(Regex),
+    /// Any value: the field is there. What istiod makes of a `StringMatch` that sets
+    /// nothing (`x-canary: {}`), or of the regex `*` (not RE2: a presence match).
+    Present,
 }
 
 impl Matcher {
     /// Compiles `m`; `field` names it in errors.
     pub fn compile(m: &StringMatch, field: &str) -> Result<Matcher, RouteError> {
+        let set = [&m.exact, &m.prefix, &m.regex];
+        if set.iter().filter(|v| v.is_some()).count() > 1 {
+            return Err(RouteError::new(
+                field,
+                "only one of exact, prefix or regex may be set",
+            ));
+        }
         match m.kind() {
             Some(StringMatchKind::Exact(e)) => Ok(Matcher::Exact(e.to_string())),
             Some(StringMatchKind::Prefix(p)) => Ok(Matcher::Prefix(p.to_string())),
+            Some(StringMatchKind::Regex("*")) | None => Ok(Matcher::Present),
             Some(StringMatchKind::Regex(r)) => Regex::new(&format!("^(?:{r})$"))
                 .map(Matcher::Regex)
                 .map_err(|e| RouteError::new(field, format!("invalid regex {r:?}: {e}"))),
-            None => Err(RouteError::new(
-                field,
-                "exactly one of exact, prefix or regex must be set",
-            )),
         }
     }
 
@@ -43,6 +50,7 @@ impl Matcher {
             Matcher::Exact(e) => value == e,
             Matcher::Prefix(p) => value.starts_with(p.as_str()),
             Matcher::Regex(r) => r.is_match(value),
+            Matcher::Present => true,
         }
     }
 
@@ -55,6 +63,7 @@ impl Matcher {
                 .get(..p.len())
                 .is_some_and(|head| head.eq_ignore_ascii_case(p)),
             Matcher::Regex(r) => r.is_match(value),
+            Matcher::Present => true,
         }
     }
 }
@@ -153,10 +162,14 @@ impl MatchBlock {
                 .headers
                 .iter()
                 .all(|(name, m)| header(request.headers, name).is_some_and(|v| m.matches(v)))
-            && self
-                .without_headers
-                .iter()
-                .all(|(name, m)| !header(request.headers, name).is_some_and(|v| m.matches(v)))
+            && self.without_headers.iter().all(|(name, m)| {
+                // As istiod sets Envoy up: inverted, a missing field taken as empty but
+                // for a presence match (`x-debug: {}` holds when there is no x-debug).
+                match (header(request.headers, name), m) {
+                    (None, Matcher::Present) => true,
+                    (value, m) => !m.matches(value.unwrap_or("")),
+                }
+            })
             && self
                 .query_params
                 .iter()

@@ -156,6 +156,18 @@ const MATCHES: &str = r#"
   - name: not-internal
     match: [{withoutHeaders: {x-internal: {exact: "true"}}, uri: {prefix: /public}}]
     route: [{destination: {host: public}}]
+  - name: any-trace-id
+    match: [{headers: {x-trace: {}}, uri: {prefix: /traced}}]
+    route: [{destination: {host: traced}}]
+  - name: no-debug-flag
+    match: [{withoutHeaders: {x-debug: {}}, uri: {prefix: /quiet}}]
+    route: [{destination: {host: quiet}}]
+  - name: any-page
+    match: [{queryParams: {page: {}}, uri: {prefix: /list}}]
+    route: [{destination: {host: paged}}]
+  - name: not-empty-tenant
+    match: [{withoutHeaders: {x-tenant: {exact: ""}}, uri: {prefix: /tenant}}]
+    route: [{destination: {host: tenant}}]
   - name: from-a-labelled-workload
     match: [{sourceLabels: {app: reviews}}]
     route: [{destination: {host: never}}]
@@ -190,6 +202,17 @@ fn the_first_matching_route_wins_and_conditions_follow_istio() {
             get("/public/a").header("x-internal", "false"),
             "not-internal",
         ),
+        // A StringMatch that sets nothing is a presence match, as istiod makes it.
+        (get("/traced").header("x-trace", ""), "any-trace-id"),
+        (get("/traced"), "catch-all"),
+        (get("/quiet"), "no-debug-flag"),
+        (get("/quiet").header("x-debug", "0"), "catch-all"),
+        (get("/list?page"), "any-page"),
+        (get("/list?page=3"), "any-page"),
+        (get("/list?pages=3"), "catch-all"),
+        // withoutHeaders takes a missing field as empty (treat_missing_header_as_empty).
+        (get("/tenant").header("x-tenant", "a"), "not-empty-tenant"),
+        (get("/tenant"), "catch-all"),
         (get("/anything"), "catch-all"),
         (get("/x").host("other.example"), "none"),
         (get("/x").host("SHOP.example"), "catch-all"),
