@@ -1190,7 +1190,11 @@ impl Outbound {
                 }));
                 Ok(forward)
             }
-            RouteDecision::Redirect { status, location } => {
+            RouteDecision::Redirect {
+                status,
+                location,
+                response_headers,
+            } => {
                 let mut r = answer(
                     StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY),
                     "redirected by route",
@@ -1198,12 +1202,18 @@ impl Outbound {
                 if let Ok(v) = HeaderValue::from_str(&location) {
                     r.headers_mut().insert(http::header::LOCATION, v);
                 }
+                apply_changes(r.headers_mut(), &response_headers);
                 r.headers_mut().extend(cors);
                 Err(Box::new(r))
             }
-            RouteDecision::Respond { status, body } => {
+            RouteDecision::Respond {
+                status,
+                body,
+                response_headers,
+            } => {
                 let mut r = Response::new(ProxyBody::Whole(body));
                 *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+                apply_changes(r.headers_mut(), &response_headers);
                 r.headers_mut().extend(cors);
                 Err(Box::new(r))
             }

@@ -3589,3 +3589,45 @@ async fn health_checks_of_an_endpoint_spoken_to_in_tls_are_made_in_tls() {
     let answer = send(proxy.outbound_address(), SERVER_DNS, "/", false).await;
     assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.headers);
 }
+
+/// Redirects and direct responses are answered by the proxy itself, over HTTP/1.1 and h2c,
+/// with the route's changes to answers' fields, as Envoy makes them on a route's own
+/// answers.
+#[tokio::test]
+async fn redirects_and_direct_responses_carry_the_routes_answer_fields() {
+    let yaml = http_entry("shop", "shop.example", &[9])
+        + r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop, namespace: shop}
+spec:
+  hosts: [shop.example]
+  http:
+  - match: [{uri: {prefix: /old}}]
+    redirect: {uri: /new, redirectCode: 308}
+    headers: {response: {set: {cache-control: no-store}}}
+  - match: [{uri: {regex: "/teapot/[0-9]+"}}]
+    directResponse: {status: 418, body: {string: "short and stout"}}
+    headers: {response: {add: {x-teapot: "yes"}}}
+"#;
+    let proxy = start_east(&yaml, None).await;
+    for http2 in [false, true] {
+        let moved = send(
+            proxy.outbound_address(),
+            "shop.example",
+            "/old/a?q=1",
+            http2,
+        )
+        .await;
+        assert_eq!(moved.status, StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(
+            moved.headers["location"], "http://shop.example/new?q=1",
+            "h2: {http2}"
+        );
+        assert_eq!(moved.headers["cache-control"], "no-store", "h2: {http2}");
+        let teapot = send(proxy.outbound_address(), "shop.example", "/teapot/7", http2).await;
+        assert_eq!(teapot.status, StatusCode::IM_A_TEAPOT);
+        assert_eq!(teapot.body, "short and stout");
+        assert_eq!(teapot.headers["x-teapot"], "yes", "h2: {http2}");
+    }
+}

@@ -425,6 +425,9 @@ pub enum RouteDecision {
         status: u16,
         /// The `Location`.
         location: String,
+        /// The route's own changes to answers' fields (`headers.response`): Envoy makes
+        /// them on the answers a route gives itself too.
+        response_headers: HeaderChanges,
     },
     /// Answer directly.
     Respond {
@@ -432,6 +435,8 @@ pub enum RouteDecision {
         status: u16,
         /// Body.
         body: Bytes,
+        /// As for a redirect.
+        response_headers: HeaderChanges,
     },
     /// No VirtualService route matched; the caller falls back to the host as a service
     /// (Istio's default route) or answers 404.
@@ -821,11 +826,19 @@ impl CompiledRoute {
         chance: &mut dyn Chance,
     ) -> RouteDecision {
         let targets = match &self.action {
-            RouteAction::Redirect(r) => return redirect(r, request, matched_prefix),
+            RouteAction::Redirect(r) => {
+                let (status, location) = redirect(r, request, matched_prefix);
+                return RouteDecision::Redirect {
+                    status,
+                    location,
+                    response_headers: self.response_headers.clone(),
+                };
+            }
             RouteAction::Respond { status, body } => {
                 return RouteDecision::Respond {
                     status: *status,
                     body: body.clone(),
+                    response_headers: self.response_headers.clone(),
                 };
             }
             RouteAction::Forward(targets) => targets,
@@ -913,11 +926,12 @@ pub fn with_port(host: &str, port: Option<u16>) -> String {
     }
 }
 
+/// The status and `Location` of the redirect `r` answers `request` with.
 fn redirect(
     r: &HttpRedirect,
     request: &RouteRequest<'_>,
     matched_prefix: Option<&str>,
-) -> RouteDecision {
+) -> (u16, String) {
     let scheme = if r.scheme.is_empty() {
         request.scheme
     } else {
@@ -958,13 +972,11 @@ fn redirect(
         location.push('?');
         location.push_str(query);
     }
-    RouteDecision::Redirect {
-        status: match r.redirect_code {
-            0 => 301,
-            c => u16::try_from(c).unwrap_or(301),
-        },
-        location,
-    }
+    let status = match r.redirect_code {
+        0 => 301,
+        c => u16::try_from(c).unwrap_or(301),
+    };
+    (status, location)
 }
 
 #[cfg(test)]

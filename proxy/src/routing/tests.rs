@@ -276,26 +276,34 @@ fn redirects_and_direct_responses_answer_without_forwarding() {
     redirect: {scheme: https}
   - match: [{uri: {exact: /health}}]
     directResponse: {status: 200, body: {string: "ok"}}
+    headers: {response: {set: {cache-control: no-store}}, request: {set: {x-unused: "1"}}}
 "#));
     assert_eq!(
         get("/old/page?q=1").decide(&t, &mut Rolls::none()),
         RouteDecision::Redirect {
             status: 308,
-            location: "http://www.example/new?q=1".into()
+            location: "http://www.example/new?q=1".into(),
+            response_headers: HeaderChanges::default(),
         }
     );
     assert_eq!(
         get("/secure/x").decide(&t, &mut Rolls::none()),
         RouteDecision::Redirect {
             status: 301,
-            location: "https://shop.example/secure/x".into()
+            location: "https://shop.example/secure/x".into(),
+            response_headers: HeaderChanges::default(),
         }
     );
+    // The route's changes to answers' fields hold for the answers it gives itself.
     assert_eq!(
         get("/health").decide(&t, &mut Rolls::none()),
         RouteDecision::Respond {
             status: 200,
-            body: Bytes::from_static(b"ok")
+            body: Bytes::from_static(b"ok"),
+            response_headers: HeaderChanges {
+                set: vec![("cache-control".into(), "no-store".into())],
+                ..HeaderChanges::default()
+            },
         }
     );
     assert_eq!(
