@@ -1222,6 +1222,10 @@ impl Outbound {
                 forward.target.port = port;
                 Ok(forward)
             }
+            RouteDecision::NoMatch => Err(Box::new(answer(
+                StatusCode::NOT_FOUND,
+                &format!("no route of the VirtualService for {host:?} matches the request"),
+            ))),
             RouteDecision::NoRoute => Err(Box::new(answer(
                 StatusCode::NOT_FOUND,
                 &format!("unknown service {host:?}: no route and no ServiceEntry"),

@@ -3592,7 +3592,7 @@ async fn health_checks_of_an_endpoint_spoken_to_in_tls_are_made_in_tls() {
 
 /// Redirects and direct responses are answered by the proxy itself, over HTTP/1.1 and h2c,
 /// with the route's changes to answers' fields, as Envoy makes them on a route's own
-/// answers.
+/// answers; a request none of the host's routes matches is 404, not sent to the service.
 #[tokio::test]
 async fn redirects_and_direct_responses_carry_the_routes_answer_fields() {
     let yaml = http_entry("shop", "shop.example", &[9])
@@ -3629,5 +3629,9 @@ spec:
         assert_eq!(teapot.status, StatusCode::IM_A_TEAPOT);
         assert_eq!(teapot.body, "short and stout");
         assert_eq!(teapot.headers["x-teapot"], "yes", "h2: {http2}");
+        let unrouted = send(proxy.outbound_address(), "shop.example", "/other", http2).await;
+        assert_eq!(unrouted.status, StatusCode::NOT_FOUND, "h2: {http2}");
+        let reason = unrouted.headers[REASON_HEADER].to_str().expect("text");
+        assert!(reason.contains("no route"), "{reason}");
     }
 }

@@ -127,6 +127,12 @@ impl MatchBlock {
         })
     }
 
+    /// Whether a request on `port` could meet this block: it is for that port (or any),
+    /// and for no particular source.
+    pub fn could_match_on(&self, port: u16) -> bool {
+        !self.needs_source && self.port.is_none_or(|p| p == port)
+    }
+
     /// Whether `request` meets every condition of this block.
     pub fn matches(&self, request: &RouteRequest<'_>) -> bool {
         if self.needs_source {

@@ -438,9 +438,13 @@ pub enum RouteDecision {
         /// As for a redirect.
         response_headers: HeaderChanges,
     },
-    /// No VirtualService route matched; the caller falls back to the host as a service
-    /// (Istio's default route) or answers 404.
+    /// No VirtualService routes the host on the request's port; the caller falls back to
+    /// the host as a service (Istio's default route) or answers 404.
     NoRoute,
+    /// A VirtualService routes the host on the request's port, and none of its routes
+    /// matched: 404, as Envoy answers a request no route of its virtual host matches
+    /// (istiod gives a host with a VirtualService no default route).
+    NoMatch,
 }
 
 /// Everything needed to forward one request.
@@ -606,7 +610,13 @@ impl RouteTable {
         let Some(routes) = self.routes_for(request.service) else {
             return (RouteDecision::NoRoute, None);
         };
+        // Routes whose every match block is for another port or for a source this proxy
+        // cannot be: istiod builds none of them for this port.
+        let mut any_here = false;
         for route in routes {
+            any_here = any_here
+                || route.blocks.is_empty()
+                || route.blocks.iter().any(|b| b.could_match_on(request.port));
             let matched = if route.blocks.is_empty() {
                 Some(None)
             } else {
@@ -620,7 +630,10 @@ impl RouteTable {
                 return (route.decide(request, prefix, chance), route.cors.as_deref());
             }
         }
-        (RouteDecision::NoRoute, None)
+        match any_here {
+            true => (RouteDecision::NoMatch, None),
+            false => (RouteDecision::NoRoute, None),
+        }
     }
 }
 

@@ -81,6 +81,12 @@ impl Req {
         self.authority_port = Some(port);
         self
     }
+    /// For `port`, named in its authority as the proxy reads it.
+    fn on_port(mut self, port: u16) -> Req {
+        self.authority_port = Some(port);
+        self.port = port;
+        self
+    }
     fn decide(&self, t: &RouteTable, chance: &mut dyn Chance) -> RouteDecision {
         t.decide(
             &RouteRequest {
@@ -133,6 +139,7 @@ fn route_of(t: &RouteTable, r: Req) -> String {
     match r.decide(t, &mut Rolls::none()) {
         RouteDecision::Forward(f) => f.route,
         RouteDecision::NoRoute => "none".into(),
+        RouteDecision::NoMatch => "no match".into(),
         other => format!("{other:?}"),
     }
 }
@@ -306,6 +313,42 @@ fn redirects_and_direct_responses_answer_without_forwarding() {
             },
         }
     );
+    assert_eq!(
+        get("/other").decide(&t, &mut Rolls::none()),
+        RouteDecision::NoMatch
+    );
+}
+
+#[test]
+fn a_host_with_a_virtual_service_has_no_default_route_on_the_ports_it_routes() {
+    let t = table(&vs(r#"
+  - match: [{uri: {prefix: /api}}]
+    route: [{destination: {host: api}}]
+"#));
+    assert_eq!(
+        get("/other").decide(&t, &mut Rolls::none()),
+        RouteDecision::NoMatch,
+        "404, not the service"
+    );
+    // Routes only for port 8080: on port 80 istiod builds none, and the service's
+    // default route holds.
+    let t = table(&vs(r#"
+  - match: [{uri: {prefix: /api}, port: 8080}]
+    route: [{destination: {host: api}}]
+"#));
+    assert_eq!(
+        get("/other").decide(&t, &mut Rolls::none()),
+        RouteDecision::NoRoute
+    );
+    assert_eq!(
+        get("/other").on_port(8080).decide(&t, &mut Rolls::none()),
+        RouteDecision::NoMatch
+    );
+    // Routes only for a calling workload's labels: none is built for this proxy.
+    let t = table(&vs(r#"
+  - match: [{sourceLabels: {app: reviews}}]
+    route: [{destination: {host: never}}]
+"#));
     assert_eq!(
         get("/other").decide(&t, &mut Rolls::none()),
         RouteDecision::NoRoute
