@@ -3156,7 +3156,7 @@ metadata: {{name: faulty, namespace: shop}}
 spec:
   hosts: [faulty.shop.example]
   http:
-  - fault: {{abort: {{grpcStatus: NOT_FOUND}}}}
+  - fault: {{abort: {{grpcStatus: NOT_FOUND, percentage: {{value: 100}}}}}}
     route: [{{destination: {{host: kv.shop.example}}}}]
 "#,
         service_entry(

@@ -356,8 +356,15 @@ struct Fault {
     abort: Option<(Abort, f64)>,
 }
 
+/// A mirror's `percentage`: all requests when unset.
 fn percentage(p: Option<&Percentage>) -> f64 {
     p.map_or(100.0, |p| p.value)
+}
+
+/// A fault's `percentage`: no request when unset, as Istio documents it (istiod sets
+/// Envoy's fault percentages to zero then).
+fn fault_percentage(p: Option<&Percentage>) -> f64 {
+    p.map_or(0.0, |p| p.value)
 }
 
 /// The code of the gRPC status `name` (`UNAVAILABLE`: 14), as Istio reads `grpcStatus`.
@@ -727,10 +734,10 @@ fn compile_route(r: &HttpRoute, field: &str, index: usize) -> Result<CompiledRou
     let fault = r.fault.as_ref().map(|f| -> Result<Fault, RouteError> {
         Ok(Fault {
             delay: f.delay.as_ref().and_then(|d| {
-                let percent = if d.percentage.is_none() && d.percent > 0 {
-                    f64::from(d.percent)
-                } else {
-                    percentage(d.percentage.as_ref())
+                // The older integer `percent` when `percentage` is unset, as istiod reads it.
+                let percent = match &d.percentage {
+                    None => f64::from(d.percent),
+                    Some(p) => p.value,
                 };
                 d.fixed_delay
                     .and_then(|fd| fd.to_std())
@@ -751,7 +758,7 @@ fn compile_route(r: &HttpRoute, field: &str, index: usize) -> Result<CompiledRou
                         }
                         (None, None) => None,
                     };
-                    abort.map(|abort| (abort, percentage(a.percentage.as_ref())))
+                    abort.map(|abort| (abort, fault_percentage(a.percentage.as_ref())))
                 }
             },
         })

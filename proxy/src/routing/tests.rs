@@ -428,9 +428,34 @@ fn faults_and_mirrors_fire_at_their_percentage() {
 }
 
 #[test]
+fn a_fault_without_a_percentage_touches_no_request_and_a_mirror_every_one() {
+    let t = table(&vs(r#"
+  - match: [{uri: {prefix: /old}}]
+    fault: {delay: {fixedDelay: 1s, percent: 100}}
+    route: [{destination: {host: shop}}]
+  - fault:
+      delay: {fixedDelay: 5s}
+      abort: {httpStatus: 503}
+    mirror: {host: shadow}
+    route: [{destination: {host: shop}}]
+"#));
+    // Rolls of zero: anything with a share above zero happens.
+    let f = forward(get("/").decide(&t, &mut Rolls::of(&[0, 0, 0, 0])));
+    assert_eq!(f.fault, FaultDecision::default(), "as Istio: no request");
+    assert_eq!(
+        f.mirrors.len(),
+        1,
+        "a mirror without a percentage: every request"
+    );
+    // The older integer percent, when percentage is unset.
+    let f = forward(get("/old").decide(&t, &mut Rolls::of(&[0, 0])));
+    assert_eq!(f.fault.delay, Some(Duration::from_secs(1)));
+}
+
+#[test]
 fn a_grpc_abort_names_its_status_code() {
     let t = table(&vs(r#"
-  - fault: {abort: {grpcStatus: NOT_FOUND}}
+  - fault: {abort: {grpcStatus: NOT_FOUND, percentage: {value: 100}}}
     route: [{destination: {host: shop}}]
 "#));
     let f = forward(get("/").decide(&t, &mut Rolls::none()));
