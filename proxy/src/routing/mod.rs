@@ -22,16 +22,17 @@ mod matching;
 pub mod names;
 
 use std::borrow::Cow;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::FastMap;
 use bytes::Bytes;
-use fulcrum_policy::Resource;
 use fulcrum_policy::istio::{
     Destination, HeaderOperations, HttpRedirect, HttpRetry, HttpRoute, Percentage,
-    RedirectPortSelection,
+    RedirectPortSelection, VirtualServiceSpec,
 };
 use fulcrum_policy::references::qualify_host;
+use fulcrum_policy::{Object, Resource};
 use http::HeaderMap;
 use regex::Regex;
 
@@ -503,12 +504,23 @@ impl RouteTable {
                 _ => None,
             })
             .collect();
-        // Deterministic when two VirtualServices claim a host: oldest name first, as the
-        // order istiod merges them in is by creation, which the proxy does not know.
+        // When two VirtualServices claim a host, istiod gives a sidecar the older one's
+        // routes only (the other's virtual host is a duplicate domain, dropped): oldest
+        // first by creation time (RFC 3339 text, which sorts as the times do; none when
+        // not read from Kubernetes), then by namespace and name, as istiod sorts them.
         services.sort_by(|a, b| {
-            (&a.metadata.namespace, &a.metadata.name)
-                .cmp(&(&b.metadata.namespace, &b.metadata.name))
+            let key = |vs: &Object<VirtualServiceSpec>| {
+                let m = &vs.metadata;
+                (
+                    m.creation_timestamp.clone(),
+                    m.namespace.clone(),
+                    m.name.clone(),
+                )
+            };
+            key(a).cmp(&key(b))
         });
+        // Which VirtualService routes each host, by the first to claim it.
+        let mut claimed: FastMap<String, String> = FastMap::default();
         // Delegates (VirtualServices without hosts), by namespace and name.
         let delegates: FastMap<(&str, &str), (&str, &[HttpRoute])> = services
             .iter()
@@ -549,7 +561,16 @@ impl RouteTable {
                 Ok(routes) => {
                     let namespace = &vs.metadata.namespace;
                     for host in &vs.spec.hosts {
-                        table.insert(&qualify_host(host, namespace), routes.clone());
+                        let host = qualify_host(host, namespace).to_ascii_lowercase();
+                        if let Some(first) = claimed.get(&host) {
+                            warn_once(format!(
+                                "{object}: host {host} is routed by the older {first} only, as \
+                                 istiod gives a sidecar one VirtualService per host"
+                            ));
+                            continue;
+                        }
+                        claimed.insert(host.clone(), object.clone());
+                        table.insert(&host, routes.clone());
                     }
                 }
                 Err(mut e) => {
@@ -564,14 +585,14 @@ impl RouteTable {
         (table, errors)
     }
 
+    /// Routes `host` (lower case, claimed by no other VirtualService) by `routes`.
     fn insert(&mut self, host: &str, routes: Vec<CompiledRoute>) {
-        let host = host.to_ascii_lowercase();
         if host == "*" {
             self.wildcard.push((String::new(), routes));
         } else if let Some(suffix) = host.strip_prefix('*') {
             self.wildcard.push((suffix.to_string(), routes));
         } else {
-            self.exact.entry(host).or_default().extend(routes);
+            self.exact.insert(host.to_string(), routes);
         }
     }
 
@@ -997,6 +1018,19 @@ fn redirect(
         c => u16::try_from(c).unwrap_or(301),
     };
     (status, location)
+}
+
+/// Logs `message` as a warning the first time it comes: routing is built again for
+/// every configuration, and the same finding would otherwise repeat with each.
+fn warn_once(message: String) {
+    static WARNED: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+    let Ok(mut warned) = WARNED.lock() else {
+        return;
+    };
+    if !warned.contains(&message) {
+        tracing::warn!("{message}");
+        warned.insert(message);
+    }
 }
 
 #[cfg(test)]

@@ -522,3 +522,34 @@ fn a_virtual_service_bound_to_gateways_only_routes_no_mesh_request() {
     assert!(both("[shop/ingress, mesh]").has_host("shop.example"));
     assert!(!both("[shop/ingress]").has_host("shop.example"));
 }
+
+#[test]
+fn of_two_virtual_services_for_a_host_the_older_routes_it_alone() {
+    // "b" is older than "a": istiod sorts by creation time before names.
+    let t = table(
+        r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a, namespace: shop, creationTimestamp: "2026-03-02T10:00:00Z"}
+spec:
+  hosts: [shop.example, a-only.example]
+  http:
+  - name: from-a
+    route: [{destination: {host: a}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: b, namespace: shop, creationTimestamp: "2026-03-01T10:00:00Z"}
+spec:
+  hosts: [shop.example]
+  http:
+  - name: from-b
+    match: [{uri: {prefix: /b}}]
+    route: [{destination: {host: b}}]
+"#,
+    );
+    assert_eq!(route_of(&t, get("/b/x")), "from-b");
+    // Not merged: what the older one does not match is no route's, not the newer's.
+    assert_eq!(route_of(&t, get("/other")), "no match");
+    // The newer one's other hosts are its own.
+    assert_eq!(route_of(&t, get("/other").host("a-only.example")), "from-a");
+}
