@@ -62,16 +62,21 @@ impl Default for OutlierSettings {
 }
 
 impl OutlierSettings {
-    /// From a DestinationRule's `outlierDetection`.
+    /// From a DestinationRule's `outlierDetection`. The older `consecutiveErrors` counts
+    /// gateway errors (502, 503, 504) alone, as istiod reads it: it sets the gateway
+    /// detector's threshold and turns the 5xx detector off, unless the newer fields say
+    /// otherwise.
     pub fn from_rule(o: &OutlierDetection) -> OutlierSettings {
         let d = OutlierSettings::default();
         let positive = |v: i32| u32::try_from(v).ok();
+        let older = positive(o.consecutive_errors).filter(|v| *v > 0);
         OutlierSettings {
-            consecutive_5xx: o
-                .consecutive_5xx_errors
-                .or_else(|| positive(o.consecutive_errors).filter(|v| *v > 0))
-                .unwrap_or(d.consecutive_5xx),
-            consecutive_gateway: o.consecutive_gateway_errors.unwrap_or(0),
+            consecutive_5xx: match (o.consecutive_5xx_errors, older) {
+                (Some(n), _) => n,
+                (None, Some(_)) => 0,
+                (None, None) => d.consecutive_5xx,
+            },
+            consecutive_gateway: o.consecutive_gateway_errors.or(older).unwrap_or(0),
             base_ejection: o
                 .base_ejection_time
                 .and_then(|t| t.to_std())
@@ -349,6 +354,22 @@ mod tests {
             small.record(ep(1), TryOutcome::Status(500), 2, t0);
         }
         assert!(small.is_ejected(ep(1), t0));
+    }
+
+    #[test]
+    fn the_older_consecutive_errors_counts_gateway_errors_alone() {
+        let rule = |consecutive_errors: i32, newer_5xx: Option<u32>| {
+            let o = OutlierDetection {
+                consecutive_errors,
+                consecutive_5xx_errors: newer_5xx,
+                ..OutlierDetection::default()
+            };
+            let s = OutlierSettings::from_rule(&o);
+            (s.consecutive_5xx, s.consecutive_gateway)
+        };
+        assert_eq!(rule(3, None), (0, 3), "500s do not count");
+        assert_eq!(rule(3, Some(7)), (7, 3));
+        assert_eq!(rule(0, None), (DEFAULT_CONSECUTIVE_5XX, 0));
     }
 
     #[test]
