@@ -1151,7 +1151,9 @@ impl Outbound {
             Ok(named) => named,
             Err(reason) => return Err(Box::new(answer(StatusCode::NOT_FOUND, &reason))),
         };
+        // Routed, and sent on, without its dot segments, as under Istio.
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let path_and_query = &*crate::routing::path::normalized(path_and_query);
         let (decision, cors) = routing.routes.decide_with_cors(
             &RouteRequest {
                 method: parts.method.as_str(),

@@ -3635,3 +3635,42 @@ spec:
         assert!(reason.contains("no route"), "{reason}");
     }
 }
+
+/// A path's dot segments are taken out before routing, and the endpoint gets the path
+/// without them, as under Istio's default path normalization: a route on `/public` is no
+/// way to what only another route may reach.
+#[tokio::test]
+async fn dot_segments_are_taken_out_before_routing() {
+    let public = backend("public", Behaviour::Ok).await;
+    let yaml = http_entry("site", "site.example", &[public.port()])
+        + r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: site, namespace: shop}
+spec:
+  hosts: [site.example]
+  http:
+  - match: [{uri: {prefix: /public/}}]
+    route: [{destination: {host: site.example}}]
+"#;
+    let proxy = start_east(&yaml, None).await;
+    for http2 in [false, true] {
+        let sent = send(
+            proxy.outbound_address(),
+            "site.example",
+            "/public/./a/../b?q=/../x",
+            http2,
+        );
+        let answer = sent.await;
+        assert_eq!(answer.status, StatusCode::OK, "h2: {http2}");
+        assert_eq!(answer.body, "/public/b?q=/../x", "h2: {http2}");
+        for around in ["/public/../admin", "/public/%2e%2e/admin"] {
+            let answer = send(proxy.outbound_address(), "site.example", around, http2).await;
+            assert_eq!(
+                answer.status,
+                StatusCode::NOT_FOUND,
+                "{around}, h2: {http2}"
+            );
+        }
+    }
+}

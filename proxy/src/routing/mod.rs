@@ -20,6 +20,7 @@ mod cors;
 mod delegate;
 mod matching;
 pub mod names;
+pub mod path;
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
