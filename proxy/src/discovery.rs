@@ -42,12 +42,20 @@ pub struct Endpoint {
     pub h2: bool,
     /// The service port it serves (a ServiceEntry `ports[].number`).
     pub port: u16,
+    /// Its load-balancing weight (`weight`; 1 when unset).
+    pub weight: u32,
 }
 
 /// An endpoint goes by its address (the consistent-hash ring's name for it).
 impl AsRef<str> for Endpoint {
     fn as_ref(&self) -> &str {
         &self.name
+    }
+}
+
+impl crate::balance::Weighted for Endpoint {
+    fn weight(&self) -> u32 {
+        self.weight
     }
 }
 
@@ -575,6 +583,7 @@ impl StaticDiscovery {
                                 labels: Arc::new(we.labels.clone()),
                                 h2: speaks_h2(port),
                                 port: u16::try_from(port.number).unwrap_or(0),
+                                weight: we.weight.max(1),
                             });
                         }
                     }

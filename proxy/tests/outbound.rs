@@ -1184,6 +1184,30 @@ async fn an_endpoint_that_joins_under_a_warmup_gets_a_small_share_at_first() {
     assert!(new.abs_diff(40) <= 1, "{new} of 200 to the new endpoint");
 }
 
+/// An endpoint's `weight` counts as in Envoy: under Istio's default balancer (least
+/// request), endpoints of weight 1 and 3 get 1 and 3 of every 4 requests.
+#[tokio::test]
+async fn endpoints_get_requests_in_proportion_to_their_weights() {
+    let light = backend("light", Behaviour::Ok).await;
+    let heavy = backend("heavy", Behaviour::Ok).await;
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: {{name: shop, namespace: shop}}\nspec:\n  hosts: [shop.example]\n  \
+         location: MESH_INTERNAL\n  resolution: STATIC\n  \
+         ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints:\n  \
+         - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a}}\n  \
+         - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a, weight: 3}}\n",
+        light.port(),
+        heavy.port()
+    );
+    let metrics = Arc::new(ProxyMetrics::new());
+    let locality = "us-east/us-east-1a".parse().expect("locality");
+    let outbound = Outbound::new(Some(east_routing(&yaml)), metrics, "east".into(), locality);
+    let seen = backends_of(&outbound, "shop.example", "ann", 400).await;
+    let heavy = seen.iter().filter(|b| *b == "heavy").count();
+    assert_eq!(heavy, 300, "{heavy} of 400 to the endpoint of weight 3");
+}
+
 /// An endpoint back from failing its health checks warms up again, as a host does in
 /// Envoy: of two warm endpoints under a 2 s warmup that holds an endpoint at 10% of its
 /// weight (no ramp), the one that was down gets a tenth of the other's weight, 20 of 220

@@ -10,6 +10,12 @@
 //! weighted round robin, as Envoy's EDF scheduler chooses them: for least request, by
 //! each weight over its endpoint's requests in flight plus one. Endpoints the picker has
 //! seen since it began all start together, and so have equal weights, as in Envoy.
+//!
+//! An endpoint's own `weight` (a ServiceEntry endpoint's or WorkloadEntry's, 1 when
+//! unset) counts as in Envoy: round robin and least request choose by weight (the same
+//! smooth weighted round robin, a warming endpoint's factor times its weight) when the
+//! weights differ, and the hash ring gives each endpoint points in proportion to its
+//! weight. Random ignores them, as Envoy's random balancer does.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +25,24 @@ use crate::routing::Chance;
 /// Virtual nodes per endpoint on the hash ring (Envoy's default minimum ring is 1,024
 /// entries; this keeps a three-endpoint ring well spread).
 pub const RING_POINTS_PER_ENDPOINT: usize = 128;
+
+/// What the picker chooses among: an endpoint's name (its address), and its weight.
+pub trait Weighted: AsRef<str> {
+    /// Its load-balancing weight (at least 1).
+    fn weight(&self) -> u32 {
+        1
+    }
+}
+
+impl Weighted for String {}
+impl Weighted for &str {}
+
+/// Ring points for an endpoint of `weight`, the lightest being `lightest`: in
+/// proportion, at most 64 times as many as the lightest gets.
+fn ring_points(weight: u32, lightest: u32) -> usize {
+    let share = (weight / lightest.max(1)).clamp(1, 64);
+    RING_POINTS_PER_ENDPOINT * share as usize
+}
 
 /// A DestinationRule simple or consistent-hash load balancer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -71,7 +95,7 @@ pub struct EndpointPicker {
     next: usize,
     /// Sorted (point, endpoint index) for RingHash, built for `ring_for` endpoints.
     ring: Vec<(u64, usize)>,
-    ring_for: Vec<String>,
+    ring_for: Vec<(String, u32)>,
     warmup: Option<Warmup>,
     /// When each endpoint was first offered, for the warmup.
     joined: FastMap<String, Instant>,
@@ -121,16 +145,19 @@ impl EndpointPicker {
     /// The index into `endpoints` (their addresses) of the next one, or `None` when
     /// there is none. `in_flight(i)` is endpoint `i`'s requests in flight; `key` is the
     /// consistent-hash key (a request without one is treated as RANDOM would).
-    pub fn pick<S: AsRef<str>>(
+    pub fn pick<S: Weighted>(
         &mut self,
         endpoints: &[S],
         in_flight: impl Fn(usize) -> u32,
         key: Option<&[u8]>,
         chance: &mut dyn Chance,
     ) -> Option<usize> {
-        match self.warmup {
-            Some(_) => self.pick_at(Instant::now(), endpoints, in_flight, key, chance),
-            None => self.pick_plain(endpoints, in_flight, key, chance),
+        let weighted = endpoints
+            .first()
+            .is_some_and(|first| endpoints.iter().any(|e| e.weight() != first.weight()));
+        match self.warmup.is_some() || weighted {
+            true => self.pick_at(Instant::now(), endpoints, in_flight, key, chance),
+            false => self.pick_plain(endpoints, in_flight, key, chance),
         }
     }
 
@@ -142,7 +169,7 @@ impl EndpointPicker {
     }
 
     /// [`EndpointPicker::pick`], the time being `now`.
-    pub fn pick_at<S: AsRef<str>>(
+    pub fn pick_at<S: Weighted>(
         &mut self,
         now: Instant,
         endpoints: &[S],
@@ -153,9 +180,7 @@ impl EndpointPicker {
         if endpoints.is_empty() {
             return None;
         }
-        if let Some(warmup) = self.warmup
-            && let Some(mut weights) = self.warming(warmup, now, endpoints)
-        {
+        if let Some(mut weights) = self.weighing(now, endpoints) {
             if self.policy == LbPolicy::LeastRequest {
                 for (i, weight) in weights.iter_mut().enumerate() {
                     *weight /= f64::from(in_flight(i)) + 1.0;
@@ -166,8 +191,33 @@ impl EndpointPicker {
         self.pick_plain(endpoints, in_flight, key, chance)
     }
 
+    /// For round robin and least request, the endpoints' weights when they differ: each
+    /// one's own weight, times its warmup factor under a warmup.
+    fn weighing<S: Weighted>(&mut self, now: Instant, endpoints: &[S]) -> Option<Vec<f64>> {
+        if !matches!(self.policy, LbPolicy::RoundRobin | LbPolicy::LeastRequest) {
+            return None;
+        }
+        let own = endpoints[0].weight();
+        let weighted = endpoints.iter().any(|e| e.weight() != own);
+        let warming = match self.warmup {
+            Some(warmup) => self.warming(warmup, now, endpoints),
+            None => None,
+        };
+        match (warming, weighted) {
+            (None, false) => None,
+            (Some(mut factors), true) => {
+                for (factor, e) in factors.iter_mut().zip(endpoints) {
+                    *factor *= f64::from(e.weight());
+                }
+                Some(factors)
+            }
+            (Some(factors), false) => Some(factors),
+            (None, true) => Some(endpoints.iter().map(|e| f64::from(e.weight())).collect()),
+        }
+    }
+
     /// [`EndpointPicker::pick`] by its policy alone.
-    fn pick_plain<S: AsRef<str>>(
+    fn pick_plain<S: Weighted>(
         &mut self,
         endpoints: &[S],
         in_flight: impl Fn(usize) -> u32,
@@ -205,7 +255,7 @@ impl EndpointPicker {
     /// The endpoints' weights under `warmup` at `now`, when they differ (one of them is
     /// still warming up, and not all joined together). An endpoint offered for the first
     /// time joins now.
-    fn warming<S: AsRef<str>>(
+    fn warming<S: Weighted>(
         &mut self,
         warmup: Warmup,
         now: Instant,
@@ -237,7 +287,7 @@ impl EndpointPicker {
     /// An endpoint chosen by `weights` in a smooth weighted round robin: each pick, every
     /// endpoint's running weight grows by its weight, and the largest is picked and set
     /// back by the total.
-    fn by_weight<S: AsRef<str>>(&mut self, endpoints: &[S], weights: &[f64]) -> usize {
+    fn by_weight<S: Weighted>(&mut self, endpoints: &[S], weights: &[f64]) -> usize {
         let total: f64 = weights.iter().sum();
         let mut best = (0, f64::MIN);
         for (i, (endpoint, weight)) in endpoints.iter().zip(weights).enumerate() {
@@ -256,25 +306,26 @@ impl EndpointPicker {
         best.0
     }
 
-    fn on_ring<S: AsRef<str>>(&mut self, endpoints: &[S], hash: u64) -> usize {
+    fn on_ring<S: Weighted>(&mut self, endpoints: &[S], hash: u64) -> usize {
         let same = self.ring_for.len() == endpoints.len()
-            && self
-                .ring_for
-                .iter()
+            && (self.ring_for.iter())
                 .zip(endpoints)
-                .all(|(a, b)| a == b.as_ref());
+                .all(|((name, weight), e)| name == e.as_ref() && *weight == e.weight());
         if !same {
+            let lightest = endpoints.iter().map(Weighted::weight).min().unwrap_or(1);
             self.ring = endpoints
                 .iter()
                 .enumerate()
-                .flat_map(|(i, address)| {
-                    let address = address.as_ref();
-                    (0..RING_POINTS_PER_ENDPOINT)
+                .flat_map(|(i, e)| {
+                    let address = e.as_ref();
+                    (0..ring_points(e.weight(), lightest))
                         .map(move |p| (stable_hash(format!("{address}#{p}").as_bytes()), i))
                 })
                 .collect();
             self.ring.sort_unstable();
-            self.ring_for = endpoints.iter().map(|e| e.as_ref().to_string()).collect();
+            self.ring_for = (endpoints.iter())
+                .map(|e| (e.as_ref().to_string(), e.weight()))
+                .collect();
         }
         let at = self.ring.partition_point(|(point, _)| *point < hash);
         self.ring[at % self.ring.len()].1
@@ -448,6 +499,44 @@ mod tests {
                 "{after} s after it joined: {new} of {rounds}, not {expected}"
             );
         }
+    }
+
+    /// An endpoint by name, with a weight.
+    struct Heavy(&'static str, u32);
+    impl AsRef<str> for Heavy {
+        fn as_ref(&self) -> &str {
+            self.0
+        }
+    }
+    impl Weighted for Heavy {
+        fn weight(&self) -> u32 {
+            self.1
+        }
+    }
+
+    #[test]
+    fn endpoints_are_chosen_in_proportion_to_their_weights() {
+        let endpoints = [Heavy("a:1", 1), Heavy("b:1", 3)];
+        let share = |policy: LbPolicy, key: fn(u32) -> Option<String>| {
+            let mut p = EndpointPicker::new(policy);
+            let mut second = 0;
+            for n in 0..4_000 {
+                let key = key(n);
+                let key = key.as_ref().map(String::as_bytes);
+                let i = p.pick(&endpoints, |_| 0, key, &mut Counter(u64::from(n)));
+                second += usize::from(i == Some(1));
+            }
+            second
+        };
+        // Smooth: 3 of every 4, whatever the draw.
+        assert_eq!(share(LbPolicy::RoundRobin, |_| None), 3_000);
+        assert_eq!(share(LbPolicy::LeastRequest, |_| None), 3_000);
+        // The ring: three times the points, about three times the keys.
+        let hashed = share(LbPolicy::RingHash, |n| Some(format!("user-{n}")));
+        assert!((2_700..=3_300).contains(&hashed), "{hashed} of 4000");
+        // Random ignores weights, as Envoy's does.
+        let random = share(LbPolicy::Random, |_| None);
+        assert!((1_700..=2_300).contains(&random), "{random} of 4000");
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub mod locality;
 pub mod outlier;
 pub mod row;
 
-pub use endpoint::{EndpointPicker, LbPolicy, Warmup};
+pub use endpoint::{EndpointPicker, LbPolicy, Warmup, Weighted};
 pub use locality::SmoothWeights;
 pub use outlier::{OutlierDetector, OutlierSettings, TryOutcome};
 pub use row::{ClusterInfo, LocalityRow, Place};
