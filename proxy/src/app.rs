@@ -29,7 +29,8 @@ use crate::drain::DrainSwitch;
 use crate::framing::HeadGuard;
 use crate::health::{self, HealthCheckSettings};
 use crate::metrics::ProxyMetrics;
-use crate::outbound::{ClientAddress, Outbound, Routing, answer};
+use crate::outbound::{ClientAddress, Outbound, answer};
+use crate::routing::RouteError;
 use crate::transport::tls::RELOAD_EVERY;
 use crate::transport::{MeshTls, TlsError, serve_east_west};
 use crate::workers::{Listener, Workers};
@@ -135,6 +136,13 @@ pub fn load_config(paths: &[&Path]) -> Result<ConfigSet, StartError> {
     }
 }
 
+/// Names each VirtualService left out of the routing, and why.
+fn warn_left_out(errors: &[RouteError]) {
+    for e in errors {
+        tracing::warn!("{e}; this VirtualService is left out");
+    }
+}
+
 impl Proxy {
     /// Binds the listeners and serves until [`Proxy::stop`]: with the coordinators'
     /// snapshots when there are coordinators (the last-known-good one until the first
@@ -143,21 +151,6 @@ impl Proxy {
         settings: ProxyConfig,
         config: Option<&ConfigSet>,
     ) -> Result<Proxy, StartError> {
-        let routing_of = |resources: &[&fulcrum_policy::Resource],
-                          weights: &[fulcrum_policy::weights::WeightRow],
-                          clusters: Vec<ClusterInfo>| {
-            let (routing, errors) = Routing::new(
-                resources,
-                weights,
-                clusters,
-                &settings.cluster,
-                &settings.locality,
-            );
-            for e in &errors {
-                tracing::warn!("{e}; this VirtualService is left out");
-            }
-            routing
-        };
         let mut version = 0;
         let mut produced = None;
         let mut initial = None;
@@ -170,10 +163,9 @@ impl Proxy {
                     );
                     version = accepted.version;
                     produced = Some((accepted.weights.clone(), accepted.produced_at_ms));
-                    let resources: Vec<_> = accepted.resources.iter().collect();
-                    initial = Some(routing_of(
-                        &resources,
-                        &accepted.weights,
+                    initial = Some((
+                        accepted.resources.clone(),
+                        accepted.weights.clone(),
                         accepted.clusters.clone(),
                     ));
                 }
@@ -186,11 +178,15 @@ impl Proxy {
         {
             let resources: Vec<_> = config.resources().collect();
             let clusters = clusters_of(&resources);
-            initial = Some(routing_of(&resources, &[], clusters));
+            initial = Some((
+                resources.into_iter().cloned().collect(),
+                Vec::new(),
+                clusters,
+            ));
         }
         let metrics = Arc::new(ProxyMetrics::new());
         let mut outbound = Outbound::new(
-            initial,
+            None,
             metrics.clone(),
             settings.cluster.clone(),
             settings.locality.clone(),
@@ -215,7 +211,16 @@ impl Proxy {
             None => None,
         };
         let outbound = Arc::new(outbound);
+        if let Some((resources, weights, clusters)) = initial {
+            let resources: Vec<_> = resources.iter().collect();
+            warn_left_out(&outbound.configure(&resources, &weights, clusters));
+        }
         let (stop, stopped) = watch::channel(false);
+        tokio::spawn(crate::dns::run(
+            outbound.clone(),
+            crate::dns::REFRESH,
+            stopped.clone(),
+        ));
         if let Some(checks) = settings.health_checks.clone() {
             let source = outbound.clone();
             tokio::spawn(health::run(
@@ -273,7 +278,6 @@ impl Proxy {
         }
         if let Some(control) = settings.control.clone() {
             let (outbound, seen) = (outbound.clone(), snapshot_version.clone());
-            let (cluster, locality) = (settings.cluster.clone(), settings.locality.clone());
             let (connected, mut connection) = watch::channel(false);
             let gauge = metrics.coordinator_connected.clone();
             tokio::spawn(async move {
@@ -294,17 +298,8 @@ impl Proxy {
                 version,
                 move |accepted| {
                     let resources: Vec<_> = accepted.resources.iter().collect();
-                    let (routing, errors) = Routing::new(
-                        &resources,
-                        &accepted.weights,
-                        accepted.clusters.clone(),
-                        &cluster,
-                        &locality,
-                    );
-                    for e in &errors {
-                        tracing::warn!("{e}; this VirtualService is left out");
-                    }
-                    outbound.update(routing);
+                    let clusters = accepted.clusters.clone();
+                    warn_left_out(&outbound.configure(&resources, &accepted.weights, clusters));
                     seen.store(accepted.version, Ordering::Release);
                     shown
                         .snapshot_version

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use fulcrum_policy::istio::{
     ClientTlsSettings, ConnectionPoolSettings, DestinationRuleSpec, H2UpgradePolicy,
-    LoadBalancerSettings, ServicePort, SimpleLb, TlsMode, TrafficPolicy, endpoints_of,
+    LoadBalancerSettings, Resolution, ServicePort, SimpleLb, TlsMode, TrafficPolicy, endpoints_of,
 };
 use fulcrum_policy::references::{merged_policy, qualify_host, rule_for_host};
 use fulcrum_policy::{Locality, Object, Resource};
@@ -258,7 +258,12 @@ static DEFAULT_BALANCE: BalanceSettings = BalanceSettings {
 #[derive(Debug, Clone, Default)]
 pub struct StaticDiscovery {
     services: FastMap<String, Service>,
+    /// The endpoint names its ServiceEntries have resolved by DNS (lower case, sorted).
+    dns_names: Vec<String>,
 }
+
+/// What endpoint names resolved to, by name (lower case).
+pub type Resolved = FastMap<String, Arc<[std::net::IpAddr]>>;
 
 /// A DestinationRule's settings for each connection: `tcp.connectTimeout`,
 /// `tcp.maxConnectionDuration`, `tcp.tcpKeepalive`, `http.maxRequestsPerConnection`
@@ -510,13 +515,30 @@ fn speaks_h2(port: &ServicePort) -> bool {
 }
 
 impl StaticDiscovery {
-    /// The endpoints in `resources` that belong to `cluster` (at `locality`).
+    /// The endpoints in `resources` that belong to `cluster` (at `locality`), those named
+    /// by DNS without their addresses.
     pub fn from_resources<'a>(
         resources: impl IntoIterator<Item = &'a Resource>,
         cluster: &str,
         locality: &Locality,
     ) -> StaticDiscovery {
+        StaticDiscovery::resolving(resources, cluster, locality, &Resolved::default())
+    }
+
+    /// [`StaticDiscovery::from_resources`], the endpoints named by DNS (those of a
+    /// ServiceEntry whose `resolution` is `DNS` or `DNS_ROUND_ROBIN`, given by name rather
+    /// than by IP address) at the addresses `resolved` has for their names: every address
+    /// under `DNS`, as Envoy's strict DNS clusters use them, the first under
+    /// `DNS_ROUND_ROBIN`. An endpoint belongs to a cluster as any other does, by its
+    /// cluster label or locality.
+    pub fn resolving<'a>(
+        resources: impl IntoIterator<Item = &'a Resource>,
+        cluster: &str,
+        locality: &Locality,
+        resolved: &Resolved,
+    ) -> StaticDiscovery {
         let resources: Vec<&Resource> = resources.into_iter().collect();
+        let mut dns_names: BTreeSet<String> = BTreeSet::new();
         let workloads: Vec<_> = resources
             .iter()
             .filter_map(|r| match r {
@@ -559,6 +581,28 @@ impl StaticDiscovery {
                     if !ours {
                         continue;
                     }
+                    let addresses = match we.address.parse::<std::net::IpAddr>() {
+                        Ok(ip) => Arc::from([ip]),
+                        Err(_) => {
+                            let name = we.address.to_ascii_lowercase();
+                            let by_dns = matches!(
+                                se.spec.resolution(),
+                                Resolution::Dns | Resolution::DnsRoundRobin
+                            );
+                            if !by_dns || name.is_empty() {
+                                continue;
+                            }
+                            let found = resolved.get(&name).cloned();
+                            dns_names.insert(name);
+                            match found {
+                                Some(all) if se.spec.resolution() == Resolution::DnsRoundRobin => {
+                                    all.iter().take(1).copied().collect()
+                                }
+                                Some(all) => all,
+                                None => continue,
+                            }
+                        }
+                    };
                     for port in &se.spec.ports {
                         let number =
                             we.ports
@@ -572,7 +616,7 @@ impl StaticDiscovery {
                         let Ok(number) = u16::try_from(number) else {
                             continue;
                         };
-                        if let Ok(ip) = we.address.parse::<std::net::IpAddr>() {
+                        for &ip in addresses.iter() {
                             let address = SocketAddr::new(ip, number);
                             let name = address.to_string();
                             service.push(Endpoint {
@@ -664,11 +708,19 @@ impl StaticDiscovery {
         for service in services.values_mut() {
             service.split_by_port();
         }
-        StaticDiscovery { services }
+        StaticDiscovery {
+            services,
+            dns_names: dns_names.into_iter().collect(),
+        }
     }
 }
 
 impl StaticDiscovery {
+    /// The endpoint names to resolve by DNS (lower case, sorted).
+    pub fn dns_names(&self) -> &[String] {
+        &self.dns_names
+    }
+
     /// The service named `host`, in any letter case.
     fn service(&self, host: &str) -> Option<&Service> {
         self.services.get(crate::lower_case(host).as_ref())
@@ -757,6 +809,43 @@ mod tests {
             .collect();
         assert!(errors.is_empty(), "{errors:?}");
         StaticDiscovery::from_resources(config.resources(), "east", &"r1/z1".parse().unwrap())
+    }
+
+    #[test]
+    fn endpoints_named_by_dns_are_at_the_addresses_their_names_resolve_to() {
+        let entry = |name: &str, resolution: &str, address: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+                 metadata: {{name: {name}, namespace: shop}}\nspec:\n  \
+                 hosts: [{name}.example]\n  location: MESH_EXTERNAL\n  resolution: {resolution}\n  \
+                 ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]\n  \
+                 endpoints:\n  - {{address: {address}, locality: r1/z1}}\n---\n"
+            )
+        };
+        let yaml = entry("all", "DNS", "vm.internal")
+            + &entry("first", "DNS_ROUND_ROBIN", "VM.internal")
+            + &entry("unresolved", "DNS", "later.internal")
+            + &entry("ip", "DNS", "127.0.0.9");
+        let mut config = ConfigSet::new();
+        config.add_text("test.yaml", &yaml);
+        let mut resolved = Resolved::default();
+        let two = [[127, 0, 0, 5], [127, 0, 0, 6]].map(std::net::IpAddr::from);
+        resolved.insert("vm.internal".into(), Arc::from(two));
+        let here = "r1/z1".parse().unwrap();
+        let east = StaticDiscovery::resolving(config.resources(), "east", &here, &resolved);
+        let addresses = |host: &str| -> Vec<String> {
+            (east.endpoints(host, "").iter())
+                .map(|e| e.address.to_string())
+                .collect()
+        };
+        assert_eq!(
+            addresses("all.example"),
+            ["127.0.0.5:8080", "127.0.0.6:8080"]
+        );
+        assert_eq!(addresses("first.example"), ["127.0.0.5:8080"]);
+        assert!(addresses("unresolved.example").is_empty());
+        assert_eq!(addresses("ip.example"), ["127.0.0.9:8080"]);
+        assert_eq!(east.dns_names(), ["later.internal", "vm.internal"]);
     }
 
     fn sample() -> ConfigSet {

@@ -30,6 +30,7 @@ pub mod balance;
 pub mod body;
 pub mod control;
 pub mod discovery;
+pub mod dns;
 pub mod downstream;
 pub mod drain;
 pub mod framing;

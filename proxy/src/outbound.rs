@@ -40,7 +40,9 @@ use crate::balance::{
 };
 use crate::body::{End, ProxyBody, WHOLE_BODY_BYTES};
 use crate::control::report::{Outcome, ReportSource, Stats};
-use crate::discovery::{BalanceSettings, Discovery, Endpoint, HashOn, PoolLimits};
+use crate::discovery::{
+    BalanceSettings, Discovery, Endpoint, HashOn, PoolLimits, Resolved, StaticDiscovery,
+};
 use crate::downstream::ClientTimeouts;
 use crate::drain::Drain;
 use crate::grpc::{
@@ -187,6 +189,8 @@ pub struct Routing {
     pub route_errors: Vec<String>,
     /// The short names applications may give Kubernetes services.
     pub names: ServiceNames,
+    /// The endpoint names its ServiceEntries have resolved by DNS.
+    pub dns_names: Vec<String>,
 }
 
 impl Routing {
@@ -199,12 +203,23 @@ impl Routing {
         cluster: &str,
         locality: &Locality,
     ) -> (Routing, Vec<RouteError>) {
+        let resolved = Resolved::default();
+        Routing::resolving(resources, weights, clusters, (cluster, locality), &resolved)
+    }
+
+    /// [`Routing::new`], with the endpoints named by DNS at the addresses `resolved` has
+    /// for them ([`StaticDiscovery::resolving`]).
+    pub fn resolving(
+        resources: &[&fulcrum_policy::Resource],
+        weights: &[WeightRow],
+        clusters: Vec<ClusterInfo>,
+        (cluster, locality): (&str, &Locality),
+        resolved: &Resolved,
+    ) -> (Routing, Vec<RouteError>) {
         let (routes, errors) = RouteTable::build(resources.iter().copied());
-        let discovery = crate::discovery::StaticDiscovery::from_resources(
-            resources.iter().copied(),
-            cluster,
-            locality,
-        );
+        let discovery =
+            StaticDiscovery::resolving(resources.iter().copied(), cluster, locality, resolved);
+        let dns_names = discovery.dns_names().to_vec();
         let mut rows: FastMap<String, FastMap<String, LocalityRow>> = FastMap::default();
         for w in weights.iter().filter(|w| &w.source == locality) {
             rows.entry(w.service.to_ascii_lowercase())
@@ -224,6 +239,7 @@ impl Routing {
                 rows,
                 clusters,
                 route_errors: errors.iter().map(|e| e.to_string()).collect(),
+                dns_names,
             },
             errors,
         )
@@ -295,6 +311,24 @@ pub struct Outbound {
     locality_text: Arc<str>,
     /// Where each request is logged, when the proxy keeps an access log.
     access_log: Option<Arc<AccessLog>>,
+    /// Endpoint names resolved by DNS ([`crate::dns`]), and, while the configuration
+    /// names any, what it was built from, to build it again when they resolve anew.
+    dns: Mutex<Dns>,
+    /// Wakes the resolver when the configuration names other endpoints by DNS.
+    dns_wanted: tokio::sync::Notify,
+}
+
+/// What the outbound listener knows of names resolved by DNS.
+#[derive(Default)]
+struct Dns {
+    resolved: Resolved,
+    /// The resources, weights and clusters of the configuration, kept only when it names
+    /// endpoints by DNS.
+    configuration: Option<(
+        Vec<fulcrum_policy::Resource>,
+        Vec<WeightRow>,
+        Vec<ClusterInfo>,
+    )>,
 }
 
 /// Where requests leave the proxy: HTTP/1 connections to this cluster's endpoints (h2c
@@ -377,6 +411,8 @@ impl Outbound {
             locality_text: locality.to_string().into(),
             locality,
             access_log: None,
+            dns: Mutex::default(),
+            dns_wanted: tokio::sync::Notify::new(),
         }
     }
 
@@ -564,6 +600,65 @@ impl Outbound {
     }
 
     /// Routes with `routing` from now on.
+    /// Routes with the configuration of `resources`, `weights` and `clusters` from now on,
+    /// the endpoints it names by DNS at the addresses last resolved for them. Returns
+    /// the VirtualServices left out.
+    pub fn configure(
+        &self,
+        resources: &[&fulcrum_policy::Resource],
+        weights: &[WeightRow],
+        clusters: Vec<ClusterInfo>,
+    ) -> Vec<RouteError> {
+        let Ok(mut dns) = self.dns.lock() else {
+            return Vec::new();
+        };
+        let at = (self.cluster.as_str(), &self.locality);
+        let (routing, errors) =
+            Routing::resolving(resources, weights, clusters.clone(), at, &dns.resolved);
+        let names_dns = !routing.dns_names.is_empty();
+        dns.configuration = names_dns.then(|| {
+            let kept = resources.iter().map(|r| (*r).clone()).collect();
+            (kept, weights.to_vec(), clusters)
+        });
+        self.update(routing);
+        drop(dns);
+        if names_dns {
+            self.dns_wanted.notify_one();
+        }
+        errors
+    }
+
+    /// The endpoint names the configuration resolves by DNS.
+    pub fn dns_names(&self) -> Vec<String> {
+        self.routing()
+            .map(|r| r.dns_names.clone())
+            .unwrap_or_default()
+    }
+
+    /// Waits until the configuration may name other endpoints by DNS.
+    pub async fn dns_changed(&self) {
+        self.dns_wanted.notified().await;
+    }
+
+    /// Takes `resolved` as what endpoint names resolve to, and routes again with it when
+    /// it differs from what the routing was built with.
+    pub fn resolved(&self, resolved: Resolved) {
+        let Ok(mut dns) = self.dns.lock() else {
+            return;
+        };
+        if dns.resolved == resolved {
+            return;
+        }
+        dns.resolved = resolved;
+        if let Some((resources, weights, clusters)) = &dns.configuration {
+            let resources: Vec<_> = resources.iter().collect();
+            let at = (self.cluster.as_str(), &self.locality);
+            let (routing, _) =
+                Routing::resolving(&resources, weights, clusters.clone(), at, &dns.resolved);
+            self.update(routing);
+        }
+    }
+
     pub fn update(&self, routing: Routing) {
         if let Some(old) = self.routing() {
             for (service, subset, row) in routing.every_row() {

@@ -3698,3 +3698,34 @@ spec:
         }
     }
 }
+
+/// An endpoint a ServiceEntry names by DNS is reached at the address its name resolves
+/// to: `localhost`, through the system's resolver, without any query leaving the machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_named_by_dns_is_reached_at_what_its_name_resolves_to() {
+    let vm = backend("vm", Behaviour::Ok).await;
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: {{name: legacy, namespace: shop}}\nspec:\n  hosts: [legacy.example]\n  \
+         location: MESH_EXTERNAL\n  resolution: DNS\n  \
+         ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints:\n  \
+         - {{address: localhost, ports: {{http: {}}}, locality: us-east/us-east-1a}}\n",
+        vm.port()
+    );
+    let proxy = start_east(&yaml, None).await;
+    let outbound = proxy.outbound_address();
+    eventually(
+        "the name resolved",
+        Duration::from_secs(10),
+        || async move {
+            let answer = send(outbound, "legacy.example", "/", false).await;
+            match answer.status {
+                StatusCode::OK => Ok(()),
+                other => Err(format!("{other}: {:?}", answer.headers.get(REASON_HEADER))),
+            }
+        },
+    )
+    .await;
+    let answer = send(outbound, "legacy.example", "/", false).await;
+    assert_eq!(answer.headers["x-backend"], "vm");
+}

@@ -1,0 +1,121 @@
+//! Endpoints named by DNS: a ServiceEntry whose `resolution` is `DNS` or
+//! `DNS_ROUND_ROBIN` may give its endpoints by name (a VM's or a load balancer's), and
+//! the proxy reaches them at the addresses the names resolve to.
+//!
+//! One task resolves every name the configuration gives, through the system's resolver,
+//! at once when the configuration names new ones and again every [`REFRESH`], as
+//! Envoy's DNS clusters refresh (its default rate is 5 s). When the answers change, the
+//! routing is built again with them. A name that fails to resolve keeps the addresses it
+//! had, as Envoy keeps a DNS cluster's hosts when a lookup fails; one never resolved has
+//! no endpoint until it is.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::discovery::Resolved;
+use crate::outbound::Outbound;
+
+/// How often every name is resolved again.
+pub const REFRESH: Duration = Duration::from_secs(5);
+/// How long one lookup may take.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Resolves the names `outbound`'s configuration gives its endpoints, until `stop`.
+pub async fn run(outbound: Arc<Outbound>, refresh: Duration, mut stop: watch::Receiver<bool>) {
+    let mut resolved = Resolved::default();
+    loop {
+        let names = outbound.dns_names();
+        if !names.is_empty() {
+            resolved = resolve_all(&names, &resolved, lookup).await;
+            outbound.resolved(resolved.clone());
+        }
+        tokio::select! {
+            () = tokio::time::sleep(refresh), if !names.is_empty() => {}
+            () = outbound.dns_changed() => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// What each of `names` resolves to now by `lookup`; a name that fails keeps what it
+/// had in `before`.
+async fn resolve_all<F, Found>(names: &[String], before: &Resolved, lookup: F) -> Resolved
+where
+    F: Fn(String) -> Found,
+    Found: Future<Output = Result<Arc<[IpAddr]>, String>>,
+{
+    let lookups = names.iter().map(|name| {
+        let found = lookup(name.clone());
+        async move { (name, found.await) }
+    });
+    let mut resolved = Resolved::default();
+    for (name, found) in futures::future::join_all(lookups).await {
+        match found {
+            Ok(addresses) => {
+                resolved.insert(name.clone(), addresses);
+            }
+            Err(why) => {
+                tracing::warn!("endpoint name {name} did not resolve: {why}");
+                if let Some(kept) = before.get(name) {
+                    resolved.insert(name.clone(), kept.clone());
+                }
+            }
+        }
+    }
+    resolved
+}
+
+/// The addresses `name` resolves to by the system's resolver, sorted, each once.
+async fn lookup(name: String) -> Result<Arc<[IpAddr]>, String> {
+    let answer =
+        tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((name.as_str(), 0))).await;
+    let addresses: BTreeSet<IpAddr> = match answer {
+        Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err(format!("no answer within {}s", LOOKUP_TIMEOUT.as_secs())),
+    };
+    if addresses.is_empty() {
+        return Err("no address".into());
+    }
+    Ok(addresses.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn localhost_resolves_to_loopback() {
+        let found = lookup("localhost".into())
+            .await
+            .expect("localhost resolves");
+        assert!(found.iter().all(IpAddr::is_loopback), "{found:?}");
+    }
+
+    #[tokio::test]
+    async fn a_name_that_fails_to_resolve_keeps_what_it_had() {
+        // A resolver of its own: no query leaves the machine.
+        let fake = |name: String| async move {
+            match name.as_str() {
+                "up.example" => Ok(Arc::from([IpAddr::from([127, 0, 0, 7])])),
+                _ => Err("no such name".to_string()),
+            }
+        };
+        let names = ["up.example".to_string(), "down.example".to_string()];
+        let mut before = Resolved::default();
+        let kept: Arc<[IpAddr]> = Arc::from([IpAddr::from([127, 0, 0, 9])]);
+        before.insert("down.example".into(), kept.clone());
+        let resolved = resolve_all(&names, &before, fake).await;
+        assert_eq!(&*resolved["up.example"], [IpAddr::from([127, 0, 0, 7])]);
+        assert_eq!(resolved["down.example"], kept);
+        let fresh = resolve_all(&names, &Resolved::default(), fake).await;
+        assert!(
+            !fresh.contains_key("down.example"),
+            "never resolved: no endpoint"
+        );
+    }
+}
