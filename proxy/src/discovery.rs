@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use fulcrum_policy::istio::{
     ClientTlsSettings, ConnectionPoolSettings, DestinationRuleSpec, H2UpgradePolicy,
-    LoadBalancerSettings, Resolution, ServicePort, SimpleLb, TlsMode, TrafficPolicy, endpoints_of,
+    LoadBalancerSettings, Resolution, ServicePort, SimpleLb, TlsMode, TrafficPolicy,
+    WorkloadEntrySpec, endpoints_of,
 };
 use fulcrum_policy::references::{merged_policy, qualify_host, rule_for_host};
 use fulcrum_policy::{Locality, Object, Resource};
@@ -557,7 +558,25 @@ impl StaticDiscovery {
             let Resource::ServiceEntry(se) = r else {
                 continue;
             };
-            let selected = endpoints_of(se, &workloads);
+            let mut selected = endpoints_of(se, &workloads);
+            // Resolved by DNS with no endpoints of its own: the hosts are the endpoints,
+            // as in Istio. They have no locality, and every cluster reaches them from
+            // where it is.
+            let from_hosts: Vec<WorkloadEntrySpec> = match se.spec.resolution() {
+                Resolution::Dns | Resolution::DnsRoundRobin if selected.is_empty() => {
+                    (se.spec.hosts)
+                        .iter()
+                        .filter(|h| !h.starts_with('*'))
+                        .map(|h| WorkloadEntrySpec {
+                            address: h.clone(),
+                            ..WorkloadEntrySpec::default()
+                        })
+                        .collect()
+                }
+                _ => Vec::new(),
+            };
+            let everywhere = !from_hosts.is_empty();
+            selected.extend(from_hosts.iter());
             for host in &se.spec.hosts {
                 let host = qualify_host(host, &se.metadata.namespace).to_ascii_lowercase();
                 speaks_h2_by_host.insert(host.clone(), se.spec.ports.iter().any(speaks_h2));
@@ -576,6 +595,7 @@ impl StaticDiscovery {
                 for we in &selected {
                     let ours = match we.labels.get(CLUSTER_LABEL) {
                         Some(c) => c == cluster,
+                        None if everywhere => true,
                         None => we.locality.parse::<Locality>().ok().as_ref() == Some(locality),
                     };
                     if !ours {
@@ -825,7 +845,12 @@ mod tests {
         let yaml = entry("all", "DNS", "vm.internal")
             + &entry("first", "DNS_ROUND_ROBIN", "VM.internal")
             + &entry("unresolved", "DNS", "later.internal")
-            + &entry("ip", "DNS", "127.0.0.9");
+            + &entry("ip", "DNS", "127.0.0.9")
+            // No endpoints: the host is the endpoint, in every cluster.
+            + "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+               metadata: {name: api, namespace: shop}\nspec:\n  hosts: [vm.internal]\n  \
+               location: MESH_EXTERNAL\n  resolution: DNS\n  \
+               ports: [{number: 443, name: http, protocol: HTTP}]\n";
         let mut config = ConfigSet::new();
         config.add_text("test.yaml", &yaml);
         let mut resolved = Resolved::default();
@@ -845,6 +870,7 @@ mod tests {
         assert_eq!(addresses("first.example"), ["127.0.0.5:8080"]);
         assert!(addresses("unresolved.example").is_empty());
         assert_eq!(addresses("ip.example"), ["127.0.0.9:8080"]);
+        assert_eq!(addresses("vm.internal"), ["127.0.0.5:443", "127.0.0.6:443"]);
         assert_eq!(east.dns_names(), ["later.internal", "vm.internal"]);
     }
 

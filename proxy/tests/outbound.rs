@@ -3700,7 +3700,8 @@ spec:
 }
 
 /// An endpoint a ServiceEntry names by DNS is reached at the address its name resolves
-/// to: `localhost`, through the system's resolver, without any query leaving the machine.
+/// to: `localhost`, through the system's resolver, without any query leaving the machine;
+/// so is the host of one resolved by DNS with no endpoints, from any cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_named_by_dns_is_reached_at_what_its_name_resolves_to() {
     let vm = backend("vm", Behaviour::Ok).await;
@@ -3709,8 +3710,12 @@ async fn an_endpoint_named_by_dns_is_reached_at_what_its_name_resolves_to() {
          metadata: {{name: legacy, namespace: shop}}\nspec:\n  hosts: [legacy.example]\n  \
          location: MESH_EXTERNAL\n  resolution: DNS\n  \
          ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints:\n  \
-         - {{address: localhost, ports: {{http: {}}}, locality: us-east/us-east-1a}}\n",
-        vm.port()
+         - {{address: localhost, ports: {{http: {port}}}, locality: us-east/us-east-1a}}\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: {{name: external, namespace: shop}}\nspec:\n  hosts: [localhost]\n  \
+         location: MESH_EXTERNAL\n  resolution: DNS\n  \
+         ports: [{{number: {port}, name: http, protocol: HTTP}}]\n",
+        port = vm.port()
     );
     let proxy = start_east(&yaml, None).await;
     let outbound = proxy.outbound_address();
@@ -3727,5 +3732,9 @@ async fn an_endpoint_named_by_dns_is_reached_at_what_its_name_resolves_to() {
     )
     .await;
     let answer = send(outbound, "legacy.example", "/", false).await;
+    assert_eq!(answer.headers["x-backend"], "vm");
+    let host = format!("localhost:{}", vm.port());
+    let answer = send(outbound, &host, "/", false).await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.headers);
     assert_eq!(answer.headers["x-backend"], "vm");
 }
