@@ -180,7 +180,7 @@ impl OriginTls {
             None
         };
         let mut id = std::hash::DefaultHasher::new();
-        (mode == TlsMode::Mutual, &files, &sni, &check, &unusable).hash(&mut id);
+        (mutual, &files, &sni, &check, &unusable).hash(&mut id);
         Some(Arc::new(OriginTls {
             id: id.finish(),
             sni,
@@ -194,11 +194,6 @@ impl OriginTls {
     /// What tells its connections from others' in a pool.
     pub fn id(&self) -> u64 {
         self.id
-    }
-
-    /// Why its connections cannot be made whatever the files hold, if they cannot.
-    pub fn unusable(&self) -> Option<&str> {
-        self.unusable.as_deref()
     }
 
     /// The name a connection for a request to `host` (its authority's host, without a
