@@ -1912,7 +1912,7 @@ impl Outbound {
             let (hop, destination) = hop;
             tried_destinations.extend(destination);
             if attempt > 0 {
-                tokio::time::sleep(policy.backoff * attempt).await;
+                tokio::time::sleep(policy.backoff_before(attempt, &mut RandomChance)).await;
             }
             let started = Instant::now();
             let (mut result, cluster, locality) = match &hop {

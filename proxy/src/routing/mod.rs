@@ -290,6 +290,18 @@ pub struct RetryPolicy {
     pub backoff: Duration,
 }
 
+impl RetryPolicy {
+    /// How long to wait before retry `n` (1 for the first): Envoy's fully jittered
+    /// exponential back-off, a random wait below `(2^n - 1)` times the base, at most ten
+    /// times the base (25, 75, 175, then 250 ms with the default base).
+    pub fn backoff_before(&self, n: u32, chance: &mut dyn Chance) -> Duration {
+        let multiplier = (1u32 << n.clamp(1, 16)) - 1;
+        let ceiling = (self.backoff.saturating_mul(multiplier)).min(self.backoff * 10);
+        let micros = u64::try_from(ceiling.as_micros()).unwrap_or(u64::MAX);
+        Duration::from_micros(chance.below(micros.max(1)))
+    }
+}
+
 /// Envoy's base retry backoff, which Istio keeps.
 pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(25);
 

@@ -553,3 +553,30 @@ spec:
     // The newer one's other hosts are its own.
     assert_eq!(route_of(&t, get("/other").host("a-only.example")), "from-a");
 }
+
+#[test]
+fn retries_back_off_as_envoy_does_jittered_and_exponential() {
+    /// Draws the largest value each time.
+    struct Top;
+    impl Chance for Top {
+        fn below(&mut self, bound: u64) -> u64 {
+            bound - 1
+        }
+    }
+    let policy = RetryPolicy::istio_default();
+    // The largest draw each time: just under the ceiling.
+    let most = |n: u32| policy.backoff_before(n, &mut Top);
+    let ms = |n: u32| most(n).as_micros() as f64 / 1000.0;
+    for (n, ceiling) in [(1, 25.0), (2, 75.0), (3, 175.0), (4, 250.0), (9, 250.0)] {
+        assert!(
+            ms(n) < ceiling && ms(n) > ceiling - 0.01,
+            "retry {n}: {}",
+            ms(n)
+        );
+    }
+    // The smallest: no wait at all.
+    assert_eq!(
+        policy.backoff_before(3, &mut Rolls::of(&[0])),
+        Duration::ZERO
+    );
+}
