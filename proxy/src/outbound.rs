@@ -721,12 +721,28 @@ impl Outbound {
                 })
             })
             .collect();
+        // What each endpoint name given for DNS resolved to (none yet: not resolved).
+        let resolved = self
+            .dns
+            .lock()
+            .map(|d| d.resolved.clone())
+            .unwrap_or_default();
+        let dns: serde_json::Map<String, serde_json::Value> = (routing.dns_names.iter())
+            .map(|name| {
+                let addresses: Vec<String> =
+                    (resolved.get(name).into_iter().flat_map(|a| a.iter()))
+                        .map(ToString::to_string)
+                        .collect();
+                (name.clone(), serde_json::json!(addresses))
+            })
+            .collect();
         serde_json::json!({
             "ready": true,
             "services": routing.discovery.local_services(),
             "weights": rows,
             "clusters": clusters,
             "routeErrors": routing.route_errors,
+            "dns": dns,
         })
     }
 

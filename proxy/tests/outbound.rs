@@ -3737,4 +3737,14 @@ async fn an_endpoint_named_by_dns_is_reached_at_what_its_name_resolves_to() {
     let answer = send(outbound, &host, "/", false).await;
     assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.headers);
     assert_eq!(answer.headers["x-backend"], "vm");
+    // What the name resolved to, in the configuration dump.
+    let dump = send(proxy.admin_address(), "admin", "/config_dump", false).await;
+    let dump: serde_json::Value = serde_json::from_str(&dump.body).expect("JSON");
+    let addresses = dump["dns"]["localhost"]
+        .as_array()
+        .expect("localhost resolved");
+    assert!(
+        addresses.iter().any(|a| a == "127.0.0.1" || a == "::1"),
+        "{addresses:?}"
+    );
 }
