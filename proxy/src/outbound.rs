@@ -616,13 +616,18 @@ impl Outbound {
         let (routing, errors) =
             Routing::resolving(resources, weights, clusters.clone(), at, &dns.resolved);
         let names_dns = !routing.dns_names.is_empty();
+        // New names are resolved at once; the same ones at the resolver's own pace,
+        // however often snapshots come.
+        let new_names = self
+            .routing()
+            .is_none_or(|old| old.dns_names != routing.dns_names);
         dns.configuration = names_dns.then(|| {
             let kept = resources.iter().map(|r| (*r).clone()).collect();
             (kept, weights.to_vec(), clusters)
         });
         self.update(routing);
         drop(dns);
-        if names_dns {
+        if names_dns && new_names {
             self.dns_wanted.notify_one();
         }
         errors
