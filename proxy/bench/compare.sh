@@ -17,7 +17,8 @@
 #     verified) and nginx -> nginx (the same);
 #   - on a single connection, for the latency each proxy adds.
 # For each it prints req/s, p50/p99 latency, the proxy processes' CPU time per request
-# (user + system, from /proc), and their RSS idle and after load.
+# (user + system, from /proc; across the fulcrum hop, each proxy's share too), and their
+# RSS idle and after load.
 set -euo pipefail
 
 SECONDS_PER_RUN="${1:-10}"
@@ -116,6 +117,8 @@ run() {
   local before after out rps requests p50 p99 cpu_us idle loaded
   idle=$(rss "${pids[@]}")
   before=$(ticks "${pids[@]}")
+  local each_before=() pid
+  for pid in "${pids[@]}"; do each_before+=("$(ticks "$pid")"); done
   out=$(wrk -t"$((conns < 2 ? conns : 2))" -c"$conns" -d"${secs}s" --latency -H "Host: bench.local" "http://127.0.0.1:$port/")
   after=$(ticks "${pids[@]}")
   loaded=$(rss "${pids[@]}")
@@ -134,6 +137,15 @@ run() {
   printf "%-34s %9s %10s %10s %12s %9s %9s\n" "$name" "$rps" "$p50" "$p99" "$cpu_us" \
     "$([ "${#pids[@]}" -gt 0 ] && echo $((idle / 1024)) || echo -)" \
     "$([ "${#pids[@]}" -gt 0 ] && echo $((loaded / 1024)) || echo -)"
+  # Two processes (the fulcrum hop): each one's share too.
+  if [ "${#pids[@]}" -eq 2 ] && [ "$requests" -gt 0 ]; then
+    local i share=()
+    for i in 0 1; do
+      share+=("$(awk -v t=$(($(ticks "${pids[$i]}") - each_before[i])) -v hz="$CLK_TCK" \
+        -v r="$requests" 'BEGIN {printf "%.1f", t / hz * 1000000 / r}')")
+    done
+    printf "  %-32s sending %s us, serving %s us a request\n" "each proxy" "${share[0]}" "${share[1]}"
+  fi
   echo "$p50" >"$WORK/p50-${name//[^A-Za-z0-9-]/_}"
   echo "$rps $p50 $p99 $cpu_us" >>"$WORK/runs-${name//[^A-Za-z0-9-]/_}"
 }
