@@ -2,6 +2,7 @@
 //! [`Matcher`] once (regexes compiled and anchored, as RE2's full match), so matching a
 //! request allocates nothing.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use fulcrum_policy::istio::{HttpMatchRequest, StringMatch, StringMatchKind};
@@ -167,13 +168,13 @@ impl MatchBlock {
             && self
                 .headers
                 .iter()
-                .all(|(name, m)| header(request.headers, name).is_some_and(|v| m.matches(v)))
+                .all(|(name, m)| header(request.headers, name).is_some_and(|v| m.matches(&v)))
             && self.without_headers.iter().all(|(name, m)| {
                 // As istiod sets Envoy up: inverted, a missing field taken as empty but
                 // for a presence match (`x-debug: {}` holds when there is no x-debug).
                 match (header(request.headers, name), m) {
                     (None, Matcher::Present) => true,
-                    (value, m) => !m.matches(value.unwrap_or("")),
+                    (value, m) => !m.matches(value.as_deref().unwrap_or("")),
                 }
             })
             && self
@@ -192,9 +193,23 @@ impl MatchBlock {
     }
 }
 
-/// The first value of header `name` that is valid text.
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
+/// The value of header `name` as Envoy matches it: when the field comes more than once,
+/// its values joined by commas (`cookie` crumbs, which h2 clients may send apart, by
+/// `; `, as Envoy's codec puts them back together). Values that are not text are left
+/// out; none at all when it has none.
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<Cow<'a, str>> {
+    let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+    let first = values.next()?;
+    let Some(second) = values.next() else {
+        return Some(Cow::Borrowed(first));
+    };
+    let separator = if name == "cookie" { "; " } else { "," };
+    let mut joined = format!("{first}{separator}{second}");
+    for more in values {
+        joined.push_str(separator);
+        joined.push_str(more);
+    }
+    Some(Cow::Owned(joined))
 }
 
 /// The value of query parameter `name` (the first, as written; a bare `name` is "").

@@ -69,6 +69,10 @@ impl Req {
         self.headers.insert(name, HeaderValue::from_static(value));
         self
     }
+    fn append(mut self, name: &'static str, value: &'static str) -> Req {
+        self.headers.append(name, HeaderValue::from_static(value));
+        self
+    }
     fn method(mut self, m: &'static str) -> Req {
         self.method = m;
         self
@@ -217,6 +221,14 @@ fn the_first_matching_route_wins_and_conditions_follow_istio() {
         (get("/list?page"), "any-page"),
         (get("/list?page=3"), "any-page"),
         (get("/list?pages=3"), "catch-all"),
+        // A field sent twice is matched as Envoy joins it: "yes,no" is not "yes".
+        (
+            get("/x")
+                .header("x-canary", "yes")
+                .append("x-canary", "no")
+                .method("POST"),
+            "catch-all",
+        ),
         // withoutHeaders takes a missing field as empty (treat_missing_header_as_empty).
         (get("/tenant").header("x-tenant", "a"), "not-empty-tenant"),
         (get("/tenant"), "catch-all"),
@@ -578,5 +590,24 @@ fn retries_back_off_as_envoy_does_jittered_and_exponential() {
     assert_eq!(
         policy.backoff_before(3, &mut Rolls::of(&[0])),
         Duration::ZERO
+    );
+}
+
+#[test]
+fn a_cookie_sent_in_crumbs_is_matched_whole() {
+    let t = table(&vs(r#"
+  - name: jason
+    match: [{headers: {cookie: {regex: "^(.*?; *)?(user=jason)(;.*)?$"}}}]
+    route: [{destination: {host: reviews-v2}}]
+  - name: everyone
+    route: [{destination: {host: reviews-v1}}]
+"#));
+    let crumbs = get("/")
+        .header("cookie", "theme=dark")
+        .append("cookie", "user=jason");
+    assert_eq!(route_of(&t, crumbs), "jason");
+    assert_eq!(
+        route_of(&t, get("/").header("cookie", "theme=dark")),
+        "everyone"
     );
 }
