@@ -27,10 +27,12 @@ pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Resolves the names `outbound`'s configuration gives its endpoints, until `stop`.
 pub async fn run(outbound: Arc<Outbound>, refresh: Duration, mut stop: watch::Receiver<bool>) {
     let mut resolved = Resolved::default();
+    // Names whose last lookup failed: a failure is told when it begins, not every turn.
+    let mut failing = BTreeSet::new();
     loop {
         let names = outbound.dns_names();
         if !names.is_empty() {
-            resolved = resolve_all(&names, &resolved, lookup).await;
+            resolved = resolve_all(&names, &resolved, &mut failing, lookup).await;
             outbound.resolved(resolved.clone());
         }
         tokio::select! {
@@ -42,8 +44,13 @@ pub async fn run(outbound: Arc<Outbound>, refresh: Duration, mut stop: watch::Re
 }
 
 /// What each of `names` resolves to now by `lookup`; a name that fails keeps what it
-/// had in `before`.
-async fn resolve_all<F, Found>(names: &[String], before: &Resolved, lookup: F) -> Resolved
+/// had in `before`. `failing` holds the names whose lookup failed, kept up to date.
+async fn resolve_all<F, Found>(
+    names: &[String],
+    before: &Resolved,
+    failing: &mut BTreeSet<String>,
+    lookup: F,
+) -> Resolved
 where
     F: Fn(String) -> Found,
     Found: Future<Output = Result<Arc<[IpAddr]>, String>>,
@@ -56,11 +63,19 @@ where
     for (name, found) in futures::future::join_all(lookups).await {
         match found {
             Ok(addresses) => {
+                if failing.remove(name) {
+                    tracing::info!("endpoint name {name} resolves again: {addresses:?}");
+                }
                 resolved.insert(name.clone(), addresses);
             }
             Err(why) => {
-                tracing::warn!("endpoint name {name} did not resolve: {why}");
-                if let Some(kept) = before.get(name) {
+                let kept = before.get(name);
+                if failing.insert(name.clone()) {
+                    let keeping =
+                        kept.map_or("no address yet".into(), |a| format!("keeping {a:?}"));
+                    tracing::warn!("endpoint name {name} does not resolve ({why}); {keeping}");
+                }
+                if let Some(kept) = kept {
                     resolved.insert(name.clone(), kept.clone());
                 }
             }
@@ -109,10 +124,12 @@ mod tests {
         let mut before = Resolved::default();
         let kept: Arc<[IpAddr]> = Arc::from([IpAddr::from([127, 0, 0, 9])]);
         before.insert("down.example".into(), kept.clone());
-        let resolved = resolve_all(&names, &before, fake).await;
+        let mut failing = BTreeSet::new();
+        let resolved = resolve_all(&names, &before, &mut failing, fake).await;
         assert_eq!(&*resolved["up.example"], [IpAddr::from([127, 0, 0, 7])]);
         assert_eq!(resolved["down.example"], kept);
-        let fresh = resolve_all(&names, &Resolved::default(), fake).await;
+        assert_eq!(failing, BTreeSet::from(["down.example".to_string()]));
+        let fresh = resolve_all(&names, &Resolved::default(), &mut failing, fake).await;
         assert!(
             !fresh.contains_key("down.example"),
             "never resolved: no endpoint"
