@@ -70,6 +70,8 @@ pub struct ProxyConfig {
     pub client_timeouts: ClientTimeouts,
     /// Where a line per request is written, when anywhere ([`crate::access_log`]).
     pub access_log: Option<Destination>,
+    /// How often endpoint names given for DNS are resolved again ([`crate::dns`]).
+    pub dns_refresh: Duration,
 }
 
 /// The east-west listener and the mTLS material it and the client side use.
@@ -218,7 +220,7 @@ impl Proxy {
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(crate::dns::run(
             outbound.clone(),
-            crate::dns::REFRESH,
+            settings.dns_refresh,
             stopped.clone(),
         ));
         if let Some(checks) = settings.health_checks.clone() {

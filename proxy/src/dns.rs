@@ -3,8 +3,8 @@
 //! the proxy reaches them at the addresses the names resolve to.
 //!
 //! One task resolves every name the configuration gives, through the system's resolver,
-//! at once when the configuration names new ones and again every [`REFRESH`], as
-//! Envoy's DNS clusters refresh (its default rate is 5 s). When the answers change, the
+//! at once when the configuration names new ones and again every `--dns-refresh`
+//! ([`REFRESH`] by default, Envoy's default rate for its DNS clusters). When the answers change, the
 //! routing is built again with them. A name that fails to resolve keeps the addresses it
 //! had, as Envoy keeps a DNS cluster's hosts when a lookup fails; one never resolved has
 //! no endpoint until it is.
@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use crate::discovery::Resolved;
 use crate::outbound::Outbound;
 
-/// How often every name is resolved again.
+/// How often every name is resolved again, unless the proxy is told otherwise.
 pub const REFRESH: Duration = Duration::from_secs(5);
 /// How long one lookup may take.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);

@@ -100,6 +100,7 @@ fn proxy_settings(coordinator: SocketAddr, state_dir: &Path) -> ProxyConfig {
         workers: 2,
         client_timeouts: ClientTimeouts::default(),
         access_log: None,
+        dns_refresh: fulcrum_proxy::dns::REFRESH,
     }
 }
 

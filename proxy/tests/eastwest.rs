@@ -211,6 +211,7 @@ fn settings(cluster: &str, locality: &str, coordinator: SocketAddr, dir: &Path) 
         workers: 2,
         client_timeouts: ClientTimeouts::default(),
         access_log: None,
+        dns_refresh: fulcrum_proxy::dns::REFRESH,
     }
 }
 

@@ -259,6 +259,7 @@ async fn start_east_logged(
             workers: 2,
             client_timeouts,
             access_log,
+            dns_refresh: fulcrum_proxy::dns::REFRESH,
         },
         Some(&config),
     )

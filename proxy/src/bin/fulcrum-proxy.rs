@@ -97,6 +97,10 @@ struct Flags {
     /// on SIGUSR1, after a rotation), or to standard output with `-`. Off unless given
     #[arg(long, value_name = "PATH")]
     access_log: Option<String>,
+    /// How often the endpoint names ServiceEntries give for DNS are resolved again (a
+    /// configuration that names new ones has them resolved at once).
+    #[arg(long, default_value = "5s", value_parser = parse_refresh)]
+    dns_refresh: std::time::Duration,
 }
 
 fn main() -> ExitCode {
@@ -162,6 +166,7 @@ fn main() -> ExitCode {
                 stall: flags.request_stall_timeout,
             },
             access_log: flags.access_log.as_deref().map(Destination::parse),
+            dns_refresh: flags.dns_refresh,
         };
         let proxy = match Proxy::start(settings, config.as_ref()).await {
             Ok(p) => p,
@@ -306,6 +311,15 @@ fn parse_drain(text: &str) -> Result<std::time::Duration, String> {
     match d.to_std() {
         Some(d) if d <= std::time::Duration::from_secs(3600) => Ok(d),
         _ => Err(format!("{text}: must be from 0s to 1h")),
+    }
+}
+
+/// `--dns-refresh`: from 1s to a day.
+fn parse_refresh(text: &str) -> Result<std::time::Duration, String> {
+    let d: fulcrum_policy::Duration = text.parse().map_err(|e| format!("{e}"))?;
+    match d.to_std() {
+        Some(d) if (1..=86_400).contains(&d.as_secs()) => Ok(d),
+        _ => Err(format!("{text}: must be from 1s to 24h")),
     }
 }
 
