@@ -345,6 +345,13 @@ mod tests {
         }
     }
 
+    /// A 10 s linear warmup from a tenth of the weight.
+    const TEN_SECONDS: Warmup = Warmup {
+        duration: Duration::from_secs(10),
+        minimum: 0.1,
+        aggression: 1.0,
+    };
+
     fn endpoints(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("10.0.0.{i}:8080")).collect()
     }
@@ -471,11 +478,7 @@ mod tests {
 
     #[test]
     fn round_robin_gives_a_warming_endpoint_its_weighted_share() {
-        let warmup = Warmup {
-            duration: Duration::from_secs(10),
-            minimum: 0.1,
-            aggression: 1.0,
-        };
+        let warmup = TEN_SECONDS;
         let mut p = EndpointPicker::with_warmup(LbPolicy::RoundRobin, Some(warmup));
         let (three, four) = (endpoints(3), endpoints(4));
         let start = Instant::now();
@@ -541,11 +544,7 @@ mod tests {
 
     #[test]
     fn an_endpoint_that_rejoins_warms_up_again() {
-        let warmup = Warmup {
-            duration: Duration::from_secs(10),
-            minimum: 0.1,
-            aggression: 1.0,
-        };
+        let warmup = TEN_SECONDS;
         let mut p = EndpointPicker::with_warmup(LbPolicy::RoundRobin, Some(warmup));
         let two = endpoints(2);
         let start = Instant::now();
@@ -569,11 +568,7 @@ mod tests {
 
     #[test]
     fn least_request_weighs_a_warming_endpoint_and_the_requests_in_flight() {
-        let warmup = Warmup {
-            duration: Duration::from_secs(10),
-            minimum: 0.1,
-            aggression: 1.0,
-        };
+        let warmup = TEN_SECONDS;
         let mut p = EndpointPicker::with_warmup(LbPolicy::LeastRequest, Some(warmup));
         let (three, four) = (endpoints(3), endpoints(4));
         let start = Instant::now();
