@@ -184,11 +184,13 @@ impl MatchBlock {
     }
 
     /// The prefix this block matched the path on, when it matched by prefix (a rewrite
-    /// replaces only that part).
+    /// replaces only that part). A block with no condition on the path matches it by the
+    /// prefix `/`, as istiod writes it for Envoy.
     pub fn uri_prefix(&self) -> Option<&str> {
         match &self.uri {
             Some(Matcher::Prefix(p)) => Some(p),
-            _ => None,
+            None | Some(Matcher::Present) => Some("/"),
+            Some(Matcher::Exact(_) | Matcher::Regex(_)) => None,
         }
     }
 }

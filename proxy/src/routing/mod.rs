@@ -658,8 +658,9 @@ impl RouteTable {
             any_here = any_here
                 || route.blocks.is_empty()
                 || route.blocks.iter().any(|b| b.could_match_on(request.port));
+            // No match block: Envoy's route matches by the prefix `/`.
             let matched = if route.blocks.is_empty() {
-                Some(None)
+                Some(Some("/"))
             } else {
                 route
                     .blocks

@@ -273,6 +273,11 @@ fn rewrite_replaces_the_matched_prefix_or_the_whole_path() {
   - match: [{uri: {prefix: /users/}}]
     rewrite: {uriRegexRewrite: {match: "^/users/([^/]+)/profile$", rewrite: "/profiles/\\1"}}
     route: [{destination: {host: shop}}]
+  - match: [{headers: {x-version: {exact: "2"}}}]
+    rewrite: {uri: /v2}
+    route: [{destination: {host: shop}}]
+  - rewrite: {uri: /api/}
+    route: [{destination: {host: shop}}]
 "#));
     let f = forward(get("/old/a/b?x=1").decide(&t, &mut Rolls::none()));
     assert_eq!(f.path_and_query, "/new/a/b?x=1");
@@ -284,6 +289,15 @@ fn rewrite_replaces_the_matched_prefix_or_the_whole_path() {
     );
     let f = forward(get("/users/ana/profile").decide(&t, &mut Rolls::none()));
     assert_eq!(f.path_and_query, "/profiles/ana");
+    // No condition on the path: matched by the prefix `/`, which the rewrite replaces,
+    // as Envoy does under istiod (hence the trailing slash Istio's examples give).
+    let v2 = get("/orders/7").header("x-version", "2");
+    assert_eq!(
+        forward(v2.decide(&t, &mut Rolls::none())).path_and_query,
+        "/v2orders/7"
+    );
+    let f = forward(get("/orders/7?a=1").decide(&t, &mut Rolls::none()));
+    assert_eq!(f.path_and_query, "/api/orders/7?a=1");
 }
 
 #[test]
