@@ -1938,7 +1938,9 @@ impl Outbound {
             let started = Instant::now();
             let (mut result, cluster, locality) = match &hop {
                 Hop::Local(endpoint) => {
-                    tried.push(endpoint.address);
+                    if policy.avoid_tried {
+                        tried.push(endpoint.address);
+                    }
                     // Boxed, as the next: a try's state is kilobytes, and inline it would
                     // be copied with every future that holds this one, on every request.
                     let result = Box::pin(self.try_local(
@@ -1957,7 +1959,9 @@ impl Outbound {
                     locality,
                     ..
                 } => {
-                    tried_clusters.push(*cluster);
+                    if policy.avoid_tried {
+                        tried_clusters.push(*cluster);
+                    }
                     let result = Box::pin(self.try_remote(
                         upstreams,
                         parts,

@@ -3749,3 +3749,58 @@ async fn an_endpoint_named_by_dns_is_reached_at_what_its_name_resolves_to() {
         "{addresses:?}"
     );
 }
+
+/// A retry goes to an endpoint no earlier try went to, unless the route says
+/// `retryIgnorePreviousHosts: false`: then, as in Envoy, the one endpoint of a service
+/// may take the retry of its own failure.
+#[tokio::test]
+async fn a_retry_may_go_back_to_the_same_endpoint_when_the_route_allows_it() {
+    // Answers 503, then 200, in turn.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let only = listener.local_addr().expect("address");
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let count = count.clone();
+            let service = service_fn(move |_: Request<Incoming>| {
+                let failing = count.fetch_add(1, Ordering::SeqCst).is_multiple_of(2);
+                let mut answer = Response::new(Full::new(Bytes::from("answer")));
+                if failing {
+                    *answer.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                }
+                async move { Ok::<_, Infallible>(answer) }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    let route = |host: &str, retries: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+             metadata: {{name: {host}, namespace: shop}}\n\
+             spec:\n  hosts: [{host}.example]\n  http:\n  \
+             - route: [{{destination: {{host: {host}.example}}}}]\n    retries: {retries}\n"
+        )
+    };
+    let yaml = http_entry("again", "again.example", &[only.port()])
+        + "---\n"
+        + &http_entry("once", "once.example", &[only.port()])
+        + &route(
+            "again",
+            "{attempts: 2, retryOn: 5xx, retryIgnorePreviousHosts: false}",
+        )
+        + &route("once", "{attempts: 2, retryOn: 5xx}");
+    let proxy = start_east(&yaml, None).await;
+    let again = send(proxy.outbound_address(), "again.example", "/", false).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.headers["x-fulcrum-attempts"], "2");
+    let once = send(proxy.outbound_address(), "once.example", "/", false).await;
+    assert_eq!(
+        once.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no other endpoint"
+    );
+    assert_eq!(once.headers["x-fulcrum-attempts"], "1");
+}

@@ -288,6 +288,9 @@ pub struct RetryPolicy {
     pub remote_localities: bool,
     /// Base backoff between tries.
     pub backoff: Duration,
+    /// A retry goes to an endpoint (or cluster) no earlier try went to
+    /// (`retryIgnorePreviousHosts`, true unless the route says false).
+    pub avoid_tried: bool,
 }
 
 impl RetryPolicy {
@@ -321,6 +324,7 @@ impl RetryPolicy {
             },
             remote_localities: false,
             backoff: DEFAULT_RETRY_BACKOFF,
+            avoid_tried: true,
         }
     }
 
@@ -337,6 +341,7 @@ impl RetryPolicy {
             per_try_timeout: r.per_try_timeout.and_then(|d| d.to_std()),
             retry_on,
             remote_localities: r.retry_remote_localities.unwrap_or(false),
+            avoid_tried: r.retry_ignore_previous_hosts.unwrap_or(true),
             backoff: r
                 .backoff
                 .and_then(|d| d.to_std())
