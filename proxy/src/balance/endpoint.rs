@@ -37,6 +37,13 @@ pub trait Weighted: AsRef<str> {
 impl Weighted for String {}
 impl Weighted for &str {}
 
+/// Whether `endpoints` do not all have the same weight (then they are chosen by it).
+fn weights_differ<S: Weighted>(endpoints: &[S]) -> bool {
+    endpoints
+        .first()
+        .is_some_and(|first| endpoints.iter().any(|e| e.weight() != first.weight()))
+}
+
 /// Ring points for an endpoint of `weight`, the lightest being `lightest`: in
 /// proportion, at most 64 times as many as the lightest gets.
 fn ring_points(weight: u32, lightest: u32) -> usize {
@@ -152,10 +159,7 @@ impl EndpointPicker {
         key: Option<&[u8]>,
         chance: &mut dyn Chance,
     ) -> Option<usize> {
-        let weighted = endpoints
-            .first()
-            .is_some_and(|first| endpoints.iter().any(|e| e.weight() != first.weight()));
-        match self.warmup.is_some() || weighted {
+        match self.warmup.is_some() || weights_differ(endpoints) {
             true => self.pick_at(Instant::now(), endpoints, in_flight, key, chance),
             false => self.pick_plain(endpoints, in_flight, key, chance),
         }
@@ -197,8 +201,7 @@ impl EndpointPicker {
         if !matches!(self.policy, LbPolicy::RoundRobin | LbPolicy::LeastRequest) {
             return None;
         }
-        let own = endpoints[0].weight();
-        let weighted = endpoints.iter().any(|e| e.weight() != own);
+        let weighted = weights_differ(endpoints);
         let warming = match self.warmup {
             Some(warmup) => self.warming(warmup, now, endpoints),
             None => None,
