@@ -42,20 +42,26 @@ pub fn rule_for_host<'a>(
         .copied()
 }
 
-/// A subset's traffic policy merged over the rule's, field by field, as istiod does.
+/// A subset's traffic policy merged over the rule's, field by field, as istiod does
+/// (`MergeSubsetTrafficPolicy`): each of the subset's fields that is set replaces the
+/// rule's whole; the rule's stand for the others.
 pub fn merged_policy(top: Option<&TrafficPolicy>, subset: Option<&TrafficPolicy>) -> TrafficPolicy {
     let mut merged = top.cloned().unwrap_or_default();
-    if let Some(s) = subset {
-        if s.load_balancer.is_some() {
-            merged.load_balancer = s.load_balancer.clone();
-        }
-        if s.outlier_detection.is_some() {
-            merged.outlier_detection = s.outlier_detection.clone();
-        }
-        if s.connection_pool.is_some() {
-            merged.connection_pool = s.connection_pool.clone();
+    let Some(s) = subset else {
+        return merged;
+    };
+    fn over<T: Clone>(field: &mut Option<T>, subset: &Option<T>) {
+        if subset.is_some() {
+            field.clone_from(subset);
         }
     }
+    over(&mut merged.load_balancer, &s.load_balancer);
+    over(&mut merged.outlier_detection, &s.outlier_detection);
+    over(&mut merged.connection_pool, &s.connection_pool);
+    over(&mut merged.tls, &s.tls);
+    over(&mut merged.tunnel, &s.tunnel);
+    over(&mut merged.proxy_protocol, &s.proxy_protocol);
+    over(&mut merged.retry_budget, &s.retry_budget);
     merged
 }
 
@@ -194,5 +200,40 @@ mod tests {
                 .check("checkout.other.svc.cluster.local", "v1")
                 .is_some()
         );
+    }
+    #[test]
+    fn a_subsets_policy_replaces_the_rules_field_by_field() {
+        use crate::istio::{
+            ClientTlsSettings, LoadBalancerSettings, RetryBudget, SimpleLb, TlsMode,
+        };
+        let tls = |mode| {
+            Some(ClientTlsSettings {
+                mode: Some(mode),
+                ..Default::default()
+            })
+        };
+        let top = TrafficPolicy {
+            load_balancer: Some(LoadBalancerSettings {
+                simple: Some(SimpleLb::Random),
+                ..Default::default()
+            }),
+            tls: tls(TlsMode::Disable),
+            ..Default::default()
+        };
+        let subset = TrafficPolicy {
+            tls: tls(TlsMode::Simple),
+            retry_budget: Some(RetryBudget {
+                min_retry_concurrency: 5,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let merged = merged_policy(Some(&top), Some(&subset));
+        // The subset's TLS and retry budget; the rule's balancer, which the subset
+        // leaves unset.
+        assert_eq!(merged.tls, subset.tls);
+        assert_eq!(merged.retry_budget, subset.retry_budget);
+        assert_eq!(merged.load_balancer, top.load_balancer);
+        assert_eq!(merged_policy(Some(&top), None), top);
     }
 }

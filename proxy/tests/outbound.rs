@@ -3583,6 +3583,47 @@ async fn a_rule_has_tls_originated_to_its_endpoints_and_the_server_checked_as_en
     );
 }
 
+/// A subset's `tls` replaces the rule's for the subset's endpoints, as istiod merges a
+/// subset's policy: here the rule speaks plaintext and one subset TLS, to the same
+/// endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subsets_tls_replaces_the_rules() {
+    let certs = Certificates::make();
+    let (endpoint, _) = tls_endpoint(&certs, false).await;
+    let host = "split.example";
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: {{name: split, namespace: shop}}\nspec:\n  hosts: [{host}]\n  \
+         location: MESH_EXTERNAL\n  resolution: STATIC\n  \
+         ports: [{{number: 80, name: web, protocol: HTTP}}]\n  endpoints:\n  \
+         - {{address: 127.0.0.1, ports: {{web: {port}}}, locality: us-east/us-east-1a}}\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+         metadata: {{name: split, namespace: shop}}\nspec:\n  host: {host}\n  \
+         trafficPolicy: {{tls: {{mode: DISABLE}}}}\n  subsets:\n  \
+         - {{name: plain}}\n  \
+         - name: secure\n    trafficPolicy:\n      \
+         tls: {{mode: SIMPLE, caCertificates: {ca}, sni: {SERVER_DNS}}}\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+         metadata: {{name: split, namespace: shop}}\nspec:\n  hosts: [{host}]\n  http:\n  \
+         - match: [{{uri: {{prefix: /secure}}}}]\n    \
+         route: [{{destination: {{host: {host}, subset: secure}}}}]\n  \
+         - route: [{{destination: {{host: {host}, subset: plain}}}}]\n",
+        port = endpoint.port(),
+        ca = certs.ca.display(),
+    );
+    let proxy = start_east(&yaml, None).await;
+    let outbound = proxy.outbound_address();
+    let answer = send(outbound, host, "/secure", false).await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.headers);
+    assert_eq!(
+        answer.body,
+        format!("HTTP/1.1 sni={SERVER_DNS} client=no body=0")
+    );
+    // The other subset keeps the rule's plaintext, which a TLS endpoint does not take.
+    let answer = send(outbound, host, "/", false).await;
+    assert_ne!(answer.status, StatusCode::OK);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_checks_of_an_endpoint_spoken_to_in_tls_are_made_in_tls() {
     let certs = Certificates::make();
