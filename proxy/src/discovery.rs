@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use fulcrum_policy::istio::{
     ClientTlsSettings, ConnectionPoolSettings, DestinationRuleSpec, H2UpgradePolicy,
-    LoadBalancerSettings, Resolution, ServicePort, SimpleLb, TlsMode, TrafficPolicy,
+    LoadBalancerSettings, Resolution, RetryBudget, ServicePort, SimpleLb, TlsMode, TrafficPolicy,
     WorkloadEntrySpec, endpoints_of,
 };
 use fulcrum_policy::references::{merged_policy, qualify_host, rule_for_host};
@@ -104,10 +104,52 @@ pub struct PoolLimits {
     /// Most retries in flight to the service (`http.maxRetries`); past it a failed try
     /// is not retried, and its answer stands.
     pub retries: Option<u32>,
+    /// The rule's retry budget, which replaces `retries` when set, as in Envoy.
+    pub retry_budget: Option<RetryBudgetLimit>,
+}
+
+/// A retry budget (`trafficPolicy.retryBudget`), Envoy's circuit breaker of that name:
+/// the retries in flight to a service may number a share of its requests in flight
+/// (those waiting for a connection included), and never fewer than a minimum. Past it a
+/// failed try is not retried, and its answer stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBudgetLimit {
+    /// The share, in millionths of the requests in flight (`percent` x 10,000).
+    pub per_million: u32,
+    /// The retries in flight always allowed (`minRetryConcurrency`).
+    pub min_concurrency: u32,
+}
+
+impl RetryBudgetLimit {
+    /// The budget as istiod writes it for Envoy: `percent` else 0.2, which Envoy reads
+    /// as 0.2% (istiod's comment says 20%, Envoy's own default; its value is in
+    /// percent); `minRetryConcurrency` else 3 (zero is unset). `budgetInterval` is not
+    /// written: Envoy's budget has no window, it counts what is in flight.
+    fn of(budget: &RetryBudget) -> RetryBudgetLimit {
+        let percent = budget.percent.unwrap_or(0.2).clamp(0.0, 100.0);
+        RetryBudgetLimit {
+            per_million: (percent * 10_000.0).round() as u32,
+            min_concurrency: match budget.min_retry_concurrency {
+                0 => 3,
+                n => n,
+            },
+        }
+    }
+
+    /// How many retries may be in flight while `active` requests are: the share of them
+    /// rounded down, and at least the minimum.
+    pub fn allowed(&self, active: usize) -> usize {
+        let share = active as u64 * u64::from(self.per_million) / 1_000_000;
+        (share as usize).max(self.min_concurrency as usize)
+    }
 }
 
 impl PoolLimits {
-    fn of(pool: Option<&ConnectionPoolSettings>, h2: bool) -> PoolLimits {
+    fn of(
+        pool: Option<&ConnectionPoolSettings>,
+        budget: Option<&RetryBudget>,
+        h2: bool,
+    ) -> PoolLimits {
         let set = |n: i32| u32::try_from(n).ok().filter(|n| *n > 0);
         let (tcp, http) = (
             pool.and_then(|p| p.tcp.as_ref()),
@@ -120,6 +162,7 @@ impl PoolLimits {
                 .and_then(|h| set(h.http1_max_pending_requests))
                 .filter(|_| !h2),
             retries: http.and_then(|h| set(h.max_retries)),
+            retry_budget: budget.map(RetryBudgetLimit::of),
         }
     }
 
@@ -248,6 +291,7 @@ static DEFAULT_BALANCE: BalanceSettings = BalanceSettings {
         connections: None,
         pending: None,
         retries: None,
+        retry_budget: None,
     },
     pool: None,
     warmup: None,
@@ -304,8 +348,7 @@ fn pool_settings(
 
 /// The settings of a traffic policy this proxy does not apply: credentials for TLS to
 /// endpoints in a Kubernetes secret (`tls.credentialName`: connections fail, see
-/// [`OriginTls`]), tunnels, the PROXY protocol, retry budgets and balancing by backend
-/// utilization.
+/// [`OriginTls`]), tunnels, the PROXY protocol and balancing by backend utilization.
 fn unapplied(policy: &TrafficPolicy) -> Vec<&'static str> {
     let from_secret = |tls: &Option<ClientTlsSettings>| {
         tls.as_ref().is_some_and(|t| {
@@ -325,7 +368,6 @@ fn unapplied(policy: &TrafficPolicy) -> Vec<&'static str> {
     let set = [
         (policy.tunnel.is_some(), "tunnel"),
         (policy.proxy_protocol.is_some(), "proxyProtocol"),
-        (policy.retry_budget.is_some(), "retryBudget"),
         (
             (policy.load_balancer.as_ref()).is_some_and(|lb| lb.backend_utilization.is_some()),
             "loadBalancer.backendUtilization",
@@ -430,7 +472,11 @@ fn balance_of(
             .outlier_detection
             .as_ref()
             .map(OutlierSettings::from_rule),
-        limits: PoolLimits::of(policy.connection_pool.as_ref(), h2),
+        limits: PoolLimits::of(
+            policy.connection_pool.as_ref(),
+            policy.retry_budget.as_ref(),
+            h2,
+        ),
         pool: pool_settings(
             policy.connection_pool.as_ref(),
             (policy.tls.as_ref()).and_then(|tls| OriginTls::of(tls, sans)),
@@ -1312,6 +1358,7 @@ spec:
             connections: Some(1),
             pending: Some(2),
             retries: Some(4),
+            retry_budget: None,
         };
         assert_eq!(limits("web.shop.example", ""), all);
         assert_eq!(
@@ -1347,5 +1394,31 @@ spec:
             }
         );
         assert!(!limits("nowhere.example", "").any());
+    }
+    #[test]
+    fn a_retry_budget_takes_istiods_defaults_and_rounds_its_share_down() {
+        let budget = |percent: Option<f64>, min_retry_concurrency: u32| {
+            RetryBudgetLimit::of(&RetryBudget {
+                percent,
+                min_retry_concurrency,
+                ..RetryBudget::default()
+            })
+        };
+        // Unset: what istiod writes, 0.2 (per cent, as Envoy reads it) and 3.
+        let unset = budget(None, 0);
+        assert_eq!(
+            unset,
+            RetryBudgetLimit {
+                per_million: 2_000,
+                min_concurrency: 3
+            }
+        );
+        assert_eq!(unset.allowed(0), 3);
+        assert_eq!(unset.allowed(1_999), 3);
+        assert_eq!(unset.allowed(2_000), 4);
+        let set = budget(Some(25.0), 1);
+        assert_eq!((set.allowed(3), set.allowed(4), set.allowed(11)), (1, 1, 2));
+        assert_eq!(budget(Some(12.5), 0).allowed(8), 3);
+        assert_eq!(budget(Some(12.5), 0).allowed(40), 5);
     }
 }

@@ -41,7 +41,8 @@ use crate::balance::{
 use crate::body::{End, ProxyBody, WHOLE_BODY_BYTES};
 use crate::control::report::{Outcome, ReportSource, Stats};
 use crate::discovery::{
-    BalanceSettings, Discovery, Endpoint, HashOn, PoolLimits, Resolved, StaticDiscovery,
+    BalanceSettings, Discovery, Endpoint, HashOn, PoolLimits, Resolved, RetryBudgetLimit,
+    StaticDiscovery,
 };
 use crate::downstream::ClientTimeouts;
 use crate::drain::Drain;
@@ -1666,6 +1667,8 @@ impl Outbound {
         let Some(limiters) = self.limiters(settings, target) else {
             return Ok(Permit::default());
         };
+        // Counted from now: Envoy's budget counts the requests waiting for a connection.
+        let in_flight = limiters.count_in_flight();
         let connection = match &limiters.connections {
             None => None,
             Some(connections) => match connections.clone().try_acquire_owned() {
@@ -1698,6 +1701,7 @@ impl Outbound {
         Ok(Permit {
             request,
             connection,
+            in_flight,
         })
     }
 
@@ -1708,18 +1712,19 @@ impl Outbound {
         settings: &BalanceSettings,
         target: &Target,
     ) -> Result<Permit, Box<ProxyResponse>> {
-        let requests = self
-            .limiters(settings, target)
-            .and_then(|l| l.requests.clone());
-        let request = match requests {
+        let Some(limiters) = self.limiters(settings, target) else {
+            return Ok(Permit::default());
+        };
+        let request = match &limiters.requests {
             Some(requests) => {
-                Some((requests.try_acquire_owned()).map_err(|_| self.overflow(target))?)
+                Some((requests.clone().try_acquire_owned()).map_err(|_| self.overflow(target))?)
             }
             None => None,
         };
         Ok(Permit {
             request,
             connection: None,
+            in_flight: limiters.count_in_flight(),
         })
     }
 
@@ -1732,30 +1737,33 @@ impl Outbound {
         Box::new(answer(StatusCode::SERVICE_UNAVAILABLE, "overflow"))
     }
 
-    /// A place among `target`'s retries in flight: `Some(None)` when they are not
-    /// limited, `None` (counted) when the limit is reached and the try is not to be
-    /// retried.
-    fn retry_permit(
-        &self,
-        settings: &BalanceSettings,
-        target: &Target,
-    ) -> Option<Option<tokio::sync::OwnedSemaphorePermit>> {
-        let Some(retries) = self
-            .limiters(settings, target)
-            .and_then(|l| l.retries.clone())
-        else {
-            return Some(None);
+    /// A place among `target`'s retries in flight, under its retry budget or its
+    /// `http.maxRetries`; `None` (counted) when there is none left and the try is not
+    /// to be retried.
+    fn retry_permit(&self, settings: &BalanceSettings, target: &Target) -> Option<RetryPlace> {
+        let Some(limiters) = self.limiters(settings, target) else {
+            return Some(RetryPlace::default());
         };
-        match retries.try_acquire_owned() {
-            Ok(permit) => Some(Some(permit)),
-            Err(_) => {
-                self.metrics
-                    .retry_overflows
-                    .get_or_create(&ProxyMetrics::service(&target.host))
-                    .inc();
-                None
+        let place = match (&limiters.budget, &limiters.retries) {
+            (Some(budget), _) => limiters.budget_retry(budget).map(|r| RetryPlace {
+                _budgeted: Some(r),
+                ..RetryPlace::default()
+            }),
+            (None, Some(retries)) => {
+                (retries.clone().try_acquire_owned().ok()).map(|p| RetryPlace {
+                    _counted: Some(p),
+                    ..RetryPlace::default()
+                })
             }
+            (None, None) => Some(RetryPlace::default()),
+        };
+        if place.is_none() {
+            self.metrics
+                .retry_overflows
+                .get_or_create(&ProxyMetrics::service(&target.host))
+                .inc();
         }
+        place
     }
 
     /// Counts a try's outcome for outlier detection, when the service has it.
@@ -1905,10 +1913,12 @@ impl Outbound {
             }
             if attempt > 0 {
                 // Over the service's limit of retries in flight, the last answer stands.
-                let Some(permit) = self.retry_permit(settings, target) else {
+                // This request's last retry, if any, has ended: its place goes first.
+                _retrying = None;
+                let Some(place) = self.retry_permit(settings, target) else {
                     break;
                 };
-                _retrying = permit;
+                _retrying = Some(place);
             }
             let Some(hop) = self.next_hop(
                 settings,
@@ -2614,12 +2624,14 @@ fn answered(sent: Result<ProxyResponse, SendError>) -> Try {
 struct Permit {
     request: Option<tokio::sync::OwnedSemaphorePermit>,
     connection: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Counted for a retry budget.
+    in_flight: Option<BudgetedRequest>,
 }
 
 impl Permit {
     /// Whether it holds any place.
     fn holds(&self) -> bool {
-        self.request.is_some() || self.connection.is_some()
+        self.request.is_some() || self.connection.is_some() || self.in_flight.is_some()
     }
 }
 
@@ -2657,7 +2669,10 @@ struct Limiters {
     requests: Option<Arc<tokio::sync::Semaphore>>,
     connections: Option<Arc<tokio::sync::Semaphore>>,
     pending: Option<Arc<tokio::sync::Semaphore>>,
+    /// The retries in flight under `http.maxRetries`, when there is no retry budget.
     retries: Option<Arc<tokio::sync::Semaphore>>,
+    /// Requests and retries in flight, counted for a retry budget.
+    budget: Option<BudgetCount>,
 }
 
 impl Limiters {
@@ -2668,9 +2683,74 @@ impl Limiters {
             requests: make(limits.requests),
             connections: make(limits.connections),
             pending: make(limits.pending),
-            retries: make(limits.retries),
+            // A budget replaces the fixed number, as in Envoy.
+            retries: make(limits.retries.filter(|_| limits.retry_budget.is_none())),
+            budget: limits.retry_budget.map(|limit| BudgetCount {
+                limit,
+                active: AtomicUsize::new(0),
+                retrying: AtomicUsize::new(0),
+            }),
         }
     }
+
+    /// Counts a request in flight under a retry budget, until the place returned is
+    /// dropped.
+    fn count_in_flight(self: &Arc<Limiters>) -> Option<BudgetedRequest> {
+        let budget = self.budget.as_ref()?;
+        budget.active.fetch_add(1, Ordering::Relaxed);
+        Some(BudgetedRequest(Arc::clone(self)))
+    }
+
+    /// A retry's place within the retry budget, if the budget has one left.
+    fn budget_retry(self: &Arc<Limiters>, budget: &BudgetCount) -> Option<Retrying> {
+        let allowed = budget.limit.allowed(budget.active.load(Ordering::Relaxed));
+        (budget.retrying)
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < allowed).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Retrying(Arc::clone(self)))
+    }
+}
+
+/// What a retry budget is measured against: a service's requests in flight (those
+/// waiting for a connection included) and the retries among them.
+struct BudgetCount {
+    limit: RetryBudgetLimit,
+    active: AtomicUsize,
+    retrying: AtomicUsize,
+}
+
+/// A request counted in flight for its service's retry budget.
+struct BudgetedRequest(Arc<Limiters>);
+
+impl Drop for BudgetedRequest {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.0.budget {
+            budget.active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A retry in flight within its service's retry budget.
+struct Retrying(Arc<Limiters>);
+
+impl Drop for Retrying {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.0.budget {
+            budget.retrying.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A retry's place among its service's retries in flight, held while it is tried: none
+/// when the service limits them neither way.
+#[derive(Default)]
+struct RetryPlace {
+    /// One of its `http.maxRetries`.
+    _counted: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Within its retry budget.
+    _budgeted: Option<Retrying>,
 }
 
 /// An answer of `status` alone, for an h2 stream.

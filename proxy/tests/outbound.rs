@@ -1625,17 +1625,19 @@ async fn sequenced_endpoints() -> (
     ([addresses[0], addresses[1]], release, arrived)
 }
 
-/// `http.maxRetries: 1`: while one request's retry is in flight, another's failed try
-/// is not retried, and its answer stands.
-#[tokio::test]
-async fn past_the_retry_limit_a_failed_try_is_not_retried() {
+/// Two requests to a service of two endpoints whose DestinationRule has `policy` (its
+/// connection pool and what follows, in the rule's `trafficPolicy`), routed with two
+/// attempts on 5xx: the first request fails, and its retry is held by the endpoint while
+/// the second request is sent and fails. Returns the second request's answer, then the
+/// first's, and the tries the endpoints saw after the first request's two.
+async fn a_second_failure_during_a_retry(policy: &str) -> (Answer, Answer, Vec<usize>) {
     let (endpoints, release, mut arrived) = sequenced_endpoints().await;
     let yaml = http_entry(
         "flaky",
         "flaky.example",
         &[endpoints[0].port(), endpoints[1].port()],
     ) + "---\n"
-        + &pool_rule("flaky.example", "{http: {maxRetries: 1}}")
+        + &pool_rule("flaky.example", policy)
         + "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\n\
            metadata: {name: flaky, namespace: shop}\n\
            spec:\n  hosts: [flaky.example]\n  http:\n  \
@@ -1651,16 +1653,52 @@ async fn past_the_retry_limit_a_failed_try_is_not_retried() {
             .expect("the endpoints run");
         assert_eq!(number, expected);
     }
+    let second = send(address, "flaky.example", "/", false).await;
+    release.send_replace(true);
+    let first = retried.await.expect("the first request");
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.headers["x-fulcrum-attempts"], "2");
+    let seen: Vec<usize> = std::iter::from_fn(|| arrived.try_recv().ok()).collect();
+    (second, first, seen)
+}
+
+/// `http.maxRetries: 1`: while one request's retry is in flight, another's failed try
+/// is not retried, and its answer stands.
+#[tokio::test]
+async fn past_the_retry_limit_a_failed_try_is_not_retried() {
+    let (refused, _, seen) = a_second_failure_during_a_retry("{http: {maxRetries: 1}}").await;
     // The first request's retry holds the only place: the second's 503 stands.
-    let refused = send(address, "flaky.example", "/", false).await;
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(refused.headers["x-fulcrum-attempts"], "1");
-    release.send_replace(true);
-    let answer = retried.await.expect("the first request");
-    assert_eq!(answer.status, StatusCode::OK);
-    assert_eq!(answer.headers["x-fulcrum-attempts"], "2");
-    let seen: Vec<usize> = std::iter::from_fn(|| arrived.try_recv().ok()).collect();
     assert_eq!(seen, vec![3], "the second request was tried once");
+}
+
+/// A retry budget (`trafficPolicy.retryBudget`, Envoy's) replaces `http.maxRetries`: the
+/// retries in flight may number `percent` of the requests in flight, and never fewer
+/// than `minRetryConcurrency`.
+#[tokio::test]
+async fn a_retry_budget_allows_retries_in_proportion_to_the_requests_in_flight() {
+    for (budget, retried) in [
+        // 10% of the two requests in flight is none; the minimum, one, is the first
+        // request's retry.
+        ("{percent: 10, minRetryConcurrency: 1}", false),
+        // All of them: the second request's retry too, where `maxRetries` says one.
+        ("{percent: 100, minRetryConcurrency: 1}", true),
+        // Two at least, whatever the share.
+        ("{percent: 0, minRetryConcurrency: 2}", true),
+    ] {
+        let policy = format!("{{http: {{maxRetries: 1}}}}\n    retryBudget: {budget}");
+        let (second, _, seen) = a_second_failure_during_a_retry(&policy).await;
+        if retried {
+            assert_eq!(second.status, StatusCode::OK, "{budget}");
+            assert_eq!(second.headers["x-fulcrum-attempts"], "2", "{budget}");
+            assert_eq!(seen, vec![3, 4], "{budget}");
+        } else {
+            assert_eq!(second.status, StatusCode::SERVICE_UNAVAILABLE, "{budget}");
+            assert_eq!(second.headers["x-fulcrum-attempts"], "1", "{budget}");
+            assert_eq!(seen, vec![3], "{budget}");
+        }
+    }
 }
 
 #[tokio::test]
