@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use fulcrum_proto::raft::v1 as pb;
 use fulcrum_proto::raft::v1::raft_server::Raft as RaftRpc;
+use openraft::ServerState;
 use openraft::error::{InstallSnapshotError, RaftError};
 use tonic::{Request, Response, Status};
 
@@ -64,6 +65,11 @@ impl RaftService {
         }
     }
 
+    /// Whether this node is the leader.
+    fn leads(&self) -> bool {
+        self.node.raft.metrics().borrow().state == ServerState::Leader
+    }
+
     /// A faster failover than openraft 0.9 gives alone.
     ///
     /// When the dead leader's last entry reached only some followers, a follower without
@@ -76,14 +82,16 @@ impl RaftService {
     /// has reached it meanwhile, at a term above the candidate's (each election moves one
     /// term up, so it may take two or three in a row; everyone ignores the superseded
     /// ones). Safety never depends on when a node stands, and the followers of a live
-    /// leader keep hearing it, so they never do this.
+    /// leader keep hearing it, so they never do this; nor does the leader, which no
+    /// leader reaches (a follower cut off from it stands again and again, and is refused
+    /// for its log each time).
     fn stand_if_only_we_can_win(
         &self,
         request: &openraft::raft::VoteRequest<u64>,
         response: &openraft::raft::VoteResponse<u64>,
     ) {
         let refused_for_log = !response.vote_granted && response.last_log_id > request.last_log_id;
-        if !refused_for_log || self.watch.scheduled.swap(true, Ordering::AcqRel) {
+        if !refused_for_log || self.leads() || self.watch.scheduled.swap(true, Ordering::AcqRel) {
             return;
         }
         let lease = self.node.settings.election_max;
@@ -94,9 +102,13 @@ impl RaftService {
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
-            let ours = raft.metrics().borrow().current_term;
+            let (ours, leads) = {
+                let metrics = raft.metrics();
+                let metrics = metrics.borrow();
+                (metrics.current_term, metrics.state == ServerState::Leader)
+            };
             let elections = candidate.leader_id().term.saturating_sub(ours) + 1;
-            if watch.silent_in(lease).is_zero() && elections <= MAX_TERMS_TO_CATCH_UP {
+            if !leads && watch.silent_in(lease).is_zero() && elections <= MAX_TERMS_TO_CATCH_UP {
                 tracing::info!(
                     %candidate,
                     "a candidate with a shorter log stood and the leader is silent: standing now"
