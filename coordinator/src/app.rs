@@ -32,6 +32,7 @@ use crate::metrics::{self, Metrics};
 use crate::node::{LEADER_ADDRESS_HEADER, Node};
 use crate::push::{Registry, SnapshotCache};
 use crate::raft::network::{MAX_MESSAGE_BYTES, Network};
+use crate::raft::reach::LeaderReach;
 use crate::raft::service::RaftService;
 use crate::raft::{Raft, RaftSettings, store};
 use crate::security::{Authorizer, Credentials, Role};
@@ -254,6 +255,7 @@ impl Coordinator {
             metrics: metrics.clone(),
             settings: config.raft,
             writer,
+            reach: LeaderReach::default(),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -342,6 +344,7 @@ impl Coordinator {
             config.batch_interval,
             shutdown_rx.clone(),
         )));
+        tasks.push(tokio::spawn(node.clone().probe_leader(shutdown_rx.clone())));
         tasks.push(tokio::spawn(run_ticker(
             node.clone(),
             config.tick_interval,

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub pushes: Counter,
     /// Raft calls refused because they were meant for another node.
     pub raft_calls_misaddressed: Counter,
+    /// A leader's heartbeats and entries refused because this node cannot reach it.
+    pub leader_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -82,6 +84,7 @@ impl Metrics {
             push_latency: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
             pushes: Counter::default(),
             raft_calls_misaddressed: Counter::default(),
+            leader_refused: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("raft_term", "Current Raft term", m.term.clone());
@@ -150,6 +153,11 @@ impl Metrics {
             "raft_calls_misaddressed",
             "Raft calls refused because they were meant for another node (two node ids share an address)",
             m.raft_calls_misaddressed.clone(),
+        );
+        registry.register(
+            "raft_leader_refused",
+            "A leader's heartbeats and entries refused because this node could not reach it (its forwards and probes went unanswered)",
+            m.leader_refused.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -3,7 +3,7 @@
 //! are decided once.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -13,6 +13,7 @@ use tonic::metadata::MetadataValue;
 use crate::mesh::{Change, Command, Outcome};
 use crate::metrics::Metrics;
 use crate::raft::network;
+use crate::raft::reach::{self, LeaderReach};
 use crate::raft::store::StateReader;
 use crate::raft::{Raft, RaftSettings};
 use crate::security::Authorizer;
@@ -25,6 +26,11 @@ pub const LEADER_ADDRESS_HEADER: &str = "fulcrum-leader-address";
 
 /// How many longest election timeouts a write waits for a new leader during a failover.
 const FAILOVER_PATIENCE: u32 = 20;
+/// Election timeouts (the longest) a call to the leader may take before it counts as
+/// unanswered: a forwarded proposal, a read index.
+const FORWARD_PATIENCE: u32 = 4;
+/// But never less than this.
+const MIN_FORWARD_PATIENCE: Duration = Duration::from_secs(1);
 
 /// A committed and applied proposal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +61,8 @@ pub struct Node {
     pub settings: RaftSettings,
     /// Batches concurrent proposals into one entry.
     pub writer: Writer,
+    /// Whether this node reaches its leader.
+    pub reach: LeaderReach,
 }
 
 /// Most changes one batched entry carries.
@@ -354,17 +362,30 @@ impl Node {
     ) -> Result<Proposed, Status> {
         let mut client = network::client(&self.dialer, address)?;
         let bytes = crate::mesh::encoding::encode_change(change);
-        let response = client
-            .propose(network::propose_request(bytes))
+        let started = Instant::now();
+        // Bounded: a leader that takes requests in and never answers (its incoming
+        // links down) would otherwise hold this proposal, and the node's next ones, until
+        // the connection's keepalive gives up.
+        let limit = (self.settings.election_max * FORWARD_PATIENCE).max(MIN_FORWARD_PATIENCE);
+        let answered = tokio::time::timeout(limit, client.propose(network::propose_request(bytes)))
             .await
-            .map_err(|s| match s.code() {
-                tonic::Code::Unavailable if s.metadata().get(LEADER_ID_HEADER).is_none() => {
-                    forward_to_leader(
-                        Some((leader, address.to_string())),
-                        &format!("the leader did not answer: {}", s.message()),
-                    )
-                }
-                _ => s,
+            .unwrap_or_else(|_| {
+                Err(Status::deadline_exceeded(format!(
+                    "no answer within {} ms",
+                    limit.as_millis()
+                )))
+            });
+        match &answered {
+            Err(status) if reach::unanswered(status) => self.reach.missed(leader, started),
+            _ => self.reach.reached(leader),
+        }
+        let response = answered
+            .map_err(|s| match reach::unanswered(&s) {
+                true => forward_to_leader(
+                    Some((leader, address.to_string())),
+                    &format!("the leader did not answer: {}", s.message()),
+                ),
+                false => s,
             })?
             .into_inner();
         // Internal, not retryable: the change is committed, only its answer is unreadable
@@ -387,14 +408,70 @@ impl Node {
         if self.is_leader() {
             return self.read_index_here().await;
         }
-        let Some((_, address)) = self.await_leader().await else {
+        let Some((leader, address)) = self.await_leader().await else {
             return Err(forward_to_leader(None, "a consistent read needs a leader"));
         };
-        let mut client = network::client(&self.dialer, &address)?;
-        let response = client
-            .read_index(fulcrum_proto::raft::v1::ReadIndexRequest {})
-            .await?;
-        Ok(response.into_inner().index)
+        let limit = (self.settings.election_max * FORWARD_PATIENCE).max(MIN_FORWARD_PATIENCE);
+        self.ask_read_index(leader, &address, limit).await
+    }
+
+    /// The read index, asked of `leader` at `address` within `limit`; what came of it
+    /// noted in [`Node::reach`].
+    async fn ask_read_index(
+        &self,
+        leader: u64,
+        address: &str,
+        limit: Duration,
+    ) -> Result<u64, Status> {
+        let started = Instant::now();
+        let mut client = network::client(&self.dialer, address)?;
+        let asked = client.read_index(fulcrum_proto::raft::v1::ReadIndexRequest {});
+        let answered = tokio::time::timeout(limit, asked)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Status::deadline_exceeded(format!(
+                    "node {leader} gave no answer within {} ms",
+                    limit.as_millis()
+                )))
+            });
+        match &answered {
+            Err(status) if reach::unanswered(status) => self.reach.missed(leader, started),
+            _ => self.reach.reached(leader),
+        }
+        Ok(answered?.into_inner().index)
+    }
+
+    /// Asks the leader (or the one whose heartbeats this node refuses, see
+    /// [`crate::raft::reach`]) for a read index whenever nothing else reached it for
+    /// [`reach::PROBE_EVERY`] election timeouts, until `shutdown`.
+    pub async fn probe_leader(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let every = self.settings.election_max * reach::PROBE_EVERY;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => return,
+            }
+            let leader = match self.leader() {
+                Some((id, address)) => Some((id, address)),
+                None => {
+                    (self.reach.refused_leader()).and_then(|id| Some((id, self.address_of(id)?)))
+                }
+            };
+            let Some((leader, address)) = leader.filter(|(id, _)| *id != self.id) else {
+                continue;
+            };
+            if !self.reach.reached_within(leader, every) {
+                let _ = self.ask_read_index(leader, &address, every).await;
+            }
+        }
+    }
+
+    /// The address of node `id`, from the membership.
+    fn address_of(&self, id: u64) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let node = metrics.membership_config.membership().get_node(&id)?;
+        Some(node.addr.clone())
     }
 
     /// The read index, when this node leads (confirmed with a heartbeat quorum).

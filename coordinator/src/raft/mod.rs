@@ -4,9 +4,11 @@
 //!   append, with snapshots and log compaction;
 //! - [`wire`]: openraft's messages to and from `fulcrum.raft.v1`;
 //! - [`network`]: the client side (openraft's `RaftNetwork` over tonic + mTLS);
-//! - [`service`]: the server side, coordinators only.
+//! - [`service`]: the server side, coordinators only;
+//! - [`reach`]: a follower's watch on whether it reaches its leader.
 
 pub mod network;
+pub mod reach;
 pub mod service;
 pub mod store;
 pub mod wire;

@@ -12,7 +12,7 @@ use openraft::error::{InstallSnapshotError, RaftError};
 use tonic::{Request, Response, Status};
 
 use super::network::{SNAPSHOT_MISMATCH_CODE, TARGET_HEADER, WRONG_NODE_CODE};
-use super::wire;
+use super::{reach, wire};
 use crate::mesh::encoding::decode_change;
 use crate::node::Node;
 use crate::security::Action;
@@ -62,6 +62,23 @@ impl RaftService {
         RaftService {
             node,
             watch: Arc::default(),
+        }
+    }
+
+    /// Refuses a leader's heartbeats, entries and snapshots while this node cannot reach
+    /// it, so that it stands (see [`crate::raft::reach`]).
+    fn follows(&self, leader: u64) -> Result<(), Status> {
+        let patience = self.node.settings.election_max * reach::STOP_FOLLOWING_AFTER;
+        match self.node.reach.refuses(leader, patience) {
+            None => Ok(()),
+            Some(out) => {
+                self.node.metrics.leader_refused.inc();
+                Err(Status::unavailable(format!(
+                    "node {} has not reached node {leader} for {} ms: it no longer follows it",
+                    self.node.id,
+                    out.as_millis()
+                )))
+            }
         }
     }
 
@@ -184,6 +201,7 @@ impl RaftRpc for RaftService {
         self.node.authz.authorize(&request, Action::Raft)?;
         meant_for(&self.node, &request)?;
         let rpc = wire::from_append_request(request.get_ref())?;
+        self.follows(rpc.vote.leader_id().node_id)?;
         let response = self
             .node
             .raft
@@ -223,6 +241,7 @@ impl RaftRpc for RaftService {
         self.node.authz.authorize(&request, Action::Raft)?;
         meant_for(&self.node, &request)?;
         let rpc = wire::from_snapshot_request(request.get_ref())?;
+        self.follows(rpc.vote.leader_id().node_id)?;
         match self.node.raft.install_snapshot(rpc).await {
             Ok(response) => {
                 self.watch.heard_now();

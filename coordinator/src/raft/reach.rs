@@ -1,0 +1,190 @@
+//! Whether a follower can reach its leader, and what it does when it cannot.
+//!
+//! A leader whose incoming links fail while its outgoing ones work keeps leading under
+//! openraft 0.9: its heartbeats go out on its own connections and their answers come
+//! back on them, so no follower's election timer runs out; yet every proposal a follower
+//! forwards to it is lost, and nothing reported to the other nodes is committed. So each
+//! follower watches whether it reaches its leader: the forwards and reads it makes of the
+//! leader say so as they go, and when none has for a while, a probe (a read index asked
+//! of the leader) does. Once the leader has been out of reach for [`STOP_FOLLOWING_AFTER`]
+//! election timeouts, over two calls or more, the follower refuses its heartbeats and
+//! entries ([`LeaderReach::refuses`]), so that its own election timer runs and it
+//! stands; the other followers, cut off from the leader alike, do the same, and elect
+//! one of themselves. A follower that alone cannot reach the leader stands in vain (its
+//! vote requests do not reach the leader either, and the other followers, which still
+//! hear the leader, refuse them for its lease), and follows again as soon as a probe
+//! reaches the leader.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Election timeouts (the longest) a leader must stay out of reach before a follower
+/// stops following it: at least two probes.
+pub const STOP_FOLLOWING_AFTER: u32 = 3;
+
+/// Calls to the leader that must go unanswered before a follower stops following it.
+const MISSES_TO_STOP_FOLLOWING: u32 = 2;
+
+/// Election timeouts (the longest) between two probes of the leader, when nothing else
+/// reached it meanwhile; a probe gives up after as long.
+pub const PROBE_EVERY: u32 = 2;
+
+/// What a follower knows of reaching its leader.
+#[derive(Debug, Default)]
+pub struct LeaderReach {
+    state: Mutex<Reach>,
+}
+
+#[derive(Debug, Default)]
+struct Reach {
+    /// The leader this is about.
+    leader: Option<u64>,
+    /// When a call to it last got an answer.
+    reached_at: Option<Instant>,
+    /// Since when every call to it has failed for want of an answer.
+    failing_since: Option<Instant>,
+    /// How many calls have failed so since.
+    misses: u32,
+    /// Its heartbeats have been refused since it went out of reach.
+    refused: bool,
+}
+
+impl Reach {
+    /// The record for `leader`, started afresh when the leader changed.
+    fn of(&mut self, leader: u64) -> &mut Reach {
+        if self.leader != Some(leader) {
+            *self = Reach {
+                leader: Some(leader),
+                ..Reach::default()
+            };
+        }
+        self
+    }
+}
+
+impl LeaderReach {
+    /// A call to `leader` got an answer (any answer: a refusal is an answer).
+    pub fn reached(&self, leader: u64) {
+        if let Ok(mut state) = self.state.lock() {
+            let reach = state.of(leader);
+            reach.reached_at = Some(Instant::now());
+            reach.failing_since = None;
+            reach.misses = 0;
+            if std::mem::take(&mut reach.refused) {
+                tracing::info!(leader, "the leader answers again: following it again");
+            }
+        }
+    }
+
+    /// A call to `leader` made at `started` got no answer: it could not connect, or it
+    /// timed out.
+    pub fn missed(&self, leader: u64, started: Instant) {
+        if let Ok(mut state) = self.state.lock() {
+            let reach = state.of(leader);
+            reach.failing_since = Some(reach.failing_since.map_or(started, |s| s.min(started)));
+            reach.misses += 1;
+        }
+    }
+
+    /// Whether `leader` answered within the last `within`.
+    pub fn reached_within(&self, leader: u64, within: Duration) -> bool {
+        let Ok(state) = self.state.lock() else {
+            return false;
+        };
+        state.leader == Some(leader) && state.reached_at.is_some_and(|at| at.elapsed() < within)
+    }
+
+    /// Whether this node should refuse heartbeats and entries from `leader`: how long
+    /// it has been out of reach, when that is at least `patience` and more than one call
+    /// went unanswered (one slow answer is not enough). Said in the log when it begins.
+    pub fn refuses(&self, leader: u64, patience: Duration) -> Option<Duration> {
+        self.refuses_at(leader, patience, Instant::now())
+    }
+
+    fn refuses_at(&self, leader: u64, patience: Duration, now: Instant) -> Option<Duration> {
+        let mut state = self.state.lock().ok()?;
+        let since = (state.failing_since)
+            .filter(|_| state.leader == Some(leader) && state.misses >= MISSES_TO_STOP_FOLLOWING)?;
+        let out = Some(now.saturating_duration_since(since)).filter(|d| *d >= patience)?;
+        if !std::mem::replace(&mut state.refused, true) {
+            tracing::warn!(
+                leader,
+                out_of_reach_ms = out.as_millis() as u64,
+                "the leader has not answered this node: refusing its heartbeats, to elect one that can be reached"
+            );
+        }
+        Some(out)
+    }
+
+    /// The leader whose heartbeats this node refuses, if any: to be probed even while
+    /// this node stands and knows no leader.
+    pub fn refused_leader(&self) -> Option<u64> {
+        let state = self.state.lock().ok()?;
+        state.leader.filter(|_| state.refused)
+    }
+}
+
+/// Whether a failed call to another node means it did not answer (rather than answered
+/// with an error).
+pub fn unanswered(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+    ) && !status
+        .metadata()
+        .contains_key(crate::node::LEADER_ID_HEADER)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leader_out_of_reach_is_refused_only_after_the_patience_and_until_it_answers() {
+        let reach = LeaderReach::default();
+        let (t0, second) = (Instant::now(), Duration::from_secs(1));
+        assert_eq!(
+            reach.refuses_at(1, Duration::ZERO, t0),
+            None,
+            "nothing known"
+        );
+        reach.missed(1, t0);
+        assert_eq!(reach.refuses_at(1, 2 * second, t0 + second), None);
+        // One call unanswered, however long ago: a slow answer, not yet a leader gone.
+        assert_eq!(reach.refuses_at(1, second, t0 + 3 * second), None);
+        assert_eq!(reach.refused_leader(), None);
+        // Another miss does not restart the count.
+        reach.missed(1, t0 + second);
+        assert_eq!(
+            reach.refuses_at(1, 2 * second, t0 + 2 * second),
+            Some(2 * second)
+        );
+        assert_eq!(reach.refused_leader(), Some(1));
+        // Another leader: nothing is known of it yet.
+        assert_eq!(reach.refuses_at(2, Duration::ZERO, t0 + 2 * second), None);
+        assert!(!reach.reached_within(1, Duration::from_secs(60)));
+        reach.reached(2);
+        assert!(reach.reached_within(2, Duration::from_secs(60)));
+        assert_eq!(reach.refused_leader(), None);
+        // An answer ends it.
+        reach.missed(2, t0);
+        reach.missed(2, t0 + second);
+        assert!(reach.refuses_at(2, second, t0 + 2 * second).is_some());
+        reach.reached(2);
+        assert_eq!(reach.refuses_at(2, Duration::ZERO, t0 + 2 * second), None);
+    }
+
+    #[test]
+    fn an_answer_with_an_error_is_an_answer() {
+        assert!(unanswered(&tonic::Status::unavailable("connect refused")));
+        assert!(unanswered(&tonic::Status::deadline_exceeded("timed out")));
+        assert!(!unanswered(&tonic::Status::failed_precondition(
+            "not leader"
+        )));
+        let mut moved = tonic::Status::unavailable("this node does not lead");
+        moved
+            .metadata_mut()
+            .insert(crate::node::LEADER_ID_HEADER, "2".parse().expect("value"));
+        assert!(!unanswered(&moved), "a node that says who leads answered");
+    }
+}
