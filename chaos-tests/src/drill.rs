@@ -203,9 +203,11 @@ pub enum Action {
         node: u64,
     },
     /// Partitions away a coordinator that is not the leader (the relays can only make a
-    /// node deaf: a deaf leader could still lead, so a one-way partition is only a
-    /// partition for a follower).
+    /// node deaf; for a follower, that is a partition).
     PartitionFollower,
+    /// Makes the leader deaf: what reaches it is swallowed, while its own links to the
+    /// other nodes still pass (its heartbeats go out and their answers come back).
+    PartitionLeader,
     /// Every link passes again.
     Heal,
     /// Sets the knobs of a cluster's backends (a flapping backend is a list of these).

@@ -1121,6 +1121,13 @@ impl Target for Mesh {
                     None => tracing::warn!("no leader known: no follower partitioned"),
                 }
             }
+            Action::PartitionLeader => match self.leader_within(Duration::from_secs(5)).await {
+                Some(leader) => {
+                    tracing::info!(node = leader, "making the leader deaf");
+                    self.links.partition(leader);
+                }
+                None => tracing::warn!("no leader known: nothing partitioned"),
+            },
             Action::Heal => self.links.heal(),
             Action::SetErrorRate { cluster, rate } => {
                 let knobs = Knobs {

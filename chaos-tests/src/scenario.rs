@@ -17,6 +17,7 @@
 //! - {at: 10s, kind: pauseCoordinator, node: 1}               # SIGSTOP; resumeCoordinator: SIGCONT
 //! - {at: 12s, kind: partition, node: 2}                      # fault relays; heal: all pass
 //! - {at: 12s, kind: partitionFollower}                       # a node that is not the leader
+//! - {at: 12s, kind: partitionLeader}                         # the leader, made deaf
 //! - {at: 8s, kind: restartProxy, cluster: us-central}
 //! - {at: 10s, kind: setErrorRate, cluster: eu-west, rate: 0.5}
 //! expect:
@@ -212,6 +213,7 @@ impl Drill {
                 "restartCoordinators" => Action::RestartCoordinators,
                 "heal" => Action::Heal,
                 "partitionFollower" => Action::PartitionFollower,
+                "partitionLeader" => Action::PartitionLeader,
                 "partition" | "pauseCoordinator" | "resumeCoordinator" => {
                     let node = a
                         .node
@@ -234,7 +236,7 @@ impl Drill {
                 },
                 other => {
                     return Err(format!(
-                        "{}: {other:?} is not killLeader, killCoordinators, restartCoordinators, pauseCoordinator, resumeCoordinator, partition, partitionFollower, heal, restartProxy or setErrorRate",
+                        "{}: {other:?} is not killLeader, killCoordinators, restartCoordinators, pauseCoordinator, resumeCoordinator, partition, partitionFollower, partitionLeader, heal, restartProxy or setErrorRate",
                         field("kind")
                     ));
                 }

@@ -475,3 +475,32 @@ async fn one_coordinator_partitioned_away_the_majority_continues_and_its_proxies
     // Healed: the group has a leader.
     assert!(mesh.leader_within(Duration::from_secs(10)).await.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deaf_leader_is_replaced_and_the_majority_carries_on() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut mesh = mesh(MeshSpec::local()).await;
+    // The leader stops hearing anything (the fault relays swallow what is sent to it),
+    // just before us-east fails; its own links to the other nodes still pass, so its
+    // heartbeats reach them and are answered, and to openraft it still leads. The
+    // followers find they cannot reach it, stop following it, and elect one of
+    // themselves.
+    let mut p = plan(
+        "leader deaf",
+        Some(Fault::ErrorRate {
+            cluster: US_EAST,
+            rate: 1.0,
+        }),
+        (4, 8, 2),
+    );
+    p.actions = vec![
+        (Duration::from_secs(3), Action::PartitionLeader),
+        (Duration::from_secs(12), Action::Heal),
+    ];
+    let r = run(&mut mesh, p).await;
+    shifted_cleanly(&r);
+    nothing_regressed_or_lost(&r);
+    assert_eq!(r.errors, 0, "{}", r.summary());
+    the_majority_carried_on(&r, mesh.proxies.len(), "made deaf", 4_500, 12_000);
+    assert!(mesh.leader_within(Duration::from_secs(10)).await.is_some());
+}
