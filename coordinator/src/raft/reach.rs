@@ -7,10 +7,10 @@
 //! follower watches whether it reaches its leader: the forwards and reads it makes of the
 //! leader say so as they go, and when none has for a while, a probe (a read index asked
 //! of the leader) does. Once the leader has been out of reach for [`STOP_FOLLOWING_AFTER`]
-//! election timeouts, over two calls or more, the follower refuses its heartbeats and
-//! entries ([`LeaderReach::refuses`]), so that its own election timer runs and it
-//! stands; the other followers, cut off from the leader alike, do the same, and elect
-//! one of themselves. A follower that alone cannot reach the leader stands in vain (its
+//! election timeouts, over two calls or more (the last of them recent), the follower
+//! refuses its heartbeats and entries ([`LeaderReach::refuses`]), so that its own
+//! election timer runs and it stands; the other followers, cut off from the leader
+//! alike, do the same, and elect one of themselves. A follower that alone cannot reach the leader stands in vain (its
 //! vote requests do not reach the leader either, and the other followers, which still
 //! hear the leader, refuse them for its lease), and follows again as soon as a probe
 //! reaches the leader.
@@ -29,6 +29,10 @@ const MISSES_TO_STOP_FOLLOWING: u32 = 2;
 /// reached it meanwhile; a probe gives up after as long.
 pub const PROBE_EVERY: u32 = 2;
 
+/// Election timeouts (the longest) within which the last unanswered call must be for a
+/// follower to refuse the leader: three probes' time.
+pub const MISSES_FRESH_FOR: u32 = 3 * PROBE_EVERY;
+
 /// What a follower knows of reaching its leader.
 #[derive(Debug, Default)]
 pub struct LeaderReach {
@@ -45,6 +49,8 @@ struct Reach {
     failing_since: Option<Instant>,
     /// How many calls have failed so since.
     misses: u32,
+    /// When the last of them failed.
+    last_miss: Option<Instant>,
     /// Its heartbeats have been refused since it went out of reach.
     refused: bool,
 }
@@ -70,6 +76,7 @@ impl LeaderReach {
             reach.reached_at = Some(Instant::now());
             reach.failing_since = None;
             reach.misses = 0;
+            reach.last_miss = None;
             if std::mem::take(&mut reach.refused) {
                 tracing::info!(leader, "the leader answers again: following it again");
             }
@@ -79,10 +86,15 @@ impl LeaderReach {
     /// A call to `leader` made at `started` got no answer: it could not connect, or it
     /// timed out.
     pub fn missed(&self, leader: u64, started: Instant) {
+        self.missed_at(leader, started, Instant::now());
+    }
+
+    fn missed_at(&self, leader: u64, started: Instant, now: Instant) {
         if let Ok(mut state) = self.state.lock() {
             let reach = state.of(leader);
             reach.failing_since = Some(reach.failing_since.map_or(started, |s| s.min(started)));
             reach.misses += 1;
+            reach.last_miss = Some(reach.last_miss.map_or(now, |l| l.max(now)));
         }
     }
 
@@ -95,16 +107,27 @@ impl LeaderReach {
     }
 
     /// Whether this node should refuse heartbeats and entries from `leader`: how long
-    /// it has been out of reach, when that is at least `patience` and more than one call
-    /// went unanswered (one slow answer is not enough). Said in the log when it begins.
-    pub fn refuses(&self, leader: u64, patience: Duration) -> Option<Duration> {
-        self.refuses_at(leader, patience, Instant::now())
+    /// it has been out of reach, when that is at least `patience`, more than one call
+    /// went unanswered (one slow answer is not enough), and the last of them within
+    /// `fresh` (what was seen of a leader long gone, which may lead again since, no
+    /// longer counts). Said in the log when it begins.
+    pub fn refuses(&self, leader: u64, patience: Duration, fresh: Duration) -> Option<Duration> {
+        self.refuses_at(leader, (patience, fresh), Instant::now())
     }
 
-    fn refuses_at(&self, leader: u64, patience: Duration, now: Instant) -> Option<Duration> {
+    fn refuses_at(
+        &self,
+        leader: u64,
+        (patience, fresh): (Duration, Duration),
+        now: Instant,
+    ) -> Option<Duration> {
         let mut state = self.state.lock().ok()?;
-        let since = (state.failing_since)
-            .filter(|_| state.leader == Some(leader) && state.misses >= MISSES_TO_STOP_FOLLOWING)?;
+        let recent = state
+            .last_miss
+            .is_some_and(|at| now.saturating_duration_since(at) <= fresh);
+        let since = (state.failing_since).filter(|_| {
+            state.leader == Some(leader) && state.misses >= MISSES_TO_STOP_FOLLOWING && recent
+        })?;
         let out = Some(now.saturating_duration_since(since)).filter(|d| *d >= patience)?;
         if !std::mem::replace(&mut state.refused, true) {
             tracing::warn!(
@@ -143,35 +166,31 @@ mod tests {
     fn a_leader_out_of_reach_is_refused_only_after_the_patience_and_until_it_answers() {
         let reach = LeaderReach::default();
         let (t0, second) = (Instant::now(), Duration::from_secs(1));
-        assert_eq!(
-            reach.refuses_at(1, Duration::ZERO, t0),
-            None,
-            "nothing known"
-        );
-        reach.missed(1, t0);
-        assert_eq!(reach.refuses_at(1, 2 * second, t0 + second), None);
+        let refuses = |leader, patience, now| reach.refuses_at(leader, (patience, 5 * second), now);
+        assert_eq!(refuses(1, Duration::ZERO, t0), None, "nothing known");
+        reach.missed_at(1, t0, t0 + second);
+        assert_eq!(refuses(1, 2 * second, t0 + second), None);
         // One call unanswered, however long ago: a slow answer, not yet a leader gone.
-        assert_eq!(reach.refuses_at(1, second, t0 + 3 * second), None);
+        assert_eq!(refuses(1, second, t0 + 3 * second), None);
         assert_eq!(reach.refused_leader(), None);
         // Another miss does not restart the count.
-        reach.missed(1, t0 + second);
-        assert_eq!(
-            reach.refuses_at(1, 2 * second, t0 + 2 * second),
-            Some(2 * second)
-        );
+        reach.missed_at(1, t0 + second, t0 + 2 * second);
+        assert_eq!(refuses(1, 2 * second, t0 + 2 * second), Some(2 * second));
         assert_eq!(reach.refused_leader(), Some(1));
+        // Old news: nothing missed for longer than the freshness.
+        assert_eq!(refuses(1, 2 * second, t0 + 8 * second), None);
         // Another leader: nothing is known of it yet.
-        assert_eq!(reach.refuses_at(2, Duration::ZERO, t0 + 2 * second), None);
+        assert_eq!(refuses(2, Duration::ZERO, t0 + 2 * second), None);
         assert!(!reach.reached_within(1, Duration::from_secs(60)));
         reach.reached(2);
         assert!(reach.reached_within(2, Duration::from_secs(60)));
         assert_eq!(reach.refused_leader(), None);
         // An answer ends it.
-        reach.missed(2, t0);
-        reach.missed(2, t0 + second);
-        assert!(reach.refuses_at(2, second, t0 + 2 * second).is_some());
+        reach.missed_at(2, t0, t0 + second);
+        reach.missed_at(2, t0 + second, t0 + 2 * second);
+        assert!(refuses(2, second, t0 + 2 * second).is_some());
         reach.reached(2);
-        assert_eq!(reach.refuses_at(2, Duration::ZERO, t0 + 2 * second), None);
+        assert_eq!(refuses(2, Duration::ZERO, t0 + 2 * second), None);
     }
 
     #[test]

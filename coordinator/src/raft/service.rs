@@ -68,8 +68,10 @@ impl RaftService {
     /// Refuses a leader's heartbeats, entries and snapshots while this node cannot reach
     /// it, so that it stands (see [`crate::raft::reach`]).
     fn follows(&self, leader: u64) -> Result<(), Status> {
-        let patience = self.node.settings.election_max * reach::STOP_FOLLOWING_AFTER;
-        match self.node.reach.refuses(leader, patience) {
+        let election_max = self.node.settings.election_max;
+        let patience = election_max * reach::STOP_FOLLOWING_AFTER;
+        let fresh = election_max * reach::MISSES_FRESH_FOR;
+        match self.node.reach.refuses(leader, patience, fresh) {
             None => Ok(()),
             Some(out) => {
                 self.node.metrics.leader_refused.inc();
