@@ -2,18 +2,19 @@
 //!
 //! A leader whose incoming links fail while its outgoing ones work keeps leading under
 //! openraft 0.9: its heartbeats go out on its own connections and their answers come
-//! back on them, so no follower's election timer runs out; yet every proposal a follower
-//! forwards to it is lost, and nothing reported to the other nodes is committed. So each
-//! follower watches whether it reaches its leader: the forwards and reads it makes of the
-//! leader say so as they go, and when none has for a while, a probe (a read index asked
-//! of the leader) does. Once the leader has been out of reach for [`STOP_FOLLOWING_AFTER`]
-//! election timeouts, over two calls or more (the last of them recent), the follower
-//! refuses its heartbeats and entries ([`LeaderReach::refuses`]), so that its own
-//! election timer runs and it stands; the other followers, cut off from the leader
-//! alike, do the same, and elect one of themselves. A follower that alone cannot reach the leader stands in vain (its
-//! vote requests do not reach the leader either, and the other followers, which still
-//! hear the leader, refuse them for its lease), and follows again as soon as a probe
-//! reaches the leader.
+//! back on them, so no follower's election timer runs out; yet every proposal a
+//! follower forwards to it is lost, and nothing reported to the other nodes is
+//! committed. So each follower watches whether it reaches its leader: the forwards and
+//! reads it makes of the leader say so as they go, and when none has for a while, a
+//! probe (a read index asked of the leader) does. Once the leader has been out of reach
+//! for [`STOP_FOLLOWING_AFTER`] election timeouts, over two calls or more (the last of
+//! them recent), the follower refuses its heartbeats and entries
+//! ([`LeaderReach::refuses`]), so that its own election timer runs and it stands; the
+//! other followers, cut off from the leader alike, do the same, and elect one of
+//! themselves. A follower that alone cannot reach the leader stands in vain (its vote
+//! requests do not reach the leader either, and the other followers, which still hear
+//! the leader, refuse them for its lease), and follows again as soon as a probe reaches
+//! the leader.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
