@@ -607,19 +607,28 @@ impl StaticDiscovery {
             let mut selected = endpoints_of(se, &workloads);
             // Resolved by DNS with no endpoints of its own: the hosts are the endpoints,
             // as in Istio. They have no locality, and every cluster reaches them from
-            // where it is.
-            let from_hosts: Vec<WorkloadEntrySpec> = match se.spec.resolution() {
-                Resolution::Dns | Resolution::DnsRoundRobin if selected.is_empty() => {
-                    (se.spec.hosts)
-                        .iter()
-                        .filter(|h| !h.starts_with('*'))
-                        .map(|h| WorkloadEntrySpec {
-                            address: h.clone(),
-                            ..WorkloadEntrySpec::default()
-                        })
-                        .collect()
-                }
-                _ => Vec::new(),
+            // where it is. So too under `NONE` (Envoy connects where the application
+            // was connecting, to the address it looked the host up at; the application
+            // connects to this proxy instead, which looks the host up itself) and
+            // `DYNAMIC_DNS` (the host looked up as requests come), for hosts that are
+            // names and not wildcards.
+            let by_dns = matches!(
+                se.spec.resolution(),
+                Resolution::Dns
+                    | Resolution::DnsRoundRobin
+                    | Resolution::None
+                    | Resolution::DynamicDns
+            );
+            let from_hosts: Vec<WorkloadEntrySpec> = match by_dns && selected.is_empty() {
+                true => (se.spec.hosts)
+                    .iter()
+                    .filter(|h| !h.starts_with('*'))
+                    .map(|h| WorkloadEntrySpec {
+                        address: h.clone(),
+                        ..WorkloadEntrySpec::default()
+                    })
+                    .collect(),
+                false => Vec::new(),
             };
             let everywhere = !from_hosts.is_empty();
             selected.extend(from_hosts.iter());
@@ -651,10 +660,6 @@ impl StaticDiscovery {
                         Ok(ip) => Arc::from([ip]),
                         Err(_) => {
                             let name = we.address.to_ascii_lowercase();
-                            let by_dns = matches!(
-                                se.spec.resolution(),
-                                Resolution::Dns | Resolution::DnsRoundRobin
-                            );
                             if !by_dns || name.is_empty() {
                                 continue;
                             }

@@ -3829,6 +3829,40 @@ async fn an_endpoint_named_by_dns_is_reached_at_what_its_name_resolves_to() {
     );
 }
 
+/// A ServiceEntry without endpoints under `resolution: NONE` (also the default) or
+/// `DYNAMIC_DNS` has its host reached at what its name resolves to: under Istio, Envoy
+/// connects where the application was connecting, the address the application looked
+/// the host up at; here the application connects to the proxy, which looks it up.
+#[tokio::test]
+async fn a_service_entry_without_endpoints_reaches_its_host_under_none_and_dynamic_dns() {
+    let vm = backend("vm", Behaviour::Ok).await;
+    for resolution in ["resolution: NONE\n  ", "resolution: DYNAMIC_DNS\n  ", ""] {
+        let yaml = format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+             metadata: {{name: external, namespace: shop}}\nspec:\n  hosts: [localhost]\n  \
+             location: MESH_EXTERNAL\n  {resolution}\
+             ports: [{{number: {port}, name: http, protocol: HTTP}}]\n",
+            port = vm.port()
+        );
+        let proxy = start_east(&yaml, None).await;
+        let outbound = proxy.outbound_address();
+        let host = format!("localhost:{}", vm.port());
+        eventually("the host resolved", Duration::from_secs(10), || {
+            let host = host.clone();
+            async move {
+                let answer = send(outbound, &host, "/", false).await;
+                match answer.status {
+                    StatusCode::OK => Ok(()),
+                    other => Err(format!("{other}: {:?}", answer.headers.get(REASON_HEADER))),
+                }
+            }
+        })
+        .await;
+        let answer = send(outbound, &host, "/", false).await;
+        assert_eq!(answer.headers["x-backend"], "vm", "{resolution}");
+    }
+}
+
 /// A retry goes to an endpoint no earlier try went to, unless the route says
 /// `retryIgnorePreviousHosts: false`: then, as in Envoy, the one endpoint of a service
 /// may take the retry of its own failure.
