@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use fulcrum_policy::istio::{
     ClientTlsSettings, ConnectionPoolSettings, DestinationRuleSpec, H2UpgradePolicy,
-    LoadBalancerSettings, Resolution, RetryBudget, ServicePort, SimpleLb, TlsMode, TrafficPolicy,
-    WorkloadEntrySpec, endpoints_of,
+    LoadBalancerSettings, Resolution, RetryBudget, ServiceEntrySpec, ServicePort, SimpleLb,
+    TlsMode, TrafficPolicy, WorkloadEntrySpec, endpoints_of,
 };
 use fulcrum_policy::references::{merged_policy, qualify_host, rule_for_host};
 use fulcrum_policy::{Locality, Object, Resource};
@@ -208,6 +208,12 @@ pub trait Discovery: Send + Sync {
     }
     /// Whether `host` is a service this mesh knows (in any cluster).
     fn knows(&self, host: &str) -> bool;
+    /// The most specific wildcard service (`*.example.com`) whose name covers `host`,
+    /// for a host no service is named exactly, as Envoy matches a virtual host.
+    fn wildcard_for(&self, host: &str) -> Option<&str> {
+        let _ = host;
+        None
+    }
     /// How `host` (and `subset`) is balanced.
     fn balance(&self, host: &str, subset: &str) -> &BalanceSettings;
     /// The same, on one of its ports (as [`Discovery::endpoints_on`] picks it), whose
@@ -379,6 +385,29 @@ fn unapplied(policy: &TrafficPolicy) -> Vec<&'static str> {
             .map(|(_, field)| field),
     );
     fields
+}
+
+/// Warns, once per ServiceEntry, of its wildcard hosts when it has no endpoints: Envoy
+/// reaches such names where the application looked them up (`NONE`) or looks each one up
+/// as requests come (`DYNAMIC_DNS`); this proxy resolves no name per request, so they
+/// have no endpoint.
+fn warn_unresolved_wildcards(se: &Object<ServiceEntrySpec>) {
+    static WARNED: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+    let wildcards: Vec<&String> = se
+        .spec
+        .hosts
+        .iter()
+        .filter(|h| h.starts_with('*'))
+        .collect();
+    let name = format!("{}/{}", se.metadata.namespace, se.metadata.name);
+    if wildcards.is_empty() || !WARNED.lock().is_ok_and(|mut w| w.insert(name.clone())) {
+        return;
+    }
+    tracing::warn!(
+        "ServiceEntry {name}: {wildcards:?} under resolution {} with no endpoints: \
+         fulcrum-proxy does not resolve names per request, so these hosts have no endpoint",
+        se.spec.resolution()
+    );
 }
 
 /// Warns, once per rule and field, of the settings of `rule` this proxy does not apply.
@@ -620,14 +649,17 @@ impl StaticDiscovery {
                     | Resolution::DynamicDns
             );
             let from_hosts: Vec<WorkloadEntrySpec> = match by_dns && selected.is_empty() {
-                true => (se.spec.hosts)
-                    .iter()
-                    .filter(|h| !h.starts_with('*'))
-                    .map(|h| WorkloadEntrySpec {
-                        address: h.clone(),
-                        ..WorkloadEntrySpec::default()
-                    })
-                    .collect(),
+                true => {
+                    warn_unresolved_wildcards(se);
+                    (se.spec.hosts)
+                        .iter()
+                        .filter(|h| !h.starts_with('*'))
+                        .map(|h| WorkloadEntrySpec {
+                            address: h.clone(),
+                            ..WorkloadEntrySpec::default()
+                        })
+                        .collect()
+                }
                 false => Vec::new(),
             };
             let everywhere = !from_hosts.is_empty();
@@ -838,6 +870,14 @@ impl Discovery for StaticDiscovery {
 
     fn knows(&self, host: &str) -> bool {
         self.service(host).is_some()
+    }
+
+    fn wildcard_for(&self, host: &str) -> Option<&str> {
+        let host = crate::lower_case(host);
+        (self.services.keys())
+            .filter(|name| name.starts_with("*.") && host.ends_with(&name[1..]))
+            .max_by_key(|name| name.len())
+            .map(String::as_str)
     }
 
     fn balance(&self, host: &str, subset: &str) -> &BalanceSettings {

@@ -259,7 +259,12 @@ impl Routing {
         }
         Ok(match self.names.resolve(host)? {
             Some(full) => (full, self.discovery.knows(full)),
-            None => (host, false),
+            // A ServiceEntry for `*.example.com` takes `api.example.com`, as its virtual
+            // host does in Envoy; the request keeps its own authority.
+            None => match self.discovery.wildcard_for(host) {
+                Some(wildcard) => (wildcard, true),
+                None => (host, false),
+            },
         })
     }
 
@@ -1259,6 +1264,7 @@ impl Outbound {
             routing.routes.has_host(host)
                 || routing.discovery.knows(host)
                 || matches!(routing.names.resolve(host), Ok(Some(_)))
+                || routing.discovery.wildcard_for(host).is_some()
         };
         let HostPort { host, port } = match service_authority(&parts.uri, &parts.headers, known) {
             Ok(a) => a,

@@ -3829,6 +3829,45 @@ async fn an_endpoint_named_by_dns_is_reached_at_what_its_name_resolves_to() {
     );
 }
 
+/// A ServiceEntry for `*.wild.example` takes the requests for any name under it that no
+/// service is named exactly, as its virtual host does in Envoy (the most specific
+/// wildcard first), and its endpoints get the request's own Host.
+#[tokio::test]
+async fn a_wildcard_service_entry_takes_the_names_under_it() {
+    let wide = backend("wide", Behaviour::Ok).await;
+    let narrow = backend("narrow", Behaviour::Ok).await;
+    let exact = backend("exact", Behaviour::Ok).await;
+    let yaml = [
+        http_entry("wide", "\"*.wild.example\"", &[wide.port()]),
+        http_entry("narrow", "\"*.deep.wild.example\"", &[narrow.port()]),
+        http_entry("exact", "b.wild.example", &[exact.port()]),
+    ]
+    .join("---\n");
+    let proxy = start_east(&yaml, None).await;
+    let outbound = proxy.outbound_address();
+    for (host, expected) in [
+        ("a.wild.example", "wide"),
+        ("x.y.wild.example", "wide"),
+        ("A.Wild.Example", "wide"),
+        ("b.wild.example", "exact"),
+        ("c.deep.wild.example", "narrow"),
+    ] {
+        let answer = send(outbound, host, "/", false).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "{host}: {:?}",
+            answer.headers
+        );
+        assert_eq!(answer.headers["x-backend"], expected, "{host}");
+        assert_eq!(answer.headers["x-seen-host"], host, "{host}");
+    }
+    for host in ["wild.example", "a.other.example"] {
+        let answer = send(outbound, host, "/", false).await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND, "{host}");
+    }
+}
+
 /// A ServiceEntry without endpoints under `resolution: NONE` (also the default) or
 /// `DYNAMIC_DNS` has its host reached at what its name resolves to: under Istio, Envoy
 /// connects where the application was connecting, the address the application looked
