@@ -240,7 +240,11 @@ pub async fn run(
             &mut stop,
         )
         .await;
-        let _ = connected.send(false);
+        // A session that was under way ended: the next coordinator is tried at once
+        // rather than after the waits of earlier failures.
+        if connected.send_replace(false) {
+            backoff = FIRST_BACKOFF;
+        }
         match end {
             SessionEnd::Stopped => return,
             SessionEnd::Failed(why) => {
