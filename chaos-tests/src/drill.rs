@@ -208,6 +208,9 @@ pub enum Action {
     /// Makes the leader deaf: what reaches it is swallowed, while its own links to the
     /// other nodes still pass (its heartbeats go out and their answers come back).
     PartitionLeader,
+    /// Cuts a follower off from the other coordinators only: what they send it is
+    /// swallowed, while the proxies still reach it.
+    IsolateFollower,
     /// Every link passes again.
     Heal,
     /// Sets the knobs of a cluster's backends (a flapping backend is a list of these).

@@ -404,6 +404,15 @@ impl Links {
         }
     }
 
+    /// Cuts coordinator `node` (1-based) off from the other nodes only: what they send
+    /// it is swallowed; the proxies still reach it.
+    pub fn isolate(&self, node: u64) {
+        let i = usize::try_from(node.saturating_sub(1)).unwrap_or(usize::MAX);
+        if let Some(r) = self.coordinator_in.get(i) {
+            r.set(LinkState::Blackhole);
+        }
+    }
+
     /// Every link passes again.
     pub fn heal(&self) {
         let all = self
@@ -1119,6 +1128,20 @@ impl Target for Mesh {
                         self.links.partition(c.id);
                     }
                     None => tracing::warn!("no leader known: no follower partitioned"),
+                }
+            }
+            Action::IsolateFollower => {
+                let leader = self.leader_within(Duration::from_secs(5)).await;
+                match self
+                    .coordinators
+                    .iter()
+                    .find(|c| leader.is_some_and(|l| l != c.id))
+                {
+                    Some(c) => {
+                        tracing::info!(node = c.id, "cutting a follower off from its peers");
+                        self.links.isolate(c.id);
+                    }
+                    None => tracing::warn!("no leader known: no follower cut off"),
                 }
             }
             Action::PartitionLeader => match self.leader_within(Duration::from_secs(5)).await {

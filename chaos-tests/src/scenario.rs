@@ -18,6 +18,7 @@
 //! - {at: 12s, kind: partition, node: 2}                      # fault relays; heal: all pass
 //! - {at: 12s, kind: partitionFollower}                       # a node that is not the leader
 //! - {at: 12s, kind: partitionLeader}                         # the leader, made deaf
+//! - {at: 12s, kind: isolateFollower}                         # from the other nodes only
 //! - {at: 8s, kind: restartProxy, cluster: us-central}
 //! - {at: 10s, kind: setErrorRate, cluster: eu-west, rate: 0.5}
 //! expect:
@@ -214,6 +215,7 @@ impl Drill {
                 "heal" => Action::Heal,
                 "partitionFollower" => Action::PartitionFollower,
                 "partitionLeader" => Action::PartitionLeader,
+                "isolateFollower" => Action::IsolateFollower,
                 "partition" | "pauseCoordinator" | "resumeCoordinator" => {
                     let node = a
                         .node
@@ -236,7 +238,7 @@ impl Drill {
                 },
                 other => {
                     return Err(format!(
-                        "{}: {other:?} is not killLeader, killCoordinators, restartCoordinators, pauseCoordinator, resumeCoordinator, partition, partitionFollower, partitionLeader, heal, restartProxy or setErrorRate",
+                        "{}: {other:?} is not killLeader, killCoordinators, restartCoordinators, pauseCoordinator, resumeCoordinator, partition, partitionFollower, partitionLeader, isolateFollower, heal, restartProxy or setErrorRate",
                         field("kind")
                     ));
                 }

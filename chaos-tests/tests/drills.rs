@@ -477,6 +477,44 @@ async fn one_coordinator_partitioned_away_the_majority_continues_and_its_proxies
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_from_its_peers_sends_its_proxies_elsewhere() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut mesh = mesh(MeshSpec::local()).await;
+    // A follower stops hearing the other coordinators (what they send it is swallowed)
+    // just before us-east fails, while the proxies still reach it: its state stops at
+    // the fault. One proxy starts its session on each node, so one proxy is on it; that
+    // proxy gets the verdict only if the node sends it elsewhere.
+    let mut p = plan(
+        "follower cut off from its peers",
+        Some(Fault::ErrorRate {
+            cluster: US_EAST,
+            rate: 1.0,
+        }),
+        (4, 8, 2),
+    );
+    p.actions = vec![
+        (Duration::from_secs(3), Action::IsolateFollower),
+        (Duration::from_secs(12), Action::Heal),
+    ];
+    let r = run(&mut mesh, p).await;
+    shifted_cleanly(&r);
+    nothing_regressed_or_lost(&r);
+    assert_eq!(r.errors, 0, "{}", r.summary());
+    // The node counts as cut off 3 s after it last heard its leader (about 6 s into the
+    // run); its subscriptions and report streams end within a second, and the proxies on
+    // it move to another node at once. When us-east's reports went to it, they are lost
+    // until then: detection at most about 3 s + 1 s + the next report, after the fault.
+    the_majority_carried_on(
+        &r,
+        mesh.proxies.len(),
+        "cut off from its peers",
+        7_000,
+        11_000,
+    );
+    assert!(mesh.leader_within(Duration::from_secs(10)).await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deaf_leader_is_replaced_and_the_majority_carries_on() {
     let _one = ONE_AT_A_TIME.lock().await;
     let mut mesh = mesh(MeshSpec::local()).await;

@@ -32,7 +32,7 @@ use crate::metrics::{self, Metrics};
 use crate::node::{LEADER_ADDRESS_HEADER, Node};
 use crate::push::{Registry, SnapshotCache};
 use crate::raft::network::{MAX_MESSAGE_BYTES, Network};
-use crate::raft::reach::LeaderReach;
+use crate::raft::reach::{GroupContact, LeaderReach};
 use crate::raft::service::RaftService;
 use crate::raft::{Raft, RaftSettings, store};
 use crate::security::{Authorizer, Credentials, Role};
@@ -233,10 +233,11 @@ impl Coordinator {
             .to_config()
             .map_err(|e| StartError::Invalid(format!("Raft settings: {e}")))?;
         let reader = state_machine.reader();
+        let contact = Arc::new(GroupContact::default());
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
-            Network::new(dialer.clone()),
+            Network::new(dialer.clone(), contact.clone()),
             log,
             state_machine,
         )
@@ -256,6 +257,7 @@ impl Coordinator {
             settings: config.raft,
             writer,
             reach: LeaderReach::default(),
+            contact,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();

@@ -56,6 +56,9 @@ pub struct Metrics {
     pub raft_calls_misaddressed: Counter,
     /// A leader's heartbeats and entries refused because this node cannot reach it.
     pub leader_refused: Counter,
+    /// Proxies' subscriptions and reports refused or ended because this node was cut off
+    /// from its group.
+    pub cut_off_refusals: Counter,
 }
 
 impl Default for Metrics {
@@ -85,6 +88,7 @@ impl Metrics {
             pushes: Counter::default(),
             raft_calls_misaddressed: Counter::default(),
             leader_refused: Counter::default(),
+            cut_off_refusals: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("raft_term", "Current Raft term", m.term.clone());
@@ -158,6 +162,11 @@ impl Metrics {
             "raft_leader_refused",
             "A leader's heartbeats and entries refused because this node could not reach it (its forwards and probes went unanswered)",
             m.leader_refused.clone(),
+        );
+        registry.register(
+            "cut_off_refusals",
+            "Proxies' subscriptions and report streams refused or ended because this node was out of touch with its Raft group",
+            m.cut_off_refusals.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -13,7 +13,7 @@ use tonic::metadata::MetadataValue;
 use crate::mesh::{Change, Command, Outcome};
 use crate::metrics::Metrics;
 use crate::raft::network;
-use crate::raft::reach::{self, LeaderReach};
+use crate::raft::reach::{self, GroupContact, LeaderReach};
 use crate::raft::store::StateReader;
 use crate::raft::{Raft, RaftSettings};
 use crate::security::Authorizer;
@@ -31,6 +31,11 @@ const FAILOVER_PATIENCE: u32 = 20;
 const FORWARD_PATIENCE: u32 = 4;
 /// But never less than this.
 const MIN_FORWARD_PATIENCE: Duration = Duration::from_secs(1);
+/// Election timeouts (the longest) out of touch with the group after which a node counts
+/// as cut off ([`Node::cut_off`]): longer than any election.
+const CUT_OFF_ELECTIONS: u32 = 10;
+/// But never less than this.
+const MIN_CUT_OFF: Duration = Duration::from_secs(3);
 
 /// A committed and applied proposal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +68,8 @@ pub struct Node {
     pub writer: Writer,
     /// Whether this node reaches its leader.
     pub reach: LeaderReach,
+    /// Whether this node is in touch with its group.
+    pub contact: Arc<GroupContact>,
 }
 
 /// Most changes one batched entry carries.
@@ -263,6 +270,21 @@ impl Node {
             .map(|n| n.addr.clone())
             .unwrap_or_default();
         Some((id, address))
+    }
+
+    /// When this node has been out of touch with its Raft group for longer than a
+    /// failover takes (`max(3 s, ten election timeouts)`): how long. Its state is then
+    /// stale and what is reported to it may not commit ([`GroupContact`]).
+    pub fn cut_off(&self) -> Option<Duration> {
+        let (leading, voters) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
+            (metrics.state == openraft::ServerState::Leader, voters)
+        };
+        let out = self.contact.out_of_touch(leading, &voters, self.id);
+        let patience = (self.settings.election_max * CUT_OFF_ELECTIONS).max(MIN_CUT_OFF);
+        (out > patience).then_some(out)
     }
 
     /// True when this node leads.

@@ -51,6 +51,27 @@ impl ControlService {
     }
 }
 
+/// How often a subscription checks that its node is still in touch with the group.
+const CONTACT_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// `Unavailable` when `node` is cut off from its Raft group ([`Node::cut_off`]): its
+/// state is stale and what is reported to it may never commit, so proxies are sent to
+/// another coordinator, as from one that is down.
+fn in_touch(node: &Node) -> Result<(), Status> {
+    match node.cut_off() {
+        None => Ok(()),
+        Some(out) => {
+            node.metrics.cut_off_refusals.inc();
+            Err(Status::unavailable(format!(
+                "coordinator {} has been out of touch with its Raft group for {} ms: \
+                 use another",
+                node.id,
+                out.as_millis()
+            )))
+        }
+    }
+}
+
 /// Converts and checks a report from the wire, and checks the caller may send it.
 fn accept_report(
     node: &Node,
@@ -77,9 +98,11 @@ impl ProxyControl for ControlService {
         request: Request<Streaming<pb::HealthReport>>,
     ) -> Result<Response<pb::ReportSummary>, Status> {
         let caller = self.node.authz.caller(&request)?;
+        in_touch(&self.node)?;
         let mut stream = request.into_inner();
         let mut summary = pb::ReportSummary::default();
         while let Some(message) = stream.next().await {
+            in_touch(&self.node)?;
             let report = accept_report(&self.node, &caller, &message?)?;
             match self.ingest.offer(report) {
                 Offered::Accepted | Offered::Coalesced => summary.accepted += 1,
@@ -96,6 +119,7 @@ impl ProxyControl for ControlService {
         request: Request<Streaming<pb::SubscribeRequest>>,
     ) -> Result<Response<SnapshotStream>, Status> {
         let caller = self.node.authz.caller(&request)?;
+        in_touch(&self.node)?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.next())
             .await
@@ -143,6 +167,8 @@ impl ProxyControl for ControlService {
         node.metrics.connected_proxies.inc();
         tokio::spawn(async move {
             let mut held = hello.last_version;
+            let mut contact_check = tokio::time::interval(CONTACT_CHECK_EVERY);
+            contact_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 // Send the current snapshot if it is newer than what the proxy holds. A
                 // lagging node waits until it catches up: a proxy never goes backwards.
@@ -184,6 +210,13 @@ impl ProxyControl for ControlService {
                         Some(Ok(_)) => {}
                         Some(Err(_)) | None => break,
                     },
+                    _ = contact_check.tick() => {
+                        if let Err(status) = in_touch(&node) {
+                            tracing::warn!(proxy = %hello.proxy_id, "{}", status.message());
+                            let _ = tx.send(Err(status)).await;
+                            break;
+                        }
+                    }
                     _ = shutdown.changed() => break,
                 }
             }

@@ -5,6 +5,8 @@
 //! did not expect comes back as openraft's own `SnapshotMismatch`, so the leader restarts
 //! the transfer.
 
+use std::sync::Arc;
+
 use fulcrum_proto::raft::v1 as pb;
 use fulcrum_proto::raft::v1::raft_client::RaftClient;
 use openraft::error::{
@@ -19,6 +21,7 @@ use openraft::raft::{
 use openraft::{AnyError, BasicNode, EntryPayload, LogId};
 use tonic::transport::Channel;
 
+use super::reach::GroupContact;
 use super::{TypeConfig, wire};
 use crate::transport::Dialer;
 
@@ -42,12 +45,13 @@ pub const WRONG_NODE_CODE: tonic::Code = tonic::Code::FailedPrecondition;
 #[derive(Clone)]
 pub struct Network {
     dialer: Dialer,
+    contact: Arc<GroupContact>,
 }
 
 impl Network {
-    /// Dials peers with `dialer`.
-    pub fn new(dialer: Dialer) -> Self {
-        Network { dialer }
+    /// Dials peers with `dialer`, noting in `contact` which of them answer.
+    pub fn new(dialer: Dialer, contact: Arc<GroupContact>) -> Self {
+        Network { dialer, contact }
     }
 }
 
@@ -56,6 +60,7 @@ pub struct Peer {
     target: u64,
     address: String,
     client: Result<RaftClient<Channel>, String>,
+    contact: Arc<GroupContact>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -70,6 +75,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                 .channel(&node.addr)
                 .map(|c| RaftClient::new(c).max_decoding_message_size(MAX_MESSAGE_BYTES))
                 .map_err(|e| e.to_string()),
+            contact: self.contact.clone(),
         }
     }
 }
@@ -163,6 +169,7 @@ impl RaftNetwork<TypeConfig> for Peer {
             .append_entries(self.request(wire::append_request(&rpc), &option))
             .await
             .map_err(|s| failure(&self.address, &s))?;
+        self.contact.answered_by(self.target);
         let response = wire::from_append_response(response.get_ref())
             .map_err(|e| malformed(&self.address, e))?;
         // The follower took what was sent; openraft sends the rest next.
@@ -187,6 +194,7 @@ impl RaftNetwork<TypeConfig> for Peer {
             .await;
         match response {
             Ok(r) => {
+                self.contact.answered_by(self.target);
                 wire::from_snapshot_response(r.get_ref()).map_err(|e| malformed(&self.address, e))
             }
             Err(status) if status.code() == SNAPSHOT_MISMATCH_CODE => {
@@ -214,6 +222,8 @@ impl RaftNetwork<TypeConfig> for Peer {
             .vote(self.request(wire::vote_request(&rpc), &option))
             .await
             .map_err(|s| failure(&self.address, &s))?;
+        // A new leader has just been answered by a majority: it starts in touch.
+        self.contact.answered_by(self.target);
         wire::from_vote_response(response.get_ref()).map_err(|e| malformed(&self.address, e))
     }
 }

@@ -16,6 +16,7 @@
 //! the leader, refuse them for its lease), and follows again as soon as a probe reaches
 //! the leader.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -148,6 +149,87 @@ impl LeaderReach {
     }
 }
 
+/// Whether this node is in touch with its Raft group: as a follower, when a leader last
+/// reached it; as the leader, when a majority of the voters (itself among them) last
+/// answered it. A node out of touch for long holds a stale state and cannot commit what
+/// is reported to it: it sends proxies elsewhere ([`crate::api::control`]).
+#[derive(Debug)]
+pub struct GroupContact {
+    started: Instant,
+    /// When a leader's heartbeat, entries or snapshot were last taken here.
+    from_leader: Mutex<Option<Instant>>,
+    /// When each peer last answered a Raft call of this node's.
+    answers: Mutex<BTreeMap<u64, Instant>>,
+}
+
+impl Default for GroupContact {
+    fn default() -> Self {
+        GroupContact {
+            started: Instant::now(),
+            from_leader: Mutex::default(),
+            answers: Mutex::default(),
+        }
+    }
+}
+
+impl GroupContact {
+    /// A leader reached this node.
+    pub fn heard_leader(&self) {
+        if let Ok(mut at) = self.from_leader.lock() {
+            *at = Some(Instant::now());
+        }
+    }
+
+    /// How long no leader has reached this node (since it started, when none ever has).
+    pub fn leader_silent_for(&self) -> Duration {
+        let at = self.from_leader.lock().ok().and_then(|at| *at);
+        at.unwrap_or(self.started).elapsed()
+    }
+
+    /// `peer` answered a Raft call of this node's (any answer).
+    pub fn answered_by(&self, peer: u64) {
+        self.answered_at(peer, Instant::now());
+    }
+
+    fn answered_at(&self, peer: u64, at: Instant) {
+        if let Ok(mut answers) = self.answers.lock() {
+            answers.insert(peer, at);
+        }
+    }
+
+    /// How long this node has been out of touch with the group made of `voters`: as the
+    /// leader (`leading`), since the last time a majority of them, this node `me` among
+    /// them, had answered; otherwise since a leader last reached it. Zero for a group of
+    /// one.
+    pub fn out_of_touch(&self, leading: bool, voters: &[u64], me: u64) -> Duration {
+        self.out_of_touch_at(leading, voters, me, Instant::now())
+    }
+
+    fn out_of_touch_at(&self, leading: bool, voters: &[u64], me: u64, now: Instant) -> Duration {
+        if voters.iter().all(|v| *v == me) {
+            return Duration::ZERO;
+        }
+        if !leading {
+            let at = self.from_leader.lock().ok().and_then(|at| *at);
+            return now.saturating_duration_since(at.unwrap_or(self.started));
+        }
+        let Ok(answers) = self.answers.lock() else {
+            return Duration::ZERO;
+        };
+        let mut latest: Vec<Instant> = (voters.iter())
+            .filter(|v| **v != me)
+            .map(|v| answers.get(v).copied().unwrap_or(self.started))
+            .collect();
+        latest.sort_unstable_by(|a, b| b.cmp(a));
+        // A majority of the voters, this node being one of them.
+        let peers_needed = (voters.len() / 2 + 1).saturating_sub(usize::from(voters.contains(&me)));
+        match peers_needed.checked_sub(1).and_then(|i| latest.get(i)) {
+            Some(at) => now.saturating_duration_since(*at),
+            None => Duration::ZERO,
+        }
+    }
+}
+
 /// Whether a failed call to another node means it did not answer (rather than answered
 /// with an error).
 pub fn unanswered(status: &tonic::Status) -> bool {
@@ -206,5 +288,31 @@ mod tests {
             .metadata_mut()
             .insert(crate::node::LEADER_ID_HEADER, "2".parse().expect("value"));
         assert!(!unanswered(&moved), "a node that says who leads answered");
+    }
+    #[test]
+    fn a_leader_is_in_touch_while_a_majority_answers_and_a_follower_while_a_leader_reaches_it() {
+        let contact = GroupContact::default();
+        let t0 = contact.started;
+        let s = Duration::from_secs;
+        let at = |n| t0 + s(n);
+        assert_eq!(
+            contact.out_of_touch_at(true, &[1], 1, at(99)),
+            s(0),
+            "alone"
+        );
+        // Three voters: one peer's answer and this node make a majority.
+        contact.answered_at(2, at(10));
+        assert_eq!(contact.out_of_touch_at(true, &[1, 2, 3], 1, at(12)), s(2));
+        contact.answered_at(3, at(11));
+        assert_eq!(contact.out_of_touch_at(true, &[1, 2, 3], 1, at(12)), s(1));
+        // Five: two peers needed; 4 and 5 never answered (counted from the start).
+        assert_eq!(
+            contact.out_of_touch_at(true, &[1, 2, 3, 4, 5], 1, at(12)),
+            s(2)
+        );
+        // A follower: since a leader last reached it, else since the start.
+        assert_eq!(contact.out_of_touch_at(false, &[1, 2, 3], 1, at(12)), s(12));
+        contact.heard_leader();
+        assert!(contact.leader_silent_for() < s(1));
     }
 }

@@ -1,9 +1,9 @@
 //! The server side of the Raft transport, plus the two calls followers make of the leader
 //! (Propose, ReadIndex). Coordinator identities only.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fulcrum_proto::raft::v1 as pb;
 use fulcrum_proto::raft::v1::raft_server::Raft as RaftRpc;
@@ -12,7 +12,8 @@ use openraft::error::{InstallSnapshotError, RaftError};
 use tonic::{Request, Response, Status};
 
 use super::network::{SNAPSHOT_MISMATCH_CODE, TARGET_HEADER, WRONG_NODE_CODE};
-use super::{reach, wire};
+use super::reach::{self, GroupContact};
+use super::wire;
 use crate::mesh::encoding::decode_change;
 use crate::node::Node;
 use crate::security::Action;
@@ -30,39 +31,35 @@ pub struct RaftService {
     watch: Arc<LeaderWatch>,
 }
 
-/// What this node knows of its leader's liveness, beyond openraft's own timers.
-#[derive(Default)]
+/// What this node knows of its leader's liveness, beyond openraft's own timers: when a
+/// leader last reached it ([`GroupContact`], shared with the node), and whether it is to
+/// stand.
 struct LeaderWatch {
-    /// When a leader last reached this node (append entries or a snapshot).
-    heard: Mutex<Option<Instant>>,
+    contact: Arc<GroupContact>,
     /// A standing is scheduled (one at a time).
     scheduled: AtomicBool,
 }
 
 impl LeaderWatch {
     fn heard_now(&self) {
-        if let Ok(mut heard) = self.heard.lock() {
-            *heard = Some(Instant::now());
-        }
+        self.contact.heard_leader();
     }
 
     /// How long until no leader has reached this node for `lease`: zero when it is
     /// already so.
     fn silent_in(&self, lease: Duration) -> Duration {
-        match self.heard.lock() {
-            Ok(heard) => heard.map_or(Duration::ZERO, |at| lease.saturating_sub(at.elapsed())),
-            Err(_) => lease,
-        }
+        lease.saturating_sub(self.contact.leader_silent_for())
     }
 }
 
 impl RaftService {
     /// Serves `node`.
     pub fn new(node: Arc<Node>) -> Self {
-        RaftService {
-            node,
-            watch: Arc::default(),
-        }
+        let watch = Arc::new(LeaderWatch {
+            contact: node.contact.clone(),
+            scheduled: AtomicBool::new(false),
+        });
+        RaftService { node, watch }
     }
 
     /// Refuses a leader's heartbeats, entries and snapshots while this node cannot reach
