@@ -875,6 +875,15 @@ impl Mesh {
         ask_leader(&self.bins.ctl, &self.dir.join("certs"), &addresses)
     }
 
+    /// A coordinator that is not the leader, once a leader is known (within 5 s):
+    /// without one, the node picked could be it.
+    async fn a_follower(&self) -> Option<u64> {
+        let leader = self.leader_within(Duration::from_secs(5)).await?;
+        (self.coordinators.iter())
+            .map(|c| c.id)
+            .find(|id| *id != leader)
+    }
+
     /// [`Mesh::leader`], asked again until a coordinator names one or `within` has
     /// passed (an election, or coordinators slow to answer on a loaded machine), without
     /// holding up the runtime's threads.
@@ -1115,35 +1124,20 @@ impl Target for Mesh {
                 }
             }
             Action::Partition { node } => self.links.partition(*node),
-            Action::PartitionFollower => {
-                // Only with a known leader: otherwise the node picked could be it.
-                let leader = self.leader_within(Duration::from_secs(5)).await;
-                match self
-                    .coordinators
-                    .iter()
-                    .find(|c| leader.is_some_and(|l| l != c.id))
-                {
-                    Some(c) => {
-                        tracing::info!(node = c.id, "partitioning away a follower");
-                        self.links.partition(c.id);
-                    }
-                    None => tracing::warn!("no leader known: no follower partitioned"),
+            Action::PartitionFollower => match self.a_follower().await {
+                Some(node) => {
+                    tracing::info!(node, "partitioning away a follower");
+                    self.links.partition(node);
                 }
-            }
-            Action::IsolateFollower => {
-                let leader = self.leader_within(Duration::from_secs(5)).await;
-                match self
-                    .coordinators
-                    .iter()
-                    .find(|c| leader.is_some_and(|l| l != c.id))
-                {
-                    Some(c) => {
-                        tracing::info!(node = c.id, "cutting a follower off from its peers");
-                        self.links.isolate(c.id);
-                    }
-                    None => tracing::warn!("no leader known: no follower cut off"),
+                None => tracing::warn!("no leader known: no follower partitioned"),
+            },
+            Action::IsolateFollower => match self.a_follower().await {
+                Some(node) => {
+                    tracing::info!(node, "cutting a follower off from its peers");
+                    self.links.isolate(node);
                 }
-            }
+                None => tracing::warn!("no leader known: no follower cut off"),
+            },
             Action::PartitionLeader => match self.leader_within(Duration::from_secs(5)).await {
                 Some(leader) => {
                     tracing::info!(node = leader, "making the leader deaf");

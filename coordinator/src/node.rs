@@ -384,23 +384,17 @@ impl Node {
     ) -> Result<Proposed, Status> {
         let mut client = network::client(&self.dialer, address)?;
         let bytes = crate::mesh::encoding::encode_change(change);
-        let started = Instant::now();
         // Bounded: a leader that takes requests in and never answers (its incoming
         // links down) would otherwise hold this proposal, and the node's next ones, until
         // the connection's keepalive gives up.
         let limit = (self.settings.election_max * FORWARD_PATIENCE).max(MIN_FORWARD_PATIENCE);
-        let answered = tokio::time::timeout(limit, client.propose(network::propose_request(bytes)))
-            .await
-            .unwrap_or_else(|_| {
-                Err(Status::deadline_exceeded(format!(
-                    "no answer within {} ms",
-                    limit.as_millis()
-                )))
-            });
-        match &answered {
-            Err(status) if reach::unanswered(status) => self.reach.missed(leader, started),
-            _ => self.reach.reached(leader),
-        }
+        let answered = self
+            .call_leader(
+                leader,
+                limit,
+                client.propose(network::propose_request(bytes)),
+            )
+            .await;
         let response = answered
             .map_err(|s| match reach::unanswered(&s) {
                 true => forward_to_leader(
@@ -445,22 +439,35 @@ impl Node {
         address: &str,
         limit: Duration,
     ) -> Result<u64, Status> {
-        let started = Instant::now();
         let mut client = network::client(&self.dialer, address)?;
         let asked = client.read_index(fulcrum_proto::raft::v1::ReadIndexRequest {});
-        let answered = tokio::time::timeout(limit, asked)
-            .await
-            .unwrap_or_else(|_| {
-                Err(Status::deadline_exceeded(format!(
-                    "node {leader} gave no answer within {} ms",
-                    limit.as_millis()
-                )))
-            });
+        Ok(self
+            .call_leader(leader, limit, asked)
+            .await?
+            .into_inner()
+            .index)
+    }
+
+    /// A call to `leader`, given up after `limit` (`DeadlineExceeded`); whether it was
+    /// answered noted in [`Node::reach`].
+    async fn call_leader<T>(
+        &self,
+        leader: u64,
+        limit: Duration,
+        call: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let started = Instant::now();
+        let answered = tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(format!(
+                "node {leader} gave no answer within {} ms",
+                limit.as_millis()
+            )))
+        });
         match &answered {
             Err(status) if reach::unanswered(status) => self.reach.missed(leader, started),
             _ => self.reach.reached(leader),
         }
-        Ok(answered?.into_inner().index)
+        answered
     }
 
     /// Asks the leader (or the one whose heartbeats this node refuses, see
