@@ -480,12 +480,10 @@ impl Node {
                 _ = tokio::time::sleep(every) => {}
                 _ = shutdown.changed() => return,
             }
-            let leader = match self.leader() {
-                Some((id, address)) => Some((id, address)),
-                None => {
-                    (self.reach.refused_leader()).and_then(|id| Some((id, self.address_of(id)?)))
-                }
-            };
+            let leader = self.leader().or_else(|| {
+                let id = self.reach.refused_leader()?;
+                Some((id, self.address_of(id)?))
+            });
             let Some((leader, address)) = leader.filter(|(id, _)| *id != self.id) else {
                 continue;
             };
