@@ -276,15 +276,20 @@ impl Node {
     /// failover takes (`max(3 s, ten election timeouts)`): how long. Its state is then
     /// stale and what is reported to it may not commit ([`GroupContact`]).
     pub fn cut_off(&self) -> Option<Duration> {
+        let out = self.out_of_touch();
+        let patience = (self.settings.election_max * CUT_OFF_ELECTIONS).max(MIN_CUT_OFF);
+        (out > patience).then_some(out)
+    }
+
+    /// How long this node has been out of touch with its Raft group ([`GroupContact`]).
+    pub fn out_of_touch(&self) -> Duration {
         let (leading, voters) = {
             let metrics = self.raft.metrics();
             let metrics = metrics.borrow();
             let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
             (metrics.state == openraft::ServerState::Leader, voters)
         };
-        let out = self.contact.out_of_touch(leading, &voters, self.id);
-        let patience = (self.settings.election_max * CUT_OFF_ELECTIONS).max(MIN_CUT_OFF);
-        (out > patience).then_some(out)
+        self.contact.out_of_touch(leading, &voters, self.id)
     }
 
     /// True when this node leads.

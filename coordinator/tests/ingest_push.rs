@@ -258,3 +258,84 @@ async fn the_config_directory_is_applied_and_watched() {
     .await;
     node.stop().await;
 }
+
+/// A node out of touch with its group (here the only one left of three) ends the
+/// subscriptions it holds and refuses new ones, saying why, and says so in its Raft
+/// status; back in touch, it serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_its_group_sends_proxies_elsewhere_until_it_is_back() {
+    let mut group = Group::start(3).await;
+    let subscribe = |group: &Group, node: u64| {
+        let channel = group.channel_as(node, Role::Proxy("east".into()));
+        async move {
+            let (hello_tx, hello_rx) = tokio::sync::mpsc::channel(8);
+            hello_tx
+                .send(control::SubscribeRequest {
+                    message: Some(control::subscribe_request::Message::Hello(control::Hello {
+                        cluster: "east".into(),
+                        locality: locality("us-east"),
+                        proxy_id: "east-1".into(),
+                        last_version: 0,
+                    })),
+                })
+                .await
+                .expect("hello");
+            let answer = ProxyControlClient::new(channel)
+                .subscribe(tokio_stream::wrappers::ReceiverStream::new(hello_rx))
+                .await;
+            (answer, hello_tx)
+        }
+    };
+    let raft = |group: &Group, node: u64| {
+        let channel = group.admin(node);
+        async move {
+            pb::status_client::StatusClient::new(channel)
+                .get_raft(pb::GetRaftRequest {})
+                .await
+                .expect("raft status")
+                .into_inner()
+        }
+    };
+    let leader = group.leader().await;
+    let survivor = (1..=3).find(|n| *n != leader).expect("a follower");
+    let (held, _keep) = subscribe(&group, survivor).await;
+    let mut held = held.expect("subscribed while in touch").into_inner();
+    assert!(!raft(&group, survivor).await.cut_off);
+    for other in (1..=3).filter(|n| *n != survivor) {
+        group.stop(other).await;
+    }
+    // No leader reaches it: after 3 s it is cut off, and its subscription ends.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match held.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the subscription ends");
+    let status = ended.expect_err("ended with a status");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(status.message().contains("out of touch"), "{status}");
+    let (refused, _keep) = subscribe(&group, survivor).await;
+    let refused = refused.expect_err("a new subscription is refused");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
+    let status = raft(&group, survivor).await;
+    assert!(
+        status.cut_off && status.out_of_touch_ms >= 3_000,
+        "{status:?}"
+    );
+    // The others back: a leader again, and the node serves.
+    for other in (1..=3).filter(|n| *n != survivor) {
+        group.restart(other).await;
+    }
+    eventually(Duration::from_secs(15), "back in touch", || async {
+        match subscribe(&group, survivor).await.0 {
+            Ok(_) => Ok(()),
+            Err(status) => Err(status.to_string()),
+        }
+    })
+    .await;
+    assert!(!raft(&group, survivor).await.cut_off);
+}

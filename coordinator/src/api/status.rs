@@ -406,6 +406,8 @@ impl StatusRpc for StatusService {
             applied_index: applied,
             snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
             members,
+            out_of_touch_ms: self.node.out_of_touch().as_millis() as u64,
+            cut_off: self.node.cut_off().is_some(),
         }))
     }
 }

@@ -454,6 +454,7 @@ async fn dispatch(
                         "raft": {"nodeId": raft.node_id, "leaderId": raft.leader_id, "term": raft.term,
                                  "lastLogIndex": raft.last_log_index, "commitIndex": raft.commit_index,
                                  "appliedIndex": raft.applied_index, "snapshotIndex": raft.snapshot_index,
+                                 "outOfTouchMs": raft.out_of_touch_ms, "cutOff": raft.cut_off,
                                  "members": raft.members.iter().map(member_json).collect::<Vec<_>>()},
                         "clusters": mesh.clusters.iter().map(|c| json!({
                             "name": c.name, "locality": locality_text(c.locality.as_ref()),
@@ -464,8 +465,17 @@ async fn dispatch(
                 );
                 return Ok(Outcome::Ok);
             }
+            let cut_off = match raft.cut_off {
+                true => format!(
+                    "\nnode {} has been out of touch with its group for {:.1}s: it sends proxies \
+                     to another coordinator\n",
+                    raft.node_id,
+                    raft.out_of_touch_ms as f64 / 1000.0
+                ),
+                false => String::new(),
+            };
             let mut text = format!(
-                "leader: {}   term: {}   node {}: commit {} applied {} snapshot {}\n\nMEMBER  ADDRESS                 VOTER  MATCHED\n",
+                "leader: {}   term: {}   node {}: commit {} applied {} snapshot {}\n{cut_off}\nMEMBER  ADDRESS                 VOTER  MATCHED\n",
                 if raft.leader_id == 0 {
                     "none".to_string()
                 } else {
