@@ -15,7 +15,9 @@ const US_EAST: usize = 0;
 const EU_WEST_LOCALITY: &str = "eu-west/eu-west-1a";
 
 async fn mesh(spec: MeshSpec) -> Mesh {
-    let bins = Binaries::locate(false).expect("the mesh's binaries");
+    // Built first (a no-op when fresh): `cargo test -p fulcrum-chaos` alone does not
+    // rebuild the other packages' binaries, and a drill must not run stale ones.
+    let bins = Binaries::locate(true).expect("the mesh's binaries");
     let started = std::time::Instant::now();
     let mut mesh = Mesh::start(spec, bins, None)
         .await

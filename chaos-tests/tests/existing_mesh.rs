@@ -11,7 +11,9 @@ use fulcrum_chaos::scenario::Drill;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_through_the_admin_api_moves_traffic_and_process_faults_are_skipped() {
-    let bins = Binaries::locate(false).expect("the mesh's binaries");
+    // Built first (a no-op when fresh): `cargo test -p fulcrum-chaos` alone does not
+    // rebuild the other packages' binaries, and a drill must not run stale ones.
+    let bins = Binaries::locate(true).expect("the mesh's binaries");
     let mut spec = MeshSpec::local();
     // Quick failback, so the undrain's ramp is seen within the run.
     spec.damping = "    recoverAfter: 1s\n    rampStep: 50%".into();

@@ -13,7 +13,9 @@ fn alive(pid: u32) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_or_panicking_mesh_leaves_no_process_behind() {
-    let bins = Binaries::locate(false).expect("the mesh's binaries");
+    // Built first (a no-op when fresh): `cargo test -p fulcrum-chaos` alone does not
+    // rebuild the other packages' binaries, and a drill must not run stale ones.
+    let bins = Binaries::locate(true).expect("the mesh's binaries");
 
     let mesh = Mesh::start(MeshSpec::local(), bins.clone(), None)
         .await
