@@ -23,6 +23,33 @@ fn locality(region: &str) -> Option<Locality> {
     })
 }
 
+/// East's proxy subscribing to `node`: the answer, and the sender of its stream (kept
+/// open while the subscription is to last).
+async fn subscribe_east(
+    group: &Group,
+    node: u64,
+) -> (
+    Result<tonic::Response<tonic::Streaming<control::Snapshot>>, tonic::Status>,
+    tokio::sync::mpsc::Sender<control::SubscribeRequest>,
+) {
+    let (hello_tx, hello_rx) = tokio::sync::mpsc::channel(8);
+    hello_tx
+        .send(control::SubscribeRequest {
+            message: Some(control::subscribe_request::Message::Hello(control::Hello {
+                cluster: "east".into(),
+                locality: locality("us-east"),
+                proxy_id: "east-1".into(),
+                last_version: 0,
+            })),
+        })
+        .await
+        .expect("hello");
+    let answer = ProxyControlClient::new(group.channel_as(node, Role::Proxy("east".into())))
+        .subscribe(tokio_stream::wrappers::ReceiverStream::new(hello_rx))
+        .await;
+    (answer, hello_tx)
+}
+
 /// One report: `requests` toward api in `to`, `failed` of them 503, plus the reporter's
 /// own inventory.
 fn report(
@@ -96,23 +123,8 @@ async fn reports_to_any_node_move_the_weights_and_subscribers_are_pushed() {
         .expect("mesh");
 
     // East subscribes to node 3.
-    let (hello_tx, hello_rx) = tokio::sync::mpsc::channel(8);
-    hello_tx
-        .send(control::SubscribeRequest {
-            message: Some(control::subscribe_request::Message::Hello(control::Hello {
-                cluster: "east".into(),
-                locality: locality("us-east"),
-                proxy_id: "east-1".into(),
-                last_version: 0,
-            })),
-        })
-        .await
-        .expect("hello");
-    let mut snapshots = ProxyControlClient::new(group.channel_as(3, Role::Proxy("east".into())))
-        .subscribe(tokio_stream::wrappers::ReceiverStream::new(hello_rx))
-        .await
-        .expect("subscribe")
-        .into_inner();
+    let (subscribed, _hello) = subscribe_east(&group, 3).await;
+    let mut snapshots = subscribed.expect("subscribe").into_inner();
     let first = snapshots
         .message()
         .await
@@ -265,27 +277,6 @@ async fn the_config_directory_is_applied_and_watched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_its_group_sends_proxies_elsewhere_until_it_is_back() {
     let mut group = Group::start(3).await;
-    let subscribe = |group: &Group, node: u64| {
-        let channel = group.channel_as(node, Role::Proxy("east".into()));
-        async move {
-            let (hello_tx, hello_rx) = tokio::sync::mpsc::channel(8);
-            hello_tx
-                .send(control::SubscribeRequest {
-                    message: Some(control::subscribe_request::Message::Hello(control::Hello {
-                        cluster: "east".into(),
-                        locality: locality("us-east"),
-                        proxy_id: "east-1".into(),
-                        last_version: 0,
-                    })),
-                })
-                .await
-                .expect("hello");
-            let answer = ProxyControlClient::new(channel)
-                .subscribe(tokio_stream::wrappers::ReceiverStream::new(hello_rx))
-                .await;
-            (answer, hello_tx)
-        }
-    };
     let raft = |group: &Group, node: u64| {
         let channel = group.admin(node);
         async move {
@@ -298,7 +289,7 @@ async fn a_node_cut_off_from_its_group_sends_proxies_elsewhere_until_it_is_back(
     };
     let leader = group.leader().await;
     let survivor = (1..=3).find(|n| *n != leader).expect("a follower");
-    let (held, _keep) = subscribe(&group, survivor).await;
+    let (held, _keep) = subscribe_east(&group, survivor).await;
     let mut held = held.expect("subscribed while in touch").into_inner();
     assert!(!raft(&group, survivor).await.cut_off);
     for other in (1..=3).filter(|n| *n != survivor) {
@@ -318,7 +309,7 @@ async fn a_node_cut_off_from_its_group_sends_proxies_elsewhere_until_it_is_back(
     let status = ended.expect_err("ended with a status");
     assert_eq!(status.code(), tonic::Code::Unavailable);
     assert!(status.message().contains("out of touch"), "{status}");
-    let (refused, _keep) = subscribe(&group, survivor).await;
+    let (refused, _keep) = subscribe_east(&group, survivor).await;
     let refused = refused.expect_err("a new subscription is refused");
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
     let status = raft(&group, survivor).await;
@@ -331,7 +322,7 @@ async fn a_node_cut_off_from_its_group_sends_proxies_elsewhere_until_it_is_back(
         group.restart(other).await;
     }
     eventually(Duration::from_secs(15), "back in touch", || async {
-        match subscribe(&group, survivor).await.0 {
+        match subscribe_east(&group, survivor).await.0 {
             Ok(_) => Ok(()),
             Err(status) => Err(status.to_string()),
         }
