@@ -336,7 +336,13 @@ impl Node {
             let leader = match self.writer.write(change.clone()).await {
                 Ok(proposed) => return Ok(proposed),
                 Err(WriteError::Forward(Some(leader))) => Some(leader),
-                Err(WriteError::Forward(None)) => self.await_leader().await,
+                // No leader known here: the last one, if it still answers this node (a
+                // node that no longer hears the others stands again and again, yet may
+                // still reach the leader), else the next one.
+                Err(WriteError::Forward(None)) => match self.answering_leader() {
+                    Some(leader) => Some(leader),
+                    None => self.await_leader().await,
+                },
                 Err(WriteError::Membership(e)) => return Err(Status::failed_precondition(e)),
                 Err(WriteError::Fatal(e)) => {
                     return Err(Status::unavailable(format!(
@@ -496,6 +502,14 @@ impl Node {
                 let _ = self.ask_read_index(leader, &address, every).await;
             }
         }
+    }
+
+    /// The last leader this node knew, with its address, when it answered lately
+    /// ([`LeaderReach::answering`]).
+    fn answering_leader(&self) -> Option<(u64, String)> {
+        let within = self.settings.election_max * reach::MISSES_FRESH_FOR;
+        let id = self.reach.answering(within).filter(|id| *id != self.id)?;
+        Some((id, self.address_of(id)?))
     }
 
     /// The address of node `id`, from the membership.

@@ -100,6 +100,17 @@ impl LeaderReach {
         }
     }
 
+    /// The leader last known here, when it answered within the last `within` and
+    /// nothing went unanswered since: where to forward a write while this node knows of
+    /// no leader (it stands, cut off from the others' messages but not from the leader).
+    pub fn answering(&self, within: Duration) -> Option<u64> {
+        let state = self.state.lock().ok()?;
+        let recent = state.reached_at.is_some_and(|at| at.elapsed() < within);
+        state
+            .leader
+            .filter(|_| recent && state.failing_since.is_none())
+    }
+
     /// Whether `leader` answered within the last `within`.
     pub fn reached_within(&self, leader: u64, within: Duration) -> bool {
         let Ok(state) = self.state.lock() else {
@@ -268,10 +279,17 @@ mod tests {
         reach.reached(2);
         assert!(reach.reached_within(2, Duration::from_secs(60)));
         assert_eq!(reach.refused_leader(), None);
+        assert_eq!(reach.answering(Duration::from_secs(60)), Some(2));
+        assert_eq!(reach.answering(Duration::ZERO), None, "not lately");
         // An answer ends it.
         reach.missed_at(2, t0, t0 + second);
         reach.missed_at(2, t0 + second, t0 + 2 * second);
         assert!(refuses(2, second, t0 + 2 * second).is_some());
+        assert_eq!(
+            reach.answering(Duration::from_secs(60)),
+            None,
+            "it stopped answering"
+        );
         reach.reached(2);
         assert_eq!(refuses(2, Duration::ZERO, t0 + 2 * second), None);
     }
