@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use crate::access_log::{AccessLog, Destination};
 use crate::balance::ClusterInfo;
 use crate::control::{self, ControlSettings, report};
+use crate::dns::Resolver;
 use crate::downstream::ClientTimeouts;
 use crate::drain::DrainSwitch;
 use crate::framing::HeadGuard;
@@ -72,6 +73,8 @@ pub struct ProxyConfig {
     pub access_log: Option<Destination>,
     /// How often endpoint names given for DNS are resolved again ([`crate::dns`]).
     pub dns_refresh: Duration,
+    /// How names are looked up (the system's resolver but in tests).
+    pub resolver: Resolver,
 }
 
 /// The east-west listener and the mTLS material it and the client side use.
@@ -193,7 +196,8 @@ impl Proxy {
             settings.cluster.clone(),
             settings.locality.clone(),
         )
-        .with_client_timeouts(settings.client_timeouts);
+        .with_client_timeouts(settings.client_timeouts)
+        .with_resolver(settings.resolver.clone());
         let (drain, draining) = crate::drain::drain();
         outbound = outbound.with_drain(draining);
         let mut access_log = None;

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use fulcrum_policy::istio::{
     ClientTlsSettings, ConnectionPoolSettings, DestinationRuleSpec, H2UpgradePolicy,
-    LoadBalancerSettings, Resolution, RetryBudget, ServiceEntrySpec, ServicePort, SimpleLb,
-    TlsMode, TrafficPolicy, WorkloadEntrySpec, endpoints_of,
+    LoadBalancerSettings, Resolution, RetryBudget, ServicePort, SimpleLb, TlsMode, TrafficPolicy,
+    WorkloadEntrySpec, endpoints_of,
 };
 use fulcrum_policy::references::{merged_policy, qualify_host, rule_for_host};
 use fulcrum_policy::{Locality, Object, Resource};
@@ -214,6 +214,18 @@ pub trait Discovery: Send + Sync {
         let _ = host;
         None
     }
+    /// Whether `host` is a wildcard whose names are looked up as requests come: a
+    /// ServiceEntry's without endpoints under `resolution: NONE` or `DYNAMIC_DNS`.
+    fn resolves_per_request(&self, host: &str) -> bool {
+        let _ = host;
+        false
+    }
+    /// The wildcard host `host` falls under, when `host` is a name looked up for a
+    /// request ([`Discovery::resolves_per_request`]).
+    fn looked_up_under(&self, host: &str) -> Option<&str> {
+        let _ = host;
+        None
+    }
     /// How `host` (and `subset`) is balanced.
     fn balance(&self, host: &str, subset: &str) -> &BalanceSettings;
     /// The same, on one of its ports (as [`Discovery::endpoints_on`] picks it), whose
@@ -243,6 +255,8 @@ struct Service {
     /// By subset (empty: the whole service), the settings of the ports a rule's
     /// `portLevelSettings` name.
     port_balance: FastMap<String, FastMap<u16, BalanceSettings>>,
+    /// For a name looked up for a request, the wildcard host it falls under.
+    under: Option<String>,
 }
 
 impl Service {
@@ -311,6 +325,8 @@ pub struct StaticDiscovery {
     services: FastMap<String, Service>,
     /// The endpoint names its ServiceEntries have resolved by DNS (lower case, sorted).
     dns_names: Vec<String>,
+    /// Wildcard hosts whose names are looked up as requests come (lower case).
+    per_request: BTreeSet<String>,
 }
 
 /// What endpoint names resolved to, by name (lower case).
@@ -385,29 +401,6 @@ fn unapplied(policy: &TrafficPolicy) -> Vec<&'static str> {
             .map(|(_, field)| field),
     );
     fields
-}
-
-/// Warns, once per ServiceEntry, of its wildcard hosts when it has no endpoints: Envoy
-/// reaches such names where the application looked them up (`NONE`) or looks each one up
-/// as requests come (`DYNAMIC_DNS`); this proxy resolves no name per request, so they
-/// have no endpoint.
-fn warn_unresolved_wildcards(se: &Object<ServiceEntrySpec>) {
-    static WARNED: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
-    let wildcards: Vec<&String> = se
-        .spec
-        .hosts
-        .iter()
-        .filter(|h| h.starts_with('*'))
-        .collect();
-    let name = format!("{}/{}", se.metadata.namespace, se.metadata.name);
-    if wildcards.is_empty() || !WARNED.lock().is_ok_and(|mut w| w.insert(name.clone())) {
-        return;
-    }
-    tracing::warn!(
-        "ServiceEntry {name}: {wildcards:?} under resolution {} with no endpoints: \
-         fulcrum-proxy does not resolve names per request, so these hosts have no endpoint",
-        se.spec.resolution()
-    );
 }
 
 /// Warns, once per rule and field, of the settings of `rule` this proxy does not apply.
@@ -629,109 +622,156 @@ impl StaticDiscovery {
         let mut ports_by_host: FastMap<String, Vec<u16>> = FastMap::default();
         // The names its endpoints' certificates carry, for TLS to them.
         let mut sans_by_host: FastMap<String, Vec<String>> = FastMap::default();
+        // Wildcard hosts whose names are looked up as requests come, and each name looked
+        // up with the wildcard it falls under.
+        let mut per_request: BTreeSet<String> = BTreeSet::new();
+        let mut under_by_host: FastMap<String, String> = FastMap::default();
+        // The names resolved for requests under a wildcard host (`resolved` holds them
+        // beside the configuration's own names), by the most specific wildcard of a
+        // ServiceEntry that covers them, as a request for one is matched.
+        let wildcards: Vec<String> = (resources.iter())
+            .filter_map(|r| match r {
+                Resource::ServiceEntry(se) => Some(se.spec.hosts.iter()),
+                _ => None,
+            })
+            .flatten()
+            .filter(|h| h.starts_with("*."))
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        let mut names_under: FastMap<&str, Vec<&str>> = FastMap::default();
+        for name in resolved.keys() {
+            let covering = (wildcards.iter())
+                .filter(|w| name.ends_with(&w[1..]))
+                .max_by_key(|w| w.len());
+            if let Some(wildcard) = covering {
+                names_under.entry(wildcard).or_default().push(name);
+            }
+        }
         for r in &resources {
             let Resource::ServiceEntry(se) = r else {
                 continue;
             };
-            let mut selected = endpoints_of(se, &workloads);
-            // Resolved by DNS with no endpoints of its own: the hosts are the endpoints,
-            // as in Istio. They have no locality, and every cluster reaches them from
-            // where it is. So too under `NONE` (Envoy connects where the application
-            // was connecting, to the address it looked the host up at; the application
-            // connects to this proxy instead, which looks the host up itself) and
-            // `DYNAMIC_DNS` (the host looked up as requests come), for hosts that are
-            // names and not wildcards.
+            let selected = endpoints_of(se, &workloads);
+            let resolution = se.spec.resolution();
+            // Resolved by DNS with no endpoints of its own: each host is its own endpoint,
+            // as istiod makes one service per host with the host as its address. So too
+            // under `NONE` (Envoy connects where the application was connecting, to the
+            // address it looked the host up at; the application connects to this proxy
+            // instead, which looks the host up itself) and `DYNAMIC_DNS`. Such endpoints
+            // have no locality, and every cluster reaches them from where it is.
+            let hosts_are_endpoints = selected.is_empty()
+                && matches!(
+                    resolution,
+                    Resolution::Dns
+                        | Resolution::DnsRoundRobin
+                        | Resolution::None
+                        | Resolution::DynamicDns
+                );
             let by_dns = matches!(
-                se.spec.resolution(),
-                Resolution::Dns
-                    | Resolution::DnsRoundRobin
-                    | Resolution::None
-                    | Resolution::DynamicDns
-            );
-            let from_hosts: Vec<WorkloadEntrySpec> = match by_dns && selected.is_empty() {
-                true => {
-                    warn_unresolved_wildcards(se);
-                    (se.spec.hosts)
-                        .iter()
-                        .filter(|h| !h.starts_with('*'))
-                        .map(|h| WorkloadEntrySpec {
-                            address: h.clone(),
-                            ..WorkloadEntrySpec::default()
-                        })
-                        .collect()
-                }
-                false => Vec::new(),
-            };
-            let everywhere = !from_hosts.is_empty();
-            selected.extend(from_hosts.iter());
-            for host in &se.spec.hosts {
-                let host = qualify_host(host, &se.metadata.namespace).to_ascii_lowercase();
-                speaks_h2_by_host.insert(host.clone(), se.spec.ports.iter().any(speaks_h2));
-                if !se.spec.subject_alt_names.is_empty() {
-                    sans_by_host.insert(host.clone(), se.spec.subject_alt_names.clone());
-                }
-                let ports = ports_by_host.entry(host.clone()).or_default();
-                for port in &se.spec.ports {
-                    if let Ok(number) = u16::try_from(port.number)
-                        && !ports.contains(&number)
-                    {
-                        ports.push(number);
+                resolution,
+                Resolution::Dns | Resolution::DnsRoundRobin | Resolution::DynamicDns
+            ) || hosts_are_endpoints;
+            for written in &se.spec.hosts {
+                let host = qualify_host(written, &se.metadata.namespace).to_ascii_lowercase();
+                // A wildcard host without endpoints under `NONE` or `DYNAMIC_DNS`: each
+                // name under it that a request asks for is looked up then (Envoy's
+                // dynamic forward proxy), and is a service of its own once resolved,
+                // with the wildcard's ports and policy.
+                let mut names: Vec<(String, &str, Option<&str>)> = Vec::new();
+                if hosts_are_endpoints
+                    && host.starts_with("*.")
+                    && matches!(resolution, Resolution::None | Resolution::DynamicDns)
+                {
+                    per_request.insert(host.clone());
+                    for name in names_under.get(host.as_str()).into_iter().flatten() {
+                        names.push((name.to_string(), name, Some(written)));
                     }
                 }
-                let service = endpoints.entry(host).or_default();
-                for we in &selected {
-                    let ours = match we.labels.get(CLUSTER_LABEL) {
-                        Some(c) => c == cluster,
-                        None if everywhere => true,
-                        None => we.locality.parse::<Locality>().ok().as_ref() == Some(locality),
-                    };
-                    if !ours {
-                        continue;
+                names.push((host, written, None));
+                for (host, address, under) in names {
+                    speaks_h2_by_host.insert(host.clone(), se.spec.ports.iter().any(speaks_h2));
+                    if !se.spec.subject_alt_names.is_empty() {
+                        sans_by_host.insert(host.clone(), se.spec.subject_alt_names.clone());
                     }
-                    let addresses = match we.address.parse::<std::net::IpAddr>() {
-                        Ok(ip) => Arc::from([ip]),
-                        Err(_) => {
-                            let name = we.address.to_ascii_lowercase();
-                            if !by_dns || name.is_empty() {
-                                continue;
-                            }
-                            let found = resolved.get(&name).cloned();
-                            dns_names.insert(name);
-                            match found {
-                                Some(all) if se.spec.resolution() == Resolution::DnsRoundRobin => {
-                                    all.iter().take(1).copied().collect()
-                                }
-                                Some(all) => all,
-                                None => continue,
-                            }
-                        }
-                    };
+                    if let Some(wildcard) = under {
+                        under_by_host.insert(host.clone(), wildcard.to_ascii_lowercase());
+                    }
+                    let ports = ports_by_host.entry(host.clone()).or_default();
                     for port in &se.spec.ports {
-                        let number =
-                            we.ports
-                                .get(&port.name)
-                                .copied()
-                                .unwrap_or(if port.target_port != 0 {
+                        if let Ok(number) = u16::try_from(port.number)
+                            && !ports.contains(&number)
+                        {
+                            ports.push(number);
+                        }
+                    }
+                    let itself;
+                    let serving: Vec<&WorkloadEntrySpec> = match hosts_are_endpoints {
+                        true if address.starts_with('*') => Vec::new(),
+                        true => {
+                            itself = WorkloadEntrySpec {
+                                address: address.to_string(),
+                                ..WorkloadEntrySpec::default()
+                            };
+                            vec![&itself]
+                        }
+                        false => selected.clone(),
+                    };
+                    let service = endpoints.entry(host).or_default();
+                    for we in serving {
+                        let ours = match we.labels.get(CLUSTER_LABEL) {
+                            Some(c) => c == cluster,
+                            None if hosts_are_endpoints => true,
+                            None => we.locality.parse::<Locality>().ok().as_ref() == Some(locality),
+                        };
+                        if !ours {
+                            continue;
+                        }
+                        let addresses = match we.address.parse::<std::net::IpAddr>() {
+                            Ok(ip) => Arc::from([ip]),
+                            Err(_) => {
+                                let name = we.address.to_ascii_lowercase();
+                                if !by_dns || name.is_empty() {
+                                    continue;
+                                }
+                                let found = resolved.get(&name).cloned();
+                                // Names looked up for requests are not the configuration's.
+                                if under.is_none() {
+                                    dns_names.insert(name);
+                                }
+                                match found {
+                                    Some(all) if resolution == Resolution::DnsRoundRobin => {
+                                        all.iter().take(1).copied().collect()
+                                    }
+                                    Some(all) => all,
+                                    None => continue,
+                                }
+                            }
+                        };
+                        for port in &se.spec.ports {
+                            let number = we.ports.get(&port.name).copied().unwrap_or(
+                                if port.target_port != 0 {
                                     port.target_port
                                 } else {
                                     port.number
+                                },
+                            );
+                            let Ok(number) = u16::try_from(number) else {
+                                continue;
+                            };
+                            for &ip in addresses.iter() {
+                                let address = SocketAddr::new(ip, number);
+                                let name = address.to_string();
+                                service.push(Endpoint {
+                                    address,
+                                    name_value: HeaderValue::from_str(&name)
+                                        .unwrap_or(HeaderValue::from_static("")),
+                                    name: name.into(),
+                                    labels: Arc::new(we.labels.clone()),
+                                    h2: speaks_h2(port),
+                                    port: u16::try_from(port.number).unwrap_or(0),
+                                    weight: we.weight.max(1),
                                 });
-                        let Ok(number) = u16::try_from(number) else {
-                            continue;
-                        };
-                        for &ip in addresses.iter() {
-                            let address = SocketAddr::new(ip, number);
-                            let name = address.to_string();
-                            service.push(Endpoint {
-                                address,
-                                name_value: HeaderValue::from_str(&name)
-                                    .unwrap_or(HeaderValue::from_static("")),
-                                name: name.into(),
-                                labels: Arc::new(we.labels.clone()),
-                                h2: speaks_h2(port),
-                                port: u16::try_from(port.number).unwrap_or(0),
-                                weight: we.weight.max(1),
-                            });
+                            }
                         }
                     }
                 }
@@ -743,6 +783,7 @@ impl StaticDiscovery {
                 let service = Service {
                     endpoints: endpoints.into(),
                     ports: ports_by_host.remove(&host).unwrap_or_default(),
+                    under: under_by_host.remove(&host),
                     ..Service::default()
                 };
                 (host, service)
@@ -762,7 +803,10 @@ impl StaticDiscovery {
                 .cmp(&(&b.metadata.namespace, &b.metadata.name))
         });
         for (host, service) in services.iter_mut() {
-            let Some(rule) = rule_for_host(&rules, host) else {
+            // A name looked up for a request takes its wildcard's rule, as the requests
+            // for it go to the wildcard's cluster under Istio.
+            let ruled = service.under.as_deref().unwrap_or(host);
+            let Some(rule) = rule_for_host(&rules, ruled) else {
                 continue;
             };
             let top = rule.spec.traffic_policy.as_ref();
@@ -814,6 +858,7 @@ impl StaticDiscovery {
         StaticDiscovery {
             services,
             dns_names: dns_names.into_iter().collect(),
+            per_request,
         }
     }
 }
@@ -822,6 +867,11 @@ impl StaticDiscovery {
     /// The endpoint names to resolve by DNS (lower case, sorted).
     pub fn dns_names(&self) -> &[String] {
         &self.dns_names
+    }
+
+    /// Whether it has wildcard hosts whose names are looked up as requests come.
+    pub fn looks_up_names(&self) -> bool {
+        !self.per_request.is_empty()
     }
 
     /// The service named `host`, in any letter case.
@@ -868,8 +918,9 @@ impl Discovery for StaticDiscovery {
             .unwrap_or(&service.balance)
     }
 
+    // A name looked up for a request is a service of the wildcard it falls under.
     fn knows(&self, host: &str) -> bool {
-        self.service(host).is_some()
+        self.service(host).is_some_and(|s| s.under.is_none())
     }
 
     fn wildcard_for(&self, host: &str) -> Option<&str> {
@@ -880,17 +931,26 @@ impl Discovery for StaticDiscovery {
             .map(String::as_str)
     }
 
+    fn resolves_per_request(&self, host: &str) -> bool {
+        !self.per_request.is_empty() && self.per_request.contains(crate::lower_case(host).as_ref())
+    }
+
+    fn looked_up_under(&self, host: &str) -> Option<&str> {
+        self.service(host)?.under.as_deref()
+    }
+
     fn balance(&self, host: &str, subset: &str) -> &BalanceSettings {
         self.service(host).map_or(&DEFAULT_BALANCE, |s| {
             s.subset_balance.get(subset).unwrap_or(&s.balance)
         })
     }
 
+    // Names looked up for requests are neither: they come and go with the requests.
     fn local_services(&self) -> Vec<String> {
         let mut names: Vec<String> = self
             .services
             .iter()
-            .filter(|(_, s)| !s.endpoints.is_empty())
+            .filter(|(_, s)| !s.endpoints.is_empty() && s.under.is_none())
             .map(|(n, _)| n.clone())
             .collect();
         names.sort();
@@ -898,7 +958,10 @@ impl Discovery for StaticDiscovery {
     }
 
     fn known_services(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.services.keys().cloned().collect();
+        let mut names: Vec<String> = (self.services.iter())
+            .filter(|(_, s)| s.under.is_none())
+            .map(|(n, _)| n.clone())
+            .collect();
         names.sort();
         names
     }
@@ -963,6 +1026,99 @@ mod tests {
         assert_eq!(addresses("ip.example"), ["127.0.0.9:8080"]);
         assert_eq!(addresses("vm.internal"), ["127.0.0.5:443", "127.0.0.6:443"]);
         assert_eq!(east.dns_names(), ["later.internal", "vm.internal"]);
+    }
+
+    /// A ServiceEntry with several hosts and no endpoints is one service per host, each
+    /// with its own name as its endpoint (istiod's `convertServiceEntryToInstances`), not
+    /// every host's.
+    #[test]
+    fn each_host_without_endpoints_is_its_own_endpoint() {
+        let yaml = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+                    metadata: {name: two, namespace: shop}\nspec:\n  \
+                    hosts: [a.internal, b.internal]\n  location: MESH_EXTERNAL\n  \
+                    resolution: DNS\n  ports: [{number: 80, name: http, protocol: HTTP}]\n";
+        let mut config = ConfigSet::new();
+        config.add_text("test.yaml", yaml);
+        let mut resolved = Resolved::default();
+        resolved.insert("a.internal".into(), Arc::from([[127, 0, 0, 1].into()]));
+        resolved.insert("b.internal".into(), Arc::from([[127, 0, 0, 2].into()]));
+        let here = "r1/z1".parse().unwrap();
+        let east = StaticDiscovery::resolving(config.resources(), "east", &here, &resolved);
+        let addresses = |host: &str| -> Vec<String> {
+            (east.endpoints(host, "").iter())
+                .map(|e| e.address.to_string())
+                .collect()
+        };
+        assert_eq!(addresses("a.internal"), ["127.0.0.1:80"]);
+        assert_eq!(addresses("b.internal"), ["127.0.0.2:80"]);
+    }
+
+    /// Names looked up for requests under a wildcard without endpoints are services of
+    /// their own, with the wildcard's ports and rule, known as the wildcard's: they are
+    /// not reported as services of the mesh, and names under a wildcard that is not
+    /// resolved per request are not taken.
+    #[test]
+    fn names_looked_up_under_a_wildcard_take_its_ports_and_rule() {
+        let yaml = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+                    metadata: {name: wild, namespace: shop}\nspec:\n  \
+                    hosts: [\"*.wild.example\"]\n  location: MESH_EXTERNAL\n  \
+                    ports: [{number: 8080, name: http, protocol: HTTP}]\n---\n\
+                    apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+                    metadata: {name: fixed, namespace: shop}\nspec:\n  \
+                    hosts: [\"*.fixed.example\"]\n  location: MESH_EXTERNAL\n  \
+                    resolution: STATIC\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  \
+                    endpoints: [{address: 127.0.0.9, locality: r1/z1}]\n---\n\
+                    apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+                    metadata: {name: wild, namespace: shop}\nspec:\n  \
+                    host: \"*.wild.example\"\n  \
+                    trafficPolicy: {loadBalancer: {simple: RANDOM}}\n";
+        let mut config = ConfigSet::new();
+        config.add_text("test.yaml", yaml);
+        let mut resolved = Resolved::default();
+        resolved.insert(
+            "api.wild.example".into(),
+            Arc::from([[127, 0, 0, 3].into()]),
+        );
+        resolved.insert("x.fixed.example".into(), Arc::from([[127, 0, 0, 4].into()]));
+        let here = "r1/z1".parse().unwrap();
+        let east = StaticDiscovery::resolving(config.resources(), "east", &here, &resolved);
+        assert!(east.looks_up_names());
+        assert!(east.resolves_per_request("*.wild.example"));
+        assert!(!east.resolves_per_request("*.fixed.example"));
+        let api = east.endpoints("api.wild.example", "");
+        let addresses: Vec<String> = api.iter().map(|e| e.address.to_string()).collect();
+        assert_eq!(addresses, ["127.0.0.3:8080"]);
+        assert_eq!(
+            east.looked_up_under("api.wild.example"),
+            Some("*.wild.example")
+        );
+        assert_eq!(
+            east.balance("api.wild.example", "").policy,
+            LbPolicy::Random,
+            "the wildcard's rule"
+        );
+        assert!(
+            !east.knows("api.wild.example"),
+            "a service of the wildcard's"
+        );
+        assert_eq!(
+            east.wildcard_for("api.wild.example"),
+            Some("*.wild.example")
+        );
+        assert!(
+            !east
+                .local_services()
+                .iter()
+                .any(|s| s == "api.wild.example")
+        );
+        assert!(
+            !east
+                .known_services()
+                .iter()
+                .any(|s| s == "api.wild.example")
+        );
+        assert!(east.endpoints("x.fixed.example", "").is_empty());
+        assert!(east.dns_names().is_empty(), "{:?}", east.dns_names());
     }
 
     fn sample() -> ConfigSet {

@@ -8,12 +8,19 @@
 //! routing is built again with them. A name that fails to resolve keeps the addresses it
 //! had, as Envoy keeps a DNS cluster's hosts when a lookup fails; one never resolved has
 //! no endpoint until it is.
+//!
+//! Names under a wildcard host that is resolved per request (a ServiceEntry for
+//! `*.example.com` without endpoints, under `resolution: NONE` or `DYNAMIC_DNS`) are looked
+//! up by the first request for each, which waits for the answer, as Envoy's dynamic forward
+//! proxy does; the task then resolves them again with the others, until no request has
+//! asked for one for [`LOOKED_UP_IDLE`]. At most [`LOOKED_UP_MAX`] such names are kept.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::sync::watch;
 
 use crate::discovery::Resolved;
@@ -21,16 +28,72 @@ use crate::outbound::Outbound;
 
 /// How often every name is resolved again, unless the proxy is told otherwise.
 pub const REFRESH: Duration = Duration::from_secs(5);
-/// How long one lookup may take.
+/// How long one lookup may take (Envoy's default DNS query timeout).
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a name looked up for requests is kept, and resolved again, after the last
+/// request for it (the dynamic forward proxy's default `host_ttl`).
+pub const LOOKED_UP_IDLE: Duration = Duration::from_secs(300);
+/// How many names looked up for requests are kept at once (its default `max_hosts`).
+pub const LOOKED_UP_MAX: usize = 1024;
 
-/// Resolves the names `outbound`'s configuration gives its endpoints, until `stop`.
+/// What a lookup finds: a name's addresses, sorted, each once; or why there are none.
+pub type Found = Result<Arc<[IpAddr]>, String>;
+
+/// How names are looked up: the system's resolver ([`Resolver::system`]), or, in tests,
+/// one that answers from a table and sends no query.
+#[derive(Clone)]
+pub struct Resolver(Arc<dyn Fn(String) -> BoxFuture<'static, Found> + Send + Sync>);
+
+impl Resolver {
+    /// The system's resolver (`getaddrinfo`, as configured in `/etc/nsswitch.conf`).
+    pub fn system() -> Resolver {
+        Resolver::new(system_lookup)
+    }
+
+    /// A resolver that looks a name up with `lookup`.
+    pub fn new<F, Looking>(lookup: F) -> Resolver
+    where
+        F: Fn(String) -> Looking + Send + Sync + 'static,
+        Looking: Future<Output = Found> + Send + 'static,
+    {
+        Resolver(Arc::new(move |name| Box::pin(lookup(name))))
+    }
+
+    /// What `name` resolves to, within [`LOOKUP_TIMEOUT`].
+    pub async fn lookup(&self, name: String) -> Found {
+        match tokio::time::timeout(LOOKUP_TIMEOUT, (self.0)(name)).await {
+            Ok(found) => found,
+            Err(_) => Err(format!("no answer within {}s", LOOKUP_TIMEOUT.as_secs())),
+        }
+    }
+}
+
+impl Default for Resolver {
+    fn default() -> Resolver {
+        Resolver::system()
+    }
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Resolver")
+    }
+}
+
+/// Resolves the names `outbound`'s configuration gives its endpoints, and those looked up
+/// for requests, until `stop`.
 pub async fn run(outbound: Arc<Outbound>, refresh: Duration, mut stop: watch::Receiver<bool>) {
     let mut resolved = Resolved::default();
     // Names whose last lookup failed: a failure is told when it begins, not every turn.
     let mut failing = BTreeSet::new();
+    let resolver = outbound.resolver().clone();
+    let lookup = |name: String| {
+        let resolver = resolver.clone();
+        async move { resolver.lookup(name).await }
+    };
     loop {
         let names = outbound.dns_names();
+        failing.retain(|name| names.contains(name));
         if !names.is_empty() {
             resolved = resolve_all(&names, &resolved, &mut failing, lookup).await;
             outbound.resolved(resolved.clone());
@@ -85,13 +148,10 @@ where
 }
 
 /// The addresses `name` resolves to by the system's resolver, sorted, each once.
-async fn lookup(name: String) -> Result<Arc<[IpAddr]>, String> {
-    let answer =
-        tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((name.as_str(), 0))).await;
-    let addresses: BTreeSet<IpAddr> = match answer {
-        Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(_) => return Err(format!("no answer within {}s", LOOKUP_TIMEOUT.as_secs())),
+async fn system_lookup(name: String) -> Found {
+    let addresses: BTreeSet<IpAddr> = match tokio::net::lookup_host((name.as_str(), 0)).await {
+        Ok(found) => found.map(|a| a.ip()).collect(),
+        Err(e) => return Err(e.to_string()),
     };
     if addresses.is_empty() {
         return Err("no address".into());
@@ -105,7 +165,8 @@ mod tests {
 
     #[tokio::test]
     async fn localhost_resolves_to_loopback() {
-        let found = lookup("localhost".into())
+        let found = Resolver::system()
+            .lookup("localhost".into())
             .await
             .expect("localhost resolves");
         assert!(found.iter().all(IpAddr::is_loopback), "{found:?}");

@@ -44,6 +44,7 @@ use crate::discovery::{
     BalanceSettings, Discovery, Endpoint, HashOn, PoolLimits, Resolved, RetryBudgetLimit,
     StaticDiscovery,
 };
+use crate::dns::Resolver;
 use crate::downstream::ClientTimeouts;
 use crate::drain::Drain;
 use crate::grpc::{
@@ -192,6 +193,8 @@ pub struct Routing {
     pub names: ServiceNames,
     /// The endpoint names its ServiceEntries have resolved by DNS.
     pub dns_names: Vec<String>,
+    /// Whether it has wildcard hosts whose names are looked up as requests come.
+    pub looks_up_names: bool,
 }
 
 impl Routing {
@@ -221,6 +224,7 @@ impl Routing {
         let discovery =
             StaticDiscovery::resolving(resources.iter().copied(), cluster, locality, resolved);
         let dns_names = discovery.dns_names().to_vec();
+        let looks_up_names = discovery.looks_up_names();
         let mut rows: FastMap<String, FastMap<String, LocalityRow>> = FastMap::default();
         for w in weights.iter().filter(|w| &w.source == locality) {
             rows.entry(w.service.to_ascii_lowercase())
@@ -241,6 +245,7 @@ impl Routing {
                 clusters,
                 route_errors: errors.iter().map(|e| e.to_string()).collect(),
                 dns_names,
+                looks_up_names,
             },
             errors,
         )
@@ -322,14 +327,20 @@ pub struct Outbound {
     dns: Mutex<Dns>,
     /// Wakes the resolver when the configuration names other endpoints by DNS.
     dns_wanted: tokio::sync::Notify,
+    /// How names are looked up.
+    resolver: Resolver,
+    /// The names looked up for requests under wildcard hosts, with when a request last
+    /// asked for each ([`crate::dns`]).
+    looked_up: Mutex<FastMap<String, Instant>>,
 }
 
 /// What the outbound listener knows of names resolved by DNS.
 #[derive(Default)]
 struct Dns {
+    /// The configuration's endpoint names and those looked up for requests.
     resolved: Resolved,
     /// The resources, weights and clusters of the configuration, kept only when it names
-    /// endpoints by DNS.
+    /// endpoints by DNS or has names looked up for requests.
     configuration: Option<(
         Vec<fulcrum_policy::Resource>,
         Vec<WeightRow>,
@@ -419,6 +430,8 @@ impl Outbound {
             access_log: None,
             dns: Mutex::default(),
             dns_wanted: tokio::sync::Notify::new(),
+            resolver: Resolver::system(),
+            looked_up: Mutex::default(),
         }
     }
 
@@ -547,6 +560,17 @@ impl Outbound {
         self
     }
 
+    /// Looks names up with `resolver` rather than the system's.
+    pub fn with_resolver(mut self, resolver: Resolver) -> Outbound {
+        self.resolver = resolver;
+        self
+    }
+
+    /// How names are looked up.
+    pub fn resolver(&self) -> &Resolver {
+        &self.resolver
+    }
+
     /// A fresh set of upstream pools, for one worker thread's requests.
     pub fn upstreams(&self) -> Upstreams {
         Upstreams::new(self.tls.as_ref())
@@ -627,7 +651,7 @@ impl Outbound {
         let new_names = self
             .routing()
             .is_none_or(|old| old.dns_names != routing.dns_names);
-        dns.configuration = names_dns.then(|| {
+        dns.configuration = (names_dns || routing.looks_up_names).then(|| {
             let kept = resources.iter().map(|r| (*r).clone()).collect();
             (kept, weights.to_vec(), clusters)
         });
@@ -639,11 +663,27 @@ impl Outbound {
         errors
     }
 
-    /// The endpoint names the configuration resolves by DNS.
+    /// The endpoint names the configuration resolves by DNS, and the names looked up for
+    /// requests that a request has asked for lately (those that none has are let go).
     pub fn dns_names(&self) -> Vec<String> {
-        self.routing()
+        let mut names = self
+            .routing()
             .map(|r| r.dns_names.clone())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        names.extend(self.looked_up_lately());
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The names looked up for requests that a request has asked for within
+    /// [`crate::dns::LOOKED_UP_IDLE`]; the others are forgotten.
+    fn looked_up_lately(&self) -> Vec<String> {
+        let Ok(mut looked_up) = self.looked_up.lock() else {
+            return Vec::new();
+        };
+        looked_up.retain(|_, asked| asked.elapsed() < crate::dns::LOOKED_UP_IDLE);
+        looked_up.keys().cloned().collect()
     }
 
     /// Waits until the configuration may name other endpoints by DNS.
@@ -652,21 +692,83 @@ impl Outbound {
     }
 
     /// Takes `resolved` as what endpoint names resolve to, and routes again with it when
-    /// it differs from what the routing was built with.
-    pub fn resolved(&self, resolved: Resolved) {
+    /// it differs from what the routing was built with. A name looked up for requests
+    /// that `resolved` lacks (looked up since the resolver's turn began) keeps what it had,
+    /// while requests ask for it.
+    pub fn resolved(&self, mut resolved: Resolved) {
+        let lately = self.looked_up_lately();
         let Ok(mut dns) = self.dns.lock() else {
             return;
         };
+        for name in lately {
+            if !resolved.contains_key(&name)
+                && let Some(had) = dns.resolved.get(&name)
+            {
+                resolved.insert(name, had.clone());
+            }
+        }
         if dns.resolved == resolved {
             return;
         }
         dns.resolved = resolved;
+        self.route_again(&dns);
+    }
+
+    /// Builds the routing again from the configuration `dns` keeps and the names it has
+    /// resolved.
+    fn route_again(&self, dns: &Dns) {
         if let Some((resources, weights, clusters)) = &dns.configuration {
             let resources: Vec<_> = resources.iter().collect();
             let at = (self.cluster.as_str(), &self.locality);
             let (routing, _) =
                 Routing::resolving(&resources, weights, clusters.clone(), at, &dns.resolved);
             self.update(routing);
+        }
+    }
+
+    /// Looks `name` up for a request under a wildcard host resolved per request, and
+    /// routes with what it resolves to from then on: the routing to send the request
+    /// with, or the answer it gets instead (the name does not resolve; too many names).
+    async fn look_up(&self, name: &str) -> Result<Arc<Routing>, Box<ProxyResponse>> {
+        let unavailable = |reason: &str| Box::new(answer(StatusCode::SERVICE_UNAVAILABLE, reason));
+        {
+            let Ok(mut looked_up) = self.looked_up.lock() else {
+                return Err(unavailable("names looked up for requests: lock poisoned"));
+            };
+            if !looked_up.contains_key(name) {
+                looked_up.retain(|_, asked| asked.elapsed() < crate::dns::LOOKED_UP_IDLE);
+                if looked_up.len() >= crate::dns::LOOKED_UP_MAX {
+                    return Err(unavailable(&format!(
+                        "{name} not looked up: {} names looked up for requests already",
+                        crate::dns::LOOKED_UP_MAX
+                    )));
+                }
+            }
+            looked_up.insert(name.to_string(), Instant::now());
+        }
+        let addresses = match self.resolver.lookup(name.to_string()).await {
+            Ok(addresses) => addresses,
+            Err(why) => return Err(unavailable(&format!("{name} does not resolve: {why}"))),
+        };
+        if let Ok(mut dns) = self.dns.lock()
+            && dns.resolved.get(name) != Some(&addresses)
+        {
+            dns.resolved.insert(name.to_string(), addresses);
+            self.route_again(&dns);
+        }
+        self.routing()
+            .ok_or_else(|| unavailable("no configuration"))
+    }
+
+    /// Notes that a request asked for `name`, looked up for requests.
+    fn asked_for(&self, name: &str) {
+        if let Ok(mut looked_up) = self.looked_up.lock() {
+            match looked_up.get_mut(name) {
+                Some(asked) => *asked = Instant::now(),
+                None => {
+                    looked_up.insert(name.to_string(), Instant::now());
+                }
+            }
         }
     }
 
@@ -747,6 +849,15 @@ impl Outbound {
                 (name.clone(), serde_json::json!(addresses))
             })
             .collect();
+        // The names looked up for requests, each with its wildcard.
+        let looked_up: serde_json::Map<String, serde_json::Value> = (resolved.iter())
+            .filter_map(|(name, addresses)| {
+                let under = routing.discovery.looked_up_under(name)?;
+                let addresses: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+                let entry = serde_json::json!({ "under": under, "addresses": addresses });
+                Some((name.clone(), entry))
+            })
+            .collect();
         serde_json::json!({
             "ready": true,
             "services": routing.discovery.local_services(),
@@ -754,6 +865,7 @@ impl Outbound {
             "clusters": clusters,
             "routeErrors": routing.route_errors,
             "dns": dns,
+            "lookedUp": looked_up,
         })
     }
 
@@ -927,6 +1039,10 @@ impl Outbound {
         };
         let (mut parts, _) = request.into_parts();
         let forward = self.route(&routing, &parts, handled).map_err(|a| *a)?;
+        let routing = match handled.look_up {
+            true => self.look_up(&forward.target.host).await.map_err(|a| *a)?,
+            false => routing,
+        };
         if let Some(delay) = forward.fault.delay {
             tokio::time::sleep(delay).await;
         }
@@ -1308,6 +1424,7 @@ impl Outbound {
                 let mut forward = *f;
                 // The service port: the route's, else the one the request named.
                 forward.target.port = forward.target.port.or(port);
+                self.to_name_asked_for(routing, &mut forward, host, handled);
                 // Set last, over the route's own changes, as Envoy's CORS filter does.
                 let set = &mut forward.response_headers.set;
                 set.extend(cors.into_iter().filter_map(|(name, value)| {
@@ -1345,6 +1462,7 @@ impl Outbound {
             RouteDecision::NoRoute if discovered => {
                 let mut forward = default_route(service, &with_port(host, port), path_and_query);
                 forward.target.port = port;
+                self.to_name_asked_for(routing, &mut forward, host, handled);
                 Ok(forward)
             }
             RouteDecision::NoMatch => Err(Box::new(answer(
@@ -1356,6 +1474,32 @@ impl Outbound {
                 &format!("unknown service {host:?}: no route and no ServiceEntry"),
             ))),
         }
+    }
+
+    /// A request whose target is a wildcard host resolved per request goes to the name it
+    /// asked for (`host`), when the wildcard covers it; `handled` says whether that name is
+    /// to be looked up first.
+    fn to_name_asked_for(
+        &self,
+        routing: &Routing,
+        forward: &mut Forward,
+        host: &str,
+        handled: &mut Handled,
+    ) {
+        let discovery = routing.discovery.as_ref();
+        if !discovery.resolves_per_request(&forward.target.host) {
+            return;
+        }
+        let name = host.trim_end_matches('.').to_ascii_lowercase();
+        let wildcard = forward.target.host.to_ascii_lowercase();
+        if !name.ends_with(&wildcard[1..]) {
+            return;
+        }
+        handled.look_up = discovery.looked_up_under(&name).is_none();
+        if !handled.look_up {
+            self.asked_for(&name);
+        }
+        forward.target.host = name;
     }
 
     /// What `handle` does; names the service and destination in `handled` once known.
@@ -1383,6 +1527,13 @@ impl Outbound {
         let mut forward = match self.route(&routing, &parts, handled) {
             Ok(forward) => forward,
             Err(answer) => return *answer,
+        };
+        let routing = match handled.look_up {
+            true => match self.look_up(&forward.target.host).await {
+                Ok(routing) => routing,
+                Err(answer) => return *answer,
+            },
+            false => routing,
         };
         if is_grpc(&parts.headers) {
             heed_grpc_timeout(&mut parts.headers, &mut forward);
@@ -2860,6 +3011,9 @@ fn hash_key(
 struct Handled {
     service: Option<String>,
     locality: Arc<str>,
+    /// The request's target is a name under a wildcard host resolved per request that
+    /// the routing does not have yet: it is looked up before the request goes on.
+    look_up: bool,
     /// The fields of an endpoint's answer, not in the answer's header map (which holds
     /// what the proxy adds); `None` once merged, or for any other answer.
     fields: Option<RawFields>,
@@ -2870,6 +3024,7 @@ impl Handled {
         Handled {
             service: None,
             locality: locality.clone(),
+            look_up: false,
             fields: None,
         }
     }

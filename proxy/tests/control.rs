@@ -101,6 +101,7 @@ fn proxy_settings(coordinator: SocketAddr, state_dir: &Path) -> ProxyConfig {
         client_timeouts: ClientTimeouts::default(),
         access_log: None,
         dns_refresh: fulcrum_proxy::dns::REFRESH,
+        resolver: fulcrum_proxy::dns::Resolver::system(),
     }
 }
 

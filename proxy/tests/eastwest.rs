@@ -212,6 +212,7 @@ fn settings(cluster: &str, locality: &str, coordinator: SocketAddr, dir: &Path) 
         client_timeouts: ClientTimeouts::default(),
         access_log: None,
         dns_refresh: fulcrum_proxy::dns::REFRESH,
+        resolver: fulcrum_proxy::dns::Resolver::system(),
     }
 }
 

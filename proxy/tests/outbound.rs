@@ -27,6 +27,7 @@ use bytes::Bytes;
 use fulcrum_policy::ConfigSet;
 use fulcrum_proxy::access_log::Destination;
 use fulcrum_proxy::app::{Proxy, ProxyConfig};
+use fulcrum_proxy::dns::Resolver;
 use fulcrum_proxy::downstream::ClientTimeouts;
 use fulcrum_proxy::health::HealthCheckSettings;
 use fulcrum_proxy::metrics::ProxyMetrics;
@@ -238,6 +239,20 @@ async fn start_east_logged(
     client_timeouts: ClientTimeouts,
     access_log: Option<Destination>,
 ) -> Proxy {
+    let settings = (health_checks, client_timeouts, access_log);
+    start_east_resolving(yaml, settings, Resolver::system()).await
+}
+
+/// [`start_east_logged`], looking names up with `resolver`.
+async fn start_east_resolving(
+    yaml: &str,
+    (health_checks, client_timeouts, access_log): (
+        Option<HealthCheckSettings>,
+        ClientTimeouts,
+        Option<Destination>,
+    ),
+    resolver: Resolver,
+) -> Proxy {
     let mut config = ConfigSet::new();
     config.add_text("mesh.yaml", yaml);
     let errors: Vec<String> = config
@@ -260,6 +275,7 @@ async fn start_east_logged(
             client_timeouts,
             access_log,
             dns_refresh: fulcrum_proxy::dns::REFRESH,
+            resolver,
         },
         Some(&config),
     )
@@ -3899,6 +3915,87 @@ async fn a_service_entry_without_endpoints_reaches_its_host_under_none_and_dynam
         .await;
         let answer = send(outbound, &host, "/", false).await;
         assert_eq!(answer.headers["x-backend"], "vm", "{resolution}");
+    }
+}
+
+/// A ServiceEntry for `*.wild.example` without endpoints, under `resolution: NONE` or
+/// `DYNAMIC_DNS`: a request for a name under it waits for the name to be looked up, as
+/// under Envoy's dynamic forward proxy, and goes where it resolves to; the next requests
+/// go there without a lookup. A name that does not resolve is answered 503 with the
+/// reason. The requests count under the wildcard's service.
+#[tokio::test]
+async fn names_under_a_wildcard_without_endpoints_are_looked_up_as_requests_come() {
+    let vm = backend("vm", Behaviour::Ok).await;
+    for resolution in ["NONE", "DYNAMIC_DNS"] {
+        let yaml = format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+             metadata: {{name: wild, namespace: shop}}\nspec:\n  hosts: [\"*.wild.example\"]\n  \
+             location: MESH_EXTERNAL\n  resolution: {resolution}\n  \
+             ports: [{{number: {port}, name: http, protocol: HTTP}}]\n",
+            port = vm.port()
+        );
+        // A resolver of its own, which counts its lookups: no query leaves the machine.
+        let lookups = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let asked = lookups.clone();
+        let resolver = Resolver::new(move |name: String| {
+            asked.lock().expect("lookups").push(name.clone());
+            async move {
+                match name.as_str() {
+                    "api.wild.example" | "web.wild.example" => {
+                        Ok(Arc::from([std::net::IpAddr::from([127, 0, 0, 1])]))
+                    }
+                    _ => Err("no such name".to_string()),
+                }
+            }
+        });
+        let settings = (None, ClientTimeouts::default(), None);
+        let proxy = start_east_resolving(&yaml, settings, resolver).await;
+        let outbound = proxy.outbound_address();
+        for name in ["api.wild.example", "API.wild.example", "web.wild.example"] {
+            let host = format!("{name}:{}", vm.port());
+            let answer = send(outbound, &host, "/", false).await;
+            assert_eq!(
+                answer.status,
+                StatusCode::OK,
+                "{resolution} {host}: {:?}",
+                answer.headers.get(REASON_HEADER)
+            );
+            assert_eq!(answer.headers["x-backend"], "vm", "{resolution} {host}");
+            assert_eq!(answer.headers["x-seen-host"], host.as_str(), "{resolution}");
+        }
+        assert_eq!(
+            *lookups.lock().expect("lookups"),
+            ["api.wild.example", "web.wild.example"],
+            "{resolution}: each name looked up once, for its first request"
+        );
+        let host = format!("gone.wild.example:{}", vm.port());
+        let answer = send(outbound, &host, "/", false).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{resolution}"
+        );
+        let reason = answer.headers[REASON_HEADER].to_str().expect("reason");
+        assert!(
+            reason.contains("gone.wild.example does not resolve: no such name"),
+            "{reason}"
+        );
+        // The names looked up, in the configuration dump; the requests, under the
+        // wildcard.
+        let dump = send(proxy.admin_address(), "admin", "/config_dump", false).await;
+        let dump: serde_json::Value = serde_json::from_str(&dump.body).expect("JSON");
+        assert_eq!(
+            dump["lookedUp"]["api.wild.example"]["under"],
+            "*.wild.example"
+        );
+        assert_eq!(
+            dump["lookedUp"]["web.wild.example"]["addresses"],
+            serde_json::json!(["127.0.0.1"])
+        );
+        assert!(dump["lookedUp"].get("gone.wild.example").is_none());
+        let metrics = send(proxy.admin_address(), "admin", "/metrics", false).await;
+        let counted = r#"fulcrum_proxy_requests_total{service="*.wild.example",locality="us-east/us-east-1a",code="200"} 3"#;
+        assert!(metrics.body.contains(counted), "{}", metrics.body);
     }
 }
 

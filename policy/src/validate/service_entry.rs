@@ -155,7 +155,13 @@ pub(super) fn check_service_entry(c: &mut Checker, spec: &ServiceEntrySpec, name
     {
         c.at("hosts", |c| {
             for (i, host) in spec.hosts.iter().enumerate() {
-                if host != "*" && names::check_fqdn(host).is_err() {
+                // Under DYNAMIC_DNS a wildcard's names are resolved as requests ask for
+                // them.
+                let per_request = resolution == Resolution::DynamicDns
+                    && host
+                        .strip_prefix("*.")
+                        .is_some_and(|rest| names::check_fqdn(rest).is_ok());
+                if host != "*" && !per_request && names::check_fqdn(host).is_err() {
                     c.at_index(i, |c| {
                         c.error(format!(
                             "hosts must be fully qualified names when resolution is {resolution} \

@@ -167,6 +167,7 @@ fn main() -> ExitCode {
             },
             access_log: flags.access_log.as_deref().map(Destination::parse),
             dns_refresh: flags.dns_refresh,
+            resolver: fulcrum_proxy::dns::Resolver::system(),
         };
         let proxy = match Proxy::start(settings, config.as_ref()).await {
             Ok(p) => p,
