@@ -875,6 +875,19 @@ impl Mesh {
         ask_leader(&self.bins.ctl, &self.dir.join("certs"), &addresses)
     }
 
+    /// The leader and its term, as the leader itself says (`fulcrumctl status`), once it
+    /// answers (within `within`).
+    pub async fn leader_and_term(&self, within: Duration) -> Option<(u64, u64)> {
+        let leader = self.leader_within(within).await?;
+        let address = self.coordinators.iter().find(|c| c.id == leader)?.address;
+        let (ctl, certs) = (self.bins.ctl.clone(), self.dir.join("certs"));
+        let status = tokio::task::spawn_blocking(move || ask_status(&ctl, &certs, address))
+            .await
+            .ok()??;
+        let raft = &status["raft"];
+        Some((raft["leaderId"].as_u64()?, raft["term"].as_u64()?))
+    }
+
     /// A coordinator that is not the leader, once a leader is known (within 5 s):
     /// without one, the node picked could be it.
     async fn a_follower(&self) -> Option<u64> {
@@ -910,25 +923,26 @@ impl Mesh {
 /// The leader's node id as the first of `coordinators` that answers `fulcrumctl status`
 /// within a second says.
 fn ask_leader(ctl: &Path, certs: &Path, coordinators: &[SocketAddr]) -> Option<u64> {
-    for address in coordinators {
-        let output = Command::new(ctl)
-            .args(["status", "-o", "json", "--timeout", "1", "--coordinator"])
-            .arg(address.to_string())
-            .env("FULCRUM_CERTS", certs)
-            .stderr(Stdio::null())
-            .output();
-        let Ok(output) = output else { continue };
-        if !output.status.success() {
-            continue;
-        }
-        let Ok(status) = serde_json::from_slice::<serde_json::Value>(&output.stdout) else {
-            continue;
-        };
-        if let Some(leader) = status["raft"]["leaderId"].as_u64().filter(|l| *l != 0) {
-            return Some(leader);
-        }
+    coordinators.iter().find_map(|address| {
+        let status = ask_status(ctl, certs, *address)?;
+        status["raft"]["leaderId"].as_u64().filter(|l| *l != 0)
+    })
+}
+
+/// `fulcrumctl status -o json` of the coordinator at `address`, when it answers within a
+/// second.
+fn ask_status(ctl: &Path, certs: &Path, address: SocketAddr) -> Option<serde_json::Value> {
+    let output = Command::new(ctl)
+        .args(["status", "-o", "json", "--timeout", "1", "--coordinator"])
+        .arg(address.to_string())
+        .env("FULCRUM_CERTS", certs)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        return None;
     }
-    None
+    serde_json::from_slice(&output.stdout).ok()
 }
 
 /// A weight row from JSON (a proxy's `/config_dump`, `fulcrumctl explain -o json`): each

@@ -233,6 +233,7 @@ impl Coordinator {
             .to_config()
             .map_err(|e| StartError::Invalid(format!("Raft settings: {e}")))?;
         let reader = state_machine.reader();
+        let last_log = log.last_log_id();
         let contact = Arc::new(GroupContact::default());
         let raft = Raft::new(
             config.node_id,
@@ -258,6 +259,7 @@ impl Coordinator {
             writer,
             reach: LeaderReach::default(),
             contact,
+            last_log,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -347,6 +349,10 @@ impl Coordinator {
             shutdown_rx.clone(),
         )));
         tasks.push(tokio::spawn(node.clone().probe_leader(shutdown_rx.clone())));
+        tasks.push(tokio::spawn(crate::raft::prevote::run(
+            node.clone(),
+            shutdown_rx.clone(),
+        )));
         tasks.push(tokio::spawn(run_ticker(
             node.clone(),
             config.tick_interval,

@@ -59,6 +59,10 @@ pub struct Metrics {
     /// Proxies' subscriptions and reports refused or ended because this node was cut off
     /// from its group.
     pub cut_off_refusals: Counter,
+    /// Pre-votes after which this node stood (a majority would vote for it).
+    pub pre_votes_won: Counter,
+    /// Pre-votes after which it did not.
+    pub pre_votes_lost: Counter,
 }
 
 impl Default for Metrics {
@@ -89,6 +93,8 @@ impl Metrics {
             raft_calls_misaddressed: Counter::default(),
             leader_refused: Counter::default(),
             cut_off_refusals: Counter::default(),
+            pre_votes_won: Counter::default(),
+            pre_votes_lost: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("raft_term", "Current Raft term", m.term.clone());
@@ -167,6 +173,16 @@ impl Metrics {
             "cut_off_refusals",
             "Proxies' subscriptions and report streams refused or ended because this node was out of touch with its Raft group",
             m.cut_off_refusals.clone(),
+        );
+        registry.register(
+            "raft_pre_votes_won",
+            "Times this node asked for pre-votes and a majority would vote for it, so it stood",
+            m.pre_votes_won.clone(),
+        );
+        registry.register(
+            "raft_pre_votes_lost",
+            "Times this node asked for pre-votes and no majority would vote for it (a live leader elsewhere, or no majority reachable), so it did not stand",
+            m.pre_votes_lost.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -14,7 +14,7 @@ use crate::mesh::{Change, Command, Outcome};
 use crate::metrics::Metrics;
 use crate::raft::network;
 use crate::raft::reach::{self, GroupContact, LeaderReach};
-use crate::raft::store::StateReader;
+use crate::raft::store::{LastLogId, StateReader};
 use crate::raft::{Raft, RaftSettings};
 use crate::security::Authorizer;
 use crate::transport::Dialer;
@@ -70,6 +70,8 @@ pub struct Node {
     pub reach: LeaderReach,
     /// Whether this node is in touch with its group.
     pub contact: Arc<GroupContact>,
+    /// The id of its log's last entry, for pre-votes.
+    pub last_log: LastLogId,
 }
 
 /// Most changes one batched entry carries.
@@ -513,7 +515,7 @@ impl Node {
     }
 
     /// The address of node `id`, from the membership.
-    fn address_of(&self, id: u64) -> Option<String> {
+    pub(crate) fn address_of(&self, id: u64) -> Option<String> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
         let node = metrics.membership_config.membership().get_node(&id)?;

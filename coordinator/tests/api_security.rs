@@ -99,9 +99,14 @@ async fn each_identity_gets_only_its_own_rights() {
         .await
         .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
-    // An admin cannot speak Raft.
+    // An admin cannot speak Raft, nor ask for a pre-vote.
     let denied = RaftClient::new(group.admin(1))
         .vote(raft::VoteRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    let denied = RaftClient::new(group.admin(1))
+        .pre_vote(raft::VoteRequest::default())
         .await
         .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");

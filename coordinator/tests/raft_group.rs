@@ -266,3 +266,46 @@ async fn a_node_refuses_raft_calls_meant_for_another() {
         .expect("the leader replicates");
     assert_eq!(matched.get(&3), Some(&None), "nothing reached node 3");
 }
+
+/// A node left alone (the others stopped) asks for pre-votes and, answered by no one,
+/// never stands: its term stays where it was, so that when the others come back it
+/// cannot depose whoever they elect. Without pre-vote it stood every election timeout,
+/// a term higher each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_left_alone_never_stands_and_keeps_its_term() {
+    let mut group = Group::start(3).await;
+    let leader = group.leader().await;
+    let alone = (1..=3).find(|id| *id != leader).expect("a follower");
+    let node = group.nodes[&alone].node().clone();
+    let term = node.raft.metrics().borrow().current_term;
+    for other in (1..=3).filter(|id| *id != alone) {
+        group.stop(other).await;
+    }
+    // Three rounds of asking, each after the lease and an election timeout (0.45-0.6 s).
+    eventually(Duration::from_secs(10), "three pre-votes lost", || async {
+        match node.metrics.pre_votes_lost.get() {
+            lost if lost >= 3 => Ok(()),
+            lost => Err(format!("{lost} lost")),
+        }
+    })
+    .await;
+    assert_eq!(node.metrics.pre_votes_won.get(), 0);
+    assert_eq!(
+        node.raft.metrics().borrow().current_term,
+        term,
+        "the term of a node that never stood"
+    );
+    // The others back: a leader again, which the node follows at the new term.
+    for other in (1..=3).filter(|id| *id != alone) {
+        group.restart(other).await;
+    }
+    let leader = group.leader().await;
+    eventually(Duration::from_secs(10), "the node follows", || async {
+        let metrics = node.raft.metrics().borrow().clone();
+        match metrics.current_leader {
+            Some(l) if l == leader => Ok(()),
+            other => Err(format!("leader {other:?}, term {}", metrics.current_term)),
+        }
+    })
+    .await;
+}

@@ -5,9 +5,11 @@
 //! - [`wire`]: openraft's messages to and from `fulcrum.raft.v1`;
 //! - [`network`]: the client side (openraft's `RaftNetwork` over tonic + mTLS);
 //! - [`service`]: the server side, coordinators only;
-//! - [`reach`]: a follower's watch on whether it reaches its leader.
+//! - [`reach`]: a follower's watch on whether it reaches its leader;
+//! - [`prevote`]: the election timer, which stands only when a majority would vote.
 
 pub mod network;
+pub mod prevote;
 pub mod reach;
 pub mod service;
 pub mod store;
@@ -87,6 +89,8 @@ impl RaftSettings {
             election_timeout_max: ms(self.election_max),
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             max_in_snapshot_log_to_keep: self.keep_after_snapshot,
+            // Elections are called by pre-vote ([`prevote::run`]) instead.
+            enable_elect: false,
             ..openraft::Config::default()
         }
         .validate()

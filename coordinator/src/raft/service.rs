@@ -12,6 +12,7 @@ use openraft::error::{InstallSnapshotError, RaftError};
 use tonic::{Request, Response, Status};
 
 use super::network::{SNAPSHOT_MISMATCH_CODE, TARGET_HEADER, WRONG_NODE_CODE};
+use super::prevote;
 use super::reach::{self, GroupContact};
 use super::wire;
 use crate::mesh::encoding::decode_change;
@@ -284,5 +285,31 @@ impl RaftRpc for RaftService {
         self.node.authz.authorize(&request, Action::Raft)?;
         let index = self.node.read_index_here().await?;
         Ok(Response::new(pb::ReadIndexResponse { index }))
+    }
+
+    async fn pre_vote(
+        &self,
+        request: Request<pb::VoteRequest>,
+    ) -> Result<Response<pb::PreVoteResponse>, Status> {
+        self.node.authz.authorize(&request, Action::Raft)?;
+        meant_for(&self.node, &request)?;
+        let rpc = wire::from_vote_request(request.get_ref())?;
+        let (leads, term) = {
+            let metrics = self.node.raft.metrics();
+            let metrics = metrics.borrow();
+            (metrics.state == ServerState::Leader, metrics.current_term)
+        };
+        let here = prevote::Here {
+            leads,
+            silent_for: self.node.contact.leader_silent_for(),
+            lease: self.node.settings.election_max,
+            term,
+            last_log_id: self.node.last_log.get(),
+        };
+        let answer = prevote::answer(&here, rpc.vote.leader_id().term, rpc.last_log_id.as_ref());
+        Ok(Response::new(pb::PreVoteResponse {
+            granted: answer.is_ok(),
+            reason: answer.err().unwrap_or_default(),
+        }))
     }
 }

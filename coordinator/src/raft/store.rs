@@ -133,6 +133,7 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), OpenError> {
         LogStore {
             db,
             recent: Arc::default(),
+            last: LastLogId::default(),
         },
         sm,
     ))
@@ -176,6 +177,28 @@ impl LogStore {
     /// A handle that tells when the file has been closed.
     pub fn closed_watch(&self) -> StoreClosed {
         StoreClosed(self.db.closed.clone())
+    }
+
+    /// The id of the log's last entry, kept up to date by this store.
+    pub fn last_log_id(&self) -> LastLogId {
+        self.last.clone()
+    }
+}
+
+/// The id of the last entry in the log (or of the last purged one, when the log is
+/// empty behind a snapshot), as the store last wrote or read it: for pre-vote, which
+/// compares logs without a handle on the store.
+#[derive(Clone, Debug, Default)]
+pub struct LastLogId(Arc<std::sync::Mutex<Option<LogId<NodeId>>>>);
+
+impl LastLogId {
+    /// The last entry's id (`None` before openraft has read the log, or when it is empty).
+    pub fn get(&self) -> Option<LogId<NodeId>> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, last: Option<LogId<NodeId>>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = last;
     }
 }
 
@@ -296,11 +319,38 @@ impl RecentEntries {
 pub struct LogStore {
     db: Arc<StoreFile>,
     recent: Arc<std::sync::Mutex<RecentEntries>>,
+    last: LastLogId,
 }
 
 impl LogStore {
     fn recent(&self) -> std::sync::MutexGuard<'_, RecentEntries> {
         self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The last purged entry's id and the last entry's, read from the file.
+    fn log_state(&self) -> Result<LogState<TypeConfig>, Error> {
+        let last_purged: Option<LogId<NodeId>> = meta_get(&self.db, LAST_PURGED)?;
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(LOG).map_err(read_err)?;
+        let last = match table.last().map_err(read_err)? {
+            // Only the id is needed: skip decoding the command.
+            Some((_, v)) => {
+                let message =
+                    fulcrum_proto::raft::v1::Entry::decode(v.value()).map_err(read_err)?;
+                let id = message.log_id.as_ref().ok_or_else(|| {
+                    StorageIOError::read_logs(AnyError::error("an entry without a log id"))
+                })?;
+                Some(
+                    wire::from_log_id(id)
+                        .map_err(|e| StorageIOError::read_logs(AnyError::error(e)))?,
+                )
+            }
+            None => None,
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last.or(last_purged),
+        })
     }
 
     fn read_range(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry<TypeConfig>>, Error> {
@@ -346,28 +396,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, Error> {
-        let last_purged: Option<LogId<NodeId>> = meta_get(&self.db, LAST_PURGED)?;
-        let txn = self.db.begin_read().map_err(read_err)?;
-        let table = txn.open_table(LOG).map_err(read_err)?;
-        let last = match table.last().map_err(read_err)? {
-            // Only the id is needed: skip decoding the command.
-            Some((_, v)) => {
-                let message =
-                    fulcrum_proto::raft::v1::Entry::decode(v.value()).map_err(read_err)?;
-                let id = message.log_id.as_ref().ok_or_else(|| {
-                    StorageIOError::read_logs(AnyError::error("an entry without a log id"))
-                })?;
-                Some(
-                    wire::from_log_id(id)
-                        .map_err(|e| StorageIOError::read_logs(AnyError::error(e)))?,
-                )
-            }
-            None => None,
-        };
-        Ok(LogState {
-            last_purged_log_id: last_purged,
-            last_log_id: last.or(last_purged),
-        })
+        let state = self.log_state()?;
+        self.last.set(state.last_log_id);
+        Ok(state)
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -426,6 +457,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .and_then(|r| r);
         match written {
             Ok(()) => {
+                if let Some(last) = entries.last() {
+                    self.last.set(Some(last.log_id));
+                }
                 {
                     let mut recent = self.recent();
                     for (entry, size) in entries.into_iter().zip(sizes) {
@@ -453,7 +487,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .retain_in(log_id.index.., |_, _| false)
                 .map_err(write_err)?;
         }
-        txn.commit().map_err(write_err)
+        txn.commit().map_err(write_err)?;
+        self.last.set(self.log_state()?.last_log_id);
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), Error> {
@@ -471,7 +507,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .retain_in(..=log_id.index, |_, _| false)
                 .map_err(write_err)?;
         }
-        txn.commit().map_err(write_err)
+        txn.commit().map_err(write_err)?;
+        self.last.set(self.log_state()?.last_log_id);
+        Ok(())
     }
 }
 
@@ -757,5 +795,38 @@ mod tests {
     #[test]
     fn passes_openraft_storage_conformance_suite() -> Result<(), StorageError<NodeId>> {
         Suite::test_all(TempStore)
+    }
+
+    /// The last entry's id follows what is appended, truncated and purged, and is read
+    /// from the file when openraft asks for the log's state.
+    #[tokio::test]
+    async fn the_last_log_id_follows_the_log() -> Result<(), StorageError<NodeId>> {
+        use openraft::storage::RaftLogStorageExt;
+        use openraft::{CommittedLeaderId, EntryPayload};
+        let id = |term, index| LogId::new(CommittedLeaderId::new(term, 1), index);
+        let blank = |term, index| Entry::<TypeConfig> {
+            log_id: id(term, index),
+            payload: EntryPayload::Blank,
+        };
+        let (_dir, mut log, _sm) = TempStore.build().await?;
+        let last = log.last_log_id();
+        assert_eq!(last.get(), None);
+        log.blocking_append([blank(1, 1), blank(1, 2), blank(2, 3)])
+            .await?;
+        assert_eq!(last.get(), Some(id(2, 3)));
+        log.truncate(id(2, 3)).await?;
+        assert_eq!(last.get(), Some(id(1, 2)));
+        log.purge(id(1, 2)).await?;
+        assert_eq!(
+            last.get(),
+            Some(id(1, 2)),
+            "the purged entry's, once none is left"
+        );
+        log.blocking_append([blank(3, 3)]).await?;
+        let fresh = LastLogId::default();
+        log.last = fresh.clone();
+        log.get_log_state().await?;
+        assert_eq!(fresh.get(), Some(id(3, 3)));
+        Ok(())
     }
 }

@@ -21,8 +21,8 @@ use fulcrum_proto::raft::v1::raft_client::RaftClient;
 use fulcrum_proto::raft::v1::raft_server::{Raft, RaftServer};
 use fulcrum_proto::raft::v1::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    ProposeRequest, ProposeResponse, ReadIndexRequest, ReadIndexResponse, VoteRequest,
-    VoteResponse,
+    PreVoteResponse, ProposeRequest, ProposeResponse, ReadIndexRequest, ReadIndexResponse,
+    VoteRequest, VoteResponse,
 };
 use fulcrum_proto::status::v1 as status;
 use fulcrum_proto::status::v1::status_client::StatusClient;
@@ -83,6 +83,10 @@ impl Raft for Service {
     }
 
     async fn vote(&self, _: Request<VoteRequest>) -> Result<Response<VoteResponse>, Status> {
+        Err(Status::unimplemented("not a Raft node"))
+    }
+
+    async fn pre_vote(&self, _: Request<VoteRequest>) -> Result<Response<PreVoteResponse>, Status> {
         Err(Status::unimplemented("not a Raft node"))
     }
 
