@@ -486,6 +486,13 @@ pub fn assess(
         } else {
             TOTAL_BASIS_POINTS
         },
+        available_bp: match inventory.total {
+            0 => TOTAL_BASIS_POINTS,
+            total => {
+                (u64::from(inventory.available()) * u64::from(TOTAL_BASIS_POINTS)
+                    / u64::from(total)) as u32
+            }
+        },
     }
 }
 
@@ -653,8 +660,12 @@ fn step_locality(
     loc.machine.step(&assessment, settings, now_ms);
     let failed = loc.machine.verdict == Verdict::Failed;
     if leased || failed {
+        // As many endpoints as the damped share allows (rounded up: the share was rounded
+        // down from a count), of those available now.
+        let allowed = (u64::from(inventory.total) * u64::from(loc.machine.available_bp))
+            .div_ceil(u64::from(TOTAL_BASIS_POINTS)) as u32;
         loc.health = Some(Health {
-            available: inventory.available(),
+            available: inventory.available().min(allowed),
             total: inventory.total,
             success_bp: loc.machine.success_bp,
         });

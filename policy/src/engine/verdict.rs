@@ -81,7 +81,7 @@ pub enum Cause {
 }
 
 /// What the signals say right now, before damping.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Assessment {
     /// Sustained failure: every bucket of the degrade span at or over a degrade threshold.
     pub tripped: Option<RateReading>,
@@ -92,6 +92,26 @@ pub struct Assessment {
     /// Share of requests that succeeded over the window, basis points (10000 when too
     /// few requests to count, or when automatic failover is off).
     pub success_bp: u32,
+    /// Share of the endpoints that can take traffic (ready, not ejected), basis points.
+    pub available_bp: u32,
+}
+
+fn all_available() -> u32 {
+    TOTAL_BASIS_POINTS
+}
+
+/// Nothing wrong: no rate over a threshold, every endpoint available, and no success
+/// counted yet (0: tests and callers set what they observed).
+impl Default for Assessment {
+    fn default() -> Self {
+        Assessment {
+            tripped: None,
+            above_recover: None,
+            no_ready_endpoints: false,
+            success_bp: 0,
+            available_bp: TOTAL_BASIS_POINTS,
+        }
+    }
 }
 
 /// The damped state of one (service, locality).
@@ -113,6 +133,13 @@ pub struct VerdictState {
     /// but back up only after `recoverAfter` of good signals, by at most `rampStep` per
     /// second, so weights do not chase a flapping error rate.
     pub success_bp: u32,
+    /// The share of endpoints the weights may count as available, basis points. In a
+    /// healthy locality, what is reported; in one that is not, down at once and back up
+    /// only once the signals have been good for `recoverAfter`, so that an endpoint whose
+    /// ejection ends while its locality still fails does not bring its weight back
+    /// mid-flap.
+    #[serde(default = "all_available")]
+    pub available_bp: u32,
     /// Since when the signals have been good without a break (none now: `None`).
     pub good_since_ms: Option<u64>,
     /// Leader time of the last step, in milliseconds.
@@ -133,6 +160,7 @@ impl VerdictState {
             ramp_bp: TOTAL_BASIS_POINTS,
             ramp_ms: 0,
             success_bp: TOTAL_BASIS_POINTS,
+            available_bp: TOTAL_BASIS_POINTS,
             good_since_ms: Some(now_ms),
             last_ms: now_ms,
             counted_from_ms: None,
@@ -174,6 +202,14 @@ impl VerdictState {
             input.success_bp.min(ramp(self.success_bp))
         } else {
             self.success_bp.min(input.success_bp)
+        };
+        // The endpoints' share alike while the locality is unwell, but whole once trusted
+        // (an endpoint is back or not); a healthy locality's readiness counts at once, as
+        // Envoy counts it.
+        self.available_bp = if trusted || self.verdict == Verdict::Healthy {
+            input.available_bp
+        } else {
+            self.available_bp.min(input.available_bp)
         };
 
         if input.no_ready_endpoints {
@@ -282,6 +318,7 @@ mod tests {
             above_recover: Some(reading(90)),
             no_ready_endpoints: false,
             success_bp: 1_000,
+            available_bp: TOTAL_BASIS_POINTS,
         }
     }
 
@@ -291,6 +328,7 @@ mod tests {
             above_recover: Some(reading(30)),
             no_ready_endpoints: false,
             success_bp: 7_000,
+            available_bp: TOTAL_BASIS_POINTS,
         }
     }
 
@@ -323,6 +361,26 @@ mod tests {
             v.success_bp, 10_000,
             "trusted again: up to the window's rate"
         )
+    }
+
+    /// An endpoint ejected while its locality fails, back while it still does: the
+    /// weights keep counting it out until the signals have been good for `recoverAfter`.
+    #[test]
+    fn the_available_share_follows_worse_at_once_and_better_only_when_trusted() {
+        let s = settings();
+        let mut v = VerdictState::new(0);
+        let half = Assessment {
+            available_bp: 5_000,
+            ..band()
+        };
+        v.step(&half, &s, 1_000);
+        assert_eq!(v.available_bp, 5_000, "down at once");
+        v.step(&band(), &s, 2_000);
+        assert_eq!(v.available_bp, 5_000, "back while failing: still out");
+        v.step(&good(), &s, 3_000);
+        assert_eq!(v.available_bp, 5_000, "good, not yet for recoverAfter");
+        v.step(&good(), &s, 8_000);
+        assert_eq!(v.available_bp, 10_000, "trusted: all of it at once");
     }
 
     #[test]
