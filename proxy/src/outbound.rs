@@ -1039,9 +1039,9 @@ impl Outbound {
         };
         let (mut parts, _) = request.into_parts();
         let forward = self.route(&routing, &parts, handled).map_err(|a| *a)?;
-        let routing = match handled.look_up {
-            true => self.look_up(&forward.target.host).await.map_err(|a| *a)?,
-            false => routing,
+        let routing = match (handled.look_up, &forward.target.looked_up) {
+            (true, Some(name)) => self.look_up(name).await.map_err(|a| *a)?,
+            _ => routing,
         };
         if let Some(delay) = forward.fault.delay {
             tokio::time::sleep(delay).await;
@@ -1057,11 +1057,11 @@ impl Outbound {
         let target = &forward.target;
         let discovery = routing.discovery.as_ref();
         let settings = discovery.balance_on(&target.host, &target.subset, target.port);
-        let endpoints = discovery.endpoints_on(&target.host, &target.subset, target.port);
+        let endpoints = endpoints_of(discovery, target);
         let local = self.not_ejected(target, endpoints, settings.outlier.as_ref());
-        let row = routing
-            .row(target)
-            .filter(|r| upstreams.east_west.is_some() && !r.is_local_only());
+        let row = (routing.row(target))
+            .filter(|r| upstreams.east_west.is_some() && !r.is_local_only())
+            .filter(|_| target.looked_up.is_none());
         let key = (settings.hash_on.as_ref()).and_then(|on| hash_key(on, &parts, client));
         let key = key.as_ref().map(|k| k.key.as_slice());
         // An open tunnel counts as a request in flight to the service.
@@ -1499,7 +1499,7 @@ impl Outbound {
         if !handled.look_up {
             self.asked_for(&name);
         }
-        forward.target.host = name;
+        forward.target.looked_up = Some(name);
     }
 
     /// What `handle` does; names the service and destination in `handled` once known.
@@ -1528,12 +1528,12 @@ impl Outbound {
             Ok(forward) => forward,
             Err(answer) => return *answer,
         };
-        let routing = match handled.look_up {
-            true => match self.look_up(&forward.target.host).await {
+        let routing = match (handled.look_up, &forward.target.looked_up) {
+            (true, Some(name)) => match self.look_up(name).await {
                 Ok(routing) => routing,
                 Err(answer) => return *answer,
             },
-            false => routing,
+            _ => routing,
         };
         if is_grpc(&parts.headers) {
             heed_grpc_timeout(&mut parts.headers, &mut forward);
@@ -1579,9 +1579,11 @@ impl Outbound {
         for (mirror, shadow) in forward.mirrors.iter().zip(shadows) {
             self.mirror(upstreams, discovery, mirror, &parts, &forward, shadow);
         }
-        let row = routing
-            .row(&forward.target)
-            .filter(|r| upstreams.east_west.is_some() && !r.is_local_only());
+        // A name looked up here is reached from here: another cluster's proxy would have
+        // to look it up too.
+        let row = (routing.row(&forward.target))
+            .filter(|r| upstreams.east_west.is_some() && !r.is_local_only())
+            .filter(|_| forward.target.looked_up.is_none());
         let request = (&parts, KeyFrom::Client(client));
         let attempts = self.attempts(
             upstreams, &routing, row, request, &forward, settings, &body, handled,
@@ -2022,7 +2024,7 @@ impl Outbound {
         let for_peer = matches!(key_from, KeyFrom::Peer(_));
         let discovery = routing.discovery.as_ref();
         let target = &forward.target;
-        let endpoints = discovery.endpoints_on(&target.host, &target.subset, target.port);
+        let endpoints = endpoints_of(discovery, target);
         let total = endpoints.len();
         let local = self.not_ejected(target, endpoints, settings.outlier.as_ref());
         let no_local = || {
@@ -3037,6 +3039,13 @@ impl Handled {
     }
 }
 
+/// The endpoints of `target` in this cluster: those of the name it asked for, when that
+/// name was looked up for it, else the service's.
+fn endpoints_of(discovery: &dyn Discovery, target: &Target) -> Arc<[Endpoint]> {
+    let host = target.looked_up.as_deref().unwrap_or(&target.host);
+    discovery.endpoints_on(host, &target.subset, target.port)
+}
+
 /// Whether a request (`parts`) goes to `endpoint` in h2: as its port is spoken (or
 /// upgraded to, by the service's rule), or as its client spoke when the rule says to keep
 /// the client's protocol.
@@ -3189,6 +3198,7 @@ fn default_route(service: &str, authority: &str, path_and_query: &str) -> Forwar
             host: service.to_string(),
             subset: String::new(),
             port: None,
+            looked_up: None,
         },
         path_and_query: path_and_query.to_string(),
         authority: authority.to_string(),

@@ -3944,6 +3944,8 @@ async fn names_under_a_wildcard_without_endpoints_are_looked_up_as_requests_come
                     "api.wild.example" | "web.wild.example" => {
                         Ok(Arc::from([std::net::IpAddr::from([127, 0, 0, 1])]))
                     }
+                    // Nothing listens there.
+                    "down.wild.example" => Ok(Arc::from([std::net::IpAddr::from([127, 0, 0, 2])])),
                     _ => Err("no such name".to_string()),
                 }
             }
@@ -3980,6 +3982,13 @@ async fn names_under_a_wildcard_without_endpoints_are_looked_up_as_requests_come
             reason.contains("gone.wild.example does not resolve: no such name"),
             "{reason}"
         );
+        let host = format!("down.wild.example:{}", vm.port());
+        let answer = send(outbound, &host, "/", false).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{resolution}"
+        );
         // The names looked up, in the configuration dump; the requests, under the
         // wildcard.
         let dump = send(proxy.admin_address(), "admin", "/config_dump", false).await;
@@ -3996,6 +4005,10 @@ async fn names_under_a_wildcard_without_endpoints_are_looked_up_as_requests_come
         let metrics = send(proxy.admin_address(), "admin", "/metrics", false).await;
         let counted = r#"fulcrum_proxy_requests_total{service="*.wild.example",locality="us-east/us-east-1a",code="200"} 3"#;
         assert!(metrics.body.contains(counted), "{}", metrics.body);
+        // The connect error too: one service, however many names.
+        let failed = r#"fulcrum_proxy_upstream_connect_errors_total{service="*.wild.example"}"#;
+        assert!(metrics.body.contains(failed), "{}", metrics.body);
+        assert!(!metrics.body.contains("service=\"down.wild.example\""));
     }
 }
 

@@ -134,6 +134,11 @@ pub struct Target {
     pub subset: String,
     /// Port, when the route names one.
     pub port: Option<u16>,
+    /// When `host` is a wildcard whose names are looked up as requests come: the name
+    /// this request asked for, whose endpoints it goes to. The service stays the
+    /// wildcard (its counters, limits and outlier detection, as Envoy's dynamic forward
+    /// proxy is one cluster).
+    pub looked_up: Option<String>,
 }
 
 impl Target {
@@ -148,6 +153,7 @@ impl Target {
             host: d.host.clone(),
             subset: d.subset.clone(),
             port,
+            looked_up: None,
         })
     }
 }
