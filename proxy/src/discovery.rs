@@ -975,6 +975,11 @@ mod tests {
 
     /// The discovery of cluster `east` (at r1/z1) from `yaml`, which must be valid.
     fn east_of(yaml: &str) -> StaticDiscovery {
+        east_resolving(yaml, &[])
+    }
+
+    /// [`east_of`], each name of `resolved` resolving to its addresses.
+    fn east_resolving(yaml: &str, resolved: &[(&str, &[[u8; 4]])]) -> StaticDiscovery {
         let mut config = ConfigSet::new();
         config.add_text("test.yaml", yaml);
         let errors: Vec<_> = config
@@ -982,7 +987,21 @@ mod tests {
             .filter(|d| d.severity == fulcrum_policy::Severity::Error)
             .collect();
         assert!(errors.is_empty(), "{errors:?}");
-        StaticDiscovery::from_resources(config.resources(), "east", &"r1/z1".parse().unwrap())
+        let resolved: Resolved = (resolved.iter())
+            .map(|(name, ips)| {
+                let ips: Arc<[std::net::IpAddr]> = ips.iter().map(|ip| (*ip).into()).collect();
+                (name.to_string(), ips)
+            })
+            .collect();
+        let here = "r1/z1".parse().unwrap();
+        StaticDiscovery::resolving(config.resources(), "east", &here, &resolved)
+    }
+
+    /// The addresses of `host`'s endpoints in `discovery`.
+    fn addresses(discovery: &StaticDiscovery, host: &str) -> Vec<String> {
+        (discovery.endpoints(host, "").iter())
+            .map(|e| e.address.to_string())
+            .collect()
     }
 
     #[test]
@@ -1005,18 +1024,8 @@ mod tests {
                metadata: {name: api, namespace: shop}\nspec:\n  hosts: [vm.internal]\n  \
                location: MESH_EXTERNAL\n  resolution: DNS\n  \
                ports: [{number: 443, name: http, protocol: HTTP}]\n";
-        let mut config = ConfigSet::new();
-        config.add_text("test.yaml", &yaml);
-        let mut resolved = Resolved::default();
-        let two = [[127, 0, 0, 5], [127, 0, 0, 6]].map(std::net::IpAddr::from);
-        resolved.insert("vm.internal".into(), Arc::from(two));
-        let here = "r1/z1".parse().unwrap();
-        let east = StaticDiscovery::resolving(config.resources(), "east", &here, &resolved);
-        let addresses = |host: &str| -> Vec<String> {
-            (east.endpoints(host, "").iter())
-                .map(|e| e.address.to_string())
-                .collect()
-        };
+        let east = east_resolving(&yaml, &[("vm.internal", &[[127, 0, 0, 5], [127, 0, 0, 6]])]);
+        let addresses = |host: &str| addresses(&east, host);
         assert_eq!(
             addresses("all.example"),
             ["127.0.0.5:8080", "127.0.0.6:8080"]
@@ -1037,20 +1046,13 @@ mod tests {
                     metadata: {name: two, namespace: shop}\nspec:\n  \
                     hosts: [a.internal, b.internal]\n  location: MESH_EXTERNAL\n  \
                     resolution: DNS\n  ports: [{number: 80, name: http, protocol: HTTP}]\n";
-        let mut config = ConfigSet::new();
-        config.add_text("test.yaml", yaml);
-        let mut resolved = Resolved::default();
-        resolved.insert("a.internal".into(), Arc::from([[127, 0, 0, 1].into()]));
-        resolved.insert("b.internal".into(), Arc::from([[127, 0, 0, 2].into()]));
-        let here = "r1/z1".parse().unwrap();
-        let east = StaticDiscovery::resolving(config.resources(), "east", &here, &resolved);
-        let addresses = |host: &str| -> Vec<String> {
-            (east.endpoints(host, "").iter())
-                .map(|e| e.address.to_string())
-                .collect()
-        };
-        assert_eq!(addresses("a.internal"), ["127.0.0.1:80"]);
-        assert_eq!(addresses("b.internal"), ["127.0.0.2:80"]);
+        let resolved: [(&str, &[[u8; 4]]); 2] = [
+            ("a.internal", &[[127, 0, 0, 1]]),
+            ("b.internal", &[[127, 0, 0, 2]]),
+        ];
+        let east = east_resolving(yaml, &resolved);
+        assert_eq!(addresses(&east, "a.internal"), ["127.0.0.1:80"]);
+        assert_eq!(addresses(&east, "b.internal"), ["127.0.0.2:80"]);
     }
 
     /// Names looked up for requests under a wildcard without endpoints are services of
@@ -1072,22 +1074,15 @@ mod tests {
                     metadata: {name: wild, namespace: shop}\nspec:\n  \
                     host: \"*.wild.example\"\n  \
                     trafficPolicy: {loadBalancer: {simple: RANDOM}}\n";
-        let mut config = ConfigSet::new();
-        config.add_text("test.yaml", yaml);
-        let mut resolved = Resolved::default();
-        resolved.insert(
-            "api.wild.example".into(),
-            Arc::from([[127, 0, 0, 3].into()]),
-        );
-        resolved.insert("x.fixed.example".into(), Arc::from([[127, 0, 0, 4].into()]));
-        let here = "r1/z1".parse().unwrap();
-        let east = StaticDiscovery::resolving(config.resources(), "east", &here, &resolved);
+        let resolved: [(&str, &[[u8; 4]]); 2] = [
+            ("api.wild.example", &[[127, 0, 0, 3]]),
+            ("x.fixed.example", &[[127, 0, 0, 4]]),
+        ];
+        let east = east_resolving(yaml, &resolved);
         assert!(east.looks_up_names());
         assert!(east.resolves_per_request("*.wild.example"));
         assert!(!east.resolves_per_request("*.fixed.example"));
-        let api = east.endpoints("api.wild.example", "");
-        let addresses: Vec<String> = api.iter().map(|e| e.address.to_string()).collect();
-        assert_eq!(addresses, ["127.0.0.3:8080"]);
+        assert_eq!(addresses(&east, "api.wild.example"), ["127.0.0.3:8080"]);
         assert_eq!(
             east.looked_up_under("api.wild.example"),
             Some("*.wild.example")

@@ -3970,25 +3970,17 @@ async fn names_under_a_wildcard_without_endpoints_are_looked_up_as_requests_come
             ["api.wild.example", "web.wild.example"],
             "{resolution}: each name looked up once, for its first request"
         );
-        let host = format!("gone.wild.example:{}", vm.port());
-        let answer = send(outbound, &host, "/", false).await;
-        assert_eq!(
-            answer.status,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "{resolution}"
-        );
-        let reason = answer.headers[REASON_HEADER].to_str().expect("reason");
-        assert!(
-            reason.contains("gone.wild.example does not resolve: no such name"),
-            "{reason}"
-        );
-        let host = format!("down.wild.example:{}", vm.port());
-        let answer = send(outbound, &host, "/", false).await;
-        assert_eq!(
-            answer.status,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "{resolution}"
-        );
+        // A name that does not resolve, and one where nothing listens.
+        for (name, why) in [
+            ("gone", "gone.wild.example does not resolve: no such name"),
+            ("down", "connect"),
+        ] {
+            let host = format!("{name}.wild.example:{}", vm.port());
+            let answer = send(outbound, &host, "/", false).await;
+            assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{host}");
+            let reason = answer.headers[REASON_HEADER].to_str().expect("reason");
+            assert!(reason.contains(why), "{host}: {reason}");
+        }
         // The names looked up, in the configuration dump; the requests, under the
         // wildcard.
         let dump = send(proxy.admin_address(), "admin", "/config_dump", false).await;
