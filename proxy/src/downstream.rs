@@ -119,6 +119,11 @@ const LINGER_BYTES: usize = 1024 * 1024;
 /// The connection preface of HTTP/2.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// Once a drain has begun, how long a connection that has sent nothing yet has to send
+/// its first byte before it is closed: one made just before (or during) the drain may
+/// have its request on the way, but one that never sends must not hold the drain up.
+pub const FIRST_BYTE_WHILE_DRAINING: Duration = Duration::from_secs(1);
+
 /// Serves one application connection on the outbound listener until the client closes
 /// it, a request asks to close it, or a request is refused.
 pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Upstreams>) {
@@ -127,27 +132,41 @@ pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Up
     let mut wire = Wire::new(stream, "the client");
     wire.stall = Some(timeouts.stall);
     let mut deadline = Deadline::new();
+    let mut draining = outbound.drain().watch();
+    // Until when a connection that has sent nothing may still send, once a drain began.
+    let mut grace: Option<tokio::time::Instant> = None;
     // Enough of the first bytes to tell HTTP/2's preface from an HTTP/1 request line.
     while wire.read.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&wire.read) {
-        let wait = if wire.read.is_empty() {
-            timeouts.idle
-        } else {
-            timeouts.stall
+        let wait = match (wire.read.is_empty(), grace) {
+            (true, Some(until)) => until.saturating_duration_since(tokio::time::Instant::now()),
+            (true, None) => timeouts.idle,
+            (false, _) => timeouts.stall,
         };
-        // Not closed by a drain: a client that has just connected is about to send a
-        // request, which is then served, and the connection closed after it.
-        match deadline.fill(&mut wire, wait).await {
+        let filled = match wire.read.is_empty() && grace.is_none() {
+            // A drain gives a connection that has sent nothing a moment to send its
+            // request (which is then served, and the connection closed after it).
+            true => tokio::select! {
+                biased;
+                filled = deadline.fill(&mut wire, wait) => filled,
+                () = &mut draining => {
+                    grace = Some(tokio::time::Instant::now() + FIRST_BYTE_WHILE_DRAINING);
+                    continue;
+                }
+            },
+            false => deadline.fill(&mut wire, wait).await,
+        };
+        match filled {
             Some(Ok(0) | Err(_)) | None => return,
             Some(Ok(_)) => {}
         }
     }
     if wire.read.starts_with(H2_PREFACE) {
+        drop(draining);
         serve_h2(wire, client, outbound, upstreams).await;
         return;
     }
     let mut out = Vec::with_capacity(1024);
     let mut date = Date::default();
-    let mut draining = outbound.drain().watch();
     loop {
         let reading = read_request(&mut wire, &timeouts, &mut deadline, &mut draining);
         let incoming = match reading.await {

@@ -2,7 +2,8 @@
 //!
 //! Once a drain has begun ([`DrainSwitch::begin`]), the proxy takes no new work on the
 //! connections it has and lets what is in progress finish: an HTTP/1 connection idle
-//! between requests is closed, one with a request in progress is closed after its answer
+//! between requests is closed, one that has sent nothing yet is closed unless its first
+//! byte comes within a second, one with a request in progress is closed after its answer
 //! (which says `Connection: close`), and an h2 connection is sent GOAWAY and closes once
 //! its streams are done. `/ready` answers 503, so that a load balancer stops sending new
 //! connections; those that still come are served the same way. The proxy exits once no

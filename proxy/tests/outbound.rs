@@ -28,7 +28,7 @@ use fulcrum_policy::ConfigSet;
 use fulcrum_proxy::access_log::Destination;
 use fulcrum_proxy::app::{Proxy, ProxyConfig};
 use fulcrum_proxy::dns::Resolver;
-use fulcrum_proxy::downstream::ClientTimeouts;
+use fulcrum_proxy::downstream::{ClientTimeouts, FIRST_BYTE_WHILE_DRAINING};
 use fulcrum_proxy::health::HealthCheckSettings;
 use fulcrum_proxy::metrics::ProxyMetrics;
 use fulcrum_proxy::outbound::{Outbound, REASON_HEADER, Routing, UPSTREAM_HEADER};
@@ -1039,6 +1039,40 @@ async fn a_draining_proxy_lets_requests_finish_then_closes_each_connection() {
         .expect("the connection task");
     assert!(closed.is_ok(), "closed with a GOAWAY: {closed:?}");
     assert!(proxy.drained(Duration::from_secs(5)).await, "none left");
+}
+
+/// A drain closes a connection that has sent nothing once it has had a moment
+/// ([`FIRST_BYTE_WHILE_DRAINING`]) to send its first byte, as Envoy closes a connection
+/// without a request when it drains; one whose request comes within it is served.
+#[tokio::test]
+async fn a_draining_proxy_closes_a_connection_that_sends_nothing() {
+    let quick = backend("quick", Behaviour::Ok).await;
+    let proxy = start_east(&http_entry("quick", "quick.example", &[quick.port()]), None).await;
+    let mut silent = TcpStream::connect(proxy.outbound_address())
+        .await
+        .expect("connect");
+    let mut late = TcpStream::connect(proxy.outbound_address())
+        .await
+        .expect("connect");
+    let began = tokio::time::Instant::now();
+    proxy.drain();
+    late.write_all(b"GET / HTTP/1.1\r\nhost: quick.example\r\n\r\n")
+        .await
+        .expect("write");
+    let text = read_to_close(&mut late).await;
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert!(text.contains("connection: close\r\n"), "{text}");
+    assert_eq!(
+        read_to_close(&mut silent).await,
+        "",
+        "closed without a word"
+    );
+    assert!(
+        began.elapsed() >= FIRST_BYTE_WHILE_DRAINING,
+        "not before its moment: {:?}",
+        began.elapsed()
+    );
+    assert!(proxy.drained(Duration::from_secs(2)).await, "none left");
 }
 
 /// A DestinationRule for `host` with the connection-pool settings `pool` (YAML flow).
