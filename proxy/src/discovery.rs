@@ -368,9 +368,30 @@ fn pool_settings(
     (settings != PoolSettings::default()).then(|| Arc::new(settings))
 }
 
+/// `rule` as a sidecar reads it: `tls.credentialName` applies at a sidecar only when the
+/// rule has a `workloadSelector` (istio/api: otherwise it is for gateways, and sidecars
+/// keep to the certificate paths), so from any other rule it is left out, and the
+/// connections are made with the rule's files (or the system's CA bundle).
+fn as_a_sidecar_reads(rule: &Object<DestinationRuleSpec>) -> Object<DestinationRuleSpec> {
+    let mut rule = rule.clone();
+    if rule.spec.workload_selector.is_some() {
+        return rule;
+    }
+    let policies = (rule.spec.traffic_policy.iter_mut())
+        .chain((rule.spec.subsets.iter_mut()).filter_map(|s| s.traffic_policy.as_mut()));
+    for policy in policies {
+        let ports = policy.port_level_settings.iter_mut().map(|p| &mut p.tls);
+        for tls in std::iter::once(&mut policy.tls).chain(ports).flatten() {
+            tls.credential_name.clear();
+        }
+    }
+    rule
+}
+
 /// The settings of a traffic policy this proxy does not apply: credentials for TLS to
-/// endpoints in a Kubernetes secret (`tls.credentialName`: connections fail, see
-/// [`OriginTls`]), tunnels, the PROXY protocol and balancing by backend utilization.
+/// endpoints in a Kubernetes secret (`tls.credentialName` in a rule with a
+/// `workloadSelector`: connections fail, see [`OriginTls`]), tunnels, the PROXY protocol
+/// and balancing by backend utilization.
 fn unapplied(policy: &TrafficPolicy) -> Vec<&'static str> {
     let from_secret = |tls: &Option<ClientTlsSettings>| {
         tls.as_ref().is_some_and(|t| {
@@ -791,13 +812,14 @@ impl StaticDiscovery {
             .collect();
         // Each service takes the rule istiod would give it (its exact host, else the most
         // specific wildcard), with each subset's policy merged over the rule's.
-        let mut rules: Vec<_> = resources
+        let read: Vec<Object<DestinationRuleSpec>> = resources
             .iter()
             .filter_map(|r| match r {
-                Resource::DestinationRule(dr) => Some(dr.as_ref()),
+                Resource::DestinationRule(dr) => Some(as_a_sidecar_reads(dr)),
                 _ => None,
             })
             .collect();
+        let mut rules: Vec<_> = read.iter().collect();
         rules.sort_by(|a, b| {
             (&a.metadata.namespace, &a.metadata.name)
                 .cmp(&(&b.metadata.namespace, &b.metadata.name))
@@ -1470,6 +1492,15 @@ spec:
     portLevelSettings:
     - port: {number: 443}
       tls: {mode: SIMPLE, credentialName: api-cert}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: selected, namespace: shop}
+spec:
+  host: selected.shop.example
+  workloadSelector: {matchLabels: {app: web}}
+  trafficPolicy:
+    tls: {mode: SIMPLE, credentialName: api-cert}
 "#,
         );
         let errors: Vec<_> = config
@@ -1482,9 +1513,7 @@ spec:
             .filter_map(|r| match r {
                 Resource::DestinationRule(dr) => Some((
                     dr.metadata.name.clone(),
-                    dr.spec
-                        .traffic_policy
-                        .as_ref()
+                    (as_a_sidecar_reads(dr).spec.traffic_policy.as_ref())
                         .map(unapplied)
                         .unwrap_or_default(),
                 )),
@@ -1494,10 +1523,10 @@ spec:
         // The mesh's own mutual TLS is what the proxy does, and TLS to endpoints from
         // files is originated: nothing to say of them.
         assert_eq!(unapplied_by["mtls"], Vec::<&str>::new());
-        assert_eq!(
-            unapplied_by["egress"],
-            ["tls.credentialName", "proxyProtocol"]
-        );
+        // A sidecar reads a secret only under a rule with a workloadSelector; elsewhere
+        // it keeps to the files, as the proxy does.
+        assert_eq!(unapplied_by["egress"], ["proxyProtocol"]);
+        assert_eq!(unapplied_by["selected"], ["tls.credentialName"]);
     }
 
     #[test]

@@ -3555,6 +3555,15 @@ async fn a_rule_has_tls_originated_to_its_endpoints_and_the_server_checked_as_en
             "HTTP",
             "{mode: SIMPLE, insecureSkipVerify: true}".to_string(),
         ),
+        // A secret's name in a rule without a workloadSelector is for gateways: a
+        // sidecar keeps to the certificate paths, here none, so the system's CA bundle,
+        // which does not know the test CA.
+        (
+            "secret.example",
+            open,
+            "HTTP",
+            "{mode: SIMPLE, credentialName: api-cert}".to_string(),
+        ),
         (
             "mutual.example",
             mutual,
@@ -3602,6 +3611,7 @@ async fn a_rule_has_tls_originated_to_its_endpoints_and_the_server_checked_as_en
             "unchecked.example",
             Ok(served("HTTP/1.1", "unchecked.example", "no")),
         ),
+        ("secret.example", Err("UnknownIssuer")),
         ("mutual.example", Ok(served("HTTP/1.1", SERVER_DNS, "yes"))),
         ("anonymous.example", Err("")),
         ("rpc.example", Ok(served("HTTP/2.0", SERVER_DNS, "no"))),

@@ -17,8 +17,9 @@
 //! `MUTUAL` presents `clientCertificate` with `privateKey`. The files are read again when
 //! they change (looked at when a connection is made), as istio-agent serves them; a file
 //! that cannot be used fails the connections with the reason, rather than sending in
-//! plaintext. `credentialName` (a Kubernetes secret) is not read: connections fail, and
-//! say so.
+//! plaintext. `credentialName` (a Kubernetes secret) applies at a sidecar only in a rule
+//! with a `workloadSelector` (elsewhere it is left out, see
+//! `discovery::as_a_sidecar_reads`); there it is not read: connections fail, and say so.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
