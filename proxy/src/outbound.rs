@@ -748,7 +748,14 @@ impl Outbound {
         }
         let addresses = match self.resolver.lookup(name.to_string()).await {
             Ok(addresses) => addresses,
-            Err(why) => return Err(unavailable(&format!("{name} does not resolve: {why}"))),
+            Err(why) => {
+                // Not kept: names that do not resolve would take the places of those that
+                // do, and be looked up again and again in the background.
+                if let Ok(mut looked_up) = self.looked_up.lock() {
+                    looked_up.remove(name);
+                }
+                return Err(unavailable(&format!("{name} does not resolve: {why}")));
+            }
         };
         if let Ok(mut dns) = self.dns.lock()
             && dns.resolved.get(name) != Some(&addresses)
@@ -1039,10 +1046,7 @@ impl Outbound {
         };
         let (mut parts, _) = request.into_parts();
         let forward = self.route(&routing, &parts, handled).map_err(|a| *a)?;
-        let routing = match (handled.look_up, &forward.target.looked_up) {
-            (true, Some(name)) => self.look_up(name).await.map_err(|a| *a)?,
-            _ => routing,
-        };
+        let routing = (self.looked_up_routing(routing, &forward.target).await).map_err(|a| *a)?;
         if let Some(delay) = forward.fault.delay {
             tokio::time::sleep(delay).await;
         }
@@ -1424,7 +1428,7 @@ impl Outbound {
                 let mut forward = *f;
                 // The service port: the route's, else the one the request named.
                 forward.target.port = forward.target.port.or(port);
-                self.to_name_asked_for(routing, &mut forward, host, handled);
+                self.to_name_asked_for(routing, &mut forward, host);
                 // Set last, over the route's own changes, as Envoy's CORS filter does.
                 let set = &mut forward.response_headers.set;
                 set.extend(cors.into_iter().filter_map(|(name, value)| {
@@ -1462,7 +1466,7 @@ impl Outbound {
             RouteDecision::NoRoute if discovered => {
                 let mut forward = default_route(service, &with_port(host, port), path_and_query);
                 forward.target.port = port;
-                self.to_name_asked_for(routing, &mut forward, host, handled);
+                self.to_name_asked_for(routing, &mut forward, host);
                 Ok(forward)
             }
             RouteDecision::NoMatch => Err(Box::new(answer(
@@ -1477,15 +1481,9 @@ impl Outbound {
     }
 
     /// A request whose target is a wildcard host resolved per request goes to the name it
-    /// asked for (`host`), when the wildcard covers it; `handled` says whether that name is
-    /// to be looked up first.
-    fn to_name_asked_for(
-        &self,
-        routing: &Routing,
-        forward: &mut Forward,
-        host: &str,
-        handled: &mut Handled,
-    ) {
+    /// asked for (`host`), when the wildcard covers it (looked up first when the routing
+    /// does not have it yet, see [`Outbound::looked_up_routing`]).
+    fn to_name_asked_for(&self, routing: &Routing, forward: &mut Forward, host: &str) {
         let discovery = routing.discovery.as_ref();
         if !discovery.resolves_per_request(&forward.target.host) {
             return;
@@ -1495,11 +1493,26 @@ impl Outbound {
         if !name.ends_with(&wildcard[1..]) {
             return;
         }
-        handled.look_up = discovery.looked_up_under(&name).is_none();
-        if !handled.look_up {
+        if discovery.looked_up_under(&name).is_some() {
             self.asked_for(&name);
         }
         forward.target.looked_up = Some(name);
+    }
+
+    /// The routing to send a request for `target` with: `routing`, unless the target is a
+    /// name to look up that it does not have yet; then the routing made once the name has
+    /// been looked up, or the answer the request gets instead.
+    async fn looked_up_routing(
+        &self,
+        routing: Arc<Routing>,
+        target: &Target,
+    ) -> Result<Arc<Routing>, Box<ProxyResponse>> {
+        match &target.looked_up {
+            Some(name) if routing.discovery.looked_up_under(name).is_none() => {
+                self.look_up(name).await
+            }
+            _ => Ok(routing),
+        }
     }
 
     /// What `handle` does; names the service and destination in `handled` once known.
@@ -1528,12 +1541,9 @@ impl Outbound {
             Ok(forward) => forward,
             Err(answer) => return *answer,
         };
-        let routing = match (handled.look_up, &forward.target.looked_up) {
-            (true, Some(name)) => match self.look_up(name).await {
-                Ok(routing) => routing,
-                Err(answer) => return *answer,
-            },
-            _ => routing,
+        let routing = match self.looked_up_routing(routing, &forward.target).await {
+            Ok(routing) => routing,
+            Err(answer) => return *answer,
         };
         if is_grpc(&parts.headers) {
             heed_grpc_timeout(&mut parts.headers, &mut forward);
@@ -3013,9 +3023,6 @@ fn hash_key(
 struct Handled {
     service: Option<String>,
     locality: Arc<str>,
-    /// The request's target is a name under a wildcard host resolved per request that
-    /// the routing does not have yet: it is looked up before the request goes on.
-    look_up: bool,
     /// The fields of an endpoint's answer, not in the answer's header map (which holds
     /// what the proxy adds); `None` once merged, or for any other answer.
     fields: Option<RawFields>,
@@ -3026,7 +3033,6 @@ impl Handled {
         Handled {
             service: None,
             locality: locality.clone(),
-            look_up: false,
             fields: None,
         }
     }
@@ -3574,6 +3580,44 @@ fn upstream_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A name looked up for a request is resolved again in the background while requests
+    /// ask for it; one that does not resolve is not kept (it would take a place among the
+    /// names kept, and be looked up again and again).
+    #[tokio::test]
+    async fn names_that_resolve_are_kept_and_those_that_do_not_are_not() {
+        let mut config = fulcrum_policy::ConfigSet::new();
+        config.add_text(
+            "wild.yaml",
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+             metadata: {name: wild, namespace: shop}\nspec:\n  hosts: [\"*.wild.example\"]\n  \
+             location: MESH_EXTERNAL\n  ports: [{number: 80, name: http, protocol: HTTP}]\n",
+        );
+        let resolver = Resolver::new(|name: String| async move {
+            match name.as_str() {
+                "api.wild.example" => Ok(Arc::from([std::net::IpAddr::from([127, 0, 0, 1])])),
+                _ => Err("no such name".to_string()),
+            }
+        });
+        let here: Locality = "r1/z1".parse().expect("locality");
+        let outbound = Outbound::new(None, Arc::new(ProxyMetrics::new()), "east".into(), here)
+            .with_resolver(resolver);
+        let resources: Vec<_> = config.resources().collect();
+        outbound.configure(&resources, &[], Vec::new());
+        let routing = outbound
+            .look_up("api.wild.example")
+            .await
+            .expect("resolves");
+        assert_eq!(
+            routing.discovery.looked_up_under("api.wild.example"),
+            Some("*.wild.example")
+        );
+        let Err(refused) = outbound.look_up("gone.wild.example").await else {
+            panic!("gone.wild.example resolved");
+        };
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(outbound.dns_names(), ["api.wild.example"]);
+    }
 
     #[test]
     fn the_request_to_an_endpoint_keeps_end_to_end_fields_only() {
