@@ -162,10 +162,14 @@ pub(super) fn check_service_entry(c: &mut Checker, spec: &ServiceEntrySpec, name
                         .strip_prefix("*.")
                         .is_some_and(|rest| names::check_fqdn(rest).is_ok());
                 if host != "*" && !per_request && names::check_fqdn(host).is_err() {
+                    let or_wildcards = match resolution {
+                        Resolution::DynamicDns => " (or wildcards, *.example.com)",
+                        _ => "",
+                    };
                     c.at_index(i, |c| {
                         c.error(format!(
-                            "hosts must be fully qualified names when resolution is {resolution} \
-                             and no endpoints are given"
+                            "hosts must be fully qualified names{or_wildcards} when resolution \
+                             is {resolution} and no endpoints are given"
                         ))
                     });
                 }
