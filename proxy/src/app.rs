@@ -237,9 +237,7 @@ impl Proxy {
             ));
         }
         let bind = |address: SocketAddr| async move {
-            TcpListener::bind(address)
-                .await
-                .map_err(|source| StartError::Bind { address, source })
+            listen(address).map_err(|source| StartError::Bind { address, source })
         };
         let outbound_listener = bind(settings.outbound).await?;
         let admin_listener = bind(settings.admin).await?;
@@ -452,6 +450,25 @@ pub(crate) async fn accept_into(
     }
 }
 
+/// The listen queue asked for: the kernel holds it to `net.core.somaxconn` (4096 on
+/// current Linux), which is what Envoy's listeners use. The 128 a plain bind gives
+/// overflowed when a few thousand connections came at once (clients reconnecting after
+/// a restart): each connection the queue dropped waited a second for its SYN to be sent
+/// again.
+pub const LISTEN_BACKLOG: u32 = 65_535;
+
+/// A listener on `address` (SO_REUSEADDR, as a plain bind sets it) with a listen queue of
+/// [`LISTEN_BACKLOG`].
+pub fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// How long the accept loop pauses after a failed accept.
 pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// At most one warning about failed accepts per this long.
@@ -628,5 +645,33 @@ impl Admin<'_> {
             }
             other => answer(StatusCode::NOT_FOUND, &format!("no admin page {other:?}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Connections the proxy has not accepted yet wait in the listen queue: a burst past
+    /// the 128 a plain bind allows is connected at once, none of it dropped to send its
+    /// SYN again a second later.
+    #[tokio::test]
+    async fn a_burst_of_connections_waits_in_the_listen_queue() {
+        // The kernel holds the queue to somaxconn; a machine that allows less than the
+        // burst cannot show it.
+        let allowed = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(128);
+        let burst = allowed.min(512) - 1;
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = listener.local_addr().unwrap();
+        // Nothing accepts. Under the second a dropped SYN waits before it is sent again.
+        let connects = (0..burst)
+            .map(|_| tokio::time::timeout(Duration::from_millis(900), TcpStream::connect(address)));
+        let connected = futures::future::join_all(connects).await;
+        let made = connected.iter().filter(|c| matches!(c, Ok(Ok(_)))).count();
+        assert_eq!(made, burst, "connections made while none was accepted");
+        drop(listener);
     }
 }
