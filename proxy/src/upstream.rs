@@ -258,10 +258,12 @@ impl Http1Pool {
 
     /// Keeps `connection` for the next request to `address`, unless it has carried as
     /// many as its service allows or is past the age its service allows.
-    fn put(&self, address: SocketAddr, connection: Box<Connection>) {
+    fn put(&self, address: SocketAddr, mut connection: Box<Connection>) {
         if connection.spent() {
             return;
         }
+        // An idle connection keeps no buffer: the next exchange takes one.
+        connection.wire.release();
         if let Ok(mut idle) = self.idle.lock() {
             let connections = idle.entry(address).or_default();
             if connections.len() < MAX_IDLE_PER_ENDPOINT {

@@ -35,6 +35,49 @@ const READ_MAX: usize = 1024 * 1024;
 /// proxy from 12 to 88 MB); as much a read asks for, it gets no faster past this.
 pub const STREAM_READ: usize = 64 * 1024;
 
+/// Read buffers given up by connections that wait, kept on each thread for the next
+/// read: mimalloc serves a buffer of this size through its slower general path, and a
+/// connection that waits between every two requests would take one each time.
+mod spare {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    use super::READ_MIN;
+
+    /// The most kept on a thread; past it they go back to the allocator.
+    pub(super) const KEPT: usize = 64;
+
+    thread_local! {
+        static BUFFERS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A kept buffer, or an empty one (the read that follows makes room).
+    pub fn take() -> BytesMut {
+        BUFFERS
+            .try_with(|b| b.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    /// Keeps `buffer` (empty) when it is of the usual size and there is room: a larger
+    /// one, grown for a body, goes back to the allocator. A buffer that still shares its
+    /// memory with bytes read into it (a body on its way) is kept too: it makes room
+    /// again, in place or anew, when next taken.
+    pub fn give(buffer: BytesMut) {
+        if buffer.capacity() > 2 * READ_MIN {
+            return;
+        }
+        let _ = BUFFERS.try_with(|b| {
+            let mut kept = b.borrow_mut();
+            if kept.len() < KEPT {
+                kept.push(buffer);
+            }
+        });
+    }
+}
+
 /// Why a body could not be read.
 #[derive(Debug)]
 pub enum BodyError {
@@ -247,8 +290,20 @@ impl<S: AsyncRead + Unpin> Wire<S> {
     /// Reads more, asking for at least `want` bytes of room (within bounds); `Ok(0)` at
     /// the end of the stream.
     pub async fn fill(&mut self, want: usize) -> io::Result<usize> {
+        if self.read.capacity() == 0 {
+            self.read = spare::take();
+        }
         self.read.reserve(want.clamp(READ_MIN, READ_MAX));
         self.stream.read_buf(&mut self.read).await
+    }
+
+    /// Gives the read buffer up while nothing is kept in it: a connection that waits (for
+    /// its next request, or in a pool for its next exchange) holds no buffer, and the
+    /// next read takes one.
+    pub fn release(&mut self) {
+        if self.read.is_empty() && self.read.capacity() > 0 {
+            spare::give(std::mem::take(&mut self.read));
+        }
     }
 
     /// Like [`Wire::fill`], for a part of a message that must come: the end of the
@@ -642,6 +697,52 @@ mod tests {
         );
         assert_eq!(dechunker.step(&mut read), Ok(Piece::More));
         assert_eq!(dechunker.wants(), 0x100000 - 3 + 2);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_wire_holds_no_buffer_and_what_was_read_stays_whole() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let mut wire = Wire::new(server, "the client");
+        client.write_all(b"GET /a HTTP/1.1\r\n\r\n").await.unwrap();
+        wire.fill(0).await.unwrap();
+        // The head is taken out and kept (as a request's fields share its buffer)...
+        let first = wire.read.split_to(wire.read.len()).freeze();
+        // ... and the wire, with nothing left in it, gives its buffer up.
+        wire.release();
+        assert_eq!(wire.read.capacity(), 0);
+        for path in [b"/b", b"/c"] {
+            client.write_all(b"GET ").await.unwrap();
+            client.write_all(path).await.unwrap();
+            client.write_all(b" HTTP/1.1\r\n\r\n").await.unwrap();
+            wire.fill(0).await.unwrap();
+            assert!(wire.read.starts_with(b"GET "));
+            assert_eq!(&wire.read[4..6], path);
+            wire.read.clear();
+            wire.release();
+            assert_eq!(wire.read.capacity(), 0);
+        }
+        // What was read before is untouched by the reads into the buffer given back.
+        assert_eq!(&first[..], b"GET /a HTTP/1.1\r\n\r\n");
+        // A wire with bytes not yet used keeps them.
+        client.write_all(b"GET /d").await.unwrap();
+        wire.fill(0).await.unwrap();
+        wire.release();
+        assert_eq!(&wire.read[..], b"GET /d");
+    }
+
+    #[test]
+    fn only_so_many_buffers_of_the_usual_size_are_kept() {
+        // One grown for a body goes back to the allocator.
+        spare::give(BytesMut::with_capacity(READ_MAX));
+        assert_eq!(spare::take().capacity(), 0);
+        spare::give(BytesMut::with_capacity(READ_MIN));
+        assert!(spare::take().capacity() >= READ_MIN);
+        for _ in 0..spare::KEPT + 10 {
+            spare::give(BytesMut::with_capacity(READ_MIN));
+        }
+        let kept = std::iter::from_fn(|| Some(spare::take()).filter(|b| b.capacity() > 0));
+        assert_eq!(kept.count(), spare::KEPT);
     }
 
     #[test]
