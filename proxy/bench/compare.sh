@@ -7,15 +7,18 @@
 # each round starting with the next proxy (so that a noisy neighbour on a shared machine
 # hits them alike), and the medians of each figure are printed at the end.
 #
-# Installs wrk, haproxy and nginx from Debian when they are missing, builds the release
-# binaries, and starts everything itself in a temporary directory (removed at the end).
+# Installs wrk, haproxy, nginx and python3 from Debian when they are missing, builds the
+# release binaries, and starts everything itself in a temporary directory (removed at the
+# end).
 # A fixed backend (nginx, one worker, a 3-byte answer) is measured:
 #   - directly, through fulcrum-proxy, through haproxy and through nginx: plaintext
 #     HTTP/1.1 keep-alive, wrk with 32 connections;
 #   - across a proxy-to-proxy mTLS hop: fulcrum-proxy -> fulcrum-proxy (h2 over mTLS,
 #     weights from a one-node coordinator, all mTLS), haproxy -> haproxy (TLS, client certificates
 #     verified) and nginx -> nginx (the same);
-#   - on a single connection, for the latency each proxy adds.
+#   - on a single connection, for the latency each proxy adds;
+#   - with many connections open and idle (IDLE_CONNECTIONS, 2,000 by default), before
+#     and after one request on each, for the memory a waiting connection costs.
 # For each it prints req/s, p50/p99 latency, the proxy processes' CPU time per request
 # (user + system, from /proc; across the fulcrum hop, each proxy's share too), and their
 # RSS idle and after load.
@@ -24,6 +27,14 @@ set -euo pipefail
 SECONDS_PER_RUN="${1:-10}"
 ROUNDS="${2:-1}"
 CONNECTIONS=32
+IDLE_CONNECTIONS="${IDLE_CONNECTIONS:-2000}"
+# Room for the idle connections, in this shell and the proxies it starts.
+if [ "$(ulimit -Hn)" = unlimited ] || [ "$(ulimit -Hn)" -ge $((2 * IDLE_CONNECTIONS + 256)) ]; then
+  ulimit -n $((2 * IDLE_CONNECTIONS + 256))
+else
+  IDLE_CONNECTIONS=$((($(ulimit -Hn) - 256) / 2))
+  ulimit -n "$(ulimit -Hn)"
+fi
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 WORK="$(mktemp -d /tmp/fulcrum-bench.XXXXXX)"
 PIDS=()
@@ -36,7 +47,7 @@ cleanup() {
 trap cleanup EXIT
 
 missing=()
-for tool in wrk haproxy nginx; do
+for tool in wrk haproxy nginx python3; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if ((${#missing[@]})); then
@@ -148,6 +159,38 @@ run() {
   fi
   echo "$p50" >"$WORK/p50-${name//[^A-Za-z0-9-]/_}"
   echo "$rps $p50 $p99 $cpu_us" >>"$WORK/runs-${name//[^A-Za-z0-9-]/_}"
+}
+
+# idle_memory NAME PORT PIDS...: the RSS each of IDLE_CONNECTIONS connections adds while
+# open and idle, then after one request on each (sent one connection at a time, so that
+# what requests in flight hold is not counted), against the RSS before they opened. In
+# Python: bash writes a request line by line, and Nagle's algorithm then holds each
+# request's last lines for the proxy's delayed ACK.
+idle_memory() {
+  python3 - "$IDLE_CONNECTIONS" "$@" <<'EOF'
+import socket, sys, time
+count, name, port, pids = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+def rss():
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as status:
+            total += next(int(l.split()[1]) for l in status if l.startswith("VmRSS"))
+    return total
+before = rss()
+connections = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+time.sleep(1)  # accepted and settled
+opened = rss()
+answered = 0
+for c in connections:
+    c.sendall(b"GET / HTTP/1.1\r\nHost: bench.local\r\n\r\n")
+    c.settimeout(5)
+    answered += c.recv(65536).startswith(b"HTTP/1.1 200")
+time.sleep(1)
+after = rss()
+for c in connections:
+    c.close()
+print(f"{name:<34} {before / 1024:9.1f} {(opened - before) / count:9.1f} {(after - before) / count:9.1f} {answered:9d}")
+EOF
 }
 
 # median NAME COLUMN: the median of a figure (1 req/s, 2 p50, 3 p99, 4 CPU) over the
@@ -413,3 +456,10 @@ if [ "$ROUNDS" -gt 1 ]; then
     awk -v n="$name" -v p="$(median "$name" 2)" -v d="$direct" 'BEGIN {printf "  %-18s +%.0f us p50\n", n, p - d}'
   done
 fi
+
+echo
+echo "$IDLE_CONNECTIONS connections open and idle, then one request on each"
+printf "%-34s %9s %9s %9s %9s\n" "" "RSS MB" "KB each" "after one" "answered"
+idle_memory fulcrum-proxy $FULCRUM $FULCRUM_PID
+idle_memory haproxy $HAPROXY $HAPROXY_PID
+idle_memory nginx $NGINX $(family $NGINX_PID)
