@@ -274,6 +274,9 @@ pub struct Wire<S = TcpStream> {
     /// How long a message's body may go without a byte (none: as long as it takes; the
     /// caller bounds the whole exchange).
     pub stall: Option<Duration>,
+    /// A read asked for more room than usual (a body's) since the buffer was taken: the
+    /// memory under it may be much larger than what is left of it, and is not kept.
+    grown: bool,
 }
 
 impl<S: AsyncRead + Unpin> Wire<S> {
@@ -284,6 +287,7 @@ impl<S: AsyncRead + Unpin> Wire<S> {
             spans: Vec::new(),
             peer,
             stall: None,
+            grown: false,
         }
     }
 
@@ -293,16 +297,22 @@ impl<S: AsyncRead + Unpin> Wire<S> {
         if self.read.capacity() == 0 {
             self.read = spare::take();
         }
+        self.grown |= want > READ_MIN;
         self.read.reserve(want.clamp(READ_MIN, READ_MAX));
         self.stream.read_buf(&mut self.read).await
     }
 
     /// Gives the read buffer up while nothing is kept in it: a connection that waits (for
     /// its next request, or in a pool for its next exchange) holds no buffer, and the
-    /// next read takes one.
+    /// next read takes one. A buffer that grew for a body goes back to the allocator: a
+    /// little of it left over could hold a megabyte in the thread's spares.
     pub fn release(&mut self) {
-        if self.read.is_empty() && self.read.capacity() > 0 {
-            spare::give(std::mem::take(&mut self.read));
+        if !self.read.is_empty() || self.read.capacity() == 0 {
+            return;
+        }
+        let buffer = std::mem::take(&mut self.read);
+        if !std::mem::take(&mut self.grown) {
+            spare::give(buffer);
         }
     }
 
@@ -729,6 +739,26 @@ mod tests {
         wire.fill(0).await.unwrap();
         wire.release();
         assert_eq!(&wire.read[..], b"GET /d");
+    }
+
+    #[tokio::test]
+    async fn a_buffer_grown_for_a_body_is_not_kept() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, server) = tokio::io::duplex(512 * 1024);
+        let mut wire = Wire::new(server, "the client");
+        // A body read into room made for 300 KiB, 10 KiB of it left over.
+        let (room, length) = (300 * 1024, 290 * 1024);
+        client.write_all(&vec![b'x'; length]).await.unwrap();
+        while wire.read.len() < length {
+            wire.fill(room - wire.read.len()).await.unwrap();
+        }
+        let body = wire.read.split_to(length).freeze();
+        assert!((1..=2 * READ_MIN).contains(&wire.read.capacity()));
+        drop(body);
+        // What is left of the buffer is little, but the memory under it is the body's.
+        wire.release();
+        assert_eq!(wire.read.capacity(), 0);
+        assert_eq!(spare::take().capacity(), 0, "kept in the thread's spares");
     }
 
     #[test]
