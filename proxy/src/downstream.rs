@@ -18,10 +18,11 @@
 //! smuggling probe), malformed chunks (400, also when they come after the request was
 //! routed: it is dropped). `Expect: 100-continue` is answered before the body is read.
 //! Requests on one connection are answered in order (pipelining). A connection waiting for
-//! its next request is closed after [`ClientTimeouts::idle`]; a request that has begun and
-//! then sends nothing for [`ClientTimeouts::stall`] is answered 408. After a refusal, or an
-//! answer that came before the body ended, the proxy reads and drops what the client still
-//! sends, for a moment, so that the client reads the answer rather than a reset.
+//! its next request is closed after [`ClientTimeouts::idle`]; a request whose head is not
+//! whole within [`ClientTimeouts::stall`] of its first byte, or whose body then sends
+//! nothing for as long, is answered 408. After a refusal, or an answer that came before
+//! the body ended, the proxy reads and drops what the client still sends, for a moment,
+//! so that the client reads the answer rather than a reset.
 
 use std::io::{self, Write};
 use std::mem::MaybeUninit;
@@ -57,9 +58,10 @@ pub struct ClientTimeouts {
     /// How long a connection may wait for its next request (or its first) before it is
     /// closed.
     pub idle: Duration,
-    /// How long a request that has begun may go without a byte, in its head or its
-    /// body, before it is answered 408 and the connection closed: a client cannot hold
-    /// a connection with a request it never finishes. (Over h2, a gRPC request's body
+    /// How long a request's head may take to come whole from its first byte, and its
+    /// body go without a byte, before it is answered 408 and the connection closed: a
+    /// client cannot hold a connection with a request it never finishes, nor with one
+    /// it trickles in. (Over h2, a gRPC request's body
     /// may pause: it is a stream, forwarded as it arrives.)
     pub stall: Duration,
 }
@@ -100,6 +102,9 @@ impl Deadline {
     /// buffer and takes one when bytes come: a connection that waits holds its task
     /// alone, not a buffer too.
     async fn fill(&mut self, wire: &mut Wire, wait: Duration) -> Option<io::Result<usize>> {
+        if wait.is_zero() {
+            return None;
+        }
         let at = tokio::time::Instant::now() + wait;
         if at > self.at || at + TIMER_SLACK < self.at {
             self.at = at + TIMER_SLACK;
@@ -148,12 +153,17 @@ pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Up
     let mut draining = outbound.drain().watch();
     // Until when a connection that has sent nothing may still send, once a drain began.
     let mut grace: Option<tokio::time::Instant> = None;
+    // By when the first request's head must be whole, once its first byte came.
+    let mut head_by: Option<tokio::time::Instant> = None;
     // Enough of the first bytes to tell HTTP/2's preface from an HTTP/1 request line.
     while wire.read.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&wire.read) {
+        let now = tokio::time::Instant::now();
         let wait = match (wire.read.is_empty(), grace) {
-            (true, Some(until)) => until.saturating_duration_since(tokio::time::Instant::now()),
+            (true, Some(until)) => until.saturating_duration_since(now),
             (true, None) => timeouts.idle,
-            (false, _) => timeouts.stall,
+            (false, _) => head_by
+                .get_or_insert(now + timeouts.stall)
+                .saturating_duration_since(now),
         };
         let filled = match wire.read.is_empty() && grace.is_none() {
             // A drain gives a connection that has sent nothing a moment to send its
@@ -169,6 +179,8 @@ pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Up
             false => deadline.fill(&mut wire, wait).await,
         };
         match filled {
+            // A head begun and not finished in time: answered 408 below, as any other.
+            None if !wire.read.is_empty() => break,
             Some(Ok(0) | Err(_)) | None => return,
             Some(Ok(_)) => {}
         }
@@ -182,7 +194,13 @@ pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Up
     }
     let mut date = Date::default();
     loop {
-        let reading = read_request(&mut wire, &timeouts, &mut deadline, &mut draining);
+        let reading = read_request(
+            &mut wire,
+            &timeouts,
+            &mut deadline,
+            &mut draining,
+            head_by.take(),
+        );
         let incoming = match reading.await {
             Ok(Some(incoming)) => incoming,
             Ok(None) => return,
@@ -425,16 +443,17 @@ enum Framing {
     Chunked,
 }
 
-/// The next request's head; `None` when the client closed the connection between
-/// requests.
 /// Reads the next request's head off `wire`: `None` when the client closes the
 /// connection or leaves it idle, or when the proxy drains it while it is idle
-/// (`draining`).
+/// (`draining`). The head must be whole within [`ClientTimeouts::stall`] of its first
+/// byte (`head_by`, when that came before), however it trickles in: a client sending a
+/// byte now and then cannot hold the connection.
 async fn read_request(
     wire: &mut Wire,
     timeouts: &ClientTimeouts,
     deadline: &mut Deadline,
     draining: &mut DrainWatch<'_>,
+    mut head_by: Option<tokio::time::Instant>,
 ) -> Result<Option<Incoming>, Refusal> {
     let Head {
         mut request,
@@ -451,7 +470,15 @@ async fn read_request(
             });
         }
         let begun = !wire.read.is_empty();
-        let wait = if begun { timeouts.stall } else { timeouts.idle };
+        let wait = match begun {
+            true => {
+                let now = tokio::time::Instant::now();
+                head_by
+                    .get_or_insert(now + timeouts.stall)
+                    .saturating_duration_since(now)
+            }
+            false => timeouts.idle,
+        };
         let filled = match begun {
             true => deadline.fill(wire, wait).await,
             // Between requests a draining proxy closes the connection.
@@ -469,7 +496,10 @@ async fn read_request(
             None => {
                 return Err(Refusal {
                     status: StatusCode::REQUEST_TIMEOUT,
-                    reason: format!("no byte of the request head for {:?}", timeouts.stall),
+                    reason: format!(
+                        "request head not whole within {:?} of its first byte",
+                        timeouts.stall
+                    ),
                 });
             }
         }

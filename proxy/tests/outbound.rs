@@ -828,26 +828,61 @@ async fn stalled_requests_get_408_and_idle_connections_are_closed() {
     let (proxy, _) = raw_service_proxy(OK, "", timeouts).await;
     let address = proxy.outbound_address();
 
-    // A head that stops coming, and a body that stops coming: 408, then closed.
-    let cases: [(&[u8], &str); 2] = [
-        (b"GET /x HTTP/1.1\r\nHost: raw.example\r\n", "request head"),
+    // A head that stops coming (also while it could still be HTTP/2's preface), and a
+    // body that stops coming: 408, then closed.
+    let cases: [(&[u8], &str); 3] = [
+        (
+            b"GET /x HTTP/1.1\r\nHost: raw.example\r\n",
+            "request head not whole within",
+        ),
+        (b"PRI * HTTP/", "request head not whole within"),
         (
             b"POST /x HTTP/1.1\r\nHost: raw.example\r\nContent-Length: 10\r\n\r\nabc",
-            "request body",
+            "no byte of the request body",
         ),
     ];
-    for (bytes, what) in cases {
+    for (bytes, reason) in cases {
         let mut stream = TcpStream::connect(address).await.expect("connect");
         stream.write_all(bytes).await.expect("write");
         let started = Instant::now();
         let text = read_to_close(&mut stream).await;
         assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
-        assert!(text.contains(&format!("no byte of the {what}")), "{text}");
+        assert!(text.contains(reason), "{text}");
         assert!(
             started.elapsed() >= timeouts.stall,
-            "{what}: not before the stall timeout"
+            "{reason}: not before the stall timeout"
         );
     }
+
+    // A head that trickles in, a byte at a time well within the stall timeout: it must
+    // still be whole within the timeout of its first byte (slowloris).
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    stream
+        .write_all(b"GET /x HTTP/1.1\r\nHost: raw.example\r\nx-pad: ")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    while started.elapsed() < Duration::from_secs(10) {
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(Duration::from_millis(50), stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            // Nothing yet: one more byte of the field's value.
+            Err(_) if answer.is_empty() => {
+                if stream.write_all(b"a").await.is_err() {
+                    break;
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.starts_with("HTTP/1.1 408 "),
+        "a trickled head: {text:?}"
+    );
+    assert!(text.contains("request head not whole within"), "{text}");
 
     // A connection that sends nothing, and one idle after an answer: closed, no word said.
     let mut stream = TcpStream::connect(address).await.expect("connect");

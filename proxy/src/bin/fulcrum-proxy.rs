@@ -80,8 +80,9 @@ struct Flags {
     /// Close an application's connection after it waited this long for its next request.
     #[arg(long, default_value = "1h", value_parser = parse_timeout)]
     idle_timeout: std::time::Duration,
-    /// Answer 408 and close when a request that has begun (head or body) sends nothing
-    /// for this long (not a gRPC request's body over h2: a stream may pause).
+    /// Answer 408 and close when a request's head is not whole this long after its first
+    /// byte, or its body sends nothing for this long (not a gRPC request's body over h2:
+    /// a stream may pause).
     #[arg(long, default_value = "30s", value_parser = parse_timeout)]
     request_stall_timeout: std::time::Duration,
     /// Threads serving the outbound and east-west listeners, each with its own
