@@ -16,6 +16,7 @@
 //! oversized heads) before a request gets here, and [`crate::framing`] refuses a request
 //! that carries both Content-Length and Transfer-Encoding.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -251,23 +252,26 @@ impl Routing {
         )
     }
 
-    /// The service `host` (from a request's authority) names: itself when a
-    /// VirtualService or a ServiceEntry has it by name, else the Kubernetes service it is
-    /// a short form of, if any; an error when that is ambiguous. With it, whether a
-    /// ServiceEntry has it.
-    fn service_named<'a>(&'a self, host: &'a str) -> Result<(&'a str, bool), String> {
-        if self.discovery.knows(host) {
+    /// The service `host` (from a request's authority, in any letter case) names, in
+    /// lower case as services are named: itself when a VirtualService or a ServiceEntry
+    /// has it by name, else the Kubernetes service it is a short form of, if any; an
+    /// error when that is ambiguous. With it, whether a ServiceEntry has it. (The name
+    /// keys the service's metrics, reports, balancers and outlier state: a client's
+    /// letter case must not make another service of it.)
+    fn service_named<'a>(&'a self, host: &'a str) -> Result<(Cow<'a, str>, bool), String> {
+        let host = crate::lower_case(host);
+        if self.discovery.knows(&host) {
             return Ok((host, true));
         }
-        if self.routes.claims_exactly(host) {
+        if self.routes.claims_exactly(&host) {
             return Ok((host, false));
         }
-        Ok(match self.names.resolve(host)? {
-            Some(full) => (full, self.discovery.knows(full)),
+        Ok(match self.names.resolve(&host)? {
+            Some(full) => (Cow::Borrowed(full), self.discovery.knows(full)),
             // A ServiceEntry for `*.example.com` takes `api.example.com`, as its virtual
             // host does in Envoy; the request keeps its own authority.
-            None => match self.discovery.wildcard_for(host) {
-                Some(wildcard) => (wildcard, true),
+            None => match self.discovery.wildcard_for(&host) {
+                Some(wildcard) => (Cow::Borrowed(wildcard), true),
                 None => (host, false),
             },
         })
@@ -1394,6 +1398,7 @@ impl Outbound {
             Ok(named) => named,
             Err(reason) => return Err(Box::new(answer(StatusCode::NOT_FOUND, &reason))),
         };
+        let service = &*service;
         // Routed, and sent on, without its dot segments, as under Istio.
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let path_and_query = &*crate::routing::path::normalized(path_and_query);
@@ -1660,13 +1665,15 @@ impl Outbound {
             with_port(authority.host, authority.port),
             authority.port,
         );
-        let service = match parts.headers.remove(SERVICE_HEADER) {
+        let mut service = match parts.headers.remove(SERVICE_HEADER) {
             Some(v) => v
                 .to_str()
                 .map(str::to_string)
                 .map_err(|_| refuse(StatusCode::BAD_REQUEST, "x-fulcrum-service: not text"))?,
             None => host,
         };
+        // Services are named in lower case (their metrics and state are kept by name).
+        service.make_ascii_lowercase();
         if !routing.discovery.knows(&service) {
             return Err(refuse(
                 StatusCode::NOT_FOUND,

@@ -2238,10 +2238,13 @@ async fn metrics_count_requests_by_service_locality_and_code() {
     let proxy = mesh.proxy.outbound_address();
     send(proxy, "shop.example", "/old/x", false).await;
     send(proxy, "shop.example", "/old/y", false).await;
+    // A host in another letter case names the same service, counted as it.
+    send(proxy, "SHOP.Example", "/old/z", false).await;
     send(proxy, "nowhere.example", "/", false).await;
     let text = send(mesh.proxy.admin_address(), "admin", "/metrics", false)
         .await
         .body;
+    assert!(!text.contains("SHOP"), "{text}");
     let line = |needle: &str| {
         text.lines()
             .find(|l| l.starts_with(needle))
@@ -2250,7 +2253,7 @@ async fn metrics_count_requests_by_service_locality_and_code() {
     };
     assert!(
         line(r#"fulcrum_proxy_requests_total{service="shop.example",locality="us-east/us-east-1a",code="200"}"#)
-            .ends_with(" 2")
+            .ends_with(" 3")
     );
     assert!(
         line(r#"fulcrum_proxy_requests_total{service="unknown",locality="us-east/us-east-1a",code="404"}"#)
