@@ -7,18 +7,19 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 /// Every metric a node exports.
@@ -226,6 +227,10 @@ impl Metrics {
     }
 }
 
+/// How long a scrape's connection may wait for its request head to come whole, from
+/// when it is opened or its last answer was sent (hyper's header read timeout).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Serves `/metrics` on `listener` until `shutdown` flips.
 pub async fn serve(
     listener: TcpListener,
@@ -238,32 +243,99 @@ pub async fn serve(
             _ = shutdown.changed() => return,
         };
         let Ok((stream, _)) = accepted else { continue };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                let metrics = metrics.clone();
-                async move {
-                    if request.uri().path() == "/metrics" {
-                        Response::builder()
-                            .header("content-type", "text/plain; version=0.0.4")
-                            .body(Full::new(Bytes::from(metrics.render())))
-                    } else {
-                        Response::builder()
-                            .status(StatusCode::NOT_FOUND)
-                            .body(Full::new(Bytes::from_static(
-                                b"only /metrics is served here\n",
-                            )))
-                    }
-                }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        tokio::spawn(serve_connection(stream, metrics.clone(), HEAD_TIMEOUT));
     }
+}
+
+/// Serves one scrape connection, in HTTP/1.1 (what Prometheus speaks): closed when a
+/// request head is not whole within `head_timeout` of when it was waited for, so that a
+/// client sending nothing, or a byte now and then, cannot hold it.
+async fn serve_connection(stream: TcpStream, metrics: Arc<Metrics>, head_timeout: Duration) {
+    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+        let metrics = metrics.clone();
+        async move {
+            if request.uri().path() == "/metrics" {
+                Response::builder()
+                    .header("content-type", "text/plain; version=0.0.4")
+                    .body(Full::new(Bytes::from(metrics.render())))
+            } else {
+                Response::builder()
+                    .status(StatusCode::NOT_FOUND)
+                    .body(Full::new(Bytes::from_static(
+                        b"only /metrics is served here\n",
+                    )))
+            }
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(head_timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 /// Binds the metrics listener.
 pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(address).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Reads until the server closes, writing a byte now and then meanwhile when
+    /// `trickle`; what was read, or `None` if the connection was still open after 10 s.
+    async fn until_closed(stream: &mut TcpStream, trickle: bool) -> Option<Vec<u8>> {
+        let (mut read, started) = (Vec::new(), std::time::Instant::now());
+        while started.elapsed() < Duration::from_secs(10) {
+            let mut buf = [0u8; 4096];
+            let wait = Duration::from_millis(50);
+            match tokio::time::timeout(wait, stream.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => return Some(read),
+                Ok(Ok(n)) => read.extend_from_slice(&buf[..n]),
+                Err(_) if trickle => {
+                    if stream.write_all(b"a").await.is_err() {
+                        return Some(read);
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        None
+    }
+
+    /// A scrape is answered; a connection that sends nothing, or trickles its head in a
+    /// byte at a time, is closed once the head timeout passes.
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_or_trickles_is_closed() {
+        let timeout = Duration::from_millis(300);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve_connection(stream, metrics.clone(), timeout));
+            }
+        });
+
+        let mut silent = TcpStream::connect(address).await.unwrap();
+        assert_eq!(until_closed(&mut silent, false).await, Some(Vec::new()));
+
+        let mut trickling = TcpStream::connect(address).await.unwrap();
+        trickling
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: c\r\nx-pad: ")
+            .await
+            .unwrap();
+        let read = until_closed(&mut trickling, true).await;
+        assert!(read.is_some(), "a trickled head is not held for ever");
+
+        let mut scrape = TcpStream::connect(address).await.unwrap();
+        scrape
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: c\r\n\r\n")
+            .await
+            .unwrap();
+        let read = until_closed(&mut scrape, false).await.unwrap_or_default();
+        assert!(read.starts_with(b"HTTP/1.1 200 OK"), "{read:?}");
+    }
 }

@@ -16,7 +16,7 @@ use fulcrum_policy::{ConfigSet, Locality, Severity};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -431,7 +431,11 @@ async fn serve<S, F>(
     };
     while let Some(stream) = accept(&listener, &mut failures, &count, &mut stopped).await {
         let service = service.clone();
-        tokio::spawn(serve_connection(stream, move |request, _| service(request)));
+        tokio::spawn(serve_connection(
+            stream,
+            move |request, _| service(request),
+            ADMIN_HEAD_TIMEOUT,
+        ));
     }
 }
 
@@ -531,12 +535,20 @@ async fn accept(
     }
 }
 
+/// How long an admin connection may take to send its first request, and each later
+/// request head to come whole (hyper's header read timeout, timed from when the
+/// connection waits for it).
+pub const ADMIN_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Serves one connection of the admin listener (HTTP/1.1 or h2c, with hyper) with
 /// `service`, which is given each request and the client's address. A first request head
 /// with both Content-Length and Transfer-Encoding is answered 400 and the connection
-/// closed ([`HeadGuard`]). The outbound listener's connections are served by
-/// [`crate::downstream`], which checks every request's framing.
-pub(crate) async fn serve_connection<S, F>(stream: TcpStream, service: S)
+/// closed ([`HeadGuard`]). A connection whose first request has not come whole within
+/// `head_timeout` of its opening, or a later HTTP/1 request head within that of when it
+/// was waited for, is closed: a client cannot hold one by sending nothing, or a byte now
+/// and then. The outbound listener's connections are served by [`crate::downstream`],
+/// which checks every request's framing.
+pub(crate) async fn serve_connection<S, F>(stream: TcpStream, service: S, head_timeout: Duration)
 where
     S: Fn(Request<Incoming>, Option<ClientAddress>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
@@ -544,6 +556,7 @@ where
     let client = stream.peer_addr().ok().map(ClientAddress);
     let stream = HeadGuard::new(stream, MAX_HEADER_BYTES);
     let (conflict, first) = (stream.conflict(), Arc::new(AtomicBool::new(true)));
+    let waiting_for_first = Arc::clone(&first);
     let guarded = move |request: Request<Incoming>| {
         let refuse = first.swap(false, Ordering::AcqRel) && conflict.load(Ordering::Acquire);
         let service = service.clone();
@@ -563,13 +576,27 @@ where
         }
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http1()
+        .max_buf_size(MAX_HEADER_BYTES)
+        .timer(TokioTimer::new())
+        .header_read_timeout(head_timeout);
     builder
         .http2()
         .max_header_list_size(MAX_HEADER_BYTES as u32);
-    let _ = builder
-        .serve_connection(TokioIo::new(stream), service_fn(guarded))
-        .await;
+    let serving = builder.serve_connection(TokioIo::new(stream), service_fn(guarded));
+    tokio::pin!(serving);
+    // hyper's header read timeout covers the heads it reads itself; the first one is
+    // read by the guard, and before it hyper's choice between HTTP/1 and h2 waits for
+    // bytes with no timer of its own. So the first request is timed here.
+    tokio::select! {
+        _ = &mut serving => return,
+        () = tokio::time::sleep(head_timeout) => {}
+    }
+    if waiting_for_first.load(Ordering::Acquire) {
+        return;
+    }
+    let _ = serving.await;
 }
 
 /// The clusters the configuration's MeshCluster objects describe.
@@ -673,5 +700,60 @@ mod tests {
         let made = connected.iter().filter(|c| matches!(c, Ok(Ok(_)))).count();
         assert_eq!(made, burst, "connections made while none was accepted");
         drop(listener);
+    }
+
+    /// An admin connection that sends nothing, or trickles a request head in a byte at a
+    /// time, is closed once its head timeout passes; a whole request is answered.
+    #[tokio::test]
+    async fn an_admin_connection_that_sends_nothing_or_trickles_is_closed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let timeout = Duration::from_millis(300);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let service = |_, _| async { Ok(answer(StatusCode::OK, "fine")) };
+                tokio::spawn(serve_connection(stream, service, timeout));
+            }
+        });
+        // Reads until the server closes, writing `trickle` a byte at a time meanwhile;
+        // what was read, or `None` if the connection was still open after 10 s.
+        async fn until_closed(stream: &mut TcpStream, trickle: bool) -> Option<Vec<u8>> {
+            let (mut read, started) = (Vec::new(), std::time::Instant::now());
+            while started.elapsed() < Duration::from_secs(10) {
+                let mut buf = [0u8; 256];
+                let wait = Duration::from_millis(50);
+                match tokio::time::timeout(wait, stream.read(&mut buf)).await {
+                    Ok(Ok(0) | Err(_)) => return Some(read),
+                    Ok(Ok(n)) => read.extend_from_slice(&buf[..n]),
+                    Err(_) if trickle => {
+                        if stream.write_all(b"a").await.is_err() {
+                            return Some(read);
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+            None
+        }
+
+        let mut silent = TcpStream::connect(address).await.unwrap();
+        assert_eq!(until_closed(&mut silent, false).await, Some(Vec::new()));
+
+        let mut trickling = TcpStream::connect(address).await.unwrap();
+        trickling
+            .write_all(b"GET /ready HTTP/1.1\r\nhost: admin\r\nx-pad: ")
+            .await
+            .unwrap();
+        let read = until_closed(&mut trickling, true).await;
+        assert!(read.is_some(), "a trickled head is not held for ever");
+
+        let mut whole = TcpStream::connect(address).await.unwrap();
+        whole
+            .write_all(b"GET /ready HTTP/1.1\r\nhost: admin\r\n\r\n")
+            .await
+            .unwrap();
+        let read = until_closed(&mut whole, false).await.unwrap_or_default();
+        assert!(read.starts_with(b"HTTP/1.1 200 OK"), "{read:?}");
     }
 }
