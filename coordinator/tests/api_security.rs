@@ -143,6 +143,56 @@ async fn a_certificate_from_another_ca_cannot_connect() {
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
 }
 
+/// A connection that never finishes its TLS handshake, sending nothing or a byte now and
+/// then, is closed once the handshake timeout passes rather than held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_finishes_its_handshake_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let group = Group::start(1).await;
+    let address = group.addresses[&1].clone();
+    // Reads until the server closes, writing `trickle` a byte at a time meanwhile; how
+    // long that took, or `None` if still open after three handshake timeouts.
+    let until_closed = |trickle: &'static [u8]| {
+        let address = address.clone();
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(address)
+                .await
+                .expect("connect");
+            let started = std::time::Instant::now();
+            let mut sent = 0;
+            while started.elapsed() < certs::HANDSHAKE_TIMEOUT * 3 {
+                let mut buf = [0u8; 512];
+                let wait = Duration::from_millis(200);
+                match tokio::time::timeout(wait, stream.read(&mut buf)).await {
+                    Ok(Ok(0) | Err(_)) => return Some(started.elapsed()),
+                    Ok(Ok(_)) => {}
+                    Err(_) if sent < trickle.len() => {
+                        if stream.write_all(&trickle[sent..=sent]).await.is_err() {
+                            return Some(started.elapsed());
+                        }
+                        sent += 1;
+                    }
+                    Err(_) => {}
+                }
+            }
+            None
+        }
+    };
+    // The start of a ClientHello record, long enough to outlast the timeout a byte at a
+    // time.
+    let mut hello = vec![0x16, 0x03, 0x01, 0x02, 0x00];
+    hello.resize(200, 0x01);
+    let hello: &'static [u8] = hello.leak();
+    let (silent, trickled) = tokio::join!(until_closed(b""), until_closed(hello));
+    for (what, took) in [("silent", silent), ("trickled", trickled)] {
+        let took = took.unwrap_or_else(|| panic!("a {what} connection is still open"));
+        assert!(
+            took >= certs::HANDSHAKE_TIMEOUT,
+            "{what}: closed after {took:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_truncated_protobuf_are_invalid_argument() {
     let group = Group::start(1).await;

@@ -30,6 +30,9 @@ use super::identity::{Identity, Role};
 pub const COORDINATOR_SERVER_NAME: &str = "coordinator.fulcrum.internal";
 /// The DNS name every proxy certificate carries, for east-west connections.
 pub const PROXY_SERVER_NAME: &str = "proxy.fulcrum.internal";
+/// How long a client of the coordinator's gRPC listener has to finish its TLS handshake
+/// (as long as a proxy's east-west listener gives its peers).
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why credentials could not be made or read.
 #[derive(Debug, thiserror::Error)]
@@ -159,11 +162,13 @@ impl Credentials {
     }
 
     /// TLS for a server: present this certificate, require client certificates from the
-    /// CA.
+    /// CA, and close a connection whose handshake is not done within
+    /// [`HANDSHAKE_TIMEOUT`] (one that sends nothing, or a byte now and then).
     pub fn server_tls(&self) -> ServerTlsConfig {
         ServerTlsConfig::new()
             .identity(TlsIdentity::from_pem(&self.cert_pem, &self.key_pem))
             .client_ca_root(Certificate::from_pem(&self.ca_pem))
+            .timeout(HANDSHAKE_TIMEOUT)
     }
 
     /// TLS for a client of the coordinator API: present this certificate, accept only a
