@@ -1,6 +1,6 @@
 //! The proxy process on SIGTERM: it drains (a request in progress is answered, and its
 //! connection closed after it) and then exits; a second signal ends the drain at once.
-//! On SIGUSR1 it reopens its access log.
+//! On SIGUSR1 it reopens its access log; SIGHUP is taken and ignored.
 
 mod process;
 
@@ -161,6 +161,24 @@ fn a_second_signal_ends_the_drain_at_once() {
     let mut answer = Vec::new();
     let _ = client.read_to_end(&mut answer);
     assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+}
+
+/// SIGHUP (a closing terminal's) does not end the proxy: it serves on, and drains and
+/// exits cleanly on the SIGTERM after it. (Left to its default, SIGHUP would end the
+/// process at once, before the SIGTERM is taken.)
+#[test]
+fn sighup_is_taken_and_the_proxy_serves_on() {
+    let (backend, _release, _arrived) = holding_backend();
+    let (mut proxy, address, _) = start_proxy(backend, "5s");
+    signal(&proxy, "HUP");
+    let served = status_line(address, "slow.example", "/after-hup");
+    assert!(
+        served.is_ok_and(|s| s.contains(" 200 ")),
+        "served after SIGHUP"
+    );
+    signal(&proxy, "TERM");
+    let status = exits(&mut proxy, Duration::from_secs(10));
+    assert!(status.success(), "{status}");
 }
 
 /// A rotation that moves the access log away, then SIGUSR1: the proxy writes on in a new

@@ -170,6 +170,9 @@ fn main() -> ExitCode {
             dns_refresh: flags.dns_refresh,
             resolver: fulcrum_proxy::dns::Resolver::system(),
         };
+        // Taken before the proxy is ready, so that none ends it without its drain.
+        let mut signals = Signals::new();
+        take_sighup();
         let proxy = match Proxy::start(settings, config.as_ref()).await {
             Ok(p) => p,
             Err(e) => {
@@ -177,7 +180,6 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let mut signals = Signals::new();
         let proxy = Arc::new(proxy);
         reopen_on_sigusr1(proxy.clone());
         signals.next().await;
@@ -283,6 +285,30 @@ impl Signals {
             return;
         }
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Takes SIGHUP (which a terminal sends its processes as it closes) and says so, as
+/// Envoy does, rather than let it end the proxy without a drain: nothing needs it, as
+/// certificates are read again when their files change and the access log is reopened
+/// on SIGUSR1.
+fn take_sighup() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hangup) => {
+                tokio::spawn(async move {
+                    while hangup.recv().await.is_some() {
+                        tracing::warn!(
+                            "SIGHUP taken and ignored (certificates are read again when their \
+                             files change, the access log reopened on SIGUSR1; SIGTERM drains)"
+                        );
+                    }
+                });
+            }
+            Err(e) => tracing::warn!("SIGHUP would end the proxy: {e}"),
+        }
     }
 }
 
