@@ -205,6 +205,8 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Taken before the node serves, so that none ends it without its stop.
+        let stop = stop_signal();
         let coordinator = match Coordinator::start(config).await {
             Ok(c) => c,
             Err(e) => {
@@ -212,24 +214,50 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        wait_for_signal().await;
+        stop.await;
         tracing::info!("stopping");
         coordinator.stop().await;
         ExitCode::SUCCESS
     })
 }
 
-async fn wait_for_signal() {
+/// Takes the signals at once: SIGTERM or SIGINT (Ctrl-C), when the returned future
+/// ends; SIGHUP, which a terminal sends its processes as it closes, is said and
+/// ignored rather than left to end the node unannounced.
+fn stop_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+        match signal(SignalKind::hangup()) {
+            Ok(mut hangup) => {
+                tokio::spawn(async move {
+                    while hangup.recv().await.is_some() {
+                        tracing::warn!("SIGHUP taken and ignored (SIGTERM stops the node)");
+                    }
+                });
             }
-            return;
+            Err(e) => tracing::warn!("SIGHUP would end the node: {e}"),
+        }
+        let (term, interrupt) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        );
+        async move {
+            match (term, interrupt) {
+                (Ok(mut term), Ok(mut interrupt)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
