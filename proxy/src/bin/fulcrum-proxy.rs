@@ -31,7 +31,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Flags {
     /// This proxy's cluster (a MeshCluster name); endpoints labelled
     /// topology.istio.io/cluster with it are the ones it forwards to.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_cluster)]
     cluster: String,
     /// This proxy's locality, region/zone/subzone.
     #[arg(long)]
@@ -333,6 +333,18 @@ fn reopen_on_sigusr1(proxy: Arc<Proxy>) {
     let _ = proxy;
 }
 
+/// `--cluster`: a name a MeshCluster may have, a lowercase DNS-1123 label (it is part of
+/// the proxy's SPIFFE identity).
+fn parse_cluster(text: &str) -> Result<String, String> {
+    match fulcrum_policy::validate::names::is_namespace(text) {
+        true => Ok(text.to_string()),
+        false => Err(format!(
+            "{text:?} is not a cluster name: a MeshCluster's is a lowercase DNS-1123 label \
+             (letters, digits and '-', at most 63), part of the proxies' SPIFFE identities"
+        )),
+    }
+}
+
 /// `--drain-duration`: from 0s (no drain) to an hour.
 fn parse_drain(text: &str) -> Result<std::time::Duration, String> {
     let d: fulcrum_policy::Duration = text.parse().map_err(|e| format!("{e}"))?;
@@ -362,4 +374,47 @@ fn parse_path(text: &str) -> Result<String, String> {
         ));
     }
     Ok(text.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bad flags are refused before anything starts, with the flag and the reason named.
+    #[test]
+    fn bad_flags_are_refused_naming_the_flag_and_the_reason() {
+        let base = ["fulcrum-proxy", "--config", "mesh.yaml"];
+        let parse = |extra: &[&str]| {
+            let args = base.iter().chain(extra);
+            Flags::try_parse_from(args).map_err(|e| e.to_string())
+        };
+        let good = parse(&["--cluster", "east-1", "--locality", "r1/z1"]).expect("good flags");
+        assert_eq!(good.cluster, "east-1");
+        for (extra, named, reason) in [
+            (
+                ["--cluster", "East 1", "--locality", "r1/z1"],
+                "--cluster",
+                "lowercase DNS-1123 label",
+            ),
+            (
+                ["--cluster", "east", "--locality", "r1//z"],
+                "--locality",
+                "a part is empty",
+            ),
+            (
+                ["--cluster", "east", "--idle-timeout", "5x"],
+                "--idle-timeout",
+                "unknown unit",
+            ),
+            (
+                ["--cluster", "east", "--workers", "0"],
+                "--workers",
+                "not in 1..=1024",
+            ),
+        ] {
+            let refused = parse(&extra).expect_err("refused");
+            assert!(refused.contains(named), "{refused}");
+            assert!(refused.contains(reason), "{refused}");
+        }
+    }
 }
