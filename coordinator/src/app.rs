@@ -584,7 +584,12 @@ async fn run_config_dir(
         }
         let mut config = fulcrum_policy::ConfigSet::new();
         config.add_path(&dir);
-        if config.has_errors() {
+        // A file that cannot be read (being written, not text) holds the whole directory
+        // back, as an invalid object does, until it changes.
+        if config.has_errors() || !config.source_errors.is_empty() {
+            for e in &config.source_errors {
+                tracing::error!(config_dir = %dir.display(), "{e}");
+            }
             for d in config.diagnostics().filter(|d| d.is_error()) {
                 tracing::error!(config_dir = %dir.display(), "{d}");
             }

@@ -129,10 +129,17 @@ pub fn load_config(paths: &[&Path]) -> Result<ConfigSet, StartError> {
     for p in paths {
         config.add_path(p);
     }
-    let errors: Vec<String> = config
-        .diagnostics()
-        .filter(|d| d.severity == Severity::Error)
-        .map(|d| d.to_string())
+    // A path that cannot be read (missing, not text, a directory without YAML) is an
+    // error as a malformed object is: a proxy must not start on part of what it was
+    // given.
+    let unread = config.source_errors.iter().map(ToString::to_string);
+    let errors: Vec<String> = unread
+        .chain(
+            config
+                .diagnostics()
+                .filter(|d| d.severity == Severity::Error)
+                .map(|d| d.to_string()),
+        )
         .collect();
     if errors.is_empty() {
         Ok(config)
@@ -700,6 +707,30 @@ mod tests {
         let made = connected.iter().filter(|c| matches!(c, Ok(Ok(_)))).count();
         assert_eq!(made, burst, "connections made while none was accepted");
         drop(listener);
+    }
+
+    /// A configuration path that cannot be read stops the proxy from starting, named,
+    /// rather than leave it to serve on what it could read (or on nothing).
+    #[test]
+    fn a_configuration_path_that_cannot_be_read_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.yaml");
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let good = dir.path().join("good.yaml");
+        std::fs::write(
+            &good,
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: a}\n\
+             spec: {hosts: [a.example], ports: [{number: 80, name: http}]}\n",
+        )
+        .unwrap();
+        assert!(load_config(&[&good]).is_ok());
+        for path in [&missing, &empty] {
+            let Err(StartError::Config(text)) = load_config(&[&good, path]) else {
+                panic!("{} was read as good", path.display());
+            };
+            assert!(text.contains(&path.display().to_string()), "{text}");
+        }
     }
 
     /// An admin connection that sends nothing, or trickles a request head in a byte at a
