@@ -208,6 +208,29 @@ model! {
     }
 }
 
+impl HttpBody {
+    /// The body's bytes: its `string`, else its `bytes` decoded. Those are base64 as
+    /// protobuf's JSON mapping writes a `bytes` field, which accepts the standard or the
+    /// URL-safe alphabet, padded or not; an error says why they are not.
+    pub fn content(&self) -> Result<Vec<u8>, String> {
+        use base64::Engine;
+        use base64::engine::general_purpose::{STANDARD_PAD_INDIFFERENT, URL_SAFE_PAD_INDIFFERENT};
+        match (&self.string, &self.bytes) {
+            (Some(text), _) => Ok(text.clone().into_bytes()),
+            (None, Some(encoded)) => {
+                let engine = match encoded.contains(['-', '_']) {
+                    true => URL_SAFE_PAD_INDIFFERENT,
+                    false => STANDARD_PAD_INDIFFERENT,
+                };
+                engine
+                    .decode(encoded.trim())
+                    .map_err(|e| format!("not base64: {e}"))
+            }
+            (None, None) => Ok(Vec::new()),
+        }
+    }
+}
+
 model! {
     /// Delegation to another VirtualService.
     pub struct Delegate {

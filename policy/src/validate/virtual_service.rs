@@ -199,6 +199,8 @@ fn http_route(c: &mut Checker, route: &HttpRoute, in_delegate: bool, applies_to_
         c.some("body", &response.body, |c, body| {
             if body.string.is_some() && body.bytes.is_some() {
                 c.error("only one of string or bytes may be set");
+            } else if let (Some(_), Err(reason)) = (&body.bytes, body.content()) {
+                c.error_in("bytes", reason);
             }
             let size = body
                 .string

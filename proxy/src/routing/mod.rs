@@ -709,11 +709,12 @@ fn compile_route(r: &HttpRoute, field: &str, index: usize) -> Result<CompiledRou
                     format!("{} is not an HTTP status", direct.status),
                 )
             })?;
-        let body = direct
-            .body
-            .as_ref()
-            .and_then(|b| b.string.clone())
-            .unwrap_or_default();
+        let body = match &direct.body {
+            Some(body) => body.content().map_err(|reason| {
+                RouteError::new(format!("{field}.directResponse.body.bytes"), reason)
+            })?,
+            None => Vec::new(),
+        };
         RouteAction::Respond {
             status,
             body: Bytes::from(body),
@@ -1028,7 +1029,12 @@ fn redirect(
     } else {
         path.to_string()
     };
-    let query = request.query();
+    // A query in the route's `uri` takes the place of the request's, as Envoy's
+    // `path_redirect` has it; else the request's query goes with the redirect.
+    let query = match r.uri.contains('?') {
+        true => "",
+        false => request.query(),
+    };
     let mut location = format!("{scheme}://{authority}");
     if let Some(p) = port {
         location.push_str(&format!(":{p}"));

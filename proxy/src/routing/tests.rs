@@ -310,7 +310,38 @@ fn redirects_and_direct_responses_answer_without_forwarding() {
   - match: [{uri: {exact: /health}}]
     directResponse: {status: 200, body: {string: "ok"}}
     headers: {response: {set: {cache-control: no-store}}, request: {set: {x-unused: "1"}}}
+  - match: [{uri: {prefix: /search}}]
+    redirect: {uri: "/find?from=search"}
+  - match: [{uri: {exact: /logo}}]
+    directResponse: {status: 200, body: {bytes: "iVBORw0KGgo="}}
+  - match: [{uri: {exact: /logo-url-safe}}]
+    directResponse: {status: 200, body: {bytes: "-_8"}}
 "#));
+    // A query in the redirect's uri takes the request's place (Envoy's path_redirect).
+    assert_eq!(
+        get("/search?q=1").decide(&t, &mut Rolls::none()),
+        RouteDecision::Redirect {
+            status: 301,
+            location: "http://shop.example/find?from=search".into(),
+            response_headers: HeaderChanges::default(),
+        }
+    );
+    // `bytes` is base64, as protobuf's JSON has a bytes field: either alphabet, padded
+    // or not.
+    for (path, body) in [
+        ("/logo", &b"\x89PNG\r\n\x1a\n"[..]),
+        ("/logo-url-safe", &[0xfb, 0xff][..]),
+    ] {
+        assert_eq!(
+            get(path).decide(&t, &mut Rolls::none()),
+            RouteDecision::Respond {
+                status: 200,
+                body: Bytes::copy_from_slice(body),
+                response_headers: HeaderChanges::default(),
+            },
+            "{path}"
+        );
+    }
     assert_eq!(
         get("/old/page?q=1").decide(&t, &mut Rolls::none()),
         RouteDecision::Redirect {
