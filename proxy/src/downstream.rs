@@ -82,19 +82,30 @@ impl Default for ClientTimeouts {
 const TIMER_SLACK: Duration = Duration::from_secs(1);
 
 /// The timer a connection's waits for requests run against: one per connection, never
-/// firing before the wait asked for, and at most [`TIMER_SLACK`] after.
+/// firing before the wait asked for, and at most [`TIMER_SLACK`] after. It also keeps
+/// by when the request head being read must be whole. (Small on purpose: every waiting
+/// connection holds it, in a future of about 1 KB that tokio allocates in steps of 128
+/// bytes.)
 struct Deadline {
     sleep: Pin<Box<tokio::time::Sleep>>,
-    at: tokio::time::Instant,
+    head_by: Option<tokio::time::Instant>,
 }
 
 impl Deadline {
     fn new() -> Deadline {
-        let at = tokio::time::Instant::now();
         Deadline {
-            sleep: Box::pin(tokio::time::sleep_until(at)),
-            at,
+            sleep: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
+            head_by: None,
         }
+    }
+
+    /// How long the request head begun on the connection may still take: `stall` from
+    /// when this was first asked for that head (its first byte had come), less the time
+    /// since; `None` once that is up.
+    fn head_wait(&mut self, stall: Duration) -> Option<Duration> {
+        let now = tokio::time::Instant::now();
+        let left = (self.head_by.get_or_insert(now + stall)).saturating_duration_since(now);
+        (!left.is_zero()).then_some(left)
     }
 
     /// Reads more into `wire`; `None` when nothing came within `wait`. With nothing kept
@@ -102,13 +113,11 @@ impl Deadline {
     /// buffer and takes one when bytes come: a connection that waits holds its task
     /// alone, not a buffer too.
     async fn fill(&mut self, wire: &mut Wire, wait: Duration) -> Option<io::Result<usize>> {
-        if wait.is_zero() {
-            return None;
-        }
         let at = tokio::time::Instant::now() + wait;
-        if at > self.at || at + TIMER_SLACK < self.at {
-            self.at = at + TIMER_SLACK;
-            self.sleep.as_mut().reset(self.at);
+        // (The deadline read twice rather than kept in a local, which this future would
+        // then hold across its wait.)
+        if at > self.sleep.deadline() || at + TIMER_SLACK < self.sleep.deadline() {
+            self.sleep.as_mut().reset(at + TIMER_SLACK);
         }
         let filling = async {
             if wire.read.is_empty() {
@@ -153,22 +162,19 @@ pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Up
     let mut draining = outbound.drain().watch();
     // Until when a connection that has sent nothing may still send, once a drain began.
     let mut grace: Option<tokio::time::Instant> = None;
-    // By when the first request's head must be whole, once its first byte came.
-    let mut head_by: Option<tokio::time::Instant> = None;
     // Enough of the first bytes to tell HTTP/2's preface from an HTTP/1 request line.
     while wire.read.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&wire.read) {
-        let now = tokio::time::Instant::now();
         let wait = match (wire.read.is_empty(), grace) {
-            (true, Some(until)) => until.saturating_duration_since(now),
-            (true, None) => timeouts.idle,
-            (false, _) => head_by
-                .get_or_insert(now + timeouts.stall)
-                .saturating_duration_since(now),
+            (true, Some(until)) => {
+                Some(until.saturating_duration_since(tokio::time::Instant::now()))
+            }
+            (true, None) => Some(timeouts.idle),
+            (false, _) => deadline.head_wait(timeouts.stall),
         };
-        let filled = match wire.read.is_empty() && grace.is_none() {
+        let filled = match (wait, wire.read.is_empty() && grace.is_none()) {
             // A drain gives a connection that has sent nothing a moment to send its
             // request (which is then served, and the connection closed after it).
-            true => tokio::select! {
+            (Some(wait), true) => tokio::select! {
                 biased;
                 filled = deadline.fill(&mut wire, wait) => filled,
                 () = &mut draining => {
@@ -176,7 +182,9 @@ pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Up
                     continue;
                 }
             },
-            false => deadline.fill(&mut wire, wait).await,
+            (Some(wait), false) => deadline.fill(&mut wire, wait).await,
+            // The head's time is up (not a moment more for the timer's slack).
+            (None, _) => None,
         };
         match filled {
             // A head begun and not finished in time: answered 408 below, as any other.
@@ -194,13 +202,7 @@ pub async fn serve(stream: TcpStream, outbound: Arc<Outbound>, upstreams: Arc<Up
     }
     let mut date = Date::default();
     loop {
-        let reading = read_request(
-            &mut wire,
-            &timeouts,
-            &mut deadline,
-            &mut draining,
-            head_by.take(),
-        );
+        let reading = read_request(&mut wire, &timeouts, &mut deadline, &mut draining);
         let incoming = match reading.await {
             Ok(Some(incoming)) => incoming,
             Ok(None) => return,
@@ -446,14 +448,13 @@ enum Framing {
 /// Reads the next request's head off `wire`: `None` when the client closes the
 /// connection or leaves it idle, or when the proxy drains it while it is idle
 /// (`draining`). The head must be whole within [`ClientTimeouts::stall`] of its first
-/// byte (`head_by`, when that came before), however it trickles in: a client sending a
-/// byte now and then cannot hold the connection.
+/// byte ([`Deadline::head_wait`]), however it trickles in: a client sending a byte now
+/// and then cannot hold the connection.
 async fn read_request(
     wire: &mut Wire,
     timeouts: &ClientTimeouts,
     deadline: &mut Deadline,
     draining: &mut DrainWatch<'_>,
-    mut head_by: Option<tokio::time::Instant>,
 ) -> Result<Option<Incoming>, Refusal> {
     let Head {
         mut request,
@@ -461,6 +462,8 @@ async fn read_request(
         keep_alive,
     } = loop {
         if let Some(head) = parse_request(wire)? {
+            // Whole: the next head is timed from its own first byte.
+            deadline.head_by = None;
             break head;
         }
         if wire.read.len() >= MAX_HEAD_BYTES {
@@ -471,22 +474,19 @@ async fn read_request(
         }
         let begun = !wire.read.is_empty();
         let wait = match begun {
-            true => {
-                let now = tokio::time::Instant::now();
-                head_by
-                    .get_or_insert(now + timeouts.stall)
-                    .saturating_duration_since(now)
-            }
-            false => timeouts.idle,
+            true => deadline.head_wait(timeouts.stall),
+            false => Some(timeouts.idle),
         };
-        let filled = match begun {
-            true => deadline.fill(wire, wait).await,
+        let filled = match (wait, begun) {
+            (Some(wait), true) => deadline.fill(wire, wait).await,
             // Between requests a draining proxy closes the connection.
-            false => tokio::select! {
+            (Some(wait), false) => tokio::select! {
                 biased;
                 filled = deadline.fill(wire, wait) => filled,
                 () = &mut *draining => return Ok(None),
             },
+            // The head's time is up (not a moment more for the timer's slack).
+            (None, _) => None,
         };
         match filled {
             Some(Ok(0) | Err(_)) => return Ok(None),
