@@ -61,8 +61,8 @@ pub struct ClientTimeouts {
     /// How long a request's head may take to come whole from its first byte, and its
     /// body go without a byte, before it is answered 408 and the connection closed: a
     /// client cannot hold a connection with a request it never finishes, nor with one
-    /// it trickles in. (Over h2, a gRPC request's body
-    /// may pause: it is a stream, forwarded as it arrives.)
+    /// it trickles in. (Over h2, a gRPC request's body may pause: it is a stream,
+    /// forwarded as it arrives.)
     pub stall: Duration,
 }
 
