@@ -126,3 +126,31 @@ async fn invalid_configuration_is_refused_with_its_field_path() {
         "{err}"
     );
 }
+
+/// When no listed coordinator can be reached, fulcrumctl names each one and why (not
+/// tonic's bare "tcp connect error").
+#[test]
+fn no_coordinator_reachable_names_each_address_and_why() {
+    // Two loopback ports nothing listens on any more.
+    let closed = || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address").to_string()
+    };
+    let (a, b) = (closed(), closed());
+    let cli = Cli::try_parse_from([
+        "fulcrumctl",
+        "status",
+        "--insecure-dev",
+        "--coordinator",
+        &format!("{a},{b}"),
+    ])
+    .expect("arguments parse");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    assert_eq!(run(cli, &mut out, &mut err), Outcome::Failed);
+    let err = String::from_utf8_lossy(&err);
+    assert!(err.contains("no coordinator could be reached"), "{err}");
+    for address in [&a, &b] {
+        assert!(err.contains(address.as_str()), "{err}");
+    }
+    assert!(err.to_lowercase().contains("refused"), "{err}");
+}

@@ -349,9 +349,24 @@ fn unreachable(status: &tonic::Status) -> bool {
         && (status.message().contains("connect") || status.message().contains("transport"))
 }
 
+/// Why a call failed, with the causes tonic keeps under its message (`tcp connect error`
+/// alone does not say that the connection was refused, or timed out).
+fn reason(status: &tonic::Status) -> String {
+    let mut text = status.message().to_string();
+    let mut cause = std::error::Error::source(status);
+    while let Some(e) = cause {
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = e.source();
+    }
+    text
+}
+
 /// Exit code for a gRPC failure, after printing it.
 fn failed(stderr: &mut dyn Write, status: &tonic::Status) -> Outcome {
-    let _ = writeln!(stderr, "fulcrumctl: {}", status.message());
+    let _ = writeln!(stderr, "fulcrumctl: {}", reason(status));
     match status.code() {
         tonic::Code::InvalidArgument
         | tonic::Code::NotFound
@@ -384,7 +399,7 @@ pub fn run(command: &RemoteCommand, stdout: &mut dyn Write, stderr: &mut dyn Wri
             .map(str::trim)
             .filter(|a| !a.is_empty())
             .collect();
-        let mut last = None;
+        let mut unreached = Vec::new();
         for address in &addresses {
             // Channels need the runtime, even lazy ones.
             let channel = match connect.channel(address) {
@@ -396,17 +411,25 @@ pub fn run(command: &RemoteCommand, stdout: &mut dyn Write, stderr: &mut dyn Wri
             };
             match dispatch(command, connect, channel, stdout).await {
                 Ok(outcome) => return outcome,
-                Err(status) if unreachable(&status) => last = Some(status),
+                Err(status) if unreachable(&status) => {
+                    unreached.push(format!("{address} ({})", reason(&status)));
+                }
                 Err(status) => return failed(stderr, &status),
             }
         }
-        match last {
-            Some(status) => failed(stderr, &status),
-            None => {
+        match unreached.is_empty() {
+            true => {
                 let _ = writeln!(stderr, "fulcrumctl: --coordinator names no address");
-                Outcome::Failed
+            }
+            false => {
+                let _ = writeln!(
+                    stderr,
+                    "fulcrumctl: no coordinator could be reached: {}",
+                    unreached.join("; ")
+                );
             }
         }
+        Outcome::Failed
     })
 }
 
