@@ -3190,13 +3190,17 @@ fn subset_suffix(subset: &str) -> String {
     }
 }
 
-/// An error with its causes, `a: b: c`.
+/// An error with its causes, `a: b: c`; a cause already said (libraries often repeat
+/// their source's message as their own) is said once.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        let cause = s.to_string();
+        if !text.ends_with(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
         source = s.source();
     }
     text
@@ -3587,6 +3591,31 @@ fn upstream_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error's causes follow it, each said once.
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        #[derive(Debug)]
+        struct Layer(&'static str, Option<Box<Layer>>);
+        impl std::fmt::Display for Layer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for Layer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|e| e as _)
+            }
+        }
+        let refused = Layer("connection refused", None);
+        let repeated = Layer("tcp connect error", Some(Box::new(refused)));
+        let connect = Layer("tcp connect error", Some(Box::new(repeated)));
+        let top = Layer("transport error", Some(Box::new(connect)));
+        assert_eq!(
+            error_chain(&top),
+            "transport error: tcp connect error: connection refused"
+        );
+    }
 
     /// A name looked up for a request is resolved again in the background while requests
     /// ask for it; one that does not resolve is not kept (it would take a place among the

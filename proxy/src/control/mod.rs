@@ -293,7 +293,11 @@ pub async fn connect(settings: &ControlSettings, address: &str) -> Result<Channe
     // TLS handshake then waits for as long as the node stays frozen.
     match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
         Ok(Ok(channel)) => Ok(channel),
-        Ok(Err(e)) => Err(format!("cannot connect: {e}")),
+        // With its causes: tonic's own message is a bare "transport error".
+        Ok(Err(e)) => Err(format!(
+            "cannot connect: {}",
+            crate::outbound::error_chain(&e)
+        )),
         Err(_) => Err(format!(
             "no connection within {}ms (TCP, TLS and HTTP/2 handshakes)",
             CONNECT_TIMEOUT.as_millis()
