@@ -160,18 +160,34 @@ pub struct Coordinator {
     store_closed: store::StoreClosed,
 }
 
+/// The listen queue the gRPC listener asks for; the kernel holds it to
+/// `net.core.somaxconn`. A plain bind asks for 128, and the proxies a node served
+/// reconnect at once when it comes back or another node fails: past the queue, their
+/// SYNs are dropped and sent again only a second later.
+pub const LISTEN_BACKLOG: u32 = 65_535;
+
+/// A listener on `address` (SO_REUSEADDR, as a plain bind sets it) with a listen queue of
+/// [`LISTEN_BACKLOG`].
+pub fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// How long [`Coordinator::stop`] waits for Raft to let go of the store file.
 const STORE_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Coordinator {
     /// Listens on `config.listen`, opens the store, starts Raft and serves.
     pub async fn start(config: CoordinatorConfig) -> Result<Coordinator, StartError> {
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Io {
-                what: format!("cannot listen on {}", config.listen),
-                source,
-            })?;
+        let listener = listen(config.listen).map_err(|source| StartError::Io {
+            what: format!("cannot listen on {}", config.listen),
+            source,
+        })?;
         Self::start_on(config, listener).await
     }
 
@@ -615,5 +631,37 @@ async fn run_config_dir(
             }
             Err(status) => tracing::warn!(%status, "configuration directory not applied yet"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Connections the node has not accepted yet wait in the listen queue: a burst past
+    /// the 128 a plain bind allows is connected at once, none of it dropped to send its
+    /// SYN again a second later.
+    #[tokio::test]
+    async fn a_burst_of_connections_waits_in_the_listen_queue() {
+        // The kernel holds the queue to somaxconn; a machine that allows less than the
+        // burst cannot show it.
+        let allowed = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(128);
+        let burst = allowed.min(512) - 1;
+        let listener = listen("127.0.0.1:0".parse().expect("address")).expect("listen");
+        let address = listener.local_addr().expect("address");
+        // Nothing accepts. Under the second a dropped SYN waits before it is sent again.
+        let connects = (0..burst).map(|_| {
+            tokio::time::timeout(
+                Duration::from_millis(900),
+                tokio::net::TcpStream::connect(address),
+            )
+        });
+        let connected = futures::future::join_all(connects).await;
+        let made = connected.iter().filter(|c| matches!(c, Ok(Ok(_)))).count();
+        assert_eq!(made, burst, "connections made while none was accepted");
+        drop(listener);
     }
 }
