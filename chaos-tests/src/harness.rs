@@ -85,6 +85,22 @@ pub struct Binaries {
     pub drill: PathBuf,
 }
 
+/// Whether `name` is one of the variables `cargo run` and `cargo test` set for the
+/// package they run (its manifest's directory, its name, version, ...). They must not
+/// reach the cargo that builds the mesh: a build script that asks to be rerun when one of
+/// them changes (ring's does, for `CARGO_MANIFEST_DIR`) would see it set there and unset
+/// in the user's own `cargo run`, and each would rebuild ring and everything above it,
+/// several minutes for the release binaries.
+fn set_for_the_running_package(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_MANIFEST_")
+        || name.starts_with("CARGO_BIN_")
+        || matches!(
+            name,
+            "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR"
+        )
+}
+
 const BINARIES: [&str; 4] = [
     "fulcrum-coordinator",
     "fulcrum-proxy",
@@ -116,6 +132,11 @@ impl Binaries {
                 .unwrap_or_default();
             let mut command = Command::new(&cargo);
             command.current_dir(&workspace).args(["build", "--quiet"]);
+            for (name, _) in std::env::vars_os() {
+                if name.to_str().is_some_and(set_for_the_running_package) {
+                    command.env_remove(&name);
+                }
+            }
             if dir.file_name().is_some_and(|n| n == "release") {
                 command.arg("--release");
             }
@@ -1288,6 +1309,35 @@ mod tests {
         while let Err(e) = TcpListener::bind(taken[0]) {
             assert!(Instant::now() < deadline, "{} still taken: {e}", taken[0]);
             std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn the_running_package_s_variables_are_kept_from_the_mesh_build() {
+        for name in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_PATH",
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_MAJOR",
+            "CARGO_CRATE_NAME",
+            "CARGO_BIN_NAME",
+            "OUT_DIR",
+        ] {
+            assert!(
+                set_for_the_running_package(name),
+                "{name} should be removed"
+            );
+        }
+        // What configures cargo itself is passed on.
+        for name in [
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_BUILD_JOBS",
+            "CARGO_PROFILE_RELEASE_LTO",
+            "CARGO_INCREMENTAL",
+            "RUSTFLAGS",
+        ] {
+            assert!(!set_for_the_running_package(name), "{name} should be kept");
         }
     }
 }
