@@ -464,7 +464,7 @@ pub struct Mesh {
     bins: Binaries,
     http: Client<HttpConnector, Full<Bytes>>,
     // Last: the directory goes after the processes that write to it.
-    _temp: Option<tempfile::TempDir>,
+    temp: Option<tempfile::TempDir>,
 }
 
 /// The drill service's policies (DestinationRule, VirtualService, FailoverPolicy last).
@@ -564,7 +564,7 @@ impl Mesh {
             dir: dir.clone(),
             bins: bins.clone(),
             http,
-            _temp: temp,
+            temp,
         };
         // Every address first, held until the processes start; backends first: the
         // configuration names them.
@@ -736,6 +736,15 @@ impl Mesh {
     /// Where the processes' logs are.
     pub fn logs(&self) -> PathBuf {
         self.dir.join("logs")
+    }
+
+    /// Keeps the mesh's directory (certificates, data, logs) when the mesh is dropped,
+    /// if it was a temporary one, and returns where it is.
+    pub fn keep_files(&mut self) -> &Path {
+        if let Some(temp) = self.temp.take() {
+            let _ = temp.keep();
+        }
+        &self.dir
     }
 
     async fn get(&self, url: &str) -> Option<(StatusCode, String)> {

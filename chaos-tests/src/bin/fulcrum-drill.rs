@@ -436,6 +436,7 @@ async fn on_local_mesh(
     };
     if let Err(e) = mesh.wait_ready(Duration::from_secs(60)).await {
         eprintln!("fulcrum-drill: {e}");
+        keep_for_a_look(&mut mesh);
         return ExitCode::FAILURE;
     }
     eprintln!(
@@ -444,14 +445,26 @@ async fn on_local_mesh(
         mesh.leader().map_or("?".to_string(), |l| l.to_string())
     );
     let report = drive(&mut mesh, &drill, &clusters, plain).await;
-    drop(mesh);
-    match report {
+    let code = match report {
         Ok(report) => finish(&drill, &report, &report_dir),
         Err(e) => {
             eprintln!("fulcrum-drill: {e}");
             ExitCode::FAILURE
         }
+    };
+    if code != ExitCode::SUCCESS {
+        keep_for_a_look(&mut mesh);
     }
+    code
+}
+
+/// When a drill fails, keeps its mesh's files, whose logs say what each process saw, and
+/// says where they are. The processes are stopped all the same when `mesh` is dropped.
+fn keep_for_a_look(mesh: &mut Mesh) {
+    eprintln!(
+        "fulcrum-drill: the mesh's files are kept for a look (logs in {}/logs)",
+        mesh.keep_files().display()
+    );
 }
 
 /// Runs `drill` on `target` with the live view (or progress lines), until it ends or
