@@ -738,13 +738,12 @@ impl Mesh {
         self.dir.join("logs")
     }
 
-    /// Keeps the mesh's directory (certificates, data, logs) when the mesh is dropped,
-    /// if it was a temporary one, and returns where it is.
-    pub fn keep_files(&mut self) -> &Path {
+    /// Keeps the mesh's directory ([`Mesh::dir`]: certificates, data, logs) when the
+    /// mesh is dropped, if it was a temporary one.
+    pub fn keep_files(&mut self) {
         if let Some(temp) = self.temp.take() {
             let _ = temp.keep();
         }
-        &self.dir
     }
 
     async fn get(&self, url: &str) -> Option<(StatusCode, String)> {

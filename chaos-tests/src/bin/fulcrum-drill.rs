@@ -461,9 +461,10 @@ async fn on_local_mesh(
 /// When a drill fails, keeps its mesh's files, whose logs say what each process saw, and
 /// says where they are. The processes are stopped all the same when `mesh` is dropped.
 fn keep_for_a_look(mesh: &mut Mesh) {
+    mesh.keep_files();
     eprintln!(
-        "fulcrum-drill: the mesh's files are kept for a look (logs in {}/logs)",
-        mesh.keep_files().display()
+        "fulcrum-drill: the mesh's files are kept for a look (logs in {})",
+        mesh.logs().display()
     );
 }
 
