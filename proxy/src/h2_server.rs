@@ -181,10 +181,11 @@ pub async fn serve<T, H, F>(
                             );
                             let length = length.ok().flatten();
                             let request = request.map(|body| Received::new(body, stall, length));
-                            // Boxed where it is made: the set of requests then moves a
-                            // pointer, not the request's state (kilobytes), as it takes it.
-                            let answer = Box::pin(respond_to(handle(request), respond, head_only));
-                            requests.push(Either::Left(answer));
+                            // The request's work boxed where it is made: the answering
+                            // around it (and the set of requests that takes that) then
+                            // holds a pointer, not the work's state (kilobytes).
+                            let handling = Box::pin(handle(request));
+                            requests.push(Either::Left(respond_to(handling, respond, head_only)));
                         }
                     }
                     progressed = true;
@@ -223,7 +224,10 @@ pub async fn serve<T, H, F>(
 
 /// Waits for `handling` and sends its answer on `respond`, unless the client gives the
 /// request up first. `head_only`: the request was a HEAD, whose answer has no body.
-async fn respond_to<F>(handling: F, mut respond: SendResponse<Bytes>, head_only: bool)
+///
+/// `handling` comes boxed: an `async fn` keeps a future passed to it twice in its own (as
+/// its argument, and where it is awaited), and a request's work is kilobytes.
+async fn respond_to<F>(handling: Pin<Box<F>>, mut respond: SendResponse<Bytes>, head_only: bool)
 where
     F: Future<Output = ProxyResponse>,
 {
@@ -237,7 +241,8 @@ where
     let body = match body {
         ProxyBody::Whole(bytes) => bytes,
         ProxyBody::Streaming(_) if head_only => Bytes::new(),
-        streaming => return send_streamed(respond, head, streaming).await,
+        // Boxed: rare, and its state would otherwise be most of every request's here.
+        streaming => return Box::pin(send_streamed(respond, head, streaming)).await,
     };
     if !head_only && !body.is_empty() && !head.headers.contains_key(CONTENT_LENGTH) {
         head.headers

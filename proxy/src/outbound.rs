@@ -26,6 +26,7 @@ use bytes::{Bytes, BytesMut};
 use fulcrum_policy::Locality;
 use fulcrum_policy::health::EndpointInventory;
 use fulcrum_policy::weights::WeightRow;
+use futures::future::{Either, FutureExt as _};
 use http::header::{
     CONNECTION, CONTENT_LENGTH, EXPECT, HOST, HeaderName, HeaderValue, TE, TRANSFER_ENCODING,
 };
@@ -2127,8 +2128,8 @@ impl Outbound {
                     if policy.avoid_tried {
                         tried.push(endpoint.address);
                     }
-                    // Boxed, as the next: a try's state is kilobytes, and inline it would
-                    // be copied with every future that holds this one, on every request.
+                    // Boxed: a try's state is a kilobyte, and inline it would be copied
+                    // with every future that holds this one, on every request.
                     let result = Box::pin(self.try_local(
                         upstreams,
                         parts,
@@ -2148,15 +2149,17 @@ impl Outbound {
                     if policy.avoid_tried {
                         tried_clusters.push(*cluster);
                     }
-                    let result = Box::pin(self.try_remote(
-                        upstreams,
-                        parts,
-                        forward,
-                        (cluster, gateway),
-                        hash.as_ref().map(|h| h.key.as_slice()),
-                        body,
-                    ))
-                    .await;
+                    // Not boxed: it boxes the exchange itself, and is small.
+                    let result = self
+                        .try_remote(
+                            upstreams,
+                            parts,
+                            forward,
+                            (cluster, gateway),
+                            hash.as_ref().map(|h| h.key.as_slice()),
+                            body,
+                        )
+                        .await;
                     (result, *cluster, *locality)
                 }
             };
@@ -2411,9 +2414,10 @@ impl Outbound {
         body: &RequestBody,
     ) -> Try {
         if in_h2(endpoint, settings, parts) {
-            return self
-                .try_h2_endpoint(upstreams, parts, forward, (endpoint, settings), body)
-                .await;
+            // Boxed: its state is several times an HTTP/1 try's, and inline it would be
+            // part of (and copied with) every try's future.
+            let to_h2 = self.try_h2_endpoint(upstreams, parts, forward, (endpoint, settings), body);
+            return Box::pin(to_h2).await;
         }
         let (sent, mut arriving) = match body.to_send() {
             ToSend::Whole(bytes) => (Http1Body::Whole(bytes), None),
@@ -2512,7 +2516,9 @@ impl Outbound {
             Err(e) => return Try::Reset(e),
         };
         let peer = Peer::east_west(gateway, cluster);
-        let send = async { answered(send_h2(pool, peer, request, to_send).await) };
+        // Boxed where it is made, so that what holds it (the per-try timeout, the
+        // request's tries) holds a pointer: the h2 exchange's state is kilobytes.
+        let send = Box::pin(async { answered(send_h2(pool, peer, request, to_send).await) });
         within(forward.retries.per_try_timeout, body, send).await
     }
 
@@ -3122,19 +3128,26 @@ fn heed_grpc_timeout(headers: &mut HeaderMap, forward: &mut Forward) {
 /// request has been sent whole, as Envoy's does: for a body forwarded as it arrives, when
 /// the body has ended (or when the try began, if later), so that an upload may take as
 /// long as it takes.
-async fn within(
+///
+/// A plain function returning a combinator, not an `async fn`: an `async fn` keeps a
+/// future passed to it twice in its own, once as its argument and once where it is
+/// awaited, and every try's future (kilobytes) would be copied into both.
+fn within<'a>(
     timeout: Option<Duration>,
-    body: &RequestBody,
-    send: impl Future<Output = Try>,
-) -> Try {
+    body: &'a RequestBody,
+    send: impl Future<Output = Try> + 'a,
+) -> impl Future<Output = Try> + 'a {
     match timeout {
-        Some(t) if body.is_whole() => tokio::time::timeout(t, send).await.unwrap_or(Try::TimedOut),
+        Some(t) if body.is_whole() => Either::Left(Either::Left(
+            tokio::time::timeout(t, send).map(|r| r.unwrap_or(Try::TimedOut)),
+        )),
         // Boxed: rare, and its state would otherwise be part of every try's future.
         Some(t) => {
             let began = tokio::time::Instant::now();
-            (Box::pin(after_body(body, began, t, send)).await).unwrap_or(Try::TimedOut)
+            let timed = Box::pin(after_body(body, began, t, send));
+            Either::Left(Either::Right(timed.map(|r| r.unwrap_or(Try::TimedOut))))
         }
-        None => send.await,
+        None => Either::Right(send),
     }
 }
 
