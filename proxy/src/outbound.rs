@@ -1666,7 +1666,14 @@ impl Outbound {
             with_port(authority.host, authority.port),
             authority.port,
         );
-        let mut service = match parts.headers.remove(SERVICE_HEADER) {
+        // The fields the sending proxy set, looked for in one pass first: most requests
+        // carry none of them, and each removal is a hashed lookup.
+        let carried = (parts.headers.keys()).any(|name| name.as_str().starts_with("x-fulcrum-"));
+        let mut take = |name: HeaderName| match carried {
+            true => parts.headers.remove(name),
+            false => None,
+        };
+        let mut service = match take(SERVICE_HEADER) {
             Some(v) => v
                 .to_str()
                 .map(str::to_string)
@@ -1684,13 +1691,13 @@ impl Outbound {
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut forward = default_route(&service, &authority, path_and_query);
         handled.service = Some(service);
-        forward.target.subset = (parts.headers.remove(SUBSET_HEADER))
+        forward.target.subset = (take(SUBSET_HEADER))
             .and_then(|v| v.to_str().ok().map(str::to_string))
             .unwrap_or_default();
         // The service port the sending proxy's route chose, else the authority's.
-        let chosen = parts.headers.remove(PORT_HEADER);
+        let chosen = take(PORT_HEADER);
         forward.target.port = (chosen.and_then(|v| v.to_str().ok()?.parse().ok())).or(named_port);
-        let carried_key = parts.headers.remove(HASH_KEY_HEADER);
+        let carried_key = take(HASH_KEY_HEADER);
         if let Some(hop) = hop {
             parts.headers.insert(HOP_HEADER, hop.clone());
         }
@@ -3249,6 +3256,24 @@ struct HostPort<'a> {
     port: Option<u16>,
 }
 
+/// The bytes a host name may hold (RFC 3986 §3.2.2's reg-name): unreserved characters,
+/// sub-delimiters and percent-escapes. A table, as every request's authority is checked.
+const NAME_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(c, b'-' | b'.' | b'_' | b'~' | b'%')
+            || matches!(
+                c,
+                b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+            );
+        b += 1;
+    }
+    table
+};
+
 impl<'a> HostPort<'a> {
     /// `text` as an authority without userinfo (RFC 3986 §3.2.2–3): `None` when it is not
     /// one. Parsed in place, as it is on every request.
@@ -3272,28 +3297,7 @@ impl<'a> HostPort<'a> {
                 None => (text, None),
             },
         };
-        // A name: unreserved characters, sub-delimiters and percent-escapes.
-        let name_byte = |b: &u8| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'-' | b'.'
-                        | b'_'
-                        | b'~'
-                        | b'%'
-                        | b'!'
-                        | b'$'
-                        | b'&'
-                        | b'\''
-                        | b'('
-                        | b')'
-                        | b'*'
-                        | b'+'
-                        | b','
-                        | b';'
-                        | b'='
-                )
-        };
+        let name_byte = |b: &u8| NAME_BYTES[usize::from(*b)];
         if host.is_empty() || (host[0] != b'[' && !host.iter().all(name_byte)) {
             return None;
         }
@@ -3852,6 +3856,15 @@ mod tests {
             ("[::1]:8443", Some(("[::1]", Some(8443)))),
             ("[fe80::1]", Some(("[fe80::1]", None))),
             ("SHOP.Example", Some(("SHOP.Example", None))),
+            // Every byte a name may hold, and some it may not.
+            (
+                "a-b.c_d~e%41!$&'()*+,;=",
+                Some(("a-b.c_d~e%41!$&'()*+,;=", None)),
+            ),
+            ("shop\"x", None),
+            ("shop<x>", None),
+            ("shop{x}", None),
+            ("shop^x", None),
             ("user@shop.example", None),
             ("bad host", None),
             ("shop.example:99999", None),
