@@ -2006,6 +2006,95 @@ async fn a_retry_goes_to_another_endpoint_and_succeeds() {
     assert_eq!(a.headers["x-backend"], "shop-v2");
 }
 
+/// An endpoint that takes requests and never answers them, holding their connections.
+async fn silent_endpoint() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+/// A try whose request is held whole and that passes its per-try timeout is retried on
+/// another endpoint: the timeout is a gateway error, as in Envoy.
+#[tokio::test]
+async fn a_try_past_its_per_try_timeout_is_retried_on_another_endpoint() {
+    let (silent, good) = (
+        silent_endpoint().await,
+        raw_endpoint(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await,
+    );
+    let endpoint = |address: SocketAddr| {
+        format!(
+            "  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a, labels: {{topology.istio.io/cluster: east}}}}\n",
+            address.port()
+        )
+    };
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: raw, namespace: shop}}
+spec:
+  hosts: [raw.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  endpoints:
+{}{}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: raw, namespace: shop}}
+spec:
+  host: raw.example
+  trafficPolicy: {{loadBalancer: {{simple: ROUND_ROBIN}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: raw, namespace: shop}}
+spec:
+  hosts: [raw.example]
+  http:
+  - retries: {{attempts: 1, perTryTimeout: 0.3s, retryOn: gateway-error}}
+    route: [{{destination: {{host: raw.example}}}}]
+"#,
+        endpoint(silent),
+        endpoint(good)
+    );
+    let proxy = start_east_with(&yaml, None, ClientTimeouts::default()).await;
+    // Round robin: every request after the first starts on the silent endpoint (a retry's
+    // pick turns the rotation too), waits out its try there, and is answered by the other.
+    let mut tries = Vec::new();
+    for _ in 0..4 {
+        let started = Instant::now();
+        let sent = send(proxy.outbound_address(), "raw.example", "/", false);
+        let a = tokio::time::timeout(Duration::from_secs(5), sent)
+            .await
+            .expect("answered: the per-try timeout ends a try at the silent endpoint");
+        assert_eq!(a.status, StatusCode::OK, "{:?}", a.headers);
+        let took = a.headers["x-fulcrum-attempts"]
+            .to_str()
+            .unwrap_or("")
+            .to_string();
+        if took == "2" {
+            let waited = started.elapsed();
+            assert!(waited >= Duration::from_millis(300), "{waited:?}");
+            assert!(waited < Duration::from_secs(3), "{waited:?}");
+        }
+        tries.push(took);
+    }
+    assert!(tries.iter().all(|t| t == "1" || t == "2"), "{tries:?}");
+    assert!(tries.iter().filter(|t| *t == "2").count() >= 3, "{tries:?}");
+}
+
 #[tokio::test]
 async fn a_host_in_capitals_names_the_same_service_and_route() {
     let mesh = mesh().await;
