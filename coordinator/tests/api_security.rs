@@ -155,10 +155,12 @@ async fn a_connection_that_never_finishes_its_handshake_is_closed() {
     let until_closed = |trickle: &'static [u8]| {
         let address = address.clone();
         async move {
+            // Timed from before the connect: the server may accept (and start its timer)
+            // before this task sees the connect complete.
+            let started = std::time::Instant::now();
             let mut stream = tokio::net::TcpStream::connect(address)
                 .await
                 .expect("connect");
-            let started = std::time::Instant::now();
             let mut sent = 0;
             while started.elapsed() < certs::HANDSHAKE_TIMEOUT * 3 {
                 let mut buf = [0u8; 512];

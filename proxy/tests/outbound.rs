@@ -720,8 +720,10 @@ spec:
     // Far more than the proxy holds whole, and it never comes.
     let endless = b"HTTP/1.1 200 OK\r\nContent-Length: 100000000000\r\n\r\nstart of it";
     let (proxy, _) = raw_service_proxy(endless, routes, ClientTimeouts::default()).await;
-    let mut stream = sent_on(&proxy, b"GET /x HTTP/1.1\r\nHost: raw.example\r\n\r\n").await;
+    // Timed from before the request is sent: the proxy's timer may start before this task
+    // runs again.
     let started = Instant::now();
+    let mut stream = sent_on(&proxy, b"GET /x HTTP/1.1\r\nHost: raw.example\r\n\r\n").await;
     // Passed on as it came, then the connection closed short of the declared length.
     let text = read_to_close(&mut stream).await;
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
@@ -842,9 +844,10 @@ async fn stalled_requests_get_408_and_idle_connections_are_closed() {
         ),
     ];
     for (bytes, reason) in cases {
+        // Timed from before the connection: the proxy's timers start on its side of it.
+        let started = Instant::now();
         let mut stream = TcpStream::connect(address).await.expect("connect");
         stream.write_all(bytes).await.expect("write");
-        let started = Instant::now();
         let text = read_to_close(&mut stream).await;
         assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
         assert!(text.contains(reason), "{text}");
@@ -888,11 +891,11 @@ async fn stalled_requests_get_408_and_idle_connections_are_closed() {
     let mut stream = TcpStream::connect(address).await.expect("connect");
     assert_eq!(read_to_close(&mut stream).await, "");
     let mut stream = TcpStream::connect(address).await.expect("connect");
+    let started = Instant::now();
     stream
         .write_all(b"GET /x HTTP/1.1\r\nHost: raw.example\r\n\r\n")
         .await
         .expect("write");
-    let started = Instant::now();
     let text = read_to_close(&mut stream).await;
     assert!(
         text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("ok"),
@@ -921,10 +924,11 @@ async fn over_h2c_stalled_bodies_get_408_heads_no_body_and_idle_connections_are_
         .header("content-length", "10")
         .body(())
         .expect("request");
+    // Timed from before the request leaves: the connection's task may send it at once.
+    let started = Instant::now();
     let (answer, mut body) = client.send_request(request, false).expect("sent");
     body.send_data(Bytes::from_static(b"abc"), false)
         .expect("data");
-    let started = Instant::now();
     let answer = tokio::time::timeout(Duration::from_secs(5), answer)
         .await
         .expect("answered in time")
@@ -1870,11 +1874,12 @@ spec:
         upload::first_bytes_arrive(&mut seen).await;
         // The client pauses longer than both timeouts before the rest of its body.
         tokio::time::sleep(Duration::from_millis(900)).await;
+        // Taken before the body's end is sent: the proxy's timers start once it reads it.
+        let ended = Instant::now();
         stream
             .write_all(b"3\r\ndef\r\n0\r\n\r\n")
             .await
             .expect("the rest");
-        let ended = Instant::now();
         if path == "/upload" {
             let mut sum = Sum::default();
             sum.add(b"abcdef");
