@@ -543,7 +543,21 @@ async fn raw_service_proxy(
 
 /// A proxy for `raw.example`, whose one endpoint is at `endpoint`, with `routes`.
 async fn raw_proxy_to(endpoint: SocketAddr, routes: &str, timeouts: ClientTimeouts) -> Proxy {
-    let yaml = format!(
+    start_east_with(&raw_service_yaml(&[endpoint], routes), None, timeouts).await
+}
+
+/// The ServiceEntry of `raw.example` with `endpoints` (all in this cluster, east), then
+/// `routes` (more YAML documents).
+fn raw_service_yaml(endpoints: &[SocketAddr], routes: &str) -> String {
+    let listed: String = (endpoints.iter())
+        .map(|a| {
+            format!(
+                "  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a, labels: {{topology.istio.io/cluster: east}}}}\n",
+                a.port()
+            )
+        })
+        .collect();
+    format!(
         r#"apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {{name: raw, namespace: shop}}
@@ -553,11 +567,8 @@ spec:
   resolution: STATIC
   ports: [{{number: 80, name: http, protocol: HTTP}}]
   endpoints:
-  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a, labels: {{topology.istio.io/cluster: east}}}}
-{routes}"#,
-        endpoint.port()
-    );
-    start_east_with(&yaml, None, timeouts).await
+{listed}{routes}"#
+    )
 }
 
 /// An endpoint that answers one request in two steps: `first` at once, `rest` only once
@@ -2038,42 +2049,24 @@ async fn a_try_past_its_per_try_timeout_is_retried_on_another_endpoint() {
         silent_endpoint().await,
         raw_endpoint(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await,
     );
-    let endpoint = |address: SocketAddr| {
-        format!(
-            "  - {{address: 127.0.0.1, ports: {{http: {}}}, locality: us-east/us-east-1a, labels: {{topology.istio.io/cluster: east}}}}\n",
-            address.port()
-        )
-    };
-    let yaml = format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: raw, namespace: shop}}
-spec:
-  hosts: [raw.example]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  endpoints:
-{}{}---
+    let routes = r#"---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
-metadata: {{name: raw, namespace: shop}}
+metadata: {name: raw, namespace: shop}
 spec:
   host: raw.example
-  trafficPolicy: {{loadBalancer: {{simple: ROUND_ROBIN}}}}
+  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata: {{name: raw, namespace: shop}}
+metadata: {name: raw, namespace: shop}
 spec:
   hosts: [raw.example]
   http:
-  - retries: {{attempts: 1, perTryTimeout: 0.3s, retryOn: gateway-error}}
-    route: [{{destination: {{host: raw.example}}}}]
-"#,
-        endpoint(silent),
-        endpoint(good)
-    );
+  - retries: {attempts: 1, perTryTimeout: 0.3s, retryOn: gateway-error}
+    route: [{destination: {host: raw.example}}]
+"#;
+    let yaml = raw_service_yaml(&[silent, good], routes);
     let proxy = start_east_with(&yaml, None, ClientTimeouts::default()).await;
     // Round robin: every request after the first starts on the silent endpoint (a retry's
     // pick turns the rotation too), waits out its try there, and is answered by the other.
