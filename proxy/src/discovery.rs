@@ -208,6 +208,12 @@ pub trait Discovery: Send + Sync {
     }
     /// Whether `host` is a service this mesh knows (in any cluster).
     fn knows(&self, host: &str) -> bool;
+    /// The ports `host` declares (`ports[].number`), when it is a service that declares
+    /// some; none when this discovery does not say.
+    fn ports(&self, host: &str) -> Option<&[u16]> {
+        let _ = host;
+        None
+    }
     /// The most specific wildcard service (`*.example.com`) whose name covers `host`,
     /// for a host no service is named exactly, as Envoy matches a virtual host.
     fn wildcard_for(&self, host: &str) -> Option<&str> {
@@ -938,6 +944,11 @@ impl Discovery for StaticDiscovery {
             .subset_balance
             .get(subset)
             .unwrap_or(&service.balance)
+    }
+
+    fn ports(&self, host: &str) -> Option<&[u16]> {
+        let ports = &self.service(host)?.ports;
+        (!ports.is_empty()).then_some(ports.as_slice())
     }
 
     // A name looked up for a request is a service of the wildcard it falls under.

@@ -1400,6 +1400,15 @@ impl Outbound {
             Err(reason) => return Err(Box::new(answer(StatusCode::NOT_FOUND, &reason))),
         };
         let service = &*service;
+        // A port the service does not have: under a sidecar, no listener and no virtual
+        // host take it, so no route does here (it is not sent to another port).
+        if let (true, Some(port), Some(ports)) =
+            (discovered, port, routing.discovery.ports(service))
+            && !ports.contains(&port)
+        {
+            let reason = format!("service {service:?} has no port {port} (its ports: {ports:?})");
+            return Err(Box::new(answer(StatusCode::NOT_FOUND, &reason)));
+        }
         // Routed, and sent on, without its dot segments, as under Istio.
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let path_and_query = &*crate::routing::path::normalized(path_and_query);

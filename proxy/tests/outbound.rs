@@ -1350,7 +1350,7 @@ async fn an_endpoint_back_from_failing_health_checks_warms_up_again() {
 
 /// A service with two ports sends a request to the endpoints of the port it names (its
 /// Host's, or its route's `destination.port`), port 80 when it names none, never to the
-/// other port's.
+/// other port's; a port it does not have is no route (404 and why), not another port.
 #[tokio::test]
 async fn a_request_goes_to_the_endpoints_of_the_service_port_it_names() {
     let (web, admin) = (
@@ -1396,6 +1396,10 @@ spec:
             assert_eq!(backend_of(&answer.headers), expected, "{host}");
         }
     }
+    let elsewhere = send(outbound, "multi.example:9090", "/", false).await;
+    assert_eq!(elsewhere.status, StatusCode::NOT_FOUND);
+    let reason = elsewhere.headers[REASON_HEADER].to_str().unwrap();
+    assert!(reason.contains("has no port 9090"), "{reason}");
 }
 
 /// A DestinationRule's `minHealthPercent` (Envoy's panic threshold): once ejections
