@@ -2,8 +2,9 @@
 //! cluster's endpoints that speak h2 in plaintext (gRPC servers, ports declared `HTTP2`).
 //! One connection per peer address, shared by every request to it (h2 multiplexes), made
 //! again when it closes; another one when every connection to the peer carries as many
-//! streams as the peer allows at once (its SETTINGS_MAX_CONCURRENT_STREAMS), as Envoy
-//! does, rather than leave a request waiting for a long-lived stream (a WebSocket, a gRPC
+//! streams as the peer allows at once (its SETTINGS_MAX_CONCURRENT_STREAMS; until those
+//! arrive, 100 for an endpoint and 1,024 for another cluster's proxy), as Envoy does,
+//! rather than leave a request waiting for a long-lived stream (a WebSocket, a gRPC
 //! watch) to end. Only one connection attempt per peer runs at a time; requests arriving
 //! meanwhile wait for it rather than open their own.
 //!
@@ -42,7 +43,7 @@ use tokio_rustls::TlsConnector;
 
 use super::tls::{ALPN_H2, MeshTls, PROXY_SERVER_NAME};
 use crate::body::{ProxyBody, WHOLE_BODY_BYTES};
-use crate::h2_server::{SHARED_CONNECTION_WINDOW, STREAM_WINDOW};
+use crate::h2_server::{MAX_CONCURRENT_STREAMS, SHARED_CONNECTION_WINDOW, STREAM_WINDOW};
 use crate::tunnel::H2Stream;
 use crate::upload::Forwarding;
 use crate::upstream::{POOL_DEFAULTS, PoolSettings};
@@ -367,9 +368,9 @@ impl H2Pool {
                     (Some(tls), Some(name)) => {
                         let stream = (tls.connect(tcp, name, true).await)
                             .map_err(|e| fail("cannot reach", &e))?;
-                        start(stream, address).await
+                        start(stream, address, ENDPOINT_STREAMS_BEFORE_SETTINGS).await
                     }
-                    _ => start(tcp, address).await,
+                    _ => start(tcp, address, ENDPOINT_STREAMS_BEFORE_SETTINGS).await,
                 };
                 return started.map_err(|e| fail("h2 handshake failed with", &e));
             }
@@ -388,19 +389,27 @@ impl H2Pool {
         }
         tls.check_peer(session.peer_certificates(), Some(cluster))
             .map_err(|e| fail("refused the identity of", &e))?;
-        start(stream, address)
+        start(stream, address, MAX_CONCURRENT_STREAMS as usize)
             .await
             .map_err(|e| fail("h2 handshake failed with", &e))
     }
 }
 
+/// The streams an endpoint is taken to allow at once until its SETTINGS say: the fewest
+/// RFC 9113 (§6.5.2) recommends a server allow.
+const ENDPOINT_STREAMS_BEFORE_SETTINGS: usize = 100;
+
 /// Starts h2 on `io`, a connection to `address`, and runs the connection as a task of its
-/// own, pinged to keep it alive.
-async fn start<T>(io: T, address: &str) -> Result<Sender, h2::Error>
+/// own, pinged to keep it alive. Until the peer's SETTINGS arrive, it is taken to allow
+/// `streams` at once: h2 would otherwise send any number, and a burst of requests on a
+/// new connection would have those past the peer's limit refused (another cluster's
+/// proxy allows [`MAX_CONCURRENT_STREAMS`]).
+async fn start<T>(io: T, address: &str, streams: usize) -> Result<Sender, h2::Error>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (requests, mut connection) = h2::client::Builder::new()
+        .initial_max_send_streams(streams)
         .enable_push(false)
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(SHARED_CONNECTION_WINDOW)
@@ -655,6 +664,75 @@ mod tests {
         send(pool.clone(), address.clone()).await.expect("answer");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         assert_eq!(pool.close_idle(Duration::from_secs(60)), 1, "one peer");
+    }
+
+    /// A burst of requests on new connections, before the peer's SETTINGS arrive, puts
+    /// no more on each than a peer is taken to allow: none is refused.
+    #[tokio::test]
+    async fn a_burst_before_the_peers_settings_keeps_within_what_a_peer_allows() {
+        let most = ENDPOINT_STREAMS_BEFORE_SETTINGS;
+        // An h2c server that starts h2 on its connections (its SETTINGS first) only once
+        // told to, and answers at once.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        let (open, opened) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let mut opened = opened.clone();
+                tokio::spawn(async move {
+                    let _ = opened.wait_for(|o| *o).await;
+                    let handshake = h2::server::Builder::new()
+                        .max_concurrent_streams(most as u32)
+                        .handshake::<_, Bytes>(stream);
+                    let Ok(mut connection) = handshake.await else {
+                        return;
+                    };
+                    while let Some(Ok((_, mut respond))) = connection.accept().await {
+                        let _ = respond.send_response(Response::new(()), true);
+                    }
+                });
+            }
+        });
+        let pool = Arc::new(H2Pool::plaintext(Duration::from_secs(1)));
+        let burst = 2 * most + 10;
+        let answers: Vec<_> = (0..burst)
+            .map(|_| {
+                let (pool, address) = (pool.clone(), address.clone());
+                tokio::spawn(async move {
+                    let answer = pool.send(here(&address), get(&address)).await;
+                    answer.map(|a| a.status()).map_err(|e| format!("{e:?}"))
+                })
+            })
+            .collect();
+        // Every request on a connection, sent or queued by h2, before any SETTINGS.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let slot = pool.peers.lock().expect("peers").get(&address).cloned();
+            let placed = match slot {
+                Some(slot) => (slot.lock().await.iter())
+                    .map(|held| held.open.load(Ordering::SeqCst))
+                    .sum(),
+                None => 0,
+            };
+            if placed == burst {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{placed} of {burst} requests placed"
+            );
+            tokio::task::yield_now().await;
+        }
+        open.send_replace(true);
+        for answer in answers {
+            assert_eq!(answer.await.expect("task"), Ok(http::StatusCode::OK));
+        }
+        let connections = pool.peers.lock().expect("peers")[&address].clone();
+        assert_eq!(
+            connections.lock().await.len(),
+            3,
+            "{most} streams a connection"
+        );
     }
 
     #[tokio::test]
