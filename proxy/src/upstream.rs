@@ -130,7 +130,7 @@ impl Http1Pool {
         let head_only = request.method == Method::HEAD;
         let replayable = is_idempotent(&request.method);
         let tls = request.tls_key()?;
-        while let Some(mut connection) = self.take(address, &tls) {
+        while let Some(mut connection) = self.take(address, &tls, &request.pool) {
             connection.carried += 1;
             match connection.exchange(message, rest, head_only).await {
                 Ok((head, body)) => return Ok(self.answered(address, connection, head, body)),
@@ -145,7 +145,7 @@ impl Http1Pool {
         }
         // Boxed: a connection attempt's state would otherwise be part of (and be copied
         // with) every request's future, though most requests reuse a connection.
-        let mut connection = Box::pin(self.connect(address, tls, request.settings())).await?;
+        let mut connection = Box::pin(self.connect(address, tls, &request.pool)).await?;
         connection.carried += 1;
         match connection.exchange(message, rest, head_only).await {
             Ok((head, body)) => Ok(self.answered(address, connection, head, body)),
@@ -178,13 +178,13 @@ impl Http1Pool {
         // A kept-alive connection the endpoint closed is replaced, while none of the
         // body has gone on it.
         let tls = request.tls_key()?;
-        while let Some(connection) = self.take(address, &tls) {
+        while let Some(connection) = self.take(address, &tls, &request.pool) {
             match self.exchange_on(address, connection, request, body).await {
                 Err(Failure::Closed { .. }) if !body.begun() => continue,
                 done => return done.map_err(failed),
             }
         }
-        let connection = Box::pin(self.connect(address, tls, request.settings())).await?;
+        let connection = Box::pin(self.connect(address, tls, &request.pool)).await?;
         (self.exchange_on(address, connection, request, body).await).map_err(failed)
     }
 
@@ -244,10 +244,16 @@ impl Http1Pool {
 
     /// The most recently used idle connection to `address` (the likeliest to be open)
     /// made as `tls` says, that the endpoint has not closed.
-    fn take(&self, address: SocketAddr, tls: &TlsKey) -> Option<Box<Connection>> {
+    fn take(
+        &self,
+        address: SocketAddr,
+        tls: &TlsKey,
+        settings: &Option<Arc<PoolSettings>>,
+    ) -> Option<Box<Connection>> {
         let mut idle = self.idle.lock().ok()?;
         let connections = idle.get_mut(&address)?;
-        while let Some(at) = connections.iter().rposition(|(c, _)| c.tls == *tls) {
+        let fits = |c: &Connection| c.tls == *tls && same_settings(&c.made_under, settings);
+        while let Some(at) = connections.iter().rposition(|(c, _)| fits(c)) {
             // Mostly the last one: taken off the end without moving the others.
             let (connection, since) = match at + 1 == connections.len() {
                 true => connections.pop()?,
@@ -296,8 +302,9 @@ impl Http1Pool {
         &self,
         address: SocketAddr,
         tls: TlsKey,
-        settings: &PoolSettings,
+        made_under: &Option<Arc<PoolSettings>>,
     ) -> Result<Box<Connection>, UpstreamError> {
+        let settings = made_under.as_deref().unwrap_or(&POOL_DEFAULTS);
         let within = settings.connect_timeout.unwrap_or(self.connect_timeout);
         let name = tls.as_ref().map(|tls| tls.1.clone());
         let stream = connect_endpoint(address, settings, name, false, within).await?;
@@ -306,6 +313,7 @@ impl Http1Pool {
             tls,
             carried: 0,
             limits: ConnectionLimits::of(settings),
+            made_under: made_under.clone(),
         }))
     }
 }
@@ -733,6 +741,22 @@ struct Connection {
     carried: u32,
     /// Its service's limits on it, when it has any.
     limits: Option<ConnectionLimits>,
+    /// The settings it was made under (none: the pool's own).
+    made_under: Option<Arc<PoolSettings>>,
+}
+
+/// Whether a connection made under `made_under` may carry a request sent under `now`
+/// (a service's settings; none, the pool's own): only under the same settings. As Envoy
+/// gives a cluster changed by new configuration new connections, a changed rule (its
+/// limits, keepalive, connect timeout, TLS) holds for every request after the change,
+/// not only on connections made after the old ones close; and two services sharing an
+/// endpoint under different rules do not share connections.
+fn same_settings(made_under: &Option<Arc<PoolSettings>>, now: &Option<Arc<PoolSettings>>) -> bool {
+    match (made_under, now) {
+        (Some(a), Some(b)) if Arc::ptr_eq(a, b) => true,
+        (None, None) => true,
+        (a, b) => a.as_deref().unwrap_or(&POOL_DEFAULTS) == b.as_deref().unwrap_or(&POOL_DEFAULTS),
+    }
 }
 
 /// A connection's limits, fixed by the service of the request that made it.
@@ -1697,6 +1721,30 @@ mod tests {
         assert_eq!(connections.load(Ordering::SeqCst), 3);
     }
 
+    /// A connection made under a rule is not given a request under another (a rule
+    /// changed by new configuration): the new rule holds at once, on a new connection.
+    /// The same rule read again is the same.
+    #[tokio::test]
+    async fn a_changed_rule_holds_for_the_next_request_on_a_connection_of_its_own() {
+        let (address, connections) = endpoint(false).await;
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1)));
+        let carrying = |most: u32| {
+            Some(Arc::new(PoolSettings {
+                max_requests_per_connection: Some(most),
+                ..PoolSettings::default()
+            }))
+        };
+        let (old, old_read_again, new) = (carrying(10), carrying(10), carrying(2));
+        let mut numbers = Vec::new();
+        for settings in [&old, &old_read_again, &new, &new, &new] {
+            let request = plain(address).with_pool(settings.clone());
+            let answer = pool.exchange(address, &request).await.unwrap();
+            numbers.push(String::from_utf8_lossy(&whole(&answer)).into_owned());
+        }
+        assert_eq!(numbers, ["1", "2", "1", "2", "1"]);
+        assert_eq!(connections.load(Ordering::SeqCst), 3);
+    }
+
     #[tokio::test]
     async fn a_connection_idle_past_its_services_idle_timeout_is_not_used_again() {
         let (address, connections) = endpoint(false).await;
@@ -1786,10 +1834,11 @@ mod tests {
             keepalive: Some(keepalive),
             ..PoolSettings::default()
         };
-        pool.exchange(address, &plain(address).with_pool(Some(Arc::new(settings))))
+        let settings = Some(Arc::new(settings));
+        pool.exchange(address, &plain(address).with_pool(settings.clone()))
             .await
             .unwrap();
-        let connection = pool.take(address, &None);
+        let connection = pool.take(address, &None, &settings);
         let connection = connection.expect("the connection, idle");
         let socket = socket2::SockRef::from(connection.wire.stream.tcp());
         assert!(socket.keepalive().unwrap());
@@ -1804,7 +1853,7 @@ mod tests {
         assert_eq!(socket.tcp_keepalive_retries().unwrap(), 4);
         // Without the setting, no probes.
         pool.exchange(address, &plain(address)).await.unwrap();
-        let connection = pool.take(address, &None);
+        let connection = pool.take(address, &None, &None);
         let connection = connection.expect("a new connection, idle");
         assert!(
             !socket2::SockRef::from(connection.wire.stream.tcp())

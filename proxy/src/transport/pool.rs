@@ -315,7 +315,11 @@ impl H2Pool {
         let mut slot = cell.lock().await;
         // Those let go close once the streams still on them end.
         slot.retain(Held::takes);
-        if let Some(held) = slot.iter_mut().find(|held| held.has_room()) {
+        // Only a connection made under the request's settings: a changed rule holds for
+        // every request after the change, as Envoy gives a changed cluster new
+        // connections (those made under the old one end once idle).
+        let fits = |held: &&mut Held| held.settings == *settings && held.has_room();
+        if let Some(held) = slot.iter_mut().find(fits) {
             held.used = Instant::now();
             held.carried += 1;
             return Ok((held.sender.clone(), Place::take(&held.open)));
@@ -733,6 +737,28 @@ mod tests {
             3,
             "{most} streams a connection"
         );
+    }
+
+    /// A connection made under a service's rule is not given a request under a changed
+    /// rule, which gets a connection of its own; the same rule read again is the same.
+    #[tokio::test]
+    async fn a_changed_rule_holds_for_the_next_request_on_a_connection_of_its_own() {
+        let (ended, _ends) = tokio::sync::mpsc::unbounded_channel();
+        let (address, accepted) = h2c_server(ended).await;
+        let pool = H2Pool::plaintext(Duration::from_secs(1));
+        let carrying = |most: u32| PoolSettings {
+            max_requests_per_connection: Some(most),
+            ..PoolSettings::default()
+        };
+        let (old, old_read_again, new) = (carrying(10), carrying(10), carrying(2));
+        for (settings, connections) in [(&old, 1), (&old_read_again, 1), (&new, 2), (&new, 2)] {
+            let peer = Peer {
+                settings,
+                ..here(&address)
+            };
+            pool.send(peer, get(&address)).await.expect("answer");
+            assert_eq!(accepted.load(Ordering::SeqCst), connections);
+        }
     }
 
     #[tokio::test]
