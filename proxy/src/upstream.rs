@@ -243,7 +243,8 @@ impl Http1Pool {
     }
 
     /// The most recently used idle connection to `address` (the likeliest to be open)
-    /// made as `tls` says, that the endpoint has not closed.
+    /// made as `tls` says and under `settings` ([`same_settings`]), that the endpoint has
+    /// not closed.
     fn take(
         &self,
         address: SocketAddr,
