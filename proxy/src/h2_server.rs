@@ -11,7 +11,8 @@
 //! (docs/benchmarks.md).
 //!
 //! Limits: a connection with no request open for [`H2Settings::idle`] is closed
-//! gracefully (GOAWAY, then the requests in flight are finished); a request whose body
+//! gracefully (GOAWAY, then the requests in flight are finished); one whose client leaves
+//! a header block unfinished for [`H2Settings::stall`] is closed; a request whose body
 //! sends nothing for [`H2Settings::stall`] is answered 408 (not a gRPC request's: a
 //! client stream may pause as long as it likes); a request the client resets
 //! stops being served; at most [`H2Settings::max_concurrent_streams`] requests at once
@@ -20,6 +21,8 @@
 use std::error::Error;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -132,6 +135,7 @@ pub async fn serve<T, H, F>(
     if tunnels.is_some() {
         builder.enable_connect_protocol();
     }
+    let (io, heads) = HeadWatch::new(io);
     let handshake = builder.handshake::<_, Bytes>(io);
     let mut connection = match tokio::time::timeout(PREFACE_TIMEOUT, handshake).await {
         Ok(Ok(c)) => c,
@@ -146,6 +150,8 @@ pub async fn serve<T, H, F>(
     };
     let mut requests = FuturesUnordered::new();
     let mut idle = Quiet::new(settings.idle);
+    // The header block the client has left unfinished, and since when.
+    let (mut unfinished, mut stalled) = (None, Quiet::new(settings.stall));
     let mut closing = false;
     let mut draining = drain.watch();
     let ended = poll_fn(|cx| {
@@ -194,6 +200,26 @@ pub async fn serve<T, H, F>(
                 // Closed, every request done.
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => {}
+            }
+            // A header block left unfinished (a HEADERS frame whose CONTINUATION does not
+            // come): h2 holds it, and no request appears to be timed. Its connection is
+            // closed after the stall timeout, as an HTTP/1 head that stops is answered 408.
+            match heads.unfinished() {
+                Some(block) => {
+                    if unfinished != Some(block) {
+                        unfinished = Some(block);
+                        stalled.touch();
+                    }
+                    if stalled.poll_expired(cx) {
+                        tracing::debug!(
+                            client,
+                            "h2 header block unfinished for {:?}: closing",
+                            settings.stall
+                        );
+                        return Poll::Ready(None);
+                    }
+                }
+                None => unfinished = None,
             }
             if requests.is_empty() && !closing && idle.poll_expired(cx) {
                 tracing::debug!(
@@ -394,6 +420,131 @@ impl Quiet {
     }
 }
 
+/// A connection's reading side, watched for one thing: a header block the client has
+/// begun and not finished (a HEADERS frame without END_HEADERS, until the CONTINUATION
+/// with it). Only the frames' 9-byte heads are read; everything else passes as it is.
+struct HeadWatch<T> {
+    io: T,
+    /// Bytes to pass over before the next frame's head: the client's connection preface,
+    /// then each frame's payload.
+    skip: usize,
+    /// The frame head being read, and how much of it has come.
+    head: [u8; 9],
+    have: usize,
+    /// The header blocks begun (shifted left one), and whether the last is unfinished (the
+    /// low bit); shared with the connection's loop.
+    blocks: Arc<AtomicU64>,
+}
+
+/// The header blocks a [`HeadWatch`] has seen, as its connection's loop reads them.
+struct HeadBlocks(Arc<AtomicU64>);
+
+impl HeadBlocks {
+    /// The number of the header block the client has left unfinished, if one is.
+    fn unfinished(&self) -> Option<u64> {
+        let blocks = self.0.load(Ordering::Relaxed);
+        (blocks & 1 == 1).then_some(blocks >> 1)
+    }
+}
+
+/// HTTP/2's frame types and the flag that ends a header block (RFC 9113 §6.2, §6.10).
+const HEADERS: u8 = 0x1;
+const CONTINUATION: u8 = 0x9;
+const END_HEADERS: u8 = 0x4;
+/// The client's connection preface (RFC 9113 §3.4), before its first frame.
+const PREFACE_BYTES: usize = 24;
+
+impl<T> HeadWatch<T> {
+    fn new(io: T) -> (HeadWatch<T>, HeadBlocks) {
+        let blocks = Arc::new(AtomicU64::new(0));
+        let watch = HeadWatch {
+            io,
+            skip: PREFACE_BYTES,
+            head: [0; 9],
+            have: 0,
+            blocks: blocks.clone(),
+        };
+        (watch, HeadBlocks(blocks))
+    }
+
+    /// Reads what arrived: frame heads are noted, the rest passed over.
+    fn scan(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len());
+                self.skip -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (self.head.len() - self.have).min(bytes.len());
+            self.head[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have < self.head.len() {
+                return;
+            }
+            self.have = 0;
+            let [l0, l1, l2, kind, flags, ..] = self.head;
+            self.skip = u32::from_be_bytes([0, l0, l1, l2]) as usize;
+            let ends = flags & END_HEADERS != 0;
+            let blocks = self.blocks.load(Ordering::Relaxed);
+            match kind {
+                HEADERS if !ends => {
+                    let begun = (blocks >> 1) + 1;
+                    self.blocks.store((begun << 1) | 1, Ordering::Relaxed);
+                }
+                CONTINUATION if ends => self.blocks.store(blocks & !1, Ordering::Relaxed),
+                _ => {}
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for HeadWatch<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        let (_, arrived) = buf.filled().split_at(before);
+        this.scan(arrived);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for HeadWatch<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
 /// Why a request's body could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiveError {
@@ -489,6 +640,45 @@ pub fn is_stall(error: &(dyn Error + 'static)) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A frame's head and payload.
+    fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        frame.extend([kind, flags, 0, 0, 0, 1]);
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    #[test]
+    fn a_header_block_is_unfinished_from_its_headers_to_the_continuation_that_ends_it() {
+        let (mut watch, blocks) = HeadWatch::new(());
+        let mut read = |bytes: &[u8], one_at_a_time: bool| match one_at_a_time {
+            true => bytes
+                .iter()
+                .for_each(|b| watch.scan(std::slice::from_ref(b))),
+            false => watch.scan(bytes),
+        };
+        // The preface, whose bytes are no frame, and SETTINGS.
+        read(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", true);
+        read(&frame(0x4, 0, &[0; 6]), false);
+        assert_eq!(blocks.unfinished(), None);
+        // Begun, continued, ended; read a byte at a time and in one piece.
+        for one_at_a_time in [true, false] {
+            read(&frame(HEADERS, 0, b"abc"), one_at_a_time);
+            let begun = blocks.unfinished().expect("begun");
+            read(&frame(CONTINUATION, 0, b"d"), one_at_a_time);
+            assert_eq!(blocks.unfinished(), Some(begun), "the same block");
+            read(&frame(CONTINUATION, END_HEADERS, b"e"), one_at_a_time);
+            assert_eq!(blocks.unfinished(), None);
+        }
+        // Whole in one frame; and a payload that holds what looks like a frame's head.
+        read(&frame(HEADERS, END_HEADERS, b"abc"), false);
+        read(&frame(0x0, 0, &frame(HEADERS, 0, b"")), true);
+        assert_eq!(blocks.unfinished(), None);
+        // The next block is another.
+        read(&frame(HEADERS, 0, b"f"), false);
+        assert_eq!(blocks.unfinished(), Some(3));
+    }
 
     #[test]
     fn connection_fields_are_taken_out_and_others_kept() {

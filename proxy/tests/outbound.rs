@@ -979,6 +979,97 @@ async fn over_h2c_stalled_bodies_get_408_heads_no_body_and_idle_connections_are_
     );
 }
 
+/// An HTTP/2 frame: its 9-byte head (length, type, flags, stream) and payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    frame.extend([kind, flags]);
+    frame.extend(stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// An h2c client that begins a GET's header block (a HEADERS frame without END_HEADERS:
+/// `:method GET`, `:scheme http`, `:path /`, from HPACK's static table) and, with
+/// `trickle`, sends a CONTINUATION that does not end it each time 50 ms pass without a
+/// word from the proxy; how long until the proxy closes the connection.
+async fn unfinished_header_block(proxy: SocketAddr, trickle: bool) -> Duration {
+    let mut stream = TcpStream::connect(proxy).await.expect("connect");
+    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    opening.extend(h2_frame(0x4, 0, 0, &[]));
+    opening.extend(h2_frame(0x1, 0x1, 1, &[0x82, 0x86, 0x84]));
+    let started = Instant::now();
+    stream.write_all(&opening).await.expect("write");
+    let mut buf = [0u8; 1024];
+    while started.elapsed() < Duration::from_secs(5) {
+        match tokio::time::timeout(Duration::from_millis(50), stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return started.elapsed(),
+            // Its SETTINGS and their acknowledgement.
+            Ok(Ok(_)) => {}
+            // A byte of a field at a time, the block never ended.
+            Err(_) if trickle => {
+                let piece = h2_frame(0x9, 0, 1, &[0x00]);
+                if stream.write_all(&piece).await.is_err() {
+                    return started.elapsed();
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    panic!("the connection was not closed within 5 s");
+}
+
+/// Over h2c, a header block the client begins and does not finish (no CONTINUATION with
+/// END_HEADERS), or trickles on without end, closes its connection after the stall
+/// timeout, as an HTTP/1 head that does not come whole is answered 408; one finished in
+/// a CONTINUATION is a request like any other.
+#[tokio::test]
+async fn over_h2c_a_header_block_left_unfinished_closes_its_connection() {
+    let timeouts = ClientTimeouts {
+        idle: Duration::from_secs(4),
+        stall: Duration::from_millis(300),
+    };
+    let (proxy, _) = raw_service_proxy(OK, "", timeouts).await;
+    let address = proxy.outbound_address();
+    for trickle in [false, true] {
+        let closed = unfinished_header_block(address, trickle).await;
+        assert!(
+            closed >= timeouts.stall && closed < timeouts.idle,
+            "trickle {trickle}: closed after {closed:?}"
+        );
+    }
+    // Finished in a CONTINUATION (`:authority: raw.example`): answered.
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    let mut request = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    request.extend(h2_frame(0x4, 0, 0, &[]));
+    request.extend(h2_frame(0x1, 0x1, 1, &[0x82, 0x86, 0x84]));
+    request.extend(h2_frame(0x9, 0x4, 1, b"\x01\x0braw.example"));
+    stream.write_all(&request).await.expect("write");
+    let mut read = Vec::new();
+    let answered = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 1024];
+        loop {
+            // The proxy's frames, up to a HEADERS frame on stream 1.
+            let mut at = 0;
+            while read.len() >= at + 9 {
+                let length = u32::from_be_bytes([0, read[at], read[at + 1], read[at + 2]]);
+                let (kind, stream) = (read[at + 3], &read[at + 5..at + 9]);
+                if kind == 0x1 && stream == [0, 0, 0, 1] {
+                    return true;
+                }
+                at += 9 + length as usize;
+            }
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => read.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    assert!(
+        answered.await.expect("in time"),
+        "no answer to a finished block"
+    );
+}
+
 /// An endpoint that answers `/held` with `held` only once `release` turns true (saying
 /// on `arrived` that such a request has come), and anything else with `quick` at once.
 async fn holding_endpoint() -> (
