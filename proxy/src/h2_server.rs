@@ -469,33 +469,48 @@ impl<T> HeadWatch<T> {
 
     /// Reads what arrived: frame heads are noted, the rest passed over.
     fn scan(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            if self.skip > 0 {
-                let n = self.skip.min(bytes.len());
-                self.skip -= n;
-                bytes = &bytes[n..];
-                continue;
-            }
-            let n = (self.head.len() - self.have).min(bytes.len());
-            self.head[self.have..self.have + n].copy_from_slice(&bytes[..n]);
-            self.have += n;
+        loop {
+            let n = self.skip.min(bytes.len());
+            self.skip -= n;
             bytes = &bytes[n..];
-            if self.have < self.head.len() {
-                return;
-            }
-            self.have = 0;
-            let [l0, l1, l2, kind, flags, ..] = self.head;
-            self.skip = u32::from_be_bytes([0, l0, l1, l2]) as usize;
-            let ends = flags & END_HEADERS != 0;
-            let blocks = self.blocks.load(Ordering::Relaxed);
-            match kind {
-                HEADERS if !ends => {
-                    let begun = (blocks >> 1) + 1;
-                    self.blocks.store((begun << 1) | 1, Ordering::Relaxed);
+            // A whole head is read where it lies; only one split across reads is gathered.
+            let head = match bytes.first_chunk::<9>() {
+                Some(head) if self.have == 0 => {
+                    bytes = &bytes[9..];
+                    *head
                 }
-                CONTINUATION if ends => self.blocks.store(blocks & !1, Ordering::Relaxed),
-                _ => {}
+                _ if bytes.is_empty() => return,
+                _ => {
+                    let n = (self.head.len() - self.have).min(bytes.len());
+                    self.head[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+                    self.have += n;
+                    bytes = &bytes[n..];
+                    if self.have < self.head.len() {
+                        return;
+                    }
+                    self.have = 0;
+                    self.head
+                }
+            };
+            self.note(head);
+        }
+    }
+
+    /// A frame's head: its payload is passed over, and a header block's start and end
+    /// noted.
+    fn note(&mut self, head: [u8; 9]) {
+        let [l0, l1, l2, kind, flags, ..] = head;
+        self.skip = u32::from_be_bytes([0, l0, l1, l2]) as usize;
+        let ends = flags & END_HEADERS != 0;
+        match kind {
+            HEADERS if !ends => {
+                let begun = (self.blocks.load(Ordering::Relaxed) >> 1) + 1;
+                self.blocks.store((begun << 1) | 1, Ordering::Relaxed);
             }
+            CONTINUATION if ends => {
+                self.blocks.fetch_and(!1, Ordering::Relaxed);
+            }
+            _ => {}
         }
     }
 }
