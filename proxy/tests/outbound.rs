@@ -988,17 +988,23 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
-/// An h2c client that begins a GET's header block (a HEADERS frame without END_HEADERS:
-/// `:method GET`, `:scheme http`, `:path /`, from HPACK's static table) and, with
+/// An h2c client's preface and SETTINGS, then a GET's header block begun and not ended
+/// (a HEADERS frame without END_HEADERS: `:method GET`, `:scheme http`, `:path /`, from
+/// HPACK's static table).
+fn h2c_block_begun() -> Vec<u8> {
+    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    opening.extend(h2_frame(0x4, 0, 0, &[]));
+    opening.extend(h2_frame(0x1, 0x1, 1, &[0x82, 0x86, 0x84]));
+    opening
+}
+
+/// An h2c client that begins a GET's header block ([`h2c_block_begun`]) and, with
 /// `trickle`, sends a CONTINUATION that does not end it each time 50 ms pass without a
 /// word from the proxy; how long until the proxy closes the connection.
 async fn unfinished_header_block(proxy: SocketAddr, trickle: bool) -> Duration {
     let mut stream = TcpStream::connect(proxy).await.expect("connect");
-    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    opening.extend(h2_frame(0x4, 0, 0, &[]));
-    opening.extend(h2_frame(0x1, 0x1, 1, &[0x82, 0x86, 0x84]));
     let started = Instant::now();
-    stream.write_all(&opening).await.expect("write");
+    stream.write_all(&h2c_block_begun()).await.expect("write");
     let mut buf = [0u8; 1024];
     while started.elapsed() < Duration::from_secs(5) {
         match tokio::time::timeout(Duration::from_millis(50), stream.read(&mut buf)).await {
@@ -1039,9 +1045,7 @@ async fn over_h2c_a_header_block_left_unfinished_closes_its_connection() {
     }
     // Finished in a CONTINUATION (`:authority: raw.example`): answered.
     let mut stream = TcpStream::connect(address).await.expect("connect");
-    let mut request = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    request.extend(h2_frame(0x4, 0, 0, &[]));
-    request.extend(h2_frame(0x1, 0x1, 1, &[0x82, 0x86, 0x84]));
+    let mut request = h2c_block_begun();
     request.extend(h2_frame(0x9, 0x4, 1, b"\x01\x0braw.example"));
     stream.write_all(&request).await.expect("write");
     let mut read = Vec::new();
