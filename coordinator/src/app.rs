@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -552,28 +552,6 @@ async fn run_join(node: Arc<Node>, seed: String, mut shutdown: watch::Receiver<b
     }
 }
 
-/// A fingerprint of the directory: file names, sizes and modification times.
-fn dir_fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_dir() {
-                stack.push(path);
-            } else {
-                out.push((path, meta.len(), meta.modified().ok()));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// Applies the configuration directory when it changes (on the leader only, so a change
 /// is proposed once). Invalid configuration is logged with its field paths and not
 /// applied; what was applied before stays.
@@ -583,7 +561,7 @@ async fn run_config_dir(
     poll: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut applied: Option<Vec<(PathBuf, u64, Option<std::time::SystemTime>)>> = None;
+    let mut applied: Option<fulcrum_policy::Fingerprint> = None;
     let mut ticker = tokio::time::interval(poll);
     loop {
         tokio::select! {
@@ -594,7 +572,7 @@ async fn run_config_dir(
             applied = None;
             continue;
         }
-        let fingerprint = dir_fingerprint(&dir);
+        let fingerprint = fulcrum_policy::Fingerprint::of(&[dir.as_path()]);
         if applied.as_ref() == Some(&fingerprint) {
             continue;
         }

@@ -55,7 +55,7 @@ pub mod yaml;
 
 pub use diag::{Diagnostic, ObjectRef, Severity};
 pub use duration::Duration;
-pub use load::{ConfigSet, LoadedObject, SourceError};
+pub use load::{ConfigSet, Fingerprint, LoadedObject, SourceError};
 pub use locality::{Locality, LocalityPattern};
 pub use path::FieldPath;
 pub use percent::Percent;

@@ -10,6 +10,7 @@ use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use crate::diag::{Diagnostic, Finding, ObjectRef, Severity};
 use crate::path::FieldPath;
@@ -489,6 +490,42 @@ fn read_limited(path: &Path, limit: usize) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// What the configuration files under some paths are, as far as telling a change goes:
+/// each file [`ConfigSet::add_path`] would read, with its length and modification time
+/// (a symlinked file's target's, as Kubernetes mounts a ConfigMap). Two fingerprints
+/// differ when a file was written, replaced, added or removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fingerprint(Vec<(PathBuf, u64, Option<SystemTime>)>);
+
+impl Fingerprint {
+    /// The files under `paths` (files or directories) as they are now. A path that cannot
+    /// be read leaves its files out; reading it then tells why.
+    pub fn of(paths: &[&Path]) -> Fingerprint {
+        let mut files = Vec::new();
+        for path in paths {
+            match fs::metadata(path) {
+                Ok(m) if m.is_dir() => {
+                    // What could be listed: the error is the load's to report.
+                    let _ = collect_yaml_files(path, 0, &mut files);
+                }
+                Ok(_) => files.push(path.to_path_buf()),
+                Err(_) => {}
+            }
+        }
+        let mut seen: Vec<_> = files
+            .into_iter()
+            .map(|file| {
+                let meta = fs::metadata(&file).ok();
+                let length = meta.as_ref().map_or(0, fs::Metadata::len);
+                let modified = meta.and_then(|m| m.modified().ok());
+                (file, length, modified)
+            })
+            .collect();
+        seen.sort();
+        Fingerprint(seen)
+    }
+}
+
 fn collect_yaml_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> io::Result<()> {
     if depth > MAX_DIR_DEPTH {
         return Ok(());
@@ -521,6 +558,40 @@ fn has_yaml_extension(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A change to a file that would be read, a file added or one removed, tells; what
+    /// would not be read (hidden, not YAML) does not.
+    #[test]
+    fn a_fingerprint_tells_a_change_to_what_would_be_read() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let (a, nested) = (dir.path().join("a.yaml"), dir.path().join("more"));
+        fs::write(&a, "kind: one\n").expect("write");
+        fs::create_dir(&nested).expect("directory");
+        let paths = [dir.path()];
+        let first = Fingerprint::of(&paths);
+        assert_eq!(first, Fingerprint::of(&paths), "nothing changed");
+        fs::write(dir.path().join(".a.yaml.swp"), "x").expect("write");
+        fs::write(dir.path().join("notes.txt"), "x").expect("write");
+        assert_eq!(first, Fingerprint::of(&paths), "neither would be read");
+        // The same length, written later: its time tells.
+        let later = SystemTime::now() + std::time::Duration::from_secs(5);
+        fs::write(&a, "kind: two\n").expect("write");
+        let file = fs::File::options().write(true).open(&a).expect("open");
+        file.set_modified(later).expect("set the time");
+        let rewritten = Fingerprint::of(&paths);
+        assert_ne!(first, rewritten, "a file rewritten");
+        fs::write(nested.join("b.yml"), "kind: three\n").expect("write");
+        let added = Fingerprint::of(&paths);
+        assert_ne!(rewritten, added, "a file added under a directory");
+        fs::remove_file(nested.join("b.yml")).expect("remove");
+        assert_eq!(rewritten, Fingerprint::of(&paths), "the file removed again");
+        // A file given by its path, missing and then there.
+        let alone = dir.path().join("alone.json");
+        let missing = Fingerprint::of(&[alone.as_path()]);
+        assert_eq!(missing, Fingerprint::default());
+        fs::write(&alone, "{}").expect("write");
+        assert_ne!(missing, Fingerprint::of(&[alone.as_path()]));
+    }
 
     fn load(text: &str) -> ConfigSet {
         let mut config = ConfigSet::new();

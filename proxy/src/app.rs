@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::body::ProxyBody;
 use bytes::Bytes;
-use fulcrum_policy::{ConfigSet, Locality, Severity};
+use fulcrum_policy::{ConfigSet, Fingerprint, Locality, Severity};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -75,6 +75,24 @@ pub struct ProxyConfig {
     pub dns_refresh: Duration,
     /// How names are looked up (the system's resolver but in tests).
     pub resolver: Resolver,
+    /// The configuration files to follow, for a proxy without coordinators.
+    pub config_files: Option<ConfigFiles>,
+}
+
+/// How often a proxy without coordinators looks at its configuration files.
+pub const CONFIG_LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// The configuration files (`--config`) a proxy without coordinators routes on, followed
+/// as they change. (With coordinators they only stand in until the first snapshot.)
+#[derive(Debug, Clone)]
+pub struct ConfigFiles {
+    /// The files and directories, as given.
+    pub paths: Vec<PathBuf>,
+    /// What they were just before the configuration the proxy starts on was read from
+    /// them.
+    pub read: Fingerprint,
+    /// How often they are looked at ([`CONFIG_LOOK_EVERY`]).
+    pub every: Duration,
 }
 
 /// The east-west listener and the mTLS material it and the client side use.
@@ -145,6 +163,52 @@ pub fn load_config(paths: &[&Path]) -> Result<ConfigSet, StartError> {
         Ok(config)
     } else {
         Err(StartError::Config(errors.join("\n")))
+    }
+}
+
+/// Reads the configuration files again once they have changed and stayed so for a look
+/// (a file being written is not read half-way), and routes on what they hold, as the
+/// proxy started on them. Configuration with errors is logged, each error with its file,
+/// line and field, and not applied: the proxy goes on routing on what it had, and reads
+/// the files again at their next change.
+async fn follow_config(
+    files: ConfigFiles,
+    (outbound, metrics): (Arc<Outbound>, Arc<ProxyMetrics>),
+    mut stop: watch::Receiver<bool>,
+) {
+    let paths: Vec<&Path> = files.paths.iter().map(PathBuf::as_path).collect();
+    let mut read = files.read;
+    let mut seen = read.clone();
+    let mut looks = tokio::time::interval(files.every);
+    looks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = looks.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let now = Fingerprint::of(&paths);
+        let settled = now == seen;
+        seen = now;
+        if !settled || seen == read {
+            continue;
+        }
+        read = seen.clone();
+        match load_config(&paths) {
+            Ok(config) => {
+                let resources: Vec<_> = config.resources().collect();
+                let clusters = clusters_of(&resources);
+                warn_left_out(&outbound.configure(&resources, &[], clusters));
+                metrics.config_reloads.inc();
+                tracing::info!("the configuration files changed; routing on them now");
+            }
+            Err(e) => {
+                metrics.config_reload_failures.inc();
+                tracing::error!(
+                    "the configuration files changed and are not applied; \
+                     routing on the previous configuration: {e}"
+                );
+            }
+        }
     }
 }
 
@@ -229,6 +293,12 @@ impl Proxy {
             warn_left_out(&outbound.configure(&resources, &weights, clusters));
         }
         let (stop, stopped) = watch::channel(false);
+        if let Some(files) = settings.config_files.clone()
+            && settings.control.is_none()
+        {
+            let followed = (outbound.clone(), metrics.clone());
+            tokio::spawn(follow_config(files, followed, stopped.clone()));
+        }
         tokio::spawn(crate::dns::run(
             outbound.clone(),
             settings.dns_refresh,

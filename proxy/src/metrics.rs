@@ -47,6 +47,10 @@ pub struct ProxyMetrics {
     pub coordinator_connected: Gauge,
     /// The version of the snapshot routed on (0: none, or a configuration file).
     pub snapshot_version: Gauge,
+    /// Configuration files read again after a change, and applied (without coordinators).
+    pub config_reloads: Counter,
+    /// Configuration files read again after a change, and refused for their errors.
+    pub config_reload_failures: Counter,
     /// The pushed weight of each destination, in basis points, by service, subset and
     /// destination locality.
     pub weights: Family<Labels, Gauge>,
@@ -87,6 +91,8 @@ impl ProxyMetrics {
             access_log_dropped: Counter::default(),
             coordinator_connected: Gauge::default(),
             snapshot_version: Gauge::default(),
+            config_reloads: Counter::default(),
+            config_reload_failures: Counter::default(),
             weights: Family::default(),
             snapshot_produced_ms: AtomicU64::new(0),
             snapshot_age: Gauge::default(),
@@ -147,6 +153,16 @@ impl ProxyMetrics {
             "snapshot_version",
             "Version of the snapshot the proxy routes on (0: none or a configuration file)",
             m.snapshot_version.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Times the configuration files (--config, without coordinators) changed and were applied",
+            m.config_reloads.clone(),
+        );
+        registry.register(
+            "config_reload_failures",
+            "Times the configuration files changed and were refused for their errors (the previous configuration kept)",
+            m.config_reload_failures.clone(),
         );
         registry.register(
             "weight_basis_points",

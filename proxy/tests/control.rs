@@ -102,6 +102,7 @@ fn proxy_settings(coordinator: SocketAddr, state_dir: &Path) -> ProxyConfig {
         access_log: None,
         dns_refresh: fulcrum_proxy::dns::REFRESH,
         resolver: fulcrum_proxy::dns::Resolver::system(),
+        config_files: None,
     }
 }
 

@@ -213,6 +213,7 @@ fn settings(cluster: &str, locality: &str, coordinator: SocketAddr, dir: &Path) 
         access_log: None,
         dns_refresh: fulcrum_proxy::dns::REFRESH,
         resolver: fulcrum_proxy::dns::Resolver::system(),
+        config_files: None,
     }
 }
 

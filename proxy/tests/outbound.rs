@@ -24,9 +24,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fulcrum_policy::ConfigSet;
+use fulcrum_policy::{ConfigSet, Fingerprint};
 use fulcrum_proxy::access_log::Destination;
-use fulcrum_proxy::app::{Proxy, ProxyConfig};
+use fulcrum_proxy::app::{ConfigFiles, Proxy, ProxyConfig, load_config};
 use fulcrum_proxy::dns::Resolver;
 use fulcrum_proxy::downstream::{ClientTimeouts, FIRST_BYTE_WHILE_DRAINING};
 use fulcrum_proxy::health::HealthCheckSettings;
@@ -246,7 +246,7 @@ async fn start_east_logged(
 /// [`start_east_logged`], looking names up with `resolver`.
 async fn start_east_resolving(
     yaml: &str,
-    (health_checks, client_timeouts, access_log): (
+    settings: (
         Option<HealthCheckSettings>,
         ClientTimeouts,
         Option<Destination>,
@@ -261,26 +261,127 @@ async fn start_east_resolving(
         .map(|d| d.to_string())
         .collect();
     assert!(errors.is_empty(), "{errors:?}");
-    Proxy::start(
-        ProxyConfig {
-            cluster: "east".into(),
-            locality: "us-east/us-east-1a".parse().expect("locality"),
-            outbound: "127.0.0.1:0".parse().expect("address"),
-            admin: "127.0.0.1:0".parse().expect("address"),
-            control: None,
-            east_west: None,
-            report_interval: Duration::from_secs(1),
-            health_checks,
-            workers: 2,
-            client_timeouts,
-            access_log,
-            dns_refresh: fulcrum_proxy::dns::REFRESH,
-            resolver,
-        },
-        Some(&config),
-    )
-    .await
-    .expect("proxy starts")
+    Proxy::start(east_settings(settings, resolver), Some(&config))
+        .await
+        .expect("proxy starts")
+}
+
+/// The settings of the east proxies above: no coordinators, no east-west listener.
+fn east_settings(
+    (health_checks, client_timeouts, access_log): (
+        Option<HealthCheckSettings>,
+        ClientTimeouts,
+        Option<Destination>,
+    ),
+    resolver: Resolver,
+) -> ProxyConfig {
+    ProxyConfig {
+        cluster: "east".into(),
+        locality: "us-east/us-east-1a".parse().expect("locality"),
+        outbound: "127.0.0.1:0".parse().expect("address"),
+        admin: "127.0.0.1:0".parse().expect("address"),
+        control: None,
+        east_west: None,
+        report_interval: Duration::from_secs(1),
+        health_checks,
+        workers: 2,
+        client_timeouts,
+        access_log,
+        dns_refresh: fulcrum_proxy::dns::REFRESH,
+        resolver,
+        config_files: None,
+    }
+}
+
+/// A proxy without coordinators follows its configuration file: an endpoint changed in
+/// it is routed to once the file is rewritten, and a service added is served; a change
+/// with errors is refused, counted, and the proxy goes on routing on what it had.
+#[tokio::test]
+async fn a_proxy_without_coordinators_follows_its_configuration_file() {
+    let (one, two) = (
+        backend("one", Behaviour::Ok).await,
+        backend("two", Behaviour::Ok).await,
+    );
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let file = dir.path().join("mesh.yaml");
+    // Written aside and moved into place, as a file is best replaced.
+    let replace = |yaml: &str| {
+        let aside = dir.path().join(".mesh.yaml.new");
+        std::fs::write(&aside, yaml).expect("write");
+        std::fs::rename(&aside, &file).expect("move into place");
+    };
+    replace(&http_entry("shop", "shop.local", &[one.port()]));
+    let paths = [file.as_path()];
+    let read = Fingerprint::of(&paths);
+    let config = load_config(&paths).expect("valid configuration");
+    let mut settings = east_settings(Default::default(), Resolver::system());
+    settings.config_files = Some(ConfigFiles {
+        paths: vec![file.clone()],
+        read,
+        every: Duration::from_millis(20),
+    });
+    let proxy = Proxy::start(settings, Some(&config))
+        .await
+        .expect("proxy starts");
+    let (outbound, admin) = (proxy.outbound_address(), proxy.admin_address());
+    let answered_by = |host: &'static str, expected: &'static str| async move {
+        let answer = send(outbound, host, "/", false).await;
+        match answer.headers.get("x-backend") {
+            Some(b) if b == expected => Ok(()),
+            _ => Err(format!("{}: {:?}", answer.status, answer.headers)),
+        }
+    };
+    answered_by("shop.local", "one")
+        .await
+        .expect("the file read at start");
+    replace(&http_entry("shop", "shop.local", &[two.port()]));
+    let within = Duration::from_secs(10);
+    eventually("the new endpoint", within, || {
+        answered_by("shop.local", "two")
+    })
+    .await;
+    // An invalid change: refused, counted, and the routing stays.
+    replace(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: {name: shop, namespace: shop}\n\
+         spec: {hosts: [shop.local], resolution: SOMETIMES}\n",
+    );
+    let metric = |name: &'static str| async move {
+        let text = send(admin, "admin", "/metrics", false).await.body;
+        let line = text.lines().find(|l| l.starts_with(name));
+        line.map(|l| l.rsplit(' ').next().unwrap_or("").to_string())
+    };
+    eventually("the invalid change counted", within, || async move {
+        match metric("fulcrum_proxy_config_reload_failures_total").await {
+            Some(n) if n == "1" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    answered_by("shop.local", "two")
+        .await
+        .expect("the routing kept");
+    // The next change, valid, is applied: a service added.
+    replace(
+        &[
+            http_entry("shop", "shop.local", &[two.port()]),
+            http_entry("cart", "cart.local", &[one.port()]),
+        ]
+        .join("---\n"),
+    );
+    eventually("the service added", within, || {
+        answered_by("cart.local", "one")
+    })
+    .await;
+    answered_by("shop.local", "two")
+        .await
+        .expect("and the one there");
+    assert_eq!(
+        metric("fulcrum_proxy_config_reloads_total")
+            .await
+            .as_deref(),
+        Some("2")
+    );
 }
 
 /// A ServiceEntry `name` (namespace shop) for `host`, one port (`port`, YAML flow style,

@@ -12,9 +12,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use fulcrum_policy::Locality;
+use fulcrum_policy::{Fingerprint, Locality};
 use fulcrum_proxy::access_log::Destination;
-use fulcrum_proxy::app::{EastWestSettings, Proxy, ProxyConfig, load_config};
+use fulcrum_proxy::app::{
+    CONFIG_LOOK_EVERY, ConfigFiles, EastWestSettings, Proxy, ProxyConfig, load_config,
+};
 use fulcrum_proxy::control::{ClientTls, ControlSettings};
 use fulcrum_proxy::downstream::ClientTimeouts;
 use fulcrum_proxy::health::HealthCheckSettings;
@@ -57,8 +59,10 @@ struct Flags {
     /// Admin listener: /ready, /config_dump, /metrics.
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin: SocketAddr,
-    /// Configuration: Istio and Fulcrum YAML or JSON, files or directories. With
-    /// coordinators, used only until the first snapshot when there is no last-known-good.
+    /// Configuration: Istio and Fulcrum YAML or JSON, files or directories. Without
+    /// coordinators, followed: read again within two seconds of a change (a change with
+    /// errors is logged and not applied). With coordinators, used only until the first
+    /// snapshot when there is no last-known-good.
     #[arg(long, required_unless_present = "coordinators")]
     config: Vec<PathBuf>,
     /// Coordinators to subscribe to, host:port, comma separated; any one will do.
@@ -110,6 +114,8 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
     let paths: Vec<&std::path::Path> = flags.config.iter().map(PathBuf::as_path).collect();
+    // Taken first: a change made while the files are read is then seen, and read again.
+    let read = Fingerprint::of(&paths);
     let config = if paths.is_empty() {
         None
     } else {
@@ -169,6 +175,11 @@ fn main() -> ExitCode {
             access_log: flags.access_log.as_deref().map(Destination::parse),
             dns_refresh: flags.dns_refresh,
             resolver: fulcrum_proxy::dns::Resolver::system(),
+            config_files: (!flags.config.is_empty()).then(|| ConfigFiles {
+                paths: flags.config.clone(),
+                read,
+                every: CONFIG_LOOK_EVERY,
+            }),
         };
         // Taken before the proxy is ready, so that none ends it without its drain.
         let mut signals = Signals::new();
