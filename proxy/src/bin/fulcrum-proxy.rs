@@ -2,9 +2,9 @@
 //! VirtualService semantics and sends each request to a locality by the weights the
 //! coordinators push (or, on a configuration file alone, to this cluster); the east-west
 //! listener (h2 over mTLS, with `--certs`) serves other clusters' proxies; the admin
-//! listener serves /ready, /config_dump and /metrics. On SIGINT or SIGTERM it drains
-//! (connections close as their requests finish, for at most `--drain-duration`), then
-//! exits; a second signal ends the drain at once.
+//! listener serves /ready, /version, /config_dump and /metrics. On SIGINT or SIGTERM it
+//! drains (connections close as their requests finish, for at most `--drain-duration`),
+//! then exits; a second signal ends the drain at once. docs/proxy.md says what it does.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,7 +56,7 @@ struct Flags {
     /// connect (in h2c to endpoints on a GRPC or HTTP2 port).
     #[arg(long, requires = "health_check_interval", value_parser = parse_path)]
     health_check_path: Option<String>,
-    /// Admin listener: /ready, /config_dump, /metrics.
+    /// Admin listener: /ready, /version, /config_dump, /metrics.
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin: SocketAddr,
     /// Configuration: Istio and Fulcrum YAML or JSON, files or directories. Without
