@@ -193,7 +193,18 @@ async fn follow_config(
             continue;
         }
         read = seen.clone();
-        match load_config(&paths) {
+        // Read and checked off this thread: a large configuration takes a while, and the
+        // coordinator session, reports and admin pages run here.
+        let given = files.paths.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let paths: Vec<&Path> = given.iter().map(PathBuf::as_path).collect();
+            load_config(&paths)
+        });
+        let loaded = match loaded.await {
+            Ok(loaded) => loaded,
+            Err(e) => Err(StartError::Config(format!("reading them failed: {e}"))),
+        };
+        match loaded {
             Ok(config) => {
                 let resources: Vec<_> = config.resources().collect();
                 let clusters = clusters_of(&resources);
