@@ -491,11 +491,39 @@ fn read_limited(path: &Path, limit: usize) -> io::Result<Vec<u8>> {
 }
 
 /// What the configuration files under some paths are, as far as telling a change goes:
-/// each file [`ConfigSet::add_path`] would read, with its length and modification time
-/// (a symlinked file's target's, as Kubernetes mounts a ConfigMap). Two fingerprints
-/// differ when a file was written, replaced, added or removed.
+/// each file [`ConfigSet::add_path`] would read, with its length, modification time and,
+/// on Unix, its inode and status change time (a symlinked file's target's, as Kubernetes
+/// mounts a ConfigMap). Two fingerprints differ when a file was written, replaced (a
+/// file moved into place is a new inode, however soon after the last it came), added or
+/// removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Fingerprint(Vec<(PathBuf, u64, Option<SystemTime>)>);
+pub struct Fingerprint(Vec<(PathBuf, FileMark)>);
+
+/// What tells one version of a file from another without reading it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct FileMark {
+    length: u64,
+    modified: Option<SystemTime>,
+    /// Inode and status change time (seconds, nanoseconds), on Unix.
+    identity: (u64, i64, i64),
+}
+
+impl FileMark {
+    fn of(meta: &fs::Metadata) -> FileMark {
+        #[cfg(unix)]
+        let identity = {
+            use std::os::unix::fs::MetadataExt;
+            (meta.ino(), meta.ctime(), meta.ctime_nsec())
+        };
+        #[cfg(not(unix))]
+        let identity = (0, 0, 0);
+        FileMark {
+            length: meta.len(),
+            modified: meta.modified().ok(),
+            identity,
+        }
+    }
+}
 
 impl Fingerprint {
     /// The files under `paths` (files or directories) as they are now. A path that cannot
@@ -515,10 +543,8 @@ impl Fingerprint {
         let mut seen: Vec<_> = files
             .into_iter()
             .map(|file| {
-                let meta = fs::metadata(&file).ok();
-                let length = meta.as_ref().map_or(0, fs::Metadata::len);
-                let modified = meta.and_then(|m| m.modified().ok());
-                (file, length, modified)
+                let mark = fs::metadata(&file).map(|m| FileMark::of(&m));
+                (file, mark.unwrap_or_default())
             })
             .collect();
         seen.sort();
@@ -580,6 +606,15 @@ mod tests {
         file.set_modified(later).expect("set the time");
         let rewritten = Fingerprint::of(&paths);
         assert_ne!(first, rewritten, "a file rewritten");
+        // Replaced by one of the same length and time, moved into place: a new file.
+        let aside = dir.path().join(".a.yaml.new");
+        fs::write(&aside, "kind: owt\n").expect("write");
+        let file = fs::File::options().write(true).open(&aside).expect("open");
+        file.set_modified(later).expect("set the time");
+        fs::rename(&aside, &a).expect("move into place");
+        let replaced = Fingerprint::of(&paths);
+        assert_ne!(rewritten, replaced, "a file moved into place");
+        let rewritten = replaced;
         fs::write(nested.join("b.yml"), "kind: three\n").expect("write");
         let added = Fingerprint::of(&paths);
         assert_ne!(rewritten, added, "a file added under a directory");
