@@ -95,6 +95,45 @@ pub struct ConfigFiles {
     pub every: Duration,
 }
 
+/// What a proxy following its configuration files shows of them in `/config_dump`.
+#[derive(Debug)]
+struct FollowedFiles {
+    /// The files and directories, as given.
+    paths: Vec<String>,
+    /// The last change refused, while no later one has been applied: when (Unix
+    /// milliseconds) and why.
+    refused: std::sync::Mutex<Option<(u64, String)>>,
+}
+
+impl FollowedFiles {
+    fn new(files: &ConfigFiles) -> FollowedFiles {
+        FollowedFiles {
+            paths: files
+                .paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+            refused: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn set_refused(&self, refused: Option<String>) {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        if let Ok(mut slot) = self.refused.lock() {
+            *slot = refused.map(|reason| (at, reason));
+        }
+    }
+
+    fn dump(&self) -> serde_json::Value {
+        let refused = self.refused.lock().ok().and_then(|r| r.clone());
+        let refused =
+            refused.map(|(at, reason)| serde_json::json!({ "atMs": at, "reason": reason }));
+        serde_json::json!({ "paths": self.paths, "refused": refused })
+    }
+}
+
 /// The east-west listener and the mTLS material it and the client side use.
 #[derive(Debug, Clone)]
 pub struct EastWestSettings {
@@ -173,7 +212,7 @@ pub fn load_config(paths: &[&Path]) -> Result<ConfigSet, StartError> {
 /// the files again at their next change.
 async fn follow_config(
     files: ConfigFiles,
-    (outbound, metrics): (Arc<Outbound>, Arc<ProxyMetrics>),
+    (outbound, metrics, shown): (Arc<Outbound>, Arc<ProxyMetrics>, Arc<FollowedFiles>),
     mut stop: watch::Receiver<bool>,
 ) {
     let paths: Vec<&Path> = files.paths.iter().map(PathBuf::as_path).collect();
@@ -210,10 +249,12 @@ async fn follow_config(
                 let clusters = clusters_of(&resources);
                 warn_left_out(&outbound.configure(&resources, &[], clusters));
                 metrics.config_reloads.inc();
+                shown.set_refused(None);
                 tracing::info!("the configuration files changed; routing on them now");
             }
             Err(e) => {
                 metrics.config_reload_failures.inc();
+                shown.set_refused(Some(e.to_string()));
                 tracing::error!(
                     "the configuration files changed and are not applied; \
                      routing on the previous configuration: {e}"
@@ -304,10 +345,13 @@ impl Proxy {
             warn_left_out(&outbound.configure(&resources, &weights, clusters));
         }
         let (stop, stopped) = watch::channel(false);
+        let mut followed_files = None;
         if let Some(files) = settings.config_files.clone()
             && settings.control.is_none()
         {
-            let followed = (outbound.clone(), metrics.clone());
+            let shown = Arc::new(FollowedFiles::new(&files));
+            followed_files = Some(shown.clone());
+            let followed = (outbound.clone(), metrics.clone(), shown);
             tokio::spawn(follow_config(files, followed, stopped.clone()));
         }
         tokio::spawn(crate::dns::run(
@@ -409,7 +453,7 @@ impl Proxy {
             move |request: Request<Incoming>| {
                 let (identity, metrics, outbound) =
                     (identity.clone(), metrics.clone(), outbound.clone());
-                let version = snapshot_version.clone();
+                let (version, files) = (snapshot_version.clone(), followed_files.clone());
                 async move {
                     let version = version.load(Ordering::Acquire);
                     let page = Admin {
@@ -418,6 +462,7 @@ impl Proxy {
                         cluster: &identity.0,
                         locality: &identity.1,
                         version,
+                        files: files.as_deref(),
                     };
                     Ok::<_, Infallible>(page.answer(&request))
                 }
@@ -714,6 +759,8 @@ struct Admin<'a> {
     cluster: &'a str,
     locality: &'a str,
     version: u64,
+    /// The configuration files followed, for a proxy without coordinators.
+    files: Option<&'a FollowedFiles>,
 }
 
 impl Admin<'_> {
@@ -722,6 +769,9 @@ impl Admin<'_> {
         value["cluster"] = self.cluster.into();
         value["locality"] = self.locality.into();
         value["version"] = self.version.into();
+        if let Some(files) = self.files {
+            value["configFiles"] = files.dump();
+        }
         format!("{value}\n")
     }
 

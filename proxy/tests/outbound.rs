@@ -295,7 +295,8 @@ fn east_settings(
 
 /// A proxy without coordinators follows its configuration file: an endpoint changed in
 /// it is routed to once the file is rewritten, and a service added is served; a change
-/// with errors is refused, counted, and the proxy goes on routing on what it had.
+/// with errors is refused, counted and shown in `/config_dump` (until a change is
+/// applied), and the proxy goes on routing on what it had.
 #[tokio::test]
 async fn a_proxy_without_coordinators_follows_its_configuration_file() {
     let (one, two) = (
@@ -361,6 +362,15 @@ async fn a_proxy_without_coordinators_follows_its_configuration_file() {
     answered_by("shop.local", "two")
         .await
         .expect("the routing kept");
+    let files = || async move {
+        let dump = send(admin, "admin", "/config_dump", false).await.body;
+        let dump: serde_json::Value = serde_json::from_str(&dump).expect("JSON");
+        dump["configFiles"].clone()
+    };
+    let shown = files().await;
+    assert_eq!(shown["paths"][0], file.display().to_string());
+    let reason = shown["refused"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("SOMETIMES"), "{shown}");
     // The next change, valid, is applied: a service added.
     replace(
         &[
@@ -381,6 +391,10 @@ async fn a_proxy_without_coordinators_follows_its_configuration_file() {
             .await
             .as_deref(),
         Some("2")
+    );
+    assert!(
+        files().await["refused"].is_null(),
+        "the refusal shown no more"
     );
 }
 
