@@ -118,11 +118,13 @@ impl FollowedFiles {
     }
 
     fn set_refused(&self, refused: Option<String>) {
-        let at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        };
         if let Ok(mut slot) = self.refused.lock() {
-            *slot = refused.map(|reason| (at, reason));
+            *slot = refused.map(|reason| (now(), reason));
         }
     }
 

@@ -114,8 +114,10 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
     let paths: Vec<&std::path::Path> = flags.config.iter().map(PathBuf::as_path).collect();
-    // Taken first: a change made while the files are read is then seen, and read again.
-    let read = Fingerprint::of(&paths);
+    // Followed without coordinators only. Taken first: a change made while the files are
+    // read is then seen, and read again.
+    let follow = flags.coordinators.is_empty() && !paths.is_empty();
+    let read = follow.then(|| Fingerprint::of(&paths));
     let config = if paths.is_empty() {
         None
     } else {
@@ -175,7 +177,7 @@ fn main() -> ExitCode {
             access_log: flags.access_log.as_deref().map(Destination::parse),
             dns_refresh: flags.dns_refresh,
             resolver: fulcrum_proxy::dns::Resolver::system(),
-            config_files: (!flags.config.is_empty()).then(|| ConfigFiles {
+            config_files: read.map(|read| ConfigFiles {
                 paths: flags.config.clone(),
                 read,
                 every: CONFIG_LOOK_EVERY,
