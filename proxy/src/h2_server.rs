@@ -190,7 +190,7 @@ pub async fn serve<T, H, F>(
                             // The request's work boxed where it is made: the answering
                             // around it (and the set of requests that takes that) then
                             // holds a pointer, not the work's state (kilobytes).
-                            let handling = Box::pin(handle(request));
+                            let handling = crate::boxed(|| handle(request));
                             requests.push(Either::Left(respond_to(handling, respond, head_only)));
                         }
                     }

@@ -2146,13 +2146,9 @@ impl Outbound {
                     }
                     // Boxed: a try's state is a kilobyte, and inline it would be copied
                     // with every future that holds this one, on every request.
-                    let result = Box::pin(self.try_local(
-                        upstreams,
-                        parts,
-                        forward,
-                        (endpoint, settings),
-                        body,
-                    ))
+                    let result = crate::boxed(|| {
+                        self.try_local(upstreams, parts, forward, (endpoint, settings), body)
+                    })
                     .await;
                     (result, self.cluster.as_str(), &self.locality)
                 }
@@ -2534,7 +2530,7 @@ impl Outbound {
         let peer = Peer::east_west(gateway, cluster);
         // Boxed where it is made, so that what holds it (the per-try timeout, the
         // request's tries) holds a pointer: the h2 exchange's state is kilobytes.
-        let send = Box::pin(async { answered(send_h2(pool, peer, request, to_send).await) });
+        let send = crate::boxed(|| async { answered(send_h2(pool, peer, request, to_send).await) });
         within(forward.retries.per_try_timeout, body, send).await
     }
 
