@@ -71,7 +71,7 @@ pub type FastSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
 /// its arguments. Allocated first, the box gets only those written: 312 bytes where the
 /// HTTP/1 loop's request work copied 4,520 (docs/benchmarks.md).
 #[inline(always)]
-pub fn boxed<F: std::future::Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
+pub(crate) fn boxed<F: std::future::Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
     Box::into_pin(Box::write(Box::new_uninit(), make()))
 }
 
