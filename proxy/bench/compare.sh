@@ -46,19 +46,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-missing=()
-for tool in wrk haproxy nginx python3; do
-  command -v "$tool" >/dev/null || missing+=("$tool")
-done
-if ((${#missing[@]})); then
-  echo "installing ${missing[*]} (Debian packages)..." >&2
-  packages=()
-  for tool in "${missing[@]}"; do
-    case "$tool" in nginx) packages+=(nginx-light) ;; *) packages+=("$tool") ;; esac
-  done
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${packages[@]}" >&2
-fi
+# shellcheck source=proxy/bench/tools.sh
+. "$ROOT/proxy/bench/tools.sh"
+ensure_tools wrk haproxy nginx python3
 
 echo "building release binaries..." >&2
 (cd "$ROOT" && cargo build --release --locked -q --bin fulcrum-proxy --bin fulcrum-coordinator --bin fulcrumctl)
@@ -73,14 +63,6 @@ FULCRUM_A=19111; FULCRUM_A_ADMIN=19112; FULCRUM_B_ADMIN=19122; FULCRUM_B_EW=1912
 COORDINATOR=19130
 HAPROXY_A=19211; HAPROXY_B=19212
 NGINX_A=19311; NGINX_B=19312
-
-wait_port() { # PORT: until something listens, at most 10 s
-  for _ in $(seq 1 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "nothing listens on 127.0.0.1:$1" >&2; exit 1
-}
 
 # CPU ticks (user + system) of PIDs and their threads.
 ticks() {
