@@ -41,53 +41,16 @@ trap cleanup EXIT
 # Ports: 194xx on 127.0.0.1, apart from compare.sh's.
 BACKEND=19480
 mkdir -p "$WORK/backend" "$WORK/plain"
-cat >"$WORK/backend/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-error_log stderr error;
-pid $WORK/backend/pid;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$BACKEND; location / { return 200 "ok\n"; } }
-}
-CONF
+backend_conf "$WORK/backend" $BACKEND >"$WORK/backend/nginx.conf"
 nginx -c "$WORK/backend/nginx.conf" -p "$WORK/backend" & PIDS+=($!)
-cat >"$WORK/plain/bench.yaml" <<CONF
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: bench, namespace: bench}
-spec:
-  hosts: [bench.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  endpoints:
-  - {address: 127.0.0.1, ports: {http: $BACKEND}, locality: r1/z1, labels: {topology.istio.io/cluster: a}}
-CONF
+bench_entry $BACKEND r1/z1 a >"$WORK/plain/bench.yaml"
 wait_port $BACKEND
 
 # start SIDE PORT: starts SIDE listening on PORT (its admin on PORT + 1); prints its PID.
 start() {
   local side=$1 port=$2
   if [ "$side" = haproxy ]; then
-    cat >"$WORK/haproxy-$port.cfg" <<CONF
-global
-  nbthread $WORKERS
-  log stderr format raw local0 err
-defaults
-  mode http
-  timeout connect 1s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
-frontend plain
-  bind 127.0.0.1:$port
-  default_backend backend
-backend backend
-  server s1 127.0.0.1:$BACKEND
-CONF
+    haproxy_plain "$port" $BACKEND "$WORKERS" >"$WORK/haproxy-$port.cfg"
     haproxy -f "$WORK/haproxy-$port.cfg" -db >/dev/null &
   else
     RUST_LOG=warn "$side" --cluster a --locality r1/z1 --config "$WORK/plain" \

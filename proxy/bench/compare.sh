@@ -199,18 +199,7 @@ header() {
 
 # --- the backend ---------------------------------------------------------------------
 mkdir -p "$WORK/nginx-backend"
-cat >"$WORK/nginx-backend/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-error_log stderr error;
-pid $WORK/nginx-backend/pid;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$BACKEND; location / { return 200 "ok\n"; } }
-}
-EOF
+backend_conf "$WORK/nginx-backend" $BACKEND >"$WORK/nginx-backend/nginx.conf"
 nginx -c "$WORK/nginx-backend/nginx.conf" -p "$WORK/nginx-backend" & PIDS+=($!)
 wait_port $BACKEND
 
@@ -221,18 +210,7 @@ cat "$WORK/certs/proxy-a.pem" "$WORK/certs/proxy-a-key.pem" >"$WORK/certs/a-bund
 cat "$WORK/certs/proxy-b.pem" "$WORK/certs/proxy-b-key.pem" >"$WORK/certs/b-bundle.pem"
 
 mkdir -p "$WORK/plain" "$WORK/mesh"
-cat >"$WORK/plain/bench.yaml" <<EOF
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: bench, namespace: bench}
-spec:
-  hosts: [bench.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  endpoints:
-  - {address: 127.0.0.1, ports: {http: $BACKEND}, locality: r1/z1, labels: {topology.istio.io/cluster: a}}
-EOF
+bench_entry $BACKEND r1/z1 a >"$WORK/plain/bench.yaml"
 # The hop: the endpoint is in cluster b only, so cluster a's row sends everything there.
 cat >"$WORK/mesh/bench.yaml" <<EOF
 apiVersion: fulcrum.dev/v1alpha1
@@ -247,37 +225,14 @@ spec:
   locality: r2/z1
   eastWestGateways: [{address: 127.0.0.1, port: $FULCRUM_B_EW}]
 ---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: bench, namespace: bench}
-spec:
-  hosts: [bench.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  endpoints:
-  - {address: 127.0.0.1, ports: {http: $BACKEND}, locality: r2/z1, labels: {topology.istio.io/cluster: b}}
 EOF
+bench_entry $BACKEND r2/z1 b >>"$WORK/mesh/bench.yaml"
 
 # --- plaintext proxies ------------------------------------------------------------------
 RUST_LOG=warn "$BIN/fulcrum-proxy" --cluster a --locality r1/z1 --config "$WORK/plain" \
   --listen 127.0.0.1:$FULCRUM --admin 127.0.0.1:$FULCRUM_ADMIN & FULCRUM_PID=$!; PIDS+=($!)
 
-cat >"$WORK/haproxy.cfg" <<EOF
-global
-  log stderr format raw local0 err
-defaults
-  mode http
-  timeout connect 1s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
-frontend plain
-  bind 127.0.0.1:$HAPROXY
-  default_backend backend
-backend backend
-  server s1 127.0.0.1:$BACKEND
-EOF
+haproxy_plain $HAPROXY $BACKEND >"$WORK/haproxy.cfg"
 haproxy -f "$WORK/haproxy.cfg" -db & HAPROXY_PID=$!; PIDS+=($!)
 
 mkdir -p "$WORK/nginx-proxy"

@@ -25,3 +25,59 @@ wait_port() {
   echo "nothing listens on 127.0.0.1:$1" >&2
   exit 1
 }
+
+# backend_conf DIR PORT: the nginx configuration of the fixed backend (one worker, its
+# pid file in DIR, keep-alive, a 3-byte answer) on 127.0.0.1:PORT.
+backend_conf() {
+  cat <<CONF
+worker_processes 1;
+daemon off;
+error_log stderr error;
+pid $1/pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$2; location / { return 200 "ok\n"; } }
+}
+CONF
+}
+
+# bench_entry PORT LOCALITY CLUSTER: the ServiceEntry of bench.local, its one endpoint the
+# backend on 127.0.0.1:PORT, in LOCALITY and CLUSTER.
+bench_entry() {
+  cat <<CONF
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: bench, namespace: bench}
+spec:
+  hosts: [bench.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints:
+  - {address: 127.0.0.1, ports: {http: $1}, locality: $2, labels: {topology.istio.io/cluster: $3}}
+CONF
+}
+
+# haproxy_plain PORT BACKEND [THREADS]: haproxy's configuration for plaintext HTTP on
+# 127.0.0.1:PORT to the backend on 127.0.0.1:BACKEND, connections to it reused; THREADS
+# threads, else haproxy's default (one per CPU).
+haproxy_plain() {
+  echo "global"
+  [ -n "${3:-}" ] && echo "  nbthread $3"
+  cat <<CONF
+  log stderr format raw local0 err
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend plain
+  bind 127.0.0.1:$1
+  default_backend backend
+backend backend
+  server s1 127.0.0.1:$2
+CONF
+}
