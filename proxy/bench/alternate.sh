@@ -29,14 +29,7 @@ for side in "$A" "$B"; do
 done
 ensure_tools "${tools[@]}"
 
-WORK="$(mktemp -d /tmp/fulcrum-alternate.XXXXXX)"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+work_dir fulcrum-alternate
 
 # Ports: 194xx on 127.0.0.1, apart from compare.sh's.
 BACKEND=19480

@@ -36,18 +36,9 @@ else
   ulimit -n "$(ulimit -Hn)"
 fi
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-WORK="$(mktemp -d /tmp/fulcrum-bench.XXXXXX)"
-PIDS=()
-
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
 # shellcheck source=proxy/bench/tools.sh
 . "$ROOT/proxy/bench/tools.sh"
+work_dir fulcrum-bench
 ensure_tools wrk haproxy nginx python3
 
 echo "building release binaries..." >&2
@@ -269,15 +260,7 @@ RUST_LOG=warn "$BIN/fulcrum-proxy" --cluster a --locality r1/z1 --coordinators 1
   --listen 127.0.0.1:$FULCRUM_A --admin 127.0.0.1:$FULCRUM_A_ADMIN 2>/dev/null &
 FULCRUM_A_PID=$!; PIDS+=($!)
 
-cat >"$WORK/haproxy-tls.cfg" <<EOF
-global
-  log stderr format raw local0 err
-defaults
-  mode http
-  timeout connect 1s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
+{ haproxy_head; cat <<EOF; } >"$WORK/haproxy-tls.cfg"
 frontend a
   bind 127.0.0.1:$HAPROXY_A
   default_backend to_b

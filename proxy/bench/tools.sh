@@ -16,6 +16,19 @@ ensure_tools() {
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${packages[@]}" >&2
 }
 
+# work_dir NAME: a temporary directory in WORK, and PIDS, the processes to stop; both
+# removed and stopped when the script exits.
+work_dir() {
+  WORK="$(mktemp -d "/tmp/$1.XXXXXX")"
+  PIDS=()
+  trap bench_cleanup EXIT
+}
+bench_cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+
 # wait_port PORT: until something listens on 127.0.0.1:PORT, at most 10 s.
 wait_port() {
   for _ in $(seq 1 200); do
@@ -60,12 +73,12 @@ spec:
 CONF
 }
 
-# haproxy_plain PORT BACKEND [THREADS]: haproxy's configuration for plaintext HTTP on
-# 127.0.0.1:PORT to the backend on 127.0.0.1:BACKEND, connections to it reused; THREADS
-# threads, else haproxy's default (one per CPU).
-haproxy_plain() {
+# haproxy_head [THREADS]: the global and defaults sections the benches' haproxy
+# configurations share (HTTP mode, connections to the backend reused); THREADS threads,
+# else haproxy's default (one per CPU).
+haproxy_head() {
   echo "global"
-  [ -n "${3:-}" ] && echo "  nbthread $3"
+  [ -n "${1:-}" ] && echo "  nbthread $1"
   cat <<CONF
   log stderr format raw local0 err
 defaults
@@ -74,6 +87,14 @@ defaults
   timeout client 30s
   timeout server 30s
   http-reuse always
+CONF
+}
+
+# haproxy_plain PORT BACKEND [THREADS]: haproxy's configuration for plaintext HTTP on
+# 127.0.0.1:PORT to the backend on 127.0.0.1:BACKEND.
+haproxy_plain() {
+  haproxy_head "${3:-}"
+  cat <<CONF
 frontend plain
   bind 127.0.0.1:$1
   default_backend backend
