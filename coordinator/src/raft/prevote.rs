@@ -128,6 +128,15 @@ pub async fn run(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
             next = (wait - quiet).clamp(Duration::from_millis(1), settings.election_min);
             continue;
         }
+        // Said once a silence: a node cut off for an hour asks thousands of times.
+        let silent_for = node.contact.leader_silent_for();
+        if asked.is_none_or(|at| silent_for < at.elapsed()) {
+            tracing::info!(
+                term = term + 1,
+                leader_silent_ms = silent_for.as_millis() as u64,
+                "no leader heard for the election timeout: asking for pre-votes"
+            );
+        }
         asked = Some(Instant::now());
         wait = patience(&settings);
         if !ask(&node, term + 1, &voters, &mut clients).await {

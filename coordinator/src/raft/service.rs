@@ -82,6 +82,15 @@ impl RaftService {
         }
     }
 
+    /// Notes that a leader reached this node, when `vote` (the sender's) is one openraft
+    /// will accept: a leader's (committed), and not behind the vote this node holds.
+    fn heard_if_current(&self, vote: &openraft::Vote<u64>) {
+        let current = self.node.raft.metrics().borrow().vote;
+        if vote.is_committed() && *vote >= current {
+            self.watch.heard_now();
+        }
+    }
+
     /// Whether this node is the leader.
     fn leads(&self) -> bool {
         self.node.raft.metrics().borrow().state == ServerState::Leader
@@ -202,6 +211,10 @@ impl RaftRpc for RaftService {
         meant_for(&self.node, &request)?;
         let rpc = wire::from_append_request(request.get_ref())?;
         self.follows(rpc.vote.leader_id().node_id)?;
+        // The leader reached this node when its call arrived, not when this node's disk
+        // has taken the entries: openraft answers only once they are flushed, and a slow
+        // fsync here must not look like a silent leader to this node's election timer.
+        self.heard_if_current(&rpc.vote);
         let response = self
             .node
             .raft
@@ -242,6 +255,7 @@ impl RaftRpc for RaftService {
         meant_for(&self.node, &request)?;
         let rpc = wire::from_snapshot_request(request.get_ref())?;
         self.follows(rpc.vote.leader_id().node_id)?;
+        self.heard_if_current(&rpc.vote);
         match self.node.raft.install_snapshot(rpc).await {
             Ok(response) => {
                 self.watch.heard_now();
@@ -307,6 +321,15 @@ impl RaftRpc for RaftService {
             last_log_id: self.node.last_log.get(),
         };
         let answer = prevote::answer(&here, rpc.vote.leader_id().term, rpc.last_log_id.as_ref());
+        if answer.is_ok() {
+            // Rare, and the first step of an election: worth a line.
+            tracing::info!(
+                candidate = rpc.vote.leader_id().node_id,
+                term = rpc.vote.leader_id().term,
+                leader_silent_ms = here.silent_for.as_millis() as u64,
+                "would vote for this candidate: pre-vote granted"
+            );
+        }
         Ok(Response::new(pb::PreVoteResponse {
             granted: answer.is_ok(),
             reason: answer.err().unwrap_or_default(),

@@ -148,6 +148,17 @@ fn meta_get<T: for<'de> Deserialize<'de>>(db: &Database, key: &str) -> Result<Op
     }
 }
 
+/// Runs `write` on the blocking pool: a redb commit waits for its fsync, and
+/// `begin_write` for any other write under way, which must not hold up an async worker.
+async fn off_workers<T: Send + 'static>(
+    write: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(write)
+        .await
+        .map_err(write_err)
+        .and_then(|written| written)
+}
+
 fn meta_put<T: Serialize>(db: &Database, key: &str, value: &T) -> Result<(), Error> {
     meta_put_with(db, key, value, Durability::Immediate)
 }
@@ -379,6 +390,44 @@ impl LogStore {
         }
         Ok(out)
     }
+
+    /// Drops the entries from `log_id` on; blocks for the commit.
+    fn truncate_now(&self, log_id: LogId<NodeId>) -> Result<(), Error> {
+        self.recent().retain(|i| i < log_id.index);
+        let mut txn = self.db.begin_write().map_err(write_err)?;
+        txn.set_quick_repair(true);
+        {
+            let mut table = txn.open_table(LOG).map_err(write_err)?;
+            table
+                .retain_in(log_id.index.., |_, _| false)
+                .map_err(write_err)?;
+        }
+        txn.commit().map_err(write_err)?;
+        self.last.set(self.log_state()?.last_log_id);
+        Ok(())
+    }
+
+    /// Drops the entries up to `log_id`, recording it as the last purged; blocks for the
+    /// commit.
+    fn purge_now(&self, log_id: LogId<NodeId>) -> Result<(), Error> {
+        self.recent().retain(|i| i > log_id.index);
+        let bytes = encode(&Some(log_id))?;
+        let mut txn = self.db.begin_write().map_err(write_err)?;
+        txn.set_quick_repair(true);
+        {
+            // Record the purge point first, in the same transaction.
+            let mut meta = txn.open_table(META).map_err(write_err)?;
+            meta.insert(LAST_PURGED, bytes.as_slice())
+                .map_err(write_err)?;
+            let mut table = txn.open_table(LOG).map_err(write_err)?;
+            table
+                .retain_in(..=log_id.index, |_, _| false)
+                .map_err(write_err)?;
+        }
+        txn.commit().map_err(write_err)?;
+        self.last.set(self.log_state()?.last_log_id);
+        Ok(())
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -406,7 +455,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), Error> {
-        meta_put(&self.db, VOTE, vote).map_err(|e| StorageIOError::write_vote(&e).into())
+        let (db, vote) = (self.db.clone(), *vote);
+        off_workers(move || meta_put(&db, VOTE, &vote))
+            .await
+            .map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, Error> {
@@ -415,7 +467,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), Error> {
         // The committed id only spares replay after a restart; it need not cost an fsync.
-        meta_put_with(&self.db, COMMITTED, &committed, Durability::None)
+        // It still waits for any other write under way.
+        let db = self.db.clone();
+        off_workers(move || meta_put_with(&db, COMMITTED, &committed, Durability::None)).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, Error> {
@@ -478,38 +532,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), Error> {
-        self.recent().retain(|i| i < log_id.index);
-        let mut txn = self.db.begin_write().map_err(write_err)?;
-        txn.set_quick_repair(true);
-        {
-            let mut table = txn.open_table(LOG).map_err(write_err)?;
-            table
-                .retain_in(log_id.index.., |_, _| false)
-                .map_err(write_err)?;
-        }
-        txn.commit().map_err(write_err)?;
-        self.last.set(self.log_state()?.last_log_id);
-        Ok(())
+        let store = self.clone();
+        off_workers(move || store.truncate_now(log_id)).await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), Error> {
-        self.recent().retain(|i| i > log_id.index);
-        let bytes = encode(&Some(log_id))?;
-        let mut txn = self.db.begin_write().map_err(write_err)?;
-        txn.set_quick_repair(true);
-        {
-            // Record the purge point first, in the same transaction.
-            let mut meta = txn.open_table(META).map_err(write_err)?;
-            meta.insert(LAST_PURGED, bytes.as_slice())
-                .map_err(write_err)?;
-            let mut table = txn.open_table(LOG).map_err(write_err)?;
-            table
-                .retain_in(..=log_id.index, |_, _| false)
-                .map_err(write_err)?;
-        }
-        txn.commit().map_err(write_err)?;
-        self.last.set(self.log_state()?.last_log_id);
-        Ok(())
+        let store = self.clone();
+        off_workers(move || store.purge_now(log_id)).await
     }
 }
 
