@@ -364,6 +364,8 @@ pub struct CoordinatorNode {
     pub id: u64,
     /// Its gRPC address.
     pub address: SocketAddr,
+    /// Where it serves its Prometheus metrics.
+    pub metrics: SocketAddr,
     /// The process.
     pub process: Process,
 }
@@ -459,12 +461,25 @@ pub struct Mesh {
     pub backends: Vec<BackendNode>,
     /// The fault relays on its links.
     pub links: Links,
+    /// The coordinator the last partitioning action cut off, if any.
+    pub partitioned: Option<u64>,
     /// Where everything is kept.
     pub dir: PathBuf,
     bins: Binaries,
     http: Client<HttpConnector, Full<Bytes>>,
     // Last: the directory goes after the processes that write to it.
     temp: Option<tempfile::TempDir>,
+}
+
+impl Drop for Mesh {
+    /// A mesh dropped while its test fails keeps its directory, logs and all, and says
+    /// where: a drill that fails once in many runs cannot be asked again.
+    fn drop(&mut self) {
+        if std::thread::panicking() && self.temp.is_some() {
+            self.keep_files();
+            eprintln!("the failed mesh's files are kept in {}", self.dir.display());
+        }
+    }
 }
 
 /// The drill service's policies (DestinationRule, VirtualService, FailoverPolicy last).
@@ -561,6 +576,7 @@ impl Mesh {
             proxies: Vec::new(),
             backends: Vec::new(),
             links: Links::default(),
+            partitioned: None,
             dir: dir.clone(),
             bins: bins.clone(),
             http,
@@ -644,6 +660,7 @@ impl Mesh {
         .map_err(|e| setup("mesh.yaml", &e))?;
         for (i, address) in addresses.iter().enumerate() {
             let id = i as u64 + 1;
+            let metrics = ports.reserve(coordinator_ip)?;
             let mut args = vec![
                 "--node-id".to_string(),
                 id.to_string(),
@@ -655,6 +672,8 @@ impl Mesh {
                 certs.display().to_string(),
                 "--members".into(),
                 members.join(","),
+                "--metrics".into(),
+                metrics.to_string(),
             ];
             // Every node watches the directory; the leader applies it.
             args.extend(["--config-dir".into(), config.display().to_string()]);
@@ -667,6 +686,7 @@ impl Mesh {
             mesh.coordinators.push(CoordinatorNode {
                 id,
                 address: *address,
+                metrics,
                 process,
             });
         }
@@ -915,6 +935,31 @@ impl Mesh {
             .ok()??;
         let raft = &status["raft"];
         Some((raft["leaderId"].as_u64()?, raft["term"].as_u64()?))
+    }
+
+    /// Coordinator `node`'s Raft term, as it answers `fulcrumctl status` itself (within
+    /// a second).
+    pub async fn term_of(&self, node: u64) -> Option<u64> {
+        let address = self.coordinators.iter().find(|c| c.id == node)?.address;
+        let (ctl, certs) = (self.bins.ctl.clone(), self.dir.join("certs"));
+        let status = tokio::task::spawn_blocking(move || ask_status(&ctl, &certs, address))
+            .await
+            .ok()??;
+        status["raft"]["term"].as_u64()
+    }
+
+    /// The value of the series `name` (a counter's, with its `_total`) on coordinator
+    /// `node`'s `/metrics`, when it answers and has it.
+    pub async fn coordinator_metric(&self, node: u64, name: &str) -> Option<f64> {
+        let address = self.coordinators.iter().find(|c| c.id == node)?.metrics;
+        let (status, text) = self.get(&format!("http://{address}/metrics")).await?;
+        if !status.is_success() {
+            return None;
+        }
+        text.lines().find_map(|line| {
+            let (series, value) = line.split_once(' ')?;
+            (series == name).then(|| value.trim().parse().ok())?
+        })
     }
 
     /// A coordinator that is not the leader, once a leader is known (within 5 s):
@@ -1166,11 +1211,15 @@ impl Target for Mesh {
                     tracing::warn!("{e}");
                 }
             }
-            Action::Partition { node } => self.links.partition(*node),
+            Action::Partition { node } => {
+                self.links.partition(*node);
+                self.partitioned = Some(*node);
+            }
             Action::PartitionFollower => match self.a_follower().await {
                 Some(node) => {
                     tracing::info!(node, "partitioning away a follower");
                     self.links.partition(node);
+                    self.partitioned = Some(node);
                 }
                 None => tracing::warn!("no leader known: no follower partitioned"),
             },
@@ -1185,6 +1234,7 @@ impl Target for Mesh {
                 Some(leader) => {
                     tracing::info!(node = leader, "making the leader deaf");
                     self.links.partition(leader);
+                    self.partitioned = Some(leader);
                 }
                 None => tracing::warn!("no leader known: nothing partitioned"),
             },

@@ -2,7 +2,7 @@
 //! 2 backends per cluster), with the default timing settings unless a drill says
 //! otherwise. One drill runs at a time: each starts a whole mesh on two cores.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fulcrum_chaos::drill::{self, Action, Fault, Plan, Report};
 use fulcrum_chaos::harness::{Binaries, Mesh, MeshSpec};
@@ -468,6 +468,13 @@ async fn one_coordinator_partitioned_away_the_majority_continues_and_its_proxies
     ];
     let before = mesh.leader_and_term(Duration::from_secs(10)).await;
     assert!(before.is_some(), "a leader before the run");
+    const WON: &str = "fulcrum_coordinator_raft_pre_votes_won_total";
+    const LOST: &str = "fulcrum_coordinator_raft_pre_votes_lost_total";
+    let mut won_before = Vec::new();
+    for c in &mesh.coordinators {
+        let won = mesh.coordinator_metric(c.id, WON).await;
+        won_before.push((c.id, won.expect("every coordinator's metrics")));
+    }
     let r = run(&mut mesh, p).await;
     shifted_cleanly(&r);
     nothing_regressed_or_lost(&r);
@@ -477,14 +484,52 @@ async fn one_coordinator_partitioned_away_the_majority_continues_and_its_proxies
     // node, us-east's reports are lost until its report stream on the cut-off node gives
     // up: at most about 3.9 s from the fault (1.9-2.2 s seen), else about 1.1 s.
     the_majority_carried_on(&r, mesh.proxies.len(), "cut off", 4_500, 12_000);
-    // Healed, without an election: the partitioned node never stood (no majority would
-    // vote for it), so it comes back at the term it left with and follows the leader
-    // that led throughout.
-    let after = mesh.leader_and_term(Duration::from_secs(10)).await;
-    assert_eq!(
-        after, before,
-        "(leader, term) before the partition and after the heal"
+    // The partitioned node asked for pre-votes (its leader went silent) and never won
+    // them, so it never stood: it comes back at the term the group is at and follows.
+    // Without pre-vote it would have stood every election timeout, each time a term
+    // higher, and its term would have deposed the leader at the heal.
+    let cut = mesh.partitioned.expect("a follower was partitioned");
+    let asked = |series: &'static str| {
+        let mesh = &mesh;
+        async move {
+            (mesh.coordinator_metric(cut, series).await)
+                .unwrap_or_else(|| panic!("node {cut}'s {series}"))
+        }
+    };
+    assert!(
+        asked(LOST).await > 0.0,
+        "node {cut}, cut off, asked for pre-votes"
     );
+    let won = won_before
+        .iter()
+        .find(|(id, _)| *id == cut)
+        .map(|(_, w)| *w);
+    assert_eq!(
+        Some(asked(WON).await),
+        won,
+        "node {cut} won no pre-vote during the run, so never stood"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (after, rejoined) = loop {
+        let after = mesh.leader_and_term(Duration::from_secs(10)).await;
+        let theirs = mesh.term_of(cut).await;
+        let rejoined = after.is_some_and(|(_, term)| theirs == Some(term));
+        if rejoined || Instant::now() >= deadline {
+            break (after, theirs);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        after.is_some_and(|(_, term)| rejoined == Some(term)),
+        "node {cut} rejoined at the group's term: (leader, term) {after:?}, node {cut}'s term {rejoined:?}"
+    );
+    // Usually nothing else happens: the leader that led throughout still does, at the
+    // same term. The group may still elect on its own (a leader held up past the
+    // election timeout by a slow fsync on a loaded machine: openraft 0.9 sends no
+    // heartbeat while its log write is under way); that is no fault of the partition.
+    if after != before {
+        eprintln!("(leader, term) {before:?} before the partition, {after:?} after the heal");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
