@@ -489,7 +489,7 @@ async fn one_coordinator_partitioned_away_the_majority_continues_and_its_proxies
     // Without pre-vote it would have stood every election timeout, each time a term
     // higher, and its term would have deposed the leader at the heal.
     let cut = mesh.partitioned.expect("a follower was partitioned");
-    let asked = |series: &'static str| {
+    let cut_metric = |series: &'static str| {
         let mesh = &mesh;
         async move {
             (mesh.coordinator_metric(cut, series).await)
@@ -497,7 +497,7 @@ async fn one_coordinator_partitioned_away_the_majority_continues_and_its_proxies
         }
     };
     assert!(
-        asked(LOST).await > 0.0,
+        cut_metric(LOST).await > 0.0,
         "node {cut}, cut off, asked for pre-votes"
     );
     let won = won_before
@@ -505,23 +505,23 @@ async fn one_coordinator_partitioned_away_the_majority_continues_and_its_proxies
         .find(|(id, _)| *id == cut)
         .map(|(_, w)| *w);
     assert_eq!(
-        Some(asked(WON).await),
+        Some(cut_metric(WON).await),
         won,
         "node {cut} won no pre-vote during the run, so never stood"
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    let (after, rejoined) = loop {
+    let (after, cut_term) = loop {
         let after = mesh.leader_and_term(Duration::from_secs(10)).await;
-        let theirs = mesh.term_of(cut).await;
-        let rejoined = after.is_some_and(|(_, term)| theirs == Some(term));
+        let cut_term = mesh.term_of(cut).await;
+        let rejoined = after.is_some_and(|(_, term)| cut_term == Some(term));
         if rejoined || Instant::now() >= deadline {
-            break (after, theirs);
+            break (after, cut_term);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(
-        after.is_some_and(|(_, term)| rejoined == Some(term)),
-        "node {cut} rejoined at the group's term: (leader, term) {after:?}, node {cut}'s term {rejoined:?}"
+        after.is_some_and(|(_, term)| cut_term == Some(term)),
+        "node {cut} rejoined at the group's term: (leader, term) {after:?}, node {cut}'s term {cut_term:?}"
     );
     // Usually nothing else happens: the leader that led throughout still does, at the
     // same term. The group may still elect on its own (a leader held up past the
