@@ -494,8 +494,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })
             .collect();
         let db = self.db.clone();
-        // The commit fsyncs; keep it off the async workers.
-        let written = tokio::task::spawn_blocking(move || -> Result<(), Error> {
+        let written = off_workers(move || -> Result<(), Error> {
             let mut txn = db.begin_write().map_err(write_err)?;
             txn.set_quick_repair(true);
             {
@@ -506,9 +505,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             txn.commit().map_err(write_err)
         })
-        .await
-        .map_err(|e| StorageIOError::write_logs(AnyError::error(e)).into())
-        .and_then(|r| r);
+        .await;
         match written {
             Ok(()) => {
                 if let Some(last) = entries.last() {
