@@ -35,6 +35,10 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|rest| matches!(rest.first(), None | Some(b'+') | Some(b';')))
 }
 
+/// The field a gRPC answer's status code comes in: in its trailers, or in its head for an
+/// answer with no message. A name made once: a `&str` would be parsed at every lookup.
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 /// The field a gRPC client gives its call's deadline in, as a timeout.
 pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
@@ -114,9 +118,9 @@ pub fn http_for_code(code: &[u8]) -> u16 {
 /// The status an endpoint's (or a peer's) answer counts as: its HTTP status, or for a
 /// gRPC answer the one its `grpc-status` (in its head, or in its trailers) maps to.
 pub fn outcome_status<B>(response: &Response<B>) -> u16 {
-    let grpc_status = response.headers().get("grpc-status").or_else(|| {
+    let grpc_status = response.headers().get(GRPC_STATUS).or_else(|| {
         let trailers = response.extensions().get::<Trailers>()?;
-        trailers.0.get("grpc-status")
+        trailers.0.get(GRPC_STATUS)
     });
     match grpc_status {
         Some(code) if response.status() == StatusCode::OK => http_for_code(code.as_bytes()),
@@ -138,7 +142,7 @@ pub fn for_grpc_client(mut response: ProxyResponse) -> ProxyResponse {
     *response.body_mut() = Default::default();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    headers.insert("grpc-status", HeaderValue::from(u16::from(code)));
+    headers.insert(GRPC_STATUS, HeaderValue::from(u16::from(code)));
     if let Ok(message) = HeaderValue::from_str(&percent_encoded(reason.as_bytes())) {
         headers.insert("grpc-message", message);
     }

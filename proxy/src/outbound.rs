@@ -50,8 +50,8 @@ use crate::dns::Resolver;
 use crate::downstream::ClientTimeouts;
 use crate::drain::Drain;
 use crate::grpc::{
-    GRPC_TIMEOUT, GrpcCode, call_timeout, for_grpc_client, grpc_timeout, grpc_timeout_value,
-    http_for_code, is_grpc, outcome_status,
+    GRPC_STATUS, GRPC_TIMEOUT, GrpcCode, call_timeout, for_grpc_client, grpc_timeout,
+    grpc_timeout_value, http_for_code, is_grpc, outcome_status,
 };
 use crate::health::Health;
 use crate::metrics::ProxyMetrics;
@@ -927,7 +927,7 @@ impl Outbound {
         let mut handled = Handled::new(&self.locality_text);
         let grpc = is_grpc(request.headers());
         let mut response = self
-            .route_and_forward(request, client, upstreams, &mut handled)
+            .route_and_forward(request, client, upstreams, grpc, &mut handled)
             .await;
         self.count(&handled, &mut response, started, line);
         if grpc {
@@ -1402,8 +1402,10 @@ impl Outbound {
         let service = &*service;
         // A port the service does not have: under a sidecar, no listener and no virtual
         // host take it, so no route does here (it is not sent to another port).
-        if let (true, Some(port), Some(ports)) =
-            (discovered, port, routing.discovery.ports(service))
+        // (Its ports looked up only when the request names one.)
+        if discovered
+            && let Some(port) = port
+            && let Some(ports) = routing.discovery.ports(service)
             && !ports.contains(&port)
         {
             let reason = format!("service {service:?} has no port {port} (its ports: {ports:?})");
@@ -1479,7 +1481,7 @@ impl Outbound {
                 Err(Box::new(r))
             }
             RouteDecision::NoRoute if discovered => {
-                let mut forward = default_route(service, &with_port(host, port), path_and_query);
+                let mut forward = default_route(service, with_port(host, port), path_and_query);
                 forward.target.port = port;
                 self.to_name_asked_for(routing, &mut forward, host);
                 Ok(forward)
@@ -1531,11 +1533,13 @@ impl Outbound {
     }
 
     /// What `handle` does; names the service and destination in `handled` once known.
+    /// `grpc`: whether the request is a gRPC call, as the caller found.
     async fn route_and_forward<B>(
         &self,
         request: Request<B>,
         client: Option<ClientAddress>,
         upstreams: &Upstreams,
+        grpc: bool,
         handled: &mut Handled,
     ) -> ProxyResponse
     where
@@ -1560,7 +1564,7 @@ impl Outbound {
             Ok(routing) => routing,
             Err(answer) => return *answer,
         };
-        if is_grpc(&parts.headers) {
+        if grpc {
             heed_grpc_timeout(&mut parts.headers, &mut forward);
         }
         if let Some(delay) = forward.fault.delay {
@@ -1698,7 +1702,7 @@ impl Outbound {
             ));
         }
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut forward = default_route(&service, &authority, path_and_query);
+        let mut forward = default_route(&service, authority, path_and_query);
         handled.service = Some(service);
         forward.target.subset = (take(SUBSET_HEADER))
             .and_then(|v| v.to_str().ok().map(str::to_string))
@@ -2693,10 +2697,6 @@ impl ReportSource for Outbound {
     }
 }
 
-/// A gRPC answer's status code, in its trailers or, for an answer with no message, in
-/// its head.
-const GRPC_STATUS: &str = "grpc-status";
-
 /// Whether `answer` is a gRPC answer whose status is yet to come, in the trailers of its
 /// streamed body: a 200 with messages to follow.
 fn status_in_trailers(answer: &ProxyResponse) -> bool {
@@ -2718,9 +2718,13 @@ fn observe_outlier(
     let Ok(mut outliers) = outliers.lock() else {
         return;
     };
-    let detector = outliers
-        .entry(service.to_string())
-        .or_insert_with(|| OutlierDetector::new(settings.clone()));
+    // The service's name is copied for its first try only, not on each.
+    if !outliers.contains_key(service) {
+        outliers.insert(service.to_string(), OutlierDetector::new(settings.clone()));
+    }
+    let Some(detector) = outliers.get_mut(service) else {
+        return;
+    };
     let now = Instant::now().into_std();
     if let Some(length) = detector.record(endpoint, outcome, total, now) {
         metrics
@@ -3233,9 +3237,9 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Istio's route for a known service no VirtualService names: the whole of `service`,
 /// with the `authority` the request came with.
-fn default_route(service: &str, authority: &str, path_and_query: &str) -> Forward {
+fn default_route(service: &str, authority: String, path_and_query: &str) -> Forward {
     Forward {
-        route: "default".into(),
+        route: Cow::Borrowed("default"),
         target: Target {
             host: service.to_string(),
             subset: String::new(),
@@ -3243,7 +3247,7 @@ fn default_route(service: &str, authority: &str, path_and_query: &str) -> Forwar
             looked_up: None,
         },
         path_and_query: path_and_query.to_string(),
-        authority: authority.to_string(),
+        authority,
         request_headers: HeaderChanges::default(),
         response_headers: HeaderChanges::default(),
         timeout: None,
@@ -3327,8 +3331,10 @@ impl<'a> HostPort<'a> {
 /// more than one Host field is refused whichever it is (RFC 9112 §3.2): two proxies on
 /// the path could each take a different one.
 fn authority_of<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Result<HostPort<'a>, String> {
+    // One lookup for both questions: is there a second Host, and what does the first say.
     let mut hosts = headers.get_all(HOST).iter();
-    if let (Some(_), Some(_)) = (hosts.next(), hosts.next()) {
+    let host = hosts.next();
+    if host.is_some() && hosts.next().is_some() {
         return Err("more than one Host header".into());
     }
     if let Some(a) = uri.authority() {
@@ -3337,7 +3343,7 @@ fn authority_of<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Result<HostPort<'a>
         return HostPort::parse(text.as_bytes())
             .ok_or_else(|| format!("invalid authority {text:?}"));
     }
-    host_header(headers)
+    host_value(host)
 }
 
 /// The service a request from an application names: its [`authority_of`], except that an
@@ -3363,9 +3369,13 @@ fn service_authority<'a>(
 
 /// The Host header, as an authority.
 fn host_header(headers: &HeaderMap) -> Result<HostPort<'_>, String> {
-    let host = headers
-        .get(HOST)
-        .ok_or_else(|| "missing Host header: the service is named by Host".to_string())?;
+    host_value(headers.get(HOST))
+}
+
+/// A Host header's value (`None`: the request has none), as an authority.
+fn host_value(host: Option<&HeaderValue>) -> Result<HostPort<'_>, String> {
+    let host =
+        host.ok_or_else(|| "missing Host header: the service is named by Host".to_string())?;
     HostPort::parse(host.as_bytes()).ok_or_else(|| {
         format!(
             "invalid Host header {:?}",
@@ -3696,8 +3706,11 @@ mod tests {
             }
             request.body(()).unwrap().into_parts().0
         };
-        let mut forward =
-            default_route("checkout.internal", "checkout.internal", "/v2/orders?id=7");
+        let mut forward = default_route(
+            "checkout.internal",
+            "checkout.internal".into(),
+            "/v2/orders?id=7",
+        );
         let sent = |parts: &http::request::Parts, forward: &Forward| {
             let request =
                 http1_request(parts, forward, Http1Body::Whole(Bytes::from("{}"))).unwrap();
@@ -3754,8 +3767,11 @@ mod tests {
             }
             request.body(()).unwrap().into_parts().0
         };
-        let mut forward =
-            default_route("checkout.internal", "checkout.internal", "/v2/orders?id=7");
+        let mut forward = default_route(
+            "checkout.internal",
+            "checkout.internal".into(),
+            "/v2/orders?id=7",
+        );
         let sent = |parts: &http::request::Parts, forward: &Forward, key: Option<&[u8]>| {
             let request = peer_request(parts, forward, key, Bytes::from("{}")).unwrap();
             assert_eq!(request.version(), Version::HTTP_2);
@@ -3796,7 +3812,7 @@ mod tests {
         // A route to a service the authority does not name says which, to the peer.
         let mut elsewhere = default_route(
             "checkout.shop.svc.cluster.local",
-            "front",
+            "front".into(),
             "/v2/orders?id=7",
         );
         assert_eq!(
@@ -3817,7 +3833,11 @@ mod tests {
             ["te: trailers", "x-app: 1"]
         );
         // A path the route kept is the client's, shared.
-        let kept = default_route("checkout.internal", "checkout.internal", "/orders?id=7");
+        let kept = default_route(
+            "checkout.internal",
+            "checkout.internal".into(),
+            "/orders?id=7",
+        );
         let request = peer_request(&client(&[]), &kept, None, Bytes::new()).unwrap();
         assert_eq!(request.uri(), "https://checkout.internal/orders?id=7");
         // The request's id, new every time, is kept out of HPACK's table; others are not.

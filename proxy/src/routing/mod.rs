@@ -482,8 +482,9 @@ pub enum RouteDecision {
 /// Everything needed to forward one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forward {
-    /// The route's name (or `http[i]`), for metrics and logs.
-    pub route: String,
+    /// The route's name (or `http[i]`), for metrics and logs; "default" (not allocated)
+    /// for a service's own route, when no VirtualService routes it.
+    pub route: Cow<'static, str>,
     /// The destination chosen by weight.
     pub target: Target,
     /// The path and query to send, after any rewrite.
@@ -931,7 +932,7 @@ impl CompiledRoute {
             .map(|m| m.target.clone())
             .collect();
         RouteDecision::Forward(Box::new(Forward {
-            route: self.name.clone(),
+            route: Cow::Owned(self.name.clone()),
             target: chosen.target.clone(),
             path_and_query: self.rewrite_path(request, matched_prefix),
             authority: self

@@ -141,7 +141,7 @@ fn forward(d: RouteDecision) -> Forward {
 
 fn route_of(t: &RouteTable, r: Req) -> String {
     match r.decide(t, &mut Rolls::none()) {
-        RouteDecision::Forward(f) => f.route,
+        RouteDecision::Forward(f) => f.route.into_owned(),
         RouteDecision::NoRoute => "none".into(),
         RouteDecision::NoMatch => "no match".into(),
         other => format!("{other:?}"),
