@@ -169,6 +169,10 @@ fn quick_random() -> u64 {
     })
 }
 
+/// How many fields the proxy adds to an endpoint's answer, at most, on its usual path:
+/// [`UPSTREAM_HEADER`], [`CLUSTER_HEADER`], [`ATTEMPTS_HEADER`] and a hash cookie.
+const PROXY_FIELDS: usize = 4;
+
 /// An answer the proxy makes itself.
 pub fn answer(status: StatusCode, reason: &str) -> ProxyResponse {
     let mut response = Response::new(ProxyBody::Whole(Bytes::from(format!("{reason}\n"))));
@@ -2466,8 +2470,9 @@ impl Outbound {
                     let mut response = Response::new(answer.body);
                     // A streamed answer is in flight until it ends (for LEAST_REQUEST).
                     response.body_mut().keep(in_flight);
-                    // Room for the endpoint's fields and the proxy's own, allocated once.
-                    *response.headers_mut() = HeaderMap::with_capacity(answer.fields.len() + 4);
+                    // Room for the fields the proxy adds (the endpoint's stay apart, raw,
+                    // for an HTTP/1 client; merging them in for another makes room then).
+                    *response.headers_mut() = HeaderMap::with_capacity(PROXY_FIELDS);
                     *response.status_mut() = answer.status;
                     *response.version_mut() = answer.version;
                     Try::Answered(response, Some(answer.fields))
