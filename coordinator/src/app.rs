@@ -239,6 +239,7 @@ impl Coordinator {
             what: "cannot read the bound address".into(),
             source,
         })?;
+        let dialer = dialer.leaving_from(address.ip());
         let advertise = config
             .advertise
             .clone()

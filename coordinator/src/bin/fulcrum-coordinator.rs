@@ -24,7 +24,8 @@ struct Flags {
     /// This node's id: a positive number, unique in the group, kept for its lifetime.
     #[arg(long, value_name = "N")]
     node_id: u64,
-    /// Address for gRPC (Raft, proxies, status, admin), e.g. 127.0.0.1:7001.
+    /// Address for gRPC (Raft, proxies, status, admin), e.g. 127.0.0.1:7001. Calls to the
+    /// other nodes leave from its IP address, unless that is 0.0.0.0 or ::.
     #[arg(long, value_name = "ADDR")]
     listen: SocketAddr,
     /// Address other nodes reach this one on, when not --listen (e.g. behind NAT).
