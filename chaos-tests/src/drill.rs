@@ -196,14 +196,14 @@ pub enum Action {
         /// Node id.
         node: u64,
     },
-    /// Partitions a coordinator away: its inbound links from the other nodes and from
-    /// every proxy swallow everything (fault relays).
+    /// Partitions a coordinator away, both ways: its inbound links from the other nodes
+    /// and from every proxy swallow everything, and the other nodes' relays swallow what
+    /// it sends them (fault relays).
     Partition {
         /// Node id.
         node: u64,
     },
-    /// Partitions away a coordinator that is not the leader (the relays can only make a
-    /// node deaf; for a follower, that is a partition).
+    /// Partitions away a coordinator that is not the leader, as `Partition` does.
     PartitionFollower,
     /// Makes the leader deaf: what reaches it is swallowed, while its own links to the
     /// other nodes still pass (its heartbeats go out and their answers come back).

@@ -357,6 +357,17 @@ impl Ports {
     fn release(self) {}
 }
 
+/// The loopback address coordinator `index` (0-based) listens on, and calls the other
+/// nodes from: one of its own, so that a fault relay can tell its calls apart from the
+/// others' (a two-way partition). Not 127.0.0.1: that is every other loopback
+/// connection's source address, so a port there can be taken, while a coordinator is
+/// down, by a client's own ephemeral port (a connection retried against a dead port in
+/// the ephemeral range can even connect to itself), and the coordinator could not bind
+/// it again.
+fn coordinator_ip(index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 2 + u8::try_from(index).unwrap_or(u8::MAX - 2))
+}
+
 /// A coordinator node.
 #[derive(Debug)]
 pub struct CoordinatorNode {
@@ -413,9 +424,24 @@ pub struct Links {
 }
 
 impl Links {
-    /// Cuts coordinator `node` (1-based) off from the other nodes and from every proxy:
-    /// what reaches it is swallowed, nothing comes back.
+    /// Partitions coordinator `node` (1-based) away, both ways: what reaches it from the
+    /// other nodes and from every proxy is swallowed, and so is what it sends the other
+    /// nodes (each relay into another node swallows what comes from its address).
     pub fn partition(&self, node: u64) {
+        self.deafen(node);
+        let i = usize::try_from(node.saturating_sub(1)).unwrap_or(usize::MAX);
+        let from = self.coordinator_in.get(i).map(|r| r.address().ip());
+        for (j, r) in self.coordinator_in.iter().enumerate() {
+            if j != i {
+                r.swallow_from(from);
+            }
+        }
+    }
+
+    /// Makes coordinator `node` (1-based) deaf: what reaches it from the other nodes and
+    /// from every proxy is swallowed, nothing comes back; its own calls to the other
+    /// nodes still pass, and are answered.
+    pub fn deafen(&self, node: u64) {
         let i = usize::try_from(node.saturating_sub(1)).unwrap_or(usize::MAX);
         if let Some(r) = self.coordinator_in.get(i) {
             r.set(LinkState::Blackhole);
@@ -445,6 +471,7 @@ impl Links {
             .chain(&self.gateway_in);
         for r in all {
             r.set(LinkState::Pass);
+            r.swallow_from(None);
         }
     }
 }
@@ -616,21 +643,14 @@ impl Mesh {
                 });
             }
         }
-        // Not 127.0.0.1: that is every loopback connection's source address, so a port
-        // there can be taken, while a coordinator is down, by a client's own ephemeral
-        // port (a connection retried against a dead port in the ephemeral range can even
-        // connect to itself), and the coordinator could not bind it again.
-        let coordinator_ip = Ipv4Addr::new(127, 0, 0, 2);
         let addresses: Vec<SocketAddr> = (0..spec.coordinators)
-            .map(|_| ports.reserve(coordinator_ip))
+            .map(|i| ports.reserve(coordinator_ip(i)))
             .collect::<Result<_, _>>()?;
         let relay_error = |e: std::io::Error| setup("fault relay", &e);
         // The other nodes reach each coordinator through its relay.
         for (i, a) in addresses.iter().enumerate() {
             let name = format!("into coordinator {}", i + 1);
-            let relay = Relay::start(&name, coordinator_ip.into(), *a)
-                .await
-                .map_err(relay_error)?;
+            let relay = Relay::start(&name, a.ip(), *a).await.map_err(relay_error)?;
             mesh.links.coordinator_in.push(relay);
         }
         let members: Vec<String> = mesh
@@ -660,7 +680,7 @@ impl Mesh {
         .map_err(|e| setup("mesh.yaml", &e))?;
         for (i, address) in addresses.iter().enumerate() {
             let id = i as u64 + 1;
-            let metrics = ports.reserve(coordinator_ip)?;
+            let metrics = ports.reserve(coordinator_ip(i))?;
             let mut args = vec![
                 "--node-id".to_string(),
                 id.to_string(),
@@ -1233,7 +1253,7 @@ impl Target for Mesh {
             Action::PartitionLeader => match self.leader_within(Duration::from_secs(5)).await {
                 Some(leader) => {
                     tracing::info!(node = leader, "making the leader deaf");
-                    self.links.partition(leader);
+                    self.links.deafen(leader);
                     self.partitioned = Some(leader);
                 }
                 None => tracing::warn!("no leader known: nothing partitioned"),

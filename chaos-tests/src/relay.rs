@@ -8,6 +8,10 @@
 //! - `Delay(d)`: each chunk is held `d` before it is passed on, in order;
 //! - `Reset`: connections are reset (RST), then it passes again.
 //!
+//! One source address can also be swallowed alone, whatever the state
+//! ([`Relay::swallow_from`]): the far side of a two-way partition, where the node cut off
+//! still calls the others (each coordinator calls from its own listen address).
+//!
 //! It works on TCP, below TLS: the mTLS between components is untouched.
 
 use std::net::{IpAddr, SocketAddr};
@@ -34,13 +38,44 @@ pub enum LinkState {
     Reset,
 }
 
+/// What the relay does, and to which callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Rule {
+    state: LinkState,
+    /// What comes from this address is swallowed, whatever `state` says.
+    swallowed_from: Option<IpAddr>,
+}
+
+/// The rule as it stands for one connection, by where it comes from.
+#[derive(Debug, Clone)]
+struct View {
+    rule: watch::Receiver<Rule>,
+    from: IpAddr,
+}
+
+impl View {
+    /// What the relay does to this connection now.
+    fn now(&self) -> LinkState {
+        let rule = *self.rule.borrow();
+        match rule.swallowed_from {
+            Some(ip) if ip == self.from => LinkState::Blackhole,
+            _ => rule.state,
+        }
+    }
+
+    /// Waits for the rule to change; an error once the relay is gone.
+    async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+        self.rule.changed().await
+    }
+}
+
 /// A relay on one link.
 #[derive(Debug)]
 pub struct Relay {
     /// Which link, for reports.
     pub name: String,
     address: SocketAddr,
-    state: watch::Sender<LinkState>,
+    rule: watch::Sender<Rule>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -49,12 +84,15 @@ impl Relay {
     pub async fn start(name: &str, ip: IpAddr, target: SocketAddr) -> std::io::Result<Relay> {
         let listener = TcpListener::bind((ip, 0)).await?;
         let address = listener.local_addr()?;
-        let (state, watch_state) = watch::channel(LinkState::Pass);
-        let task = tokio::spawn(accept(listener, target, watch_state));
+        let (rule, watch_rule) = watch::channel(Rule {
+            state: LinkState::Pass,
+            swallowed_from: None,
+        });
+        let task = tokio::spawn(accept(listener, target, watch_rule));
         Ok(Relay {
             name: name.to_string(),
             address,
-            state,
+            rule,
             task,
         })
     }
@@ -66,22 +104,28 @@ impl Relay {
 
     /// Changes what the relay does, for open connections too.
     pub fn set(&self, state: LinkState) {
-        self.state.send_replace(state);
+        self.rule.send_modify(|rule| rule.state = state);
         if state == LinkState::Reset {
             // Every connection task has seen the reset once it is current; the next
             // connection passes.
-            let sender = self.state.clone();
+            let sender = self.rule.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                sender.send_if_modified(|s| {
-                    let was_reset = *s == LinkState::Reset;
+                sender.send_if_modified(|rule| {
+                    let was_reset = rule.state == LinkState::Reset;
                     if was_reset {
-                        *s = LinkState::Pass;
+                        rule.state = LinkState::Pass;
                     }
                     was_reset
                 });
             });
         }
+    }
+
+    /// Swallows what comes from `ip` (connections open and new), whatever the link's
+    /// state, as a blackhole does; `None`: no source apart.
+    pub fn swallow_from(&self, ip: Option<IpAddr>) {
+        self.rule.send_modify(|rule| rule.swallowed_from = ip);
     }
 }
 
@@ -91,16 +135,19 @@ impl Drop for Relay {
     }
 }
 
-async fn accept(listener: TcpListener, target: SocketAddr, state: watch::Receiver<LinkState>) {
+async fn accept(listener: TcpListener, target: SocketAddr, rule: watch::Receiver<Rule>) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
-        let Ok((near, _)) = listener.accept().await else {
+        let Ok((near, from)) = listener.accept().await else {
             continue;
         };
         while connections.try_join_next().is_some() {}
-        let state = state.clone();
+        let view = View {
+            rule: rule.clone(),
+            from: from.ip(),
+        };
         connections.spawn(async move {
-            let now = *state.borrow();
+            let now = view.now();
             match now {
                 LinkState::Cut | LinkState::Reset => {
                     if now == LinkState::Reset {
@@ -108,17 +155,17 @@ async fn accept(listener: TcpListener, target: SocketAddr, state: watch::Receive
                     }
                     drop(near);
                 }
-                _ => relay(near, target, state).await,
+                _ => relay(near, target, view).await,
             }
         });
     }
 }
 
-async fn relay(near: TcpStream, target: SocketAddr, state: watch::Receiver<LinkState>) {
+async fn relay(near: TcpStream, target: SocketAddr, view: View) {
     let _ = near.set_nodelay(true);
-    if *state.borrow() == LinkState::Blackhole {
+    if view.now() == LinkState::Blackhole {
         // Hold the connection: the near end sees an open, silent peer.
-        swallow(near, state.clone()).await;
+        swallow(near, view).await;
         return;
     }
     let far = match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(target)).await {
@@ -128,13 +175,13 @@ async fn relay(near: TcpStream, target: SocketAddr, state: watch::Receiver<LinkS
     let _ = far.set_nodelay(true);
     let (near_read, near_write) = near.into_split();
     let (far_read, far_write) = far.into_split();
-    let up = tokio::spawn(pump(near_read, far_write, state.clone()));
-    let down = tokio::spawn(pump(far_read, near_write, state));
+    let up = tokio::spawn(pump(near_read, far_write, view.clone()));
+    let down = tokio::spawn(pump(far_read, near_write, view));
     let _ = tokio::join!(up, down);
 }
 
 /// Reads and drops everything until the link passes again or is cut.
-async fn swallow(mut near: TcpStream, mut state: watch::Receiver<LinkState>) {
+async fn swallow(mut near: TcpStream, mut view: View) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         tokio::select! {
@@ -142,8 +189,8 @@ async fn swallow(mut near: TcpStream, mut state: watch::Receiver<LinkState>) {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             },
-            changed = state.changed() => {
-                if changed.is_err() || *state.borrow() != LinkState::Blackhole {
+            changed = view.changed() => {
+                if changed.is_err() || view.now() != LinkState::Blackhole {
                     // Whatever comes next, this connection lost bytes: close it.
                     return;
                 }
@@ -153,11 +200,7 @@ async fn swallow(mut near: TcpStream, mut state: watch::Receiver<LinkState>) {
 }
 
 /// One direction of a connection, under the link's state.
-async fn pump(
-    mut from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
-    mut state: watch::Receiver<LinkState>,
-) {
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut view: View) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = tokio::select! {
@@ -165,11 +208,11 @@ async fn pump(
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             },
-            changed = state.changed() => {
+            changed = view.changed() => {
                 if changed.is_err() {
                     break;
                 }
-                match *state.borrow() {
+                match view.now() {
                     LinkState::Cut => break,
                     LinkState::Reset => {
                         let _ = to.as_ref().set_zero_linger();
@@ -179,8 +222,7 @@ async fn pump(
                 }
             }
         };
-        let now = *state.borrow();
-        match now {
+        match view.now() {
             LinkState::Pass => {}
             LinkState::Delay(d) => tokio::time::sleep(d).await,
             LinkState::Blackhole => continue,
@@ -268,6 +310,52 @@ mod tests {
 
         relay.set(LinkState::Pass);
         let mut again = TcpStream::connect(relay.address()).await.expect("connect");
+        assert_eq!(
+            round_trip(&mut again, Duration::from_secs(2)).await,
+            Ok(b"ping".to_vec())
+        );
+    }
+
+    /// A connection to the relay from `source` (a loopback address of its own).
+    async fn connect_from(source: &str, relay: &Relay) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        let source: IpAddr = source.parse().expect("ip");
+        socket.bind((source, 0).into()).expect("bind the source");
+        socket.connect(relay.address()).await.expect("connect")
+    }
+
+    #[tokio::test]
+    async fn one_source_is_swallowed_apart_from_the_others() {
+        let relay = Relay::start("test", "127.0.0.1".parse().expect("ip"), echo().await)
+            .await
+            .expect("relay");
+        let mut cut_off = connect_from("127.0.0.3", &relay).await;
+        let mut other = connect_from("127.0.0.4", &relay).await;
+        assert!(
+            round_trip(&mut cut_off, Duration::from_secs(2))
+                .await
+                .is_ok()
+        );
+
+        relay.swallow_from(Some("127.0.0.3".parse().expect("ip")));
+        // Open and new connections from it alike.
+        assert_eq!(
+            round_trip(&mut cut_off, Duration::from_millis(300)).await,
+            Err("silence".into())
+        );
+        let mut fresh = connect_from("127.0.0.3", &relay).await;
+        assert_eq!(
+            round_trip(&mut fresh, Duration::from_millis(300)).await,
+            Err("silence".into())
+        );
+        // The others pass.
+        assert_eq!(
+            round_trip(&mut other, Duration::from_secs(2)).await,
+            Ok(b"ping".to_vec())
+        );
+
+        relay.swallow_from(None);
+        let mut again = connect_from("127.0.0.3", &relay).await;
         assert_eq!(
             round_trip(&mut again, Duration::from_secs(2)).await,
             Ok(b"ping".to_vec())
