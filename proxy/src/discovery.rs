@@ -23,7 +23,7 @@ use http::HeaderValue;
 use crate::FastMap;
 use crate::balance::{LbPolicy, OutlierSettings, Warmup};
 use crate::transport::origin::OriginTls;
-use crate::upstream::{Keepalive, PoolSettings};
+use crate::upstream::{Keepalive, POOL_DEFAULTS, PoolSettings};
 
 /// Istio's label naming the cluster a workload runs in.
 pub const CLUSTER_LABEL: &str = "topology.istio.io/cluster";
@@ -244,6 +244,41 @@ pub trait Discovery: Send + Sync {
     fn local_services(&self) -> Vec<String>;
     /// Every service this mesh knows (in any cluster), by its full name, sorted.
     fn known_services(&self) -> Vec<String>;
+    /// The endpoints a connection may still be kept open to, each with the connection
+    /// settings it is spoken to under; `None` when this discovery does not say (then
+    /// idle connections are closed by their idle timeout alone).
+    fn in_use(&self) -> Option<InUse> {
+        None
+    }
+}
+
+/// The endpoints of a configuration, each with the connection settings of the services
+/// (and subsets and ports) it serves, for the pools to close the idle connections it
+/// has no use for: to an endpoint since removed, or made under a rule since changed.
+#[derive(Debug, Default)]
+pub struct InUse(FastMap<SocketAddr, Vec<Option<Arc<PoolSettings>>>>);
+
+/// Settings as a connection is made under them: the pool's own when a rule sets none.
+fn or_defaults(settings: &Option<Arc<PoolSettings>>) -> &PoolSettings {
+    settings.as_deref().unwrap_or(&POOL_DEFAULTS)
+}
+
+impl InUse {
+    /// Notes that `address` is spoken to under `settings`.
+    fn add(&mut self, address: SocketAddr, settings: &Option<Arc<PoolSettings>>) {
+        let under = self.0.entry(address).or_default();
+        if !under
+            .iter()
+            .any(|s| or_defaults(s) == or_defaults(settings))
+        {
+            under.push(settings.clone());
+        }
+    }
+
+    /// Whether a connection to `address` made under `settings` may still be used.
+    pub fn fits(&self, address: SocketAddr, settings: &PoolSettings) -> bool {
+        (self.0.get(&address)).is_some_and(|under| under.iter().any(|s| or_defaults(s) == settings))
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -964,6 +999,27 @@ impl Discovery for StaticDiscovery {
             .map(String::as_str)
     }
 
+    fn in_use(&self) -> Option<InUse> {
+        let mut in_use = InUse::default();
+        for service in self.services.values() {
+            // Every settings the service's endpoints may be spoken to under, for every
+            // endpoint of it: a subset's or a port's own settings over all of them keeps
+            // a little more than it must, never less.
+            let port_settings = service.port_balance.values().flat_map(|p| p.values());
+            let settings: Vec<&Option<Arc<PoolSettings>>> = std::iter::once(&service.balance)
+                .chain(service.subset_balance.values())
+                .chain(port_settings)
+                .map(|b| &b.pool)
+                .collect();
+            for endpoint in service.endpoints.iter() {
+                for pool in &settings {
+                    in_use.add(endpoint.address, pool);
+                }
+            }
+        }
+        Some(in_use)
+    }
+
     fn resolves_per_request(&self, host: &str) -> bool {
         !self.per_request.is_empty() && self.per_request.contains(crate::lower_case(host).as_ref())
     }
@@ -1477,6 +1533,61 @@ spec:
         assert_eq!(
             here.balance("web.shop.example", "").policy,
             LbPolicy::RoundRobin
+        );
+    }
+
+    #[test]
+    fn the_endpoints_in_use_are_each_under_every_settings_its_services_give_it() {
+        let here = east_of(
+            r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web, namespace: shop}
+spec:
+  hosts: [web.shop.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports:
+  - {number: 80, name: http, protocol: HTTP}
+  - {number: 9090, name: http-api, protocol: HTTP}
+  endpoints:
+  - {address: 10.0.0.1, labels: {version: v2}, locality: r1/z1}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: shop}
+spec:
+  host: web.shop.example
+  trafficPolicy:
+    portLevelSettings:
+    - port: {number: 9090}
+      connectionPool: {http: {maxRequestsPerConnection: 10}}
+  subsets:
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      connectionPool: {tcp: {connectTimeout: 2s}}
+"#,
+        );
+        let in_use = here.in_use().expect("a static discovery says");
+        let web: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let pool = |subset: &str, port| {
+            here.balance_on("web.shop.example", subset, port)
+                .pool
+                .clone()
+        };
+        let (v2, api) = (pool("v2", Some(80)), pool("", Some(9090)));
+        assert!(v2.is_some() && api.is_some(), "{v2:?} {api:?}");
+        assert!(in_use.fits(web, &POOL_DEFAULTS), "the whole service's");
+        assert!(in_use.fits(web, v2.as_deref().unwrap()), "its subset's");
+        assert!(in_use.fits("10.0.0.1:9090".parse().unwrap(), api.as_deref().unwrap()));
+        let other = PoolSettings {
+            connect_timeout: Some(std::time::Duration::from_secs(9)),
+            ..POOL_DEFAULTS.clone()
+        };
+        assert!(!in_use.fits(web, &other), "settings no rule gives");
+        assert!(
+            !in_use.fits("10.0.0.2:80".parse().unwrap(), &POOL_DEFAULTS),
+            "no endpoint"
         );
     }
 

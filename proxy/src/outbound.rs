@@ -19,7 +19,7 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -43,7 +43,7 @@ use crate::balance::{
 use crate::body::{End, ProxyBody, WHOLE_BODY_BYTES};
 use crate::control::report::{Outcome, ReportSource, Stats};
 use crate::discovery::{
-    BalanceSettings, Discovery, Endpoint, HashOn, PoolLimits, Resolved, RetryBudgetLimit,
+    BalanceSettings, Discovery, Endpoint, HashOn, InUse, PoolLimits, Resolved, RetryBudgetLimit,
     StaticDiscovery,
 };
 use crate::dns::Resolver;
@@ -201,9 +201,17 @@ pub struct Routing {
     pub dns_names: Vec<String>,
     /// Whether it has wildcard hosts whose names are looked up as requests come.
     pub looks_up_names: bool,
+    /// The endpoint connections it has a use for, found when first asked.
+    in_use: OnceLock<Option<InUse>>,
 }
 
 impl Routing {
+    /// The endpoint connections this routing has a use for ([`Discovery::in_use`]),
+    /// found once for every worker that asks.
+    pub fn in_use(&self) -> Option<&InUse> {
+        (self.in_use.get_or_init(|| self.discovery.in_use())).as_ref()
+    }
+
     /// Routing for the proxy of `cluster` in `locality`; VirtualServices that do not
     /// compile are left out and returned.
     pub fn new(
@@ -252,6 +260,7 @@ impl Routing {
                 route_errors: errors.iter().map(|e| e.to_string()).collect(),
                 dns_names,
                 looks_up_names,
+                in_use: OnceLock::new(),
             },
             errors,
         )
@@ -341,6 +350,9 @@ pub struct Outbound {
     /// The names looked up for requests under wildcard hosts, with when a request last
     /// asked for each ([`crate::dns`]).
     looked_up: Mutex<FastMap<String, Instant>>,
+    /// Counts the routings taken ([`Outbound::update`]): the workers close the idle
+    /// connections a new one has no use for.
+    updates: tokio::sync::watch::Sender<u64>,
 }
 
 /// What the outbound listener knows of names resolved by DNS.
@@ -441,6 +453,7 @@ impl Outbound {
             dns_wanted: tokio::sync::Notify::new(),
             resolver: Resolver::system(),
             looked_up: Mutex::default(),
+            updates: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -798,6 +811,21 @@ impl Outbound {
         }
         if let Ok(mut r) = self.routing.write() {
             *r = Some(Arc::new(routing));
+        }
+        self.updates.send_modify(|n| *n += 1);
+    }
+
+    /// Changes each time a routing is taken ([`Outbound::update`]).
+    pub fn updates(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.updates.subscribe()
+    }
+
+    /// Closes the idle connections in `upstreams` (a worker's) that the current routing
+    /// has no use for ([`Routing::in_use`]).
+    pub fn close_unused(&self, upstreams: &Upstreams) {
+        if let Some(in_use) = self.routing().as_deref().and_then(Routing::in_use) {
+            upstreams.http.close_unused(in_use);
+            upstreams.h2c.close_unused(in_use);
         }
     }
 

@@ -48,6 +48,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::FastMap;
 use crate::body::{PIECES_AHEAD, ProxyBody, SentPiece, WHOLE_BODY_BYTES};
+use crate::discovery::InUse;
 use crate::transport::origin::OriginTls;
 use crate::upload::{Forwarding, Next};
 use crate::wire::{
@@ -291,6 +292,24 @@ impl Http1Pool {
         };
         idle.retain(|_, connections| {
             connections.retain(|(connection, since)| connection.fresh(*since, timeout));
+            !connections.is_empty()
+        });
+        idle.values().map(Vec::len).sum()
+    }
+
+    /// Closes the idle connections the configuration has no use for (`in_use`): to an
+    /// endpoint it no longer has, or made under settings it no longer gives the
+    /// endpoint (a changed rule's requests take new connections); returns how many are
+    /// left.
+    pub fn close_unused(&self, in_use: &InUse) -> usize {
+        let Ok(mut idle) = self.idle.lock() else {
+            return 0;
+        };
+        idle.retain(|&address, connections| {
+            connections.retain(|(connection, _)| {
+                let settings = connection.made_under.as_deref().unwrap_or(&POOL_DEFAULTS);
+                in_use.fits(address, settings)
+            });
             !connections.is_empty()
         });
         idle.values().map(Vec::len).sum()

@@ -137,7 +137,7 @@ async fn work(
     mut stopped: watch::Receiver<bool>,
 ) {
     let upstreams = Arc::new(outbound.upstreams());
-    tokio::spawn(close_idle(upstreams.clone()));
+    tokio::spawn(close_idle(upstreams.clone(), outbound.clone()));
     let tls = outbound.mesh_tls();
     loop {
         let arrival = tokio::select! {
@@ -176,13 +176,19 @@ async fn work(
     }
 }
 
-/// Closes the worker's endpoint connections that sat idle too long, now and then (for as
-/// long as the worker's runtime runs).
-async fn close_idle(upstreams: Arc<Upstreams>) {
+/// Closes the worker's endpoint connections that sat idle too long, now and then, and
+/// at each new routing those it has no use for (to an endpoint since removed, or made
+/// under a rule since changed), as Envoy drains a removed host's connections; for as
+/// long as the worker's runtime runs.
+async fn close_idle(upstreams: Arc<Upstreams>, outbound: Arc<Outbound>) {
     let mut every = tokio::time::interval(IDLE_TIMEOUT / 3);
+    let mut updates = outbound.updates();
     loop {
-        every.tick().await;
-        upstreams.close_idle(IDLE_TIMEOUT);
+        tokio::select! {
+            _ = every.tick() => upstreams.close_idle(IDLE_TIMEOUT),
+            // Never closed: its sender lives in `outbound`, which this task holds.
+            _ = updates.changed() => outbound.close_unused(&upstreams),
+        }
     }
 }
 

@@ -398,6 +398,117 @@ async fn a_proxy_without_coordinators_follows_its_configuration_file() {
     );
 }
 
+/// An endpoint answering `ok` over HTTP/1.1, with how many connections it has open.
+async fn endpoint_counting_open() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = open.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let service = service_fn(|_: Request<Incoming>| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                counted.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (address, open)
+}
+
+/// The idle connections a new configuration has no use for are closed when it is taken,
+/// not at their idle timeout (90 s): to an endpoint it removed, and to one whose rule it
+/// changed (the rule's requests take new connections); one it leaves as it was is kept.
+#[tokio::test]
+async fn idle_connections_a_new_configuration_has_no_use_for_are_closed() {
+    let ((one, one_open), (two, two_open)) = (
+        endpoint_counting_open().await,
+        endpoint_counting_open().await,
+    );
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let file = dir.path().join("mesh.yaml");
+    let replace = |yaml: &str| {
+        let aside = dir.path().join(".mesh.yaml.new");
+        std::fs::write(&aside, yaml).expect("write");
+        std::fs::rename(&aside, &file).expect("move into place");
+    };
+    let shop_on = |port: u16| http_entry("shop", "shop.local", &[port]);
+    replace(&shop_on(one.port()));
+    let paths = [file.as_path()];
+    let read = Fingerprint::of(&paths);
+    let config = load_config(&paths).expect("valid configuration");
+    let mut settings = east_settings(Default::default(), Resolver::system());
+    settings.config_files = Some(ConfigFiles {
+        paths: vec![file.clone()],
+        read,
+        every: Duration::from_millis(20),
+    });
+    let proxy = Proxy::start(settings, Some(&config))
+        .await
+        .expect("proxy starts");
+    let outbound = proxy.outbound_address();
+    let open = |count: &Arc<std::sync::atomic::AtomicUsize>| count.load(Ordering::SeqCst);
+    let within = Duration::from_secs(10);
+    assert_eq!(send(outbound, "shop.local", "/", false).await.status, 200);
+    assert_eq!(open(&one_open), 1, "the proxy keeps its connection to one");
+
+    // Another endpoint in its place: the connection to the one removed is closed.
+    replace(&shop_on(two.port()));
+    let one_open = &one_open;
+    eventually(
+        "the connection to the removed endpoint closed",
+        within,
+        || async move {
+            match open(one_open) {
+                0 => Ok(()),
+                n => Err(format!("{n} open")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(send(outbound, "shop.local", "/", false).await.status, 200);
+    assert_eq!(open(&two_open), 1);
+
+    // A change elsewhere (a service added): the connection to two is kept.
+    let cart = http_entry("cart", "cart.local", &[one.port()]);
+    replace(&[shop_on(two.port()), cart.clone()].join("---\n"));
+    eventually("the service added", within, || async move {
+        match send(outbound, "cart.local", "/", false).await.status {
+            StatusCode::OK => Ok(()),
+            other => Err(other.to_string()),
+        }
+    })
+    .await;
+    assert_eq!(open(&two_open), 1, "kept: nothing changed for it");
+
+    // shop's rule changed: its idle connection, made under the old one, is closed.
+    let rule = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+                metadata: {name: shop, namespace: shop}\n\
+                spec:\n  host: shop.local\n  trafficPolicy:\n    connectionPool:\n      \
+                http: {maxRequestsPerConnection: 50}\n";
+    replace(&[shop_on(two.port()), cart, rule.to_string()].join("---\n"));
+    let two_open = &two_open;
+    eventually(
+        "the connection made under the old rule closed",
+        within,
+        || async move {
+            match open(two_open) {
+                0 => Ok(()),
+                n => Err(format!("{n} open")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(send(outbound, "shop.local", "/", false).await.status, 200);
+    assert_eq!(open(two_open), 1, "a new one, under the new rule");
+}
+
 /// A ServiceEntry `name` (namespace shop) for `host`, one port (`port`, YAML flow style,
 /// named `port_name`), and an endpoint in this proxy's locality on each of `endpoints`.
 fn service_entry(name: &str, host: &str, port: &str, port_name: &str, endpoints: &[u16]) -> String {

@@ -29,6 +29,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,6 +44,7 @@ use tokio_rustls::TlsConnector;
 
 use super::tls::{ALPN_H2, MeshTls, PROXY_SERVER_NAME};
 use crate::body::{ProxyBody, WHOLE_BODY_BYTES};
+use crate::discovery::InUse;
 use crate::h2_server::{MAX_CONCURRENT_STREAMS, SHARED_CONNECTION_WINDOW, STREAM_WINDOW};
 use crate::tunnel::H2Stream;
 use crate::upload::Forwarding;
@@ -280,6 +282,28 @@ impl H2Pool {
                 let recent = held.used.elapsed() < timeout;
                 !held.sender.closed.load(Ordering::Acquire) && (recent || held.busy())
             });
+            !slot.is_empty()
+        });
+        peers.len()
+    }
+
+    /// Closes the connections to endpoints the configuration has no use for (`in_use`),
+    /// once they carry no stream: to an endpoint it no longer has, or made under
+    /// settings it no longer gives the endpoint; returns how many peers are left.
+    pub fn close_unused(&self, in_use: &InUse) -> usize {
+        let Ok(mut peers) = self.peers.lock() else {
+            return 0;
+        };
+        peers.retain(|key, cell| {
+            // The key starts with the endpoint's address (then its TLS, if any).
+            let address = key.split_once(' ').map_or(key.as_str(), |(a, _)| a);
+            let Ok(address) = address.parse::<SocketAddr>() else {
+                return true;
+            };
+            let Ok(mut slot) = cell.try_lock() else {
+                return true;
+            };
+            slot.retain(|held| held.busy() || in_use.fits(address, &held.settings));
             !slot.is_empty()
         });
         peers.len()
