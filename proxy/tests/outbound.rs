@@ -293,6 +293,36 @@ fn east_settings(
     }
 }
 
+/// Replaces `file` with `yaml`: written aside and moved into place, as a file is best
+/// replaced.
+fn replace_file(file: &Path, yaml: &str) {
+    let name = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("config");
+    let aside = file.with_file_name(format!(".{name}.new"));
+    std::fs::write(&aside, yaml).expect("write");
+    std::fs::rename(&aside, file).expect("move into place");
+}
+
+/// An east proxy without coordinators that follows its configuration `file`, written
+/// with `yaml` first (checked every 20 ms).
+async fn start_east_following(file: &Path, yaml: &str) -> Proxy {
+    replace_file(file, yaml);
+    let paths = [file];
+    let read = Fingerprint::of(&paths);
+    let config = load_config(&paths).expect("valid configuration");
+    let mut settings = east_settings(Default::default(), Resolver::system());
+    settings.config_files = Some(ConfigFiles {
+        paths: vec![file.to_path_buf()],
+        read,
+        every: Duration::from_millis(20),
+    });
+    Proxy::start(settings, Some(&config))
+        .await
+        .expect("proxy starts")
+}
+
 /// A proxy without coordinators follows its configuration file: an endpoint changed in
 /// it is routed to once the file is rewritten, and a service added is served; a change
 /// with errors is refused, counted and shown in `/config_dump` (until a change is
@@ -305,25 +335,8 @@ async fn a_proxy_without_coordinators_follows_its_configuration_file() {
     );
     let dir = tempfile::tempdir().expect("temporary directory");
     let file = dir.path().join("mesh.yaml");
-    // Written aside and moved into place, as a file is best replaced.
-    let replace = |yaml: &str| {
-        let aside = dir.path().join(".mesh.yaml.new");
-        std::fs::write(&aside, yaml).expect("write");
-        std::fs::rename(&aside, &file).expect("move into place");
-    };
-    replace(&http_entry("shop", "shop.local", &[one.port()]));
-    let paths = [file.as_path()];
-    let read = Fingerprint::of(&paths);
-    let config = load_config(&paths).expect("valid configuration");
-    let mut settings = east_settings(Default::default(), Resolver::system());
-    settings.config_files = Some(ConfigFiles {
-        paths: vec![file.clone()],
-        read,
-        every: Duration::from_millis(20),
-    });
-    let proxy = Proxy::start(settings, Some(&config))
-        .await
-        .expect("proxy starts");
+    let replace = |yaml: &str| replace_file(&file, yaml);
+    let proxy = start_east_following(&file, &http_entry("shop", "shop.local", &[one.port()])).await;
     let (outbound, admin) = (proxy.outbound_address(), proxy.admin_address());
     let answered_by = |host: &'static str, expected: &'static str| async move {
         let answer = send(outbound, host, "/", false).await;
@@ -433,25 +446,9 @@ async fn idle_connections_a_new_configuration_has_no_use_for_are_closed() {
     );
     let dir = tempfile::tempdir().expect("temporary directory");
     let file = dir.path().join("mesh.yaml");
-    let replace = |yaml: &str| {
-        let aside = dir.path().join(".mesh.yaml.new");
-        std::fs::write(&aside, yaml).expect("write");
-        std::fs::rename(&aside, &file).expect("move into place");
-    };
+    let replace = |yaml: &str| replace_file(&file, yaml);
     let shop_on = |port: u16| http_entry("shop", "shop.local", &[port]);
-    replace(&shop_on(one.port()));
-    let paths = [file.as_path()];
-    let read = Fingerprint::of(&paths);
-    let config = load_config(&paths).expect("valid configuration");
-    let mut settings = east_settings(Default::default(), Resolver::system());
-    settings.config_files = Some(ConfigFiles {
-        paths: vec![file.clone()],
-        read,
-        every: Duration::from_millis(20),
-    });
-    let proxy = Proxy::start(settings, Some(&config))
-        .await
-        .expect("proxy starts");
+    let proxy = start_east_following(&file, &shop_on(one.port())).await;
     let outbound = proxy.outbound_address();
     let open = |count: &Arc<std::sync::atomic::AtomicUsize>| count.load(Ordering::SeqCst);
     let within = Duration::from_secs(10);
