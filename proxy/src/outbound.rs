@@ -202,14 +202,15 @@ pub struct Routing {
     /// Whether it has wildcard hosts whose names are looked up as requests come.
     pub looks_up_names: bool,
     /// The endpoint connections it has a use for, found when first asked.
-    in_use: OnceLock<Option<InUse>>,
+    in_use: OnceLock<Option<Arc<InUse>>>,
 }
 
 impl Routing {
     /// The endpoint connections this routing has a use for ([`Discovery::in_use`]),
     /// found once for every worker that asks.
-    pub fn in_use(&self) -> Option<&InUse> {
-        (self.in_use.get_or_init(|| self.discovery.in_use())).as_ref()
+    pub fn in_use(&self) -> Option<&Arc<InUse>> {
+        let found = || self.discovery.in_use().map(Arc::new);
+        self.in_use.get_or_init(found).as_ref()
     }
 
     /// Routing for the proxy of `cluster` in `locality`; VirtualServices that do not

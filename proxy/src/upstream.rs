@@ -33,6 +33,7 @@ use std::io::{self, Write};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -104,6 +105,11 @@ pub struct Http1Pool {
     /// when made as the request's would be ([`Connection::tls`]).
     idle: Mutex<FastMap<SocketAddr, Vec<Idle>>>,
     connect_timeout: Duration,
+    /// How many times a new configuration has been swept through ([`Http1Pool::close_unused`]),
+    /// and what the last one has a use for: a connection that was out on a request
+    /// meanwhile is put back only if that has a use for it.
+    sweeps: AtomicU64,
+    in_use: Mutex<Option<Arc<InUse>>>,
 }
 
 impl Http1Pool {
@@ -112,6 +118,8 @@ impl Http1Pool {
         Http1Pool {
             idle: Mutex::default(),
             connect_timeout,
+            sweeps: AtomicU64::new(0),
+            in_use: Mutex::default(),
         }
     }
 
@@ -257,11 +265,12 @@ impl Http1Pool {
         let fits = |c: &Connection| c.tls == *tls && same_settings(&c.made_under, settings);
         while let Some(at) = connections.iter().rposition(|(c, _)| fits(c)) {
             // Mostly the last one: taken off the end without moving the others.
-            let (connection, since) = match at + 1 == connections.len() {
+            let (mut connection, since) = match at + 1 == connections.len() {
                 true => connections.pop()?,
                 false => connections.remove(at),
             };
             if connection.fresh(since, IDLE_TIMEOUT) {
+                connection.swept = self.sweeps.load(Ordering::Acquire);
                 return Some(connection);
             }
         }
@@ -272,6 +281,14 @@ impl Http1Pool {
     /// many as its service allows or is past the age its service allows.
     fn put(&self, address: SocketAddr, mut connection: Box<Connection>) {
         if connection.spent() {
+            return;
+        }
+        // Out on a request while a new configuration came: kept if that has a use for it.
+        if connection.swept != self.sweeps.load(Ordering::Acquire)
+            && let Ok(in_use) = self.in_use.lock()
+            && let Some(in_use) = in_use.as_ref()
+            && !in_use.fits(address, connection.settings())
+        {
             return;
         }
         // An idle connection keeps no buffer: the next exchange takes one.
@@ -301,15 +318,17 @@ impl Http1Pool {
     /// endpoint it no longer has, or made under settings it no longer gives the
     /// endpoint (a changed rule's requests take new connections); returns how many are
     /// left.
-    pub fn close_unused(&self, in_use: &InUse) -> usize {
+    pub fn close_unused(&self, in_use: &Arc<InUse>) -> usize {
+        // Noted first: a connection out on a request is checked against it when put back.
+        if let Ok(mut last) = self.in_use.lock() {
+            *last = Some(Arc::clone(in_use));
+        }
+        self.sweeps.fetch_add(1, Ordering::AcqRel);
         let Ok(mut idle) = self.idle.lock() else {
             return 0;
         };
         idle.retain(|&address, connections| {
-            connections.retain(|(connection, _)| {
-                let settings = connection.made_under.as_deref().unwrap_or(&POOL_DEFAULTS);
-                in_use.fits(address, settings)
-            });
+            connections.retain(|(connection, _)| in_use.fits(address, connection.settings()));
             !connections.is_empty()
         });
         idle.values().map(Vec::len).sum()
@@ -334,6 +353,7 @@ impl Http1Pool {
             carried: 0,
             limits: ConnectionLimits::of(settings),
             made_under: made_under.clone(),
+            swept: self.sweeps.load(Ordering::Acquire),
         }))
     }
 }
@@ -763,6 +783,9 @@ struct Connection {
     limits: Option<ConnectionLimits>,
     /// The settings it was made under (none: the pool's own).
     made_under: Option<Arc<PoolSettings>>,
+    /// The pool's count of sweeps when it was made or last taken out
+    /// ([`Http1Pool::close_unused`]).
+    swept: u64,
 }
 
 /// Whether a connection made under `made_under` may carry a request sent under `now`
@@ -805,6 +828,11 @@ impl ConnectionLimits {
 }
 
 impl Connection {
+    /// The settings it was made under: its service's, or the pool's own.
+    fn settings(&self) -> &PoolSettings {
+        self.made_under.as_deref().unwrap_or(&POOL_DEFAULTS)
+    }
+
     /// Whether it may still be used after sitting idle since `since`: within its
     /// service's idle timeout (`timeout`, the pool's, when the service sets none) and
     /// age, and not closed by the endpoint.

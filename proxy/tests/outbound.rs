@@ -411,28 +411,71 @@ async fn a_proxy_without_coordinators_follows_its_configuration_file() {
     );
 }
 
-/// An endpoint answering `ok` over HTTP/1.1, with how many connections it has open.
-async fn endpoint_counting_open() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+/// An endpoint answering `ok` over HTTP/1.1 ([`endpoint_counting_open`]).
+struct CountedEndpoint {
+    address: SocketAddr,
+    /// How many connections it has open.
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    /// Told when a request for `/held` arrives, which is answered only once
+    /// `release` has a permit for it.
+    held: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Semaphore>,
+}
+
+impl CountedEndpoint {
+    fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+}
+
+/// An endpoint answering `ok` over HTTP/1.1, counting its open connections.
+async fn endpoint_counting_open() -> CountedEndpoint {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = listener.local_addr().expect("address");
-    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = open.clone();
+    let endpoint = CountedEndpoint {
+        address: listener.local_addr().expect("address"),
+        open: Arc::default(),
+        held: Arc::default(),
+        release: Arc::new(tokio::sync::Semaphore::new(0)),
+    };
+    let (open, held, release) = (
+        endpoint.open.clone(),
+        endpoint.held.clone(),
+        endpoint.release.clone(),
+    );
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            let counted = counted.clone();
+            open.fetch_add(1, Ordering::SeqCst);
+            let (open, held, release) = (open.clone(), held.clone(), release.clone());
             tokio::spawn(async move {
-                let service = service_fn(|_: Request<Incoming>| async {
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let (held, release) = (held.clone(), release.clone());
+                    async move {
+                        if request.uri().path() == "/held" {
+                            held.notify_one();
+                            let _permit = release.acquire().await;
+                        }
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
-                counted.fetch_sub(1, Ordering::SeqCst);
+                open.fetch_sub(1, Ordering::SeqCst);
             });
         }
     });
-    (address, open)
+    endpoint
+}
+
+/// Waits until `endpoint` has `expected` connections open, for at most 10 s.
+async fn until_open(what: &str, endpoint: &CountedEndpoint, expected: usize) {
+    eventually(what, Duration::from_secs(10), || async move {
+        match endpoint.open() {
+            n if n == expected => Ok(()),
+            n => Err(format!("{n} open")),
+        }
+    })
+    .await;
 }
 
 /// The idle connections a new configuration has no use for are closed when it is taken,
@@ -440,7 +483,7 @@ async fn endpoint_counting_open() -> (SocketAddr, Arc<std::sync::atomic::AtomicU
 /// changed (the rule's requests take new connections); one it leaves as it was is kept.
 #[tokio::test]
 async fn idle_connections_a_new_configuration_has_no_use_for_are_closed() {
-    let ((one, one_open), (two, two_open)) = (
+    let (one, two) = (
         endpoint_counting_open().await,
         endpoint_counting_open().await,
     );
@@ -448,62 +491,79 @@ async fn idle_connections_a_new_configuration_has_no_use_for_are_closed() {
     let file = dir.path().join("mesh.yaml");
     let replace = |yaml: &str| replace_file(&file, yaml);
     let shop_on = |port: u16| http_entry("shop", "shop.local", &[port]);
-    let proxy = start_east_following(&file, &shop_on(one.port())).await;
+    let proxy = start_east_following(&file, &shop_on(one.address.port())).await;
     let outbound = proxy.outbound_address();
-    let open = |count: &Arc<std::sync::atomic::AtomicUsize>| count.load(Ordering::SeqCst);
-    let within = Duration::from_secs(10);
     assert_eq!(send(outbound, "shop.local", "/", false).await.status, 200);
-    assert_eq!(open(&one_open), 1, "the proxy keeps its connection to one");
+    assert_eq!(one.open(), 1, "the proxy keeps its connection to one");
 
     // Another endpoint in its place: the connection to the one removed is closed.
-    replace(&shop_on(two.port()));
-    let one_open = &one_open;
+    replace(&shop_on(two.address.port()));
+    until_open("the connection to the removed endpoint closed", &one, 0).await;
+    assert_eq!(send(outbound, "shop.local", "/", false).await.status, 200);
+    assert_eq!(two.open(), 1);
+
+    // A change elsewhere (a service added): the connection to two is kept.
+    let cart = http_entry("cart", "cart.local", &[one.address.port()]);
+    replace(&[shop_on(two.address.port()), cart.clone()].join("---\n"));
     eventually(
-        "the connection to the removed endpoint closed",
-        within,
+        "the service added",
+        Duration::from_secs(10),
         || async move {
-            match open(one_open) {
-                0 => Ok(()),
-                n => Err(format!("{n} open")),
+            match send(outbound, "cart.local", "/", false).await.status {
+                StatusCode::OK => Ok(()),
+                other => Err(other.to_string()),
             }
         },
     )
     .await;
-    assert_eq!(send(outbound, "shop.local", "/", false).await.status, 200);
-    assert_eq!(open(&two_open), 1);
-
-    // A change elsewhere (a service added): the connection to two is kept.
-    let cart = http_entry("cart", "cart.local", &[one.port()]);
-    replace(&[shop_on(two.port()), cart.clone()].join("---\n"));
-    eventually("the service added", within, || async move {
-        match send(outbound, "cart.local", "/", false).await.status {
-            StatusCode::OK => Ok(()),
-            other => Err(other.to_string()),
-        }
-    })
-    .await;
-    assert_eq!(open(&two_open), 1, "kept: nothing changed for it");
+    assert_eq!(two.open(), 1, "kept: nothing changed for it");
 
     // shop's rule changed: its idle connection, made under the old one, is closed.
     let rule = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
                 metadata: {name: shop, namespace: shop}\n\
                 spec:\n  host: shop.local\n  trafficPolicy:\n    connectionPool:\n      \
                 http: {maxRequestsPerConnection: 50}\n";
-    replace(&[shop_on(two.port()), cart, rule.to_string()].join("---\n"));
-    let two_open = &two_open;
-    eventually(
-        "the connection made under the old rule closed",
-        within,
-        || async move {
-            match open(two_open) {
-                0 => Ok(()),
-                n => Err(format!("{n} open")),
-            }
-        },
-    )
-    .await;
+    replace(&[shop_on(two.address.port()), cart, rule.to_string()].join("---\n"));
+    until_open("the connection made under the old rule closed", &two, 0).await;
     assert_eq!(send(outbound, "shop.local", "/", false).await.status, 200);
-    assert_eq!(open(two_open), 1, "a new one, under the new rule");
+    assert_eq!(two.open(), 1, "a new one, under the new rule");
+}
+
+/// A connection out on a request when a new configuration removes its endpoint is
+/// closed once its answer is in, not put back for its idle timeout.
+#[tokio::test]
+async fn a_connection_in_use_when_its_endpoint_is_removed_is_closed_after_its_answer() {
+    let (one, two) = (
+        endpoint_counting_open().await,
+        endpoint_counting_open().await,
+    );
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let file = dir.path().join("mesh.yaml");
+    let shop_on = |port: u16| http_entry("shop", "shop.local", &[port]);
+    let proxy = start_east_following(&file, &shop_on(one.address.port())).await;
+    let outbound = proxy.outbound_address();
+    let held = tokio::spawn(async move { send(outbound, "shop.local", "/held", false).await });
+    tokio::time::timeout(Duration::from_secs(10), one.held.notified())
+        .await
+        .expect("the held request reaches one");
+
+    replace_file(&file, &shop_on(two.address.port()));
+    let two_address = two.address.to_string();
+    let two_address = two_address.as_str();
+    eventually("two serves shop", Duration::from_secs(10), || async move {
+        let answer = send(outbound, "shop.local", "/", false).await;
+        match answer.headers.get("x-fulcrum-upstream") {
+            Some(upstream) if upstream == two_address => Ok(()),
+            other => Err(format!("{}: {other:?}", answer.status)),
+        }
+    })
+    .await;
+    assert_eq!(one.open(), 1, "still carrying the held request");
+
+    one.release.add_permits(1);
+    let answer = held.await.expect("the held request");
+    assert_eq!(answer.status, 200, "answered in full");
+    until_open("the connection closed after its answer", &one, 0).await;
 }
 
 /// A ServiceEntry `name` (namespace shop) for `host`, one port (`port`, YAML flow style,

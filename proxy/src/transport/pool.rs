@@ -287,9 +287,10 @@ impl H2Pool {
         peers.len()
     }
 
-    /// Closes the connections to endpoints the configuration has no use for (`in_use`),
-    /// once they carry no stream: to an endpoint it no longer has, or made under
-    /// settings it no longer gives the endpoint; returns how many peers are left.
+    /// Lets go of the connections to endpoints the configuration has no use for
+    /// (`in_use`): to an endpoint it no longer has, or made under settings it no longer
+    /// gives the endpoint. Each closes once the streams still on it end; returns how
+    /// many peers are left.
     pub fn close_unused(&self, in_use: &InUse) -> usize {
         let Ok(mut peers) = self.peers.lock() else {
             return 0;
@@ -303,7 +304,7 @@ impl H2Pool {
             let Ok(mut slot) = cell.try_lock() else {
                 return true;
             };
-            slot.retain(|held| held.busy() || in_use.fits(address, &held.settings));
+            slot.retain(|held| in_use.fits(address, &held.settings));
             !slot.is_empty()
         });
         peers.len()
