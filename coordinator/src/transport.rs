@@ -40,10 +40,21 @@ impl Dialer {
 
     /// Connections leave from `ip`, a node's own listen address, when it names one (not
     /// `0.0.0.0` or `::`): the other nodes, and any firewall between them, then see each
-    /// node at one address, the one it is reached on, however the host routes.
+    /// node at one address, the one it is reached on, however the host routes. A
+    /// loopback address is left from only to loopback peers (a node listening on one
+    /// behind a forwarder still reaches peers elsewhere).
     pub fn leaving_from(mut self, ip: IpAddr) -> Self {
         self.from = Some(ip).filter(|ip| !ip.is_unspecified());
         self
+    }
+
+    /// The address a connection to `address` (`host:port`) leaves from, if not the
+    /// kernel's choice.
+    fn source_for(&self, address: &str) -> Option<IpAddr> {
+        let from = self.from?;
+        let to_loopback =
+            (address.parse::<std::net::SocketAddr>()).is_ok_and(|a| a.ip().is_loopback());
+        (!from.is_loopback() || to_loopback).then_some(from)
     }
 
     /// A channel to `address`, connected on first use and reconnected as needed.
@@ -59,7 +70,7 @@ impl Dialer {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
-            .local_address(self.from);
+            .local_address(self.source_for(address));
         if let Some(tls) = &self.tls {
             endpoint = endpoint
                 .tls_config(tls.clone())
@@ -105,5 +116,18 @@ mod tests {
         let any = Dialer::new(None).leaving_from("0.0.0.0".parse().expect("ip"));
         assert_eq!(any.from, None);
         assert_eq!(caller_of(any).await, IpAddr::from([127, 0, 0, 1]));
+    }
+
+    #[test]
+    fn a_loopback_address_is_left_from_only_to_loopback_peers() {
+        let looped = Dialer::new(None).leaving_from("127.0.0.7".parse().expect("ip"));
+        let own: IpAddr = "127.0.0.7".parse().expect("ip");
+        assert_eq!(looped.source_for("127.0.0.2:7001"), Some(own));
+        assert_eq!(looped.source_for("10.0.0.2:7001"), None);
+        assert_eq!(looped.source_for("node-2.example:7001"), None, "a name");
+        let lan = Dialer::new(None).leaving_from("10.0.0.1".parse().expect("ip"));
+        let own: IpAddr = "10.0.0.1".parse().expect("ip");
+        assert_eq!(lan.source_for("10.0.0.2:7001"), Some(own));
+        assert_eq!(lan.source_for("node-2.example:7001"), Some(own));
     }
 }

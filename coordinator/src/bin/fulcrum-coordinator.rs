@@ -25,7 +25,8 @@ struct Flags {
     #[arg(long, value_name = "N")]
     node_id: u64,
     /// Address for gRPC (Raft, proxies, status, admin), e.g. 127.0.0.1:7001. Calls to the
-    /// other nodes leave from its IP address, unless that is 0.0.0.0 or ::.
+    /// other nodes leave from its IP address, unless that is 0.0.0.0 or ::, or a loopback
+    /// address and the node called is not on one.
     #[arg(long, value_name = "ADDR")]
     listen: SocketAddr,
     /// Address other nodes reach this one on, when not --listen (e.g. behind NAT).
