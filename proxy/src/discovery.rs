@@ -1469,10 +1469,9 @@ spec:
         assert!(on("nowhere.example", "", None).is_empty());
     }
 
-    #[test]
-    fn port_level_settings_replace_the_rules_on_their_port() {
-        let here = east_of(
-            r#"apiVersion: networking.istio.io/v1
+    /// A service on two ports (80 and 9090) with one endpoint, labelled `version: v2`;
+    /// a DestinationRule for it follows.
+    const WEB_ON_TWO_PORTS: &str = r#"apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: web, namespace: shop}
 spec:
@@ -1485,7 +1484,13 @@ spec:
   endpoints:
   - {address: 10.0.0.1, labels: {version: v2}, locality: r1/z1}
 ---
-apiVersion: networking.istio.io/v1
+"#;
+
+    #[test]
+    fn port_level_settings_replace_the_rules_on_their_port() {
+        let here = east_of(&format!(
+            "{WEB_ON_TWO_PORTS}{}",
+            r#"apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: web, namespace: shop}
 spec:
@@ -1505,7 +1510,7 @@ spec:
       - port: {number: 80}
         loadBalancer: {simple: LEAST_REQUEST}
 "#,
-        );
+        ));
         let on =
             |subset: &str, port: Option<u16>| here.balance_on("web.shop.example", subset, port);
         assert_eq!(on("", Some(80)).policy, LbPolicy::RoundRobin);
@@ -1538,21 +1543,9 @@ spec:
 
     #[test]
     fn the_endpoints_in_use_are_each_under_every_settings_its_services_give_it() {
-        let here = east_of(
+        let here = east_of(&format!(
+            "{WEB_ON_TWO_PORTS}{}",
             r#"apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: web, namespace: shop}
-spec:
-  hosts: [web.shop.example]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports:
-  - {number: 80, name: http, protocol: HTTP}
-  - {number: 9090, name: http-api, protocol: HTTP}
-  endpoints:
-  - {address: 10.0.0.1, labels: {version: v2}, locality: r1/z1}
----
-apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: web, namespace: shop}
 spec:
@@ -1567,7 +1560,7 @@ spec:
     trafficPolicy:
       connectionPool: {tcp: {connectTimeout: 2s}}
 "#,
-        );
+        ));
         let in_use = here.in_use().expect("a static discovery says");
         let web: SocketAddr = "10.0.0.1:80".parse().unwrap();
         let pool = |subset: &str, port| {
