@@ -368,6 +368,28 @@ fn coordinator_ip(index: usize) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, 2 + u8::try_from(index).unwrap_or(u8::MAX - 2))
 }
 
+/// A coordinator's pre-votes so far, from its metrics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PreVotes {
+    /// Rounds a majority granted (`fulcrum_coordinator_raft_pre_votes_won_total`).
+    pub won: f64,
+    /// Rounds it did not (`fulcrum_coordinator_raft_pre_votes_lost_total`).
+    pub lost: f64,
+}
+
+/// A coordinator cut off by a partitioning action, and its pre-votes once cut off and
+/// when the links were healed: what it did while it was, apart from any election before
+/// (a leader held up by a slow disk, say).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Partitioned {
+    /// Its node id.
+    pub node: u64,
+    /// Read just after it was cut off (none if its metrics did not answer).
+    pub at_cut: Option<PreVotes>,
+    /// Read just before the links were healed.
+    pub at_heal: Option<PreVotes>,
+}
+
 /// A coordinator node.
 #[derive(Debug)]
 pub struct CoordinatorNode {
@@ -488,8 +510,9 @@ pub struct Mesh {
     pub backends: Vec<BackendNode>,
     /// The fault relays on its links.
     pub links: Links,
-    /// The coordinator the last partitioning action cut off, if any.
-    pub partitioned: Option<u64>,
+    /// The coordinator the last partitioning action cut off, if any, with its pre-vote
+    /// counts while it was.
+    pub partitioned: Option<Partitioned>,
     /// Where everything is kept.
     pub dir: PathBuf,
     bins: Binaries,
@@ -982,6 +1005,26 @@ impl Mesh {
         })
     }
 
+    /// Coordinator `node`'s pre-votes so far ([`PreVotes`]), from its metrics.
+    pub async fn pre_votes(&self, node: u64) -> Option<PreVotes> {
+        let won = self.coordinator_metric(node, "fulcrum_coordinator_raft_pre_votes_won_total");
+        let lost = self.coordinator_metric(node, "fulcrum_coordinator_raft_pre_votes_lost_total");
+        Some(PreVotes {
+            won: won.await?,
+            lost: lost.await?,
+        })
+    }
+
+    /// Notes that `node` was cut off just now, with its pre-votes so far.
+    async fn cut_off(&mut self, node: u64) {
+        let at_cut = self.pre_votes(node).await;
+        self.partitioned = Some(Partitioned {
+            node,
+            at_cut,
+            at_heal: None,
+        });
+    }
+
     /// A coordinator that is not the leader, once a leader is known (within 5 s):
     /// without one, the node picked could be it.
     async fn a_follower(&self) -> Option<u64> {
@@ -1233,13 +1276,13 @@ impl Target for Mesh {
             }
             Action::Partition { node } => {
                 self.links.partition(*node);
-                self.partitioned = Some(*node);
+                self.cut_off(*node).await;
             }
             Action::PartitionFollower => match self.a_follower().await {
                 Some(node) => {
                     tracing::info!(node, "partitioning away a follower");
                     self.links.partition(node);
-                    self.partitioned = Some(node);
+                    self.cut_off(node).await;
                 }
                 None => tracing::warn!("no leader known: no follower partitioned"),
             },
@@ -1254,11 +1297,19 @@ impl Target for Mesh {
                 Some(leader) => {
                     tracing::info!(node = leader, "making the leader deaf");
                     self.links.deafen(leader);
-                    self.partitioned = Some(leader);
+                    self.cut_off(leader).await;
                 }
                 None => tracing::warn!("no leader known: nothing partitioned"),
             },
-            Action::Heal => self.links.heal(),
+            Action::Heal => {
+                if let Some(cut) = self.partitioned
+                    && cut.at_heal.is_none()
+                {
+                    let at_heal = self.pre_votes(cut.node).await;
+                    self.partitioned = Some(Partitioned { at_heal, ..cut });
+                }
+                self.links.heal();
+            }
             Action::SetErrorRate { cluster, rate } => {
                 let knobs = Knobs {
                     error_rate: *rate,
