@@ -326,6 +326,7 @@ async fn run(args: RunArgs) -> ExitCode {
 
 /// Runs the drill in `text` against the mesh `args.mesh` names.
 async fn on_existing_mesh(text: &str, args: RunArgs) -> ExitCode {
+    let stopped = stop_on_signal();
     let bins = match Binaries::locate(true) {
         Ok(b) => b,
         Err(e) => {
@@ -386,7 +387,7 @@ async fn on_existing_mesh(text: &str, args: RunArgs) -> ExitCode {
         args.proxy.len(),
         if args.proxy.len() == 1 { "y" } else { "ies" }
     );
-    let report = drive(&mut mesh, &drill, &clusters, args.plain).await;
+    let report = drive(&mut mesh, &drill, &clusters, args.plain, stopped).await;
     let mut report = match report {
         Ok(r) => r,
         Err(e) => {
@@ -413,6 +414,7 @@ async fn on_local_mesh(
     mesh_dir: Option<PathBuf>,
     report_dir: PathBuf,
 ) -> ExitCode {
+    let stopped = stop_on_signal();
     eprintln!("fulcrum-drill: building the mesh's binaries (cargo, incremental)...");
     let bins = match Binaries::locate(true) {
         Ok(b) => b,
@@ -427,14 +429,31 @@ async fn on_local_mesh(
     eprintln!(
         "fulcrum-drill: starting 3 coordinators, 3 proxies and 6 backends on 127.0.{{0,1,2,3}}.1..."
     );
-    let mut mesh = match Mesh::start(spec, bins, mesh_dir).await {
+    // A signal while the mesh starts drops what has started, which stops it.
+    let mut stop = stopped.clone();
+    let interrupted = || eprintln!("fulcrum-drill: interrupted; the mesh is stopped");
+    let started = tokio::select! {
+        started = Mesh::start(spec, bins, mesh_dir) => started,
+        _ = stop.wait_for(|stopped| *stopped) => {
+            interrupted();
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut mesh = match started {
         Ok(m) => m,
         Err(e) => {
             eprintln!("fulcrum-drill: {e}");
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = mesh.wait_ready(Duration::from_secs(60)).await {
+    let ready = tokio::select! {
+        ready = mesh.wait_ready(Duration::from_secs(60)) => ready,
+        _ = stop.wait_for(|stopped| *stopped) => {
+            interrupted();
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = ready {
         eprintln!("fulcrum-drill: {e}");
         keep_for_a_look(&mut mesh);
         return ExitCode::FAILURE;
@@ -444,7 +463,7 @@ async fn on_local_mesh(
         mesh.logs().display(),
         mesh.leader().map_or("?".to_string(), |l| l.to_string())
     );
-    let report = drive(&mut mesh, &drill, &clusters, plain).await;
+    let report = drive(&mut mesh, &drill, &clusters, plain, stopped).await;
     let code = match report {
         Ok(report) => finish(&drill, &report, &report_dir),
         Err(e) => {
@@ -469,18 +488,14 @@ fn keep_for_a_look(mesh: &mut Mesh) {
 }
 
 /// Runs `drill` on `target` with the live view (or progress lines), until it ends or
-/// SIGINT / SIGTERM stops it.
+/// `stopped` turns true ([`stop_on_signal`]).
 async fn drive<T: Target>(
     target: &mut T,
     drill: &Drill,
     clusters: &[String],
     plain: bool,
+    stopped: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Report, fulcrum_chaos::harness::HarnessError> {
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        interrupted().await;
-        let _ = stop.send(true);
-    });
     drill::run(
         target,
         drill.plan.clone(),
@@ -516,20 +531,30 @@ fn finish(drill: &Drill, report: &Report, report_dir: &std::path::Path) -> ExitC
     }
 }
 
-/// Waits for SIGINT (Ctrl-C) or SIGTERM: either stops the drill, undoes its fault and
-/// stops every process the mesh started (a SIGTERM that ended this process at once would
-/// leave them running).
-async fn interrupted() {
+/// A watch that turns true at SIGINT (Ctrl-C) or SIGTERM, taken from now on: either
+/// stops the drill, undoes its fault and stops every process the mesh started, or, while
+/// the mesh starts, what has started (a signal that ended this process at once would
+/// leave them running). Both are taken over here, before anything starts, so that no
+/// moment is left where one would end the process.
+fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
     use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (term, int) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    );
+    tokio::spawn(async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
+            // Not taken over: the signals end the process as they would.
+            _ => std::future::pending::<()>().await,
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+        let _ = stop.send(true);
+    });
+    stopped
 }
