@@ -148,12 +148,29 @@ fn meta_get<T: for<'de> Deserialize<'de>>(db: &Database, key: &str) -> Result<Op
     }
 }
 
-/// Runs `write` on the blocking pool: a redb commit waits for its fsync, and
-/// `begin_write` for any other write under way, which must not hold up an async worker.
+/// A store write taking longer than this is said at warn: openraft 0.9 waits for the
+/// leader's own log writes before anything else, heartbeats included, so a disk this
+/// slow holds up the group (past the election timeout, it costs the leader its place).
+const SLOW_WRITE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Runs `write` (the store's `what`) on the blocking pool: a redb commit waits for its
+/// fsync, and `begin_write` for any other write under way, which must not hold up an
+/// async worker. One slower than [`SLOW_WRITE`] is said, with how long it took.
 async fn off_workers<T: Send + 'static>(
+    what: &'static str,
     write: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
-    tokio::task::spawn_blocking(write)
+    let timed = move || {
+        let started = std::time::Instant::now();
+        let written = write();
+        let took = started.elapsed();
+        if took > SLOW_WRITE {
+            let ms = took.as_millis();
+            tracing::warn!(what, ms, "a slow store write: Raft waited {ms} ms for it");
+        }
+        written
+    };
+    tokio::task::spawn_blocking(timed)
         .await
         .map_err(write_err)
         .and_then(|written| written)
@@ -456,7 +473,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), Error> {
         let (db, vote) = (self.db.clone(), *vote);
-        off_workers(move || meta_put(&db, VOTE, &vote))
+        off_workers("vote", move || meta_put(&db, VOTE, &vote))
             .await
             .map_err(|e| StorageIOError::write_vote(&e).into())
     }
@@ -469,7 +486,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The committed id only spares replay after a restart; it need not cost an fsync.
         // It still waits for any other write under way.
         let db = self.db.clone();
-        off_workers(move || meta_put_with(&db, COMMITTED, &committed, Durability::None)).await
+        off_workers("committed index", move || {
+            meta_put_with(&db, COMMITTED, &committed, Durability::None)
+        })
+        .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, Error> {
@@ -494,7 +514,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })
             .collect();
         let db = self.db.clone();
-        let written = off_workers(move || -> Result<(), Error> {
+        let written = off_workers("log append", move || -> Result<(), Error> {
             let mut txn = db.begin_write().map_err(write_err)?;
             txn.set_quick_repair(true);
             {
@@ -530,12 +550,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), Error> {
         let store = self.clone();
-        off_workers(move || store.truncate_now(log_id)).await
+        off_workers("log truncation", move || store.truncate_now(log_id)).await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), Error> {
         let store = self.clone();
-        off_workers(move || store.purge_now(log_id)).await
+        off_workers("log purge", move || store.purge_now(log_id)).await
     }
 }
 
