@@ -543,16 +543,19 @@ fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     );
-    tokio::spawn(async move {
-        match (term, int) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
+    // One that cannot be taken over keeps its default: it ends the process.
+    let received = |taken: std::io::Result<tokio::signal::unix::Signal>| async move {
+        match taken {
+            Ok(mut signal) => {
+                signal.recv().await;
             }
-            // Not taken over: the signals end the process as they would.
-            _ => std::future::pending::<()>().await,
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::spawn(async move {
+        tokio::select! {
+            () = received(term) => {}
+            () = received(int) => {}
         }
         let _ = stop.send(true);
     });
